@@ -1,0 +1,12 @@
+"""gNB-side scheduling microservice.
+
+Data flow of one slot (see ``service.pipeline.decide``)::
+
+    SlotState -> serialize -> policy -> PAG check -> repair -> Decision
+
+Pure kernels live in ``types``, ``phy``, ``pag``, ``policies``, ``history``, ``kpi`` and ``sim``
+(numpy in, numpy out, no I/O). Transports, state stores and metrics live at the edge
+(``api``, ``state``, ``metrics``).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""Deterministic repair (SPEC §4, LSA theorem 1). Pure, O(N·R) plus a sort.
+
+1. Drop illegal pairs (unknown ids, busy resources, ineligible users).
+2. Contention: a resource claimed by several users goes to the one with the highest utility
+   on it (ties: lowest user index).
+3. Cap: a user over ``max_resources_per_user`` keeps its highest-utility resources
+   (ties: lowest resource index).
+4. Fill: eligible users below their cap are greedily given free available resources,
+   highest utility first (mac: only while the user still has unscheduled data).
+
+A PAG-valid output is returned unchanged (steps 1–3 are no-ops and step 4 runs only when the
+output violated the grammar), so repair is idempotent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.assign import greedy_fill
+from service.pag.checks import CheckResult
+from service.types import SlotState
+
+
+def repair(state: SlotState, result: CheckResult) -> np.ndarray:
+    """Repaired DCM tokens int64 [R] for the checked raw output ``result``."""
+    if result.valid and result.dcm is not None:
+        return result.dcm.copy()
+    util = state.utility
+    pu, pr = result.pair_user[result.legal], result.pair_res[result.legal]
+
+    # 2. contention: order pairs by (resource, -utility, user); the first per resource wins
+    if pu.size:
+        order = np.lexsort((pu, -util[pu, pr], pr))
+        pu, pr = pu[order], pr[order]
+        first = np.ones(pu.size, bool)
+        first[1:] = pr[1:] != pr[:-1]
+        pu, pr = pu[first], pr[first]
+
+    # 3. cap: order by (user, -utility, resource); keep the first `cap` per user
+    cap = state.max_resources_per_user
+    if pu.size:
+        order = np.lexsort((pr, -util[pu, pr], pu))
+        pu, pr = pu[order], pr[order]
+        starts = np.flatnonzero(np.r_[True, pu[1:] != pu[:-1]])
+        rank = np.arange(pu.size) - np.repeat(starts, np.diff(np.r_[starts, pu.size]))
+        keep = rank < cap
+        pu, pr = pu[keep], pr[keep]
+
+    owner = np.zeros(state.num_res, np.int64)
+    owner[pr] = pu + 1
+    if result.valid:
+        return owner
+    return greedy_fill(state, state.utility, owner)

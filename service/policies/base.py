@@ -1,0 +1,104 @@
+"""Policy contract and registry (Gymnasium-style ``register`` / ``make``).
+
+A policy maps one slot (plus the cell's history, passed in explicitly) to a *raw* output —
+any form ``service.pag.check`` accepts, usually a DCM token vector int64 [R]. It does no I/O
+except where that is its nature (the student reads a model file once, the teacher calls an
+endpoint). The pipeline checks and repairs whatever it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from service.errors import UnknownPolicyError
+from service.history import HistoryView
+from service.pag.checks import RawAction
+from service.types import SlotState
+
+
+@dataclass(slots=True)
+class PolicyContext:
+    """What a policy may use besides the slot.
+
+    history: the cell's history aligned with the slot's users.
+    rng: seeded generator for this (cell, slot) — the only randomness a policy may use.
+    deadline: absolute ``time.perf_counter()`` by which an anytime policy must answer, or None.
+    """
+
+    history: HistoryView
+    rng: np.random.Generator
+    deadline: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # a policy may report notes (e.g. "anytime: cut")
+
+    def time_left_s(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
+
+class Policy(ABC):
+    """Base class: ``serialize`` (optional) then ``act``.
+
+    ``serialize`` turns the slot into the policy's own input (tensors for the student, a prompt
+    for the teacher); the pipeline times it as its own stage. Baselines need none.
+    """
+
+    name: ClassVar[str] = ""
+    #: presets the policy is meant for
+    presets: ClassVar[tuple[str, ...]] = ("spectrum", "mac")
+    #: the version reported in metrics and the metadata endpoint (a model's version for learned ones)
+    version: str = "1"
+
+    def serialize(self, state: SlotState, ctx: PolicyContext) -> Any:
+        return None
+
+    @abstractmethod
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> RawAction:
+        """Raw output for ``state`` (checked and repaired by the caller)."""
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "presets": list(self.presets)}
+
+    def __call__(self, state: SlotState, ctx: PolicyContext) -> RawAction:
+        return self.act(state, ctx, self.serialize(state, ctx))
+
+
+_REGISTRY: dict[str, Callable[..., Policy]] = {}
+
+
+def register(name: str, factory: Callable[..., Policy] | None = None):
+    """Register a policy factory under ``name`` (usable as a class decorator)."""
+
+    def deco(f: Callable[..., Policy]) -> Callable[..., Policy]:
+        if name in _REGISTRY and _REGISTRY[name] is not f:
+            raise ValueError(f"policy {name!r} is already registered")
+        _REGISTRY[name] = f
+        return f
+
+    return deco(factory) if factory is not None else deco
+
+
+def make(name: str, **kwargs: Any) -> Policy:
+    """Instantiate the policy registered under ``name``."""
+    _load_builtins()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise UnknownPolicyError(name, names()) from None
+    return factory(**kwargs)
+
+
+def names() -> list[str]:
+    """Registered policy names, sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def _load_builtins() -> None:
+    # importing the modules runs their @register decorators
+    import service.policies.assignment  # noqa: F401
+    import service.policies.schedulers  # noqa: F401

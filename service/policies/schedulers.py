@@ -1,0 +1,75 @@
+"""Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight.
+
+They read the cell's history (``ctx.history``) — PF needs the users' average served rate, RR
+when each user was last served — and return a DCM under caps and buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.assign import greedy_fill
+from service.policies.base import Policy, PolicyContext, register
+from service.types import SlotState
+
+
+@register("rr")
+class RoundRobin(Policy):
+    """Round robin: eligible users in order of last service (never served first, then oldest;
+    ties by slot order) take the available resources in turn, one per user per round, until the
+    resources run out or no user can take more (cap, or no data left in mac)."""
+
+    name = "rr"
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
+        order = np.lexsort((np.arange(state.num_ue), ctx.history.last_served_slot))
+        order = order[state.user_eligible[order]]
+        owner = np.zeros(state.num_res, np.int64)
+        free = np.flatnonzero(state.resource_available).tolist()
+        if order.size == 0 or not free:
+            return owner
+        cap = state.max_resources_per_user
+        left = None if state.preset != "mac" or state.buffer_bits is None else state.buffer_bits.copy()
+        counts = np.zeros(state.num_ue, np.int64)
+        while free:
+            progressed = False
+            for u in order.tolist():
+                if not free:
+                    break
+                if counts[u] >= cap or (left is not None and left[u] <= 0):
+                    continue
+                r = free.pop(0)
+                owner[r] = u + 1
+                counts[u] += 1
+                if left is not None:
+                    left[u] -= state.utility[u, r]
+                progressed = True
+            if not progressed:
+                break
+        return owner
+
+
+@register("pf")
+class ProportionalFair(Policy):
+    """Proportional fair: pairs ranked by ``utility[u, r] / avg_served[u]`` (instantaneous over
+    average rate, EWMA over slots), assigned greedily under caps and buffers."""
+
+    name = "pf"
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
+        avg = np.maximum(ctx.history.avg_served, 1e-9)
+        return greedy_fill(state, state.utility / avg[:, None])
+
+
+@register("max_weight")
+class MaxWeight(Policy):
+    """Max-weight (backpressure): pairs ranked by ``queue[u] · utility[u, r]`` (queue × spectral
+    efficiency); with full buffers it reduces to max-rate."""
+
+    name = "max_weight"
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
+        q = np.ones(state.num_ue) if state.buffer_bits is None else state.buffer_bits
+        return greedy_fill(state, state.utility * q[:, None])

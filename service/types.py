@@ -1,0 +1,288 @@
+"""Slot state and decision: plain dataclasses over numpy arrays (SPEC §1).
+
+Shapes: ``N`` users (UEs), ``R`` resources (channels in the spectrum preset, RBGs in the mac
+preset). A decision is the DCM vector ``owner`` of shape [R] with tokens in ``{0..N}``:
+``0`` leaves the resource unused, ``k`` grants it to the user at index ``k-1`` of the slot.
+User and resource *ids* only appear at the edges; the per-user view is always derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service import phy
+from service.errors import InvalidSlotError
+
+Preset = Literal["spectrum", "mac"]
+PRESETS: tuple[str, ...] = ("spectrum", "mac")
+
+#: MAC preset default: TTI of 0.5 ms (numerology μ = 1, 30 kHz), 4 RBs per RBG, 256-bit dPDUs.
+DEFAULT_TTI_S = 0.0005
+DEFAULT_RB_PER_RBG = 4
+DPDU_BITS = 256
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SlotState:
+    """One cell, one slot.
+
+    Attributes (N users, R resources):
+        preset: ``"spectrum"`` (LSA: utility = Shannon rate, one resource per user) or ``"mac"``
+            (UDTS: utility = TBS bits per RBG, several RBGs per user, limited by the buffer).
+        user_ids: int64 [N], unique.
+        resource_ids: int64 [R], unique.
+        utility: float64 [N, R], >= 0. Spectrum: rate in bit/s; mac: bits per RBG per TTI.
+        resource_available: bool [R]; false = primary user present / RBG not in this cell's pool.
+        user_eligible: bool [N]; false = the user may own nothing this slot.
+        max_resources_per_user: per-user cap (1 in spectrum, R by default in mac).
+        bandwidth_hz: float64 [R].
+        buffer_bits: float64 [N] queued bits, or None for full buffers.
+        rx_power_dbm: float64 [N] or None (spectrum physical field).
+        spectral_efficiency: float64 [N] or [N, R] bit/s/Hz, or None (mac physical field).
+    """
+
+    preset: str
+    user_ids: np.ndarray
+    resource_ids: np.ndarray
+    utility: np.ndarray
+    resource_available: np.ndarray
+    user_eligible: np.ndarray
+    max_resources_per_user: int
+    bandwidth_hz: np.ndarray
+    buffer_bits: np.ndarray | None = None
+    rx_power_dbm: np.ndarray | None = None
+    spectral_efficiency: np.ndarray | None = None
+    cell_id: str = "cell-0"
+    slot: int = 0
+    tti_s: float = DEFAULT_TTI_S
+
+    @property
+    def num_ue(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def num_res(self) -> int:
+        return int(self.resource_ids.shape[0])
+
+    def admissible(self) -> np.ndarray:
+        """bool [N, R]: pairs allowed by availability and eligibility."""
+        return self.user_eligible[:, None] & self.resource_available[None, :]
+
+
+def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSlotError(name, f"not a list of {dtype.__name__}: {exc}") from None
+    if arr.ndim != 1:
+        raise InvalidSlotError(name, f"expected a 1-D list, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise InvalidSlotError(name, f"expected {n} values, got {arr.shape[0]}")
+    if dtype is float:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {arr[i]}")
+    return arr
+
+
+def _check_unique(name: str, ids: np.ndarray) -> None:
+    """Raise on an empty id list (field ``name``) or a duplicate id (``name[i].id``)."""
+    if ids.size == 0:
+        raise InvalidSlotError(name, "must not be empty")
+    order = np.argsort(ids, kind="stable")
+    dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if dup.size:
+        i = int(order[dup[0] + 1])
+        raise InvalidSlotError(f"{name}[{i}].id", f"duplicate id {int(ids[i])}")
+
+
+def make_slot(
+    preset: str,
+    user_ids: Sequence[int] | np.ndarray,
+    resource_ids: Sequence[int] | np.ndarray,
+    *,
+    bandwidth_hz: Sequence[float] | np.ndarray | None = None,
+    resource_available: Sequence[bool] | np.ndarray | None = None,
+    user_eligible: Sequence[bool] | np.ndarray | None = None,
+    max_resources_per_user: int | None = None,
+    rate_bps: np.ndarray | Sequence[Sequence[float]] | None = None,
+    rx_power_dbm: Sequence[float] | np.ndarray | None = None,
+    fading_gain: np.ndarray | None = None,
+    interference_dbm: Sequence[float] | np.ndarray | None = None,
+    spectral_efficiency: np.ndarray | Sequence | None = None,
+    buffer_bits: Sequence[float] | np.ndarray | None = None,
+    rb_per_rbg: int = DEFAULT_RB_PER_RBG,
+    noise_density_dbm_hz: float = -174.0,
+    cell_id: str = "cell-0",
+    slot: int = 0,
+    tti_s: float = DEFAULT_TTI_S,
+) -> SlotState:
+    """Validate a slot's fields and compute its utility matrix.
+
+    Utility (float64 [N, R]):
+      * ``rate_bps`` when given (a caller-provided rate matrix, rows = users, cols = resources);
+      * spectrum: Shannon rate from ``rx_power_dbm`` [N], ``bandwidth_hz`` [R], optional
+        ``fading_gain`` [N, R] and ``interference_dbm`` [R] (SPEC §2);
+      * mac: TBS bits per RBG ``n_RB · 12 · 14 · SE`` from ``spectral_efficiency`` [N] or [N, R]
+        (SPEC §3).
+
+    Raises ``InvalidSlotError`` naming the field for empty, duplicate, non-finite, negative or
+    wrongly shaped input.
+    """
+    if preset not in PRESETS:
+        raise InvalidSlotError("preset", f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
+    uids = _as_1d("users.id", user_ids, np.int64)
+    rids = _as_1d("resources.id", resource_ids, np.int64)
+    _check_unique("users", uids)
+    _check_unique("resources", rids)
+    n, r = uids.shape[0], rids.shape[0]
+
+    if bandwidth_hz is None:
+        bw = np.full(r, 1.0e6 if preset == "spectrum" else 30e3 * 12 * rb_per_rbg)
+    else:
+        bw = _as_1d("resources.bandwidth_hz", bandwidth_hz, float, r)
+        if (bw <= 0).any():
+            i = int(np.flatnonzero(bw <= 0)[0])
+            raise InvalidSlotError(f"resources[{i}].bandwidth_hz", f"must be > 0, got {bw[i]}")
+    avail = np.ones(r, bool) if resource_available is None else _as_1d("resources.available", resource_available, bool, r)
+    elig = np.ones(n, bool) if user_eligible is None else _as_1d("users.eligible", user_eligible, bool, n).copy()
+
+    buf = None
+    if buffer_bits is not None:
+        buf = _as_1d("users.buffer_bits", buffer_bits, float, n)
+        if (buf < 0).any():
+            i = int(np.flatnonzero(buf < 0)[0])
+            raise InvalidSlotError(f"users[{i}].buffer_bits", f"must be >= 0, got {buf[i]}")
+        if preset == "mac":
+            elig &= buf > 0  # nothing to send: owns nothing (SPEC §1)
+
+    cap = (1 if preset == "spectrum" else r) if max_resources_per_user is None else int(max_resources_per_user)
+    if cap < 1:
+        raise InvalidSlotError("max_resources_per_user", f"must be >= 1, got {cap}")
+
+    p_rx = None if rx_power_dbm is None else _as_1d("users.rx_power_dbm", rx_power_dbm, float, n)
+    se = None
+    if spectral_efficiency is not None:
+        se = np.asarray(spectral_efficiency, dtype=np.float64)
+        if se.shape not in ((n,), (n, r)):
+            raise InvalidSlotError("users.spectral_efficiency", f"expected shape ({n},) or ({n}, {r}), got {se.shape}")
+        if not np.isfinite(se).all() or (se < 0).any():
+            raise InvalidSlotError("users.spectral_efficiency", "must be finite and >= 0")
+
+    if rate_bps is not None:
+        try:
+            util = np.array(rate_bps, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSlotError("rate_bps", f"not a numeric matrix: {exc}") from None
+        if util.shape != (n, r):
+            raise InvalidSlotError("rate_bps", f"expected shape ({n}, {r}) (users × resources), got {util.shape}")
+        if not np.isfinite(util).all():
+            raise InvalidSlotError("rate_bps", "must be finite (no NaN/inf)")
+        if (util < 0).any():
+            raise InvalidSlotError("rate_bps", "must be >= 0")
+    elif preset == "spectrum":
+        if p_rx is None:
+            raise InvalidSlotError("users.rx_power_dbm", "required for the spectrum preset when rate_bps is absent")
+        fg = None
+        if fading_gain is not None:
+            fg = np.asarray(fading_gain, dtype=np.float64)
+            if fg.shape != (n, r) or not np.isfinite(fg).all() or (fg < 0).any():
+                raise InvalidSlotError("fading_gain", f"expected finite non-negative shape ({n}, {r})")
+        intf = None if interference_dbm is None else _as_1d("resources.interference_dbm", interference_dbm, float, r)
+        util = phy.shannon_rate_bps(p_rx, bw, fading_gain=fg, interference_dbm=intf,
+                                    noise_density_dbm_hz=noise_density_dbm_hz)
+    else:
+        if se is None:
+            raise InvalidSlotError("users.spectral_efficiency", "required for the mac preset when rate_bps is absent")
+        tbs = phy.tbs_bits(se, rb_per_rbg)
+        util = np.broadcast_to(tbs[:, None] if tbs.ndim == 1 else tbs, (n, r)).copy()
+
+    if tti_s <= 0 or not np.isfinite(tti_s):
+        raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")
+    return SlotState(preset=preset, user_ids=uids, resource_ids=rids, utility=util,
+                     resource_available=avail, user_eligible=elig, max_resources_per_user=cap,
+                     bandwidth_hz=bw, buffer_bits=buf, rx_power_dbm=p_rx, spectral_efficiency=se,
+                     cell_id=cell_id, slot=int(slot), tti_s=float(tti_s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decision views (derived from the DCM vector, never stored separately)
+
+
+def owner_ids(state: SlotState, owner: np.ndarray) -> list[int | None]:
+    """DCM tokens [R] -> list aligned with ``resource_ids``: the owning user id or None."""
+    ids = state.user_ids
+    return [None if k == 0 else int(ids[k - 1]) for k in owner.tolist()]
+
+
+def allocation(state: SlotState, owner: np.ndarray) -> dict[int, list[int]]:
+    """DCM tokens [R] -> ``{user_id: [resource_id, ...]}`` (resources in slot order)."""
+    out: dict[int, list[int]] = {}
+    uids, rids = state.user_ids, state.resource_ids
+    for r, k in enumerate(owner.tolist()):
+        if k:
+            out.setdefault(int(uids[k - 1]), []).append(int(rids[r]))
+    return out
+
+
+def resources_per_user(owner: np.ndarray, num_ue: int) -> np.ndarray:
+    """int64 [N]: how many resources each user owns under DCM ``owner`` [R]."""
+    return np.bincount(owner, minlength=num_ue + 1)[1:]
+
+
+def served_bits(state: SlotState, owner: np.ndarray) -> np.ndarray:
+    """float64 [N]: what each user gets from ``owner`` in one slot.
+
+    Spectrum: sum of rates of its channels (bit/s). Mac: TBS bits of its RBGs, capped by its
+    buffer when the buffer is known (a UE cannot send more than it has queued).
+    """
+    n = state.num_ue
+    mask = owner > 0
+    per_user = np.bincount(owner[mask] - 1, weights=state.utility[owner[mask] - 1, np.flatnonzero(mask)], minlength=n)
+    if state.preset == "mac" and state.buffer_bits is not None:
+        per_user = np.minimum(per_user, state.buffer_bits)
+    return per_user
+
+
+def slot_utility(state: SlotState, owner: np.ndarray) -> float:
+    """Objective value of a decision: sum-rate (spectrum, bit/s) or scheduled bits (mac)."""
+    return float(served_bits(state, owner).sum())
+
+
+@dataclass(slots=True)
+class Violation:
+    """One PAG violation of a raw output (SPEC §4)."""
+
+    kind: str
+    message: str
+    resource: int | None = None  # resource index, when the violation is about one position
+    user: int | None = None  # user index, when it is about one user
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+
+@dataclass(slots=True)
+class Decision:
+    """The slot's decision as the pipeline returns it.
+
+    owner: int64 [R] DCM tokens after repair; the rest says how it was obtained.
+    """
+
+    owner: np.ndarray
+    policy: str
+    valid_before_repair: bool
+    violations: list[Violation] = field(default_factory=list)
+    utility: float = 0.0
+    fallback: str | None = None
+    #: bounded label of why the requested policy did not serve (deadline, error, unavailable, ...)
+    fallback_reason: str | None = None
+    timings_us: dict[str, float] = field(default_factory=dict)
+    policy_version: str = ""
+    #: free-form notes from the policy (e.g. an anytime policy cut at the deadline)
+    notes: dict[str, object] = field(default_factory=dict)
