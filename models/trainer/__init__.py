@@ -1,0 +1,1 @@
+"""Offline trainer (PyTorch): distillation, GRPO, PPO, ONNX export. Never imported by service/."""

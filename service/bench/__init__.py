@@ -1,0 +1,1 @@
+"""Benchmarks: policy quality on the papers' grids, and performance (``gnbsched bench``)."""

@@ -1,0 +1,39 @@
+"""One settings object, read once from the environment (``GNBSCHED_*``) and CLI flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings. Every field can be set as ``GNBSCHED_<FIELD>`` (lists as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="GNBSCHED_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address the REST and gRPC servers bind to")
+    rest_port: int = Field(8000, description="REST (FastAPI/uvicorn) port; 0 disables REST")
+    grpc_port: int = Field(50051, description="gRPC port; 0 disables gRPC")
+    workers: int = Field(1, description="uvicorn worker processes (metrics use multiprocess mode when > 1)")
+    state_url: str = Field("memory://", description="per-cell state: memory:// (in process) or redis://host:port/db")
+    default_policy_spectrum: str = Field("km", description="policy when a spectrum request names none")
+    default_policy_mac: str = Field("pf", description="policy when a mac request names none")
+    fallbacks: list[str] = Field(default_factory=lambda: ["greedy"],
+                                 description="policies tried in order when the requested one fails or overruns")
+    deadline_ms: float | None = Field(None, description="default per-slot policy deadline (None = none)")
+    seed: int = Field(0, description="seed of the per-(cell, slot) random generators")
+    ewma_slots: float = Field(100.0, description="PF averaging window in slots")
+    max_users: int = Field(4096, description="largest N accepted")
+    max_resources: int = Field(4096, description="largest R accepted")
+    max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted")
+    preload_policies: list[str] = Field(default_factory=list,
+                                        description="policies instantiated at start (readiness waits for them)")
+
+    def default_policy(self, preset: str) -> str:
+        return self.default_policy_spectrum if preset == "spectrum" else self.default_policy_mac
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to print / expose (no secrets)."""
+        return self.model_dump()

@@ -1,0 +1,126 @@
+"""The service core both transports call: state in → ``decide()`` → state out, observed.
+
+``ServiceCore.schedule`` loads the cell's history from the state store, applies the previous
+slot's feedback, runs the pipeline, records the decision and saves the history. Store
+failures never fail a slot: the core keeps a write-through in-process copy of every cell it
+served, decides from it while the store is down (``degraded``), and the newer of the two
+copies (by slot) wins when the store answers again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from service.config import Settings
+from service.errors import StateStoreError
+from service.history import CellHistory, apply_feedback, record_decision
+from service.pipeline import PolicySet, decide
+from service.state.base import StateStore, open_store
+from service.types import Decision, SlotState
+
+
+class Observer(Protocol):
+    """What the core reports (implemented by ``service.metrics``)."""
+
+    def decision(self, transport: str, state: SlotState, requested: str, decision: Decision) -> None: ...
+
+    def store_error(self, op: str) -> None: ...
+
+
+class _NullObserver:
+    def decision(self, transport: str, state: SlotState, requested: str, decision: Decision) -> None:
+        pass
+
+    def store_error(self, op: str) -> None:
+        pass
+
+
+def _newer(a: CellHistory, b: CellHistory) -> bool:
+    return (a.last_slot, a.slots) > (b.last_slot, b.slots)
+
+
+class ServiceCore:
+    """Settings, policies, the state store and an observer, wired once and shared by transports."""
+
+    def __init__(self, settings: Settings | None = None, *, store: StateStore | None = None,
+                 policies: PolicySet | None = None, observer: Observer | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = store if store is not None else open_store(self.settings.state_url)
+        self.policies = policies or PolicySet()
+        self.observer: Observer = observer or _NullObserver()
+        self._local: dict[str, CellHistory] = {}
+        self._lock = threading.Lock()
+        self.degraded = False
+        self.store_errors = 0
+        self.started = time.time()
+
+    # -- state ---------------------------------------------------------------------------
+    def _load(self, cell_id: str) -> CellHistory:
+        with self._lock:
+            local = self._local.get(cell_id)
+        try:
+            remote = self.store.load(cell_id)
+            self.degraded = False
+        except StateStoreError:
+            self._store_failed("load")
+            return local or CellHistory.empty()
+        if local is not None and _newer(local, remote):
+            return local  # written while the store was down: resynchronized on the next save
+        return remote
+
+    def _save(self, cell_id: str, history: CellHistory) -> None:
+        with self._lock:
+            self._local[cell_id] = history
+        try:
+            self.store.save(cell_id, history)
+            self.degraded = False
+        except StateStoreError:
+            self._store_failed("save")
+
+    def _store_failed(self, op: str) -> None:
+        self.degraded = True
+        self.store_errors += 1
+        self.observer.store_error(op)
+
+    def history(self, cell_id: str) -> CellHistory:
+        """The cell's current history (store, or the local copy while degraded)."""
+        return self._load(cell_id)
+
+    # -- the slot ------------------------------------------------------------------------
+    def schedule(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
+                 feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> Decision:
+        """Decide one slot of one cell and advance the cell's history."""
+        s = self.settings
+        name = policy or s.default_policy(state.preset)
+        history = self._load(state.cell_id)
+        if feedback:
+            history = apply_feedback(history, feedback, ewma_slots=s.ewma_slots)
+        dl = deadline_ms if deadline_ms is not None else s.deadline_ms
+        decision = decide(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
+                          deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
+        self._save(state.cell_id, record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots))
+        self.observer.decision(transport, state, name, decision)
+        return decision
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """(ready, details): policies preloaded and the state store answering."""
+        try:
+            store_ok = self.store.ping()
+        except StateStoreError:
+            store_ok = False
+        loaded = sorted(self.policies.loaded())
+        missing = [p for p in self.settings.preload_policies if p not in loaded]
+        ok = store_ok and not missing
+        return ok, {"store": self.store.kind, "store_ok": store_ok, "degraded": self.degraded or not store_ok,
+                    "policies_loaded": loaded, "policies_missing": missing}
+
+    def preload(self) -> None:
+        """Instantiate the configured policies (load models, open sessions) before serving."""
+        for name in self.settings.preload_policies:
+            self.policies.get(name)
+
+    def close(self) -> None:
+        self.store.close()
