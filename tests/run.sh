@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 # System tools: install from Debian's packages when missing and we are root.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool + the Prometheus server
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need_apt[*]} from Debian's packages"

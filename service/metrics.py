@@ -1,0 +1,229 @@
+"""Prometheus metrics of the service; implements the core's ``Observer`` protocol.
+
+Names are a contract with the dashboards in ``deploy/`` — do not rename:
+
+==========================================  =========  =====================================
+gnbsched_requests_total                     counter    transport, preset, policy, outcome
+                                                       (ok | fallback | rejected | error;
+                                                       policy "none" when rejected)
+gnbsched_stage_seconds                      histogram  transport, stage (serialize, policy,
+                                                       check, repair, total)
+gnbsched_request_seconds                    histogram  transport (decode → encode, in server)
+gnbsched_decisions_total                    counter    policy (the policy that served)
+gnbsched_valid_before_repair_total          counter    policy (ratio = valid / decisions)
+gnbsched_repairs_total                      counter    policy (raw output needed repair)
+gnbsched_violations_total                   counter    kind (PAG rule)
+gnbsched_fallbacks_total                    counter    requested, served, reason
+gnbsched_state_store_errors_total           counter    op (load | save)
+gnbsched_state_store_up                     gauge      1 / 0 (multiprocess: livemin)
+gnbsched_policy_info                        gauge      policy, version = 1 (multiprocess: max)
+==========================================  =========  =====================================
+
+Several uvicorn workers: ``gnbsched serve --workers N`` points ``PROMETHEUS_MULTIPROC_DIR`` at
+a fresh directory *before* any worker imports ``prometheus_client``; each worker then writes
+its values to mmap files there and ``/metrics`` (any worker) aggregates all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
+
+from service.types import Decision, SlotState
+
+# no *_created series: they double the exposition and the dashboards do not use them
+disable_created_metrics()
+
+#: sub-millisecond latency buckets, seconds
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0)
+STAGES = ("serialize", "policy", "check", "repair", "total")
+OUTCOMES = ("ok", "fallback", "rejected", "error")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when multiprocess mode is on (set before the first import)."""
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> str:
+    """Create ``path`` empty (stale files from an earlier run would be summed in) and export it.
+
+    Must run before ``prometheus_client`` is imported by the processes that record metrics.
+    """
+    p = Path(path)
+    if p.exists():
+        for f in p.glob("*.db"):
+            f.unlink()
+    p.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(p)
+    return str(p)
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Metrics:
+    """The service's metrics. One instance per process; its methods are thread-safe and cheap
+    (label children are cached, so a decision costs about a dozen counter/histogram updates)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.multiproc_dir = multiprocess_dir()
+        if self.multiproc_dir and values.ValueClass is values.MutexValue:
+            raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
+                               "set it before the process imports it (gnbsched serve does)")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("gnbsched_requests", "Scheduling requests by transport, preset, policy and outcome.",
+                                ("transport", "preset", "policy", "outcome"), registry=reg)
+        self.stage_seconds = Histogram("gnbsched_stage_seconds", "Time per decision stage, seconds.",
+                                       ("transport", "stage"), buckets=LATENCY_BUCKETS, registry=reg)
+        self.request_seconds = Histogram("gnbsched_request_seconds",
+                                         "Time inside the server per request, decode to encode, seconds.",
+                                         ("transport",), buckets=LATENCY_BUCKETS, registry=reg)
+        self.decisions = Counter("gnbsched_decisions", "Decisions by the policy that served them.",
+                                 ("policy",), registry=reg)
+        self.valid_before_repair = Counter("gnbsched_valid_before_repair",
+                                           "Decisions whose raw policy output passed the PAG checks.",
+                                           ("policy",), registry=reg)
+        self.repairs = Counter("gnbsched_repairs", "Decisions whose raw policy output needed repair.",
+                               ("policy",), registry=reg)
+        self.violations = Counter("gnbsched_violations", "PAG violations of raw policy outputs, by rule.",
+                                  ("kind",), registry=reg)
+        self.fallbacks = Counter("gnbsched_fallbacks", "Requests served by a fallback policy, and why.",
+                                 ("requested", "served", "reason"), registry=reg)
+        self.store_errors = Counter("gnbsched_state_store_errors", "Per-cell state store failures by operation.",
+                                    ("op",), registry=reg)
+        self.store_up = Gauge("gnbsched_state_store_up", "1 when the per-cell state store answers, else 0.",
+                              registry=reg, multiprocess_mode="livemin")
+        self.policy_info = Gauge("gnbsched_policy_info", "Loaded policies and their (model) version; value 1.",
+                                 ("policy", "version"), registry=reg, multiprocess_mode="max")
+        self._lock = threading.Lock()
+        self._req_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._stage_children: dict[str, tuple[Histogram, ...]] = {}
+        self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
+        self._request_children: dict[str, Histogram] = {}
+        self._seen_policies: set[tuple[str, str]] = set()
+        self._tls = threading.local()
+
+    # -- cached children ---------------------------------------------------------------
+    def _req(self, transport: str, preset: str, policy: str, outcome: str) -> Counter:
+        key = (transport, preset, policy, outcome)
+        child = self._req_children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._req_children[key] = self.requests.labels(*key)
+        return child
+
+    def _stages(self, transport: str) -> tuple[Histogram, ...]:
+        children = self._stage_children.get(transport)
+        if children is None:
+            with self._lock:
+                children = self._stage_children[transport] = tuple(
+                    self.stage_seconds.labels(transport, s) for s in STAGES)
+        return children
+
+    def _policy(self, policy: str) -> tuple[Counter, Counter, Counter]:
+        children = self._per_policy.get(policy)
+        if children is None:
+            with self._lock:
+                children = self._per_policy[policy] = (self.decisions.labels(policy),
+                                                       self.valid_before_repair.labels(policy),
+                                                       self.repairs.labels(policy))
+        return children
+
+    # -- Observer protocol (called by ServiceCore.schedule) -----------------------------
+    def decision(self, transport: str, state: SlotState, requested: str, decision: Decision) -> None:
+        """Count one decided slot: outcome, per-stage times, PAG validity, repairs, fallbacks."""
+        outcome = "ok" if decision.fallback is None else "fallback"
+        self._req(transport, state.preset, requested, outcome).inc()
+        timings = decision.timings_us
+        for child, stage in zip(self._stages(transport), STAGES, strict=True):
+            us = timings.get(stage)
+            if us is not None:
+                child.observe(us * 1e-6)
+        n_dec, n_valid, n_rep = self._policy(decision.policy)
+        n_dec.inc()
+        if decision.valid_before_repair:
+            n_valid.inc()
+        else:
+            n_rep.inc()
+        for v in decision.violations:
+            self.violations.labels(v.kind).inc()
+        if decision.fallback is not None:
+            self.fallbacks.labels(requested, decision.policy, decision.fallback_reason or "error").inc()
+        self.policy_loaded(decision.policy, decision.policy_version)
+        # store_error() runs on this thread before decision() when the slot's load/save failed
+        failed = getattr(self._tls, "store_failed", False)
+        self._tls.store_failed = False
+        self.store_up.set(0 if failed else 1)
+
+    def store_error(self, op: str) -> None:
+        self.store_errors.labels(op).inc()
+        self._tls.store_failed = True
+        self.store_up.set(0)
+
+    # -- transports --------------------------------------------------------------------
+    def rejected(self, transport: str, preset: object = None) -> None:
+        """A request refused before deciding (bad input, limits)."""
+        label = preset if isinstance(preset, str) and preset in ("spectrum", "mac") else "none"
+        self._req(transport, label, "none", "rejected").inc()
+
+    def error(self, transport: str, preset: str, policy: str) -> None:
+        """A request that failed inside the server after it was accepted."""
+        self._req(transport, preset, policy, "error").inc()
+
+    def observe_request(self, transport: str, seconds: float) -> None:
+        """End-to-end time inside the server (decode → encode) of one request."""
+        child = self._request_children.get(transport)
+        if child is None:
+            with self._lock:
+                child = self._request_children[transport] = self.request_seconds.labels(transport)
+        child.observe(seconds)
+
+    def policy_loaded(self, name: str, version: str) -> None:
+        key = (name, str(version))
+        if key not in self._seen_policies:
+            with self._lock:
+                self._seen_policies.add(key)
+                self.policy_info.labels(*key).set(1)
+
+    def policies_loaded(self, items: Iterable[tuple[str, str]]) -> None:
+        for name, version in items:
+            self.policy_loaded(name, version)
+
+    def set_store_up(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
+
+    # -- exposition --------------------------------------------------------------------
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of ``/metrics``: this process, or every worker in multiprocess mode."""
+        if self.multiproc_dir:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg, path=self.multiproc_dir)
+            return generate_latest(reg), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def process_exit(self) -> None:
+        """Drop this process's live gauges (multiprocess mode) when a worker stops."""
+        if self.multiproc_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)

@@ -1,0 +1,208 @@
+"""RedisStore against a real redis-server: round trip, key prefix and TTL, failures mapped to
+the store errors, and several service processes sharing one Redis deciding as one process."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from service.api.schemas import decode_schedule
+from service.config import Settings
+from service.core import ServiceCore
+from service.errors import StateStoreError, StateStoreUnavailableError
+from service.history import CellHistory, record_decision
+from service.state import MemoryStore, open_store
+from service.state.redis_store import RedisStore
+from service.types import make_slot
+
+
+def _prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+def _history(slots: int = 5) -> CellHistory:
+    rng = np.random.default_rng(4)
+    h = CellHistory.empty()
+    for t in range(slots):
+        ids = rng.permutation(20)[:6] + 1
+        st = make_slot("mac", ids, np.arange(4), spectral_efficiency=rng.choice([0.2344, 1.1758], 6),
+                       buffer_bits=rng.integers(0, 9, 6) * 256.0, slot=t)
+        h = record_decision(h, st, rng.integers(0, 7, 4))
+    return h
+
+
+def test_round_trip_prefix_cells_and_delete(redis_url: str) -> None:
+    store = RedisStore(redis_url, key_prefix=_prefix())
+    assert store.kind == "redis" and store.ping()
+    assert store.load("never-seen") == CellHistory.empty()
+    h = _history()
+    store.save("cell-a", h)
+    store.save("cell-b", _history(2))
+    assert store.load("cell-a") == h
+    assert store.load("cell-a").slots == 5
+    assert store.cells() == ["cell-a", "cell-b"]
+    store.delete("cell-a")
+    assert store.cells() == ["cell-b"]
+    other = RedisStore(redis_url, key_prefix=_prefix())  # another prefix sees nothing
+    assert other.load("cell-b") == CellHistory.empty()
+    store.close()
+
+
+def test_url_options_and_ttl(redis_url: str) -> None:
+    prefix = _prefix()
+    sep = "&" if "?" in redis_url else "?"
+    store = open_store(f"{redis_url}{sep}key_prefix={prefix}&ttl_s=30")
+    assert isinstance(store, RedisStore)
+    assert store.key_prefix == prefix and store.ttl_ms == 30_000
+    store.save("c", _history(1))
+    raw = redis.Redis.from_url(redis_url)
+    ttl_ms = raw.pttl(prefix + "c")
+    assert 0 < ttl_ms <= 30_000
+    assert RedisStore(redis_url).key("c") == "gnbsched:cell:c"
+
+
+def test_corrupt_history_is_a_store_error(redis_url: str) -> None:
+    store = RedisStore(redis_url, key_prefix=_prefix())
+    redis.Redis.from_url(redis_url).set(store.key("bad"), b'{"format": 99}\nxx')
+    with pytest.raises(StateStoreError, match="corrupt") as info:
+        store.load("bad")
+    assert not isinstance(info.value, StateStoreUnavailableError)
+
+
+def test_unreachable_redis_is_unavailable_not_a_redis_exception() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = RedisStore(f"redis://:secret@127.0.0.1:{port}/0")
+    assert "secret" not in store.url
+    assert store.ping() is False
+    with pytest.raises(StateStoreUnavailableError):
+        store.load("c")
+    with pytest.raises(StateStoreUnavailableError):
+        store.save("c", _history(1))
+
+
+def _mac_doc(cell: str, slot: int, policy: str) -> dict:
+    rng = np.random.default_rng(1000 + slot)
+    ids = rng.permutation(14)[:9] + 1
+    return {"cell_id": cell, "slot": slot, "preset": "mac", "policy": policy,
+            "users": [{"id": int(u), "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
+                       "buffer_bits": float(rng.integers(0, 12) * 256)} for u in ids],
+            "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)]}
+
+
+def _feedback(doc: dict, owner: list) -> dict:
+    """Deliver what each scheduled user was given, but lose every third user's block."""
+    state = decode_schedule(doc).state
+    got: dict[str, float] = {}
+    for j, uid in enumerate(owner):
+        if uid is not None:
+            k = int(np.flatnonzero(state.user_ids == uid)[0])
+            got[str(uid)] = got.get(str(uid), 0.0) + float(state.utility[k, j])
+    return {"delivered_bits": {u: (0.0 if int(u) % 3 == 0 else bits) for u, bits in got.items()}}
+
+
+def _owners(core_or_client, cell: str, policy: str, slots: int) -> list[list]:
+    """Owners per slot, serving ``cell`` with feedback; ``core_or_client`` is a ServiceCore or a
+    list of httpx clients used in turn."""
+    owners: list[list] = []
+    for t in range(slots):
+        doc = _mac_doc(cell, t, policy)
+        if owners:
+            doc["feedback"] = _feedback(_mac_doc(cell, t - 1, policy), owners[-1])
+        if isinstance(core_or_client, list):
+            c = core_or_client[t % len(core_or_client)]
+            resp = c.post("/schedule", content=orjson.dumps(doc))
+            assert resp.status_code == 200, resp.text
+            owners.append(resp.json()["owner"])
+        else:
+            cores = core_or_client if isinstance(core_or_client, tuple) else (core_or_client,)
+            args = decode_schedule(doc)
+            d = cores[t % len(cores)].schedule(args.state, policy=args.policy, feedback=args.feedback)
+            owners.append([None if k == 0 else int(args.state.user_ids[k - 1]) for k in d.owner.tolist()])
+    return owners
+
+
+SLOTS = 40
+
+
+def test_two_cores_sharing_redis_decide_as_one(redis_url: str) -> None:
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}key_prefix={_prefix()}"
+    one = _owners(ServiceCore(Settings(), store=MemoryStore()), "shared", "pf", SLOTS)
+    pair = (ServiceCore(Settings(), store=RedisStore(url)), ServiceCore(Settings(), store=RedisStore(url)))
+    assert _owners(pair, "shared", "pf", SLOTS) == one
+    # the comparison is sensitive: two processes that do not share state decide differently
+    split = (ServiceCore(Settings(), store=MemoryStore()), ServiceCore(Settings(), store=MemoryStore()))
+    assert _owners(split, "shared", "pf", SLOTS) != one
+
+
+def test_two_serve_processes_sharing_redis_serve_one_cell_alternately_as_one_process(
+        redis_url: str, serve_process) -> None:
+    """Real ``gnbsched serve`` processes on their own ports, one Redis, one cell, alternating."""
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}key_prefix={_prefix()}"
+    procs = [serve_process("--grpc-port", "0", "--state-url", url) for _ in range(2)]
+    for p in procs:
+        p.wait_ready()
+    clients = [httpx.Client(base_url=p.url, timeout=10) for p in procs]
+    try:
+        for c in clients:
+            ready = c.get("/readyz").json()
+            assert ready["ready"] is True and ready["store"] == "redis"
+        for policy in ("pf", "rr"):
+            cell = f"alternating-{policy}"
+            want = _owners(ServiceCore(Settings(), store=MemoryStore()), cell, policy, SLOTS)
+            assert _owners(clients, cell, policy, SLOTS) == want
+        stored = RedisStore(url)
+        assert stored.load("alternating-pf").slots == SLOTS
+        assert set(stored.cells()) == {"alternating-pf", "alternating-rr"}
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_store_reconnects_after_redis_restarts(tmp_path) -> None:
+    """A restarted Redis is used again at once (the pooled connection is stale, one retry)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not on PATH: apt-get install redis-server (tests/run.sh does this when root)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path)]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = RedisStore(f"redis://127.0.0.1:{port}/0")
+        for _ in range(200):
+            if probe.ping():
+                return proc
+            time.sleep(0.02)
+        proc.kill()
+        pytest.fail("private redis-server did not start")
+
+    proc = start()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    try:
+        store.save("c", _history(3))
+        proc.terminate()
+        proc.wait(10)
+        with pytest.raises(StateStoreUnavailableError):
+            store.load("c")
+        assert store.ping() is False
+        proc = start()
+        assert store.load("c") == CellHistory.empty()  # no persistence: the new server is empty
+        store.save("c", _history(2))
+        assert store.load("c").slots == 2
+    finally:
+        proc.kill()
+        proc.wait(10)
