@@ -1,0 +1,354 @@
+"""gRPC transport (grpc.aio): ``gnbsched.v1.Scheduler`` with health checking and reflection.
+
+Both RPCs decode a ``SlotRequest`` into a ``SlotState`` (``convert.request_to_slot``), call
+``ServiceCore.schedule(..., transport="grpc")`` and encode the ``Decision``.
+
+Errors (mapped here only, from ``service.errors``):
+  * unary ``Schedule``: bad input (``InvalidSlotError``, limits, unknown policy or preset,
+    undecodable bytes) → ``INVALID_ARGUMENT`` with ``"<field>: <message>"``; every policy of
+    the fallback chain failed → ``UNAVAILABLE``; a bug → ``INTERNAL``. A message larger than
+    ``max_body_bytes`` is refused by gRPC itself with ``RESOURCE_EXHAUSTED``.
+  * ``StreamSlots`` (one request per TTI, one decision back, in order): a RAN keeps one
+    stream per cell open for the life of the cell, so one bad slot must not tear the control
+    channel down (re-establishing it costs several TTIs). A request that cannot be decided is
+    answered *in its place in the sequence* by a ``SlotDecision`` with ``error`` set
+    (``code`` = the status name, ``field``, ``message`` naming the slot), an empty ``owner``
+    and the cell's history untouched; the stream then serves the next request. Only
+    transport-level failures (an oversized message → ``RESOURCE_EXHAUSTED``, cancellation)
+    end the stream.
+
+Slots whose decision may block on I/O — the requested policy or one of its fallbacks has the
+class attribute ``blocking_io = True`` (the LLM teacher), or the state store has it (Redis) —
+run in a worker thread (``asyncio.to_thread``), one slot per cell at a time (striped locks);
+the others run inline on the event loop (a baseline decides in well under a millisecond, a
+thread hop would cost more than it saves). This is the REST transport's rule too.
+
+Metrics: the core's observer records every decision (transport ``grpc``); when it is a
+``service.metrics.Metrics`` the server also reports rejections, errors and end-to-end time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.grpc.convert import decision_to_pb, error_to_pb, request_to_slot
+from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
+from service.core import ServiceCore
+from service.errors import (
+    DeadlineExceededError,
+    GnbSchedError,
+    InvalidSlotError,
+    PolicyError,
+    UnknownPolicyError,
+)
+from service.policies.base import names as policy_names
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scheduler"].full_name  # "gnbsched.v1.Scheduler"
+#: seconds between readiness checks that drive the health status
+HEALTH_POLL_S = 1.0
+TRANSPORT = "grpc"
+_CELL_LOCK_STRIPES = 64
+
+
+class _SlotFailure(Exception):
+    """A request that got no decision: the status to answer with, and the request if parsed."""
+
+    def __init__(self, req: pb.SlotRequest | None, code: grpc.StatusCode, field: str, message: str) -> None:
+        super().__init__(message)
+        self.req, self.code, self.field, self.message = req, code, field, message
+
+    def details(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class SchedulerService:
+    """The ``Scheduler`` RPCs over one ``ServiceCore`` (requests arrive as raw bytes, so that
+    undecodable bytes are an ``INVALID_ARGUMENT`` like any other bad input)."""
+
+    def __init__(self, core: ServiceCore) -> None:
+        self.core = core
+        s = core.settings
+        self.max_users = s.max_users
+        self.max_resources = s.max_resources
+        self._blocking: dict[str, bool] = {}
+        self._store_blocking = bool(getattr(core.store, "blocking_io", False))
+        self._known = self._known_policies()
+        self._locks = [asyncio.Lock() for _ in range(_CELL_LOCK_STRIPES)]
+
+    def _known_policies(self) -> frozenset[str]:
+        p = self.core.policies
+        return frozenset(policy_names()) | frozenset(p.factories) | frozenset(p.loaded())
+
+    def _policy_blocks(self, name: str) -> bool:
+        blocking = self._blocking.get(name)
+        if blocking is None:
+            try:
+                blocking = bool(getattr(self.core.policies.get(name), "blocking_io", False))
+            except Exception:  # unknown or broken: the pipeline falls back and reports it
+                return False
+            self._blocking[name] = blocking
+        return blocking
+
+    def blocking(self, name: str) -> bool:
+        """Does deciding with ``name`` (or a fallback) block on I/O (LLM teacher, Redis store)?"""
+        return self._store_blocking or any(self._policy_blocks(n) for n in (name, *self.core.settings.fallbacks))
+
+    def _observer(self, method: str):
+        return getattr(self.core.observer, method, None)  # service.metrics.Metrics has them all
+
+    async def decide(self, raw: bytes) -> pb.SlotDecision:
+        """One slot: parse → validate → ``core.schedule`` → encode; ``_SlotFailure`` otherwise."""
+        t0 = time.perf_counter()
+        req: pb.SlotRequest | None = None
+        try:
+            try:
+                req = pb.SlotRequest.FromString(raw)
+            except DecodeError as exc:
+                raise InvalidSlotError("request", f"not a valid gnbsched.v1.SlotRequest: {exc}") from None
+            if req.HasField("policy") and req.policy not in self._known:
+                self._known = self._known_policies()  # registered after start?
+            dec = request_to_slot(req, max_users=self.max_users, max_resources=self.max_resources,
+                                  known_policies=self._known)
+        except InvalidSlotError as exc:
+            if (rejected := self._observer("rejected")) is not None:
+                rejected(TRANSPORT, req.preset if req is not None else None)
+            raise _SlotFailure(req, grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from None
+        state = dec.state
+        name = dec.policy or self.core.settings.default_policy(state.preset)
+        try:
+            if self.blocking(name):
+                async with self._locks[hash(state.cell_id) % _CELL_LOCK_STRIPES]:
+                    decision = await asyncio.to_thread(
+                        self.core.schedule, state, policy=name, deadline_ms=dec.deadline_ms,
+                        feedback=dec.feedback, transport=TRANSPORT)
+            else:
+                decision = self.core.schedule(state, policy=name, deadline_ms=dec.deadline_ms,
+                                              feedback=dec.feedback, transport=TRANSPORT)
+            msg = decision_to_pb(state, decision)
+        except Exception as exc:
+            code, field, message = _status_of(exc)
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                if (rejected := self._observer("rejected")) is not None:
+                    rejected(TRANSPORT, state.preset)
+            else:
+                log.error("gRPC: no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
+                          exc_info=code == grpc.StatusCode.INTERNAL)
+                if (error := self._observer("error")) is not None:
+                    error(TRANSPORT, state.preset, name)
+            raise _SlotFailure(req, code, field, message) from exc
+        if (observe := self._observer("observe_request")) is not None:
+            observe(TRANSPORT, time.perf_counter() - t0)
+        return msg
+
+    async def schedule(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.SlotDecision:
+        """Unary ``Schedule``: the decision, or the failure as the call's status."""
+        try:
+            return await self.decide(raw)
+        except _SlotFailure as fail:
+            await context.abort(fail.code, fail.details())
+            raise AssertionError("unreachable: abort raises") from fail
+
+    async def stream_slots(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """``StreamSlots``: one answer per request, in order; a failure is answered in place.
+
+        Explicit ``read``/``write`` (not an async generator): ~15 µs less per slot.
+        """
+        while True:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                return
+            try:
+                msg = await self.decide(raw)
+            except _SlotFailure as fail:
+                req = fail.req
+                where = f"slot {req.slot} of cell {req.cell_id!r}" if req is not None else "undecodable request"
+                msg = error_to_pb(req, fail.code.name, fail.field, f"{where}: {fail.details()}")
+            await context.write(msg)
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """(status code, field, message) of a failure after validation; bad input is never INTERNAL."""
+    if isinstance(exc, InvalidSlotError):
+        return grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message
+    if isinstance(exc, UnknownPolicyError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "policy", str(exc)
+    if isinstance(exc, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "", str(exc)
+    if isinstance(exc, PolicyError):  # incl. PolicyUnavailableError: every policy of the chain failed
+        return grpc.StatusCode.UNAVAILABLE, "", f"no decision: {exc}"
+    if isinstance(exc, GnbSchedError):
+        return grpc.StatusCode.FAILED_PRECONDITION, "", str(exc)
+    return grpc.StatusCode.INTERNAL, "", f"internal error: {type(exc).__name__}"
+
+
+async def _set_health(health_servicer: Any, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
+class SchedulerServer(grpc.aio.Server):
+    """A ``grpc.aio.Server`` (delegating to the real one) that owns the health status.
+
+    ``start()`` sets health from ``core.ready()`` and keeps it in step (checked every
+    ``HEALTH_POLL_S``; the store ping runs off the event loop); ``stop(grace)`` is graceful:
+    health → NOT_SERVING first (load balancers drain), new RPCs refused, running ones get
+    ``grace`` seconds. ``port`` is the bound TCP port.
+    """
+
+    def __init__(self, inner: grpc.aio.Server, core: ServiceCore, health_servicer: Any) -> None:
+        self._inner = inner
+        self._core = core
+        self.health = health_servicer
+        self._watcher: asyncio.Task | None = None
+        self.port = 0
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        self._inner.add_registered_method_handlers(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._inner.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._inner.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await _set_health(self.health, False)
+        await self._inner.start()
+        ok, _ = await asyncio.to_thread(self._core.ready)
+        await _set_health(self.health, ok)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_readiness(ok))
+
+    async def _watch_readiness(self, last: bool) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_POLL_S)
+            try:
+                ok, _ = await asyncio.to_thread(self._core.ready)
+            except Exception:
+                ok = False
+            if ok != last:
+                await _set_health(self.health, ok)
+                last = ok
+
+    async def stop(self, grace: float | None) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+            await self.health.enter_graceful_shutdown()
+        await self._inner.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._inner.wait_for_termination(timeout)
+
+
+async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio.Server:
+    """Build, bind and start the gRPC server; return it started (a ``SchedulerServer``).
+
+    ``port`` 0 binds a free port (``server.port`` / ``bound_port(server)``). Health (service
+    "" and ``gnbsched.v1.Scheduler``) is SERVING once ``core.ready()`` holds and follows it;
+    reflection lists the scheduler, health and reflection services. Messages are limited to
+    ``settings.max_body_bytes`` each way. With ``settings.workers > 1`` the port is bound with
+    SO_REUSEPORT so every worker process serves it; otherwise binding a port in use fails.
+    ``await server.stop(grace_s)`` stops it gracefully.
+    """
+    s = core.settings
+    limit = int(s.max_body_bytes)
+    inner = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+    ])
+    health_servicer = health.aio.HealthServicer()
+    server = SchedulerServer(inner, core, health_servicer)
+    svc = SchedulerService(core)
+    handlers = {
+        "Schedule": grpc.unary_unary_rpc_method_handler(
+            svc.schedule, response_serializer=pb.SlotDecision.SerializeToString),
+        "StreamSlots": grpc.stream_stream_rpc_method_handler(
+            svc.stream_slots, response_serializer=pb.SlotDecision.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+    try:
+        server.port = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise OSError(f"gRPC: cannot bind {host}:{port} (in use, or not a local address): {exc}") from None
+    if server.port == 0:
+        raise OSError(f"gRPC: cannot bind {host}:{port}")
+    await server.start()
+    log.info("gRPC serving %s on %s:%d", SERVICE_NAME, host, server.port)
+    return server
+
+
+def bound_port(server: grpc.aio.Server) -> int:
+    """The TCP port a server from ``start_grpc_server`` listens on."""
+    return int(getattr(server, "port"))  # noqa: B009 (grpc.aio.Server declares no port)
+
+
+async def stop_grpc_server(server: grpc.aio.Server, grace_s: float | None = 5.0) -> None:
+    """Graceful stop (same as ``await server.stop(grace_s)`` on a ``SchedulerServer``)."""
+    await server.stop(grace_s)
+
+
+class GrpcServerThread:
+    """The gRPC server on its own event loop in a daemon thread, for sync hosts (tests, a
+    REST server that owns the main loop, notebooks).
+
+        with GrpcServerThread(core, "127.0.0.1", 0) as srv:
+            client = SchedulerClient(f"127.0.0.1:{srv.port}")
+    """
+
+    def __init__(self, core: ServiceCore, host: str = "127.0.0.1", port: int = 0, *, start_timeout_s: float = 10.0) -> None:
+        self.core = core
+        self.host = host
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-server", daemon=True)
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(start_grpc_server(core, host, port), self.loop)
+        try:
+            self.server = fut.result(timeout=start_timeout_s)
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+            self.loop.close()
+            raise
+        self.port = bound_port(self.server)
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace_s: float | None = 1.0) -> None:
+        """Graceful stop (``stop_grpc_server``), then end the loop and the thread."""
+        if not self.loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(stop_grpc_server(self.server, grace_s), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    def __enter__(self) -> GrpcServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,275 @@
+"""``gnbsched simulate``: drive a scheduling service from the simulators, slot by slot.
+
+    gnbsched simulate --target grpc://127.0.0.1:50051 --preset mac --slots 500 --stream
+    gnbsched simulate --target http://127.0.0.1:8000 --preset spectrum --scenario u10-c15-b3
+    gnbsched simulate --target inproc ...   # the same loop against an in-process ServiceCore
+
+The closed loop is ``service.sim.base.run_episode``: each slot's state and the previous slot's
+feedback (delivered bits per user id) go to the service, its decision (``owner`` as user ids)
+is turned back into DCM tokens and played by the simulator; the KPIs are printed at the end.
+
+The service sees exactly the simulator's slot: the utility matrix travels as ``rate_bps``
+(fading and interference included) together with the physical fields the state has. With the
+same ``--seed``, the same policy and a service on default decision settings (``GNBSCHED_SEED``,
+``GNBSCHED_EWMA_SLOTS``, no deadline — as the in-process core reads them from the same
+environment), a remote run gives the KPIs of ``--target inproc``. Each run uses its own cell id
+(``--cell-id``, default ``sim-<preset>-<random>``) so the service's per-cell history starts
+empty; random-draw policies also seed by cell id, so compare such runs with one ``--cell-id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import json
+import math
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from service.api.grpc.convert import owner_ids_to_tokens
+from service.sim.base import SlotEnv, StepResult, run_episode
+from service.types import SlotState
+
+PRESETS = ("spectrum", "mac")
+DEFAULT_SLOTS = 200
+
+
+# ------------------------------------------------------------------------------- simulators
+
+
+def _sim_module(preset: str):
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
+    return importlib.import_module(f"service.sim.{preset}")
+
+
+def scenarios(preset: str) -> list[str]:
+    """Scenario names of a preset's simulator (``service.sim.<preset>``)."""
+    return list(getattr(_sim_module(preset), f"{preset.upper()}_SCENARIOS"))
+
+
+def default_scenario(preset: str) -> str:
+    mod = _sim_module(preset)
+    return getattr(mod, "DEFAULT_SCENARIO", None) or scenarios(preset)[0]
+
+
+def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
+    """The simulator of ``preset`` for the named scenario (``make_<preset>_env``)."""
+    mod = _sim_module(preset)
+    return getattr(mod, f"make_{preset}_env")(scenario or default_scenario(preset), seed=seed)
+
+
+# ------------------------------------------------------------------------------- transports
+
+
+def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
+              deadline_ms: float | None = None) -> dict[str, Any]:
+    """The ``POST /schedule`` JSON body of a slot (REST contract of issue 3), utility as ``rate_bps``."""
+    users: list[dict[str, Any]] = [{"id": u, "eligible": e} for u, e in
+                                   zip(state.user_ids.tolist(), state.user_eligible.tolist(), strict=True)]
+    columns: list[tuple[str, list]] = []
+    if state.rx_power_dbm is not None:
+        columns.append(("rx_power_dbm", state.rx_power_dbm.tolist()))
+    if state.spectral_efficiency is not None:
+        columns.append(("spectral_efficiency", state.spectral_efficiency.tolist()))
+    if state.buffer_bits is not None:
+        columns.append(("buffer_bits", state.buffer_bits.tolist()))
+    for name, values in columns:
+        for row, v in zip(users, values, strict=True):
+            row[name] = v
+    resources = [{"id": r, "bandwidth_hz": b, "available": a} for r, b, a in
+                 zip(state.resource_ids.tolist(), state.bandwidth_hz.tolist(), state.resource_available.tolist(),
+                     strict=True)]
+    body: dict[str, Any] = {
+        "cell_id": state.cell_id, "slot": state.slot, "preset": state.preset,
+        "max_resources_per_user": state.max_resources_per_user, "tti_s": state.tti_s,
+        "users": users, "resources": resources, "rate_bps": state.utility.tolist(),
+    }
+    if policy is not None:
+        body["policy"] = policy
+    if deadline_ms is not None:
+        body["deadline_ms"] = deadline_ms
+    if feedback:
+        body["feedback"] = {"delivered_bits": {str(k): float(v) for k, v in feedback.items()}}
+    return body
+
+
+class TargetError(RuntimeError):
+    """The service refused a slot or could not be reached."""
+
+
+#: ``(state, feedback) -> (owner tokens int64 [R], valid_before_repair)``
+Decider = Callable[[SlotState, Mapping[int, float]], tuple[np.ndarray, bool]]
+
+
+@contextlib.contextmanager
+def connect(target: str, *, policy: str | None = None, deadline_ms: float | None = None, stream: bool = False,
+            timeout_s: float = 30.0) -> Iterator[Decider]:
+    """A decider ``(state, feedback) -> (owner tokens [R], valid_before_repair)`` against
+    ``target``: ``inproc``, ``http://host:port`` (POST /schedule) or ``grpc://host:port``
+    (unary, or the per-TTI stream with ``stream``)."""
+    if target == "inproc":
+        from service.config import Settings
+        from service.core import ServiceCore
+        from service.state import MemoryStore
+
+        core = ServiceCore(Settings(), store=MemoryStore())
+
+        def decide_inproc(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
+            decision = core.schedule(state, policy=policy, deadline_ms=deadline_ms, feedback=feedback)
+            return decision.owner, decision.valid_before_repair
+
+        try:
+            yield decide_inproc
+        finally:
+            core.close()
+        return
+
+    url = urlsplit(target)
+    if url.scheme not in ("http", "https", "grpc") or not url.netloc:
+        raise ValueError(f"--target must be inproc, http://host:port or grpc://host:port, got {target!r}")
+    if stream and url.scheme != "grpc":
+        raise ValueError("--stream needs a grpc:// target")
+
+    if url.scheme == "grpc":
+        import grpc
+
+        from service.api.grpc.client import SchedulerClient, owner_tokens
+        from service.api.grpc.convert import slot_to_request
+
+        with SchedulerClient(url.netloc, timeout_s=timeout_s) as client:
+            try:
+                client.wait_ready(timeout_s)
+            except grpc.FutureTimeoutError:
+                raise TargetError(f"no gRPC service at {url.netloc}") from None
+            send: Callable[[Any], Any]
+            with contextlib.ExitStack() as stack:
+                if stream:
+                    send = stack.enter_context(client.stream()).send
+                else:
+                    send = client.schedule_request
+
+                def decide_grpc(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
+                    req = slot_to_request(state, feedback=feedback, policy=policy, deadline_ms=deadline_ms)
+                    try:
+                        msg = send(req)
+                    except grpc.RpcError as exc:
+                        raise TargetError(f"slot {state.slot}: {exc.code().name}: {exc.details()}") from None
+                    if msg.HasField("error"):
+                        raise TargetError(f"slot {state.slot}: {msg.error.code}: {msg.error.message}")
+                    return owner_tokens(state, msg), msg.valid_before_repair
+
+                yield decide_grpc
+        return
+
+    import httpx
+    import orjson
+
+    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s) as http:
+
+        def decide_http(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
+            body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms))
+            try:
+                resp = http.post("/schedule", content=body, headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:
+                raise TargetError(f"slot {state.slot}: {type(exc).__name__}: {exc}") from None
+            if resp.status_code != 200:
+                raise TargetError(f"slot {state.slot}: HTTP {resp.status_code}: {resp.text[:500]}")
+            doc = resp.json()
+            owner = np.array([-1 if o is None else o for o in doc["owner"]], dtype=np.int64)
+            return owner_ids_to_tokens(state, owner), bool(doc["valid_before_repair"])
+
+        yield decide_http
+
+
+def simulate(target: str, *, preset: str = "spectrum", scenario: str | None = None, policy: str | None = None,
+             slots: int = DEFAULT_SLOTS, seed: int = 0, stream: bool = False, cell_id: str | None = None,
+             deadline_ms: float | None = None, timeout_s: float = 30.0) -> dict[str, float]:
+    """Run one closed-loop episode against ``target`` and return the simulator's KPIs."""
+    env = _RecordValid(make_env(preset, scenario, seed))
+    cell = cell_id or f"sim-{preset}-{uuid.uuid4().hex[:12]}"
+    with connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s) as decide:
+
+        def decide_in_cell(state: SlotState, feedback: Mapping[int, float]) -> np.ndarray:
+            owner, env.raw_valid = decide(replace(state, cell_id=cell), feedback)
+            return owner
+
+        return run_episode(env, decide_in_cell, slots=slots, seed=seed)
+
+
+class _RecordValid(SlotEnv):
+    """Passes the service's ``valid_before_repair`` of each slot to simulators that count it
+    (``step(owner, raw_valid=...)``: the valid action rate KPI of the mac preset)."""
+
+    def __init__(self, env: SlotEnv) -> None:
+        self.env = env
+        self.preset = env.preset
+        self.raw_valid: bool | None = None
+        self._takes_valid = "raw_valid" in inspect.signature(env.step).parameters
+
+    def reset(self, seed: int | None = None) -> SlotState:
+        return self.env.reset(seed=seed)
+
+    def step(self, owner: np.ndarray) -> StepResult:
+        if self._takes_valid:
+            return self.env.step(owner, raw_valid=self.raw_valid)  # type: ignore[call-arg]
+        return self.env.step(owner)
+
+    def kpis(self) -> dict[str, float]:
+        return self.env.kpis()
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="inproc",
+                        help="inproc (default), http://host:port (REST) or grpc://host:port")
+    parser.add_argument("--preset", choices=PRESETS, default="spectrum", help="simulator (default spectrum)")
+    parser.add_argument("--scenario", default=None, help="scenario of the preset's simulator (default: its first)")
+    parser.add_argument("--policy", default=None, help="policy to ask for (default: the service's for the preset)")
+    parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help=f"slots to play (default {DEFAULT_SLOTS})")
+    parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    parser.add_argument("--stream", action="store_true", help="gRPC: one StreamSlots call for the episode")
+    parser.add_argument("--cell-id", default=None, help="cell id sent to the service (default sim-<preset>-<random>)")
+    parser.add_argument("--deadline-ms", type=float, default=None, help="per-slot policy deadline to ask for")
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30 s)")
+    parser.add_argument("--json", action="store_true", help="print the KPIs as one JSON object")
+    parser.add_argument("--list-scenarios", action="store_true", help="list the preset's scenarios and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_scenarios:
+        print("\n".join(scenarios(args.preset)))
+        return 0
+    if args.slots < 1:
+        print("gnbsched simulate: --slots must be >= 1", file=sys.stderr)
+        return 2
+    scenario = args.scenario or default_scenario(args.preset)
+    cell = args.cell_id or f"sim-{args.preset}-{uuid.uuid4().hex[:12]}"
+    try:
+        kpis = simulate(args.target, preset=args.preset, scenario=scenario, policy=args.policy, slots=args.slots,
+                        seed=args.seed, stream=args.stream, cell_id=cell, deadline_ms=args.deadline_ms,
+                        timeout_s=args.timeout_s)
+    except (ValueError, KeyError, TargetError) as exc:
+        print(f"gnbsched simulate: {exc}", file=sys.stderr)
+        return 2
+    header = {"target": args.target, "preset": args.preset, "scenario": scenario, "policy": args.policy or "default",
+              "slots": args.slots, "seed": args.seed, "stream": args.stream, "cell_id": cell}
+    if args.json:
+        clean = {k: float(v) if math.isfinite(v) else None for k, v in kpis.items()}  # NaN is not JSON
+        print(json.dumps({**header, "kpis": clean}, sort_keys=True))
+        return 0
+    print("gnbsched simulate: " + " ".join(f"{k}={v}" for k, v in header.items()))
+    width = max(map(len, kpis), default=0)
+    for name, value in kpis.items():
+        print(f"  {name:<{width}}  {value:.6g}")
+    return 0
