@@ -1,0 +1,168 @@
+"""``gnbsched bench`` teacher suite: the LLM teacher's raw answers on the simulators.
+
+Runs only when an endpoint is configured (``GNBSCHED_TEACHER_URL``, the other
+``GNBSCHED_TEACHER_*`` settings as for serving). Per preset and scenario, a closed loop: every
+slot is serialized and sent to the teacher, its raw answer is checked against the PAG (the
+*valid-before-repair* rate of SPEC §3 / LSA, measured on raw outputs), repaired and played in the
+simulator; a slot the teacher cannot serve (down, timeout, garbage) is played with ``greedy`` and
+counted. Reported per scenario: answered / failed slots, valid-before-repair rate over answered
+slots, unparsable answers, mean and p95 latency, mean prompt tokens (and whether the endpoint's
+tokenizer counted them), and the repaired decision's utility relative to KM and to a random
+valid assignment of the same slots. Outputs: ``<out>/teacher/results.csv`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import GnbSchedError
+from service.finetune.dataset import make_env
+from service.finetune.rewards import RewardConfig, random_reference
+from service.history import CellHistory, apply_feedback, record_decision
+from service.pag.checks import UNPARSABLE, check
+from service.pag.repair import repair
+from service.pipeline import slot_rng
+from service.policies.base import PolicyContext, make
+from service.policies.teacher import Teacher, TeacherConfig
+from service.types import slot_utility
+
+#: scenarios per preset: default run, and --quick
+SCENARIOS = {"spectrum": ("u5-c5-b1", "u10-c15-b3", "u15-c20-b4", "u15-c20-b8", "scale-I"),
+             "mac": ("standard", "fixed-5", "mix-4a1l")}
+QUICK_SCENARIOS = {"spectrum": ("u5-c5-b1", "u15-c20-b4"), "mac": ("fixed-5",)}
+DEFAULT_SLOTS, QUICK_SLOTS = 20, 4
+
+
+@dataclass
+class TeacherRow:
+    preset: str
+    scenario: str
+    slots: int
+    answered: int
+    failed: int
+    valid_before_repair_rate: float
+    unparsable: int
+    latency_ms_mean: float
+    latency_ms_p95: float
+    prompt_tokens_mean: float
+    token_source: str
+    ratio_to_km: float
+    ratio_to_random: float
+    failures: str
+
+
+def configured() -> bool:
+    """Is a teacher endpoint configured in the environment?"""
+    return bool(TeacherConfig().url)
+
+
+def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed: int) -> TeacherRow:
+    """One closed-loop episode of ``slots`` slots with the teacher's repaired decisions."""
+    env = make_env(preset, scenario, seed)
+    state = env.reset(seed=seed)
+    km, greedy = make("km"), make("greedy")
+    history = CellHistory.empty()
+    feedback: dict[int, float] = {}
+    answered = valid = unparsable = 0
+    failures: dict[str, int] = {}
+    latency_ms: list[float] = []
+    tokens: list[int] = []
+    sources: set[str] = set()
+    util = util_km = util_rand = 0.0
+    ref_cfg = RewardConfig(seed=seed)
+    for _ in range(slots):
+        if feedback:
+            history = apply_feedback(history, feedback)
+        view = history.view(state)
+        ctx = PolicyContext(view, slot_rng(seed, state.cell_id, state.slot))
+        t0 = time.perf_counter()
+        try:
+            prompt = teacher.serialize(state, ctx)
+            tokens.append(prompt.tokens)
+            sources.add(prompt.token_source)
+            raw = teacher.act(state, ctx, prompt)
+        except GnbSchedError as exc:
+            kind = type(exc).__name__
+            failures[kind] = failures.get(kind, 0) + 1
+            owner = np.asarray(greedy(state, ctx), np.int64)
+        else:
+            latency_ms.append((time.perf_counter() - t0) * 1e3)
+            answered += 1
+            result = check(state, raw)
+            valid += int(result.valid)
+            unparsable += int(any(v.kind == UNPARSABLE for v in result.violations))
+            owner = repair(state, result)
+        util += slot_utility(state, owner)
+        util_km += slot_utility(state, np.asarray(km(state, ctx), np.int64))
+        util_rand += random_reference(state, ref_cfg)
+        history = record_decision(history, state, owner)
+        res = env.step(owner)
+        state, feedback = res.state, res.feedback
+        if res.done:
+            break
+    lat = np.asarray(latency_ms) if latency_ms else np.zeros(1)
+    return TeacherRow(
+        preset=preset, scenario=scenario, slots=answered + sum(failures.values()), answered=answered,
+        failed=sum(failures.values()), valid_before_repair_rate=valid / answered if answered else 0.0,
+        unparsable=unparsable, latency_ms_mean=float(lat.mean()), latency_ms_p95=float(np.percentile(lat, 95)),
+        prompt_tokens_mean=float(np.mean(tokens)) if tokens else 0.0, token_source="/".join(sorted(sources)),
+        ratio_to_km=util / util_km if util_km > 0 else 0.0, ratio_to_random=util / util_rand if util_rand > 0 else 0.0,
+        failures=", ".join(f"{k}: {v}" for k, v in sorted(failures.items())))
+
+
+def table(rows: list[TeacherRow]) -> str:
+    head = ("preset", "scenario", "slots", "answered", "valid_raw", "unparsable", "lat_ms", "p95_ms", "tokens",
+            "vs_km", "vs_rand", "failures")
+    cells = [head] + [(r.preset, r.scenario, str(r.slots), str(r.answered), f"{r.valid_before_repair_rate:.2f}",
+                       str(r.unparsable), f"{r.latency_ms_mean:.0f}", f"{r.latency_ms_p95:.0f}",
+                       f"{r.prompt_tokens_mean:.0f} {r.token_source}", f"{r.ratio_to_km:.3f}",
+                       f"{r.ratio_to_random:.2f}", r.failures or "-") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(head))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No teacher-specific options; the endpoint comes from ``GNBSCHED_TEACHER_*``."""
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TeacherConfig()
+    if not cfg.url:
+        print("bench teacher: no endpoint configured (set GNBSCHED_TEACHER_URL); skipped")
+        return 0
+    teacher = Teacher(cfg)
+    presets = ["spectrum", "mac"] if getattr(args, "preset", "all") == "all" else [args.preset]
+    quick = bool(getattr(args, "quick", False))
+    slots = getattr(args, "slots", None) or (QUICK_SLOTS if quick else DEFAULT_SLOTS)
+    seed = int(getattr(args, "seed", 0))
+    rows: list[TeacherRow] = []
+    try:
+        for preset in presets:
+            for scenario in (QUICK_SCENARIOS if quick else SCENARIOS)[preset]:
+                rows.append(run_scenario(teacher, preset, scenario, slots, seed))
+                print(f"bench teacher: {preset}/{scenario} done", flush=True)
+    finally:
+        teacher.close()
+    out_dir = Path(getattr(args, "out", "bench-out")) / "teacher"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(asdict(rows[0])) if rows else ["preset"])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    meta: dict[str, Any] = {"endpoint": cfg.url, "model": cfg.model, "dialect": cfg.dialect,
+                            "budget_tokens": cfg.budget_tokens, "slots": slots, "seed": seed}
+    (out_dir / "results.json").write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"LLM teacher {cfg.model} at {cfg.url} (dialect {cfg.dialect}): raw answers, valid before repair")
+    print(table(rows))
+    print(f"written: {out_dir / 'results.csv'}, {out_dir / 'results.json'}")
+    return 0

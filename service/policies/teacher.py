@@ -1,0 +1,367 @@
+"""LLM teacher: a remote model behind an OpenAI-compatible API (vLLM, llama.cpp, Ollama).
+
+``serialize`` turns the slot into a hierarchical prompt under a token budget
+(``service.serialize.prompt``, SPEC §5); ``act`` sends it as a chat completion with the PAG as
+a decoding constraint in the endpoint's dialect and returns the answer *text*. The text is data:
+the pipeline parses it as JSON (``service.pag.checks.parse_text``), checks it against the PAG
+and repairs it; nothing in it is ever executed.
+
+Failure modes, each mapped so that ``pipeline.decide`` falls back (``Settings.fallbacks``,
+typically teacher → student → greedy):
+  * endpoint down, refused, HTTP error, timeout, concurrency limit → ``TeacherUnavailableError``;
+  * the slot's deadline cut the request → ``DeadlineExceededError``;
+  * an answer without any JSON document (garbage, truncated) → ``TeacherAnswerError``
+    (unless ``fallback_on_unparsable`` is off: then the garbage goes to check/repair).
+
+Constraint dialects (``GNBSCHED_TEACHER_DIALECT``):
+  * ``llamacpp``: ``response_format = {"type": "json_object", "schema": S}`` (llama.cpp server and
+    llama-cpp-python; the latter rejects ``"type": "json_schema"``);
+  * ``llamacpp_grammar``: ``grammar = <GBNF>`` (same servers);
+  * ``json_schema``: ``response_format = {"type": "json_schema", "json_schema": {...}}`` (OpenAI,
+    llama.cpp server, vLLM);
+  * ``vllm``: ``structured_outputs = {"json": S}`` (vLLM >= 0.12);
+  * ``vllm_legacy``: ``guided_json = S`` (vLLM < 0.12);
+  * ``ollama``: Ollama's native ``/api/chat`` with ``format = S``;
+  * ``plain``: no constraint (the prompt alone asks for the schema).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import httpx
+import numpy as np
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import DeadlineExceededError, PolicyError, TeacherUnavailableError
+from service.pag.checks import UNPARSABLE, check, parse_text
+from service.pag.repair import repair
+from service.policies.base import Policy, PolicyContext, register
+from service.serialize.prompt import Prompt, PromptOptions, serialize_prompt
+from service.types import SlotState
+
+Dialect = Literal["llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain"]
+DIALECTS: tuple[str, ...] = ("llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain")
+
+
+class TeacherAnswerError(PolicyError):
+    """The teacher answered, but with no JSON document in the text (garbage or truncated)."""
+
+
+class TeacherConfig(BaseSettings):
+    """Teacher settings, read from ``GNBSCHED_TEACHER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="GNBSCHED_TEACHER_", extra="ignore")
+
+    url: str | None = Field(default=None, description="API base URL, e.g. http://127.0.0.1:8080/v1 (None: no teacher)")
+    model: str = Field(default="teacher", description="model name sent in requests; also the policy version")
+    api_key: SecretStr | None = Field(default=None, description="bearer token, if the endpoint wants one")
+    dialect: Dialect = Field(default="llamacpp", description="how the PAG constraint is sent (module doc)")
+    tokenizer: Literal["auto", "estimate"] = Field(
+        default="auto", description="auto: count prompt tokens with the endpoint's tokenizer when it has one "
+        "(llama-cpp-python /extras/tokenize/count, llama.cpp and vLLM /tokenize); estimate: never ask")
+    budget_tokens: int = Field(default=2048, description="prompt token budget (SPEC §5)")
+    answer_form: Literal["auto", "owner", "allocation"] = Field(default="auto", description="answer JSON form")
+    owner_form_max_resources: int = Field(default=64, description="largest R answered in the owner form (auto)")
+    pairs_per_row: int = Field(default=3, description="best partners listed per user / resource row")
+    system_role: bool = Field(default=True, description="send a system message (False: merged into the user turn)")
+    max_tokens: int = Field(default=1024, description="completion token limit")
+    temperature: float = Field(default=0.0, description="sampling temperature (0 = greedy)")
+    timeout_s: float = Field(default=30.0, description="request timeout; the slot's deadline bounds it further")
+    connect_timeout_s: float = Field(default=2.0, description="TCP connect timeout")
+    max_concurrency: int = Field(default=4, description="requests in flight at once (pooled connections)")
+    cache_size: int = Field(default=0, description="LRU cache of answers keyed by the serialized state (0 = off)")
+    record_path: str | None = Field(default=None, description="append (state, teacher decision) JSONL here (None = off)")
+    fallback_on_unparsable: bool = Field(default=True, description="answers without JSON raise (fallback) instead of repair")
+
+    def prompt_options(self) -> PromptOptions:
+        return PromptOptions(budget_tokens=self.budget_tokens, answer_form=self.answer_form,
+                             owner_form_max_resources=self.owner_form_max_resources,
+                             pairs_per_row=self.pairs_per_row, system_role=self.system_role)
+
+    def api_root(self) -> str:
+        """The server root (the API base without a trailing ``/v1``)."""
+        url = (self.url or "").rstrip("/")
+        return url[:-3] if url.endswith("/v1") else url
+
+    def chat_url(self) -> str:
+        if self.dialect == "ollama":
+            return self.api_root() + "/api/chat"
+        url = (self.url or "").rstrip("/")
+        return url + "/chat/completions" if url.endswith("/v1") else url + "/v1/chat/completions"
+
+
+def request_body(cfg: TeacherConfig, prompt: Prompt, seed: int | None = None) -> dict[str, Any]:
+    """The JSON body of one chat request in ``cfg.dialect`` (pure; exposed for tests)."""
+    if cfg.dialect == "ollama":
+        options: dict[str, Any] = {"temperature": cfg.temperature, "num_predict": cfg.max_tokens}
+        if seed is not None:
+            options["seed"] = seed
+        return {"model": cfg.model, "messages": prompt.messages, "stream": False, "format": prompt.schema,
+                "options": options}
+    body: dict[str, Any] = {"model": cfg.model, "messages": prompt.messages, "max_tokens": cfg.max_tokens,
+                            "temperature": cfg.temperature, "stream": False}
+    if seed is not None:
+        body["seed"] = seed
+    d = cfg.dialect
+    if d == "llamacpp":
+        body["response_format"] = {"type": "json_object", "schema": prompt.schema}
+    elif d == "llamacpp_grammar":
+        body["grammar"] = prompt.grammar
+    elif d == "json_schema":
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "dcm", "schema": prompt.schema, "strict": True}}
+    elif d == "vllm":
+        body["structured_outputs"] = {"json": prompt.schema}
+    elif d == "vllm_legacy":
+        body["guided_json"] = prompt.schema
+    return body
+
+
+def answer_of(cfg: TeacherConfig, payload: Any) -> tuple[str, dict[str, Any]]:
+    """(answer text, usage) from a response payload of ``cfg.dialect``; raises TeacherAnswerError."""
+    try:
+        if cfg.dialect == "ollama":
+            text = payload["message"]["content"]
+            usage = {"prompt_tokens": payload.get("prompt_eval_count"), "completion_tokens": payload.get("eval_count")}
+        else:
+            choice = payload["choices"][0]
+            text = choice["message"]["content"]
+            usage = dict(payload.get("usage") or {})
+            usage["finish_reason"] = choice.get("finish_reason")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise TeacherAnswerError(f"teacher response has no answer text ({type(exc).__name__}: {exc})") from None
+    if not isinstance(text, str):
+        raise TeacherAnswerError(f"teacher answer is {type(text).__name__}, not text")
+    return text, usage
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process (loading the CA bundle costs ~100 ms per client otherwise)."""
+    return httpx.create_ssl_context()
+
+
+@register("teacher")
+class Teacher(Policy):
+    """LLM teacher over an OpenAI-compatible endpoint (module doc). Thread-safe; blocking I/O."""
+
+    name = "teacher"
+    #: act() does network I/O: transports run it in a worker thread
+    blocking_io: ClassVar[bool] = True
+
+    def __init__(self, config: TeacherConfig | None = None, *, transport: httpx.BaseTransport | None = None,
+                 **overrides: Any) -> None:
+        cfg = config or TeacherConfig()
+        self.config = cfg.model_copy(update=overrides) if overrides else cfg
+        if self.config.max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.version = self.config.model
+        self.options = self.config.prompt_options()
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.config.max_concurrency)
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._record_lock = threading.Lock()
+        self._tokenize: tuple[str, str] | bool | None = False  # False = not probed, None = none offered
+        self._scale = 1.0  # calibration: endpoint tokens / estimated tokens (EWMA)
+        self.stats = {"requests": 0, "cache_hits": 0, "errors": 0}
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _http(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                headers = {}
+                if self.config.api_key is not None:
+                    headers["Authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
+                n = self.config.max_concurrency
+                self._client = httpx.Client(headers=headers, transport=self._transport, verify=_ssl_context(),
+                                            limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1))
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta.update(endpoint=self.config.url, dialect=self.config.dialect, model=self.config.model,
+                    budget_tokens=self.config.budget_tokens)
+        return meta
+
+    def _timeout(self, ctx: PolicyContext | None) -> tuple[float, bool]:
+        """(seconds, bound_by_deadline) for the next request."""
+        left = ctx.time_left_s() if ctx is not None else float("inf")
+        t = min(self.config.timeout_s, left)
+        if t <= 0:
+            raise DeadlineExceededError("teacher: no time left before the slot's deadline")
+        return t, left < self.config.timeout_s
+
+    # -- tokenizer ----------------------------------------------------------------------
+    def _token_counter(self, ctx: PolicyContext | None) -> Callable[[str], int] | None:
+        """A callable counting tokens with the endpoint's tokenizer, or None (estimate)."""
+        cfg = self.config
+        if cfg.tokenizer == "estimate" or not cfg.url or cfg.dialect in ("ollama", "plain"):
+            return None
+        if self._tokenize is None:
+            return None
+        root = cfg.api_root()
+
+        def post(path: str, body: dict[str, Any]) -> Any:
+            t, _ = self._timeout(ctx)
+            r = self._http().post(root + path, json=body, timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t)))
+            r.raise_for_status()
+            return r.json()
+
+        def llama_cpp_python(text: str) -> int:
+            return int(post("/extras/tokenize/count", {"input": text, "model": cfg.model})["count"])
+
+        def llama_cpp(text: str) -> int:
+            return len(post("/tokenize", {"content": text})["tokens"])
+
+        def vllm(text: str) -> int:
+            return int(post("/tokenize", {"model": cfg.model, "prompt": text, "add_special_tokens": True})["count"])
+
+        kinds = {"llama_cpp_python": llama_cpp_python, "llama_cpp": llama_cpp, "vllm": vllm}
+        if isinstance(self._tokenize, tuple):
+            return kinds[self._tokenize[0]]
+        candidates = ["vllm"] if cfg.dialect.startswith("vllm") else ["llama_cpp_python", "llama_cpp", "vllm"]
+        for kind in candidates:
+            try:
+                kinds[kind]("probe")
+            except httpx.HTTPStatusError:
+                continue
+            except (httpx.HTTPError, KeyError, TypeError, ValueError):
+                return None  # endpoint down or odd: estimate this time, probe again next slot
+            self._tokenize = (kind, root)
+            return kinds[kind]
+        self._tokenize = None
+        return None
+
+    # -- policy -------------------------------------------------------------------------
+    def serialize(self, state: SlotState, ctx: PolicyContext) -> Prompt:
+        count = self._token_counter(ctx)
+
+        def safe_count(text: str) -> int:
+            assert count is not None
+            try:
+                return count(text)
+            except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+                raise _TokenizerFailed from exc
+
+        try:
+            try:
+                prompt = serialize_prompt(state, ctx.history, self.options,
+                                          count_tokens=safe_count if count else None, scale=self._scale)
+            except _TokenizerFailed:
+                prompt = serialize_prompt(state, ctx.history, self.options, scale=1.0)
+        except ValueError as exc:  # the budget cannot hold the fixed blocks
+            raise PolicyError(f"teacher: cannot serialize the slot: {exc}") from exc
+        if prompt.token_source == "endpoint" and prompt.estimated_tokens > 0:
+            ratio = prompt.tokens / prompt.estimated_tokens
+            self._scale = min(1.0, 0.8 * self._scale + 0.2 * ratio)
+        return prompt
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> str:
+        cfg = self.config
+        if not cfg.url:
+            raise TeacherUnavailableError("teacher: no endpoint configured (set GNBSCHED_TEACHER_URL)")
+        prompt: Prompt = obs if isinstance(obs, Prompt) else self.serialize(state, ctx)
+        ctx.info.update(teacher_prompt_tokens=prompt.tokens, teacher_token_source=prompt.token_source,
+                        teacher_answer_form=prompt.answer_form)
+        if cfg.cache_size > 0:
+            with self._cache_lock:
+                hit = self._cache.get(prompt.key)
+                if hit is not None:
+                    self._cache.move_to_end(prompt.key)
+                    self.stats["cache_hits"] += 1
+            if hit is not None:
+                ctx.info["teacher_cache"] = "hit"
+                return hit
+        text = self._complete(prompt, ctx)
+        if cfg.fallback_on_unparsable:
+            _, _, violations = parse_text(state, text)
+            if violations and violations[0].kind == UNPARSABLE:
+                raise TeacherAnswerError(f"teacher answer is not JSON ({violations[0].message}): {text[:120]!r}")
+        if cfg.cache_size > 0:
+            with self._cache_lock:
+                self._cache[prompt.key] = text
+                while len(self._cache) > cfg.cache_size:
+                    self._cache.popitem(last=False)
+        if cfg.record_path:
+            self._record(state, prompt, text)
+        return text
+
+    def _complete(self, prompt: Prompt, ctx: PolicyContext) -> str:
+        cfg = self.config
+        t, by_deadline = self._timeout(ctx)
+        t0 = time.perf_counter()
+        if not self._slots.acquire(timeout=t):
+            raise TeacherUnavailableError(f"teacher: {cfg.max_concurrency} requests already in flight")
+        try:
+            t, by_deadline = self._timeout(ctx)
+            body = request_body(cfg, prompt, seed=int(ctx.rng.integers(2**31)))
+            self.stats["requests"] += 1
+            try:
+                resp = self._http().post(cfg.chat_url(), json=body,
+                                         timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t)))
+            except httpx.TimeoutException as exc:
+                self.stats["errors"] += 1
+                if by_deadline:
+                    raise DeadlineExceededError(f"teacher: no answer within the slot's deadline ({t * 1e3:.0f} ms)") from exc
+                raise TeacherUnavailableError(f"teacher: timed out after {t:.1f} s ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                self.stats["errors"] += 1
+                raise TeacherUnavailableError(f"teacher: {cfg.chat_url()} unreachable ({type(exc).__name__}: {exc})") from exc
+        finally:
+            self._slots.release()
+        if resp.status_code != 200:
+            self.stats["errors"] += 1
+            raise TeacherUnavailableError(f"teacher: HTTP {resp.status_code} from {cfg.chat_url()}: {resp.text[:300]}")
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise TeacherAnswerError(f"teacher response is not JSON: {resp.text[:120]!r}") from None
+        text, usage = answer_of(cfg, payload)
+        ctx.info["teacher_latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        for k in ("prompt_tokens", "completion_tokens", "finish_reason"):
+            if usage.get(k) is not None:
+                ctx.info[f"teacher_{k}"] = usage[k]
+        return text
+
+    def _record(self, state: SlotState, prompt: Prompt, text: str) -> None:
+        """Append one (state, teacher decision) line for distillation (``service.finetune.dataset``)."""
+        from service.finetune.dataset import slot_to_dict
+
+        result = check(state, text)
+        owner = repair(state, result)
+        line = {
+            "kind": "teacher", "model": self.config.model, "time": time.time(),
+            "state": slot_to_dict(state), "messages": prompt.messages, "answer_form": prompt.answer_form,
+            "answer": text, "valid_before_repair": result.valid,
+            "violations": [v.kind for v in result.violations],
+            "owner": np.asarray(owner, np.int64).tolist(),
+        }
+        data = json.dumps(line, separators=(",", ":")) + "\n"
+        path = Path(self.config.record_path or "")
+        with self._record_lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(data)
+
+
+class _TokenizerFailed(Exception):
+    """The endpoint's tokenizer failed mid-serialization: fall back to the estimate."""
