@@ -28,12 +28,14 @@ def greedy_fill(state: SlotState, score: np.ndarray, owner: np.ndarray | None = 
     """Greedy assignment, highest ``score`` first (ties: lower user, then lower resource index).
 
     Starts from ``owner`` [R] (default: empty) and only fills free available resources, with
-    eligible ``users`` (default: all) below their cap and, in mac, with data left.
+    eligible ``users`` (default: all) below their cap and, in mac, with data left: pairs are
+    visited in that order and a pair is taken iff its resource is still free, its user is below
+    the cap and (mac) the user's scheduled TBS does not yet cover its buffer.
     score: float64 [N, R]. Returns the DCM int64 [R].
     """
     owner = np.zeros(state.num_res, np.int64) if owner is None else owner.copy()
     cap = state.max_resources_per_user
-    counts = np.bincount(owner, minlength=state.num_ue + 1)[1:].copy()
+    counts = np.bincount(owner, minlength=state.num_ue + 1)[1:]
     remaining = remaining_bits(state, owner)
     cand = state.user_eligible & (counts < cap)
     if remaining is not None:
@@ -46,42 +48,122 @@ def greedy_fill(state: SlotState, score: np.ndarray, owner: np.ndarray | None = 
     free = np.flatnonzero(state.resource_available & (owner == 0))
     if cand_users.size == 0 or free.size == 0:
         return owner
-    sub = score[np.ix_(cand_users, free)]  # [U, F]
-    # argsort of -score is stable, so ties keep (user, resource) row-major order
-    order = np.argsort(-sub, axis=None, kind="stable")
-    f = free.size
-    taken = np.zeros(state.num_res, bool)
-    left_res, left_users = free.size, cand_users.size
-    util = state.utility
-    for k in order.tolist():
-        ui, fi = divmod(k, f)
-        u, res = int(cand_users[ui]), int(free[fi])
-        if taken[res] or counts[u] >= cap or (remaining is not None and remaining[u] <= 0):
-            continue
-        owner[res] = u + 1
-        taken[res] = True
-        counts[u] += 1
-        left_res -= 1
-        done = counts[u] >= cap
-        if remaining is not None:
-            remaining[u] -= util[u, res]
-            done = done or remaining[u] <= 0
-        left_users -= int(done)
-        if left_res == 0 or left_users == 0:
-            break
+    sub = score.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.isfinite(sub.sum())  # False for NaN / inf anywhere (or a sum overflow)
+    if not finite:  # general path
+        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
+    elif (sub == sub[:, :1]).all():
+        _greedy_row_constant(state, sub[:, 0], cand_users, free, owner, counts, remaining)
+    elif cap - counts[cand_users].min() <= 1:
+        _greedy_single(sub, cand_users, free, owner)
+    else:
+        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
     return owner
+
+
+def _greedy_single(sub: np.ndarray, cand_users: np.ndarray, free: np.ndarray, owner: np.ndarray) -> None:
+    """``greedy_fill`` when every candidate can take one more resource: rounds of mutually
+    first pairs (best of its row and of its column, ties by lower index), which the sequential
+    greedy takes whatever else it takes. sub: finite [U, F]; fills ``owner`` in place."""
+    m = sub.copy()  # [U, F]; taken rows / columns become -inf
+    mt = np.ascontiguousarray(sub.T)  # [F, U], the same for column-wise argmax
+    row_idx = np.arange(m.shape[0])
+    row_open = np.ones(m.shape[0], bool)
+    left = min(m.shape)
+    while left:
+        best_col = m.argmax(axis=1)  # [U] first max of each row: lowest resource among ties
+        best_row = mt.argmax(axis=1)  # [F] first max of each column: lowest user among ties
+        mutual = np.flatnonzero((best_row[best_col] == row_idx) & row_open)
+        cols = best_col[mutual]
+        owner[free[cols]] = cand_users[mutual] + 1
+        row_open[mutual] = False
+        m[mutual] = -np.inf
+        m[:, cols] = -np.inf
+        mt[cols] = -np.inf
+        mt[:, mutual] = -np.inf
+        left -= mutual.size
+
+
+def _greedy_row_constant(state: SlotState, user_score: np.ndarray, cand_users: np.ndarray,
+                         free: np.ndarray, owner: np.ndarray, counts: np.ndarray,
+                         remaining: np.ndarray | None) -> None:
+    """``greedy_fill`` when a user's score is the same on every free resource (mac: TBS per
+    user): users by score (ties: lower index) take the lowest free resources up to their cap
+    and, in mac, until their buffer is covered. user_score: [U]; fills ``owner`` in place."""
+    cap, n_free = state.max_resources_per_user, free.size
+    users = cand_users[np.lexsort((cand_users, -user_score))].tolist()
+    room = (cap - counts).tolist()
+    left = None if remaining is None else remaining.tolist()
+    gain = None
+    if left is not None:
+        usub = state.utility.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
+        if (usub == usub[:, :1]).all():  # TBS per user, the same on every RBG
+            gain = dict(zip(cand_users.tolist(), usub[:, 0].tolist(), strict=True))
+    takes: list[int] = []
+    start = 0
+    for u in users:
+        take = min(room[u], n_free - start)
+        if left is not None:  # the j-th RBG is taken while data is still queued before it
+            rem, k = left[u], 0
+            while k < take and rem > 0:
+                rem -= gain[u] if gain is not None else float(state.utility[u, free[start + k]])
+                k += 1
+            take = k
+        takes.append(take)
+        start += take
+        if start >= n_free:
+            break
+    owner[free[:start]] = np.repeat(np.asarray(users[:len(takes)], np.int64) + 1, takes)
+
+
+def _greedy_pairs(state: SlotState, sub: np.ndarray, cand_users: np.ndarray, free: np.ndarray,
+                  owner: np.ndarray, counts: np.ndarray, remaining: np.ndarray | None) -> None:
+    """``greedy_fill`` in general: visit the pairs in order of score. Fills ``owner`` in place."""
+    f = free.size
+    neg = -sub.ravel()
+    order = np.argsort(neg)  # introsort; equals the stable order unless scores tie (or are NaN)
+    ranked = neg[order]
+    if (ranked[1:] == ranked[:-1]).any() or np.isnan(ranked[-1]):
+        order = np.argsort(neg, kind="stable")  # ties keep (user, resource) order
+    gain_flat = state.utility.take(cand_users, axis=0).take(free, axis=1).ravel()  # [U·F]
+    cap = state.max_resources_per_user
+    cnt = counts.tolist()
+    left = None if remaining is None else remaining.tolist()
+    taken: set[int] = set()
+    left_res, left_users = f, cand_users.size
+    start, chunk = 0, max(4 * f, 256)  # the pairs are turned into Python values chunk by chunk
+    while start < order.size:
+        part = order[start:start + chunk]
+        start, chunk = start + chunk, 2 * chunk
+        for u, res, g in zip(cand_users[part // f].tolist(), free[part % f].tolist(),
+                             gain_flat[part].tolist(), strict=True):
+            if res in taken or cnt[u] >= cap or (left is not None and left[u] <= 0):
+                continue
+            owner[res] = u + 1
+            taken.add(res)
+            cnt[u] += 1
+            left_res -= 1
+            done = cnt[u] >= cap
+            if left is not None:
+                left[u] -= g
+                done = done or left[u] <= 0
+            left_users -= int(done)
+            if left_res == 0 or left_users == 0:
+                return
 
 
 def copies_per_user(state: SlotState) -> np.ndarray:
     """int64 [N]: how many resources each eligible user can usefully hold.
 
     min(cap, available resources) and, in mac with known buffers, the RBGs needed to empty the
-    buffer at the user's best TBS: ceil(buffer / max TBS).
+    buffer at the user's best TBS on an available RBG: ceil(buffer / max TBS).
     """
-    n_avail = int(state.resource_available.sum())
+    avail = state.resource_available
+    n_avail = int(avail.sum())
     k = np.full(state.num_ue, min(state.max_resources_per_user, n_avail), np.int64)
     if state.preset == "mac" and state.buffer_bits is not None and k.max(initial=0) > 1:
-        best = state.utility.max(axis=1)
+        best = state.utility[:, avail].max(axis=1)
         need = np.ceil(np.divide(state.buffer_bits, best, out=np.zeros(state.num_ue), where=best > 0))
         k = np.minimum(k, need.astype(np.int64))
     return np.where(state.user_eligible, k, 0)
@@ -91,10 +173,11 @@ def linear_assignment(state: SlotState, score: np.ndarray, users: np.ndarray | N
                       resources: np.ndarray | None = None) -> np.ndarray:
     """Exact max-score assignment (Hungarian / Jonker-Volgenant via scipy) with per-user caps.
 
-    A user with cap ``k > 1`` is replicated ``k`` times; copy ``j`` of user ``u`` is worth
-    ``min(score, buffer_u − j·TBS)`` on each RBG in mac (the marginal value of a j-th RBG), so
-    the result is exactly optimal for the scheduled-bits objective when a user's TBS is the
-    same on every RBG, and for the sum-rate objective whenever the cap is 1.
+    A user with cap ``k > 1`` is replicated ``k`` times; copy ``j`` of user ``u`` (``j = 0`` for
+    a single copy) is worth ``min(score, buffer_u − j·TBS)`` on each RBG in mac (the marginal
+    value of a j-th RBG: a UE cannot send more than it has queued), so the result is exactly
+    optimal for the scheduled-bits objective when a user's TBS is the same on every RBG, and for
+    the sum-rate objective whenever the cap is 1.
     Restrict to ``users`` / ``resources`` index subsets if given. Returns the DCM int64 [R].
     """
     owner = np.zeros(state.num_res, np.int64)
@@ -104,18 +187,20 @@ def linear_assignment(state: SlotState, score: np.ndarray, users: np.ndarray | N
         return owner
     copies = copies_per_user(state)[u_sel]
     copies = np.minimum(copies, r_sel.size)
-    sub = score[np.ix_(u_sel, r_sel)]  # [U, F]
+    sub = score.take(u_sel, axis=0).take(r_sel, axis=1)  # [U, F]
     if copies.max(initial=0) <= 1:
         rows_user = u_sel[copies > 0]
-        mat = sub[copies > 0]
+        mat = sub[copies > 0]  # [U', F]
+        j = np.zeros(rows_user.size)
     else:
         rows_user = np.repeat(u_sel, copies)
         j = np.concatenate([np.arange(c) for c in copies])
-        mat = np.repeat(sub, copies, axis=0)
-        if state.preset == "mac" and state.buffer_bits is not None:
-            util = np.repeat(state.utility[np.ix_(u_sel, r_sel)], copies, axis=0)
-            left = state.buffer_bits[rows_user][:, None] - j[:, None] * util
-            mat = np.minimum(mat, np.clip(left, 0.0, None) * np.divide(mat, util, out=np.ones_like(mat), where=util > 0))
+        mat = np.repeat(sub, copies, axis=0)  # [sum(copies), F]
+    if state.preset == "mac" and state.buffer_bits is not None:
+        # marginal value of the j-th RBG: what is still queued after j RBGs, scaled to the score
+        util = state.utility.take(rows_user, axis=0).take(r_sel, axis=1)  # [rows, F]
+        left = np.clip(state.buffer_bits[rows_user][:, None] - j[:, None] * util, 0.0, None)
+        mat = np.minimum(mat, left * np.divide(mat, util, out=np.ones_like(mat), where=util > 0))
     if mat.shape[0] == 0:
         return owner
     rows, cols = linear_sum_assignment(mat, maximize=True)

@@ -68,6 +68,9 @@ class CellHistory:
 
     def view(self, state: SlotState) -> HistoryView:
         """Align with ``state.user_ids``; unknown users get avg = their mean utility, 0 resources."""
+        if self._same_users(state):  # steady population: the arrays are already aligned
+            return HistoryView(self.avg_served.copy(), self.cum_resources.copy(),
+                               self.last_served_slot.copy(), np.ones(state.num_ue, bool))
         idx = np.searchsorted(self.user_ids, state.user_ids)
         idx_c = np.minimum(idx, max(self.user_ids.size - 1, 0))
         known = (self.user_ids.size > 0) & (self.user_ids[idx_c] == state.user_ids) if self.user_ids.size else np.zeros(state.num_ue, bool)
@@ -79,9 +82,17 @@ class CellHistory:
         last = np.where(known, self.last_served_slot[idx_c], -1)
         return HistoryView(avg, cum, last, known)
 
+    def _same_users(self, state: SlotState) -> bool:
+        """True when the slot's users are exactly this history's users, in the same order."""
+        return self.user_ids.shape == state.user_ids.shape and np.array_equal(self.user_ids, state.user_ids)
+
 
 _ARRAY_FIELDS = ("user_ids", "avg_served", "cum_resources", "cum_served", "last_served_slot",
                  "last_seen_slot", "last_resource_ids", "last_owner_ids", "last_expected")
+
+_ARRAY_KINDS = {"user_ids": "i", "avg_served": "f", "cum_resources": "f", "cum_served": "f",
+                "last_served_slot": "i", "last_seen_slot": "i", "last_resource_ids": "i",
+                "last_owner_ids": "i", "last_expected": "f"}
 
 
 def _initial_avg(state: SlotState) -> np.ndarray:
@@ -137,6 +148,22 @@ def record_decision(
     cum_new = view.cum_resources + n_res
     last_new = np.where(n_res > 0, state.slot, view.last_served_slot)
 
+    owner_ids_arr = np.where(owner > 0, state.user_ids[np.maximum(owner - 1, 0)], -1)
+    if history._same_users(state):  # steady population: no merge, nobody to forget
+        return CellHistory(
+            user_ids=history.user_ids,
+            avg_served=avg_new,
+            cum_resources=cum_new,
+            cum_served=history.cum_served + served,
+            last_served_slot=last_new.astype(np.int64),
+            last_seen_slot=np.full(state.num_ue, state.slot, np.int64),
+            last_resource_ids=state.resource_ids.copy(),
+            last_owner_ids=owner_ids_arr.astype(np.int64),
+            last_expected=served,
+            last_slot=state.slot,
+            slots=history.slots + 1,
+        )
+
     # merge the slot's users into the id-sorted arrays
     idx = np.searchsorted(history.user_ids, state.user_ids)
     idx_c = np.minimum(idx, max(history.user_ids.size - 1, 0))
@@ -149,7 +176,6 @@ def record_decision(
     def merged(old: np.ndarray, new: np.ndarray) -> np.ndarray:
         return np.concatenate([old[keep], new])[order]
 
-    owner_ids_arr = np.where(owner > 0, state.user_ids[np.maximum(owner - 1, 0)], -1)
     return CellHistory(
         user_ids=ids[order],
         avg_served=merged(history.avg_served, avg_new),
@@ -180,16 +206,33 @@ def to_bytes(history: CellHistory) -> bytes:
 def from_bytes(blob: bytes) -> CellHistory:
     """Inverse of ``to_bytes``. Raises ValueError on a malformed blob."""
     head, _, body = blob.partition(b"\n")
-    header = json.loads(head)
-    if header.get("format") != HISTORY_FORMAT:
-        raise ValueError(f"unsupported history format {header.get('format')!r}")
+    try:
+        header = json.loads(head)
+        if header.get("format") != HISTORY_FORMAT:
+            raise ValueError(f"unsupported history format {header.get('format')!r}")
+        specs = [(str(name), np.dtype(dtype), int(length)) for name, dtype, length in header["arrays"]]
+        last_slot, slots = int(header["last_slot"]), int(header["slots"])
+    except (AttributeError, KeyError, TypeError) as exc:  # valid JSON, wrong structure
+        raise ValueError(f"malformed history header: {exc!r}") from None
+    if [name for name, _, _ in specs] != list(_ARRAY_FIELDS):
+        raise ValueError(f"history arrays {[n for n, _, _ in specs]} != {list(_ARRAY_FIELDS)}")
     fields: dict[str, np.ndarray] = {}
     offset = 0
-    for name, dtype, length in header["arrays"]:
-        dt = np.dtype(dtype).newbyteorder("<")
+    for name, dtype, length in specs:
+        dt = dtype.newbyteorder("<")
+        if dt.kind != _ARRAY_KINDS[name] or length < 0:
+            raise ValueError(f"history array {name}: bad dtype {dtype.str} or length {length}")
         size = dt.itemsize * length
         if offset + size > len(body):
             raise ValueError("truncated history blob")
         fields[name] = np.frombuffer(body, dt, length, offset).astype(dt.newbyteorder("="))
         offset += size
-    return CellHistory(**fields, last_slot=int(header["last_slot"]), slots=int(header["slots"]))
+    if offset != len(body):
+        raise ValueError(f"history blob has {len(body) - offset} trailing bytes")
+    k = fields["user_ids"].size
+    if any(fields[f].size != k for f in (*_ARRAY_FIELDS[:6], "last_expected")) or \
+            fields["last_resource_ids"].size != fields["last_owner_ids"].size:
+        raise ValueError("history arrays have inconsistent lengths")
+    if (np.diff(fields["user_ids"]) <= 0).any():
+        raise ValueError("history user_ids are not sorted and unique")
+    return CellHistory(**fields, last_slot=last_slot, slots=slots)

@@ -11,6 +11,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def decide(
             pol = policies.get(name)
             if state.preset not in pol.presets:
                 raise PolicyError(f"policy {name!r} does not serve the {state.preset} preset")
-            ctx = PolicyContext(view, slot_rng(seed, state.cell_id, state.slot), deadline)
+            ctx = PolicyContext(view, partial(slot_rng, seed, state.cell_id, state.slot), deadline)
             t1 = time.perf_counter_ns()
             obs = pol.serialize(state, ctx)
             t2 = time.perf_counter_ns()
@@ -90,7 +91,7 @@ def decide(
             timings["serialize"] += (t2 - t1) / 1e3
             timings["policy"] += (t3 - t2) / 1e3
             if deadline is not None and not last and time.perf_counter() > deadline:
-                raise DeadlineExceededError(f"{name} answered after the {deadline_s * 1e3:.3f} ms deadline")
+                raise DeadlineExceededError(f"{name} answered after the {(deadline_s or 0.0) * 1e3:.3f} ms deadline")
         except GnbSchedError as exc:
             if last:
                 raise

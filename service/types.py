@@ -74,12 +74,26 @@ class SlotState:
 
 
 def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
+    """``values`` as a 1-D array of ``dtype`` (length ``n`` if given), or InvalidSlotError naming
+    ``name``: ids must be integers (no fractional, NaN or infinite values), flags booleans (or
+    0/1), floats finite."""
     try:
-        arr = np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+        raw = np.asarray(values)
+        if raw.ndim != 1:
+            raise InvalidSlotError(name, f"expected a 1-D list, got shape {raw.shape}")
+        if dtype is bool and raw.dtype.kind != "b" and raw.size:
+            if raw.dtype.kind not in "iuf" or not np.isin(raw, (0, 1)).all():
+                raise InvalidSlotError(name, "expected booleans (true/false or 0/1)")
+        if dtype is not float and raw.dtype.kind == "f" and raw.size:
+            bad = ~np.isfinite(raw) | (raw != np.round(raw))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InvalidSlotError(f"{name}[{i}]", f"must be an integer, got {raw[i]}")
+        arr: np.ndarray = raw.astype(dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, InvalidSlotError):
+            raise
         raise InvalidSlotError(name, f"not a list of {dtype.__name__}: {exc}") from None
-    if arr.ndim != 1:
-        raise InvalidSlotError(name, f"expected a 1-D list, got shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
         raise InvalidSlotError(name, f"expected {n} values, got {arr.shape[0]}")
     if dtype is float:
@@ -87,6 +101,31 @@ def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None 
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {arr[i]}")
+    return arr
+
+
+def _as_int(name: str, value: object) -> int:
+    """An integer setting (an integral float is accepted), or InvalidSlotError naming ``name``."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise InvalidSlotError(name, f"must be an integer, got {value!r}")
+
+
+def _as_2d(name: str, values: np.ndarray | Sequence, shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """``values`` as a finite, non-negative float64 array of one of ``shapes``, or InvalidSlotError."""
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSlotError(name, f"not a numeric matrix: {exc}") from None
+    if arr.shape not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise InvalidSlotError(name, f"expected shape {want} (users × resources), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidSlotError(name, "must be finite (no NaN/inf)")
+    if (arr < 0).any():
+        raise InvalidSlotError(name, "must be >= 0")
     return arr
 
 
@@ -161,46 +200,40 @@ def make_slot(
         if preset == "mac":
             elig &= buf > 0  # nothing to send: owns nothing (SPEC §1)
 
-    cap = (1 if preset == "spectrum" else r) if max_resources_per_user is None else int(max_resources_per_user)
+    cap = (1 if preset == "spectrum" else r) if max_resources_per_user is None \
+        else _as_int("max_resources_per_user", max_resources_per_user)
     if cap < 1:
         raise InvalidSlotError("max_resources_per_user", f"must be >= 1, got {cap}")
+    if _as_int("rb_per_rbg", rb_per_rbg) < 1:
+        raise InvalidSlotError("rb_per_rbg", f"must be >= 1, got {rb_per_rbg}")
+    if not np.isfinite(noise_density_dbm_hz):
+        raise InvalidSlotError("noise_density_dbm_hz", f"must be finite, got {noise_density_dbm_hz}")
 
     p_rx = None if rx_power_dbm is None else _as_1d("users.rx_power_dbm", rx_power_dbm, float, n)
     se = None
     if spectral_efficiency is not None:
-        se = np.asarray(spectral_efficiency, dtype=np.float64)
-        if se.shape not in ((n,), (n, r)):
-            raise InvalidSlotError("users.spectral_efficiency", f"expected shape ({n},) or ({n}, {r}), got {se.shape}")
-        if not np.isfinite(se).all() or (se < 0).any():
-            raise InvalidSlotError("users.spectral_efficiency", "must be finite and >= 0")
+        se = _as_2d("users.spectral_efficiency", spectral_efficiency, ((n,), (n, r)))
 
     if rate_bps is not None:
-        try:
-            util = np.array(rate_bps, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InvalidSlotError("rate_bps", f"not a numeric matrix: {exc}") from None
-        if util.shape != (n, r):
-            raise InvalidSlotError("rate_bps", f"expected shape ({n}, {r}) (users × resources), got {util.shape}")
-        if not np.isfinite(util).all():
-            raise InvalidSlotError("rate_bps", "must be finite (no NaN/inf)")
-        if (util < 0).any():
-            raise InvalidSlotError("rate_bps", "must be >= 0")
+        util = _as_2d("rate_bps", rate_bps, ((n, r),))
     elif preset == "spectrum":
         if p_rx is None:
             raise InvalidSlotError("users.rx_power_dbm", "required for the spectrum preset when rate_bps is absent")
-        fg = None
-        if fading_gain is not None:
-            fg = np.asarray(fading_gain, dtype=np.float64)
-            if fg.shape != (n, r) or not np.isfinite(fg).all() or (fg < 0).any():
-                raise InvalidSlotError("fading_gain", f"expected finite non-negative shape ({n}, {r})")
+        fg = None if fading_gain is None else _as_2d("fading_gain", fading_gain, ((n, r),))
         intf = None if interference_dbm is None else _as_1d("resources.interference_dbm", interference_dbm, float, r)
-        util = phy.shannon_rate_bps(p_rx, bw, fading_gain=fg, interference_dbm=intf,
-                                    noise_density_dbm_hz=noise_density_dbm_hz)
+        with np.errstate(over="ignore"):
+            util = phy.shannon_rate_bps(p_rx, bw, fading_gain=fg, interference_dbm=intf,
+                                        noise_density_dbm_hz=noise_density_dbm_hz)
+        if not np.isfinite(util).all():  # finite fields can still overflow (e.g. absurd rx power)
+            raise InvalidSlotError("users.rx_power_dbm", "the rate computed from these values is not finite")
     else:
         if se is None:
             raise InvalidSlotError("users.spectral_efficiency", "required for the mac preset when rate_bps is absent")
-        tbs = phy.tbs_bits(se, rb_per_rbg)
+        with np.errstate(over="ignore"):
+            tbs = phy.tbs_bits(se, rb_per_rbg)
         util = np.broadcast_to(tbs[:, None] if tbs.ndim == 1 else tbs, (n, r)).copy()
+        if not np.isfinite(util).all():
+            raise InvalidSlotError("users.spectral_efficiency", "the TBS computed from these values is not finite")
 
     if tti_s <= 0 or not np.isfinite(tti_s):
         raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")

@@ -63,7 +63,8 @@ class CheckResult:
 def rule_length(state: SlotState, tokens: np.ndarray) -> list[Violation]:
     """A DCM is exactly R tokens."""
     if tokens.shape != (state.num_res,):
-        return [Violation(WRONG_LENGTH, f"expected {state.num_res} tokens (one per resource), got {tokens.size}")]
+        got = f"{tokens.size}" if tokens.ndim == 1 else f"an array of shape {tokens.shape}"
+        return [Violation(WRONG_LENGTH, f"expected {state.num_res} tokens (one per resource), got {got}")]
     return []
 
 
@@ -114,16 +115,32 @@ def rule_contention(state: SlotState, pr: np.ndarray, legal: np.ndarray) -> list
 # ----------------------------------------------------------------------------- parsing
 
 
+def _as_id(v: Any) -> int | None:
+    """An integer id from JSON-ish data (int, integral finite float, decimal string), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | np.integer):
+        return int(v)
+    if isinstance(v, float | np.floating):
+        return int(v) if np.isfinite(v) and float(v).is_integer() else None
+    if isinstance(v, str):
+        try:
+            return int(v.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _pairs_from_mapping(state: SlotState, mapping: Mapping[Any, Any], violations: list[Violation]) -> tuple[np.ndarray, np.ndarray]:
     """{user_id: resource_id | [resource_id]} (ids) -> index pairs; unknown ids -> out_of_domain."""
     uindex = {int(u): i for i, u in enumerate(state.user_ids.tolist())}
     rindex = {int(r): i for i, r in enumerate(state.resource_ids.tolist())}
     pu: list[int] = []
     pr: list[int] = []
+    seen: set[tuple[int, int]] = set()  # a pair named twice is one claim
     for key, value in mapping.items():
-        try:
-            user_id = int(key)
-        except (TypeError, ValueError):
+        user_id = _as_id(key)
+        if user_id is None:
             violations.append(Violation(OUT_OF_DOMAIN, f"user key {key!r} is not an integer id"))
             continue
         if user_id not in uindex:
@@ -135,19 +152,18 @@ def _pairs_from_mapping(state: SlotState, mapping: Mapping[Any, Any], violations
         for v in values:
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, int | float | str):
+            res_id = _as_id(v)
+            if res_id is None:
                 violations.append(Violation(OUT_OF_DOMAIN, f"user {user_id}: resource {v!r} is not an integer id"))
                 continue
-            try:
-                res_id = int(v)
-            except (TypeError, ValueError):
-                violations.append(Violation(OUT_OF_DOMAIN, f"user {user_id}: resource {v!r} is not an integer id"))
-                continue
-            if res_id not in rindex or (isinstance(v, float) and v != res_id):
+            if res_id not in rindex:
                 violations.append(Violation(OUT_OF_DOMAIN, f"user {user_id}: unknown resource id {v!r}"))
                 continue
-            pu.append(uindex[user_id])
-            pr.append(rindex[res_id])
+            pair = (uindex[user_id], rindex[res_id])
+            if pair not in seen:
+                seen.add(pair)
+                pu.append(pair[0])
+                pr.append(pair[1])
     return np.asarray(pu, np.int64), np.asarray(pr, np.int64)
 
 
@@ -158,15 +174,16 @@ def _tokens_from_id_list(state: SlotState, owners: Sequence[Any], violations: li
     for r, v in enumerate(owners):
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
+        user_id = None if isinstance(v, str) else _as_id(v)
+        if user_id is None:
             violations.append(Violation(OUT_OF_DOMAIN, f"position {r}: {v!r} is not a user id or null", resource=r))
             tokens[r] = -1
             continue
-        k = uindex.get(int(v))
+        k = uindex.get(user_id)
         if k is None:
-            if int(v) == 0:  # 0 = unused when no user has id 0
+            if user_id == 0:  # 0 = unused when no user has id 0
                 continue
-            violations.append(Violation(OUT_OF_DOMAIN, f"position {r}: unknown user id {int(v)}", resource=r))
+            violations.append(Violation(OUT_OF_DOMAIN, f"position {r}: unknown user id {user_id}", resource=r))
             tokens[r] = -1
         else:
             tokens[r] = k
@@ -212,16 +229,46 @@ def parse_text(state: SlotState, text: str) -> tuple[np.ndarray | None, Mapping[
 def check_dcm(state: SlotState, tokens: np.ndarray) -> CheckResult:
     """Check a DCM token vector (index space). Fast path: no Python loop when it is valid."""
     tokens = np.asarray(tokens)
-    violations = rule_length(state, tokens.reshape(-1))
-    flat = tokens.reshape(-1).astype(np.int64, copy=False)
-    if not np.issubdtype(tokens.dtype, np.integer) and tokens.size:
-        if not np.array_equal(flat, tokens.reshape(-1)):
-            violations.append(Violation(OUT_OF_DOMAIN, "tokens must be integers"))
+    if tokens.dtype.kind in "iu" and tokens.shape == (state.num_res,):
+        valid = _valid_dcm_pairs(state, tokens.astype(np.int64, copy=False))
+        if valid is not None:
+            return valid
+    violations = rule_length(state, tokens)
+    if tokens.dtype.kind not in "biuf":
+        try:
+            tokens = tokens.astype(np.float64)
+        except (TypeError, ValueError):
+            empty = np.zeros(0, np.int64)
+            return CheckResult(empty, empty, np.zeros(0, bool),
+                               [Violation(UNPARSABLE, f"tokens of type {tokens.dtype} are not numbers")])
+    raw = tokens.reshape(-1)
+    if raw.dtype.kind == "f":
+        integral = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**62)
+        # a token that is not an integer names no user: reported, then read as 0 (unused)
+        violations += [Violation(OUT_OF_DOMAIN, f"position {r}: token {float(raw[r])} is not an integer", resource=r)
+                       for r in np.flatnonzero(~integral[: state.num_res]).tolist()]
+        flat = np.where(integral, raw, 0.0).astype(np.int64)
+    else:
+        flat = raw.astype(np.int64, copy=False)
     flat = flat[: state.num_res]
     pr_all = np.arange(flat.size, dtype=np.int64)
     used = flat != 0
     pu, pr = flat[used] - 1, pr_all[used]
     return _check_pairs(state, pu, pr, violations, dcm=flat if flat.size == state.num_res else None)
+
+
+def _valid_dcm_pairs(state: SlotState, flat: np.ndarray) -> CheckResult | None:
+    """The result of ``check_dcm`` for an int64 [R] DCM that passes every rule, else None."""
+    if flat.min() < 0 or flat.max() > state.num_ue:
+        return None
+    pr = np.flatnonzero(flat)
+    pu = flat[pr] - 1
+    if not (state.resource_available[pr].all() and state.user_eligible[pu].all()):
+        return None
+    if pu.size > state.max_resources_per_user and \
+            np.bincount(pu, minlength=state.num_ue).max() > state.max_resources_per_user:
+        return None
+    return CheckResult(pu, pr, np.ones(pu.size, bool), [], flat)
 
 
 def _check_pairs(state: SlotState, pu: np.ndarray, pr: np.ndarray, violations: list[Violation],
@@ -263,11 +310,13 @@ def check(state: SlotState, raw: RawAction) -> CheckResult:
     if isinstance(raw, Mapping):
         pu, pr = _pairs_from_mapping(state, raw, violations)
         return _check_pairs(state, pu, pr, violations)
-    if isinstance(raw, Sequence):
+    if isinstance(raw, Sequence) and not isinstance(raw, bytes | bytearray):
         try:
-            return check_dcm(state, np.asarray(raw, dtype=np.int64))
-        except (TypeError, ValueError):
-            pass
+            tokens = np.asarray(raw)
+        except (TypeError, ValueError):  # ragged nesting
+            tokens = None
+        if tokens is not None and tokens.dtype.kind in "biuf":
+            return check_dcm(state, tokens)
     empty = np.zeros(0, np.int64)
     return CheckResult(empty, empty, np.zeros(0, bool), [Violation(UNPARSABLE, f"unsupported output type {type(raw).__name__}")])
 

@@ -36,6 +36,8 @@ def masked_decode(
     r, n1 = state.num_res, state.num_ue + 1
     if logits.shape != (r, n1):
         raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
+    if rng is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     masked = np.where(pag_mask(state), logits, -np.inf)
     cap = state.max_resources_per_user
     if rng is None:

@@ -41,8 +41,10 @@ def repair(state: SlotState, result: CheckResult) -> np.ndarray:
     if pu.size:
         order = np.lexsort((pr, -util[pu, pr], pu))
         pu, pr = pu[order], pr[order]
-        starts = np.flatnonzero(np.r_[True, pu[1:] != pu[:-1]])
-        rank = np.arange(pu.size) - np.repeat(starts, np.diff(np.r_[starts, pu.size]))
+        new_user = np.ones(pu.size, bool)
+        new_user[1:] = pu[1:] != pu[:-1]
+        starts = np.flatnonzero(new_user)
+        rank = np.arange(pu.size) - np.repeat(starts, np.diff(starts, append=pu.size))
         keep = rank < cap
         pu, pr = pu[keep], pr[keep]
 

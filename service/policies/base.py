@@ -27,14 +27,23 @@ class PolicyContext:
     """What a policy may use besides the slot.
 
     history: the cell's history aligned with the slot's users.
-    rng: seeded generator for this (cell, slot) — the only randomness a policy may use.
+    rng_source: the seeded generator for this (cell, slot) — the only randomness a policy may
+        use — or a zero-argument function that builds it; ``rng`` builds it on first use only
+        (most policies draw nothing, and seeding a generator costs more than their decision).
     deadline: absolute ``time.perf_counter()`` by which an anytime policy must answer, or None.
     """
 
     history: HistoryView
-    rng: np.random.Generator
+    rng_source: np.random.Generator | Callable[[], np.random.Generator]
     deadline: float | None = None
     info: dict[str, Any] = field(default_factory=dict)  # a policy may report notes (e.g. "anytime: cut")
+
+    @property
+    def rng(self) -> np.random.Generator:
+        src = self.rng_source
+        if not isinstance(src, np.random.Generator):
+            src = self.rng_source = src()
+        return src
 
     def time_left_s(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
@@ -100,5 +109,8 @@ def names() -> list[str]:
 
 def _load_builtins() -> None:
     # importing the modules runs their @register decorators
-    import service.policies.assignment  # noqa: F401
-    import service.policies.schedulers  # noqa: F401
+    import service.policies.assignment
+    import service.policies.schedulers
+    import service.policies.sparse
+    import service.policies.student
+    import service.policies.teacher  # noqa: F401

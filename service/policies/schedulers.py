@@ -18,13 +18,15 @@ from service.types import SlotState
 @register("rr")
 class RoundRobin(Policy):
     """Round robin: eligible users in order of last service (never served first, then oldest;
-    ties by slot order) take the available resources in turn, one per user per round, until the
-    resources run out or no user can take more (cap, or no data left in mac)."""
+    ties — users last served in the same slot — by fewest resources received so far, then slot
+    order, which keeps the cyclic order) take the available resources in turn, one per user per
+    round, until the resources run out or no user can take more (cap, or no data left in mac)."""
 
     name = "rr"
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        order = np.lexsort((np.arange(state.num_ue), ctx.history.last_served_slot))
+        hist = ctx.history
+        order = np.lexsort((np.arange(state.num_ue), hist.cum_resources, hist.last_served_slot))
         order = order[state.user_eligible[order]]
         owner = np.zeros(state.num_res, np.int64)
         free = np.flatnonzero(state.resource_available).tolist()

@@ -1,0 +1,224 @@
+"""Slot model (SPEC §1–§3): ``make_slot`` validation, utility from physical fields, decision views."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from service import phy
+from service.errors import InvalidSlotError
+from service.types import (
+    DEFAULT_RB_PER_RBG,
+    allocation,
+    make_slot,
+    owner_ids,
+    resources_per_user,
+    served_bits,
+    slot_utility,
+)
+
+RATE = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]  # 2 users × 3 resources
+
+
+def _spec(**kw):
+    args = {"rate_bps": RATE}
+    args.update(kw)
+    return make_slot("spectrum", [10, 20], [100, 200, 300], **args)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"preset": "lte"}, "preset"),
+        ({"user_ids": []}, "users"),
+        ({"resource_ids": []}, "resources"),
+        ({"user_ids": [10, 10]}, "users[1].id"),
+        ({"resource_ids": [100, 200, 100]}, "resources[2].id"),
+        ({"user_ids": [10, 1.5]}, "users.id[1]"),
+        ({"user_ids": [10, math.nan]}, "users.id[1]"),
+        ({"user_ids": [10, math.inf]}, "users.id[1]"),
+        ({"user_ids": [10, 2**70]}, "users.id"),
+        ({"user_ids": [[10, 20]]}, "users.id"),
+        ({"resource_ids": ["a", "b", "c"]}, "resources.id"),
+        ({"bandwidth_hz": [1e6, -1.0, 1e6]}, "resources[1].bandwidth_hz"),
+        ({"bandwidth_hz": [1e6, 0.0, 1e6]}, "resources[1].bandwidth_hz"),
+        ({"bandwidth_hz": [1e6, math.nan, 1e6]}, "resources.bandwidth_hz[1]"),
+        ({"bandwidth_hz": [1e6, 1e6]}, "resources.bandwidth_hz"),
+        ({"resource_available": [True, False]}, "resources.available"),
+        ({"resource_available": [True, "no", True]}, "resources.available"),
+        ({"user_eligible": [True, math.nan]}, "users.eligible"),
+        ({"buffer_bits": [1.0, -2.0]}, "users[1].buffer_bits"),
+        ({"buffer_bits": [1.0, math.inf]}, "users.buffer_bits[1]"),
+        ({"max_resources_per_user": 0}, "max_resources_per_user"),
+        ({"max_resources_per_user": 1.5}, "max_resources_per_user"),
+        ({"rate_bps": [[1.0, 2.0], [3.0, 4.0]]}, "rate_bps"),
+        ({"rate_bps": [[1.0, 2.0, 3.0]]}, "rate_bps"),
+        ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, math.nan, 6.0]]}, "rate_bps"),
+        ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, math.inf, 6.0]]}, "rate_bps"),
+        ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, -5.0, 6.0]]}, "rate_bps"),
+        ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, 5.0]]}, "rate_bps"),
+        ({"rate_bps": [["x", 2.0, 3.0], [4.0, 5.0, 6.0]]}, "rate_bps"),
+        ({"rate_bps": None}, "users.rx_power_dbm"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0]}, "users.rx_power_dbm"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0, math.nan]}, "users.rx_power_dbm[1]"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0, 1e300]}, "users.rx_power_dbm"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "fading_gain": np.ones((2, 2))}, "fading_gain"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "fading_gain": -np.ones((2, 3))}, "fading_gain"),
+        ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "interference_dbm": [-100.0]},
+         "resources.interference_dbm"),
+        ({"tti_s": 0.0}, "tti_s"),
+        ({"rb_per_rbg": 0}, "rb_per_rbg"),
+        ({"rb_per_rbg": 1.5}, "rb_per_rbg"),
+        ({"max_resources_per_user": True}, "max_resources_per_user"),
+        ({"noise_density_dbm_hz": math.nan}, "noise_density_dbm_hz"),
+    ],
+)
+def test_bad_input_raises_invalid_slot_error_naming_the_field(kwargs, field):
+    args = {"preset": "spectrum", "user_ids": [10, 20], "resource_ids": [100, 200, 300], "rate_bps": RATE}
+    args.update(kwargs)
+    with pytest.raises(InvalidSlotError) as info:
+        make_slot(args.pop("preset"), args.pop("user_ids"), args.pop("resource_ids"), **args)
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ":") and info.value.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({}, "users.spectral_efficiency"),  # missing physical field
+        ({"spectral_efficiency": [0.6]}, "users.spectral_efficiency"),
+        ({"spectral_efficiency": np.ones((2, 2))}, "users.spectral_efficiency"),
+        ({"spectral_efficiency": [0.6, math.nan]}, "users.spectral_efficiency"),
+        ({"spectral_efficiency": [0.6, -0.1]}, "users.spectral_efficiency"),
+        ({"spectral_efficiency": ["good", "poor"]}, "users.spectral_efficiency"),
+        ({"spectral_efficiency": [0.6, 1e308]}, "users.spectral_efficiency"),
+    ],
+)
+def test_mac_physical_fields_are_validated(kwargs, field):
+    with pytest.raises(InvalidSlotError) as info:
+        make_slot("mac", [1, 2], [0, 1, 2], **kwargs)
+    assert info.value.field == field
+
+
+def test_invalid_slot_error_is_a_value_error():
+    with pytest.raises(ValueError, match="users"):
+        make_slot("spectrum", [], [1], rate_bps=np.zeros((0, 1)))
+
+
+def test_defaults_per_preset():
+    spec = _spec()
+    assert spec.max_resources_per_user == 1
+    assert spec.resource_available.all() and spec.user_eligible.all()
+    assert np.array_equal(spec.bandwidth_hz, [1e6] * 3)
+    mac = make_slot("mac", [1, 2], [0, 1, 2, 3], spectral_efficiency=[0.2344, 1.1758])
+    assert mac.max_resources_per_user == 4  # R
+    assert np.array_equal(mac.bandwidth_hz, [30e3 * 12 * DEFAULT_RB_PER_RBG] * 4)
+    assert mac.buffer_bits is None and mac.num_ue == 2 and mac.num_res == 4
+    assert mac.user_ids.dtype == np.int64 and mac.utility.dtype == np.float64
+
+
+def test_integral_float_and_numpy_ids_are_accepted():
+    st = make_slot("spectrum", np.array([3.0, 1.0]), np.array([7], np.int32), rate_bps=[[1.0], [2.0]],
+                   max_resources_per_user=np.int64(1))
+    assert st.user_ids.tolist() == [3, 1] and st.resource_ids.tolist() == [7]
+    mac = make_slot("mac", [1], [0, 1, 2], spectral_efficiency=[1.0], max_resources_per_user=2.0, rb_per_rbg=2.0)
+    assert mac.max_resources_per_user == 2 and mac.utility[0, 0] == pytest.approx(2 * 168.0)
+
+
+def test_mac_users_without_data_are_ineligible():
+    st = make_slot("mac", [1, 2, 3], [0, 1], spectral_efficiency=[0.6, 0.6, 0.6], buffer_bits=[100.0, 0.0, 5.0],
+                   user_eligible=[True, True, False])
+    assert st.user_eligible.tolist() == [True, False, False]
+    # spectrum: an empty buffer does not change eligibility
+    sp = _spec(buffer_bits=[0.0, 0.0])
+    assert sp.user_eligible.all()
+
+
+def test_make_slot_does_not_alias_caller_arrays():
+    elig = np.array([True, True])
+    st = make_slot("mac", [1, 2], [0], spectral_efficiency=[0.6, 0.6], buffer_bits=[0.0, 8.0], user_eligible=elig)
+    assert elig.all()  # the caller's mask was not modified by the empty-buffer rule
+    assert st.user_eligible.tolist() == [False, True]
+
+
+def test_admissible_is_eligibility_times_availability():
+    st = _spec(resource_available=[True, False, True], user_eligible=[False, True])
+    assert st.admissible().tolist() == [[False, False, False], [True, False, True]]
+
+
+# ----------------------------------------------------------------------------- utility from physics
+
+
+def test_spectrum_rate_from_physical_fields_matches_spec_by_hand():
+    """SPEC §2 at d = 100 m, f = 3.5 GHz, α = 3.5, P_t = 23 dBm, B = 1 MHz, N0 = −174 dBm/Hz.
+
+    λ = c/f = 0.0856550 m; 20·log10(λ/4π) = −43.3291 dB; path loss over 100 m at α = 3.5 = 70 dB
+    ⇒ P_rx = 23 − 43.3291 − 70 = −90.3291 dBm. Noise N0·B = −114 dBm ⇒ SNR = 23.6709 dB = 232.855
+    ⇒ rate = 1e6 · log2(233.855) = 7.86947 Mbit/s.
+    """
+    p_rx = phy.rx_power_dbm(np.array([100.0]))
+    assert p_rx[0] == pytest.approx(-90.3291, abs=1e-4)
+    st = make_slot("spectrum", [1], [1, 2], rx_power_dbm=p_rx, bandwidth_hz=[1e6, 2e6])
+    assert st.utility[0, 0] == pytest.approx(7.86947e6, rel=1e-5)
+    # 2 MHz: twice the bandwidth, noise 3 dB higher: 2e6·log2(1 + 232.855/2)
+    assert st.utility[0, 1] == pytest.approx(2e6 * math.log2(1 + 232.855 / 2), rel=1e-5)
+    assert st.rx_power_dbm[0] == pytest.approx(-90.3291, abs=1e-4)
+
+
+def test_spectrum_rate_uses_fading_and_interference():
+    p_rx = np.array([-90.0, -80.0])
+    g = np.array([[0.5, 2.0], [1.0, 0.0]])
+    st = make_slot("spectrum", [1, 2], [1, 2], rx_power_dbm=p_rx, fading_gain=g,
+                   interference_dbm=[-114.0, -200.0], bandwidth_hz=[1e6, 1e6])
+    noise_w = 10 ** ((-114 - 30) / 10)
+    p_w = 10 ** ((p_rx - 30) / 10)
+    denom = np.array([2 * noise_w, noise_w + 10 ** ((-200 - 30) / 10)])
+    expected = 1e6 * np.log2(1 + g * p_w[:, None] / denom[None, :])
+    np.testing.assert_allclose(st.utility, expected, rtol=1e-12)
+    assert st.utility[1, 1] == 0.0  # a deep fade carries nothing
+
+
+def test_mac_utility_is_tbs_per_rbg():
+    """SPEC §3: TBS = n_RB · 12 · 14 · SE; 4 RBs per RBG: 0.6016 → 404.2752 bits per RBG."""
+    st = make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[0.6016, 1.1758])
+    assert st.utility[0].tolist() == pytest.approx([404.2752] * 3)
+    assert st.utility[1].tolist() == pytest.approx([4 * 12 * 14 * 1.1758] * 3)
+    per_rbg = make_slot("mac", [1], [0, 1], spectral_efficiency=[[0.2344, 1.1758]], rb_per_rbg=2)
+    assert per_rbg.utility[0].tolist() == pytest.approx([2 * 168 * 0.2344, 2 * 168 * 1.1758])
+
+
+def test_rate_matrix_overrides_physical_fields():
+    st = make_slot("spectrum", [1, 2], [5], rate_bps=[[3.0], [4.0]], rx_power_dbm=[-80.0, -70.0])
+    assert st.utility.tolist() == [[3.0], [4.0]]
+    st2 = make_slot("mac", [1], [5, 6], rate_bps=[[10.0, 20.0]])
+    assert st2.utility.tolist() == [[10.0, 20.0]]
+
+
+# ----------------------------------------------------------------------------- decision views
+
+
+def test_views_derived_from_the_dcm_vector():
+    st = _spec()
+    owner = np.array([2, 0, 1])
+    assert owner_ids(st, owner) == [20, None, 10]
+    assert allocation(st, owner) == {20: [100], 10: [300]}
+    assert resources_per_user(owner, 2).tolist() == [1, 1]
+    assert served_bits(st, owner).tolist() == [3.0, 4.0]
+    assert slot_utility(st, owner) == 7.0
+    assert allocation(st, np.zeros(3, np.int64)) == {}
+
+
+def test_mac_served_bits_are_capped_by_the_buffer():
+    st = make_slot("mac", [1, 2], [0, 1, 2], rate_bps=np.full((2, 3), 100.0), buffer_bits=[150.0, 1000.0])
+    owner = np.array([1, 1, 2])
+    assert served_bits(st, owner).tolist() == [150.0, 100.0]
+    assert slot_utility(st, owner) == 250.0
+    # spectrum ignores buffers: the rate is the utility
+    sp = make_slot("spectrum", [1, 2], [0, 1], rate_bps=np.full((2, 2), 100.0), buffer_bits=[1.0, 1.0],
+                   max_resources_per_user=2)
+    assert slot_utility(sp, np.array([1, 1])) == 200.0
