@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,10 +30,30 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted")
     preload_policies: list[str] = Field(default_factory=list,
                                         description="policies instantiated at start (readiness waits for them)")
+    # -- access (service.security) -----------------------------------------------------------
+    auth_token: SecretStr | None = Field(
+        None, description="bearer token required on scheduling, policy metadata and admin endpoints "
+                          "(REST Authorization header, gRPC authorization metadata); None = open")
+    auth_token_file: str | None = Field(
+        None, description="file holding the bearer token (first line); alternative to auth_token")
+    admin_enabled: bool = Field(False, description="serve the admin endpoints (POST /admin/reload); off by default")
+    grpc_tls_cert: str | None = Field(None, description="PEM server certificate (chain): gRPC over TLS")
+    grpc_tls_key: str | None = Field(None, description="PEM private key of grpc_tls_cert")
+    grpc_tls_client_ca: str | None = Field(
+        None, description="PEM CA bundle: gRPC requires client certificates signed by it (mTLS)")
+    grpc_keepalive_s: float = Field(
+        30.0, description="gRPC keepalive ping interval; a peer that does not answer is dropped")
+    grpc_keepalive_timeout_s: float = Field(10.0, description="gRPC keepalive ping answer timeout")
+    grpc_stream_stall_s: float = Field(
+        30.0, description="cancel a StreamSlots stream whose answer cannot be written for this long "
+                          "(the client stopped reading); 0 = never")
 
     def default_policy(self, preset: str) -> str:
         return self.default_policy_spectrum if preset == "spectrum" else self.default_policy_mac
 
     def public(self) -> dict[str, Any]:
-        """Settings safe to print / expose (no secrets)."""
-        return self.model_dump()
+        """Settings safe to print / expose (no secrets: the token is shown as ``***``)."""
+        out = self.model_dump()
+        if out.get("auth_token") is not None:
+            out["auth_token"] = "***"
+        return out

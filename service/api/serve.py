@@ -7,6 +7,12 @@ processes from an app factory; the merged settings reach them through ``GNBSCHED
 switch to prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh temporary
 directory unless set), and each worker's gRPC server binds the same port (SO_REUSEPORT).
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, stop gRPC with a grace period.
+
+Access (``service.security``): ``--auth-token-file`` (or ``GNBSCHED_AUTH_TOKEN``) requires a
+bearer token on the scheduling, policy metadata and admin endpoints; ``--admin`` serves
+``POST /admin/reload``; ``--grpc-tls-cert/--grpc-tls-key`` serve gRPC over TLS and
+``--grpc-tls-client-ca`` requires client certificates (mTLS). Inconsistent access settings exit 2.
+The token is never printed (``***``) and is not accepted as a flag (flags show in ``ps``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ _FLAG_FIELDS = {
     "state_url": "state_url", "policy_spectrum": "default_policy_spectrum", "policy_mac": "default_policy_mac",
     "fallbacks": "fallbacks", "deadline_ms": "deadline_ms", "seed": "seed", "ewma_slots": "ewma_slots",
     "max_users": "max_users", "max_resources": "max_resources", "max_body_bytes": "max_body_bytes",
-    "preload": "preload_policies",
+    "preload": "preload_policies", "auth_token_file": "auth_token_file", "admin": "admin_enabled",
+    "grpc_tls_cert": "grpc_tls_cert", "grpc_tls_key": "grpc_tls_key", "grpc_tls_client_ca": "grpc_tls_client_ca",
 }
 
 
@@ -56,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-users", type=int, help="largest N accepted (default 4096)")
     lim.add_argument("--max-resources", type=int, help="largest R accepted (default 4096)")
     lim.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
+    acc = parser.add_argument_group("access")
+    acc.add_argument("--auth-token-file", help="file whose first line is the bearer token required on /schedule, "
+                                               "/v1/policies, admin and gRPC Scheduler calls (or GNBSCHED_AUTH_TOKEN)")
+    acc.add_argument("--admin", action="store_true", default=None,
+                     help="serve the admin endpoints (POST /admin/reload); needs a token unless bound to loopback")
+    acc.add_argument("--grpc-tls-cert", help="PEM certificate chain: serve gRPC over TLS")
+    acc.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
+    acc.add_argument("--grpc-tls-client-ca", help="PEM CA bundle: require client certificates signed by it (mTLS)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
 
@@ -78,6 +93,8 @@ def export_settings(settings) -> None:
     """Write ``settings`` to ``GNBSCHED_*`` so worker processes rebuild exactly them."""
     for name, value in settings.model_dump().items():
         key = f"GNBSCHED_{name.upper()}"
+        if hasattr(value, "get_secret_value"):  # SecretStr (the token) dumps masked
+            value = value.get_secret_value()
         if value is None:
             os.environ.pop(key, None)
         elif isinstance(value, list | dict | bool):
@@ -129,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if settings.rest_port == 0 and settings.grpc_port == 0:
         print("gnbsched serve: both --rest-port and --grpc-port are 0; nothing to serve", file=sys.stderr)
+        return 2
+    from service.security import AccessConfigError, check_access
+
+    try:
+        check_access(settings)
+    except AccessConfigError as exc:
+        print(f"gnbsched serve: invalid access settings: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shown = settings.public()

@@ -25,6 +25,18 @@ thread hop would cost more than it saves). This is the REST transport's rule too
 
 Metrics: the core's observer records every decision (transport ``grpc``); when it is a
 ``service.metrics.Metrics`` the server also reports rejections, errors and end-to-end time.
+
+Reliability and access (``service.security``, ``Settings``):
+  * graceful stop (SIGTERM): health → NOT_SERVING, new RPCs refused; a stream that is deciding
+    a slot answers it, then ends with ``UNAVAILABLE`` ("shutting down") instead of reading
+    more, so no slot a client sent is dropped silently; idle streams get the grace period;
+  * dead peers: HTTP/2 keepalive pings (``grpc_keepalive_s`` / ``grpc_keepalive_timeout_s``)
+    drop a connection whose client vanished without closing it (host down, process frozen);
+  * slow readers: a stream whose answer cannot be written for ``grpc_stream_stall_s`` (the
+    client stopped reading, flow control is full) is cancelled, so it holds no memory or task;
+  * with a bearer token configured, ``gnbsched.v1.Scheduler`` calls need the ``authorization``
+    metadata (``UNAUTHENTICATED`` otherwise; health and reflection stay open); with
+    ``grpc_tls_cert`` / ``grpc_tls_key`` the port speaks TLS, with ``grpc_tls_client_ca`` mTLS.
 """
 
 from __future__ import annotations
@@ -52,12 +64,21 @@ from service.errors import (
     UnknownPolicyError,
 )
 from service.policies.base import names as policy_names
+from service.security import (
+    BearerAuth,
+    check_access,
+    grpc_auth_interceptor,
+    grpc_server_credentials,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Scheduler"].full_name  # "gnbsched.v1.Scheduler"
 #: seconds between readiness checks that drive the health status
 HEALTH_POLL_S = 1.0
+#: seconds between checks for stalled stream writes (slow readers)
+STALL_POLL_S = 0.5
+_STALLED = -1.0  # marks a write the stall watchdog cancelled
 TRANSPORT = "grpc"
 _CELL_LOCK_STRIPES = 64
 
@@ -86,6 +107,11 @@ class SchedulerService:
         self._store_blocking = bool(getattr(core.store, "blocking_io", False))
         self._known = self._known_policies()
         self._locks = [asyncio.Lock() for _ in range(_CELL_LOCK_STRIPES)]
+        #: set by a graceful stop: streams answer the slot in hand, then end with UNAVAILABLE
+        self.draining = False
+        #: open streams: handler task -> [loop time a pending write started, or None]
+        self.streams: dict[asyncio.Task, list[float | None]] = {}
+        self.stall_s = float(getattr(s, "grpc_stream_stall_s", 0.0) or 0.0)
 
     def _known_policies(self) -> frozenset[str]:
         p = self.core.policies
@@ -163,19 +189,56 @@ class SchedulerService:
     async def stream_slots(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         """``StreamSlots``: one answer per request, in order; a failure is answered in place.
 
-        Explicit ``read``/``write`` (not an async generator): ~15 µs less per slot.
+        Explicit ``read``/``write`` (not an async generator): ~15 µs less per slot. The write's
+        start time is published for the stall watchdog (two stores per slot); after a graceful
+        stop began, the slot in hand is answered and the stream ends with ``UNAVAILABLE``.
         """
+        task = asyncio.current_task()
+        pending: list[float | None] = [None]
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            self.streams[task] = pending
+        try:
+            while True:
+                if self.draining:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        "server shutting down: every slot read was answered; reconnect")
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
+                    return
+                try:
+                    msg = await self.decide(raw)
+                except _SlotFailure as fail:
+                    req = fail.req
+                    where = f"slot {req.slot} of cell {req.cell_id!r}" if req is not None else "undecodable request"
+                    msg = error_to_pb(req, fail.code.name, fail.field, f"{where}: {fail.details()}")
+                pending[0] = loop.time()
+                try:
+                    await context.write(msg)
+                except asyncio.CancelledError:
+                    if pending[0] != _STALLED:
+                        raise  # the client went away: grpc cancelled the RPC
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"stream cancelled: the client read no answer for {self.stall_s:g} s")
+                pending[0] = None
+        finally:
+            if task is not None:
+                self.streams.pop(task, None)
+
+    async def watch_stalls(self) -> None:
+        """Cancel streams whose pending write is older than ``stall_s`` (the client stopped
+        reading and flow control is full): the RPC ends, its task and buffers are freed."""
+        loop = asyncio.get_running_loop()
         while True:
-            raw = await context.read()
-            if raw is grpc.aio.EOF:
-                return
-            try:
-                msg = await self.decide(raw)
-            except _SlotFailure as fail:
-                req = fail.req
-                where = f"slot {req.slot} of cell {req.cell_id!r}" if req is not None else "undecodable request"
-                msg = error_to_pb(req, fail.code.name, fail.field, f"{where}: {fail.details()}")
-            await context.write(msg)
+            await asyncio.sleep(min(STALL_POLL_S, self.stall_s / 2))
+            now = loop.time()
+            for task, pending in list(self.streams.items()):
+                since = pending[0]
+                if since is not None and now - since > self.stall_s and not task.done():
+                    log.warning("gRPC: cancelling a stream whose client has not read an answer for %.1f s",
+                                now - since)
+                    pending[0] = _STALLED
+                    task.cancel()
 
 
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
@@ -208,11 +271,14 @@ class SchedulerServer(grpc.aio.Server):
     ``grace`` seconds. ``port`` is the bound TCP port.
     """
 
-    def __init__(self, inner: grpc.aio.Server, core: ServiceCore, health_servicer: Any) -> None:
+    def __init__(self, inner: grpc.aio.Server, core: ServiceCore, health_servicer: Any,
+                 service: SchedulerService | None = None) -> None:
         self._inner = inner
         self._core = core
         self.health = health_servicer
+        self.service = service
         self._watcher: asyncio.Task | None = None
+        self._stalls: asyncio.Task | None = None
         self.port = 0
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
@@ -233,6 +299,8 @@ class SchedulerServer(grpc.aio.Server):
         ok, _ = await asyncio.to_thread(self._core.ready)
         await _set_health(self.health, ok)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_readiness(ok))
+        if self.service is not None and self.service.stall_s > 0:
+            self._stalls = asyncio.get_running_loop().create_task(self.service.watch_stalls())
 
     async def _watch_readiness(self, last: bool) -> None:
         while True:
@@ -246,13 +314,22 @@ class SchedulerServer(grpc.aio.Server):
                 last = ok
 
     async def stop(self, grace: float | None) -> None:
+        if self.service is not None:
+            self.service.draining = True
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
             await self.health.enter_graceful_shutdown()
-        await self._inner.stop(grace)
+        try:
+            await self._inner.stop(grace)
+        finally:
+            if self._stalls is not None:
+                self._stalls.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._stalls
+                self._stalls = None
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
         return await self._inner.wait_for_termination(timeout)
@@ -266,18 +343,35 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
     reflection lists the scheduler, health and reflection services. Messages are limited to
     ``settings.max_body_bytes`` each way. With ``settings.workers > 1`` the port is bound with
     SO_REUSEPORT so every worker process serves it; otherwise binding a port in use fails.
-    ``await server.stop(grace_s)`` stops it gracefully.
+    ``await server.stop(grace_s)`` stops it gracefully. Access settings (token, TLS / mTLS,
+    ``service.security``) apply; inconsistent ones raise ``AccessConfigError``.
     """
     s = core.settings
+    auth = BearerAuth(check_access(s))
+    credentials = grpc_server_credentials(s)
     limit = int(s.max_body_bytes)
-    inner = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-    ])
+    keepalive_ms = max(1, round(float(s.grpc_keepalive_s) * 1e3))
+    keepalive_timeout_ms = max(1, round(float(s.grpc_keepalive_timeout_s) * 1e3))
+    inner = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            # dead peers: ping every keepalive_s, drop the connection without an answer
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+            # any unanswered ping (keepalive or BDP probe) ends the connection after the timeout
+            ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # clients may ping as often as the server does
+            ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_ms, 10_000)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+        interceptors=[grpc_auth_interceptor(auth)] if auth.enabled else None,
+    )
     health_servicer = health.aio.HealthServicer()
-    server = SchedulerServer(inner, core, health_servicer)
     svc = SchedulerService(core)
+    server = SchedulerServer(inner, core, health_servicer, svc)
     handlers = {
         "Schedule": grpc.unary_unary_rpc_method_handler(
             svc.schedule, response_serializer=pb.SlotDecision.SerializeToString),
@@ -290,13 +384,17 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
     try:
-        server.port = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        server.port = (server.add_secure_port(address, credentials) if credentials is not None
+                       else server.add_insecure_port(address))
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
         raise OSError(f"gRPC: cannot bind {host}:{port} (in use, or not a local address): {exc}") from None
     if server.port == 0:
         raise OSError(f"gRPC: cannot bind {host}:{port}")
     await server.start()
-    log.info("gRPC serving %s on %s:%d", SERVICE_NAME, host, server.port)
+    log.info("gRPC serving %s on %s:%d (%s%s)", SERVICE_NAME, host, server.port,
+             "mTLS" if s.grpc_tls_client_ca else ("TLS" if credentials is not None else "plaintext"),
+             ", bearer token" if auth.enabled else "")
     return server
 
 

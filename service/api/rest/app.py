@@ -10,6 +10,13 @@ pool, one slot per cell at a time; the rest run inline on the event loop.
 Rejections are 4xx with ``{"error", "field", "message"}``: 400 malformed JSON, 413 body or
 N / R / feedback above the configured limits, 422 a field that breaks the contract.
 
+Access (``service.security``): with a bearer token configured, ``POST /schedule``,
+``GET /v1/policies`` and the admin endpoints answer 401 (``field`` = ``authorization``, before
+the body is read) unless ``Authorization: Bearer <token>`` is sent; ``/healthz``, ``/readyz``,
+``/metrics`` and the OpenAPI document stay open. ``POST /admin/reload`` exists only with
+``admin_enabled``: it reloads a policy's model (the student's hot reload) off the event loop; a
+corrupt or mismatched model is refused (422 ``model_invalid``) and the old one keeps serving.
+
 With ``grpc_port != 0`` the lifespan also starts the gRPC server
 (``service.api.grpc.server.start_grpc_server``) on the same event loop.
 """
@@ -22,12 +29,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
@@ -44,9 +52,11 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.core import ServiceCore
-from service.errors import InvalidSlotError, LimitExceededError
+from service.errors import GnbSchedError, InvalidSlotError, LimitExceededError, ModelInvalidError
 from service.metrics import Metrics
 from service.policies.base import _REGISTRY, names
+from service.security import WWW_AUTHENTICATE, BearerAuth, check_access
+from service.types import PRESETS
 
 log = logging.getLogger("gnbsched.rest")
 
@@ -54,6 +64,11 @@ TRANSPORT = "rest"
 GRPC_GRACE_S = 5.0
 _CELL_LOCK_STRIPES = 64
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+#: largest admin request body (a policy name, a preset, a version)
+ADMIN_MAX_BODY_BYTES = 4096
+#: REST paths that need the bearer token when one is configured (the others stay open)
+PROTECTED_PATHS = frozenset({"/schedule", "/v1/policies", "/admin/reload"})
+_VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
 class _BodyTooLarge(Exception):
@@ -168,6 +183,77 @@ class _Scheduler:
         return Response(body, media_type="application/json")
 
 
+def _unauthorized(auth: BearerAuth, request: Request) -> Response | None:
+    """None when ``request`` may pass; else the 401 answer (the body is never read)."""
+    value = request.headers.get("authorization")
+    if auth.allows(value):
+        return None
+    resp = _json(401, error_body(error="unauthorized", field="authorization", message=auth.problem(value)))
+    resp.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return resp
+
+
+class ReloadRequest(BaseModel):
+    """Reload a policy's model from the model directory (validated off the serving path)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"policy": "student", "preset": "mac", "version": "v3"}, {"policy": "student"}]})
+    policy: str = Field(description="a loaded or registered policy with a model (e.g. student)")
+    preset: Literal["spectrum", "mac"] | None = Field(
+        None, description="the preset's model to reload; absent: every preset whose newest model changed")
+    version: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$",
+                                description="version directory under the model directory (needs preset); "
+                                            "absent: the newest / `latest`")
+
+
+def _decode_reload(raw: bytes, known: frozenset[str]) -> tuple[str, str | None, str | None]:
+    """(policy, preset, version) of a reload request; ``InvalidSlotError`` naming the field."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidSlotError("body", f"invalid JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise InvalidSlotError("body", "expected a JSON object")
+    extra = set(doc) - {"policy", "preset", "version"}
+    if extra:
+        raise InvalidSlotError(min(extra), "unknown field; expected policy, preset, version")
+    policy, preset, version = doc.get("policy"), doc.get("preset"), doc.get("version")
+    if type(policy) is not str or policy not in known:
+        raise InvalidSlotError("policy", f"expected a registered policy name, got {str(policy)[:64]!r}")
+    if preset is not None and (type(preset) is not str or preset not in PRESETS):
+        raise InvalidSlotError("preset", f"expected one of {list(PRESETS)}, got {str(preset)[:64]!r}")
+    if version is not None:
+        if type(version) is not str or not 0 < len(version) <= 64 or not set(version) <= _VERSION_CHARS \
+                or version in (".", ".."):
+            raise InvalidSlotError("version", "expected a version directory name ([A-Za-z0-9._+-], at most 64)")
+        if preset is None:
+            raise InvalidSlotError("preset", "required with version")
+    return policy, preset, version
+
+
+def _reload_policy(core: ServiceCore, name: str, preset: str | None, version: str | None) -> dict[str, Any]:
+    """Reload ``name``'s model(s) in this thread (blocking); the policy swaps atomically.
+
+    Raises ``InvalidSlotError`` (the policy has no model), ``ModelInvalidError`` (refused: the
+    old model keeps serving).
+    """
+    policy = core.policies.get(name)  # first use: loads the newest model (may raise ModelInvalidError)
+    if preset is not None:
+        if not callable(getattr(policy, "reload", None)):
+            raise InvalidSlotError("policy", f"policy {name!r} has no model to reload")
+        model = policy.reload(preset, version=version)
+        reloaded = {preset: str(getattr(model, "version", version or ""))}
+    else:
+        if not callable(getattr(policy, "refresh", None)):
+            raise InvalidSlotError("policy", f"policy {name!r} has no model to reload")
+        changed = policy.refresh()
+        errors = {k.split(":", 1)[0]: v for k, v in changed.items() if k.endswith(":error")}
+        if errors:
+            raise ModelInvalidError("; ".join(f"{p}: {msg}" for p, msg in sorted(errors.items())))
+        reloaded = dict(changed)
+    return {"policy": name, "reloaded": reloaded, "version": policy.version, "metadata": policy.metadata()}
+
+
 async def _start_grpc(core: ServiceCore, host: str, port: int):
     """Start the gRPC server when the transport is installed; None (and a warning) otherwise."""
     try:
@@ -212,6 +298,7 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
         metrics = core.observer if isinstance(core.observer, Metrics) else Metrics()
     core.observer = metrics
     settings = core.settings
+    auth = BearerAuth(check_access(settings))  # AccessConfigError on inconsistent access settings
     grpc_on = settings.grpc_port != 0 if start_grpc is None else start_grpc
     handler = _Scheduler(core, metrics)
     status: dict[str, Any] = {"started": False, "preload_error": None, "grpc": None}
@@ -249,16 +336,29 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
     app.state.core = core
     app.state.metrics = metrics
     app.state.status = status
+    app.state.auth = auth
 
     error_responses: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorBody, "description": "malformed JSON"},
         413: {"model": ErrorBody, "description": "body, users, resources or feedback above the configured limits"},
         422: {"model": ErrorBody, "description": "a field breaks the contract (named in `field`)"},
     }
+    auth_responses: dict[int | str, dict[str, Any]] = (
+        {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}} if auth.enabled else {})
+    error_responses.update(auth_responses)
 
-    async def schedule(request: Request) -> Response:
-        """Decide one slot: serialize → policy → PAG check → repair; per-cell state advances."""
-        return await handler(request)
+    if auth.enabled:
+        async def schedule(request: Request) -> Response:
+            """Decide one slot: serialize → policy → PAG check → repair; per-cell state advances."""
+            denied = _unauthorized(auth, request)
+            if denied is not None:
+                metrics.rejected(TRANSPORT)
+                return denied
+            return await handler(request)
+    else:
+        async def schedule(request: Request) -> Response:
+            """Decide one slot: serialize → policy → PAG check → repair; per-cell state advances."""
+            return await handler(request)
 
     # The FastAPI route documents the contract (OpenAPI); a plain Starlette route placed before
     # it serves the requests, skipping FastAPI's per-request dependency solving (~40-90 µs here).
@@ -289,9 +389,13 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
                 "grpc": status["grpc"], "store_errors": core.store_errors}
         return _json(200 if ready else 503, body)
 
-    @app.get("/v1/policies", tags=["operations"], summary="Policies and model versions")
-    async def policies() -> Response:
+    @app.get("/v1/policies", tags=["operations"], summary="Policies and model versions",
+             responses=auth_responses)
+    async def policies(request: Request) -> Response:
         """Registered policies with name, version, presets and whether they are loaded."""
+        denied = _unauthorized(auth, request)
+        if denied is not None:
+            return denied
         return _json(200, {
             "default": {"spectrum": settings.default_policy_spectrum, "mac": settings.default_policy_mac},
             "fallbacks": list(settings.fallbacks),
@@ -305,6 +409,47 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
+    if settings.admin_enabled:
+        if not auth.enabled:
+            log.warning("admin endpoints enabled without a bearer token (loopback bind only)")
+
+        @app.post("/admin/reload", tags=["admin"], summary="Reload a policy's model",
+                  response_class=Response,
+                  responses={200: {"description": "the reloaded versions and the policy's metadata"},
+                             400: {"model": ErrorBody, "description": "malformed JSON"},
+                             413: {"model": ErrorBody, "description": "body above 4 KiB"},
+                             422: {"model": ErrorBody, "description": "bad field, or model refused "
+                                   "(`model_invalid`: corrupt or mismatched; the old model keeps serving)"},
+                             **auth_responses},
+                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                      "schema": {"$ref": "#/components/schemas/ReloadRequest"}}}}})
+        async def admin_reload(request: Request) -> Response:
+            """Validate the new model off the serving path, then swap it in atomically."""
+            denied = _unauthorized(auth, request)
+            if denied is not None:
+                return denied
+            try:
+                raw = await _read_body(request, ADMIN_MAX_BODY_BYTES)
+            except _BodyTooLarge as exc:
+                return _json(413, error_body(error="body_too_large", field="body", message=str(exc)))
+            try:
+                name, preset, version = _decode_reload(raw, handler.refresh_known())
+                result = await run_in_threadpool(_reload_policy, core, name, preset, version)
+            except InvalidSlotError as exc:
+                status_code = 400 if exc.field == "body" and exc.message.startswith("invalid JSON") else 422
+                return _json(status_code, error_body(exc))
+            except ModelInvalidError as exc:
+                log.warning("admin reload refused: %s", exc)
+                field = "version" if version else ("preset" if preset else "policy")
+                return _json(422, error_body(error="model_invalid", field=field, message=str(exc)))
+            except (GnbSchedError, OSError) as exc:
+                log.warning("admin reload failed: %s", exc)
+                return _json(422, error_body(error="reload_failed", field="policy", message=str(exc)))
+            metrics.policy_loaded(name, result["version"])
+            handler.refresh_known()
+            log.info("admin reload: %s %s", name, result["reloaded"])
+            return _json(200, result)
+
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
@@ -316,7 +461,18 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
             req = ScheduleRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             comps = schema.setdefault("components", {}).setdefault("schemas", {})
             comps.update(req.pop("$defs", {}))
+            # the serving instance's limits are part of its contract (413 beyond them)
+            req["properties"]["users"]["maxItems"] = int(settings.max_users)
+            req["properties"]["resources"]["maxItems"] = int(settings.max_resources)
             comps["ScheduleRequest"] = req
+            if settings.admin_enabled:
+                comps["ReloadRequest"] = ReloadRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            if auth.enabled:
+                schema["components"]["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+                for path, ops in schema.get("paths", {}).items():
+                    if path in PROTECTED_PATHS:
+                        for op in ops.values():
+                            op["security"] = [{"bearerAuth": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
