@@ -1,7 +1,13 @@
-"""``gnbsched bench``: quality tables per preset, or ``gnbsched bench perf`` for performance.
+"""``gnbsched bench [SUITE]``: policy quality and service performance, printed as tables.
 
-Each suite is a module with ``add_arguments(parser)`` and ``run(args)``:
-``service.bench.spectrum``, ``service.bench.mac`` (quality, ``--preset``), ``service.bench.perf``.
+Suites (each a module with ``add_arguments(parser)`` and ``run(args)``):
+
+* ``quality`` (default): ``service.bench.spectrum`` and ``service.bench.mac`` (``--preset``),
+  then the LLM teacher's valid-before-repair rate when ``GNBSCHED_TEACHER_URL`` is set;
+* ``student``: the shipped ONNX students against the issue's targets (``service.bench.student``);
+* ``teacher``: the LLM teacher alone (``service.bench.teacher``);
+* ``perf``: latency / throughput report, writes ``BENCHMARKS.md`` (``service.bench.perf``);
+* ``soak``: bounded load on loopback with RSS tracking (``service.bench.soak``).
 """
 
 from __future__ import annotations
@@ -9,12 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = {"spectrum": "service.bench.spectrum", "mac": "service.bench.mac", "perf": "service.bench.perf"}
+SUITES = {
+    "spectrum": "service.bench.spectrum",
+    "mac": "service.bench.mac",
+    "student": "service.bench.student",
+    "teacher": "service.bench.teacher",
+    "perf": "service.bench.perf",
+    "soak": "service.bench.soak",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", nargs="?", choices=["quality", "perf"], default="quality",
-                        help="quality (default): policy comparison tables; perf: latency/throughput report")
+    parser.add_argument("suite", nargs="?", choices=["quality", "student", "teacher", "perf", "soak"],
+                        default="quality", help="which benchmark (default: quality)")
     parser.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all",
                         help="which quality suite to run (default: both)")
     parser.add_argument("--out", default="bench-out", help="directory for CSV/JSON/PNG outputs")
@@ -23,13 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=None,
                         help="comma-separated policy names (default: the suite's own list)")
     parser.add_argument("--slots", type=int, default=None, help="slots per run (default: the suite's own)")
+    for suite in ("student", "teacher", "perf", "soak"):  # suite-specific options, if any
+        extra = getattr(importlib.import_module(SUITES[suite]), "add_arguments", None)
+        if extra is not None:
+            extra(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite == "perf":
-        return int(importlib.import_module(SUITES["perf"]).run(args) or 0)
+    if args.suite != "quality":
+        return int(importlib.import_module(SUITES[args.suite]).run(args) or 0)
     presets = ["spectrum", "mac"] if args.preset == "all" else [args.preset]
     rc = 0
     for preset in presets:
         rc |= int(importlib.import_module(SUITES[preset]).run(args) or 0)
+    rc |= int(importlib.import_module(SUITES["teacher"]).run(args) or 0)
     return rc
