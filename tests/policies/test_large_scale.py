@@ -1,0 +1,273 @@
+"""The large-scale anytime policy ``auction`` (service.policies.sparse) against the exact KM.
+
+Properties: on instances of every shape (more users than channels, fewer, ties, zero values,
+busy channels, inactive users) it reaches KM's optimum and proves it (certificate); its output
+is always PAG-valid and the same for the same slot; its kernels keep their invariants (a cut
+auction leaves a valid partial matching with ε-complementary slackness, the dual bound is an
+upper bound); at a deadline it returns a valid decision and says so.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from service import phy
+from service.history import CellHistory
+from service.pag import is_valid
+from service.pipeline import PolicySet, decide
+from service.policies import PolicyContext, make, names
+from service.policies.sparse import (
+    FREE,
+    Auction,
+    auction_prices,
+    candidate_pairs,
+    dual_check,
+    matching_prices,
+    sampled_bids,
+    sorted_fill,
+    sparse_max_matching,
+)
+from service.sim.spectrum import make_spectrum_env
+from service.types import SlotState, make_slot, slot_utility
+
+
+def _ctx(state: SlotState, deadline: float | None = None) -> PolicyContext:
+    return PolicyContext(CellHistory.empty().view(state), np.random.default_rng(0), deadline)
+
+
+def _km_value(state: SlotState) -> float:
+    return slot_utility(state, make("km")(state, _ctx(state)))
+
+
+def _lsa_value(value: np.ndarray) -> float:
+    r, c = linear_sum_assignment(value, maximize=True)
+    return float(value[r, c].sum())
+
+
+def _spectrum_slot(rng: np.random.Generator, n: int, r: int, *, busy: float = 0.2, inactive: float = 0.2,
+                   fading: bool = True) -> SlotState:
+    """SPEC §2 slot: users uniform in a 500 m disc, B_c ~ U[1, 10] MHz, Rayleigh fading."""
+    dist = np.sqrt(rng.uniform(10.0**2, 500.0**2, n))
+    return make_slot("spectrum", np.arange(n) + 1, np.arange(r) + 1, rx_power_dbm=phy.rx_power_dbm(dist),
+                     bandwidth_hz=rng.uniform(1e6, 10e6, r),
+                     fading_gain=rng.exponential(size=(n, r)) if fading else None,
+                     resource_available=rng.random(r) >= busy, user_eligible=rng.random(n) >= inactive)
+
+
+def _cases() -> list[tuple[str, SlotState]]:
+    rng = np.random.default_rng(11)
+    cases = [(f"fading-{n}x{r}", _spectrum_slot(rng, n, r)) for n, r in
+             [(8, 12), (12, 8), (40, 50), (50, 40), (120, 150), (150, 120), (200, 200)]]
+    cases.append(("flat-fading-60x80", _spectrum_slot(rng, 60, 80, fading=False)))  # many ties in structure
+    cases.append(("all-eligible-70x70", _spectrum_slot(rng, 70, 70, busy=0.0, inactive=0.0)))
+    ints = rng.integers(0, 4, size=(45, 35)).astype(np.float64)  # heavy ties and zero values
+    cases.append(("integer-ties-45x35", make_slot("spectrum", np.arange(45), np.arange(35), rate_bps=ints)))
+    cases.append(("uniform-random-90x60", make_slot("spectrum", np.arange(90), np.arange(60),
+                                                    rate_bps=rng.random((90, 60)))))
+    cases.append(("one-channel", make_slot("spectrum", np.arange(5), [7], rate_bps=rng.random((5, 1)))))
+    return cases
+
+
+CASES = _cases()
+
+
+def test_registered_for_the_spectrum_preset():
+    assert "auction" in names()
+    pol = make("auction")
+    assert pol.presets == ("spectrum",) and pol.metadata()["name"] == "auction"
+
+
+@pytest.mark.parametrize(("name", "state"), CASES, ids=[c[0] for c in CASES])
+def test_reaches_and_certifies_the_km_optimum(name, state):
+    pol = Auction(dense_below=0)  # always the auction path, however small the instance
+    ctx = _ctx(state)
+    owner = pol(state, ctx)
+    assert is_valid(state, owner)
+    km = _km_value(state)
+    assert slot_utility(state, owner) == pytest.approx(km, rel=1e-9, abs=1e-9)
+    if state.user_eligible.any() and state.resource_available.any():
+        assert ctx.info["certified_optimal"] is True and ctx.info["gap_bound"] == 0.0
+        assert ctx.info["anytime"] == "complete" and ctx.info["stage"] == "certified_optimal"
+    again = Auction(dense_below=0)(state, _ctx(state))
+    assert np.array_equal(owner, again), "same slot, other decision"
+
+
+def test_scale_iii_within_target_and_certified():
+    """The headline: LSA Scale III (2000 users, 2000 channels, 400 busy) with fading, bursty users."""
+    state = make_spectrum_env("scale-III", seed=5).reset()
+    ctx = _ctx(state)
+    owner = make("auction")(state, ctx)
+    assert is_valid(state, owner)
+    users = np.flatnonzero(state.user_eligible)
+    res = np.flatnonzero(state.resource_available)
+    opt = _lsa_value(state.utility[np.ix_(users, res)])
+    assert slot_utility(state, owner) >= 0.995 * opt
+    assert ctx.info["certified_optimal"] is True
+    assert slot_utility(state, owner) == pytest.approx(opt, rel=1e-9)
+
+
+def test_small_instances_go_to_the_dense_solver_and_cap_above_one_too():
+    rng = np.random.default_rng(3)
+    small = _spectrum_slot(rng, 10, 10)
+    ctx = _ctx(small)
+    assert slot_utility(small, make("auction")(small, ctx)) == pytest.approx(_km_value(small))
+    assert ctx.info["stage"] == "dense_exact"
+    multi = make_slot("spectrum", np.arange(30), np.arange(40), rate_bps=rng.random((30, 40)), max_resources_per_user=3)
+    ctx = _ctx(multi)
+    owner = Auction(dense_below=0)(multi, ctx)
+    assert is_valid(multi, owner) and ctx.info["stage"] == "dense_exact"
+    assert slot_utility(multi, owner) == pytest.approx(_km_value(multi))
+
+
+def test_nobody_eligible_or_nothing_free_gives_an_empty_decision():
+    a = make_slot("spectrum", [1, 2], [1, 2, 3], rate_bps=np.ones((2, 3)), user_eligible=[False, False])
+    b = make_slot("spectrum", [1, 2], [1, 2, 3], rate_bps=np.ones((2, 3)), resource_available=[False] * 3)
+    for s in (a, b):
+        owner = Auction(dense_below=0)(s, _ctx(s))
+        assert is_valid(s, owner) and not owner.any()
+
+
+def test_a_deadline_already_near_returns_the_sorted_decision_and_says_so():
+    rng = np.random.default_rng(4)
+    state = _spectrum_slot(rng, 300, 320)
+    ctx = _ctx(state, deadline=time.perf_counter() + 1e-4)
+    owner = Auction(dense_below=0)(state, ctx)
+    assert is_valid(state, owner)
+    assert ctx.info["stage"] == "sorted" and ctx.info["anytime"].startswith("cut by the deadline")
+    # every eligible user got a channel (there are more free channels than users)
+    assert np.count_nonzero(owner) == min(state.user_eligible.sum(), state.resource_available.sum())
+
+
+def test_a_deadline_inside_the_auction_returns_a_valid_completed_decision():
+    """Stage costs predicted as free, a deadline just past the reserve: the policy starts the
+    auction and must stop it (or stop before it), returning a full valid decision."""
+    rng = np.random.default_rng(14)
+    state = _spectrum_slot(rng, 600, 700)
+    pol = Auction(dense_below=0, stage_cost_s={"lists": 0.0, "sampled": 0.0}, reserve_s=0.0)
+    ctx = _ctx(state, deadline=time.perf_counter() + 3e-3)  # a full solve takes several times that
+    owner = pol(state, ctx)
+    assert is_valid(state, owner)
+    assert ctx.info["anytime"].startswith("cut by the deadline")
+    assert ctx.info["stage"] in ("sorted", "sampled", "auction", "sparse_exact")  # how far: the machine's speed
+    assert np.count_nonzero(owner) == min(state.user_eligible.sum(), state.resource_available.sum())
+
+
+def test_through_the_pipeline_a_predicted_overrun_is_cut_not_replaced():
+    """decide() replaces a policy that answers after the deadline. When the auction is predicted
+    not to fit (here: stage costs set absurdly high), the policy answers at once with its stage-0
+    decision, flagged, and the pipeline keeps it."""
+    rng = np.random.default_rng(6)
+    state = _spectrum_slot(rng, 400, 450)
+    pset = PolicySet(factories={"auction": lambda: Auction(dense_below=0)})
+    full = decide(state, CellHistory.empty(), "auction", policies=pset, deadline_s=30.0)
+    assert full.notes["anytime"] == "complete" and full.notes["certified_optimal"]
+    slow = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s={"lists": 1.0})})
+    d = decide(state, CellHistory.empty(), "auction", policies=slow, fallbacks=["greedy"], deadline_s=2.0)
+    assert d.policy == "auction" and d.fallback is None and is_valid(state, d.owner)
+    assert d.valid_before_repair and d.notes["stage"] == "sampled"  # stage 0b fits, the auction does not
+    assert d.notes["anytime"].startswith("cut by the deadline before the auction")
+    assert d.utility < full.utility
+    again = decide(state, CellHistory.empty(), "auction", policies=slow, deadline_s=2.0)
+    assert np.array_equal(again.owner, d.owner)  # the sampled channels come from the slot's seeded rng
+    none = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s={"lists": 1.0, "sampled": 1.0})})
+    d0 = decide(state, CellHistory.empty(), "auction", policies=none, deadline_s=2.0)
+    assert d0.notes["stage"] == "sorted" and is_valid(state, d0.owner) and d0.utility < d.utility
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _value(rng: np.random.Generator, n: int, r: int) -> np.ndarray:
+    s = _spectrum_slot(rng, n, r, busy=0.0, inactive=0.0)
+    return s.utility
+
+
+def test_a_cut_auction_leaves_a_valid_partial_matching_with_eps_slackness():
+    rng = np.random.default_rng(8)
+    value = _value(rng, 150, 180)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4
+
+    auc = auction_prices(value, 1e-3, list_size=8, stop=stop)
+    assert not auc.complete and auc.rounds == 4
+    held = auc.assign[auc.assign >= 0]
+    assert np.unique(held).size == held.size  # no channel twice
+    assert np.array_equal(auc.owner[held], np.flatnonzero(auc.assign >= 0))
+    assert (auc.prices >= 0).all() and (auc.prices[auc.owner < 0] == 0).all()
+    # ε-CS for every assigned user on the dense matrix
+    for u in np.flatnonzero(auc.assign >= 0):
+        best = (value[u] - auc.prices).max()
+        assert value[u, auc.assign[u]] - auc.prices[auc.assign[u]] >= max(best, 0.0) - auc.eps * (1 + 1e-9)
+    # its completion is a valid full matching
+    match = sorted_fill(auc.assign, value[:, 0], np.ones(180))
+    assert (match >= 0).all() and np.unique(match).size == match.size
+
+
+def test_the_list_bound_never_hides_a_better_channel():
+    rng = np.random.default_rng(9)
+    value = _value(rng, 120, 100)
+    auc = auction_prices(value, 2e-3, list_size=6)
+    red = value - auc.prices
+    off = np.ones_like(value, bool)
+    np.put_along_axis(off, auc.lists, False, axis=1)
+    assert (np.where(off, red, -np.inf).max(axis=1) <= auc.bound + 1e-6).all()
+
+
+@pytest.mark.parametrize("shape", [(60, 80), (80, 60)])
+def test_certificate_accepts_the_optimum_and_rejects_a_worse_matching(shape):
+    rng = np.random.default_rng(10)
+    value = _value(rng, *shape)
+    u_n, f_n = value.shape
+    r, c = linear_sum_assignment(value, maximize=True)
+    opt = np.full(u_n, -1, np.int64)
+    opt[r] = c
+    rows, cols = np.divmod(np.arange(u_n * f_n), f_n)  # the complete graph
+    tol = 1e-9 * value.max()
+    prices = matching_prices(value, rows, cols, opt, tol=tol, max_iter=u_n + f_n)
+    assert prices is not None
+    viol, ub = dual_check(value, prices, opt, tol)
+    assert viol.size == 0 and ub == pytest.approx(value[r, c].sum(), rel=1e-9)
+    worse = opt.copy()
+    a, b = np.flatnonzero(worse >= 0)[:2]
+    worse[a], worse[b] = worse[b], worse[a]  # a swap: not optimal any more (continuous values)
+    assert matching_prices(value, rows, cols, worse, tol=tol, max_iter=u_n + f_n) is None
+
+
+def test_dual_bound_is_an_upper_bound_for_any_prices():
+    rng = np.random.default_rng(12)
+    for shape in [(30, 40), (40, 30)]:
+        value = _value(rng, *shape)
+        opt = _lsa_value(value)
+        match = np.full(shape[0], -1, np.int64)
+        for _ in range(5):
+            prices = rng.uniform(0, value.max(), shape[1])
+            _, ub = dual_check(value, prices, match, 0.0)
+            assert ub >= opt * (1 - 1e-12)
+
+
+def test_candidate_graph_admits_a_full_matching_of_the_smaller_side():
+    rng = np.random.default_rng(13)
+    for shape in [(90, 120), (120, 90)]:
+        value = _value(rng, *shape)
+        auc = auction_prices(value, 1e-2, list_size=4, stop_free=shape[0] // 5)  # stopped early on purpose
+        assert (auc.assign == FREE).sum() <= shape[0] // 5
+        rows, cols = candidate_pairs(value, auc, auc.eps)
+        match = sparse_max_matching(value, rows, cols)
+        assert match is not None
+        assert (match >= 0).sum() == min(shape)
+
+
+def test_sampled_bids_give_each_channel_to_its_highest_bidder():
+    cols = np.array([[0, 1], [0, 2], [0, 1], [3, 3]])
+    vals = np.array([[5.0, 1.0], [7.0, 2.0], [6.0, 4.0], [1.0, 0.5]])
+    match = sampled_bids(cols, vals, 4, rounds=1)
+    assert match.tolist() == [FREE, 0, FREE, 3]  # channel 0: bids 5, 7, 6 -> user 1
+    match = sampled_bids(cols, vals, 4, rounds=3)
+    assert match.tolist() == [FREE, 0, 1, 3]  # round 2: channel 1, bids 1 (user 0) and 4 (user 2)
