@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import orjson
@@ -61,7 +61,17 @@ REPORT_NAME = "BENCHMARKS.md"
 FIG_DIR = Path("docs") / "bench"
 
 #: the papers' own figures (LSA: arXiv LLM spectrum access; Stackelberg: agentic MAC)
-PAPER = {
+class PaperFigures(TypedDict):
+    """The papers' reported figures the report compares against (units in the key names)."""
+
+    lsa_llm_s_per_decision: tuple[float, float]  # (low, high)
+    lsa_llm_ratio_to_km: float
+    lsa_llm_scenario: str
+    lsa_km_ms: float
+    stackelberg_llama_ms: float
+
+
+PAPER: PaperFigures = {
     "lsa_llm_s_per_decision": (7.2, 7.8),
     "lsa_llm_ratio_to_km": 0.966,
     "lsa_llm_scenario": "u15-c20-b8",
@@ -107,7 +117,7 @@ def _log(msg: str) -> None:
     print(f"[perf] {msg}", file=sys.stderr, flush=True)
 
 
-def _pct(values: Sequence[float], q: float) -> float:
+def _pct(values: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else math.nan
 
 
@@ -169,8 +179,11 @@ def _play(states: Sequence[SlotState], policy: str, pset: PolicySet, seed: int,
 
 def student_available(preset: str = "spectrum") -> bool:
     """True when an ONNX student model for ``preset`` is installed (``service.policies.student``)."""
+    from service.policies.student import StudentPolicy
+
     try:
-        return make("student").model(preset) is not None
+        policy = make("student")
+        return isinstance(policy, StudentPolicy) and policy.model(preset) is not None
     except GnbSchedError:
         return False
 
@@ -911,15 +924,15 @@ def summary(res: Results) -> str:
         out.append(f"  {r.scenario:22s} {r.policy:11s} ratio {r.ratio_to_km:.4f}  time {r.time_p50_ms:9.3f} ms  "
                    f"= KM/{r.speedup_vs_km:.1f}" + ("" if r.certified_share is None else
                                                      f"  certified {r.certified_share:.0%}"))
-    for r in res.anytime:
-        out.append(f"  anytime scale-III deadline {r.deadline_ms:5g} ms: ratio {r.ratio_to_km:.4f}, p50 {r.time_p50_ms:.1f} ms")
-    for r in res.stages:
-        out.append(f"  stages {r.preset}/{r.policy}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_p50_us.items())
-                   + f" µs; schedule {r.schedule_p50_us:.0f} µs")
-    for r in res.e2e:
-        out.append(f"  e2e {r.preset}/{r.policy} N={r.num_ue:<5d} {r.transport:12s} p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms")
-    for r in res.load:
-        out.append(f"  load {r.transport:12s} {r.clients} clients: {r.decisions_per_s:.0f} decisions/s (p99 {r.p99_ms:.2f} ms)")
+    for a in res.anytime:
+        out.append(f"  anytime scale-III deadline {a.deadline_ms:5g} ms: ratio {a.ratio_to_km:.4f}, p50 {a.time_p50_ms:.1f} ms")
+    for st in res.stages:
+        out.append(f"  stages {st.preset}/{st.policy}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.stage_p50_us.items())
+                   + f" µs; schedule {st.schedule_p50_us:.0f} µs")
+    for e in res.e2e:
+        out.append(f"  e2e {e.preset}/{e.policy} N={e.num_ue:<5d} {e.transport:12s} p50 {e.p50_ms:.3f} ms  p99 {e.p99_ms:.3f} ms")
+    for ld in res.load:
+        out.append(f"  load {ld.transport:12s} {ld.clients} clients: {ld.decisions_per_s:.0f} decisions/s (p99 {ld.p99_ms:.2f} ms)")
     for k, v in res.rss_mib.items():
         out.append(f"  peak RSS {k}: {v:.0f} MiB")
     out += ["  " + line.lstrip("- ") for line in target_lines(res)]

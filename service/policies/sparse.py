@@ -121,12 +121,12 @@ def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, st
     u_n, f_n = value.shape
     k = min(list_size, f_n)
     prices = np.zeros(f_n)
-    lists, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists
+    cand, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists  # cand: int64 [U, K]
     if k == f_n:
         bound[:] = -np.inf  # the lists hold every channel
     vmax = float(list_value.max(initial=0.0))  # the lists hold each row's maximum
     eps = eps_rel * vmax if vmax > 0 else 1.0  # all values 0: any increment ends the auction at once
-    res = AuctionResult(prices, np.full(u_n, FREE, np.int64), np.full(f_n, -1, np.int64), lists, list_value,
+    res = AuctionResult(prices, np.full(u_n, FREE, np.int64), np.full(f_n, -1, np.int64), cand, list_value,
                         bound, eps, vmax)
     assign, owner = res.assign, res.owner
     free = np.arange(u_n)
@@ -135,7 +135,7 @@ def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, st
             res.complete = False
             break
         res.rounds += 1
-        lf = lists[free]  # [B, K]
+        lf = cand[free]  # [B, K]
         w = list_value[free] - prices[lf]  # [B, K] reduced values
         ar = np.arange(free.size)
         k1 = w.argmax(axis=1)
@@ -147,7 +147,7 @@ def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, st
         if stale.any():
             rs = free[stale]
             res.refreshes += rs.size
-            lists[rs], list_value[rs], bound[rs] = top_lists(value, prices, rs, k)
+            cand[rs], list_value[rs], bound[rs] = top_lists(value, prices, rs, k)
             keep = ~stale
             free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[:int(keep.sum())]
         out = w1 <= 0.0
@@ -614,8 +614,8 @@ class Auction(Policy):
                 break
             if rep == self.max_repairs or left() < self._predict("match", pairs):
                 break
-            lists, _, _ = top_lists(value, prices, viol, min(8, f_n))
-            key = np.unique(np.r_[rows * f_n + cols, np.repeat(viol, lists.shape[1]) * f_n + lists.ravel()])
+            cand, _, _ = top_lists(value, prices, viol, min(8, f_n))  # [V, k] channels for the violators
+            key = np.unique(np.r_[rows * f_n + cols, np.repeat(viol, cand.shape[1]) * f_n + cand.ravel()])
             rows, cols = key // f_n, key % f_n
             m3 = sparse_max_matching(value, rows, cols)
             if m3 is None:

@@ -239,14 +239,16 @@ def _reload_policy(core: ServiceCore, name: str, preset: str | None, version: st
     """
     policy = core.policies.get(name)  # first use: loads the newest model (may raise ModelInvalidError)
     if preset is not None:
-        if not callable(getattr(policy, "reload", None)):
+        reload = getattr(policy, "reload", None)  # duck-typed: only model-backed policies have it
+        if not callable(reload):
             raise InvalidSlotError("policy", f"policy {name!r} has no model to reload")
-        model = policy.reload(preset, version=version)
+        model = reload(preset, version=version)
         reloaded = {preset: str(getattr(model, "version", version or ""))}
     else:
-        if not callable(getattr(policy, "refresh", None)):
+        refresh = getattr(policy, "refresh", None)
+        if not callable(refresh):
             raise InvalidSlotError("policy", f"policy {name!r} has no model to reload")
-        changed = policy.refresh()
+        changed: dict[str, str] = refresh()
         errors = {k.split(":", 1)[0]: v for k, v in changed.items() if k.endswith(":error")}
         if errors:
             raise ModelInvalidError("; ".join(f"{p}: {msg}" for p, msg in sorted(errors.items())))
