@@ -57,7 +57,7 @@ from service.sim.multicell import PARTITION_STRATEGIES, MultiCellConfig, MultiCe
 from service.sim.traffic import TRAFFIC_CASES
 from service.types import slot_utility
 
-DEFAULT_POLICIES: tuple[str, ...] = ("pf", "max_weight", "rr", "random", "greedy", "km", "s-aloha")
+DEFAULT_POLICIES: tuple[str, ...] = ("student", "pf", "max_weight", "rr", "random", "greedy", "km", "s-aloha")
 #: pseudo-policy: every UE is a legacy S-ALOHA UE, nothing is scheduled
 ALOHA = "s-aloha"
 #: policy of the follower-mix and multi-cell tables (the first of --policies if pf is not in it)

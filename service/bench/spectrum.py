@@ -37,7 +37,7 @@ from service.sim.spectrum import (
 )
 
 #: policies compared by default (LSA baselines + the classical schedulers)
-DEFAULT_POLICIES: tuple[str, ...] = ("km", "grouped_km", "greedy", "pf", "rr", "max_weight", "random", "de", "exhaustive")
+DEFAULT_POLICIES: tuple[str, ...] = ("km", "auction", "student", "grouped_km", "greedy", "pf", "rr", "max_weight", "random", "de", "exhaustive")
 #: always run: the ratios are taken against them
 REFERENCES: tuple[str, ...] = ("km", "random")
 #: (seeds, slots per seed) per scenario on a default run, and on --quick (small grid only). Every

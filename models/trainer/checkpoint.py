@@ -1,0 +1,73 @@
+"""Checkpoints: the network, its preset and decode rule, and the record of every training stage."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.history import HistoryView
+from service.policies.student import DEFAULT_SURPLUS_MARGIN, decode
+from service.serialize.tensors import FEATURE_VERSION, serialize
+from service.types import SlotState
+from trainer.net import NetConfig, StudentNet
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """Everything export needs: weights, architecture, preset, decode rule, training record."""
+
+    net: StudentNet
+    preset: str
+    decode: dict[str, Any]
+    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @staticmethod
+    def new(preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN) -> Checkpoint:
+        kind = "assignment" if preset == "spectrum" else "capped"
+        return Checkpoint(StudentNet(config), preset, {"kind": kind, "surplus_margin": surplus_margin})
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": self.net.config.as_dict(), "state_dict": self.net.state_dict(), "preset": self.preset,
+                    "decode": self.decode, "stages": self.stages, "feature_version": FEATURE_VERSION},
+                   path / CHECKPOINT_FILE)
+        return path / CHECKPOINT_FILE
+
+    @staticmethod
+    def load(path: str | Path) -> Checkpoint:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHECKPOINT_FILE
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if blob.get("feature_version") != FEATURE_VERSION:
+            raise ValueError(f"{path}: feature version {blob.get('feature_version')} != {FEATURE_VERSION}")
+        net = StudentNet(NetConfig(**blob["config"]))
+        net.load_state_dict(blob["state_dict"])
+        return Checkpoint(net, blob["preset"], dict(blob["decode"]), list(blob.get("stages", [])))
+
+    @property
+    def surplus_margin(self) -> float:
+        return float(self.decode.get("surplus_margin", DEFAULT_SURPLUS_MARGIN))
+
+
+class TorchStudent:
+    """The PyTorch student as a behaviour policy: serialize → forward → the served decode."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+
+    @torch.no_grad()
+    def logits(self, state: SlotState, view: HistoryView | None) -> np.ndarray:
+        x = serialize(state, view)
+        out = self.ckpt.net(*(torch.from_numpy(a) for a in x.arrays()))
+        return out.numpy()
+
+    def __call__(self, state: SlotState, view: HistoryView, rng: np.random.Generator | None = None) -> np.ndarray:
+        return decode(state, self.logits(state, view), self.ckpt.decode)

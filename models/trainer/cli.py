@@ -1,0 +1,170 @@
+"""``gnbsched train``: distill, fine-tune and export the ONNX student (needs the ``[train]`` extra).
+
+    gnbsched train all                    # reproduce both shipped models (two processes, one per preset)
+    gnbsched train all --preset mac       # one preset only
+    gnbsched train distill --preset mac --teacher stackelberg --out runs/mac
+    gnbsched train distill --preset mac --dataset answers.jsonl --out runs/mac-llm
+    gnbsched train grpo --init runs/spectrum --out runs/spectrum-grpo
+    gnbsched train ppo --init runs/mac --out runs/mac-ppo
+    gnbsched train export --checkpoint runs/mac-ppo --version v2
+    gnbsched train record --preset mac --teacher stackelberg --scenarios standard --out data/mac.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.args import (
+    DistillArgs,
+    ExportArgs,
+    GrpoArgs,
+    PpoArgs,
+    add_dataclass_arguments,
+    args_from_namespace,
+)
+
+#: the recipe of the shipped models: stage -> argument overrides (``--quick`` shrinks budgets)
+RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "spectrum": [
+        ("distill", {"preset": "spectrum", "teacher": "km", "samples": 8000, "steps": 2000, "batch_size": 32,
+                     "learning_rate": 1e-3, "nll_coef": 0.05, "hinge_coef": 1.0, "weight_decay": 0.01, "hidden": 32,
+                     "eval_every": 500, "eval_slots": 20, "seed": 1}),
+        ("grpo", {"iterations": 60, "states_per_iteration": 16, "group_size": 8, "learning_rate": 1e-5,
+                  "kl_coef": 0.2, "eval_every": 0, "eval_slots": 20, "seed": 2}),
+    ],
+    "mac": [
+        ("distill", {"preset": "mac", "teacher": "fair_efficient", "samples": 8000, "dagger_rounds": 1, "steps": 1500, "hidden": 32,
+                     "batch_size": 64, "learning_rate": 2e-3, "eval_every": 0, "eval_slots": 20, "seed": 1}),
+        ("ppo", {"total_steps": 2_000_000, "time_budget_s": 720.0, "num_envs": 16, "num_steps": 128,
+                 "eval_every": 0, "eval_ttis": 2000, "seed": 3}),
+    ],
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "distill": {"samples": 300, "steps": 40, "dagger_rounds": 0, "eval_slots": 2, "eval_every": 0},
+    "grpo": {"iterations": 3, "states_per_iteration": 4, "group_size": 4, "eval_slots": 2},
+    "ppo": {"total_steps": 512, "num_envs": 4, "num_steps": 32, "eval_ttis": 100, "eval_every": 0,
+            "time_budget_s": 0.0},
+}
+#: stage -> (script module, its argument dataclass); the modules (and torch) are imported only to run
+SCRIPTS: dict[str, tuple[str, type]] = {"distill": ("trainer.distill", DistillArgs), "grpo": ("trainer.grpo", GrpoArgs),
+                                        "ppo": ("trainer.ppo", PpoArgs), "export": ("trainer.export", ExportArgs)}
+#: the held-out metric that decides whether a fine-tuning stage is kept (higher is better)
+SELECTION_METRIC = {"spectrum": "eval/ratio_km_min", "mac": "eval/utility_ratio_mean"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    p = sub.add_parser("all", help="reproduce the shipped student models (distill → fine-tune → export → evaluate)")
+    p.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all", help="which model(s) (default: both)")
+    p.add_argument("--runs-dir", default="runs/reproduce", help="checkpoints and metrics of every stage")
+    p.add_argument("--models-dir", default="", help="where to export (default: $GNBSCHED_MODEL_DIR or models/)")
+    p.add_argument("--version", default="", help="version to write (default: the next vK)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (smoke test; the model is not useful)")
+    p.add_argument("--no-bench", action="store_true", help="skip the benchmark that fills the model card's KPIs")
+    p.add_argument("--sequential", action="store_true", help="run the presets one after the other (default: in parallel)")
+    p.add_argument("--recorded-command", default="", help=argparse.SUPPRESS)
+    helps = {"distill": "distillation from a teacher (km, a policy, stackelberg / fair_efficient) or a JSONL dataset",
+             "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
+             "ppo": "PPO with GAE on the sequential mac leader utility",
+             "export": "export a checkpoint to ONNX + model card (parity-checked)"}
+    for name, (_, args_cls) in SCRIPTS.items():
+        sp = sub.add_parser(name, help=helps[name])
+        add_dataclass_arguments(sp, args_cls)
+    rec = sub.add_parser("record", help="write a JSONL dataset of a teacher's closed-loop (state, decision) rows")
+    rec.add_argument("--preset", choices=["spectrum", "mac"], default="mac")
+    rec.add_argument("--teacher", default="stackelberg", help="'stackelberg' or a registered policy name")
+    rec.add_argument("--scenarios", default="standard", help="comma-separated named scenarios of the preset")
+    rec.add_argument("--episodes", type=int, default=1)
+    rec.add_argument("--slots", type=int, default=200)
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--out", required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.stage == "all":
+        return run_all(args)
+    if args.stage == "record":
+        from trainer.data import record_rows, write_jsonl
+        from trainer.teachers import make_teacher
+
+        n = write_jsonl(record_rows(args.preset, make_teacher(args.teacher), scenarios=args.scenarios.split(","),
+                                    episodes=args.episodes, slots=args.slots, seed=args.seed), args.out)
+        print(f"recorded {n} rows -> {args.out}")
+        return 0
+    module_name, args_cls = SCRIPTS[args.stage]
+    importlib.import_module(module_name).main(args_from_namespace(args_cls, args))
+    return 0
+
+
+def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick: bool, bench: bool, command: str) -> Path:
+    """Every stage of ``preset``'s recipe, then export and (optionally) the benchmark KPIs."""
+    from trainer import export
+    from trainer.checkpoint import Checkpoint
+    from trainer.common import Logger
+
+    t0 = time.perf_counter()
+    prev: Path | None = None
+    best_score = float("-inf")
+    for i, (stage, overrides) in enumerate(RECIPES[preset]):
+        module_name, args_cls = SCRIPTS[stage]
+        module = importlib.import_module(module_name)
+        values = {**overrides, **(QUICK.get(stage, {}) if quick else {})}
+        out = runs_dir / f"{preset}-{i + 1}-{stage}"
+        values["out"] = str(out)
+        if prev is not None:
+            values["init"] = str(prev)
+        fields = {f.name for f in dataclasses.fields(args_cls)}
+        stage_args = args_cls(**{k: v for k, v in values.items() if k in fields})
+        ckpt = module.main(stage_args, Logger(out, f"{preset}/{stage}"))
+        score = ckpt.stages[-1]["final"].get(SELECTION_METRIC[preset], float("-inf"))
+        if prev is not None and score < best_score:
+            # the fine-tuned model is worse on the held-out evaluation: keep the previous one and say so
+            kept = Checkpoint.load(prev)
+            kept.stages.append({**ckpt.stages[-1], "kept": False,
+                                "note": f"{SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}: previous stage kept"})
+            kept.save(prev)
+            print(f"[{preset}] {stage}: {SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}; keeping {prev}",
+                  file=sys.stderr)
+            continue
+        prev, best_score = out, score
+    assert prev is not None
+    target = export.main(ExportArgs(checkpoint=str(prev), models_dir=models_dir, version=version, command=command))
+    if bench:
+        from service.bench.student import evaluate_model
+
+        evaluation = evaluate_model(preset, target, quick=quick)
+        evaluation["reproduce_wall_time_s"] = round(time.perf_counter() - t0, 1)
+        export.update_evaluation(target, evaluation)
+        print(json.dumps({preset: evaluation["summary"]}, default=str), file=sys.stderr)
+    return target
+
+
+def run_all(args: argparse.Namespace) -> int:
+    presets = ["spectrum", "mac"] if args.preset == "all" else [args.preset]
+    runs_dir = Path(args.runs_dir)
+    command = args.recorded_command or ("gnbsched train all" + (f" --preset {args.preset}" if args.preset != "all" else "")
+                                        + (" --quick" if args.quick else ""))
+    if len(presets) == 1 or args.sequential:
+        for preset in presets:
+            run_preset(preset, runs_dir, args.models_dir, args.version, args.quick, not args.no_bench, command)
+        return 0
+    # one process per preset: the two recipes are independent and the budget assumes 2 cores
+    procs = []
+    for preset in presets:
+        cmd = [sys.executable, "-m", "service.cli", "train", "all", "--preset", preset, "--runs-dir", str(runs_dir),
+               "--recorded-command", command]
+        for flag, value in (("--models-dir", args.models_dir), ("--version", args.version)):
+            if value:
+                cmd += [flag, value]
+        cmd += [f for f, on in (("--quick", args.quick), ("--no-bench", args.no_bench)) if on]
+        procs.append(subprocess.Popen(cmd))
+    codes = [p.wait() for p in procs]
+    return max(codes)

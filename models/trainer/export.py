@@ -1,0 +1,189 @@
+"""Export a checkpoint to ONNX with dynamic N and R, check it against PyTorch, write the model card.
+
+Layout: ``<models>/student-<preset>/<version>/model.onnx`` + ``model.json``, and
+``student-<preset>/latest`` (a one-line file naming the version) — what the ``student`` policy
+serves. The served graph has no batch axis: inputs ``global_feats [G]``, ``user_feats [N, Fu]``,
+``res_feats [R, Fr]``, ``pair_feats [Fp, R, N]``, ``user_mask [N]``, ``res_mask [R]``; output
+``logits [R, N+1]``. Export fails if onnxruntime and PyTorch differ by more than ``tolerance``
+on any admissible logit of the probe slots.
+
+    python -m trainer.export --checkpoint runs/spectrum --models-dir models --version v1
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.policies.student import (
+    CARD_FILE,
+    MODEL_FILE,
+    default_model_dir,
+    load_model,
+    model_name,
+    sha256_file,
+)
+from service.serialize.tensors import (
+    FEATURE_VERSION,
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    feature_spec,
+    serialize,
+)
+from service.sim.mac import MacConfig, MacEnv
+from service.sim.spectrum import SpectrumConfig, SpectrumEnv
+from service.types import SlotState
+from trainer.args import ExportArgs as Args
+from trainer.args import parse_args
+from trainer.checkpoint import Checkpoint
+from trainer.net import count_parameters
+
+OPSET = 17
+DYNAMIC_AXES = {
+    "user_feats": {0: "num_ue"}, "res_feats": {0: "num_res"}, "pair_feats": {1: "num_res", 2: "num_ue"},
+    "user_mask": {0: "num_ue"}, "res_mask": {0: "num_res"}, OUTPUT_NAME: {0: "num_res", 1: "num_ue_plus_1"},
+}
+
+
+def probe_slots(preset: str, seed: int) -> list[SlotState]:
+    """Slots of assorted shapes (N, R from 1 to 60, busy resources, ineligible users) for parity checks."""
+    rng = np.random.default_rng(seed)
+    out: list[SlotState] = []
+    if preset == "spectrum":
+        for n, r in ((1, 1), (3, 7), (12, 5), (40, 60), (60, 33)):
+            env = SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))), seed=int(rng.integers(1e6)))
+            out.append(env.reset())
+    else:
+        for n, m in ((1, 1), (3, 8), (10, 4), (25, 17), (50, 8)):
+            env = MacEnv(MacConfig(num_ue=n, num_rbg=m, full_buffer=bool(rng.integers(2))), seed=int(rng.integers(1e6)))
+            state = env.reset()
+            for _ in range(int(rng.integers(3, 20))):
+                state = env.step(np.zeros(state.num_res, np.int64)).state
+            out.append(state)
+    return out
+
+
+def export_onnx(ckpt: Checkpoint, path: Path) -> None:
+    """Trace the network on an unbatched example and write ONNX (opset 17, dynamic N and R)."""
+    example = serialize(probe_slots(ckpt.preset, 0)[1])
+    args = tuple(torch.from_numpy(a) for a in example.arrays())
+    ckpt.net.train(False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(ckpt.net, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                          dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
+    """Largest |onnxruntime − PyTorch| over admissible logits (unused column + eligible × available)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for state in slots:
+        x = serialize(state)
+        got = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+        with torch.no_grad():
+            ref = ckpt.net(*(torch.from_numpy(a) for a in x.arrays())).numpy()
+        if got.shape != ref.shape:
+            raise ValueError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
+        adm = np.concatenate([np.ones((state.num_res, 1), bool), state.admissible().T], axis=1)
+        worst = max(worst, float(np.abs(got - ref)[adm].max()))
+    return worst
+
+
+def next_version(root: Path) -> str:
+    nums = [int(m.group(1)) for p in root.glob("v*") if p.is_dir() and (m := re.fullmatch(r"v(\d+)", p.name))]
+    return f"v{max(nums, default=0) + 1}"
+
+
+def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float, command: str) -> dict[str, Any]:
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(onnx_path))
+    data = [s.get("data", {}) for s in ckpt.stages]
+    return {
+        "name": model_name(ckpt.preset),
+        "version": version,
+        "preset": ckpt.preset,
+        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "feature_version": FEATURE_VERSION,
+        "features": feature_spec(),
+        "architecture": {"class": "trainer.net.StudentNet", **ckpt.net.config.as_dict(),
+                         "parameters": count_parameters(ckpt.net)},
+        "decode": dict(ckpt.decode),
+        "training": {"command": command, "stages": ckpt.stages},
+        "data": data,
+        "evaluation": {},
+        "onnx": {"opset": OPSET, "ir_version": int(proto.ir_version), "torch": torch.__version__,
+                 "onnxruntime": ort.__version__, "parity_max_abs_diff": max_diff},
+        "size_bytes": onnx_path.stat().st_size,
+        "sha256": sha256_file(onnx_path),
+    }
+
+
+def main(args: Args) -> Path:
+    ckpt = Checkpoint.load(args.checkpoint)
+    root = Path(args.models_dir or default_model_dir()) / model_name(ckpt.preset)
+    version = args.version or next_version(root)
+    target = root / version
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        onnx_path = Path(tmp) / MODEL_FILE
+        export_onnx(ckpt, onnx_path)
+        max_diff = parity(ckpt, onnx_path, probe_slots(ckpt.preset, args.seed))
+        if max_diff > args.tolerance:
+            raise ValueError(f"ONNX/PyTorch parity {max_diff:.2e} exceeds the tolerance {args.tolerance:.0e}")
+        card = model_card(ckpt, version, onnx_path, max_diff, args.command)
+        (Path(tmp) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        load_model(tmp, ckpt.preset)  # the serving loader must accept it
+        if target.exists():
+            for f in (MODEL_FILE, CARD_FILE):
+                (target / f).unlink(missing_ok=True)
+            target.rmdir()
+        os.replace(tmp, target)
+        target.chmod(0o755)
+        Path(tmp).mkdir()  # TemporaryDirectory cleans up its (now empty) path
+    if args.set_latest:
+        tmp_latest = root / ".latest.tmp"
+        tmp_latest.write_text(version + "\n")
+        os.replace(tmp_latest, root / "latest")
+    print(f"exported {ckpt.preset} student {version} -> {target} ({card['size_bytes']} bytes, "
+          f"{card['architecture']['parameters']} parameters, parity {max_diff:.1e})")
+    return target
+
+
+def update_evaluation(version_dir: str | Path, evaluation: dict[str, Any]) -> None:
+    """Write bench KPIs into a model card (the card's sha256 covers model.onnx only)."""
+    path = Path(version_dir) / CARD_FILE
+    card = json.loads(path.read_text())
+    card["evaluation"] = evaluation
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main(parse_args(Args, description=__doc__.splitlines()[0]))
+
+
+def export_initialised(models_dir: str | Path, preset: str, version: str, *, seed: int = 0, hidden: int = 16) -> Path:
+    """Export an untrained, seeded student (wiring and reload tests, smoke deployments)."""
+    from trainer.net import NetConfig
+
+    torch.manual_seed(seed)
+    ckpt = Checkpoint.new(preset, NetConfig(hidden=hidden))
+    ckpt.stages.append({"script": "export_initialised", "args": {"seed": seed, "hidden": hidden}})
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt.save(tmp)
+        return main(Args(checkpoint=tmp, models_dir=str(models_dir), version=version))

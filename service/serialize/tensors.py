@@ -1,0 +1,307 @@
+"""Hierarchical state serialization into fixed-width tensors for the student (SPEC §5).
+
+One code path for the trainer (which stacks these arrays and converts them to torch) and the
+service (which feeds them to onnxruntime). The hierarchy of SPEC §5 in tensor form:
+
+* **global statistics** ``global_feats`` float32 [G]: active users, available resources,
+  utility / bandwidth / buffer / received-power statistics (max, min, mean, std), cap, fairness;
+* **per-user tokens** ``user_feats`` float32 [N, Fu] and **per-resource tokens**
+  ``res_feats`` float32 [R, Fr]: the local constraints of every user and resource;
+* **per-pair block** ``pair_feats`` float32 [Fp, R, N] (channels first; resources as rows, like
+  the logits): the utility of each (user, resource) pair relative to the slot's, the user's and the resource's best (the critical constraints of
+  an assignment problem cannot be factorised into user and resource tokens once channels fade);
+* **output schema**: ``user_mask`` [N] (eligible) and ``res_mask`` [R] (available), the PAG
+  of SPEC §4 that the decoder applies to the logits [R, N+1].
+
+Every feature is scale-free (utilities relative to the slot's best pair, powers relative to the
+strongest user, counts relative to the slot's size), so one model serves every N, R and preset.
+The feature layout is versioned by ``FEATURE_VERSION``; a model card records the version it was
+trained with and the student refuses a model whose version differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.history import HistoryView
+from service.types import SlotState
+
+FEATURE_VERSION = "tensors-v1"
+
+GLOBAL_FEATURES: tuple[str, ...] = (
+    "preset_spectrum",  # 1 for the LSA preset
+    "preset_mac",  # 1 for the UDTS preset
+    "log_active_users",  # ln(1 + eligible users) / ln(1 + 4096)
+    "log_available_resources",  # ln(1 + available resources) / ln(1 + 4096)
+    "active_user_fraction",  # eligible / N
+    "available_resource_fraction",  # available / R
+    "log_users_per_resource",  # ln((1 + eligible) / (1 + available))
+    "cap_fraction",  # min(cap, available) / max(available, 1)
+    "cap_is_one",  # single connectivity
+    "utility_min",  # (min, mean, std) of admissible utility / slot max (max is 1 by construction)
+    "utility_mean",
+    "utility_std",
+    "bandwidth_min",  # (min, mean, std) of available bandwidth / max available bandwidth
+    "bandwidth_mean",
+    "bandwidth_std",
+    "buffer_known",  # 1 when buffers are given
+    "buffer_max",  # (max, min, mean, std) of ln(1 + buffer / slot max utility) of eligible users
+    "buffer_min",
+    "buffer_mean",
+    "buffer_std",
+    "rx_power_std",  # std of received power over users, in units of 10 dB
+    "snr_max",  # (max, mean) of the users' best-channel mean SNR, in units of 100 dB (noise floor)
+    "snr_mean",
+    "fairness_jfi",  # Jain index of the cumulative resources x_u of the slot's users (SPEC §3 eq. 5)
+    "log_mean_cum_resources",  # ln(1 + mean x_u) / 10
+)
+
+USER_FEATURES: tuple[str, ...] = (
+    "eligible",
+    "best_utility",  # max over available resources of utility[u, :] / slot max
+    "mean_utility",  # mean over available resources of utility[u, :] / slot max
+    "rx_power_rel",  # (rx power - strongest user's) / 10 dB; 0 when unknown
+    "buffer_log",  # ln(1 + buffer / best utility): ~ ln(1 + resources needed to empty the buffer)
+    "buffer_fill_fraction",  # min(resources needed, available) / max(available, 1)
+    "avg_served_rel",  # PF average served / slot max utility, as ln(1 + ·)
+    "pf_priority",  # best utility / PF average served, as ln(1 + ·)
+    "jfi_gradient",  # 1 - S·x_u / Q (sign and shape of dJFI/dx_u; S = Σx, Q = Σx²)
+    "cum_resources_rel",  # x_u / max(mean x, 1) - 1
+    "staleness",  # ln(1 + slots since last served) / ln(1 + 1000); 1 when never served
+    "known",  # the user has history in this cell
+)
+
+RESOURCE_FEATURES: tuple[str, ...] = (
+    "available",
+    "bandwidth_rel",  # bandwidth / max available bandwidth
+    "best_utility",  # max over eligible users of utility[:, r] / slot max
+    "mean_utility",  # mean over eligible users of utility[:, r] / slot max
+)
+
+PAIR_FEATURES: tuple[str, ...] = (
+    "utility",  # utility[u, r] / slot max
+    "utility_rel_user",  # utility[u, r] / user's best
+    "utility_rel_resource",  # utility[u, r] / resource's best
+    "utility_capped",  # min(utility, buffer) / slot max (what the user can really send; = utility without buffers)
+    "admissible",  # 1 where the pair is allowed (user eligible, resource available): the PAG mask as a channel
+)
+
+#: ONNX input names, in order (each with a leading batch axis: [B, ...])
+INPUT_NAMES: tuple[str, ...] = ("global_feats", "user_feats", "res_feats", "pair_feats", "user_mask", "res_mask")
+#: ONNX output name: logits [B, R, N+1] (column 0 = leave the resource unused)
+OUTPUT_NAME = "logits"
+
+NUM_GLOBAL, NUM_USER, NUM_RES, NUM_PAIR = len(GLOBAL_FEATURES), len(USER_FEATURES), len(RESOURCE_FEATURES), len(PAIR_FEATURES)
+
+_LOG_MAX_COUNT = float(np.log1p(4096.0))
+_LOG_STALE = float(np.log1p(1000.0))
+
+
+def feature_spec() -> dict[str, object]:
+    """The feature layout as recorded in a model card (names per block, version)."""
+    return {
+        "version": FEATURE_VERSION,
+        "global": list(GLOBAL_FEATURES),
+        "user": list(USER_FEATURES),
+        "resource": list(RESOURCE_FEATURES),
+        "pair": list(PAIR_FEATURES),
+        "inputs": list(INPUT_NAMES),
+        "output": OUTPUT_NAME,
+    }
+
+
+@dataclass(slots=True)
+class StudentInputs:
+    """The serialized slot (N users, R resources). Arrays are float32 and C-contiguous.
+
+    global_feats [G], user_feats [N, Fu], res_feats [R, Fr], pair_feats [Fp, R, N],
+    user_mask [N] (1 = eligible), res_mask [R] (1 = available).
+    """
+
+    global_feats: np.ndarray
+    user_feats: np.ndarray
+    res_feats: np.ndarray
+    pair_feats: np.ndarray
+    user_mask: np.ndarray
+    res_mask: np.ndarray
+
+    @staticmethod
+    def empty(num_ue: int, num_res: int) -> StudentInputs:
+        """Zeroed buffers for an N × R slot (reused across slots of the same shape)."""
+        return StudentInputs(
+            np.zeros(NUM_GLOBAL, np.float32),
+            np.zeros((num_ue, NUM_USER), np.float32),
+            np.zeros((num_res, NUM_RES), np.float32),
+            np.zeros((NUM_PAIR, num_res, num_ue), np.float32),
+            np.zeros(num_ue, np.float32),
+            np.zeros(num_res, np.float32),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.user_mask.shape[0]), int(self.res_mask.shape[0])
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The six arrays in ``INPUT_NAMES`` order (no batch axis)."""
+        return (self.global_feats, self.user_feats, self.res_feats, self.pair_feats, self.user_mask, self.res_mask)
+
+    def feed(self) -> dict[str, np.ndarray]:
+        """onnxruntime feed: each array as a batch of one (views, no copy)."""
+        return {name: a[None] for name, a in zip(INPUT_NAMES, self.arrays(), strict=True)}
+
+
+def _stats(values: np.ndarray) -> tuple[float, float, float, float]:
+    """(max, min, mean, std) of a 1-D array; zeros when empty."""
+    if values.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    mean = float(values.sum()) / values.size
+    var = float(np.dot(values, values)) / values.size - mean * mean
+    return float(values.max()), float(values.min()), mean, float(np.sqrt(max(var, 0.0)))
+
+
+def _safe_inv(x: np.ndarray) -> np.ndarray:
+    """1 / max(x, tiny): finite everywhere; where x = 0 the numerators are 0 as well."""
+    return 1.0 / np.maximum(x, np.float32(1e-30))
+
+
+def serialize(state: SlotState, history: HistoryView | None = None, out: StudentInputs | None = None) -> StudentInputs:
+    """Serialize one slot (and its cell history) into the student's tensors.
+
+    state: the slot (utility [N, R], availability [R], eligibility [N], cap, buffers, powers).
+    history: the cell's history aligned with the slot's users (None = a cell without history:
+        PF averages = mean utility, no cumulative resources, never served).
+    out: buffers of the slot's shape to fill in place (``StudentInputs.empty(N, R)``); new
+        arrays when None or of another shape.
+    Returns the filled ``StudentInputs``.
+    """
+    n, r = state.num_ue, state.num_res
+    if out is None or out.shape != (n, r):
+        out = StudentInputs.empty(n, r)
+    elig = state.user_eligible
+    avail = state.resource_available
+    n_elig, n_avail = int(np.count_nonzero(elig)), int(np.count_nonzero(avail))
+    full = n_elig == n and n_avail == r
+
+    # ---- per-pair block [Fp, R, N]; channel 0 first holds the admissible utility itself
+    pc = out.pair_feats
+    adm = pc[0]  # [R, N]
+    if full:
+        np.copyto(adm, state.utility.T, casting="unsafe")
+    else:
+        np.multiply(state.utility.T, avail[:, None] & elig[None, :], out=adm, casting="unsafe")
+    row_max = adm.max(axis=0)  # [N] user's best
+    col_max = adm.max(axis=1)  # [R] resource's best
+    u_ref = float(row_max.max()) if n else 0.0
+    if u_ref <= 0.0:
+        u_ref = 1.0
+    inv_ref = np.float32(1.0 / u_ref)
+    row_mean = adm.sum(axis=0) * np.float32(1.0 / max(n_avail, 1))  # [N] mean over available resources
+    col_mean = adm.sum(axis=1) * np.float32(1.0 / max(n_elig, 1))  # [R] mean over eligible users
+    np.multiply(adm, _safe_inv(row_max)[None, :], out=pc[1])
+    np.multiply(adm, _safe_inv(col_max)[:, None], out=pc[2])
+    buf = state.buffer_bits
+    if buf is not None:
+        np.minimum(adm, buf.astype(np.float32)[None, :], out=pc[3])
+        pc[3] *= inv_ref
+    adm *= inv_ref  # channel 0: utility / slot max
+    if buf is None:
+        pc[3] = adm
+    if full:
+        pc[4] = 1.0
+    else:
+        np.logical_and(avail[:, None], elig[None, :], out=pc[4], casting="unsafe")
+
+    # ---- per-user tokens [N, Fu]
+    uf = out.user_feats
+    row_max *= inv_ref
+    row_mean *= inv_ref
+    uf[:, 0] = elig
+    uf[:, 1] = row_max
+    uf[:, 2] = row_mean
+    p_rx = state.rx_power_dbm
+    uf[:, 3] = 0.0 if p_rx is None else (p_rx - p_rx.max()) / 10.0
+    if buf is not None:
+        need = (buf * inv_ref) * _safe_inv(row_max).astype(np.float64)  # resources to empty the buffer
+        uf[:, 4] = np.log1p(need)
+        uf[:, 5] = np.minimum(need, n_avail) / max(n_avail, 1)
+    else:
+        uf[:, 4:6] = 0.0
+    if history is not None:
+        avg = np.maximum(history.avg_served * float(inv_ref), 1e-12)  # in units of the slot max
+        x = history.cum_resources
+        uf[:, 6] = np.log1p(avg)
+        uf[:, 7] = np.log1p(row_max / avg)
+        s, q = float(x.sum()), float(np.dot(x, x))
+        uf[:, 8] = 1.0 - s * x / q if q > 0 else 0.0
+        mean_x = s / n
+        uf[:, 9] = x / max(mean_x, 1.0) - 1.0
+        last = history.last_served_slot
+        age = np.where(last >= 0, np.clip(state.slot - last, 0, 1000), 1000)
+        uf[:, 10] = np.log1p(age) * (1.0 / _LOG_STALE)
+        uf[:, 11] = history.known
+        jfi = s * s / (n * q) if q > 0 else 1.0
+    else:
+        uf[:, 6] = np.log1p(row_mean)
+        uf[:, 7] = np.log1p(row_max * _safe_inv(row_mean))
+        uf[:, 8:10] = 0.0
+        uf[:, 10] = 1.0
+        uf[:, 11] = 0.0
+        mean_x, jfi = 0.0, 1.0
+    if n_elig < n:
+        uf[~elig, 1:8] = 0.0  # utility, buffer and PF terms of users who may own nothing
+
+    # ---- per-resource tokens [R, Fr]
+    rf = out.res_feats
+    bw = state.bandwidth_hz
+    bw_av = bw if n_avail == r else bw[avail]
+    bw_ref = float(bw_av.max()) if bw_av.size else float(bw.max())
+    rf[:, 0] = avail
+    rf[:, 1] = bw * (1.0 / bw_ref)
+    rf[:, 2] = col_max * inv_ref
+    rf[:, 3] = col_mean * inv_ref
+    if n_avail < r:
+        rf[~avail, 1:] = 0.0
+
+    # ---- global statistics [G]
+    g = out.global_feats
+    g[0] = state.preset == "spectrum"
+    g[1] = state.preset == "mac"
+    g[2] = np.log1p(n_elig) / _LOG_MAX_COUNT
+    g[3] = np.log1p(n_avail) / _LOG_MAX_COUNT
+    g[4] = n_elig / n
+    g[5] = n_avail / r
+    g[6] = np.log((1.0 + n_elig) / (1.0 + n_avail))
+    g[7] = min(state.max_resources_per_user, n_avail) / max(n_avail, 1)
+    g[8] = state.max_resources_per_user == 1
+    if n_elig and n_avail:
+        flat = adm.reshape(-1)
+        count = n_elig * n_avail
+        mean = float(flat.sum(dtype=np.float64)) / count
+        var = float(np.dot(flat, flat)) / count - mean * mean
+        g[9] = float(adm.min()) if full else float(np.where(avail[:, None] & elig[None, :], adm, np.inf).min())
+        g[10], g[11] = mean, np.sqrt(max(var, 0.0))
+    else:
+        g[9:12] = 0.0
+    if bw_av.size:
+        _, g[12], g[13], g[14] = _stats(bw_av * (1.0 / bw_ref))
+    else:
+        g[12:15] = 0.0
+    if buf is not None:
+        g[15] = 1.0
+        g[16], g[17], g[18], g[19] = _stats(np.log1p((buf if n_elig == n else buf[elig]) * float(inv_ref)))
+    else:
+        g[15:20] = 0.0
+    if p_rx is not None:
+        g[20] = _stats(p_rx)[3] / 10.0
+        snr = p_rx - (-174.0 + 10.0 * np.log10(bw_ref))  # mean SNR on the widest channel, dB
+        g[21], g[22] = float(snr.max()) / 100.0, float(snr.mean()) / 100.0
+    else:
+        g[20:23] = 0.0
+    g[23] = jfi
+    g[24] = np.log1p(mean_x) / 10.0
+
+    out.user_mask[:] = elig
+    out.res_mask[:] = avail
+    return out

@@ -1,0 +1,307 @@
+"""The ``student`` policy: PAG decode, pipeline validity, model location and hot reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from trainer.export import export_initialised
+
+from service.errors import ModelInvalidError, PolicyUnavailableError
+from service.history import CellHistory, apply_feedback, record_decision
+from service.pag.checks import is_valid
+from service.pag.mask import pag_mask
+from service.pipeline import PolicySet, decide
+from service.policies.student import (
+    CARD_FILE,
+    MODEL_FILE,
+    StudentPolicy,
+    decode_assignment,
+    decode_capped,
+    locate_model,
+    sha256_file,
+    user_needs,
+)
+from service.serialize.tensors import INPUT_NAMES, NUM_GLOBAL, NUM_PAIR, NUM_RES, NUM_USER
+from service.sim.mac import make_mac_env
+from service.sim.spectrum import SpectrumConfig, SpectrumEnv
+from service.types import make_slot, slot_utility
+
+# ----------------------------------------------------------------------------- decode (pure)
+
+
+def _random_slot(rng: np.random.Generator):
+    n, r = int(rng.integers(1, 12)), int(rng.integers(1, 10))
+    mac = rng.random() < 0.7
+    flat = rng.random() < 0.5
+    util = np.repeat(rng.random((n, 1)), r, 1) if flat else rng.random((n, r))
+    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), rate_bps=util * 1e3,
+                     resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.8,
+                     buffer_bits=rng.integers(0, 6, n) * 300.0 if mac else None,
+                     max_resources_per_user=int(rng.integers(1, 5)) if mac else None)
+
+
+def _sequential_reference(state, logits, margin):
+    """The two-pass decode written as the obvious loop over positions."""
+    m = np.where(pag_mask(state), logits, -np.inf)
+    need = user_needs(state)
+    owner = np.zeros(state.num_res, np.int64)
+    count = np.zeros(state.num_ue + 1, np.int64)
+    for r in np.flatnonzero(state.resource_available):
+        row = m[r].copy()
+        row[1:][count[1:] >= need] = -np.inf
+        k = int(row.argmax())
+        owner[r] = k
+        count[k] += 1
+    cap = np.where(state.user_eligible, state.max_resources_per_user, 0)
+    for r in np.flatnonzero(state.resource_available & (owner == 0)):
+        row = m[r, 1:].copy()
+        row[count[1:] >= cap] = -np.inf
+        k = int(row.argmax())
+        if row[k] > m[r, 0] + margin:
+            owner[r] = k + 1
+            count[k + 1] += 1
+    return owner
+
+
+def test_capped_decode_equals_the_sequential_rule_and_is_valid():
+    rng = np.random.default_rng(7)
+    for _ in range(1500):
+        state = _random_slot(rng)
+        shape = (state.num_res, state.num_ue + 1)
+        logits = np.repeat(rng.normal(size=(1, shape[1])) * 3, shape[0], 0) if rng.random() < 0.5 else rng.normal(size=shape) * 3
+        if rng.random() < 0.3:
+            logits = np.round(logits)  # ties
+        owner = decode_capped(state, logits, surplus_margin=2.0)
+        assert is_valid(state, owner)
+        np.testing.assert_array_equal(owner, _sequential_reference(state, logits, 2.0))
+
+
+def test_needs_are_the_assignment_kernels_copies_per_user():
+    from service.assign import copies_per_user
+
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        state = _random_slot(rng)
+        np.testing.assert_array_equal(user_needs(state), copies_per_user(state))
+
+
+def test_capped_decode_is_valid_whatever_the_logits():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        state = _random_slot(rng)
+        logits = rng.choice([-1e9, 1e9, 0.0, 5.0], size=(state.num_res, state.num_ue + 1))
+        assert is_valid(state, decode_capped(state, logits))
+
+
+def test_assignment_decode_maximises_the_margins():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        n, r = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rng.random((n, r)) + 0.1,
+                          resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.9)
+        logits = rng.normal(size=(r, n + 1))
+        owner = decode_assignment(state, logits)
+        assert is_valid(state, owner)
+        margin = (logits[:, 1:] - logits[:, :1])
+        value = sum(margin[i, k - 1] for i, k in enumerate(owner) if k)
+        # brute force over every valid cap-1 assignment
+        from service.policies.assignment import Exhaustive
+        from service.policies.base import PolicyContext
+
+        fake = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=np.clip(margin.T, 0, None) + 1e-12,
+                         resource_available=state.resource_available, user_eligible=state.user_eligible)
+        best = Exhaustive()(fake, PolicyContext(CellHistory.empty().view(fake), rng))
+        best_value = sum(margin[i, k - 1] for i, k in enumerate(best) if k and margin[i, k - 1] > 0)
+        assert value >= best_value - 1e-9
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("student-models")
+    for preset in ("spectrum", "mac"):
+        export_initialised(tmp, preset, "v1", seed=1)
+    return tmp
+
+
+def _copy_models(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_student_through_the_pipeline_is_valid_before_repair(models: Path):
+    student = StudentPolicy(models)
+    pset = PolicySet(factories={"student": lambda: student})
+    env = SpectrumEnv(SpectrumConfig(num_ue=12, num_channels=9, num_busy=2), seed=4)
+    state, history = env.reset(), CellHistory.empty()
+    for _ in range(20):
+        d = decide(state, history, "student", policies=pset, seed=1)
+        assert d.valid_before_repair and d.violations == [] and d.fallback is None
+        assert d.policy_version == "mac=v1,spectrum=v1"
+        history = record_decision(history, state, d.owner)
+        res = env.step(d.owner)
+        history, state = apply_feedback(history, res.feedback), res.state
+    env = make_mac_env("standard", seed=2)
+    state, history = env.reset(), CellHistory.empty()
+    for _ in range(150):
+        d = decide(state, history, "student", policies=pset, seed=1)
+        assert d.valid_before_repair, d.violations
+        assert d.notes["model_version"] == "v1"
+        history = record_decision(history, state, d.owner)
+        res = env.step(d.owner)
+        history, state = apply_feedback(history, res.feedback), res.state
+
+
+def test_same_slot_same_decision(models: Path):
+    student = StudentPolicy(models)
+    pset = PolicySet(factories={"student": lambda: student})
+    state = SpectrumEnv(SpectrumConfig(num_ue=30, num_channels=20, num_busy=3), seed=9).reset()
+    a = decide(state, CellHistory.empty(), "student", policies=pset).owner
+    b = decide(state, CellHistory.empty(), "student", policies=pset).owner
+    np.testing.assert_array_equal(a, b)
+    assert slot_utility(state, a) > 0
+
+
+def test_locate_latest_file_else_highest_version(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    shutil.copytree(root / "student-mac" / "v1", root / "student-mac" / "v10")
+    shutil.copytree(root / "student-mac" / "v1", root / "student-mac" / "v9")
+    (root / "student-mac" / "latest").unlink()
+    assert locate_model(root, "mac").name == "v10"  # natural order, not lexicographic
+    (root / "student-mac" / "latest").write_text("v9\n")
+    assert locate_model(root, "mac").name == "v9"
+    assert locate_model(root, "mac", "v1").name == "v1"
+    assert locate_model(tmp_path / "nowhere", "mac") is None
+
+
+def test_model_dir_from_the_environment(models: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GNBSCHED_MODEL_DIR", str(models))
+    student = StudentPolicy()
+    assert student.model_dir == models
+    assert student.model("spectrum") is not None and student.model("mac") is not None
+    meta = student.metadata()
+    assert meta["models"]["mac"]["version"] == "v1" and meta["models"]["mac"]["sha256"] == sha256_file(
+        models / "student-mac" / "v1" / MODEL_FILE)
+
+
+def test_missing_preset_is_unavailable_and_the_pipeline_falls_back(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    shutil.rmtree(root / "student-mac")
+    student = StudentPolicy(root)
+    pset = PolicySet(factories={"student": lambda: student})
+    state = make_mac_env("fixed-5", seed=1).reset()
+    with pytest.raises(PolicyUnavailableError):
+        student(state, _ctx(state))
+    d = decide(state, CellHistory.empty(), "student", policies=pset, fallbacks=["pf"])
+    assert d.policy == "pf" and d.fallback_reason == "unavailable"
+
+
+def _ctx(state):
+    from service.policies.base import PolicyContext
+
+    return PolicyContext(CellHistory.empty().view(state), np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- hot reload
+
+
+def test_reload_swaps_to_a_new_version(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    student = StudentPolicy(root)
+    state = SpectrumEnv(SpectrumConfig(num_ue=8, num_channels=8, num_busy=1), seed=2).reset()
+    before = student.model("spectrum").logits(student.serialize(state, _ctx(state)))
+    export_initialised(root, "spectrum", "v2", seed=2)  # also points latest at v2
+    assert student.refresh() == {"spectrum": "v2"}
+    assert student.model("spectrum").version == "v2"
+    assert student.version == "mac=v1,spectrum=v2"
+    after = student.model("spectrum").logits(student.serialize(state, _ctx(state)))
+    assert not np.allclose(before, after)
+    assert student.refresh() == {}  # nothing new
+
+
+def test_corrupt_file_is_refused_and_the_old_model_keeps_serving(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    student = StudentPolicy(root)
+    shutil.copytree(root / "student-mac" / "v1", root / "student-mac" / "v2")
+    (root / "student-mac" / "latest").write_text("v2\n")
+    raw = (root / "student-mac" / "v2" / MODEL_FILE).read_bytes()
+    (root / "student-mac" / "v2" / MODEL_FILE).write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(ModelInvalidError, match="sha256"):
+        student.reload("mac")
+    # a corrupt file whose card checksum was updated too: onnxruntime refuses it
+    card = json.loads((root / "student-mac" / "v2" / CARD_FILE).read_text())
+    card["sha256"] = sha256_file(root / "student-mac" / "v2" / MODEL_FILE)
+    (root / "student-mac" / "v2" / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelInvalidError, match="onnxruntime"):
+        student.reload("mac")
+    assert "mac:error" in student.refresh()
+    assert student.model("mac").version == "v1"
+    state = make_mac_env("fixed-5", seed=3).reset()
+    assert is_valid(state, np.asarray(student(state, _ctx(state))))
+
+
+def _wrong_width_model(path: Path) -> None:
+    """A valid ONNX graph whose user features are one column wider than the serializer's."""
+    dims = {"global_feats": [NUM_GLOBAL], "user_feats": ["N", NUM_USER + 1], "res_feats": ["R", NUM_RES],
+            "pair_feats": [NUM_PAIR, "R", "N"], "user_mask": ["N"], "res_mask": ["R"]}
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims[n]) for n in INPUT_NAMES]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["R", "N1"])
+    node = helper.make_node("Identity", ["res_feats"], ["logits"])
+    model = helper.make_model(helper.make_graph([node], "wrong", inputs, [out]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_mismatched_inputs_and_feature_version_are_refused(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    student = StudentPolicy(root)
+    v2 = root / "student-spectrum" / "v2"
+    shutil.copytree(root / "student-spectrum" / "v1", v2)
+    _wrong_width_model(v2 / MODEL_FILE)
+    card = json.loads((v2 / CARD_FILE).read_text())
+    card["sha256"] = sha256_file(v2 / MODEL_FILE)
+    (v2 / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelInvalidError, match="feature width"):
+        student.reload("spectrum", v2)
+    card["feature_version"] = "tensors-v0"
+    (v2 / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelInvalidError, match="feature version"):
+        student.reload("spectrum", v2)
+    with pytest.raises(ModelInvalidError, match="preset"):
+        student.reload("mac", root / "student-spectrum" / "v1")  # a spectrum model offered as mac
+    assert student.model("spectrum").version == "v1" and student.model("mac").version == "v1"
+
+
+def test_reload_while_serving_never_breaks_a_decision(models: Path, tmp_path: Path):
+    root = _copy_models(models, tmp_path / "m")
+    student = StudentPolicy(root)
+    export_initialised(root, "mac", "v2", seed=5, hidden=16)
+    state = make_mac_env("fixed-5", seed=4).reset()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            while not stop.is_set():
+                assert is_valid(state, np.asarray(student(state, _ctx(state))))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for version in ("v2", "v1", "v2"):
+        student.reload("mac", version=version)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == [] and student.model("mac").version == "v2"

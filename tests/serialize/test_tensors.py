@@ -1,0 +1,96 @@
+"""The student's tensor serializer (SPEC §5): shapes, scale invariance, equivariance, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.history import CellHistory, apply_feedback, record_decision
+from service.policies.assignment import random_valid
+from service.serialize.tensors import (
+    FEATURE_VERSION,
+    NUM_GLOBAL,
+    NUM_PAIR,
+    NUM_RES,
+    NUM_USER,
+    StudentInputs,
+    feature_spec,
+    serialize,
+)
+from service.sim.mac import make_mac_env
+from service.sim.spectrum import SpectrumConfig, SpectrumEnv
+from service.types import make_slot
+
+
+def _mac_with_history(steps: int = 30):
+    env = make_mac_env("fixed-5", seed=3)
+    state, history = env.reset(), CellHistory.empty()
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        owner = random_valid(state, rng)
+        history = record_decision(history, state, owner)
+        res = env.step(owner)
+        history, state = apply_feedback(history, res.feedback), res.state
+    return state, history.view(state)
+
+
+def test_shapes_dtypes_and_masks():
+    state = SpectrumEnv(SpectrumConfig(num_ue=7, num_channels=11, num_busy=3), seed=1).reset()
+    x = serialize(state)
+    assert x.global_feats.shape == (NUM_GLOBAL,) and x.user_feats.shape == (7, NUM_USER)
+    assert x.res_feats.shape == (11, NUM_RES) and x.pair_feats.shape == (NUM_PAIR, 11, 7)
+    assert all(a.dtype == np.float32 and a.flags.c_contiguous for a in x.arrays())
+    np.testing.assert_array_equal(x.user_mask, state.user_eligible)
+    np.testing.assert_array_equal(x.res_mask, state.resource_available)
+    # pair channel 0 is the utility relative to the slot's best admissible pair, 0 where inadmissible
+    adm = state.admissible().T
+    np.testing.assert_allclose(x.pair_feats[0][adm], (state.utility.T[adm] / state.utility.T[adm].max()), rtol=1e-6)
+    assert (x.pair_feats[:, ~adm] == 0).all()
+    assert feature_spec()["version"] == FEATURE_VERSION
+
+
+def test_scale_free_in_the_utility_unit():
+    state, view = _mac_with_history()
+    x = serialize(state, view)
+    scaled = make_slot("mac", state.user_ids, state.resource_ids, rate_bps=state.utility * 1000.0,
+                       buffer_bits=state.buffer_bits * 1000.0, resource_available=state.resource_available,
+                       user_eligible=state.user_eligible, slot=state.slot)
+    view_scaled = type(view)(view.avg_served * 1000.0, view.cum_resources, view.last_served_slot, view.known)
+    y = serialize(scaled, view_scaled)
+    for a, b in zip(x.arrays(), y.arrays(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_permuting_users_and_resources_permutes_the_tensors():
+    state, view = _mac_with_history()
+    rng = np.random.default_rng(1)
+    pu, pr = rng.permutation(state.num_ue), rng.permutation(state.num_res)
+    perm = make_slot("mac", state.user_ids[pu], state.resource_ids[pr], rate_bps=state.utility[pu][:, pr],
+                     buffer_bits=state.buffer_bits[pu], resource_available=state.resource_available[pr],
+                     user_eligible=state.user_eligible[pu], slot=state.slot)
+    pview = type(view)(view.avg_served[pu], view.cum_resources[pu], view.last_served_slot[pu], view.known[pu])
+    x, y = serialize(state, view), serialize(perm, pview)
+    np.testing.assert_allclose(y.global_feats, x.global_feats, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.user_feats, x.user_feats[pu], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.res_feats, x.res_feats[pr], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.pair_feats, x.pair_feats[:, pr][:, :, pu], rtol=1e-5, atol=1e-6)
+
+
+def test_degenerate_slots_stay_finite_and_buffers_are_reused():
+    cases = [
+        make_slot("spectrum", [1], [1], rate_bps=[[0.0]]),  # one user, one channel, zero rate
+        make_slot("spectrum", [1, 2], [1, 2, 3], rate_bps=np.ones((2, 3)), user_eligible=[False, False]),
+        make_slot("mac", [1, 2], [1, 2], spectral_efficiency=[0.2, 0.6], buffer_bits=[0.0, 0.0]),
+        make_slot("mac", [1, 2, 3], [1, 2], spectral_efficiency=[0.2, 0.6, 1.1], buffer_bits=[1e3, 0.0, 5e3],
+                  resource_available=[False, False]),
+    ]
+    for state in cases:
+        x = serialize(state)
+        assert all(np.isfinite(a).all() for a in x.arrays())
+    state = make_slot("mac", [1, 2, 3], [1, 2], spectral_efficiency=[0.2, 0.6, 1.1], buffer_bits=[1e3, 0.0, 5e3])
+    buf = StudentInputs.empty(3, 2)
+    out = serialize(state, None, buf)
+    assert out is buf  # filled in place
+    again = serialize(state, None, buf)
+    for a, b in zip(again.arrays(), serialize(state).arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert serialize(state, None, StudentInputs.empty(2, 2)).shape == (3, 2)  # wrong shape: fresh arrays

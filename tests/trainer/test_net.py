@@ -1,0 +1,102 @@
+"""The student network: ONNX against PyTorch, and permutation equivariance (users, resources)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from trainer.checkpoint import Checkpoint
+from trainer.export import export_onnx, parity
+from trainer.net import NetConfig, StudentNet
+
+from service.serialize.tensors import INPUT_NAMES, StudentInputs, serialize
+from service.sim.mac import MacConfig, MacEnv
+from service.sim.spectrum import SpectrumConfig, SpectrumEnv
+from service.types import SlotState
+
+
+def _slots() -> list[SlotState]:
+    out = [SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=b), seed=s).reset()
+           for n, r, b, s in ((1, 1, 0, 1), (7, 10, 2, 2), (33, 21, 5, 3), (64, 90, 18, 4))]
+    for n, m, s in ((1, 2, 5), (6, 8, 6), (40, 17, 7)):
+        env = MacEnv(MacConfig(num_ue=n, num_rbg=m), seed=s)
+        state = env.reset()
+        for _ in range(5):
+            state = env.step(np.zeros(state.num_res, np.int64)).state
+        out.append(state)
+    return out
+
+
+def _torch(net: StudentNet, x: StudentInputs) -> np.ndarray:
+    with torch.no_grad():
+        return net(*(torch.from_numpy(a) for a in x.arrays())).numpy()
+
+
+@pytest.mark.parametrize("config", [NetConfig(hidden=16), NetConfig(hidden=24, pair_hidden=8, refine=True)],
+                         ids=["gated-linear", "pair-hidden+refine"])
+def test_onnx_matches_pytorch(tmp_path: Path, config: NetConfig):
+    torch.manual_seed(0)
+    ckpt = Checkpoint.new("spectrum", config)
+    for p in ckpt.net.parameters():  # larger than at initialisation: a harder parity check
+        p.data.normal_(0.0, 0.3)
+    path = tmp_path / "m.onnx"
+    export_onnx(ckpt, path)
+    assert parity(ckpt, path, _slots()) <= 1e-4
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for state in _slots():  # every admissible logit, every shape (dynamic N and R)
+        x = serialize(state)
+        got = sess.run(None, dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+        ref = _torch(ckpt.net, x)
+        assert got.shape == (state.num_res, state.num_ue + 1)
+        adm = np.concatenate([np.ones((state.num_res, 1), bool), state.admissible().T], axis=1)
+        np.testing.assert_allclose(got[adm], ref[adm], atol=1e-4, rtol=0)
+
+
+def _permute(x: StudentInputs, pu: np.ndarray, pr: np.ndarray) -> StudentInputs:
+    return StudentInputs(x.global_feats.copy(), x.user_feats[pu], x.res_feats[pr], x.pair_feats[:, pr][:, :, pu],
+                         x.user_mask[pu], x.res_mask[pr])
+
+
+@pytest.mark.parametrize("config", [NetConfig(hidden=16), NetConfig(hidden=16, pair_hidden=8, refine=True)],
+                         ids=["gated-linear", "pair-hidden+refine"])
+def test_permuting_users_and_resources_permutes_the_logits(config: NetConfig):
+    torch.manual_seed(1)
+    net = StudentNet(config).train(False)
+    rng = np.random.default_rng(0)
+    for state in _slots():
+        x = serialize(state)
+        pu, pr = rng.permutation(state.num_ue), rng.permutation(state.num_res)
+        ref = _torch(net, x)
+        got = _torch(net, _permute(x, pu, pr))
+        expected = ref[pr][:, np.r_[0, pu + 1]]
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_onnx_model_is_equivariant_too(model_dir: Path):
+    sess = ort.InferenceSession(str(model_dir / "student-mac" / "v1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    for state in _slots():
+        x = serialize(state)
+        pu, pr = rng.permutation(state.num_ue), rng.permutation(state.num_res)
+        ref = sess.run(None, dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+        got = sess.run(None, dict(zip(INPUT_NAMES, _permute(x, pu, pr).arrays(), strict=True)))[0]
+        np.testing.assert_allclose(got, ref[pr][:, np.r_[0, pu + 1]], atol=1e-4, rtol=1e-5)
+
+
+def test_logits_are_finite_and_the_decode_never_picks_an_inadmissible_token():
+    from service.pag.checks import is_valid
+    from service.policies.student import decode_assignment, decode_capped
+
+    torch.manual_seed(2)
+    net = StudentNet(NetConfig(hidden=16)).train(False)
+    for p in net.parameters():
+        p.data.normal_(0.0, 1.0)
+    for state in _slots():
+        logits = _torch(net, serialize(state))
+        assert np.isfinite(logits).all()
+        assert is_valid(state, decode_capped(state, logits))
+        if state.max_resources_per_user == 1:
+            assert is_valid(state, decode_assignment(state, logits))
