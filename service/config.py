@@ -18,8 +18,10 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, description="gRPC port; 0 disables gRPC")
     workers: int = Field(1, description="uvicorn worker processes (metrics use multiprocess mode when > 1)")
     state_url: str = Field("memory://", description="per-cell state: memory:// (in process) or redis://host:port/db")
-    default_policy_spectrum: str = Field("km", description="policy when a spectrum request names none")
-    default_policy_mac: str = Field("pf", description="policy when a mac request names none")
+    default_policy_spectrum: str = Field(
+        "auction", description="policy when a spectrum request names none (exact: km below 160k pairs, certified auction above)")
+    default_policy_mac: str = Field(
+        "student", description="policy when a mac request names none (the shipped ONNX student; falls back when no model)")
     fallbacks: list[str] = Field(default_factory=lambda: ["greedy"],
                                  description="policies tried in order when the requested one fails or overruns")
     deadline_ms: float | None = Field(None, description="default per-slot policy deadline (None = none)")

@@ -159,14 +159,15 @@ class _Busy(Policy):
 def test_core_reports_through_the_observer_protocol() -> None:
     m = Metrics()
     store = _FlakyStore()
-    core = ServiceCore(Settings(grpc_port=0), store=store, policies=PolicySet(factories={"busy": _Busy}), observer=m)
-    core.schedule(_slot(), transport="inproc")
+    settings = Settings(grpc_port=0)
+    core = ServiceCore(settings, store=store, policies=PolicySet(factories={"busy": _Busy}), observer=m)
+    core.schedule(_slot(), transport="inproc")  # no policy named: the configured spectrum default
     core.schedule(_slot(), policy="busy", transport="inproc")  # one channel per user: cap exceeded
     store.down = True
     core.schedule(_slot(), policy="pf", transport="inproc")
     text = m.exposition()[0].decode()
-    assert _value(text, "gnbsched_requests_total", transport="inproc", preset="spectrum", policy="km",
-                  outcome="ok") == 1
+    assert _value(text, "gnbsched_requests_total", transport="inproc", preset="spectrum",
+                  policy=settings.default_policy("spectrum"), outcome="ok") == 1
     assert _value(text, "gnbsched_repairs_total", policy="busy") == 1
     assert _value(text, "gnbsched_violations_total") >= 1
     assert _value(text, "gnbsched_state_store_errors_total", op="save") == 1

@@ -105,7 +105,7 @@ def default_bandwidth_hz(preset: str, rb_per_rbg: int = DEFAULT_RB_PER_RBG) -> f
     return 1.0e6 if preset == "spectrum" else 30e3 * 12 * rb_per_rbg
 
 
-def _member(parent: str, name: str) -> str:
+def field_path(parent: str, name: str) -> str:
     """Dotted path of member ``name`` of ``parent`` (top level: ``parent`` = ""); a name that is
     empty or not a plain identifier is quoted: ``body[""]``, ``users[0]["a.b"]``."""
     if name.isidentifier():
@@ -250,7 +250,7 @@ def _records(doc: Mapping[str, Any], key: str, allowed: frozenset[str], limit: i
     if extra:
         name = min(extra)
         i = next(i for i, row in enumerate(rows) if name in row)
-        raise InvalidSlotError(_member(f"{key}[{i}]", name), f"unknown field; expected one of {sorted(allowed)}")
+        raise InvalidSlotError(field_path(f"{key}[{i}]", name), f"unknown field; expected one of {sorted(allowed)}")
     return rows, keys
 
 
@@ -261,7 +261,7 @@ def _feedback(doc: Any, max_entries: int) -> dict[int, float] | None:
         raise InvalidSlotError("feedback", f"expected an object, got {_type_name(doc)}")
     extra = set(doc) - FEEDBACK_FIELDS
     if extra:
-        raise InvalidSlotError(_member("feedback", min(extra)), f"unknown field; expected one of {sorted(FEEDBACK_FIELDS)}")
+        raise InvalidSlotError(field_path("feedback", min(extra)), f"unknown field; expected one of {sorted(FEEDBACK_FIELDS)}")
     delivered = doc.get("delivered_bits")
     if delivered is None:
         return None
@@ -295,7 +295,7 @@ def decode_schedule(doc: Any, limits: Limits = Limits(), policies: Collection[st
         raise InvalidSlotError("body", f"expected a JSON object, got {_type_name(doc)}")
     extra = doc.keys() - TOP_FIELDS
     if extra:
-        raise InvalidSlotError(_member("", min(extra)), f"unknown field; expected one of {sorted(TOP_FIELDS)}")
+        raise InvalidSlotError(field_path("", min(extra)), f"unknown field; expected one of {sorted(TOP_FIELDS)}")
 
     cell_id = doc.get("cell_id")
     if type(cell_id) is not str or not 0 < len(cell_id) <= MAX_CELL_ID_CHARS:

@@ -527,7 +527,8 @@ def test_grpc_requests_are_counted_in_the_metrics() -> None:
         return sum(v for (name, lab), v in samples.items()
                    if name == "gnbsched_requests_total" and labels.items() <= dict(lab).items())
 
-    assert requests(transport="grpc", preset="mac", policy="pf", outcome="ok") == 1
+    default_mac = Settings(**LIMITS).default_policy("mac")  # the request names no policy
+    assert requests(transport="grpc", preset="mac", policy=default_mac, outcome="ok") == 1
     assert requests(transport="grpc", preset="spectrum", policy="broken", outcome="fallback") == 1
     assert requests(transport="grpc", preset="mac", outcome="rejected") == 1
     assert samples[("gnbsched_request_seconds_count", (("transport", "grpc"),))] == 2

@@ -219,8 +219,10 @@ def test_rate_matrix_is_the_utility(client) -> None:
 
 
 def test_default_policy_per_preset_and_fallback_is_reported(client) -> None:
-    assert post(client, spectrum_doc("default-s")).json()["policy"] == "km"
-    assert post(client, mac_doc("default-m")).json()["policy"] == "pf"
+    defaults = Settings(**LIMITS)  # the configured per-preset defaults serve, without falling back
+    for preset, body in (("spectrum", post(client, spectrum_doc("default-s")).json()),
+                         ("mac", post(client, mac_doc("default-m")).json())):
+        assert body["policy"] == defaults.default_policy(preset) and body["fallback"] is None, body
     body = post(client, spectrum_doc("fallback", policy="broken")).json()
     assert body["policy"] == "greedy"
     assert body["fallback_reason"] == "error" and "model exploded" in body["fallback"]
@@ -447,7 +449,8 @@ def test_metrics_count_outcomes_stages_repairs_and_fallbacks(uvicorn_server, pro
     assert m("gnbsched_requests_total", transport="rest", preset="spectrum", policy="km", outcome="ok") == 3
     assert m("gnbsched_requests_total", preset="spectrum", policy="broken", outcome="fallback") == 1
     assert m("gnbsched_requests_total", preset="spectrum", policy="all_to_first", outcome="ok") == 1
-    assert m("gnbsched_requests_total", preset="mac", policy="pf", outcome="ok") == 1
+    default_mac = Settings(**LIMITS).default_policy("mac")  # the mac request names no policy
+    assert m("gnbsched_requests_total", preset="mac", policy=default_mac, outcome="ok") == 1
     assert m("gnbsched_requests_total", outcome="rejected", policy="none") == 2
     assert m("gnbsched_requests_total", outcome="rejected", preset="mac") == 1  # the preset was readable
     assert m("gnbsched_decisions_total") == 6
@@ -476,7 +479,9 @@ def test_readiness_policies_loaded_and_metadata(uvicorn_server) -> None:
         assert body["ready"] is True and body["degraded"] is False and body["store"] == "memory"
         assert {"km", "all_to_first"} <= set(body["policies_loaded"])
         meta = c.get("/v1/policies").json()
-        assert meta["default"] == {"spectrum": "km", "mac": "pf"} and meta["fallbacks"] == ["greedy"]
+        defaults = Settings(**LIMITS)
+        assert meta["default"] == {p: defaults.default_policy(p) for p in ("spectrum", "mac")}
+        assert meta["fallbacks"] == ["greedy"]
         by_name = {p["name"]: p for p in meta["policies"]}
         assert set(names()) | set(_policies().factories) == set(by_name)
         assert by_name["km"]["loaded"] is True and by_name["pf"]["loaded"] is False
@@ -508,11 +513,11 @@ def test_state_store_down_degrades_but_keeps_deciding_from_local_state(uvicorn_s
         assert ready.status_code == 503
         assert ready.json()["degraded"] is True and ready.json()["store_ok"] is False
         for slot in range(4):  # pf state carries over through the in-process copy
-            doc = mac_doc("degraded", slot, seed=9)
+            doc = mac_doc("degraded", slot, seed=9, policy="pf")
             resp = post(c, doc)
             assert resp.status_code == 200, resp.text
             args = decode_schedule(doc)
-            want = ref.schedule(args.state)
+            want = ref.schedule(args.state, policy="pf")
             assert resp.json()["owner"] == [None if k == 0 else int(args.state.user_ids[k - 1])
                                             for k in want.owner.tolist()]
         text = c.get("/metrics").text

@@ -48,7 +48,9 @@ def test_no_arguments_serve_the_embedded_defaults(clean_env) -> None:
     s = serve.settings_from_args(_args())
     assert (s.host, s.rest_port, s.grpc_port, s.workers) == ("127.0.0.1", 8000, 50051, 1)
     assert s.state_url == "memory://"
-    assert (s.default_policy("spectrum"), s.default_policy("mac")) == ("km", "pf")
+    embedded = {name: f.default for name, f in Settings.model_fields.items()}
+    assert (s.default_policy("spectrum"), s.default_policy("mac")) == (
+        embedded["default_policy_spectrum"], embedded["default_policy_mac"])
 
 
 def test_flags_override_the_environment(clean_env) -> None:
@@ -119,7 +121,8 @@ def _total(text: str, name: str, **labels: str) -> float:
 
 
 def test_two_workers_share_one_metrics_view(serve_process, promtool_check) -> None:
-    proc = serve_process("--grpc-port", "0", "--workers", "2").wait_ready()
+    # the policy is pinned: the per-policy counts below are about km, whatever the default
+    proc = serve_process("--grpc-port", "0", "--workers", "2", "--policy-spectrum", "km").wait_ready()
     requests = 24
     for slot in range(requests):  # a new connection each: the kernel spreads them over the workers
         with httpx.Client(base_url=proc.url, timeout=10) as c:

@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
 from service.api.schemas import TOP_FIELDS, Limits
+from service.config import Settings
 
 from .support import Service, assert_pag_valid, write_student
 
@@ -45,6 +46,9 @@ MAX_USERS, MAX_RESOURCES, MAX_BODY = 40, 24, 256 * 1024
 LIMITS = Limits(MAX_USERS, MAX_RESOURCES)
 POLICIES = ["km", "greedy", "pf", "rr", "max_weight", "random", "grouped_km", "exhaustive", "de", "student", "teacher"]
 FALLBACKS = ["greedy"]
+# the service runs with a clean GNBSCHED_* environment: a request naming no policy gets the
+# embedded per-preset default
+DEFAULTS = Settings.model_construct()
 REQUIRED = {"cell_id", "slot", "preset", "users", "resources"}
 SCALE = float(os.environ.get("GNBSCHED_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("GNBSCHED_FUZZ_RANDOM", "") not in ("", "0")
@@ -105,7 +109,7 @@ def check_schedule_answer(doc: Any, status: int, payload: Any) -> str:
     if status == 200:
         assert isinstance(doc, dict), doc
         assert_pag_valid(doc, payload, LIMITS)
-        requested = doc.get("policy") or ("km" if doc["preset"] == "spectrum" else "pf")
+        requested = doc.get("policy") or DEFAULTS.default_policy(doc["preset"])
         assert payload["policy"] in (requested, *FALLBACKS), payload
         assert (payload["fallback"] is None) == (payload["policy"] == requested), payload
         return "accepted"

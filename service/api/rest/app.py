@@ -49,6 +49,7 @@ from service.api.schemas import (
     decode_schedule,
     encode_decision,
     error_body,
+    field_path,
 )
 from service.config import Settings
 from service.core import ServiceCore
@@ -216,7 +217,7 @@ def _decode_reload(raw: bytes, known: frozenset[str]) -> tuple[str, str | None, 
         raise InvalidSlotError("body", "expected a JSON object")
     extra = set(doc) - {"policy", "preset", "version"}
     if extra:
-        raise InvalidSlotError(min(extra), "unknown field; expected policy, preset, version")
+        raise InvalidSlotError(field_path("", min(extra)), "unknown field; expected policy, preset, version")
     policy, preset, version = doc.get("policy"), doc.get("preset"), doc.get("version")
     if type(policy) is not str or policy not in known:
         raise InvalidSlotError("policy", f"expected a registered policy name, got {str(policy)[:64]!r}")
