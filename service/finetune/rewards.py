@@ -40,6 +40,7 @@ from service.pag.checks import (
     WRONG_LENGTH,
     CheckResult,
     check,
+    extract_json,
 )
 from service.pipeline import slot_rng
 from service.policies.assignment import random_valid
@@ -78,22 +79,11 @@ class RewardConfig:
 
 
 def _extract_doc(text: str) -> Any:
-    """The first JSON value of ``text`` (fenced block first), as ``parse_text`` finds it; None if none."""
-    body = text.strip()
-    if "```" in body:
-        parts = body.split("```")
-        if len(parts) >= 3:
-            body = parts[1]
-            if body.lstrip().lower().startswith("json"):
-                body = body.lstrip()[4:]
-    start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        return None
+    """The first JSON value of ``text``, as ``parse_text`` finds it; None if there is none."""
     try:
-        doc, _ = json.JSONDecoder().raw_decode(body[start:])
-    except json.JSONDecodeError:
+        return extract_json(text)
+    except ValueError:
         return None
-    return doc
 
 
 def _is_int(v: Any) -> bool:

@@ -190,12 +190,11 @@ def _tokens_from_id_list(state: SlotState, owners: Sequence[Any], violations: li
     return tokens
 
 
-def parse_text(state: SlotState, text: str) -> tuple[np.ndarray | None, Mapping[Any, Any] | None, list[Violation]]:
-    """Parse an LLM answer as data only (JSON, never evaluated).
+def extract_json(text: str) -> Any:
+    """The first JSON value of ``text`` — inside the first fenced code block when there is one.
 
-    Accepts ``{"owner": [...]}``, ``{"allocation": {...}}``, a bare ``{user: res}`` mapping or a
-    bare list of owner ids, optionally inside a fenced code block. Returns (tokens, mapping,
-    violations): exactly one of tokens / mapping is set unless the text is unparsable.
+    Parsed as data only (``json``), never evaluated. Raises ``ValueError`` with the reason when
+    there is no JSON object or list, or it does not decode.
     """
     body = text.strip()
     if "```" in body:  # take the first fenced block
@@ -206,11 +205,25 @@ def parse_text(state: SlotState, text: str) -> tuple[np.ndarray | None, Mapping[
                 body = body.lstrip()[4:]
     start = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
     if start < 0:
-        return None, None, [Violation(UNPARSABLE, "no JSON object or list in the answer")]
+        raise ValueError("no JSON object or list in the answer")
     try:
         doc, _ = json.JSONDecoder().raw_decode(body[start:])
     except json.JSONDecodeError as exc:
-        return None, None, [Violation(UNPARSABLE, f"invalid JSON: {exc.msg} at char {exc.pos}")]
+        raise ValueError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+    return doc
+
+
+def parse_text(state: SlotState, text: str) -> tuple[np.ndarray | None, Mapping[Any, Any] | None, list[Violation]]:
+    """Parse an LLM answer as data only (JSON, never evaluated).
+
+    Accepts ``{"owner": [...]}``, ``{"allocation": {...}}``, a bare ``{user: res}`` mapping or a
+    bare list of owner ids, optionally inside a fenced code block. Returns (tokens, mapping,
+    violations): exactly one of tokens / mapping is set unless the text is unparsable.
+    """
+    try:
+        doc = extract_json(text)
+    except ValueError as exc:
+        return None, None, [Violation(UNPARSABLE, str(exc))]
     violations: list[Violation] = []
     if isinstance(doc, dict) and "owner" in doc and isinstance(doc["owner"], list):
         return _tokens_from_id_list(state, doc["owner"], violations), None, violations
