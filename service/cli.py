@@ -1,5 +1,7 @@
-"""``gnbsched`` command line. Each subcommand lives in its own module, which provides
-``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when used."""
+"""gnbsched: the gNB-side scheduling microservice and its tools.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``run(args) -> int``; only the chosen one is imported."""
 
 from __future__ import annotations
 
@@ -18,26 +20,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: optional dependencies a subcommand may need, and the extra that installs them
+OPTIONAL = {"torch": "train", "onnx": "train"}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``gnbsched`` parser. Only the chosen subcommand's module is imported (``serve`` does
+    not pull in the trainer or the benchmarks); with no subcommand in ``argv``, all are."""
     parser = argparse.ArgumentParser(prog="gnbsched", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if chosen is not None and name != chosen:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in ("service", "trainer", "torch"):
-                sub._name_parser_map.pop(name, None)  # module not built yet
-                sub._choices_actions = [a for a in sub._choices_actions if a.dest != name]
-                continue
-            raise
+            extra = OPTIONAL.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            if name == chosen:
+                parser.exit(2, f"gnbsched {name}: needs {exc.name!r}; install the [{extra}] extra: "
+                               f"pip install -e '.[{extra}]'\n")
+            continue
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     return int(args._run(args) or 0)
 
 
