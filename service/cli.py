@@ -52,7 +52,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"gnbsched {args.command}: needs {exc.name!r}; install the [{extra}] extra: "
+              f"pip install -e '.[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
