@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin/ (pytest runs as .venv/bin/python -m pytest)
 
 #: what mypy checks; models/trainer joins when `mypy models/trainer` is clean too
-MYPY_TARGETS = ("service",)
+MYPY_TARGETS = ("service", "models/trainer")
 
 
 def _run_tool(name: str, *args: str) -> None:

@@ -13,9 +13,12 @@ import inspect
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -40,7 +43,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--kebab-name`` option per field of dataclass ``cls`` (help = the field's docstring)."""
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no default")
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {default})"
         ftype = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -59,7 +67,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def args_from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     """Build dataclass ``cls`` from the matching attributes of an argparse namespace."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})  # type: ignore[call-arg]
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
 
 
 def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:

@@ -125,7 +125,8 @@ def collate(inputs: Sequence[StudentInputs], needs: Sequence[np.ndarray], caps: 
         um[i, :ni] = x.user_mask
         rm[i, :ri] = x.res_mask
         nd[i, :ni] = need
-    return Batch(*(torch.from_numpy(a) for a in (g, uf, rf, pf, um, rm, nd)), torch.as_tensor(np.asarray(caps, np.int64)))
+    return Batch(torch.from_numpy(g), torch.from_numpy(uf), torch.from_numpy(rf), torch.from_numpy(pf),
+                 torch.from_numpy(um), torch.from_numpy(rm), torch.from_numpy(nd), torch.as_tensor(np.asarray(caps, np.int64)))
 
 
 def pad_tokens(tokens: Sequence[np.ndarray], num_res: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ def make_batches(samples: list[Sample], batch_size: int, rng: np.random.Generato
     """Index batches of similar (N, R) (little padding), in random order."""
     order = sorted(range(len(samples)), key=lambda i: (samples[i].shape[0] * samples[i].shape[1], rng.random()))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)  # type: ignore[arg-type]
+    rng.shuffle(batches)
     return batches
 
 
@@ -161,7 +161,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             sched.step()
             global_step += 1
             logger.log(global_step, {**metrics, "losses/total": loss.item(), "charts/row_match": match.item(),
-                                     "charts/learning_rate": sched.get_last_lr()[0]})
+                                     "charts/learning_rate": float(sched.get_last_lr()[0])})
             if args.eval_every and global_step % args.eval_every == 0 and step + 1 < args.steps:
                 metrics = evaluate(args, student, mac_base)
                 logger.log(global_step, metrics, force_print=True)

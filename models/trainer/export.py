@@ -60,14 +60,14 @@ def probe_slots(preset: str, seed: int) -> list[SlotState]:
     out: list[SlotState] = []
     if preset == "spectrum":
         for n, r in ((1, 1), (3, 7), (12, 5), (40, 60), (60, 33)):
-            env = SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))), seed=int(rng.integers(1e6)))
+            env = SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))), seed=int(rng.integers(10**6)))
             out.append(env.reset())
     else:
         for n, m in ((1, 1), (3, 8), (10, 4), (25, 17), (50, 8)):
-            env = MacEnv(MacConfig(num_ue=n, num_rbg=m, full_buffer=bool(rng.integers(2))), seed=int(rng.integers(1e6)))
-            state = env.reset()
+            mac_env = MacEnv(MacConfig(num_ue=n, num_rbg=m, full_buffer=bool(rng.integers(2))), seed=int(rng.integers(10**6)))
+            state = mac_env.reset()
             for _ in range(int(rng.integers(3, 20))):
-                state = env.step(np.zeros(state.num_res, np.int64)).state
+                state = mac_env.step(np.zeros(state.num_res, np.int64)).state
             out.append(state)
     return out
 

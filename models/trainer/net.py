@@ -71,6 +71,8 @@ def masked_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class StudentNet(nn.Module):
     """Permutation-equivariant pair scorer. See the module docstring for shapes."""
 
+    skip_channel: torch.Tensor  # non-persistent buffer registered in __init__
+
     def __init__(self, config: NetConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or NetConfig()

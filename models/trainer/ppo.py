@@ -97,7 +97,7 @@ class VecMac:
             rewards[i] = res.reward
             self.episode_returns[i] += res.reward
             if res.done:
-                self.finished.append((env.label, self.episode_returns[i] / env.tti))  # type: ignore[attr-defined]
+                self.finished.append((env.label, self.episode_returns[i] / env.tti))
                 self.episode_returns[i] = 0.0
                 self.envs[i] = self._new_env()
                 self.states[i] = self.envs[i].reset()
@@ -210,9 +210,11 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
                 stats["v"].append(v.item())
                 stats["ent"].append(ent.item())
                 stats["kl_ref"].append(kl_ref.item())
-        metrics = {"losses/policy": np.mean(stats["pg"]), "losses/value": np.mean(stats["v"]),
-                   "losses/entropy": np.mean(stats["ent"]), "losses/kl_ref": np.mean(stats["kl_ref"]),
-                   "losses/approx_kl": np.mean(stats["approx_kl"]), "charts/clip_fraction": np.mean(stats["clip"]),
+        metrics: dict[str, float] = {
+                   "losses/policy": float(np.mean(stats["pg"])), "losses/value": float(np.mean(stats["v"])),
+                   "losses/entropy": float(np.mean(stats["ent"])), "losses/kl_ref": float(np.mean(stats["kl_ref"])),
+                   "losses/approx_kl": float(np.mean(stats["approx_kl"])),
+                   "charts/clip_fraction": float(np.mean(stats["clip"])),
                    "charts/reward_mean": float(rewards_t.mean() / (1 - args.gamma)),
                    "charts/sps": global_step / (time.perf_counter() - t0)}
         if envs.finished:
