@@ -18,34 +18,18 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from testkit import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PROMTOOL_HELP = ("promtool not found on PATH: install the Debian package `prometheus` "
                  "(apt-get install prometheus; tests/run.sh installs it when root)")
 REDIS_HELP = ("a Redis server is needed: install it (Debian: `apt-get install redis-server`; tests/run.sh does "
               "this when root), or start one on 127.0.0.1:6379, or point $GNBSCHED_TEST_REDIS_URL at one")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a child process to bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def _redis_answers(url: str) -> bool:

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from testkit import AllToFirst, Broken
 
 from service.api.grpc import server as grpc_server
 from service.api.grpc.client import SchedulerClient, decision_as_dict, owner_tokens
@@ -35,22 +36,6 @@ from service.types import SlotState, make_slot
 ROOT = Path(__file__).resolve().parents[2]
 INTERFERENCE_DBM = -100.0
 LIMITS = {"max_users": 64, "max_resources": 64, "max_body_bytes": 64 * 1024}
-
-
-class _AllToFirst(Policy):
-    """Raw output that breaks the grammar: every resource to user 1 (cap, busy resources)."""
-
-    name = "all_to_first"
-
-    def act(self, state: SlotState, ctx: PolicyContext, obs: object) -> np.ndarray:
-        return np.ones(state.num_res, np.int64)
-
-
-class _Broken(Policy):
-    name = "broken"
-
-    def act(self, state: SlotState, ctx: PolicyContext, obs: object) -> np.ndarray:
-        raise RuntimeError("model exploded")
 
 
 class _ThreadProbe(Policy):
@@ -73,7 +58,7 @@ class _InlineProbe(_ThreadProbe):
 
 
 def _policies() -> PolicySet:
-    return PolicySet(factories={"all_to_first": _AllToFirst, "broken": _Broken,
+    return PolicySet(factories={"all_to_first": AllToFirst, "broken": Broken,
                                 "blocking_probe": _BlockingProbe, "inline_probe": _InlineProbe})
 
 

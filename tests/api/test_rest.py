@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from testkit import AllToFirst, Broken
 
 from service.api.rest.app import create_app
 from service.api.schemas import Limits, ScheduleRequest, decode_schedule
@@ -38,22 +39,6 @@ STAGES = {"serialize", "policy", "check", "repair", "total"}
 
 
 # ----------------------------------------------------------------------------- test policies
-
-
-class _AllToFirst(Policy):
-    """Raw output grants every resource to user 1: busy-resource and cap violations."""
-
-    name = "all_to_first"
-
-    def act(self, state: SlotState, ctx: PolicyContext, obs: object) -> np.ndarray:
-        return np.ones(state.num_res, np.int64)
-
-
-class _Broken(Policy):
-    name = "broken"
-
-    def act(self, state: SlotState, ctx: PolicyContext, obs: object) -> np.ndarray:
-        raise RuntimeError("model exploded")
 
 
 class _Slow(Policy):
@@ -84,7 +69,7 @@ class _InlineProbe(_ThreadProbe):
 
 
 def _policies() -> PolicySet:
-    return PolicySet(factories={"all_to_first": _AllToFirst, "broken": _Broken, "slow": _Slow,
+    return PolicySet(factories={"all_to_first": AllToFirst, "broken": Broken, "slow": _Slow,
                                 "blocking_probe": _BlockingProbe, "inline_probe": _InlineProbe})
 
 

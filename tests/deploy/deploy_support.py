@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testkit import free_port  # noqa: F401  (the deploy tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -72,12 +72,6 @@ def render(overlay: str) -> list[dict]:
         out = run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)]).stdout
         _RENDERED[overlay] = [d for d in yaml.safe_load_all(out) if d]
     return _RENDERED[overlay]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, status: int = 200) -> None:
