@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-from service.assign import linear_assignment
 from service.errors import ModelInvalidError, PolicyUnavailableError
 from service.policies.base import Policy, PolicyContext, register
 from service.serialize.tensors import (
@@ -251,14 +251,31 @@ def decode_capped(state: SlotState, logits: np.ndarray, *, needs: np.ndarray | N
 
 def decode_assignment(state: SlotState, logits: np.ndarray) -> np.ndarray:
     """Exact assignment on the pair margins ``logit[r, 1+u] − logit[r, 0]`` (single connectivity):
-    the DCM int64 [R] maximising the summed margin; pairs with a non-positive margin stay unused."""
+    the DCM int64 [R] maximising the summed margin; pairs with a non-positive margin stay unused.
+
+    Works on the [R, N] margin matrix as it comes out of the network, restricted to available
+    resources and eligible users (no transpose, no per-user copies: every cap is 1), and calls
+    the rectangular Jonker-Volgenant solver directly — the same optimum as
+    ``assign.linear_assignment`` on the transposed margins, at a fraction of its overhead.
+    """
     r, n1 = state.num_res, state.num_ue + 1
     if logits.shape != (r, n1):
         raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
+    owner = np.zeros(r, np.int64)
+    avail, elig = state.resource_available, state.user_eligible
+    res_idx = np.arange(r) if avail.all() else np.flatnonzero(avail)
+    ue_idx = np.arange(state.num_ue) if elig.all() else np.flatnonzero(elig)
+    if res_idx.size == 0 or ue_idx.size == 0:
+        return owner
+    margin = logits[res_idx] if res_idx.size < r else logits  # [R', N+1]
     # a pair with a negative margin is never better than leaving the resource unused: clip at 0
-    # so the (rectangular, every-row) assignment is free to skip it
-    score = np.maximum((logits[:, 1:] - logits[:, :1]).T.astype(np.float64), 0.0)  # [N, R]
-    return linear_assignment(state, score)
+    # so the (rectangular) assignment is free to skip it
+    score = margin[:, 1:] if ue_idx.size == state.num_ue else margin[:, 1 + ue_idx]
+    score = np.maximum(score - margin[:, :1], 0.0, dtype=np.float64)  # [R', U']
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    keep = score[rows, cols] > 0
+    owner[res_idx[rows[keep]]] = ue_idx[cols[keep]] + 1
+    return owner
 
 
 def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -122,6 +122,26 @@ def test_assignment_decode_maximises_the_margins():
         assert value >= best_value - 1e-9
 
 
+def test_assignment_decode_reaches_the_general_kernels_optimum_on_large_slots():
+    """The cap-1 fast path (no transpose, direct solver call) against ``assign.linear_assignment``."""
+    from service.assign import linear_assignment
+
+    rng = np.random.default_rng(9)
+    for _ in range(40):
+        n, r = int(rng.integers(20, 120)), int(rng.integers(20, 90))
+        state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rng.random((n, r)) + 0.1,
+                          resource_available=rng.random(r) < rng.uniform(0.5, 1.0),
+                          user_eligible=rng.random(n) < rng.uniform(0.3, 1.0))
+        logits = rng.normal(size=(r, n + 1)).astype(np.float32)
+        owner = decode_assignment(state, logits)
+        assert is_valid(state, owner)
+        score = np.maximum((logits[:, 1:] - logits[:, :1]).T.astype(np.float64), 0.0)
+        general = linear_assignment(state, score)
+        value = sum(score[k - 1, i] for i, k in enumerate(owner) if k)
+        assert value == pytest.approx(sum(score[k - 1, i] for i, k in enumerate(general) if k), rel=1e-9)
+        assert all(score[k - 1, i] > 0 for i, k in enumerate(owner) if k)
+
+
 # ----------------------------------------------------------------------------- serving
 
 
