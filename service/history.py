@@ -6,6 +6,8 @@ What the stateful policies and KPIs need from earlier slots of one cell:
   * ``cum_resources``: cumulative resources (RBGs) used per user — ``x_u`` of the leader's JFI
     term (SPEC §3 eq. 5);
   * ``last_served_slot``: when each user last got a resource — round robin order;
+  * ``first_seen_slot``: when each user joined the cell — its presence, which turns ``x_u``
+    into a rate of resources per slot (comparable between users who joined at different times);
   * the last DCM (resource ids and owner ids) and what it was expected to deliver, so that the
     next slot's ``feedback`` (delivered bits) can correct the EWMA exactly.
 
@@ -23,7 +25,9 @@ import numpy as np
 
 from service.types import SlotState, served_bits
 
-HISTORY_FORMAT = 1
+HISTORY_FORMAT = 2
+#: formats ``from_bytes`` still reads (1: before ``first_seen_slot``; see ``from_bytes``)
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,15 @@ class HistoryView:
     cum_resources: np.ndarray  # float64, resources used so far
     last_served_slot: np.ndarray  # int64, -1 = never served
     known: np.ndarray  # bool, user has history in this cell
+    #: int64, slot the user was first seen in this cell (the current slot for a new user);
+    #: None = unknown (a view built without it: every user counts as present equally long)
+    first_seen_slot: np.ndarray | None = None
+
+    def present_slots(self, slot: int) -> np.ndarray | None:
+        """float64 [N]: slots each user has been in the cell, counting ``slot`` (>= 1), or None."""
+        if self.first_seen_slot is None:
+            return None
+        return np.maximum(slot - self.first_seen_slot + 1, 1).astype(np.float64)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -46,6 +59,7 @@ class CellHistory:
     cum_served: np.ndarray
     last_served_slot: np.ndarray
     last_seen_slot: np.ndarray
+    first_seen_slot: np.ndarray
     #: the last decision: resource ids [R'], owner user ids [R'] (-1 = none), expected served [K]
     last_resource_ids: np.ndarray
     last_owner_ids: np.ndarray
@@ -57,7 +71,7 @@ class CellHistory:
     def empty() -> CellHistory:
         z_i = np.zeros(0, np.int64)
         z_f = np.zeros(0, np.float64)
-        return CellHistory(z_i, z_f, z_f, z_f, z_i, z_i, z_i, z_i, z_f)
+        return CellHistory(z_i, z_f, z_f, z_f, z_i, z_i, z_i, z_i, z_i, z_f)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CellHistory):
@@ -67,20 +81,23 @@ class CellHistory:
         )
 
     def view(self, state: SlotState) -> HistoryView:
-        """Align with ``state.user_ids``; unknown users get avg = their mean utility, 0 resources."""
+        """Align with ``state.user_ids``; unknown users get avg = their mean utility, 0 resources,
+        first seen now."""
         if self._same_users(state):  # steady population: the arrays are already aligned
             return HistoryView(self.avg_served.copy(), self.cum_resources.copy(),
-                               self.last_served_slot.copy(), np.ones(state.num_ue, bool))
+                               self.last_served_slot.copy(), np.ones(state.num_ue, bool), self.first_seen_slot.copy())
         idx = np.searchsorted(self.user_ids, state.user_ids)
         idx_c = np.minimum(idx, max(self.user_ids.size - 1, 0))
         known = (self.user_ids.size > 0) & (self.user_ids[idx_c] == state.user_ids) if self.user_ids.size else np.zeros(state.num_ue, bool)
         fresh_avg = _initial_avg(state)
+        now = np.full(state.num_ue, state.slot, np.int64)
         if not known.any():
-            return HistoryView(fresh_avg, np.zeros(state.num_ue), np.full(state.num_ue, -1, np.int64), known)
+            return HistoryView(fresh_avg, np.zeros(state.num_ue), np.full(state.num_ue, -1, np.int64), known, now)
         avg = np.where(known, self.avg_served[idx_c], fresh_avg)
         cum = np.where(known, self.cum_resources[idx_c], 0.0)
         last = np.where(known, self.last_served_slot[idx_c], -1)
-        return HistoryView(avg, cum, last, known)
+        first = np.where(known, self.first_seen_slot[idx_c], now)
+        return HistoryView(avg, cum, last, known, first)
 
     def _same_users(self, state: SlotState) -> bool:
         """True when the slot's users are exactly this history's users, in the same order."""
@@ -88,10 +105,12 @@ class CellHistory:
 
 
 _ARRAY_FIELDS = ("user_ids", "avg_served", "cum_resources", "cum_served", "last_served_slot",
-                 "last_seen_slot", "last_resource_ids", "last_owner_ids", "last_expected")
+                 "last_seen_slot", "first_seen_slot", "last_resource_ids", "last_owner_ids", "last_expected")
+#: the per-user arrays ([K], aligned with user_ids)
+_USER_FIELDS = tuple(f for f in _ARRAY_FIELDS if f not in ("last_resource_ids", "last_owner_ids"))
 
 _ARRAY_KINDS = {"user_ids": "i", "avg_served": "f", "cum_resources": "f", "cum_served": "f",
-                "last_served_slot": "i", "last_seen_slot": "i", "last_resource_ids": "i",
+                "last_served_slot": "i", "last_seen_slot": "i", "first_seen_slot": "i", "last_resource_ids": "i",
                 "last_owner_ids": "i", "last_expected": "f"}
 
 
@@ -141,6 +160,7 @@ def record_decision(
     for ``forget_after_slots`` slots are dropped.
     """
     view = history.view(state)
+    assert view.first_seen_slot is not None  # CellHistory.view always fills it
     served = served_bits(state, owner)  # [N]
     a = 1.0 / ewma_slots
     avg_new = (1.0 - a) * view.avg_served + a * served
@@ -157,6 +177,7 @@ def record_decision(
             cum_served=history.cum_served + served,
             last_served_slot=last_new.astype(np.int64),
             last_seen_slot=np.full(state.num_ue, state.slot, np.int64),
+            first_seen_slot=history.first_seen_slot,
             last_resource_ids=state.resource_ids.copy(),
             last_owner_ids=owner_ids_arr.astype(np.int64),
             last_expected=served,
@@ -183,6 +204,7 @@ def record_decision(
         cum_served=merged(history.cum_served, cum_served_old + served),
         last_served_slot=merged(history.last_served_slot, last_new.astype(np.int64)),
         last_seen_slot=merged(history.last_seen_slot, np.full(state.num_ue, state.slot, np.int64)),
+        first_seen_slot=merged(history.first_seen_slot, view.first_seen_slot),
         last_resource_ids=state.resource_ids.copy(),
         last_owner_ids=owner_ids_arr.astype(np.int64),
         last_expected=expected_all[order],
@@ -204,18 +226,25 @@ def to_bytes(history: CellHistory) -> bytes:
 
 
 def from_bytes(blob: bytes) -> CellHistory:
-    """Inverse of ``to_bytes``. Raises ValueError on a malformed blob."""
+    """Inverse of ``to_bytes``. Raises ValueError on a malformed blob.
+
+    Also reads format 1 (written before ``first_seen_slot`` existed, e.g. by an older replica
+    sharing the Redis store): every user then counts as present since the history's first slot,
+    ``last_slot − slots + 1``.
+    """
     head, _, body = blob.partition(b"\n")
     try:
         header = json.loads(head)
-        if header.get("format") != HISTORY_FORMAT:
-            raise ValueError(f"unsupported history format {header.get('format')!r}")
+        fmt = header.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"unsupported history format {fmt!r}")
         specs = [(str(name), np.dtype(dtype), int(length)) for name, dtype, length in header["arrays"]]
         last_slot, slots = int(header["last_slot"]), int(header["slots"])
     except (AttributeError, KeyError, TypeError) as exc:  # valid JSON, wrong structure
         raise ValueError(f"malformed history header: {exc!r}") from None
-    if [name for name, _, _ in specs] != list(_ARRAY_FIELDS):
-        raise ValueError(f"history arrays {[n for n, _, _ in specs]} != {list(_ARRAY_FIELDS)}")
+    expected = [f for f in _ARRAY_FIELDS if fmt >= 2 or f != "first_seen_slot"]
+    if [name for name, _, _ in specs] != expected:
+        raise ValueError(f"history arrays {[n for n, _, _ in specs]} != {expected}")
     fields: dict[str, np.ndarray] = {}
     offset = 0
     for name, dtype, length in specs:
@@ -230,7 +259,9 @@ def from_bytes(blob: bytes) -> CellHistory:
     if offset != len(body):
         raise ValueError(f"history blob has {len(body) - offset} trailing bytes")
     k = fields["user_ids"].size
-    if any(fields[f].size != k for f in (*_ARRAY_FIELDS[:6], "last_expected")) or \
+    if fmt == 1:
+        fields["first_seen_slot"] = np.full(k, max(last_slot - slots + 1, 0), np.int64)
+    if any(fields[f].size != k for f in _USER_FIELDS) or \
             fields["last_resource_ids"].size != fields["last_owner_ids"].size:
         raise ValueError("history arrays have inconsistent lengths")
     if (np.diff(fields["user_ids"]) <= 0).any():

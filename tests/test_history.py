@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -108,6 +110,37 @@ def test_new_users_join_and_absent_users_are_kept_then_forgotten():
     assert h.view(_mac([2], 5, [1e6])).known.tolist() == [False]
 
 
+def test_first_seen_slot_is_when_a_user_joined():
+    h = record_decision(CellHistory.empty(), _mac([1, 2], 5, [1e6, 1e6]), np.array([1, 2, 0]))
+    h = record_decision(h, _mac([1, 2], 6, [1e6, 1e6]), np.array([1, 2, 0]))  # steady population
+    h = record_decision(h, _mac([2, 7], 9, [1e6, 1e6]), np.array([1, 2, 0]))  # 1 away, 7 joins
+    assert dict(zip(h.user_ids.tolist(), h.first_seen_slot.tolist(), strict=True)) == {1: 5, 2: 5, 7: 9}
+    view = h.view(_mac([7, 1, 3], 12, [1e6] * 3))
+    assert view.first_seen_slot.tolist() == [9, 5, 12]  # a new user is first seen now
+    assert view.present_slots(12).tolist() == [4.0, 8.0, 1.0]
+
+
+def test_format_1_blobs_are_still_read():
+    """A blob written before ``first_seen_slot`` existed (an older replica on the same Redis): every
+    user counts as present since the history's first slot."""
+    h = CellHistory.empty()
+    for slot in range(3, 7):
+        h = record_decision(h, _mac([1, 2], slot, [1e6, 1e6]), np.array([1, 2, 0]))
+    head, body = to_bytes(h).split(b"\n", 1)
+    header = json.loads(head)
+    offset, kept = 0, b""
+    for name, dtype, length in header["arrays"]:
+        size = np.dtype(dtype).itemsize * length
+        if name != "first_seen_slot":
+            kept += body[offset:offset + size]
+        offset += size
+    header["format"] = 1
+    header["arrays"] = [a for a in header["arrays"] if a[0] != "first_seen_slot"]
+    old = from_bytes(json.dumps(header).encode() + b"\n" + kept)
+    assert old.first_seen_slot.tolist() == [3, 3]
+    assert old == h
+
+
 def test_view_aligns_unsorted_slot_ids():
     h = record_decision(CellHistory.empty(), _mac([4, 2, 9], 0, [1e6] * 3), np.array([3, 1, 1]))
     view = h.view(_mac([9, 5, 4], 1, [1e6] * 3))
@@ -163,7 +196,7 @@ def test_from_bytes_rejects_malformed_blobs():
     h = record_decision(CellHistory.empty(), _mac([1, 2], 0, [1e6, 1e6]), np.array([1, 2, 0]))
     blob = to_bytes(h)
     head, body = blob.split(b"\n", 1)
-    bad = [b"", b"not json\n", b"[1, 2]\n", b'{"format": 2}\n' + body, head + b"\n" + body[:-3],
+    bad = [b"", b"not json\n", b"[1, 2]\n", b'{"format": 2}\n' + body, b'{"format": 3}\n' + body, head + b"\n" + body[:-3],
            head + b"\n" + body + b"extra", head.replace(b'"avg_served"', b'"avg_servd"') + b"\n" + body,
            head.replace(b"<f8", b"<i8", 1) + b"\n" + body]
     for b in bad:
