@@ -28,7 +28,7 @@ import numpy as np
 from service.history import HistoryView
 from service.types import SlotState
 
-FEATURE_VERSION = "tensors-v1"
+FEATURE_VERSION = "tensors-v2"
 
 GLOBAL_FEATURES: tuple[str, ...] = (
     "preset_spectrum",  # 1 for the LSA preset
@@ -71,6 +71,8 @@ USER_FEATURES: tuple[str, ...] = (
     "cum_resources_rel",  # x_u / max(mean x, 1) - 1
     "staleness",  # ln(1 + slots since last served) / ln(1 + 1000); 1 when never served
     "known",  # the user has history in this cell
+    "resource_rate_rel",  # (x_u / slots present) / mean over users - 1: x_u as a rate, for populations that change
+    "spectral_efficiency",  # best reported SE on an available resource / 8 bit/s/Hz (0 when not given)
 )
 
 RESOURCE_FEATURES: tuple[str, ...] = (
@@ -87,6 +89,9 @@ PAIR_FEATURES: tuple[str, ...] = (
     "utility_capped",  # min(utility, buffer) / slot max (what the user can really send; = utility without buffers)
     "admissible",  # 1 where the pair is allowed (user eligible, resource available): the PAG mask as a channel
 )
+
+#: SE normaliser (bit/s/Hz): above the highest entry of the TS 38.214 MCS tables (7.4063)
+_SE_SCALE = 8.0
 
 #: ONNX input names, in order (each with a leading batch axis: [B, ...])
 INPUT_NAMES: tuple[str, ...] = ("global_feats", "user_feats", "res_feats", "pair_feats", "user_mask", "res_mask")
@@ -241,16 +246,28 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
         age = np.where(last >= 0, np.clip(state.slot - last, 0, 1000), 1000)
         uf[:, 10] = np.log1p(age) * (1.0 / _LOG_STALE)
         uf[:, 11] = history.known
+        present = history.present_slots(state.slot)
+        rate = x / present if present is not None else x
+        mean_rate = float(rate.sum()) / n
+        uf[:, 12] = rate / mean_rate - 1.0 if mean_rate > 0 else 0.0
         jfi = s * s / (n * q) if q > 0 else 1.0
     else:
         uf[:, 6] = np.log1p(row_mean)
         uf[:, 7] = np.log1p(row_max * _safe_inv(row_mean))
         uf[:, 8:10] = 0.0
         uf[:, 10] = 1.0
-        uf[:, 11] = 0.0
+        uf[:, 11:13] = 0.0
         mean_x, jfi = 0.0, 1.0
+    se = state.spectral_efficiency
+    if se is None:
+        uf[:, 13] = 0.0
+    elif se.ndim == 1:
+        uf[:, 13] = se * (1.0 / _SE_SCALE)
+    else:
+        uf[:, 13] = (se if n_avail == r else se[:, avail]).max(axis=1, initial=0.0) * (1.0 / _SE_SCALE)
     if n_elig < n:
         uf[~elig, 1:8] = 0.0  # utility, buffer and PF terms of users who may own nothing
+        uf[~elig, 13] = 0.0
 
     # ---- per-resource tokens [R, Fr]
     rf = out.res_feats
