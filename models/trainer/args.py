@@ -86,7 +86,7 @@ class DistillArgs:
     preset: str = "spectrum"
     """student preset: spectrum | mac"""
     teacher: str = ""
-    """teacher: a registered policy (km, pf, max_weight, rr, ...) or 'stackelberg' (mac look-ahead leader); empty = km for spectrum, stackelberg for mac"""
+    """teacher: a registered policy (km, pf, max_weight, rr, ...) or a mac leader ('deficit', 'stackelberg', 'fair_efficient'); empty = km for spectrum, deficit for mac"""
     dataset: str | None = None
     """JSONL file of (state, decision) rows or recorded LLM answers to learn from instead of running a teacher"""
     drop_invalid: bool = False

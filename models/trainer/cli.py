@@ -2,12 +2,12 @@
 
     gnbsched train all                    # reproduce both shipped models (two processes, one per preset)
     gnbsched train all --preset mac       # one preset only
-    gnbsched train distill --preset mac --teacher stackelberg --out runs/mac
+    gnbsched train distill --preset mac --teacher deficit --out runs/mac
     gnbsched train distill --preset mac --dataset answers.jsonl --out runs/mac-llm
     gnbsched train grpo --init runs/spectrum --out runs/spectrum-grpo
     gnbsched train ppo --init runs/mac --out runs/mac-ppo
     gnbsched train export --checkpoint runs/mac-ppo --version v2
-    gnbsched train record --preset mac --teacher stackelberg --scenarios standard --out data/mac.jsonl
+    gnbsched train record --preset mac --teacher deficit --scenarios standard --out data/mac.jsonl
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                   "kl_coef": 0.2, "eval_every": 0, "eval_slots": 20, "seed": 2}),
     ],
     "mac": [
-        ("distill", {"preset": "mac", "teacher": "fair_efficient", "samples": 8000, "dagger_rounds": 1, "steps": 1500, "hidden": 32,
+        ("distill", {"preset": "mac", "teacher": "deficit", "samples": 8000, "dagger_rounds": 1, "steps": 1500, "hidden": 32,
                      "batch_size": 64, "learning_rate": 2e-3, "eval_every": 0, "eval_slots": 20, "seed": 1}),
         ("ppo", {"total_steps": 2_000_000, "time_budget_s": 720.0, "num_envs": 16, "num_steps": 128,
                  "eval_every": 0, "eval_ttis": 2000, "seed": 3}),
@@ -58,6 +58,9 @@ SCRIPTS: dict[str, tuple[str, type]] = {"distill": ("trainer.distill", DistillAr
                                         "ppo": ("trainer.ppo", PpoArgs), "export": ("trainer.export", ExportArgs)}
 #: the held-out metric that decides whether a fine-tuning stage is kept (higher is better)
 SELECTION_METRIC = {"spectrum": "eval/ratio_km_min", "mac": "eval/utility_ratio_mean"}
+#: a held-out metric a fine-tuning stage may not push below min(floor, previous stage's value):
+#: the mac leader utility must not be bought with the Jain fairness target (issue 4: ≥ 0.95)
+GUARD_METRIC: dict[str, tuple[str, float]] = {"mac": ("eval/jain_mean", 0.95)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark that fills the model card's KPIs")
     p.add_argument("--sequential", action="store_true", help="run the presets one after the other (default: in parallel)")
     p.add_argument("--recorded-command", default="", help=argparse.SUPPRESS)
-    helps = {"distill": "distillation from a teacher (km, a policy, stackelberg / fair_efficient) or a JSONL dataset",
+    helps = {"distill": "distillation from a teacher (km, a policy, deficit / stackelberg / fair_efficient) or a JSONL dataset",
              "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
              "ppo": "PPO with GAE on the sequential mac leader utility",
              "export": "export a checkpoint to ONNX + model card (parity-checked)"}
@@ -80,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_dataclass_arguments(sp, args_cls)
     rec = sub.add_parser("record", help="write a JSONL dataset of a teacher's closed-loop (state, decision) rows")
     rec.add_argument("--preset", choices=["spectrum", "mac"], default="mac")
-    rec.add_argument("--teacher", default="stackelberg", help="'stackelberg' or a registered policy name")
+    rec.add_argument("--teacher", default="deficit",
+                     help="a mac leader ('deficit', 'stackelberg', 'fair_efficient') or a registered policy name")
     rec.add_argument("--scenarios", default="standard", help="comma-separated named scenarios of the preset")
     rec.add_argument("--episodes", type=int, default=1)
     rec.add_argument("--slots", type=int, default=200)
@@ -104,6 +108,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def rejection(preset: str, final: dict[str, float], best_score: float, guard_prev: float) -> str | None:
+    """Why a fine-tuning stage with held-out metrics ``final`` is not kept over the previous stage
+    (selection metric ``best_score``, guard metric ``guard_prev``), or None when it is kept."""
+    score = final.get(SELECTION_METRIC[preset], float("-inf"))
+    if score < best_score:
+        return f"{SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}"
+    if preset in GUARD_METRIC:
+        name, floor = GUARD_METRIC[preset]
+        guard = final.get(name, float("-inf"))
+        if guard < min(floor, guard_prev):
+            return f"{name} {guard:.4f} < min({floor}, {guard_prev:.4f})"
+    return None
+
+
 def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick: bool, bench: bool, command: str) -> Path:
     """Every stage of ``preset``'s recipe, then export and (optionally) the benchmark KPIs."""
     from trainer import export
@@ -112,7 +130,8 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
 
     t0 = time.perf_counter()
     prev: Path | None = None
-    best_score = float("-inf")
+    best_score = guard_prev = float("-inf")
+    guard_name = GUARD_METRIC.get(preset, ("", 0.0))[0]
     for i, (stage, overrides) in enumerate(RECIPES[preset]):
         module_name, args_cls = SCRIPTS[stage]
         module = importlib.import_module(module_name)
@@ -124,17 +143,18 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
         fields = {f.name for f in dataclasses.fields(args_cls)}
         stage_args = args_cls(**{k: v for k, v in values.items() if k in fields})
         ckpt = module.main(stage_args, Logger(out, f"{preset}/{stage}"))
-        score = ckpt.stages[-1]["final"].get(SELECTION_METRIC[preset], float("-inf"))
-        if prev is not None and score < best_score:
+        final = ckpt.stages[-1]["final"]
+        score = final.get(SELECTION_METRIC[preset], float("-inf"))
+        guard = final.get(guard_name, float("inf")) if guard_name else float("inf")
+        worse = None if prev is None else rejection(preset, final, best_score, guard_prev)
+        if prev is not None and worse is not None:
             # the fine-tuned model is worse on the held-out evaluation: keep the previous one and say so
             kept = Checkpoint.load(prev)
-            kept.stages.append({**ckpt.stages[-1], "kept": False,
-                                "note": f"{SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}: previous stage kept"})
+            kept.stages.append({**ckpt.stages[-1], "kept": False, "note": f"{worse}: previous stage kept"})
             kept.save(prev)
-            print(f"[{preset}] {stage}: {SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}; keeping {prev}",
-                  file=sys.stderr)
+            print(f"[{preset}] {stage}: {worse}; keeping {prev}", file=sys.stderr)
             continue
-        prev, best_score = out, score
+        prev, best_score, guard_prev = out, score, guard
     assert prev is not None
     target = export.main(ExportArgs(checkpoint=str(prev), models_dir=models_dir, version=version, command=command))
     if bench:

@@ -157,16 +157,22 @@ def mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_tti: int = 4
 
 
 def history_to_dict(view: HistoryView) -> dict[str, list]:
-    return {"avg_served": view.avg_served.tolist(), "cum_resources": view.cum_resources.tolist(),
-            "last_served_slot": view.last_served_slot.tolist(), "known": view.known.tolist()}
+    out = {"avg_served": view.avg_served.tolist(), "cum_resources": view.cum_resources.tolist(),
+           "last_served_slot": view.last_served_slot.tolist(), "known": view.known.tolist()}
+    if view.first_seen_slot is not None:
+        out["first_seen_slot"] = view.first_seen_slot.tolist()
+    return out
 
 
 def history_from_dict(d: dict[str, Any] | None, num_ue: int) -> HistoryView | None:
     if not d:
         return None
     view = HistoryView(np.asarray(d["avg_served"], np.float64), np.asarray(d["cum_resources"], np.float64),
-                       np.asarray(d["last_served_slot"], np.int64), np.asarray(d.get("known", [True] * num_ue), bool))
-    if any(a.shape != (num_ue,) for a in (view.avg_served, view.cum_resources, view.last_served_slot, view.known)):
+                       np.asarray(d["last_served_slot"], np.int64), np.asarray(d.get("known", [True] * num_ue), bool),
+                       None if d.get("first_seen_slot") is None else np.asarray(d["first_seen_slot"], np.int64))
+    arrays = (view.avg_served, view.cum_resources, view.last_served_slot, view.known,
+              *(() if view.first_seen_slot is None else (view.first_seen_slot,)))
+    if any(a.shape != (num_ue,) for a in arrays):
         raise ValueError(f"history arrays must have {num_ue} entries")
     return view
 

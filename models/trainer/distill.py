@@ -113,7 +113,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     ckpt = Checkpoint.load(args.init) if args.init else Checkpoint.new(
         args.preset, NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine), args.surplus_margin)
     student = TorchStudent(ckpt)
-    teacher_name = args.teacher or ("km" if args.preset == "spectrum" else "stackelberg")
+    teacher_name = args.teacher or ("km" if args.preset == "spectrum" else "deficit")
     teacher = None if args.dataset else make_teacher(teacher_name)
     rng = np.random.default_rng(args.seed)
     mac_base = baseline_utilities(ttis=100 * args.eval_slots, seed=EVAL_SEED) if args.preset == "mac" else None

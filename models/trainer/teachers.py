@@ -2,6 +2,9 @@
 
 * any registered policy by name (``km``: the exact optimum of the spectrum preset; ``pf``,
   ``max_weight``, ``rr``, …), its raw output checked and repaired so the target is PAG-valid;
+* ``deficit`` (mac, the shipped student's teacher): the leader utility's fairness lever over time —
+  users below the mean cumulative RBG count are served at once, the others wait for their best
+  channel state (``DeficitTeacher``);
 * ``stackelberg`` (mac): a one-TTI look-ahead leader that anticipates the agentic followers'
   best response (``service.sim.mac.agentic_rbg_count``, Stackelberg eq. 2) and scores candidate
   DCMs by the leader utility (eq. 5) with the fairness term weighted for its persistence;
@@ -191,11 +194,71 @@ class FairEfficientTeacher:
         return fill_in_order(state, np.lexsort((np.arange(n), x)), needs)
 
 
-TEACHERS = ("stackelberg", "fair_efficient")
+@dataclass
+class DeficitTeacher:
+    """The leader's fairness lever over time (SPEC §3 eq. 5), the teacher of the shipped mac student.
+
+    Eq. 5 scores the Jain index of the RBGs ``x_u`` each user has used, and below saturation every
+    scheduler ends up delivering what arrives, so what a leader controls is *when* a user is
+    served and therefore how many RBGs its bits take. Users are compared by their RBG rate
+    ``x_u / present_u`` (RBGs per slot since they joined; with a fixed population this is ``x_u``
+    up to a common factor). Each TTI, among users with data:
+
+    * a user at or above the mean rate waits, unless its reported channel is the best state
+      (``TBS_u ≥ 0.99 · best_tbs_bits``: its bits then take the fewest RBGs), its buffer holds at
+      least ``urgent_fill`` of ``buffer_bits_max`` (no overflow), or it was last served
+      ``max_wait_tti`` or more TTIs ago (bounded latency);
+    * a user below the mean rate is served, ``ceil(buffer / TBS_u)`` RBGs (capped) — except that
+      (``poor_wait_tti > 0``; 0 turns it off) one whose buffer is below ``hold_bits`` waits up to that many
+      TTIs for its poorest channel state (``TBS_u ≤ 1.01 · poor_tbs_bits``), where its bits take
+      the most RBGs. This raises eq. 5's index in an under-loaded cell at the price of spectral
+      efficiency on RBGs nobody else needed, and of latency.
+
+    Served users take the available RBGs, in slot order, by decreasing priority
+    ``(mean rate − rate_u) / mean rate + channel_weight · TBS_u / best_tbs_bits``: the fairness
+    deficit first, tipped towards better channels (eq. 5's throughput term decides under
+    overload). All or nothing per user, which is what the student's capped decode expresses on
+    frequency-flat RBGs. ``x`` is the history's cumulative RBGs: what the base station knows.
+    """
+
+    max_wait_tti: int = 20
+    urgent_fill: float = 0.5
+    channel_weight: float = 0.5
+    poor_wait_tti: int = 30
+    hold_bits: float = 8 * DPDU_BITS
+    best_tbs_bits: float = 4 * 12 * 14 * 1.1758
+    poor_tbs_bits: float = 4 * 12 * 14 * 0.2344
+    buffer_bits_max: float = 64 * DPDU_BITS
+    name: str = "deficit"
+
+    def __call__(self, state: SlotState, view: HistoryView, rng: np.random.Generator) -> np.ndarray:
+        n = state.num_ue
+        buf = state.buffer_bits if state.buffer_bits is not None else np.full(n, 1e12)
+        tbs = np.maximum(state.utility.max(axis=1), 1e-9)  # [N] bits per RBG at the reported channel
+        elig = state.user_eligible & (buf > 0)
+        if not elig.any():
+            return np.zeros(state.num_res, np.int64)
+        present = view.present_slots(state.slot)
+        rate = view.cum_resources / (present if present is not None else 1.0)
+        mean_rate = float(rate[state.user_eligible].mean())
+        age = np.where(view.last_served_slot >= 0, state.slot - view.last_served_slot, 1 << 30)
+        over = rate >= mean_rate
+        waits = over & (tbs < 0.99 * self.best_tbs_bits) & (buf < self.urgent_fill * self.buffer_bits_max) \
+            & (age < self.max_wait_tti)
+        if self.poor_wait_tti > 0:
+            waits |= ~over & (tbs > 1.01 * self.poor_tbs_bits) & (buf < self.hold_bits) & (age < self.poor_wait_tti)
+        needs = np.where(elig & ~waits, np.minimum(np.ceil(buf / tbs - 1e-9), state.max_resources_per_user), 0)
+        priority = (mean_rate - rate) / max(mean_rate, 1e-9) + self.channel_weight * tbs / self.best_tbs_bits
+        return fill_in_order(state, np.lexsort((np.arange(n), -priority)), needs.astype(np.int64))
+
+
+TEACHERS = ("deficit", "stackelberg", "fair_efficient")
 
 
 def make_teacher(name: str, **kwargs: float) -> Teacher:
-    """``stackelberg`` or any registered policy name."""
+    """``deficit``, ``stackelberg``, ``fair_efficient`` or any registered policy name."""
+    if name == "deficit":
+        return DeficitTeacher(**kwargs)  # type: ignore[arg-type]
     if name == "stackelberg":
         return StackelbergTeacher(**kwargs)  # type: ignore[arg-type]
     if name == "fair_efficient":

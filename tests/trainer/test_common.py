@@ -83,3 +83,16 @@ def test_script_arguments_are_documented():
     docs = field_docs(DistillArgs)
     assert "teacher" in docs and "registered policy" in docs["teacher"]
     assert set(docs) == {f for f in DistillArgs.__dataclass_fields__}
+
+
+def test_a_fine_tuning_stage_is_kept_only_if_it_improves_without_breaking_fairness():
+    from trainer.cli import rejection
+
+    # mac: the mean utility ratio must not drop, and Jain must stay >= min(0.95, the previous stage's)
+    assert rejection("mac", {"eval/utility_ratio_mean": 1.08, "eval/jain_mean": 0.97}, 1.07, 0.98) is None
+    assert "utility_ratio_mean" in rejection("mac", {"eval/utility_ratio_mean": 1.06, "eval/jain_mean": 0.99}, 1.07, 0.98)
+    assert "jain_mean" in rejection("mac", {"eval/utility_ratio_mean": 1.09, "eval/jain_mean": 0.94}, 1.07, 0.98)
+    assert rejection("mac", {"eval/utility_ratio_mean": 1.09, "eval/jain_mean": 0.91}, 1.07, 0.90) is None  # below 0.95 before
+    # spectrum has no guard: the min ratio to KM alone decides
+    assert rejection("spectrum", {"eval/ratio_km_min": 0.995}, 0.992, float("-inf")) is None
+    assert rejection("spectrum", {"eval/ratio_km_min": 0.990}, 0.992, float("-inf")) is not None
