@@ -118,7 +118,12 @@ class StudentNet(nn.Module):
         """Scores s [..., R, N] of every (resource, user) pair."""
         g_u = (self.user_gate(h_u) + self.ctx_gate(ctx).unsqueeze(-2)).transpose(-1, -2)  # [..., Fp, N]
         g_u = g_u + self.utility_skip * self.skip_channel  # a on the utility channel
-        s = (pair_feats * g_u.unsqueeze(-2)).sum(dim=-3) + self.res_bias(h_r)  # [..., R, N]
+        # Σ_k g_u[k, u] · pair[k, r, u], unrolled over the Fp (= 5) channels: in the exported graph
+        # a few [R, N] multiply-adds instead of a [Fp, R, N] product reduced over its outer axis,
+        # which onnxruntime runs several times slower (same values, same weights)
+        s = self.res_bias(h_r)  # [..., R, 1]
+        for k in range(NUM_PAIR):
+            s = s + pair_feats[..., k, :, :] * g_u[..., k:k + 1, :]  # [..., R, N]
         if self.config.pair_hidden > 0:
             a = (self.user_to_pair(h_u) + self.ctx_to_pair(ctx).unsqueeze(-2)).transpose(-1, -2)  # [..., P, N]
             c = self.res_to_pair(h_r).transpose(-1, -2)  # [..., P, R]
