@@ -11,8 +11,11 @@ trajectory).
 * **mac**: leader utility (SPEC §3 eq. 5) of ``student`` over the best of pf / max_weight / rr
   on the standard scenarios — target ≥ 1.03 with Jain fairness (``fairness_jfi``) ≥ 0.95 — and,
   with the same model, on N = 20 and N = 50 (outside its training range N ≤ 10) — target ≥ 1.
+  The rows also carry what the fairness costs: mean packet latency (slots) and dPDUs per used
+  RBG, of the student and of the best baseline.
 * **valid-before-repair** of the student's raw outputs: target 100 %.
-* **latency** at N = 100, R = 69 (one core): serialize and policy stage times (µs) per preset.
+* **latency** at N = 100, R = 69 (one core): serialize and policy stage times (µs) per preset,
+  and the policy's two parts timed alone (the onnxruntime run, the PAG decode).
 
 Outputs ``<out>/student/results.json``; prints the tables and a PASS/FAIL line per target.
 """
@@ -25,6 +28,7 @@ import math
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ import numpy as np
 from service.assign import linear_assignment
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pipeline import PolicySet, decide
-from service.policies.student import StudentPolicy, decode_capped
+from service.policies.student import StudentPolicy, decode, decode_capped
 from service.sim.mac import MAC_SCENARIOS, MacConfig, MacEnv
 from service.sim.spectrum import SPECTRUM_SCENARIOS, SpectrumConfig, SpectrumEnv
 from service.types import make_slot, slot_utility
@@ -146,6 +150,10 @@ def bench_mac(student: StudentPolicy, *, seeds: int, ttis: int, seed: int) -> li
                      "best_baseline": best, "baseline_utility": mean(best, "leader_utility"),
                      "ratio": mean("student", "leader_utility") / mean(best, "leader_utility"),
                      "student_jain": mean("student", "fairness_jfi"), "baseline_jain": mean(best, "fairness_jfi"),
+                     "student_latency_slots": mean("student", "latency_avg_slots"),
+                     "baseline_latency_slots": mean(best, "latency_avg_slots"),
+                     "student_dpdu_per_rbg": mean("student", "resource_efficiency"),
+                     "baseline_dpdu_per_rbg": mean(best, "resource_efficiency"),
                      "student_throughput_mbps": mean("student", "throughput_mbps"),
                      "baseline_throughput_mbps": mean(best, "throughput_mbps"),
                      "valid_before_repair": mean("student", "valid_action_rate"),
@@ -177,10 +185,29 @@ def bench_latency(student: StudentPolicy, *, repeats: int = 2000) -> dict[str, d
             d = decide(state, history, "student", policies=pset)
             ser.append(d.timings_us["serialize"])
             pol.append(d.timings_us["policy"])
+        # the policy stage in its two parts, each alone: the onnxruntime run and the PAG decode
+        model = student.model(preset)
+        assert model is not None
+        logits = model.logits(student.serialize(state, _ctx(history, state)))
+        binding, _ = model.bind(student.serialize(state, _ctx(history, state)))
+        onnx_us = _median_us(partial(model.session.run_with_iobinding, binding), repeats)
+        decode_us = _median_us(partial(decode, state, logits, model.decode_spec), repeats)
         out[preset] = {"serialize_us_median": float(np.median(ser)), "policy_us_median": float(np.median(pol)),
                        "policy_us_p95": float(np.percentile(pol, 95)),
+                       "onnx_run_us_median": onnx_us, "decode_us_median": decode_us,
                        "serialize_plus_policy_us_median": float(np.median(np.add(ser, pol)))}
     return out
+
+
+def _median_us(fn: Any, repeats: int) -> float:
+    """Median wall time of ``fn()`` in µs over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times) * 1e6)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -252,7 +279,9 @@ def run(args: argparse.Namespace) -> int:
         print(_fmt_rows(rows, [("scenario", "scenario", "{}"), ("group", "group", "{}"), ("student_utility", "student", "{:.4f}"),
                                ("best_baseline", "best", "{}"), ("baseline_utility", "baseline", "{:.4f}"),
                                ("ratio", "ratio", "{:.4f}"), ("student_jain", "jain", "{:.3f}"),
-                               ("baseline_jain", "jain(base)", "{:.3f}"), ("valid_before_repair", "valid", "{:.3f}")]))
+                               ("baseline_jain", "jain(base)", "{:.3f}"),
+                               ("student_latency_slots", "lat", "{:.1f}"), ("baseline_latency_slots", "lat(base)", "{:.1f}"),
+                               ("valid_before_repair", "valid", "{:.3f}")]))
         summ = _mac_summary(rows)
         ok &= summ["met"]
         print(f"{'PASS' if summ['met'] else 'FAIL'} mac: min ratio (standard) = {summ['min_ratio_standard']:.4f} "
@@ -264,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
     out["latency_n100_r69"] = lat = bench_latency(student, repeats=300 if quick else 2000)
     for preset, v in lat.items():
         print(f"latency {preset} N=100 R=69: serialize {v['serialize_us_median']:.0f} µs + policy "
-              f"{v['policy_us_median']:.0f} µs (p95 {v['policy_us_p95']:.0f} µs), median")
+              f"{v['policy_us_median']:.0f} µs (p95 {v['policy_us_p95']:.0f} µs), median; policy parts alone: "
+              f"onnxruntime {v['onnx_run_us_median']:.0f} µs, decode {v['decode_us_median']:.0f} µs")
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     path = Path(getattr(args, "out", "bench-out")) / "student"
     path.mkdir(parents=True, exist_ok=True)

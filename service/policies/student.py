@@ -18,7 +18,8 @@ mask (SPEC §4), so the raw output is valid by construction:
   may give an agentic follower more than its buffer needs, SPEC §3). The trainer samples from
   exactly this two-pass process, so training and serving share one action distribution.
 * ``assignment`` (single connectivity, cap 1 — the spectrum preset): an exact linear
-  assignment (``assign.linear_assignment``) on the pair margins ``logit[r, 1+u] − logit[r, 0]``.
+  assignment (rectangular Jonker-Volgenant, ``decode_assignment``) on the pair margins
+  ``logit[r, 1+u] − logit[r, 0]``.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
