@@ -6,8 +6,8 @@ Names are a contract with the dashboards in ``deploy/`` — do not rename:
 gnbsched_requests_total                     counter    transport, preset, policy, outcome
                                                        (ok | fallback | rejected | error;
                                                        policy "none" when rejected)
-gnbsched_stage_seconds                      histogram  transport, stage (serialize, policy,
-                                                       check, repair, total)
+gnbsched_stage_seconds                      histogram  transport, preset, stage (serialize,
+                                                       policy, check, repair, total)
 gnbsched_request_seconds                    histogram  transport (decode → encode, in server)
 gnbsched_decisions_total                    counter    policy (the policy that served)
 gnbsched_valid_before_repair_total          counter    policy (ratio = valid / decisions)
@@ -92,7 +92,7 @@ class Metrics:
         self.requests = Counter("gnbsched_requests", "Scheduling requests by transport, preset, policy and outcome.",
                                 ("transport", "preset", "policy", "outcome"), registry=reg)
         self.stage_seconds = Histogram("gnbsched_stage_seconds", "Time per decision stage, seconds.",
-                                       ("transport", "stage"), buckets=LATENCY_BUCKETS, registry=reg)
+                                       ("transport", "preset", "stage"), buckets=LATENCY_BUCKETS, registry=reg)
         self.request_seconds = Histogram("gnbsched_request_seconds",
                                          "Time inside the server per request, decode to encode, seconds.",
                                          ("transport",), buckets=LATENCY_BUCKETS, registry=reg)
@@ -115,7 +115,7 @@ class Metrics:
                                  ("policy", "version"), registry=reg, multiprocess_mode="max")
         self._lock = threading.Lock()
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
-        self._stage_children: dict[str, tuple[Histogram, ...]] = {}
+        self._stage_children: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
         self._request_children: dict[str, Histogram] = {}
         self._seen_policies: set[tuple[str, str]] = set()
@@ -130,12 +130,13 @@ class Metrics:
                 child = self._req_children[key] = self.requests.labels(*key)
         return child
 
-    def _stages(self, transport: str) -> tuple[Histogram, ...]:
-        children = self._stage_children.get(transport)
+    def _stages(self, transport: str, preset: str) -> tuple[Histogram, ...]:
+        key = (transport, preset)
+        children = self._stage_children.get(key)
         if children is None:
             with self._lock:
-                children = self._stage_children[transport] = tuple(
-                    self.stage_seconds.labels(transport, s) for s in STAGES)
+                children = self._stage_children[key] = tuple(
+                    self.stage_seconds.labels(transport, preset, s) for s in STAGES)
         return children
 
     def _policy(self, policy: str) -> tuple[Counter, Counter, Counter]:
@@ -153,7 +154,7 @@ class Metrics:
         outcome = "ok" if decision.fallback is None else "fallback"
         self._req(transport, state.preset, requested, outcome).inc()
         timings = decision.timings_us
-        for child, stage in zip(self._stages(transport), STAGES, strict=True):
+        for child, stage in zip(self._stages(transport, state.preset), STAGES, strict=True):
             us = timings.get(stage)
             if us is not None:
                 child.observe(us * 1e-6)

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: family name -> (type, label names); the exposition adds _total to counters
 EXPECTED = {
     "gnbsched_requests": ("counter", {"transport", "preset", "policy", "outcome"}),
-    "gnbsched_stage_seconds": ("histogram", {"transport", "stage"}),
+    "gnbsched_stage_seconds": ("histogram", {"transport", "preset", "stage"}),
     "gnbsched_request_seconds": ("histogram", {"transport"}),
     "gnbsched_decisions": ("counter", {"policy"}),
     "gnbsched_valid_before_repair": ("counter", {"policy"}),

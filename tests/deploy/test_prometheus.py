@@ -108,7 +108,7 @@ def test_scrape_config_targets_the_compose_service():
 #: the metric contract of service/metrics.py (sample names as Prometheus sees them)
 CONTRACT = {
     "gnbsched_requests_total": {"transport", "preset", "policy", "outcome"},
-    "gnbsched_stage_seconds_bucket": {"transport", "stage", "le"},
+    "gnbsched_stage_seconds_bucket": {"transport", "preset", "stage", "le"},
     "gnbsched_request_seconds_bucket": {"transport", "le"},
     "gnbsched_decisions_total": {"policy"},
     "gnbsched_valid_before_repair_total": {"policy"},
