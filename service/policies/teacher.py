@@ -23,6 +23,14 @@ Constraint dialects (``GNBSCHED_TEACHER_DIALECT``):
   * ``vllm_legacy``: ``guided_json = S`` (vLLM < 0.12);
   * ``ollama``: Ollama's native ``/api/chat`` with ``format = S``;
   * ``plain``: no constraint (the prompt alone asks for the schema).
+
+Partial answers (``GNBSCHED_TEACHER_FILL_UNUSED``, default on): at large N the prompt details
+only the users that matter most (SPEC §5), and the model answers for those. A valid answer that
+leaves available resources unused is completed by ``assign.greedy_fill`` (highest utility first,
+under caps and, in mac, buffers) and returned as a DCM: repair never changes a valid output, so
+without this the resources would stay idle. The validity of the model's own answer is kept (a
+valid answer stays valid; an invalid one is returned as text, checked and repaired as before),
+and ``notes["teacher_filled"]`` counts the resources the completion added.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import numpy as np
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.assign import greedy_fill
 from service.errors import DeadlineExceededError, PolicyError, TeacherUnavailableError
 from service.pag.checks import UNPARSABLE, check, parse_text
 from service.pag.repair import repair
@@ -82,6 +91,9 @@ class TeacherConfig(BaseSettings):
     cache_size: int = Field(default=0, description="LRU cache of answers keyed by the serialized state (0 = off)")
     record_path: str | None = Field(default=None, description="append (state, teacher decision) JSONL here (None = off)")
     fallback_on_unparsable: bool = Field(default=True, description="answers without JSON raise (fallback) instead of repair")
+    fill_unused: bool = Field(default=True, description="a PAG-valid answer that leaves available resources unused (a "
+                              "partial answer over the users the prompt details, at large N) is completed greedily, "
+                              "highest utility first; invalid answers go to check and repair unchanged")
 
     def prompt_options(self) -> PromptOptions:
         return PromptOptions(budget_tokens=self.budget_tokens, answer_form=self.answer_form,
@@ -275,7 +287,7 @@ class Teacher(Policy):
             self._scale = min(1.0, 0.8 * self._scale + 0.2 * ratio)
         return prompt
 
-    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> str:
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> str | np.ndarray:
         cfg = self.config
         if not cfg.url:
             raise TeacherUnavailableError("teacher: no endpoint configured (set GNBSCHED_TEACHER_URL)")
@@ -290,7 +302,7 @@ class Teacher(Policy):
                     self.stats["cache_hits"] += 1
             if hit is not None:
                 ctx.info["teacher_cache"] = "hit"
-                return hit
+                return self._fill(state, hit, ctx) if cfg.fill_unused else hit
         text = self._complete(prompt, ctx)
         if cfg.fallback_on_unparsable:
             _, _, violations = parse_text(state, text)
@@ -303,7 +315,20 @@ class Teacher(Policy):
                     self._cache.popitem(last=False)
         if cfg.record_path:
             self._record(state, prompt, text)
-        return text
+        return self._fill(state, text, ctx) if cfg.fill_unused else text
+
+    @staticmethod
+    def _fill(state: SlotState, text: str, ctx: PolicyContext) -> str | np.ndarray:
+        """The answer completed on the resources it leaves unused, if it is PAG-valid (module doc)."""
+        result = check(state, text)
+        if not result.valid or result.dcm is None:
+            return text
+        owner = greedy_fill(state, state.utility, result.dcm)
+        added = int(np.count_nonzero(owner != result.dcm))
+        if added == 0:
+            return text
+        ctx.info["teacher_filled"] = added
+        return owner
 
     def _complete(self, prompt: Prompt, ctx: PolicyContext) -> str:
         cfg = self.config

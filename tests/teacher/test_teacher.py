@@ -309,6 +309,31 @@ def test_allocation_form_answer_for_large_slot(fake: FakeLLM) -> None:
     assert check(state, answer_text(state, owner, prompt)).valid
 
 
+def test_valid_partial_answer_is_completed_greedily(fake: FakeLLM) -> None:
+    """A valid answer naming one user (as at large N, where the prompt details a few users): the
+    model's pair is kept, the other available resources go greedily to the other users, and the
+    answer still counts as valid before repair. With the completion off they stay unused."""
+    state = small_slot()
+    fake.reply = lambda body: json.dumps({"owner": [11, None, None, None, None]})
+    d = serve(state, teacher(fake))
+    assert d.policy == "teacher" and d.fallback is None and d.valid_before_repair
+    assert d.owner[0] == 1  # the model's own pair: user 11 on resource 1
+    assert d.owner[1] == 0  # resource 2 is busy
+    assert sorted(d.owner[2:].tolist()) == [2, 3, 4]  # every other user got a free resource
+    assert d.notes["teacher_filled"] == 3
+    assert is_valid(state, d.owner)
+    d = serve(state, teacher(fake, fill_unused=False))
+    assert d.valid_before_repair and d.owner.tolist() == [1, 0, 0, 0, 0] and "teacher_filled" not in d.notes
+
+
+def test_invalid_answer_is_not_completed_but_repaired(fake: FakeLLM) -> None:
+    state = small_slot()
+    fake.reply = lambda body: json.dumps({"owner": [11, 12, None, None, None]})  # resource 2 is busy
+    d = serve(state, teacher(fake))
+    assert d.policy == "teacher" and not d.valid_before_repair and "teacher_filled" not in d.notes
+    assert is_valid(state, d.owner)
+
+
 def test_bench_reports_valid_before_repair_rate(fake: FakeLLM, monkeypatch, tmp_path, capsys) -> None:
     import argparse
 
