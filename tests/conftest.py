@@ -95,17 +95,18 @@ def promtool_check() -> Callable[[str], None]:
 
 
 class UvicornThread:
-    """A real uvicorn server for ``app`` in a background thread, on a pre-bound free port."""
+    """A real uvicorn server for ``app`` in a background thread, on a pre-bound free port.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``ssl_certfile`` / ``ssl_keyfile``: https)."""
 
-    def __init__(self, app, host: str = "127.0.0.1") -> None:
+    def __init__(self, app, host: str = "127.0.0.1", **options) -> None:
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        self.url = f"{'https' if options.get('ssl_certfile') else 'http'}://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -124,12 +125,12 @@ class UvicornThread:
 
 @pytest.fixture(scope="module")
 def uvicorn_server() -> Iterator[Callable[..., UvicornThread]]:
-    """Factory: ``uvicorn_server(app)`` starts it and returns the running ``UvicornThread``;
+    """Factory: ``uvicorn_server(app, **uvicorn_options)`` starts it and returns the running ``UvicornThread``;
     every server started is stopped when the test module ends."""
     started: list[UvicornThread] = []
 
-    def start(app) -> UvicornThread:
-        srv = UvicornThread(app).__enter__()
+    def start(app, **options) -> UvicornThread:
+        srv = UvicornThread(app, **options).__enter__()
         started.append(srv)
         return srv
 

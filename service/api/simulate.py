@@ -15,6 +15,11 @@ same ``--seed``, the same policy and a service on default decision settings (``G
 environment), a remote run gives the KPIs of ``--target inproc``. Each run uses its own cell id
 (``--cell-id``, default ``sim-<preset>-<random>``) so the service's per-cell history starts
 empty; random-draw policies also seed by cell id, so compare such runs with one ``--cell-id``.
+
+A service started with a bearer token (``--auth-token-file``) wants ``--token-file``; gRPC TLS
+wants ``--tls-ca`` (the CA of the server's certificate) and, for mTLS, ``--tls-cert`` /
+``--tls-key``. For an ``https://`` target (TLS terminated in front of the REST API) ``--tls-ca``
+is the CA to trust and ``--tls-cert`` / ``--tls-key`` a client certificate, if the front wants one.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import importlib
 import inspect
 import json
 import math
+import ssl
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -110,12 +117,49 @@ class TargetError(RuntimeError):
 Decider = Callable[[SlotState, Mapping[int, float]], tuple[np.ndarray, bool]]
 
 
+@dataclass(frozen=True)
+class Access:
+    """How to reach a guarded service: bearer token, TLS trust and client certificate (PEM paths)."""
+
+    token: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    @staticmethod
+    def from_files(token_file: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                   tls_key: str | None = None) -> Access:
+        """Read the token (first line of ``token_file``); check the PEM files exist. ValueError names
+        the file that is missing or unusable."""
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{flag}: no such file {path}")
+        token = None
+        if token_file is not None:
+            try:
+                lines = Path(token_file).read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"--token-file: cannot read {token_file}: {exc.strerror}") from None
+            token = lines[0].strip() if lines else ""
+            if not token:
+                raise ValueError(f"--token-file: {token_file} is empty")
+        return Access(token, tls_ca, tls_cert, tls_key)
+
+
 @contextlib.contextmanager
 def connect(target: str, *, policy: str | None = None, deadline_ms: float | None = None, stream: bool = False,
-            timeout_s: float = 30.0) -> Iterator[Decider]:
+            timeout_s: float = 30.0, access: Access | None = None) -> Iterator[Decider]:
     """A decider ``(state, feedback) -> (owner tokens [R], valid_before_repair)`` against
-    ``target``: ``inproc``, ``http://host:port`` (POST /schedule) or ``grpc://host:port``
-    (unary, or the per-TTI stream with ``stream``)."""
+    ``target``: ``inproc``, ``http(s)://host:port`` (POST /schedule) or ``grpc://host:port``
+    (unary, or the per-TTI stream with ``stream``), with ``access`` (token, TLS) for a guarded
+    service."""
+    access = access or Access()
     if target == "inproc":
         from service.config import Settings
         from service.core import ServiceCore
@@ -145,11 +189,14 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
         from service.api.grpc.client import SchedulerClient, owner_tokens
         from service.api.grpc.convert import slot_to_request
 
-        with SchedulerClient(url.netloc, timeout_s=timeout_s) as client:
+        with SchedulerClient(url.netloc, timeout_s=timeout_s, token=access.token, tls_ca=access.tls_ca,
+                             tls_cert=access.tls_cert, tls_key=access.tls_key) as client:
             try:
                 client.wait_ready(timeout_s)
             except grpc.FutureTimeoutError:
-                raise TargetError(f"no gRPC service at {url.netloc}") from None
+                hint = (" or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)" if access.tls
+                        else " (a TLS-only service needs --tls-ca)")
+                raise TargetError(f"no gRPC service at {url.netloc}{hint}") from None
             send: Callable[[Any], Any]
             with contextlib.ExitStack() as stack:
                 if stream:
@@ -173,7 +220,14 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
     import httpx
     import orjson
 
-    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s) as http:
+    verify: ssl.SSLContext | bool = True
+    if url.scheme == "https" and access.tls:
+        verify = ssl.create_default_context(cafile=access.tls_ca)
+        if access.tls_cert is not None:
+            verify.load_cert_chain(access.tls_cert, access.tls_key)
+    headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
+    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify,
+                      headers=headers) as http:
 
         def decide_http(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
             body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms))
@@ -192,11 +246,12 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
 
 def simulate(target: str, *, preset: str = "spectrum", scenario: str | None = None, policy: str | None = None,
              slots: int = DEFAULT_SLOTS, seed: int = 0, stream: bool = False, cell_id: str | None = None,
-             deadline_ms: float | None = None, timeout_s: float = 30.0) -> dict[str, float]:
+             deadline_ms: float | None = None, timeout_s: float = 30.0, access: Access | None = None) -> dict[str, float]:
     """Run one closed-loop episode against ``target`` and return the simulator's KPIs."""
     env = _RecordValid(make_env(preset, scenario, seed))
     cell = cell_id or f"sim-{preset}-{uuid.uuid4().hex[:12]}"
-    with connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s) as decide:
+    with connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
+                 access=access) as decide:
 
         def decide_in_cell(state: SlotState, feedback: Mapping[int, float]) -> np.ndarray:
             owner, env.raw_valid = decide(replace(state, cell_id=cell), feedback)
@@ -232,7 +287,7 @@ class _RecordValid(SlotEnv):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="inproc",
-                        help="inproc (default), http://host:port (REST) or grpc://host:port")
+                        help="inproc (default), http(s)://host:port (REST) or grpc://host:port")
     parser.add_argument("--preset", choices=PRESETS, default="spectrum", help="simulator (default spectrum)")
     parser.add_argument("--scenario", default=None, help="scenario of the preset's simulator (default: its first)")
     parser.add_argument("--policy", default=None, help="policy to ask for (default: the service's for the preset)")
@@ -242,6 +297,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-id", default=None, help="cell id sent to the service (default sim-<preset>-<random>)")
     parser.add_argument("--deadline-ms", type=float, default=None, help="per-slot policy deadline to ask for")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30 s)")
+    parser.add_argument("--token-file", default=None,
+                        help="file whose first line is the service's bearer token (serve --auth-token-file)")
+    parser.add_argument("--tls-ca", default=None, help="PEM: CA of the server's certificate (gRPC TLS, https)")
+    parser.add_argument("--tls-cert", default=None, help="PEM: client certificate (mTLS), with --tls-key")
+    parser.add_argument("--tls-key", default=None, help="PEM: the client certificate's key")
     parser.add_argument("--json", action="store_true", help="print the KPIs as one JSON object")
     parser.add_argument("--list-scenarios", action="store_true", help="list the preset's scenarios and exit")
 
@@ -256,9 +316,10 @@ def run(args: argparse.Namespace) -> int:
     scenario = args.scenario or default_scenario(args.preset)
     cell = args.cell_id or f"sim-{args.preset}-{uuid.uuid4().hex[:12]}"
     try:
+        access = Access.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key)
         kpis = simulate(args.target, preset=args.preset, scenario=scenario, policy=args.policy, slots=args.slots,
                         seed=args.seed, stream=args.stream, cell_id=cell, deadline_ms=args.deadline_ms,
-                        timeout_s=args.timeout_s)
+                        timeout_s=args.timeout_s, access=access)
     except (ValueError, KeyError, TargetError) as exc:
         print(f"gnbsched simulate: {exc}", file=sys.stderr)
         return 2

@@ -469,3 +469,57 @@ def test_workers_get_the_token_and_access_settings(monkeypatch: pytest.MonkeyPat
         for key in [k for k in os.environ if k.startswith("GNBSCHED_")]:
             os.environ.pop(key)
     assert token not in str(settings.public()) and token not in repr(settings)
+
+
+# ----------------------------------------------------------------------------- simulate against a guarded service
+
+
+def test_simulate_reaches_a_guarded_service_over_grpc_mtls_and_rest(service, pki, token_file: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``gnbsched simulate`` with the token file and the PKI: the KPIs of the in-process loop over
+    gRPC mTLS (unary and stream) and over REST; without the token, or without the CA, it stops
+    with exit 2 and a message naming what failed."""
+    from service.api.simulate import Access, simulate
+    from service.cli import main
+
+    svc = service("--auth-token-file", str(token_file), "--grpc-tls-cert", str(pki.server_cert),
+                  "--grpc-tls-key", str(pki.server_key), "--grpc-tls-client-ca", str(pki.ca_cert),
+                  grpc=True).wait_ready()
+    access = Access.from_files(str(token_file), str(pki.ca_cert), str(pki.client_cert), str(pki.client_key))
+    kw = {"preset": "mac", "scenario": "fixed-5", "slots": 30, "seed": 4, "cell_id": "guarded"}
+    expected = simulate("inproc", **kw)
+    grpc_target = f"grpc://{svc.grpc_target}"
+    for stream in (False, True):
+        got = simulate(grpc_target, stream=stream, access=access, **{**kw, "cell_id": f"guarded-{stream}"})
+        assert got == pytest.approx(expected, nan_ok=True)
+    got = simulate(svc.url, access=Access(token=access.token), **{**kw, "cell_id": "guarded-rest"})
+    assert got == pytest.approx(expected, nan_ok=True)
+
+    tls = ["--tls-ca", str(pki.ca_cert), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    base = ["simulate", "--preset", "mac", "--slots", "2", "--timeout-s", "3"]
+    capsys.readouterr()
+    assert main([*base, "--target", grpc_target, *tls]) == 2  # no token
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert main([*base, "--target", svc.url]) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+    assert main([*base, "--target", grpc_target, "--token-file", str(token_file)]) == 2  # plaintext to a TLS port
+    assert "needs --tls-ca" in capsys.readouterr().err
+    assert main([*base, "--target", grpc_target, "--tls-cert", str(pki.client_cert)]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main([*base, "--target", grpc_target, "--token-file", str(token_file), *tls, "--json"]) == 0
+
+
+def test_simulate_trusts_the_given_ca_for_an_https_front(uvicorn_server, pki, tmp_path: Path) -> None:
+    """An https target (TLS terminated in front of the REST API, here uvicorn itself): the CA given
+    with ``--tls-ca`` verifies the server; without it the system roots do not know the test CA."""
+    from service.api.rest.app import create_app
+    from service.api.simulate import Access, TargetError, simulate
+
+    front = uvicorn_server(create_app(ServiceCore(Settings(), store=MemoryStore())),
+                           ssl_certfile=str(pki.server_cert), ssl_keyfile=str(pki.server_key))
+    assert front.url.startswith("https://")
+    kw = {"preset": "spectrum", "slots": 5, "seed": 2, "cell_id": "https-front"}
+    assert simulate(front.url, access=Access(tls_ca=str(pki.ca_cert)), **kw) == pytest.approx(
+        simulate("inproc", **kw), nan_ok=True)
+    with pytest.raises(TargetError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        simulate(front.url, **{**kw, "cell_id": "https-untrusted"})

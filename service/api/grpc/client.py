@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from service.api.grpc.convert import owner_ids_to_tokens, slot_to_request
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2_grpc as pb_grpc
 from service.errors import GnbSchedError
+from service.security import bearer_metadata, grpc_channel_credentials
 from service.types import SlotState
 
 __all__ = [
@@ -93,9 +95,11 @@ class SlotStream:
 
     _END = object()
 
-    def __init__(self, stub: pb_grpc.SchedulerStub, timeout_s: float | None) -> None:
+    def __init__(self, stub: pb_grpc.SchedulerStub, timeout_s: float | None,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._responses: Iterator[pb.SlotDecision] = stub.StreamSlots(iter(self._q.get, self._END), timeout=timeout_s)
+        self._responses: Iterator[pb.SlotDecision] = stub.StreamSlots(iter(self._q.get, self._END), timeout=timeout_s,
+                                                                     metadata=metadata or None)
         self._lock = threading.Lock()
 
     def send(self, request: pb.SlotRequest) -> pb.SlotDecision:
@@ -128,13 +132,27 @@ class SlotStream:
 
 
 class SchedulerClient:
-    """Sync client over one insecure channel (``target`` = ``host:port``)."""
+    """Sync client over one channel (``target`` = ``host:port``).
+
+    Plaintext by default. ``tls_ca`` (PEM file trusted for the server's certificate; system
+    roots when only a client certificate is given) and ``tls_cert`` / ``tls_key`` (mTLS) make it
+    a TLS channel; ``token`` is sent as ``authorization: Bearer`` on every call (as call
+    credentials over TLS, as plain metadata otherwise).
+    """
 
     def __init__(self, target: str, *, timeout_s: float | None = 10.0,
-                 max_message_bytes: int = _DEFAULT_MAX_MESSAGE) -> None:
+                 max_message_bytes: int = _DEFAULT_MAX_MESSAGE, token: str | None = None,
+                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target, options=_options(max_message_bytes))
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if tls_ca is not None or tls_cert is not None:
+            creds = grpc_channel_credentials(tls_ca, tls_cert, tls_key, token=token)
+            self.channel = grpc.secure_channel(target, creds, options=_options(max_message_bytes))
+        else:
+            self._metadata = bearer_metadata(token)
+            self.channel = grpc.insecure_channel(target, options=_options(max_message_bytes))
         self.stub = pb_grpc.SchedulerStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
@@ -142,7 +160,7 @@ class SchedulerClient:
 
     def schedule_request(self, request: pb.SlotRequest) -> pb.SlotDecision:
         """Unary ``Schedule``; raises ``grpc.RpcError`` (e.g. INVALID_ARGUMENT) on failure."""
-        return self.stub.Schedule(request, timeout=self.timeout_s)
+        return self.stub.Schedule(request, timeout=self.timeout_s, metadata=self._metadata or None)
 
     def schedule(self, state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
                  deadline_ms: float | None = None, include_rate: bool = True) -> pb.SlotDecision:
@@ -150,7 +168,7 @@ class SchedulerClient:
                                                      deadline_ms=deadline_ms, include_rate=include_rate))
 
     def stream(self, timeout_s: float | None = None) -> SlotStream:
-        return SlotStream(self.stub, timeout_s)
+        return SlotStream(self.stub, timeout_s, self._metadata)
 
     def close(self) -> None:
         self.channel.close()
