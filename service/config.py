@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     auth_token_file: str | None = Field(
         None, description="file holding the bearer token (first line); alternative to auth_token")
     admin_enabled: bool = Field(False, description="serve the admin endpoints (POST /admin/reload); off by default")
+    model_watch_s: float = Field(
+        0.0, description="every this many seconds, swap in any newer model of the loaded model-backed policies "
+                         "(the student's hot reload); how every worker of --workers N and every replica on a "
+                         "shared model volume follows a new `latest`; 0 = off")
     grpc_tls_cert: str | None = Field(None, description="PEM server certificate (chain): gRPC over TLS")
     grpc_tls_key: str | None = Field(None, description="PEM private key of grpc_tls_cert")
     grpc_tls_client_ca: str | None = Field(

@@ -9,10 +9,11 @@ copies (by slot) wins when the store answers again.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.config import Settings
 from service.errors import StateStoreError
@@ -20,6 +21,8 @@ from service.history import CellHistory, apply_feedback, record_decision
 from service.pipeline import PolicySet, decide
 from service.state.base import StateStore, open_store
 from service.types import Decision, SlotState
+
+log = logging.getLogger("gnbsched.core")
 
 
 class Observer(Protocol):
@@ -56,6 +59,8 @@ class ServiceCore:
         self.degraded = False
         self.store_errors = 0
         self.started = time.time()
+        self._watch_stop = threading.Event()
+        self._watch: threading.Thread | None = None
 
     # -- state ---------------------------------------------------------------------------
     def _load(self, cell_id: str) -> CellHistory:
@@ -122,5 +127,42 @@ class ServiceCore:
         for name in self.settings.preload_policies:
             self.policies.get(name)
 
+    # -- models ---------------------------------------------------------------------------
+    def refresh_models(self) -> dict[str, dict[str, str]]:
+        """One pass of the model watch: every loaded policy with a ``refresh()`` (the student)
+        swaps in the newest valid model on disk. Returns {policy: {preset: new version, or
+        ``<preset>:error``: why the new file was refused}} for the policies that changed."""
+        changed: dict[str, dict[str, str]] = {}
+        for name, policy in self.policies.loaded().items():
+            refresh: Any = getattr(policy, "refresh", None)
+            if callable(refresh):
+                out = refresh()
+                if out:
+                    changed[name] = dict(out)
+        return changed
+
+    def start_model_watch(self) -> None:
+        """Run ``refresh_models`` every ``settings.model_watch_s`` seconds in a daemon thread until
+        ``close()`` (no-op when 0 or already running). Swaps and refusals are logged."""
+        interval = self.settings.model_watch_s
+        if interval <= 0 or self._watch is not None:
+            return
+
+        def watch() -> None:
+            while not self._watch_stop.wait(interval):
+                try:
+                    changed = self.refresh_models()
+                except Exception:  # a watch pass never takes the service down
+                    log.exception("model watch: refresh failed")
+                    continue
+                for name, versions in changed.items():
+                    log.warning("model watch: %s -> %s", name, versions)
+
+        self._watch = threading.Thread(target=watch, name="gnbsched-model-watch", daemon=True)
+        self._watch.start()
+
     def close(self) -> None:
+        self._watch_stop.set()
+        if self._watch is not None:
+            self._watch.join(timeout=5)
         self.store.close()

@@ -36,6 +36,7 @@ _FLAG_FIELDS = {
     "max_users": "max_users", "max_resources": "max_resources", "max_body_bytes": "max_body_bytes",
     "preload": "preload_policies", "auth_token_file": "auth_token_file", "admin": "admin_enabled",
     "grpc_tls_cert": "grpc_tls_cert", "grpc_tls_key": "grpc_tls_key", "grpc_tls_client_ca": "grpc_tls_client_ca",
+    "model_watch_s": "model_watch_s",
 }
 
 
@@ -59,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--seed", type=int, help="seed of the per-(cell, slot) generators (default 0)")
     d.add_argument("--ewma-slots", type=float, help="PF averaging window in slots (default 100)")
     d.add_argument("--preload", type=_csv, help="comma-separated policies loaded before ready")
+    d.add_argument("--model-watch-s", type=float,
+                   help="swap in newer models (student `latest`) every this many seconds, in every worker (default 0: off)")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-users", type=int, help="largest N accepted (default 4096)")
     lim.add_argument("--max-resources", type=int, help="largest R accepted (default 4096)")
@@ -113,6 +116,7 @@ async def _serve_grpc_only(settings) -> int:
         return 2
     core = build_core(settings)
     await asyncio.to_thread(core.preload)
+    core.start_model_watch()
     server = await start_grpc_server(core, settings.host, settings.grpc_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

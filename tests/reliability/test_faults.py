@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from testkit import wait_until
 
 from service.api.grpc.client import SchedulerClient, owner_tokens
 from service.config import Settings
@@ -288,6 +289,44 @@ def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(se
     assert {(pol, fb) for _, pol, _, fb in seen} == {("student", None)}
     assert {ver for _, _, ver, _ in seen} <= {"v1", "v9"}
     assert "Traceback" not in svc.output()
+
+
+def test_every_worker_follows_a_new_latest_with_the_model_watch(service, tmp_path: Path) -> None:
+    """``serve --workers 2 --model-watch-s``: pointing ``latest`` at a new version swaps it in
+    every worker (``POST /admin/reload`` reaches one); a corrupt ``latest`` is refused by every
+    worker, which keeps serving the model it had."""
+    models = tmp_path / "models"
+    write_student(models, "mac", "v1")
+    (models / "student-mac" / "latest").write_text("v1\n")
+    svc = service("--grpc-port", "0", "--workers", "2", "--state-url", "memory://", "--preload", "student",
+                  "--policy-mac", "student", "--model-watch-s", "0.2",
+                  env={"GNBSCHED_MODEL_DIR": str(models)}).wait_ready()
+
+    def versions(k: int) -> set[str]:
+        """The model version of ``k`` decisions, each on a new connection (spread over the workers)."""
+        out = set()
+        for i in range(k):
+            with httpx.Client(base_url=svc.url, timeout=10) as c:
+                ans = c.post("/schedule", content=orjson.dumps(mac_body(f"watch-{i}", 0, n=6, r=5))).json()
+                assert ans["policy"] == "student" and ans["fallback"] is None, ans
+                out.add(ans["notes"]["model_version"])
+        return out
+
+    pids = set()
+    for _ in range(40):  # both workers answer (the kernel spreads new connections over them)
+        with httpx.Client(base_url=svc.url, timeout=10) as c:
+            pids.add(c.get("/healthz").json()["pid"])
+    assert len(pids) == 2, pids
+    assert versions(10) == {"v1"}
+    write_student(models, "mac", "v2-corrupt", onnx_bytes=student_onnx_bytes(scale=-1.0), sha256="0" * 64)
+    (models / "student-mac" / "latest").write_text("v2-corrupt\n")
+    time.sleep(1.0)
+    assert versions(10) == {"v1"}
+    write_student(models, "mac", "v3", onnx_bytes=student_onnx_bytes(scale=-1.0))
+    (models / "student-mac" / "latest").write_text("v3\n")
+    wait_until(lambda: versions(10) == {"v3"}, 20, "every worker serving v3")
+    assert versions(30) == {"v3"}
+    assert "model watch" in svc.output() and "Traceback" not in svc.output()
 
 
 # ----------------------------------------------------------------------------- gRPC streams

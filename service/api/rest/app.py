@@ -314,6 +314,7 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
             status["preload_error"] = f"{type(exc).__name__}: {exc}"
             log.error("policy preload failed: %s", status["preload_error"])
         handler.refresh_known()
+        core.start_model_watch()
         metrics.policies_loaded((n, p.version) for n, p in core.policies.loaded().items())
         metrics.set_store_up(await run_in_threadpool(core.store.ping))
         grpc_server = None
