@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         0.0, description="every this many seconds, swap in any newer model of the loaded model-backed policies "
                          "(the student's hot reload); how every worker of --workers N and every replica on a "
                          "shared model volume follows a new `latest`; 0 = off")
+    rest_tls_cert: str | None = Field(None, description="PEM server certificate (chain): REST over TLS (https)")
+    rest_tls_key: str | None = Field(None, description="PEM private key of rest_tls_cert")
+    rest_tls_client_ca: str | None = Field(
+        None, description="PEM CA bundle: REST requires client certificates signed by it (mTLS; probes need one too)")
     grpc_tls_cert: str | None = Field(None, description="PEM server certificate (chain): gRPC over TLS")
     grpc_tls_key: str | None = Field(None, description="PEM private key of grpc_tls_cert")
     grpc_tls_client_ca: str | None = Field(

@@ -1,4 +1,4 @@
-"""Access control of the service: an optional bearer token (REST and gRPC) and gRPC TLS / mTLS.
+"""Access control of the service: an optional bearer token (REST and gRPC) and TLS / mTLS on both.
 
 * **Bearer token** (``Settings.auth_token`` or ``auth_token_file``): when set, the scheduling
   endpoints (REST ``POST /schedule``, gRPC ``gnbsched.v1.Scheduler/*``), the policy metadata
@@ -8,9 +8,10 @@
   probes and scrapers need no secret. The comparison is constant-time (``hmac.compare_digest``).
 * **Admin endpoints** are served only with ``admin_enabled``; enabling them without a token is
   refused unless the service binds a loopback address (``check_access``).
-* **gRPC TLS** (``grpc_tls_cert`` + ``grpc_tls_key``) and **mTLS** (``grpc_tls_client_ca``: the
-  client must present a certificate signed by that CA). The REST transport has no TLS of its
-  own: terminate TLS in front of it (ingress, sidecar) when the token crosses a network.
+* **TLS** per transport: ``grpc_tls_cert`` + ``grpc_tls_key`` (gRPC), ``rest_tls_cert`` +
+  ``rest_tls_key`` (REST on uvicorn, https), and **mTLS** with ``*_tls_client_ca`` (the client
+  must present a certificate signed by that CA; on REST that includes the probes). Use TLS, here
+  or in front of the service (ingress, sidecar), whenever the token crosses a network.
 
 Pure helpers (no I/O besides reading the configured files); the transports map failures to
 401 / ``UNAUTHENTICATED``. ``grpc`` is imported lazily so REST-only processes do not load it.
@@ -87,22 +88,36 @@ def check_access(settings: Any) -> str | None:
     """Validate the access settings; return the token (None = open). Raises ``AccessConfigError``.
 
     Rules: the token (if any) loads; admin endpoints without a token only on a loopback bind;
-    ``grpc_tls_cert`` and ``grpc_tls_key`` together; ``grpc_tls_client_ca`` only with them;
-    every configured file is readable.
+    per transport (``rest_``, ``grpc_``): ``tls_cert`` and ``tls_key`` together, ``tls_client_ca``
+    only with them; every configured file is readable.
     """
     token = load_token(settings)
     if getattr(settings, "admin_enabled", False) and token is None and not is_loopback(settings.host):
         raise AccessConfigError(f"admin_enabled on a non-loopback address ({settings.host}) needs auth_token "
                                 "or auth_token_file: the admin endpoints swap models")
-    cert, key, ca = (getattr(settings, f, None) for f in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"))
-    if bool(cert) != bool(key):
-        raise AccessConfigError("grpc_tls_cert and grpc_tls_key must be set together")
-    if ca and not cert:
-        raise AccessConfigError("grpc_tls_client_ca (mTLS) needs grpc_tls_cert and grpc_tls_key")
-    for name, path in (("grpc_tls_cert", cert), ("grpc_tls_key", key), ("grpc_tls_client_ca", ca)):
-        if path and not Path(path).is_file():
-            raise AccessConfigError(f"{name}: {path} is not a readable file")
+    for prefix in ("rest_", "grpc_"):
+        cert, key, ca = (getattr(settings, prefix + f, None) for f in ("tls_cert", "tls_key", "tls_client_ca"))
+        if bool(cert) != bool(key):
+            raise AccessConfigError(f"{prefix}tls_cert and {prefix}tls_key must be set together")
+        if ca and not cert:
+            raise AccessConfigError(f"{prefix}tls_client_ca (mTLS) needs {prefix}tls_cert and {prefix}tls_key")
+        for name, path in ((prefix + "tls_cert", cert), (prefix + "tls_key", key), (prefix + "tls_client_ca", ca)):
+            if path and not Path(path).is_file():
+                raise AccessConfigError(f"{name}: {path} is not a readable file")
     return token
+
+
+def rest_tls_options(settings: Any) -> dict[str, Any]:
+    """uvicorn ``Config`` options for REST over TLS (mTLS with ``rest_tls_client_ca``); {} = plaintext."""
+    cert = getattr(settings, "rest_tls_cert", None)
+    if not cert:
+        return {}
+    import ssl
+
+    opts: dict[str, Any] = {"ssl_certfile": cert, "ssl_keyfile": settings.rest_tls_key}
+    if getattr(settings, "rest_tls_client_ca", None):
+        opts.update(ssl_ca_certs=settings.rest_tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return opts
 
 
 class BearerAuth:

@@ -36,7 +36,8 @@ _FLAG_FIELDS = {
     "max_users": "max_users", "max_resources": "max_resources", "max_body_bytes": "max_body_bytes",
     "preload": "preload_policies", "auth_token_file": "auth_token_file", "admin": "admin_enabled",
     "grpc_tls_cert": "grpc_tls_cert", "grpc_tls_key": "grpc_tls_key", "grpc_tls_client_ca": "grpc_tls_client_ca",
-    "model_watch_s": "model_watch_s",
+    "model_watch_s": "model_watch_s", "rest_tls_cert": "rest_tls_cert", "rest_tls_key": "rest_tls_key",
+    "rest_tls_client_ca": "rest_tls_client_ca",
 }
 
 
@@ -71,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                "/v1/policies, admin and gRPC Scheduler calls (or GNBSCHED_AUTH_TOKEN)")
     acc.add_argument("--admin", action="store_true", default=None,
                      help="serve the admin endpoints (POST /admin/reload); needs a token unless bound to loopback")
+    acc.add_argument("--rest-tls-cert", help="PEM certificate chain: serve REST over TLS (https)")
+    acc.add_argument("--rest-tls-key", help="PEM private key of --rest-tls-cert")
+    acc.add_argument("--rest-tls-client-ca", help="PEM CA bundle: REST requires client certificates signed by it (mTLS)")
     acc.add_argument("--grpc-tls-cert", help="PEM certificate chain: serve gRPC over TLS")
     acc.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
     acc.add_argument("--grpc-tls-client-ca", help="PEM CA bundle: require client certificates signed by it (mTLS)")
@@ -172,8 +176,11 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from service.security import rest_tls_options
+
     common = dict(host=settings.host, port=settings.rest_port, log_level=args.log_level,
-                  access_log=bool(args.access_log), lifespan="on", timeout_graceful_shutdown=10)
+                  access_log=bool(args.access_log), lifespan="on", timeout_graceful_shutdown=10,
+                  **rest_tls_options(settings))
     if settings.workers <= 1:
         from service.api.rest.app import build_core, create_app
 

@@ -85,10 +85,14 @@ class Service:
     never leak into a test).
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = False, rest: bool = True) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = False, rest: bool = True,
+                 rest_verify: Any = None) -> None:
+        """``rest_verify``: an ``ssl.SSLContext`` for a service started with ``--rest-tls-cert``
+        (then ``url`` is https and readiness is polled with that context)."""
         self.rest_port = free_port() if rest else 0
         self.grpc_port = free_port() if grpc else 0
-        self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.verify = rest_verify if rest_verify is not None else True
+        self.url = f"{'https' if rest_verify is not None else 'http'}://127.0.0.1:{self.rest_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.argv = [PYTHON, "-m", "service.cli", "serve", "--rest-port", str(self.rest_port),
                      "--grpc-port", str(self.grpc_port), "--log-level", "warning", *args]
@@ -111,7 +115,7 @@ class Service:
             if self.proc.poll() is not None:
                 return True
             try:
-                return httpx.get(self.url + path, timeout=1).status_code == 200
+                return httpx.get(self.url + path, timeout=1, verify=self.verify).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -523,3 +523,52 @@ def test_simulate_trusts_the_given_ca_for_an_https_front(uvicorn_server, pki, tm
         simulate("inproc", **kw), nan_ok=True)
     with pytest.raises(TargetError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         simulate(front.url, **{**kw, "cell_id": "https-untrusted"})
+
+
+def test_rest_over_tls_and_mutual_tls(service, pki, token_file: Path, token: str) -> None:
+    """``--rest-tls-cert/--rest-tls-key``: https with the CA, the token still required; plaintext
+    http gets no answer; ``--rest-tls-client-ca`` adds mTLS: no certificate, or one from another
+    CA, fails the handshake, the right one gets decisions. ``gnbsched simulate`` over https
+    reproduces the in-process KPIs."""
+    import ssl
+
+    from service.api.simulate import Access, simulate
+
+    def ctx(cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+        c = ssl.create_default_context(cafile=str(pki.ca_cert))
+        if cert is not None:
+            c.load_cert_chain(str(cert), str(key))
+        return c
+
+    tls = ("--rest-tls-cert", str(pki.server_cert), "--rest-tls-key", str(pki.server_key))
+    svc = service("--grpc-port", "0", "--auth-token-file", str(token_file), *tls, rest_verify=ctx()).wait_ready()
+    body = orjson.dumps(spectrum_body("tls", 0))
+    with httpx.Client(base_url=svc.url, verify=ctx()) as c:
+        assert c.post("/schedule", content=body).status_code == 401
+        r = c.post("/schedule", content=body, headers=_auth(token))
+        assert r.status_code == 200 and r.json()["policy"] == DEFAULT_SPECTRUM and r.json()["fallback"] is None
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(svc.url.replace("https://", "http://") + "/schedule", content=body, headers=_auth(token), timeout=3)
+    with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        httpx.get(svc.url + "/healthz")  # the system roots do not know the test CA
+    kw = {"preset": "mac", "scenario": "fixed-5", "slots": 20, "seed": 6}
+    got = simulate(svc.url, access=Access(token=token, tls_ca=str(pki.ca_cert)), cell_id="tls-sim", **kw)
+    assert got == pytest.approx(simulate("inproc", cell_id="tls-sim", **kw), nan_ok=True)
+
+    mtls = service("--grpc-port", "0", *tls, "--rest-tls-client-ca", str(pki.ca_cert),
+                   rest_verify=ctx(pki.client_cert, pki.client_key)).wait_ready()
+    for bad in (ctx(), ctx(pki.rogue_cert, pki.rogue_key)):
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(mtls.url + "/schedule", content=body, verify=bad, timeout=3)
+    r = httpx.post(mtls.url + "/schedule", content=body, verify=ctx(pki.client_cert, pki.client_key), timeout=10)
+    assert r.status_code == 200 and r.json()["policy"] == DEFAULT_SPECTRUM and r.json()["fallback"] is None
+
+
+def test_rest_tls_settings_are_checked(tmp_path: Path, pki) -> None:
+    with pytest.raises(AccessConfigError, match="rest_tls_cert and rest_tls_key"):
+        check_access(Settings(rest_tls_cert=str(pki.server_cert)))
+    with pytest.raises(AccessConfigError, match="rest_tls_client_ca"):
+        check_access(Settings(rest_tls_client_ca=str(pki.ca_cert)))
+    with pytest.raises(AccessConfigError, match="not a readable file"):
+        check_access(Settings(rest_tls_cert=str(tmp_path / "missing.pem"), rest_tls_key=str(pki.server_key)))
+    assert check_access(Settings(rest_tls_cert=str(pki.server_cert), rest_tls_key=str(pki.server_key))) is None
