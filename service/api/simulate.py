@@ -18,8 +18,9 @@ empty; random-draw policies also seed by cell id, so compare such runs with one 
 
 A service started with a bearer token (``--auth-token-file``) wants ``--token-file``; gRPC TLS
 wants ``--tls-ca`` (the CA of the server's certificate) and, for mTLS, ``--tls-cert`` /
-``--tls-key``. For an ``https://`` target (TLS terminated in front of the REST API) ``--tls-ca``
-is the CA to trust and ``--tls-cert`` / ``--tls-key`` a client certificate, if the front wants one.
+``--tls-key``. For an ``https://`` target (``serve --rest-tls-cert``, or TLS terminated in front
+of the REST API) ``--tls-ca`` is the CA to trust and ``--tls-cert`` / ``--tls-key`` the client
+certificate, if the server wants one.
 """
 
 from __future__ import annotations
