@@ -52,7 +52,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.assign import greedy_fill
 from service.errors import DeadlineExceededError, PolicyError, TeacherUnavailableError
-from service.pag.checks import UNPARSABLE, check, parse_text
+from service.pag.checks import UNPARSABLE, CheckResult, check
 from service.pag.repair import repair
 from service.policies.base import Policy, PolicyContext, register
 from service.serialize.prompt import Prompt, PromptOptions, serialize_prompt
@@ -302,12 +302,13 @@ class Teacher(Policy):
                     self.stats["cache_hits"] += 1
             if hit is not None:
                 ctx.info["teacher_cache"] = "hit"
-                return self._fill(state, hit, ctx) if cfg.fill_unused else hit
+                return self._fill(state, hit, check(state, hit), ctx) if cfg.fill_unused else hit
         text = self._complete(prompt, ctx)
-        if cfg.fallback_on_unparsable:
-            _, _, violations = parse_text(state, text)
-            if violations and violations[0].kind == UNPARSABLE:
-                raise TeacherAnswerError(f"teacher answer is not JSON ({violations[0].message}): {text[:120]!r}")
+        # one parse of the answer serves the unparsable test and the completion
+        result = check(state, text) if cfg.fallback_on_unparsable or cfg.fill_unused else None
+        if cfg.fallback_on_unparsable and result is not None and result.violations \
+                and result.violations[0].kind == UNPARSABLE:
+            raise TeacherAnswerError(f"teacher answer is not JSON ({result.violations[0].message}): {text[:120]!r}")
         if cfg.cache_size > 0:
             with self._cache_lock:
                 self._cache[prompt.key] = text
@@ -315,19 +316,19 @@ class Teacher(Policy):
                     self._cache.popitem(last=False)
         if cfg.record_path:
             self._record(state, prompt, text)
-        return self._fill(state, text, ctx) if cfg.fill_unused else text
+        return self._fill(state, text, result, ctx) if result is not None and cfg.fill_unused else text
 
     @staticmethod
-    def _fill(state: SlotState, text: str, ctx: PolicyContext) -> str | np.ndarray:
-        """The answer completed on the resources it leaves unused, if it is PAG-valid (module doc)."""
-        result = check(state, text)
+    def _fill(state: SlotState, text: str, result: CheckResult, ctx: PolicyContext) -> str | np.ndarray:
+        """A PAG-valid answer (``text``, checked as ``result``) as its DCM, completed on the resources
+        it leaves unused (module doc); any other answer as the text itself, for the pipeline to
+        check and repair."""
         if not result.valid or result.dcm is None:
             return text
         owner = greedy_fill(state, state.utility, result.dcm)
         added = int(np.count_nonzero(owner != result.dcm))
-        if added == 0:
-            return text
-        ctx.info["teacher_filled"] = added
+        if added:
+            ctx.info["teacher_filled"] = added
         return owner
 
     def _complete(self, prompt: Prompt, ctx: PolicyContext) -> str:
