@@ -108,17 +108,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def rejection(preset: str, final: dict[str, float], best_score: float, guard_prev: float) -> str | None:
+def rejection(preset: str, final: dict[str, float], previous: dict[str, float]) -> str | None:
     """Why a fine-tuning stage with held-out metrics ``final`` is not kept over the previous stage
-    (selection metric ``best_score``, guard metric ``guard_prev``), or None when it is kept."""
-    score = final.get(SELECTION_METRIC[preset], float("-inf"))
-    if score < best_score:
-        return f"{SELECTION_METRIC[preset]} {score:.4f} < {best_score:.4f}"
+    (held-out metrics ``previous``), or None when it is kept."""
+    name = SELECTION_METRIC[preset]
+    score, best = final.get(name, float("-inf")), previous.get(name, float("-inf"))
+    if score < best:
+        return f"{name} {score:.4f} < {best:.4f}"
     if preset in GUARD_METRIC:
         name, floor = GUARD_METRIC[preset]
-        guard = final.get(name, float("-inf"))
-        if guard < min(floor, guard_prev):
-            return f"{name} {guard:.4f} < min({floor}, {guard_prev:.4f})"
+        guard, before = final.get(name, float("-inf")), previous.get(name, float("-inf"))
+        if guard < min(floor, before):
+            return f"{name} {guard:.4f} < min({floor}, {before:.4f})"
     return None
 
 
@@ -130,8 +131,7 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
 
     t0 = time.perf_counter()
     prev: Path | None = None
-    best_score = guard_prev = float("-inf")
-    guard_name = GUARD_METRIC.get(preset, ("", 0.0))[0]
+    kept_final: dict[str, float] = {}  # held-out metrics of the stage kept so far
     for i, (stage, overrides) in enumerate(RECIPES[preset]):
         module_name, args_cls = SCRIPTS[stage]
         module = importlib.import_module(module_name)
@@ -144,9 +144,7 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
         stage_args = args_cls(**{k: v for k, v in values.items() if k in fields})
         ckpt = module.main(stage_args, Logger(out, f"{preset}/{stage}"))
         final = ckpt.stages[-1]["final"]
-        score = final.get(SELECTION_METRIC[preset], float("-inf"))
-        guard = final.get(guard_name, float("inf")) if guard_name else float("inf")
-        worse = None if prev is None else rejection(preset, final, best_score, guard_prev)
+        worse = None if prev is None else rejection(preset, final, kept_final)
         if prev is not None and worse is not None:
             # the fine-tuned model is worse on the held-out evaluation: keep the previous one and say so
             kept = Checkpoint.load(prev)
@@ -154,7 +152,7 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
             kept.save(prev)
             print(f"[{preset}] {stage}: {worse}; keeping {prev}", file=sys.stderr)
             continue
-        prev, best_score, guard_prev = out, score, guard
+        prev, kept_final = out, final
     assert prev is not None
     target = export.main(ExportArgs(checkpoint=str(prev), models_dir=models_dir, version=version, command=command))
     if bench:

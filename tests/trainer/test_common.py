@@ -89,10 +89,13 @@ def test_a_fine_tuning_stage_is_kept_only_if_it_improves_without_breaking_fairne
     from trainer.cli import rejection
 
     # mac: the mean utility ratio must not drop, and Jain must stay >= min(0.95, the previous stage's)
-    assert rejection("mac", {"eval/utility_ratio_mean": 1.08, "eval/jain_mean": 0.97}, 1.07, 0.98) is None
-    assert "utility_ratio_mean" in rejection("mac", {"eval/utility_ratio_mean": 1.06, "eval/jain_mean": 0.99}, 1.07, 0.98)
-    assert "jain_mean" in rejection("mac", {"eval/utility_ratio_mean": 1.09, "eval/jain_mean": 0.94}, 1.07, 0.98)
-    assert rejection("mac", {"eval/utility_ratio_mean": 1.09, "eval/jain_mean": 0.91}, 1.07, 0.90) is None  # below 0.95 before
+    def mac(ratio: float, jain: float) -> dict[str, float]:
+        return {"eval/utility_ratio_mean": ratio, "eval/jain_mean": jain}
+
+    assert rejection("mac", mac(1.08, 0.97), mac(1.07, 0.98)) is None
+    assert "utility_ratio_mean" in rejection("mac", mac(1.06, 0.99), mac(1.07, 0.98))
+    assert "jain_mean" in rejection("mac", mac(1.09, 0.94), mac(1.07, 0.98))
+    assert rejection("mac", mac(1.09, 0.91), mac(1.07, 0.90)) is None  # below 0.95 before
     # spectrum has no guard: the min ratio to KM alone decides
-    assert rejection("spectrum", {"eval/ratio_km_min": 0.995}, 0.992, float("-inf")) is None
-    assert rejection("spectrum", {"eval/ratio_km_min": 0.990}, 0.992, float("-inf")) is not None
+    assert rejection("spectrum", {"eval/ratio_km_min": 0.995}, {"eval/ratio_km_min": 0.992}) is None
+    assert rejection("spectrum", {"eval/ratio_km_min": 0.990}, {"eval/ratio_km_min": 0.992}) is not None
