@@ -35,7 +35,11 @@ class SlotState:
             (UDTS: utility = TBS bits per RBG, several RBGs per user, limited by the buffer).
         user_ids: int64 [N], unique.
         resource_ids: int64 [R], unique.
-        utility: float64 [N, R], >= 0. Spectrum: rate in bit/s; mac: bits per RBG per TTI.
+        utility: float64 [N, R], >= 0, what a user gets from a resource in this slot. Spectrum:
+            rate in bit/s; mac: bits per RBG per slot (TTI), the unit of ``buffer_bits`` and of
+            ``served_bits``. ``make_slot`` derives it from the physical fields, or from a
+            ``rate_bps`` matrix in bit/s (mac: times ``tti_s``); a caller's unitless ``utility``
+            matrix is taken as it is (mac: the buffers are then compared in that unit).
         resource_available: bool [R]; false = primary user present / RBG not in this cell's pool.
         user_eligible: bool [N]; false = the user may own nothing this slot.
         max_resources_per_user: per-user cap (1 in spectrum, R by default in mac).
@@ -150,6 +154,7 @@ def make_slot(
     user_eligible: Sequence[bool] | np.ndarray | None = None,
     max_resources_per_user: int | None = None,
     rate_bps: np.ndarray | Sequence[Sequence[float]] | None = None,
+    utility: np.ndarray | Sequence[Sequence[float]] | None = None,
     rx_power_dbm: Sequence[float] | np.ndarray | None = None,
     fading_gain: np.ndarray | None = None,
     interference_dbm: Sequence[float] | np.ndarray | None = None,
@@ -163,15 +168,20 @@ def make_slot(
 ) -> SlotState:
     """Validate a slot's fields and compute its utility matrix.
 
-    Utility (float64 [N, R]):
-      * ``rate_bps`` when given (a caller-provided rate matrix, rows = users, cols = resources);
+    Utility (float64 [N, R], rows = users, cols = resources), from the first source given:
+      * ``utility``: caller-provided unitless weights (>= 0, finite), used as they are. In mac the
+        buffers (``buffer_bits``) and the per-user bits of ``served_bits`` are compared with it
+        directly, so they should be in the same unit (bits per resource per slot, for a
+        meaningful buffer cap);
+      * ``rate_bps``: caller-provided achievable rates in bit/s. Spectrum: the utility is the
+        rate; mac: ``rate_bps · tti_s``, the bits per RBG per slot;
       * spectrum: Shannon rate from ``rx_power_dbm`` [N], ``bandwidth_hz`` [R], optional
         ``fading_gain`` [N, R] and ``interference_dbm`` [R] (SPEC §2);
       * mac: TBS bits per RBG ``n_RB · 12 · 14 · SE`` from ``spectral_efficiency`` [N] or [N, R]
         (SPEC §3).
 
     Raises ``InvalidSlotError`` naming the field for empty, duplicate, non-finite, negative or
-    wrongly shaped input.
+    wrongly shaped input, and naming ``rate_bps,utility`` when both matrices are given.
     """
     if preset not in PRESETS:
         raise InvalidSlotError("preset", f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
@@ -214,11 +224,24 @@ def make_slot(
     if spectral_efficiency is not None:
         se = _as_2d("users.spectral_efficiency", spectral_efficiency, ((n,), (n, r)))
 
-    if rate_bps is not None:
+    if tti_s <= 0 or not np.isfinite(tti_s):
+        raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")
+    if rate_bps is not None and utility is not None:
+        raise InvalidSlotError("rate_bps,utility", "give either rate_bps (achievable rates, bit/s) or utility "
+                                                   "(unitless weights used as given), not both")
+    if utility is not None:
+        util = _as_2d("utility", utility, ((n, r),))
+    elif rate_bps is not None:
         util = _as_2d("rate_bps", rate_bps, ((n, r),))
+        if preset == "mac":
+            with np.errstate(over="ignore"):
+                util = util * float(tti_s)  # bit/s -> bits per RBG per slot
+            if not np.isfinite(util).all():
+                raise InvalidSlotError("rate_bps", "the bits per slot computed from these values are not finite")
     elif preset == "spectrum":
         if p_rx is None:
-            raise InvalidSlotError("users.rx_power_dbm", "required for the spectrum preset when rate_bps is absent")
+            raise InvalidSlotError("users.rx_power_dbm",
+                                   "required for the spectrum preset when rate_bps and utility are absent")
         fg = None if fading_gain is None else _as_2d("fading_gain", fading_gain, ((n, r),))
         intf = None if interference_dbm is None else _as_1d("resources.interference_dbm", interference_dbm, float, r)
         with np.errstate(over="ignore"):
@@ -228,15 +251,14 @@ def make_slot(
             raise InvalidSlotError("users.rx_power_dbm", "the rate computed from these values is not finite")
     else:
         if se is None:
-            raise InvalidSlotError("users.spectral_efficiency", "required for the mac preset when rate_bps is absent")
+            raise InvalidSlotError("users.spectral_efficiency",
+                                   "required for the mac preset when rate_bps and utility are absent")
         with np.errstate(over="ignore"):
             tbs = phy.tbs_bits(se, rb_per_rbg)
         util = np.broadcast_to(tbs[:, None] if tbs.ndim == 1 else tbs, (n, r)).copy()
         if not np.isfinite(util).all():
             raise InvalidSlotError("users.spectral_efficiency", "the TBS computed from these values is not finite")
 
-    if tti_s <= 0 or not np.isfinite(tti_s):
-        raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")
     return SlotState(preset=preset, user_ids=uids, resource_ids=rids, utility=util,
                      resource_available=avail, user_eligible=elig, max_resources_per_user=cap,
                      bandwidth_hz=bw, buffer_bits=buf, rx_power_dbm=p_rx, spectral_efficiency=se,

@@ -63,6 +63,12 @@ def _spec(**kw):
         ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, -5.0, 6.0]]}, "rate_bps"),
         ({"rate_bps": [[1.0, 2.0, 3.0], [4.0, 5.0]]}, "rate_bps"),
         ({"rate_bps": [["x", 2.0, 3.0], [4.0, 5.0, 6.0]]}, "rate_bps"),
+        ({"utility": RATE}, "rate_bps,utility"),  # both matrices: refused, naming both
+        ({"utility": [[0.0] * 3] * 2, "rx_power_dbm": [-80.0, -90.0]}, "rate_bps,utility"),
+        ({"rate_bps": None, "utility": [[1.0, 2.0], [3.0, 4.0]]}, "utility"),
+        ({"rate_bps": None, "utility": [[1.0, 2.0, 3.0], [4.0, math.nan, 6.0]]}, "utility"),
+        ({"rate_bps": None, "utility": [[1.0, 2.0, 3.0], [4.0, math.inf, 6.0]]}, "utility"),
+        ({"rate_bps": None, "utility": [[1.0, 2.0, 3.0], [4.0, -0.5, 6.0]]}, "utility"),
         ({"rate_bps": None}, "users.rx_power_dbm"),
         ({"rate_bps": None, "rx_power_dbm": [-80.0]}, "users.rx_power_dbm"),
         ({"rate_bps": None, "rx_power_dbm": [-80.0, math.nan]}, "users.rx_power_dbm[1]"),
@@ -194,9 +200,48 @@ def test_mac_utility_is_tbs_per_rbg():
 
 def test_rate_matrix_overrides_physical_fields():
     st = make_slot("spectrum", [1, 2], [5], rate_bps=[[3.0], [4.0]], rx_power_dbm=[-80.0, -70.0])
-    assert st.utility.tolist() == [[3.0], [4.0]]
-    st2 = make_slot("mac", [1], [5, 6], rate_bps=[[10.0, 20.0]])
+    assert st.utility.tolist() == [[3.0], [4.0]]  # spectrum: the rate in bit/s is the utility
+    # mac: rate_bps is bit/s too; the utility is bits per RBG per slot = rate_bps · tti_s
+    st2 = make_slot("mac", [1], [5, 6], rate_bps=[[2.0e4, 4.0e4]], spectral_efficiency=[1.1758])
+    assert st2.tti_s == 0.0005
     assert st2.utility.tolist() == [[10.0, 20.0]]
+
+
+def test_mac_rate_bps_is_bit_per_second_times_the_tti():
+    rate = np.array([[1.6932e6, 0.8664e6, 0.0], [0.3375e6, 1.6932e6, 2.2e6]])  # Mbit/s-scale RBG rates
+    for tti in (0.0005, 0.001, 0.000125):
+        st = make_slot("mac", [1, 2], [0, 1, 2], rate_bps=rate, buffer_bits=[2048.0, 512.0], tti_s=tti)
+        np.testing.assert_array_equal(st.utility, rate * tti)
+        assert st.tti_s == tti
+    st = make_slot("mac", [1, 2], [0, 1, 2], rate_bps=rate, buffer_bits=[2048.0, 512.0])
+    assert st.utility[0, 0] == pytest.approx(846.6)  # ~ one RBG at SE 1.1758 in 0.5 ms
+    # the buffers (bits) bind against bits, not bit/s: user 2 sends its 512 bits on one RBG
+    assert served_bits(st, np.array([1, 2, 2])).tolist() == pytest.approx([846.6, 512.0])
+    # spectrum keeps bit/s whatever the TTI
+    sp = make_slot("spectrum", [1, 2], [0, 1, 2], rate_bps=rate, tti_s=0.001)
+    np.testing.assert_array_equal(sp.utility, rate)
+
+
+@pytest.mark.parametrize("preset", ["spectrum", "mac"])
+def test_utility_matrix_is_used_as_given(preset):
+    weights = [[0.9, 0.0, 3.5], [1e-3, 7.0, 2.0]]
+    physical = {"rx_power_dbm": [-80.0, -70.0]} if preset == "spectrum" else {"spectral_efficiency": [1.1758, 0.6]}
+    for tti in (0.0005, 0.01):
+        st = make_slot(preset, [1, 2], [0, 1, 2], utility=weights, tti_s=tti, **physical)
+        assert st.utility.tolist() == weights  # no unit conversion, no physical recomputation
+        assert st.utility.dtype == np.float64
+    if preset == "mac":  # the buffers compare with the utility as it is
+        st = make_slot("mac", [1, 2], [0, 1, 2], utility=weights, buffer_bits=[1.0, 100.0])
+        assert served_bits(st, np.array([1, 2, 1])).tolist() == [1.0, 7.0]
+
+
+def test_rate_bps_and_utility_together_are_refused_naming_both():
+    for preset in ("spectrum", "mac"):
+        with pytest.raises(InvalidSlotError) as info:
+            make_slot(preset, [1], [0], rate_bps=[[1e6]], utility=[[500.0]], spectral_efficiency=[1.0],
+                      rx_power_dbm=[-80.0])
+        assert info.value.field == "rate_bps,utility"
+        assert "rate_bps" in info.value.message and "utility" in info.value.message
 
 
 # ----------------------------------------------------------------------------- decision views
@@ -214,7 +259,7 @@ def test_views_derived_from_the_dcm_vector():
 
 
 def test_mac_served_bits_are_capped_by_the_buffer():
-    st = make_slot("mac", [1, 2], [0, 1, 2], rate_bps=np.full((2, 3), 100.0), buffer_bits=[150.0, 1000.0])
+    st = make_slot("mac", [1, 2], [0, 1, 2], utility=np.full((2, 3), 100.0), buffer_bits=[150.0, 1000.0])
     owner = np.array([1, 1, 2])
     assert served_bits(st, owner).tolist() == [150.0, 100.0]
     assert slot_utility(st, owner) == 250.0

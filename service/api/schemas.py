@@ -12,13 +12,17 @@ Two halves, on purpose:
   same contract for OpenAPI and carry its examples; they are never built per request.
 
 JSON shapes (N users, R resources):
-  users[i]: ``id`` int, ``rx_power_dbm`` (spectrum), ``spectral_efficiency`` bit/s/Hz, number or
-  [R] list (mac), ``buffer_bits``, ``eligible`` bool, ``fading_gain`` [R] power gains (spectrum).
-  resources[j]: ``id`` int, ``bandwidth_hz``, ``available`` bool, ``interference_dbm``.
+  users[i]: ``id`` int, ``rx_power_dbm`` dBm (spectrum), ``spectral_efficiency`` bit/s/Hz, number
+  or [R] list (mac), ``buffer_bits`` bits, ``eligible`` bool, ``fading_gain`` [R] unitless power
+  gains (spectrum).
+  resources[j]: ``id`` int, ``bandwidth_hz`` Hz, ``available`` bool, ``interference_dbm`` dBm.
   Per entry, ``eligible`` / ``available`` default to true, ``bandwidth_hz`` to the preset's
   default and ``interference_dbm`` to none; the other numeric fields are given for every entry
   or for none.
-  rate_bps: [N][R] (rows in ``users`` order); when present it is the utility.
+  rate_bps: [N][R] bit/s (rows in ``users`` order): achievable rates; the utility is the rate
+  (spectrum) or ``rate_bps · tti_s`` bits per RBG per slot (mac).
+  utility: [N][R] unitless weights, used as the utility as given (mac: compared with
+  ``buffer_bits`` as they are). At most one of ``rate_bps`` and ``utility``.
   feedback: ``{"delivered_bits": {"<user id>": bits}}`` — what the previous slot delivered.
 """
 
@@ -49,7 +53,8 @@ __all__ = [
 ]
 
 TOP_FIELDS = frozenset({"cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s",
-                        "rb_per_rbg", "noise_density_dbm_hz", "users", "resources", "rate_bps", "feedback"})
+                        "rb_per_rbg", "noise_density_dbm_hz", "users", "resources", "rate_bps", "utility",
+                        "feedback"})
 USER_FIELDS = frozenset({"id", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "fading_gain"})
 RESOURCE_FIELDS = frozenset({"id", "bandwidth_hz", "available", "interference_dbm"})
 FEEDBACK_FIELDS = frozenset({"delivered_bits"})
@@ -63,6 +68,9 @@ BANDWIDTH_HZ_MAX = 1e12
 SPECTRAL_EFFICIENCY_MAX = 64.0  # bit/s/Hz; 256-QAM tables top out near 7.4
 GAIN_MAX = 1e12
 BITS_MAX = 1e18
+#: largest rate_bps element (bit/s) and utility element (unitless) accepted
+RATE_BPS_MAX = 1e18
+UTILITY_MAX = 1e18
 
 NOISE_DENSITY_DBM_HZ_RANGE = (-200.0, -100.0)
 #: a channel without ``interference_dbm`` when others have one: 1e-33 W, negligible against the
@@ -363,19 +371,22 @@ def decode_schedule(doc: Any, limits: Limits = Limits(), policies: Collection[st
         fg_col = _column(users, "fading_gain", "users", frozenset({list}), "an array of numbers (one per resource)")
         fading_gain = None if fg_col is None else _matrix(fg_col, "users[{i}].fading_gain", n, r, GAIN_MAX)
     rate = doc.get("rate_bps")
-    rate_bps = None if rate is None else _matrix(rate, "rate_bps[{i}]", n, r, BITS_MAX)
+    rate_bps = None if rate is None else _matrix(rate, "rate_bps[{i}]", n, r, RATE_BPS_MAX)
+    weights = doc.get("utility")
+    utility = None if weights is None else _matrix(weights, "utility[{i}]", n, r, UTILITY_MAX)
 
     feedback = _feedback(doc.get("feedback"), limits.max_users)
 
     state = make_slot(
         preset, user_ids, resource_ids, bandwidth_hz=bandwidth_hz, resource_available=available,
-        user_eligible=eligible, max_resources_per_user=cap, rate_bps=rate_bps, rx_power_dbm=rx_power_dbm,
+        user_eligible=eligible, max_resources_per_user=cap, rate_bps=rate_bps, utility=utility,
+        rx_power_dbm=rx_power_dbm,
         fading_gain=fading_gain, interference_dbm=interference_dbm, spectral_efficiency=spectral_efficiency,
         buffer_bits=buffer_bits, rb_per_rbg=rb_per_rbg, noise_density_dbm_hz=noise_dbm_hz,
         cell_id=cell_id, slot=slot, tti_s=tti_s,
     )
     if not np.isfinite(state.utility).all():  # physical fields in range can still combine badly
-        source = "rate_bps" if rate_bps is not None else (
+        source = "utility" if utility is not None else "rate_bps" if rate_bps is not None else (
             "users.rx_power_dbm" if preset == "spectrum" else "users.spectral_efficiency")
         raise InvalidSlotError(source, "the utility computed from these values is not finite")
     return ScheduleArgs(state, policy, deadline_ms, feedback)
@@ -466,10 +477,34 @@ _RATE_EXAMPLE: dict[str, Any] = {
     "resources": [{"id": 10, "bandwidth_hz": 1e6}, {"id": 20, "bandwidth_hz": 1e6}],
     "rate_bps": [[4.1e6, 2.0e6], [3.9e6, 0.5e6]],
 }
+_MAC_RATE_EXAMPLE: dict[str, Any] = {
+    "cell_id": "cell-4",
+    "slot": 12,
+    "preset": "mac",
+    "policy": "pf",
+    "tti_s": 0.0005,
+    # achievable rate per RBG in bit/s (one RBG = 4 PRBs = 1.44 MHz; SE 1.1758 -> ~1.69 Mbit/s);
+    # the utility is rate_bps * tti_s bits per RBG per slot (~847 bits), compared with buffer_bits
+    "users": [{"id": 1, "buffer_bits": 2048}, {"id": 2, "buffer_bits": 512}],
+    "resources": [{"id": r, "bandwidth_hz": 1.44e6} for r in range(3)],
+    "rate_bps": [[1.69e6, 1.52e6, 1.69e6], [0.87e6, 0.87e6, 0.34e6]],
+}
+_UTILITY_EXAMPLE: dict[str, Any] = {
+    "cell_id": "cell-5",
+    "slot": 3,
+    "preset": "spectrum",
+    "users": [{"id": 1}, {"id": 2}],
+    "resources": [{"id": 10}, {"id": 20}],
+    "utility": [[0.9, 0.2], [0.7, 0.6]],
+}
 REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "spectrum": {"summary": "spectrum access (LSA): channels from received powers", "value": _SPECTRUM_EXAMPLE},
     "mac": {"summary": "uplink RBG scheduling (UDTS) with the previous slot's feedback", "value": _MAC_EXAMPLE},
-    "rate_matrix": {"summary": "caller-provided rate matrix as the utility", "value": _RATE_EXAMPLE},
+    "rate_matrix": {"summary": "caller-provided rate matrix in bit/s as the utility", "value": _RATE_EXAMPLE},
+    "mac_rate_matrix": {"summary": "mac with caller-provided rates in bit/s (utility = rate_bps * tti_s bits)",
+                        "value": _MAC_RATE_EXAMPLE},
+    "utility_matrix": {"summary": "caller-provided unitless utility weights, used as given",
+                       "value": _UTILITY_EXAMPLE},
 }
 
 
@@ -477,27 +512,32 @@ class User(BaseModel):
     """One user (UE) of the slot."""
 
     model_config = ConfigDict(extra="forbid")
-    id: int = Field(description="user id, unique in the slot")
+    id: int = Field(description="user id (integer, unitless), unique in the slot")
     rx_power_dbm: float | None = Field(None, ge=POWER_DBM_RANGE[0], le=POWER_DBM_RANGE[1],
                                        description="received power in dBm (spectrum preset, SPEC §2; every user or none)")
     spectral_efficiency: float | list[float] | None = Field(
-        None, description="bit/s/Hz, one value or one per resource (mac preset, SPEC §3; every user or none)")
-    buffer_bits: float | None = Field(None, ge=0, le=BITS_MAX, description="queued bits; a mac user with 0 owns nothing (every user or none: "
-                                                          "none = full buffers)")
+        None, description="spectral efficiency in bit/s/Hz, one value or one per resource "
+                          "(mac preset, SPEC §3; every user or none)")
+    buffer_bits: float | None = Field(None, ge=0, le=BITS_MAX,
+                                      description="queued data in bits; a mac user with 0 owns nothing (every user or none: "
+                                                  "none = full buffers). With a unitless utility matrix the mac buffer "
+                                                  "cap compares it with the utility as it is")
     eligible: bool | None = Field(None, description="false: the user may own nothing this slot (default true)")
-    fading_gain: list[float] | None = Field(None, description="small-scale power gain per resource (spectrum; every user or none)")
+    fading_gain: list[float] | None = Field(None, description="small-scale power gain per resource, unitless "
+                                                              "(linear; spectrum; every user or none)")
 
 
 class Resource(BaseModel):
     """One resource: a channel (spectrum) or an RBG (mac)."""
 
     model_config = ConfigDict(extra="forbid")
-    id: int = Field(description="resource id, unique in the slot")
+    id: int = Field(description="resource id (integer, unitless), unique in the slot")
     bandwidth_hz: float | None = Field(None, gt=0, le=BANDWIDTH_HZ_MAX,
-                                       description="bandwidth in Hz (default 1 MHz spectrum, one RBG mac)")
+                                       description="bandwidth in Hz (default 1 MHz spectrum; one RBG mac: "
+                                                   "rb_per_rbg x 12 x 30 kHz = 1.44 MHz)")
     available: bool | None = Field(None, description="false: a primary user is present / not in this cell's pool")
     interference_dbm: float | None = Field(None, ge=POWER_DBM_RANGE[0], le=POWER_DBM_RANGE[1],
-                                           description="interference power on this channel (spectrum; default none)")
+                                           description="interference power on this channel in dBm (spectrum; default none)")
 
 
 class Feedback(BaseModel):
@@ -505,7 +545,9 @@ class Feedback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     delivered_bits: dict[str, float] = Field(default_factory=dict,
-                                             description="user id -> bits (spectrum: bit/s) really delivered")
+                                             description="user id -> what was really delivered: bits in the slot "
+                                                         "(mac), rate in bit/s (spectrum); in the utility's unit "
+                                                         "when the request gave a unitless utility matrix")
 
 
 class ScheduleRequest(BaseModel):
@@ -513,19 +555,28 @@ class ScheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_SPECTRUM_EXAMPLE, _MAC_EXAMPLE]})
     cell_id: str = Field(min_length=1, max_length=MAX_CELL_ID_CHARS, description="the cell; keys per-cell state")
-    slot: int = Field(ge=0, le=INT64_MAX, description="slot (TTI) number, increasing per cell")
+    slot: int = Field(ge=0, le=INT64_MAX, description="slot (TTI) number, unitless, increasing per cell")
     preset: Literal["spectrum", "mac"] = Field(description="spectrum (LSA channels) or mac (UDTS RBGs)")
     policy: str | None = Field(None, description="registered policy name; default from settings per preset")
     deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS,
-                                      description="policy deadline; overrun -> the fallback chain serves")
-    max_resources_per_user: int | None = Field(None, ge=1, description="cap per user (1 spectrum, R mac by default)")
-    tti_s: float | None = Field(None, gt=0, le=1, description="TTI length in seconds (mac, default 0.0005)")
-    rb_per_rbg: int | None = Field(None, ge=1, le=275, description="resource blocks per RBG (mac, default 4)")
+                                      description="policy deadline in ms; overrun -> the fallback chain serves")
+    max_resources_per_user: int | None = Field(None, ge=1, description="cap per user, a count of resources, unitless "
+                                                                       "(1 spectrum, R mac by default)")
+    tti_s: float | None = Field(None, gt=0, le=1, description="TTI (slot) length in s (mac, default 0.0005); "
+                                                              "mac utility from rate_bps = rate_bps x tti_s bits")
+    rb_per_rbg: int | None = Field(None, ge=1, le=275, description="resource blocks per RBG, unitless (mac, default 4)")
     noise_density_dbm_hz: float | None = Field(None, ge=NOISE_DENSITY_DBM_HZ_RANGE[0], le=NOISE_DENSITY_DBM_HZ_RANGE[1],
                                                description="noise density N0 in dBm/Hz (spectrum, default -174)")
-    users: list[User] = Field(min_length=1, description="the slot's users; rows of rate_bps in this order")
+    users: list[User] = Field(min_length=1, description="the slot's users; rows of rate_bps / utility in this order")
     resources: list[Resource] = Field(min_length=1, description="the slot's resources; owner is aligned with it")
-    rate_bps: list[list[float]] | None = Field(None, description="N×R utility matrix (users × resources)")
+    rate_bps: list[list[float]] | None = Field(
+        None, description="N×R achievable rates in bit/s (users × resources), each in [0, 1e18]; the utility is the "
+                          "rate (spectrum) or rate_bps x tti_s bits per RBG per slot (mac); the physical fields are "
+                          "then not needed. Not together with utility")
+    utility: list[list[float]] | None = Field(
+        None, description="N×R unitless utility weights (users × resources), each finite and in [0, 1e18], used as "
+                          "the slot's utility as given; in mac buffer_bits (and feedback) are compared with them in "
+                          "the same unit. Not together with rate_bps")
     feedback: Feedback | None = None
 
 
@@ -538,7 +589,7 @@ class ScheduleResponse(BaseModel):
     """The slot's decision (always PAG-valid after repair)."""
 
     cell_id: str
-    slot: int
+    slot: int = Field(description="slot (TTI) number, unitless, echoed from the request")
     owner: list[int | None] = Field(description="per resource (request order): the owning user id or null")
     allocation: dict[str, list[int]] = Field(description="user id -> resource ids")
     policy: str = Field(description="the policy that produced the decision")
@@ -547,8 +598,10 @@ class ScheduleResponse(BaseModel):
     fallback_reason: str | None = Field(description="bounded label: deadline, error, unavailable, ...")
     valid_before_repair: bool = Field(description="the raw policy output passed the PAG checks")
     violations: list[ViolationOut] = Field(description="PAG violations of the raw output (repaired)")
-    utility: float = Field(description="sum-rate (spectrum, bit/s) or scheduled bits (mac)")
-    timings_us: dict[str, float] = Field(description="per stage: serialize, policy, check, repair, total, decode")
+    utility: float = Field(description="objective of the decision: sum-rate in bit/s (spectrum) or scheduled bits "
+                                       "(mac); in the request's unit when it gave a unitless utility matrix")
+    timings_us: dict[str, float] = Field(description="per stage, in µs: serialize, policy, check, repair, total, "
+                                                     "decode")
     notes: dict[str, Any] = Field(description="policy notes (e.g. an anytime policy cut at the deadline)")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{

@@ -8,8 +8,11 @@ The closed loop is ``service.sim.base.run_episode``: each slot's state and the p
 feedback (delivered bits per user id) go to the service, its decision (``owner`` as user ids)
 is turned back into DCM tokens and played by the simulator; the KPIs are printed at the end.
 
-The service sees exactly the simulator's slot: the utility matrix travels as ``rate_bps``
-(fading and interference included) together with the physical fields the state has. With the
+The service sees exactly the simulator's slot: the utility matrix travels (fading and
+interference included) as ``rate_bps`` in spectrum (bit/s) and as the unitless ``utility`` in
+mac (the simulator's bits per RBG per slot, taken as given, so the buffers compare with it
+bit-exactly; ``rate_bps`` is bit/s there and would be multiplied by ``tti_s``), together with
+the physical fields the state has. With the
 same ``--seed``, the same policy and a service on default decision settings (``GNBSCHED_SEED``,
 ``GNBSCHED_EWMA_SLOTS``, no deadline — as the in-process core reads them from the same
 environment), a remote run gives the KPIs of ``--target inproc``. Each run uses its own cell id
@@ -80,7 +83,8 @@ def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
 
 def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
               deadline_ms: float | None = None) -> dict[str, Any]:
-    """The ``POST /schedule`` JSON body of a slot (REST contract of issue 3), utility as ``rate_bps``."""
+    """The ``POST /schedule`` JSON body of a slot (REST contract of issue 3), utility as ``rate_bps``
+    in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)."""
     users: list[dict[str, Any]] = [{"id": u, "eligible": e} for u, e in
                                    zip(state.user_ids.tolist(), state.user_eligible.tolist(), strict=True)]
     columns: list[tuple[str, list]] = []
@@ -99,7 +103,9 @@ def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, 
     body: dict[str, Any] = {
         "cell_id": state.cell_id, "slot": state.slot, "preset": state.preset,
         "max_resources_per_user": state.max_resources_per_user, "tti_s": state.tti_s,
-        "users": users, "resources": resources, "rate_bps": state.utility.tolist(),
+        "users": users, "resources": resources,
+        # mac rate_bps is bit/s (· tti_s): the exact matrix of bits per slot travels as `utility`
+        ("rate_bps" if state.preset == "spectrum" else "utility"): state.utility.tolist(),
     }
     if policy is not None:
         body["policy"] = policy

@@ -431,7 +431,8 @@ def _rest_body(state: SlotState, policy: str) -> dict[str, Any]:
 
     body = rest_body(state, policy=policy)
     if state.preset == "mac" and state.spectral_efficiency is not None:
-        body.pop("rate_bps")
+        body.pop("utility", None)  # the matrix (simulate sends mac utilities as `utility`)
+        body.pop("rate_bps", None)
     return body
 
 

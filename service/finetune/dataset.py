@@ -59,7 +59,12 @@ def _unarr(v: Any, dtype: type) -> np.ndarray | None:
 
 
 def slot_to_dict(state: SlotState) -> dict[str, Any]:
-    """A JSON-able, exact record of ``state`` (the utility matrix included, base64 float64)."""
+    """A JSON-able, exact record of ``state`` (the utility matrix included, base64 float64).
+
+    ``utility`` is the slot's utility matrix itself (spectrum: bit/s; mac: bits per RBG per
+    slot), like the request field ``utility`` that is used as given — never ``rate_bps``, which
+    in mac is bit/s and would be multiplied by ``tti_s`` again — so ``slot_from_dict`` gives the
+    same utility back bit for bit."""
     return {
         "format": SLOT_FORMAT,
         "preset": state.preset, "cell_id": state.cell_id, "slot": state.slot, "tti_s": state.tti_s,

@@ -355,7 +355,7 @@ def default_providers() -> list[str]:
 def _probe_slot(preset: str) -> SlotState:
     """A tiny deterministic slot (3 users, 4 resources, one busy) to smoke-test a session."""
     util = np.array([[3.0, 1.0, 2.0, 0.5], [1.0, 2.5, 0.5, 1.5], [0.2, 0.4, 0.6, 0.8]]) * 1e6
-    return make_slot(preset, [1, 2, 3], [1, 2, 3, 4], rate_bps=util, resource_available=[True, True, False, True],
+    return make_slot(preset, [1, 2, 3], [1, 2, 3, 4], utility=util, resource_available=[True, True, False, True],
                      buffer_bits=[2e6, 1e6, 4e6] if preset == "mac" else None)
 
 

@@ -140,7 +140,7 @@ class Llm4MacEnv(SlotEnv):
         unrec = np.array([u.unreceived() for u in self.ues], dtype=np.float64)
         elig = np.array([u.kind != "legacy" and not u.acked for u in self.ues]) & (unrec > 0)
         buf = np.where([u.kind != "legacy" for u in self.ues], unrec * cfg.dpdu_bits, 0.0)
-        return make_slot("mac", np.arange(1, n + 1), [0], rate_bps=np.full((n, 1), float(cfg.dpdu_bits)),
+        return make_slot("mac", np.arange(1, n + 1), [0], utility=np.full((n, 1), float(cfg.dpdu_bits)),
                          buffer_bits=buf, user_eligible=elig, max_resources_per_user=1,
                          cell_id=cfg.cell_id, slot=self.tti, tti_s=cfg.tti_s)
 

@@ -222,6 +222,18 @@ def _set_rate(rows: int, cols: int, values: list[float]):
     return apply
 
 
+def _set_utility(rows: int, cols: int, values: list[float]):
+    def apply(req: pb.SlotRequest) -> None:
+        req.utility.rows, req.utility.cols = rows, cols
+        req.utility.values[:] = values
+    return apply
+
+
+def _set_both(req: pb.SlotRequest) -> None:
+    _set_rate(7, 10, [1.0e6] * 70)(req)
+    _set_utility(7, 10, [500.0] * 70)(req)
+
+
 def _fading(rows: int, cols: int, values: list[float]):
     def apply(req: pb.SlotRequest) -> None:
         req.fading_gain.rows, req.fading_gain.cols = rows, cols
@@ -259,6 +271,10 @@ def _many_users(n: int):
     (_set_rate(7, 9, [1.0] * 63), "rate_bps"),
     (_set_rate(7, 10, [1.0] * 69), "rate_bps.values"),
     (_set_rate(7, 10, [float("inf")] * 70), "rate_bps[0][0]"),
+    (_set_both, "rate_bps,utility"),
+    (_set_utility(7, 9, [1.0] * 63), "utility"),
+    (_set_utility(7, 10, [1.0] * 69 + [-1.0]), "utility[6][9]"),
+    (_set_utility(7, 10, [float("nan")] * 70), "utility[0][0]"),
     (_set_feedback([100, 101], [1.0]), "feedback.delivered_bits"),
     (_set_feedback([100, 101], [1.0, float("nan")]), "feedback.delivered_bits[1]"),
     (_set_feedback([100, 100], [1.0, 2.0]), "feedback.user_ids[1]"),
@@ -288,6 +304,58 @@ def test_bad_input_is_invalid_argument_naming_the_field(served, edit, field: str
     assert info.value.details().startswith(f"{field}:"), info.value.details()
     # the server keeps serving
     assert len(client.schedule_request(_valid_request()).owner) == 10
+
+
+def test_mac_rate_bps_is_bit_per_second_and_utility_is_used_as_given(served) -> None:
+    """mac over gRPC: ``rate_bps`` (bit/s) → utility ``rate_bps · tti_s`` bits per RBG against
+    buffers in bits; ``utility`` as given; both → INVALID_ARGUMENT naming both, on the unary call
+    and in place on the stream (which goes on)."""
+    _, client = served
+    rate = [0.87e6, 0.87e6, 0.34e6, 1.69e6, 1.52e6, 1.69e6]  # 2 users × 3 RBGs, Mbit/s-scale
+
+    def request(cell: str, *, rate_bps=None, utility=None, tti_s: float = 0.0005) -> pb.SlotRequest:
+        req = pb.SlotRequest(cell_id=cell, slot=0, preset="mac", policy="pf", tti_s=tti_s, user_ids=[1, 2],
+                             buffer_bits=[2048.0, 512.0], resource_ids=[0, 1, 2])
+        for name, values in (("rate_bps", rate_bps), ("utility", utility)):
+            if values is not None:
+                m = getattr(req, name)
+                m.rows, m.cols = 2, 3
+                m.values[:] = values
+        return req
+
+    by_rate = client.schedule_request(request("g-units-rate", rate_bps=rate))
+    assert list(by_rate.owner) == [1, 1, 2]  # 435 / 845 bits per RBG: user 2's 512 bits fit on one
+    assert by_rate.utility == pytest.approx(0.87e6 * 0.0005 * 2 + 512.0)
+    bits = [x * 0.0005 for x in rate]
+    by_utility = client.schedule_request(request("g-units-utility", utility=bits))
+    assert (list(by_utility.owner), by_utility.utility) == (list(by_rate.owner), by_rate.utility)
+    raw = client.schedule_request(request("g-units-raw", utility=rate))  # weights are not converted
+    assert raw.utility == pytest.approx(2048.0 + 512.0)
+    longer = client.schedule_request(request("g-units-tti", rate_bps=rate, tti_s=0.002))
+    assert longer.utility == pytest.approx(2048.0 + 512.0)
+
+    both = request("g-units-both", rate_bps=rate, utility=bits)
+    with pytest.raises(grpc.RpcError) as info:
+        client.schedule_request(both)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details()
+    assert details.startswith("rate_bps,utility:") and "utility" in details.split(":", 1)[1], details
+    answers = list(client.stub.StreamSlots(iter([both, request("g-units-after", rate_bps=rate)]), timeout=10))
+    assert answers[0].error.code == "INVALID_ARGUMENT" and answers[0].error.field == "rate_bps,utility"
+    assert "rate_bps" in answers[0].error.message and len(answers[0].owner) == 0
+    assert list(answers[1].owner) == [1, 1, 2]
+
+
+def test_slot_to_request_carries_the_mac_utility_exactly() -> None:
+    """The simulators' mac utility (bits per slot) travels as ``utility``, spectrum's as ``rate_bps``
+    (bit/s): decoding gives the very same matrix back (no · tti_s / tti_s round trip)."""
+    rng = np.random.default_rng(11)
+    for state in (_mac_slot(rng, "rt-mac", 0), _spectrum_slot(rng, "rt-spectrum", 0)):
+        req = slot_to_request(state)
+        assert req.HasField("utility") == (state.preset == "mac")
+        assert req.HasField("rate_bps") == (state.preset == "spectrum")
+        back = request_to_slot(req, max_users=64, max_resources=64).state
+        np.testing.assert_array_equal(back.utility, state.utility)
 
 
 def test_mac_without_physical_fields_names_spectral_efficiency(served) -> None:
@@ -431,9 +499,10 @@ def _rest_body(req: pb.SlotRequest) -> dict:
     for name in ("policy", "deadline_ms", "max_resources_per_user", "tti_s"):
         if req.HasField(name):
             body[name] = getattr(req, name)
-    if req.HasField("rate_bps"):
-        vals = list(req.rate_bps.values)
-        body["rate_bps"] = [vals[i * r:(i + 1) * r] for i in range(n)]
+    for name in ("rate_bps", "utility"):
+        if req.HasField(name):
+            vals = list(getattr(req, name).values)
+            body[name] = [vals[i * r:(i + 1) * r] for i in range(n)]
     if req.HasField("feedback"):
         body["feedback"] = {"delivered_bits": {str(u): b for u, b in zip(req.feedback.user_ids,
                                                                           req.feedback.delivered_bits, strict=True)}}

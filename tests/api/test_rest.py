@@ -203,6 +203,35 @@ def test_rate_matrix_is_the_utility(client) -> None:
     assert body["utility"] == pytest.approx(4.0e6 + 2.5e6)
 
 
+def test_mac_rate_bps_is_bit_per_second_and_utility_is_used_as_given(client) -> None:
+    """mac over REST: ``rate_bps`` in bit/s becomes ``rate_bps · tti_s`` bits per RBG, compared
+    with the buffers in bits; ``utility`` is taken as it is; both together are refused."""
+    users = [{"id": 1, "buffer_bits": 2048.0}, {"id": 2, "buffer_bits": 512.0}]
+    resources = [{"id": 0}, {"id": 1}, {"id": 2}]
+    rate = [[0.87e6, 0.87e6, 0.34e6], [1.69e6, 1.52e6, 1.69e6]]  # Mbit/s-scale RBG rates
+    base = {"slot": 0, "preset": "mac", "policy": "pf", "tti_s": 0.0005, "users": users, "resources": resources}
+    by_rate = post(client, {**base, "cell_id": "units-rate", "rate_bps": rate}).json()
+    # 435/845 bits per RBG: user 2's 512 bits fit on one RBG, user 1 takes the other two
+    assert by_rate["owner"] == [1, 1, 2], by_rate
+    assert by_rate["utility"] == pytest.approx(0.87e6 * 0.0005 * 2 + 512.0)
+    bits = (np.array(rate) * 0.0005).tolist()
+    by_utility = post(client, {**base, "cell_id": "units-utility", "utility": bits}).json()
+    assert (by_utility["owner"], by_utility["utility"]) == (by_rate["owner"], by_rate["utility"])
+    # a longer TTI carries more bits per RBG: user 1's 2048 bits fit in two RBGs of 1740 bits
+    longer = post(client, {**base, "cell_id": "units-tti", "tti_s": 0.002, "rate_bps": rate}).json()
+    assert longer["utility"] == pytest.approx(2048.0 + 512.0)
+    # the weights are not converted: 1000× the bits per slot, against the same buffers in bits,
+    # means every RBG exceeds every buffer (what the old mac reading of rate_bps amounted to)
+    raw = post(client, {**base, "cell_id": "units-raw", "utility": rate}).json()
+    assert raw["utility"] == pytest.approx(2048.0 + 512.0)
+    assert sorted(u for u in raw["owner"] if u is not None) == [1, 2]  # one RBG each is enough
+    both = post(client, {**base, "cell_id": "units-both", "rate_bps": rate, "utility": bits})
+    assert both.status_code == 422
+    err = both.json()
+    assert err["error"] == "invalid_request" and err["field"] == "rate_bps,utility"
+    assert "rate_bps" in err["message"] and "utility" in err["message"]
+
+
 def test_default_policy_per_preset_and_fallback_is_reported(client) -> None:
     defaults = Settings(**LIMITS)  # the configured per-preset defaults serve, without falling back
     for preset, body in (("spectrum", post(client, spectrum_doc("default-s")).json()),
@@ -361,6 +390,12 @@ REJECTIONS: list[tuple[str, Any, int, str]] = [
     ("rate_bps negative", _rate([[1e6, -1.0, *[1e6] * 8], *GOOD_RATE[1:]]), 422, "rate_bps[0][1]"),
     ("rate_bps boolean", _rate([GOOD_RATE[0], [True, *[1e6] * 9], *GOOD_RATE[2:]]), 422, "rate_bps[1][0]"),
     ("rate_bps string", _rate([*GOOD_RATE[:6], [*[1e6] * 9, "1e6"]]), 422, "rate_bps[6][9]"),
+    ("rate_bps and utility", lambda d: {**_rate(GOOD_RATE)(d), "utility": [[1.0] * 10] * 7}, 422, "rate_bps,utility"),
+    ("mac rate_bps and utility", _mac(lambda d: {**d, "rate_bps": [[1.7e6] * 6] * 8, "utility": [[850.0] * 6] * 8}),
+     422, "rate_bps,utility"),
+    ("utility missing a row", lambda d: {**d, "utility": [[1.0] * 10] * 6}, 422, "utility"),
+    ("utility negative", lambda d: {**d, "utility": [[1.0] * 10] * 6 + [[1.0] * 9 + [-0.5]]}, 422, "utility[6][9]"),
+    ("utility string", lambda d: {**d, "utility": [["1"] + [1.0] * 9] + [[1.0] * 10] * 6}, 422, "utility[0][0]"),
     ("mac without spectral efficiency", _mac(lambda d: [u.pop("spectral_efficiency") for u in d["users"]] and d),
      422, "users.spectral_efficiency"),
     ("mac negative buffer", _mac(_set("users.0.buffer_bits", -1)), 422, "users[0].buffer_bits"),
@@ -520,7 +555,8 @@ _json_values = st.recursive(
     max_leaves=8,
 )
 _PATHS = [*(k for k in ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s",
-                        "rb_per_rbg", "noise_density_dbm_hz", "users", "resources", "rate_bps", "feedback")),
+                        "rb_per_rbg", "noise_density_dbm_hz", "users", "resources", "rate_bps", "utility",
+                        "feedback")),
           *(f"users.{i}.{f}" for i in (0, 3) for f in ("id", "rx_power_dbm", "eligible", "buffer_bits",
                                                        "spectral_efficiency", "fading_gain")),
           *(f"resources.{j}.{f}" for j in (0, 5) for f in ("id", "bandwidth_hz", "available", "interference_dbm")),

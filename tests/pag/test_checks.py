@@ -26,7 +26,7 @@ from service.types import make_slot
 def state():
     """3 users (ids 11, 12, 13; 13 ineligible), 4 resources (ids 101..104; 103 busy), cap 2."""
     util = np.array([[5.0, 1.0, 1.0, 2.0], [4.0, 6.0, 1.0, 1.0], [9.0, 9.0, 9.0, 9.0]])
-    return make_slot("mac", [11, 12, 13], [101, 102, 103, 104], rate_bps=util, max_resources_per_user=2,
+    return make_slot("mac", [11, 12, 13], [101, 102, 103, 104], utility=util, max_resources_per_user=2,
                      resource_available=[True, True, False, True], user_eligible=[True, True, False])
 
 

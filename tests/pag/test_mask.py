@@ -12,7 +12,7 @@ from service.types import make_slot
 
 
 def _slot(rng, n, r, preset="mac", cap=None, buffers=False):
-    return make_slot(preset, np.arange(n) + 1, np.arange(r), rate_bps=rng.random((n, r)),
+    return make_slot(preset, np.arange(n) + 1, np.arange(r), utility=rng.random((n, r)),
                      resource_available=rng.random(r) < 0.7, user_eligible=rng.random(n) < 0.8,
                      max_resources_per_user=cap,
                      buffer_bits=rng.choice([0.0, 100.0], n) if buffers else None)
@@ -52,7 +52,7 @@ def test_greedy_decode_is_the_masked_argmax_when_no_cap_binds():
 def test_caps_are_enforced_autoregressively_in_visit_order():
     """User 1 is the best everywhere, cap 2: it takes the first two positions visited; the rest
     go to user 2 (next best)."""
-    state = make_slot("mac", [1, 2], [0, 1, 2, 3], rate_bps=np.ones((2, 4)), max_resources_per_user=2)
+    state = make_slot("mac", [1, 2], [0, 1, 2, 3], utility=np.ones((2, 4)), max_resources_per_user=2)
     logits = np.tile([0.0, 5.0, 3.0], (4, 1))
     assert masked_decode(state, logits).tolist() == [1, 1, 2, 2]
     assert masked_decode(state, logits, order=np.array([3, 1, 0, 2])).tolist() == [2, 1, 2, 1]
@@ -62,7 +62,7 @@ def test_caps_are_enforced_autoregressively_in_visit_order():
 
 
 def test_sampling_respects_caps_and_is_seeded():
-    state = make_slot("mac", [1, 2, 3], np.arange(8), rate_bps=np.ones((3, 8)), max_resources_per_user=2)
+    state = make_slot("mac", [1, 2, 3], np.arange(8), utility=np.ones((3, 8)), max_resources_per_user=2)
     logits = np.tile([-5.0, 4.0, 4.0, 4.0], (8, 1))
     for seed in range(50):
         owner = masked_decode(state, logits, rng=np.random.default_rng(seed))

@@ -39,7 +39,7 @@ def slots(draw, preset=None, admissible=False):
     if preset == "mac" and draw(st.booleans()):  # in units of the user's best RBG, so that it binds
         factors = [0.5, 1.0, 1.5, 2.5, 1e3] if admissible else [0.0, 0.5, 1.0, 1.5, 2.5, 1e3]
         buf = np.maximum(util.max(axis=1), 1.0) * draw(arrays(np.float64, n, elements=st.sampled_from(factors)))
-    return make_slot(preset, user_ids, res_ids, rate_bps=util, resource_available=avail, user_eligible=elig,
+    return make_slot(preset, user_ids, res_ids, utility=util, resource_available=avail, user_eligible=elig,
                      max_resources_per_user=cap, buffer_bits=buf)
 
 
@@ -205,7 +205,7 @@ def test_repair_steps_by_example():
 def test_ties_break_towards_the_lowest_index():
     state = make_slot("spectrum", [7, 8], [1, 2], rate_bps=np.ones((2, 2)))
     assert _fixed(state, {7: 1, 8: 1}).tolist() == [1, 2]  # contention tie: user index 0 wins
-    mac = make_slot("mac", [7], [1, 2, 3], rate_bps=np.ones((1, 3)), max_resources_per_user=2)
+    mac = make_slot("mac", [7], [1, 2, 3], utility=np.ones((1, 3)), max_resources_per_user=2)
     assert _fixed(mac, {7: [3, 2, 1]}).tolist() == [1, 1, 0]  # cap tie: lowest resource indices
 
 
@@ -290,7 +290,7 @@ def test_greedy_fill_matches_the_reference_on_larger_instances():
         else:
             se = rng.choice([0.2344, 0.6016, 1.1758], (n, 1) if i % 4 == 0 else (n, r))
             util = np.broadcast_to(se * 672.0, (n, r))
-        state = make_slot(preset, np.arange(n), np.arange(r), rate_bps=util,
+        state = make_slot(preset, np.arange(n), np.arange(r), utility=util,
                           max_resources_per_user=int(rng.integers(1, r + 1)) if i % 3 else None,
                           buffer_bits=rng.integers(0, 4000, n).astype(float) if preset == "mac" else None,
                           resource_available=rng.random(r) < 0.85, user_eligible=rng.random(n) < 0.9)

@@ -41,7 +41,7 @@ def _random_slot(rng: np.random.Generator):
     mac = rng.random() < 0.7
     flat = rng.random() < 0.5
     util = np.repeat(rng.random((n, 1)), r, 1) if flat else rng.random((n, r))
-    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), rate_bps=util * 1e3,
+    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), utility=util * 1e3,
                      resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.8,
                      buffer_bits=rng.integers(0, 6, n) * 300.0 if mac else None,
                      max_resources_per_user=int(rng.integers(1, 5)) if mac else None)

@@ -52,8 +52,8 @@ def test_shapes_dtypes_and_masks():
 def test_scale_free_in_the_utility_unit():
     state, view = _mac_with_history()
     x = serialize(state, view)
-    # the same slot in another utility unit (rate_bps given, so the SE channel is 0 there: skip it)
-    scaled = make_slot("mac", state.user_ids, state.resource_ids, rate_bps=state.utility * 1000.0,
+    # the same slot in another utility unit (utility given, so the SE channel is 0 there: skip it)
+    scaled = make_slot("mac", state.user_ids, state.resource_ids, utility=state.utility * 1000.0,
                        buffer_bits=state.buffer_bits * 1000.0, resource_available=state.resource_available,
                        user_eligible=state.user_eligible, slot=state.slot)
     view_scaled = type(view)(view.avg_served * 1000.0, view.cum_resources, view.last_served_slot, view.known,

@@ -37,6 +37,25 @@ def test_slot_record_round_trip_is_exact() -> None:
         assert_same_slot(state, back)
 
 
+def test_slot_record_keeps_the_utility_of_a_mac_slot_built_from_bit_per_second() -> None:
+    """A mac slot from ``rate_bps`` (bit/s → · tti_s bits per RBG) or from ``utility`` records its
+    utility itself: the record reads back, and rebuilds through ``make_slot(utility=...)``, to the
+    same matrix — never multiplied by ``tti_s`` a second time."""
+    from service.types import make_slot
+
+    rate = np.array([[1.6932e6, 0.8664e6], [0.3375e6, 2.2e6]])
+    from_rate = make_slot("mac", [1, 2], [0, 1], rate_bps=rate, buffer_bits=[2048.0, 512.0], tti_s=0.001)
+    np.testing.assert_array_equal(from_rate.utility, rate * 0.001)
+    from_weights = make_slot("mac", [1, 2], [0, 1], utility=[[3.0, 0.5], [0.0, 9.0]], buffer_bits=[1.0, 2.0])
+    for state in (from_rate, from_weights):
+        record = json.loads(json.dumps(slot_to_dict(state)))
+        back = slot_from_dict(record)
+        assert_same_slot(state, back)
+        rebuilt = make_slot("mac", record["user_ids"], record["resource_ids"], utility=back.utility,
+                            buffer_bits=back.buffer_bits, tti_s=record["tti_s"])
+        np.testing.assert_array_equal(rebuilt.utility, state.utility)
+
+
 def test_sft_rows_carry_the_exact_solver_decision() -> None:
     spec = DatasetSpec(preset="spectrum", kind="sft", scenarios=("u7-c10-b2", "scale-I"), episodes=1, slots=2,
                        options=PromptOptions(budget_tokens=2048))

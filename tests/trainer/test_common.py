@@ -16,7 +16,7 @@ from service.types import make_slot
 
 
 def _slot(rng: np.random.Generator, n: int, r: int, mac: bool):
-    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), rate_bps=rng.random((n, r)) * 1e3 + 1,
+    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), utility=rng.random((n, r)) * 1e3 + 1,
                      resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.85,
                      buffer_bits=rng.integers(0, 4, n) * 700.0 if mac else None,
                      max_resources_per_user=int(rng.integers(1, 4)) if mac else None)

@@ -26,7 +26,9 @@ from service.api.schemas import (
     MAX_CELL_ID_CHARS,
     MAX_DEADLINE_MS,
     POWER_DBM_RANGE,
+    RATE_BPS_MAX,
     SPECTRAL_EFFICIENCY_MAX,
+    UTILITY_MAX,
 )
 from service.errors import InvalidSlotError, LimitExceededError
 from service.types import DEFAULT_RB_PER_RBG, DEFAULT_TTI_S, Decision, SlotState, make_slot
@@ -115,8 +117,8 @@ def request_to_slot(req: pb.SlotRequest, *, max_users: int, max_resources: int,
                     known_policies: frozenset[str] | None = None) -> DecodedRequest:
     """Validate and decode one ``SlotRequest`` (same rules and ranges as ``POST /schedule``).
 
-    Shapes: per-user arrays [N] (N = len(user_ids)), per-resource arrays [R]; ``rate_bps`` and
-    ``fading_gain`` are N × R row-major; ``spectral_efficiency`` is [N] or [N·R] (row-major
+    Shapes: per-user arrays [N] (N = len(user_ids)), per-resource arrays [R]; ``rate_bps`` (bit/s),
+    ``utility`` (unitless) and ``fading_gain`` are N × R row-major; ``spectral_efficiency`` is [N] or [N·R] (row-major
     [N, R]). Raises ``InvalidSlotError`` (``LimitExceededError`` for N or R above the limits)
     whose ``field`` is the proto field name, with the element index where there is one.
     """
@@ -176,7 +178,8 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
     se = _floats("spectral_efficiency", req.spectral_efficiency, k, 0.0, SPECTRAL_EFFICIENCY_MAX)
     if se is not None and k != n:
         se = se.reshape(n, r)  # [N, R]
-    rate = _matrix("rate_bps", req.rate_bps, n, r, BITS_MAX) if req.HasField("rate_bps") else None
+    rate = _matrix("rate_bps", req.rate_bps, n, r, RATE_BPS_MAX) if req.HasField("rate_bps") else None
+    weights = _matrix("utility", req.utility, n, r, UTILITY_MAX) if req.HasField("utility") else None
     fading = _matrix("fading_gain", req.fading_gain, n, r, GAIN_MAX) if req.HasField("fading_gain") else None
 
     state = make_slot(
@@ -185,12 +188,13 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
         np.asarray(req.resource_ids, dtype=np.int64),
         bandwidth_hz=bandwidth_hz, resource_available=available, user_eligible=eligible,
         max_resources_per_user=req.max_resources_per_user if req.HasField("max_resources_per_user") else None,
-        rate_bps=rate, rx_power_dbm=rx_power_dbm, fading_gain=fading, interference_dbm=interference_dbm,
+        rate_bps=rate, utility=weights, rx_power_dbm=rx_power_dbm, fading_gain=fading, interference_dbm=interference_dbm,
         spectral_efficiency=se, buffer_bits=buffer_bits, rb_per_rbg=rb_per_rbg, noise_density_dbm_hz=noise_dbm_hz,
         cell_id=req.cell_id, slot=req.slot, tti_s=tti_s,
     )
     if not np.isfinite(state.utility).all():  # values in range can still combine badly
-        source = "rate_bps" if rate is not None else ("rx_power_dbm" if state.preset == "spectrum" else "spectral_efficiency")
+        source = "utility" if weights is not None else "rate_bps" if rate is not None else (
+            "rx_power_dbm" if state.preset == "spectrum" else "spectral_efficiency")
         raise InvalidSlotError(source, "the utility computed from these values is not finite")
     return DecodedRequest(state, policy, deadline_ms, _feedback(req, max_users))
 
@@ -288,8 +292,10 @@ def slot_to_request(state: SlotState, *, feedback: Mapping[int, float] | None = 
                     deadline_ms: float | None = None, include_rate: bool = True) -> pb.SlotRequest:
     """Encode a ``SlotState`` (+ the previous slot's feedback) as a ``SlotRequest``.
 
-    With ``include_rate`` the utility matrix [N, R] travels as ``rate_bps`` so the service sees
-    exactly the simulator's utility (fading, interference); the physical fields the state has
+    With ``include_rate`` the utility matrix [N, R] travels so the service sees exactly the
+    simulator's utility (fading, interference): as ``rate_bps`` in spectrum (the utility is a rate
+    in bit/s there), as ``utility`` in mac (bits per RBG per slot, taken as given: sending
+    ``utility / tti_s`` as bit/s would not come back bit-exact). The physical fields the state has
     (rx_power_dbm, spectral_efficiency, buffer_bits) are sent as well since policies use them.
     """
     req = pb.SlotRequest(
@@ -312,8 +318,9 @@ def slot_to_request(state: SlotState, *, feedback: Mapping[int, float] | None = 
         req.buffer_bits[:] = state.buffer_bits.tolist()
     if include_rate:
         n, r = state.utility.shape
-        req.rate_bps.rows, req.rate_bps.cols = n, r
-        req.rate_bps.values[:] = state.utility.ravel().tolist()
+        matrix = req.rate_bps if state.preset == "spectrum" else req.utility
+        matrix.rows, matrix.cols = n, r
+        matrix.values[:] = state.utility.ravel().tolist()
     if policy is not None:
         req.policy = policy
     if deadline_ms is not None:

@@ -25,7 +25,7 @@ class Feedback(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., delivered_bits: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SlotRequest(_message.Message):
-    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "fading_gain", "feedback")
+    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "utility", "fading_gain", "feedback")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class SlotRequest(_message.Message):
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     INTERFERENCE_DBM_FIELD_NUMBER: _ClassVar[int]
     RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    UTILITY_FIELD_NUMBER: _ClassVar[int]
     FADING_GAIN_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
@@ -66,9 +67,10 @@ class SlotRequest(_message.Message):
     available: _containers.RepeatedScalarFieldContainer[bool]
     interference_dbm: _containers.RepeatedScalarFieldContainer[float]
     rate_bps: Matrix
+    utility: Matrix
     fading_gain: Matrix
     feedback: Feedback
-    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ...) -> None: ...
+    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., utility: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("kind", "message")
