@@ -32,6 +32,32 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted")
     preload_policies: list[str] = Field(default_factory=list,
                                         description="policies instantiated at start (readiness waits for them)")
+    record_dir: str | None = Field(
+        None, description="record every decided slot: one JSON Lines row per slot (the request in the REST "
+                          "format and the decision) appended to <record_dir>/<cell id>.jsonl (service.trace); "
+                          "None = off")
+    record_max_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="a trace file that would grow beyond this rotates to "
+                                            "<name>.1.jsonl (one old file kept per cell)")
+    # -- run-time guard of learned / LLM policies (service.guard) ---------------------------------
+    guard_enabled: bool = Field(True, description="decide a cheap reference on the same slot as a guarded policy "
+                                                  "and serve the reference while the guarded one does worse")
+    guard_policies: list[str] = Field(default_factory=lambda: ["student", "teacher"],
+                                      description="policies the guard watches")
+    guard_reference: dict[str, str] = Field(
+        default_factory=lambda: {"spectrum": "greedy", "mac": "pf"},
+        description="reference policy per preset; a preset without one is not guarded")
+    guard_exempt: list[str] = Field(
+        default_factory=lambda: ["student/mac"],
+        description="policy/preset pairs not guarded: the mac student defers grants by design and schedules "
+                    "far fewer bits per slot than pf on the same slot (service.guard)")
+    guard_ratio: float = Field(0.97, ge=0.0, description="serve the reference while sum(guarded utility) / "
+                                                          "sum(reference utility) over the window is below this")
+    guard_floor: float = Field(0.5, ge=0.0, description="serve the reference on a slot whose own utility ratio "
+                                                         "is below this")
+    guard_window_slots: int = Field(50, ge=1, description="the window: the cell's last this many slots")
+    guard_min_slots: int = Field(10, ge=1, description="the window ratio is judged once the window holds this "
+                                                        "many slots (the floor from the first)")
     # -- access (service.security) -----------------------------------------------------------
     auth_token: SecretStr | None = Field(
         None, description="bearer token required on scheduling, policy metadata and admin endpoints "

@@ -1,7 +1,10 @@
 """The service core both transports call: state in → ``decide()`` → state out, observed.
 
 ``ServiceCore.schedule`` loads the cell's history from the state store, applies the previous
-slot's feedback, runs the pipeline, records the decision and saves the history. Store
+slot's feedback, runs the pipeline (through the run-time guard, ``service.guard``, when the
+policy is a guarded one), records the decision and saves the history; with
+``settings.record_dir`` it also appends the slot (REST-format request and decision) to the
+cell's trace file (``service.trace.Recorder``), once for both transports. Store
 failures never fail a slot: the core keeps a write-through in-process copy of every cell it
 served, decides from it while the store is down (``degraded``), and the newer of the two
 copies (by slot) wins when the store answers again.
@@ -17,9 +20,11 @@ from typing import Any, Protocol
 
 from service.config import Settings
 from service.errors import StateStoreError
+from service.guard import Guard
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pipeline import PolicySet, decide
 from service.state.base import StateStore, open_store
+from service.trace import Recorder
 from service.types import Decision, SlotState
 
 log = logging.getLogger("gnbsched.core")
@@ -61,6 +66,10 @@ class ServiceCore:
         self.started = time.time()
         self._watch_stop = threading.Event()
         self._watch: threading.Thread | None = None
+        #: the run-time guard of learned / LLM policies (``service.guard``), None when off
+        self.guard: Guard | None = Guard(self.settings) if self.settings.guard_enabled else None
+        #: the slot recorder (``settings.record_dir``, ``service.trace``), None when off
+        self.recorder: Recorder | None = Recorder.from_settings(self.settings) if self.settings.record_dir else None
 
     # -- state ---------------------------------------------------------------------------
     def _load(self, cell_id: str) -> CellHistory:
@@ -104,10 +113,14 @@ class ServiceCore:
         if feedback:
             history = apply_feedback(history, feedback, ewma_slots=s.ewma_slots)
         dl = deadline_ms if deadline_ms is not None else s.deadline_ms
-        decision = decide(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
-                          deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
+        run = decide if self.guard is None else self.guard.decide
+        decision = run(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
+                       deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
         self._save(state.cell_id, record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots))
         self.observer.decision(transport, state, name, decision)
+        if self.recorder is not None:  # never raises: a failed write is logged once and counted
+            self.recorder.record(state, decision, policy=name, deadline_ms=deadline_ms, feedback=feedback,
+                                 transport=transport)
         return decision
 
     def ready(self) -> tuple[bool, dict[str, object]]:
@@ -165,4 +178,6 @@ class ServiceCore:
         self._watch_stop.set()
         if self._watch is not None:
             self._watch.join(timeout=5)
+        if self.recorder is not None:
+            self.recorder.close()
         self.store.close()

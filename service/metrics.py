@@ -17,6 +17,11 @@ gnbsched_fallbacks_total                    counter    requested, served, reason
 gnbsched_state_store_errors_total           counter    op (load | save)
 gnbsched_state_store_up                     gauge      1 / 0 (multiprocess: livemin)
 gnbsched_policy_info                        gauge      policy, version = 1 (multiprocess: max)
+gnbsched_guard_engaged_total                counter    cell, preset (slots where the run-time
+                                                       guard served the reference; a child at
+                                                       0 from the cell's first guarded slot)
+gnbsched_student_out_of_range_total         counter    preset, model_version (slots with a
+                                                       feature outside the card's ranges)
 ==========================================  =========  =====================================
 
 Several uvicorn workers: ``gnbsched serve --workers N`` points ``PROMETHEUS_MULTIPROC_DIR`` at
@@ -113,7 +118,15 @@ class Metrics:
                               registry=reg, multiprocess_mode="livemin")
         self.policy_info = Gauge("gnbsched_policy_info", "Loaded policies and their (model) version; value 1.",
                                  ("policy", "version"), registry=reg, multiprocess_mode="max")
+        self.guard_engaged = Counter("gnbsched_guard_engaged",
+                                     "Slots where the run-time guard served the reference policy instead of "
+                                     "the guarded (learned / LLM) one, by cell and preset.",
+                                     ("cell", "preset"), registry=reg)
+        self.student_out_of_range = Counter("gnbsched_student_out_of_range",
+                                            "Student slots with a serialized feature outside the model card's "
+                                            "training ranges.", ("preset", "model_version"), registry=reg)
         self._lock = threading.Lock()
+        self._guard_children: dict[tuple[str, str], Counter] = {}
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
         self._stage_children: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
@@ -169,10 +182,27 @@ class Metrics:
         if decision.fallback is not None:
             self.fallbacks.labels(requested, decision.policy, decision.fallback_reason or "error").inc()
         self.policy_loaded(decision.policy, decision.policy_version)
+        notes = decision.notes
+        guard = notes.get("guard") if notes else None
+        if isinstance(guard, dict):
+            self._guard_slot(state, guard)
+            notes = guard.get("policy_notes") or notes  # the guarded policy's notes when it was replaced
+        if notes and "out_of_range_features" in notes:
+            self.student_out_of_range.labels(state.preset, str(notes.get("model_version", ""))).inc()
         # store_error() runs on this thread before decision() when the slot's load/save failed
         failed = getattr(self._tls, "store_failed", False)
         self._tls.store_failed = False
         self.store_up.set(0 if failed else 1)
+
+    def _guard_slot(self, state: SlotState, guard: dict) -> None:
+        """A slot the run-time guard judged: the (cell, preset) child exists from the first one."""
+        key = (state.cell_id, state.preset)
+        child = self._guard_children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._guard_children[key] = self.guard_engaged.labels(*key)
+        if guard.get("engaged"):
+            child.inc()
 
     def store_error(self, op: str) -> None:
         self.store_errors.labels(op).inc()

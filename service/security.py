@@ -2,7 +2,7 @@
 
 * **Bearer token** (``Settings.auth_token`` or ``auth_token_file``): when set, the scheduling
   endpoints (REST ``POST /schedule``, gRPC ``gnbsched.v1.Scheduler/*``), the policy metadata
-  (``GET /v1/policies``) and the admin endpoints (``POST /admin/reload``) require
+  (``GET /v1/policies``, ``GET /models``) and the admin endpoints (``POST /admin/reload``) require
   ``Authorization: Bearer <token>`` (gRPC: the ``authorization`` metadata). Liveness, readiness,
   ``/metrics``, the OpenAPI document and the gRPC health / reflection services stay open, so
   probes and scrapers need no secret. The comparison is constant-time (``hmac.compare_digest``).

@@ -37,7 +37,7 @@ _FLAG_FIELDS = {
     "preload": "preload_policies", "auth_token_file": "auth_token_file", "admin": "admin_enabled",
     "grpc_tls_cert": "grpc_tls_cert", "grpc_tls_key": "grpc_tls_key", "grpc_tls_client_ca": "grpc_tls_client_ca",
     "model_watch_s": "model_watch_s", "rest_tls_cert": "rest_tls_cert", "rest_tls_key": "rest_tls_key",
-    "rest_tls_client_ca": "rest_tls_client_ca",
+    "rest_tls_client_ca": "rest_tls_client_ca", "record": "record_dir", "record_max_bytes": "record_max_bytes",
 }
 
 
@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--preload", type=_csv, help="comma-separated policies loaded before ready")
     d.add_argument("--model-watch-s", type=float,
                    help="swap in newer models (student `latest`) every this many seconds, in every worker (default 0: off)")
+    rec = parser.add_argument_group("recording")
+    rec.add_argument("--record", metavar="DIR",
+                     help="append one JSON Lines row per decided slot (REST-format request + decision) to "
+                          "DIR/<cell id>.jsonl; replay with `gnbsched bench student --trace FILE` (default off)")
+    rec.add_argument("--record-max-bytes", type=int,
+                     help="rotate a cell's trace file to <name>.1.jsonl beyond this size (default 64 MiB)")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-users", type=int, help="largest N accepted (default 4096)")
     lim.add_argument("--max-resources", type=int, help="largest R accepted (default 4096)")

@@ -47,6 +47,7 @@ import numpy as np
 
 from service.api.grpc.convert import owner_ids_to_tokens
 from service.sim.base import SlotEnv, StepResult, run_episode
+from service.trace import rest_request
 from service.types import SlotState
 
 PRESETS = ("spectrum", "mac")
@@ -84,35 +85,11 @@ def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
 def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
               deadline_ms: float | None = None) -> dict[str, Any]:
     """The ``POST /schedule`` JSON body of a slot (REST contract of issue 3), utility as ``rate_bps``
-    in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)."""
-    users: list[dict[str, Any]] = [{"id": u, "eligible": e} for u, e in
-                                   zip(state.user_ids.tolist(), state.user_eligible.tolist(), strict=True)]
-    columns: list[tuple[str, list]] = []
-    if state.rx_power_dbm is not None:
-        columns.append(("rx_power_dbm", state.rx_power_dbm.tolist()))
-    if state.spectral_efficiency is not None:
-        columns.append(("spectral_efficiency", state.spectral_efficiency.tolist()))
-    if state.buffer_bits is not None:
-        columns.append(("buffer_bits", state.buffer_bits.tolist()))
-    for name, values in columns:
-        for row, v in zip(users, values, strict=True):
-            row[name] = v
-    resources = [{"id": r, "bandwidth_hz": b, "available": a} for r, b, a in
-                 zip(state.resource_ids.tolist(), state.bandwidth_hz.tolist(), state.resource_available.tolist(),
-                     strict=True)]
-    body: dict[str, Any] = {
-        "cell_id": state.cell_id, "slot": state.slot, "preset": state.preset,
-        "max_resources_per_user": state.max_resources_per_user, "tti_s": state.tti_s,
-        "users": users, "resources": resources,
-        # mac rate_bps is bit/s (· tti_s): the exact matrix of bits per slot travels as `utility`
-        ("rate_bps" if state.preset == "spectrum" else "utility"): state.utility.tolist(),
-    }
-    if policy is not None:
-        body["policy"] = policy
-    if deadline_ms is not None:
-        body["deadline_ms"] = deadline_ms
-    if feedback:
-        body["feedback"] = {"delivered_bits": {str(k): float(v) for k, v in feedback.items()}}
+    in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)
+    (``service.trace.rest_request``: the one place a slot becomes a REST body)."""
+    body = rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms)
+    if state.preset == "mac" and "rate_bps" in body:  # mac rate_bps is bit/s: the exact matrix is `utility`
+        body["utility"] = body.pop("rate_bps")
     return body
 
 

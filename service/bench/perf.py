@@ -7,7 +7,9 @@
 2. **Anytime** — ``auction`` at Scale III under per-slot deadlines: the share of KM's optimum
    it returns, and from which stage.
 3. **Stages** — in-process per-stage times (serialize, policy, check, repair, and the core's
-   store / history work) at N = 100 users, R = 69 RBGs, for fast policies.
+   store / history work) at N = 100 users, R = 69 RBGs, for fast policies; and the cost of the
+   run-time guard (``service.guard``): the student's decision time at N = 100, R = 69 (mac) with
+   the guard on (its reference ``pf`` decided on the same slot) against off.
 4. **End to end** — the real service (``gnbsched serve`` in a subprocess, REST + gRPC on free
    loopback ports): REST, gRPC unary and gRPC stream latency p50 / p99 at N ∈ {10, 100, 1000};
    decisions/s under a bounded concurrent load; the server's peak RSS.
@@ -340,6 +342,58 @@ def run_stages(plan: Plan, seed: int, notes: list[str]) -> list[StageRow]:
     return rows
 
 
+@dataclass
+class GuardRow:
+    preset: str
+    policy: str
+    reference: str
+    num_ue: int
+    num_res: int
+    slots: int
+    off_p50_us: float  # ServiceCore.schedule wall time, guard off
+    on_p50_us: float  # the same, guard on (the reference decided on every slot)
+    ratio: float  # on / off
+    guard_stage_p50_us: float  # the decision's own ``timings_us["guard"]``
+    engaged_share: float  # slots the guard served the reference on (these states: no feedback)
+
+
+def run_guard(plan: Plan, seed: int, notes: list[str]) -> list[GuardRow]:
+    """The student at N = 100, R = 69 (mac) through ``ServiceCore.schedule`` with the guard on
+    and off, alternating slot by slot on the same states (one cell per core), p50 wall time.
+    The mac student is exempt from the guard by default (``guard_exempt``), so "on" lifts the
+    exemption: the figure is what guarding it costs."""
+    preset = "mac"
+    if not student_available(preset):
+        notes.append("guard: no mac student model, so the guard cost is not measured")
+        return []
+    states = _states(preset, 100, plan.stage_slots, seed)
+    off = ServiceCore(Settings(fallbacks=[], guard_enabled=False), store=open_store("memory://"))
+    on = ServiceCore(Settings(fallbacks=[], guard_enabled=True, guard_exempt=[]), store=open_store("memory://"))
+    assert on.guard is not None
+    reference = on.guard.reference_for("student", preset) or "none"
+    for core in (off, on):
+        for st in states[:10]:
+            core.schedule(replace(st, cell_id="guard-warmup"), policy="student")
+    wall: dict[str, list[float]] = {"off": [], "on": []}
+    guard_us: list[float] = []
+    engaged = 0
+    for st in states:
+        for key, core in (("off", off), ("on", on)):
+            t0 = time.perf_counter_ns()
+            d = core.schedule(replace(st, cell_id="guard"), policy="student")
+            wall[key].append((time.perf_counter_ns() - t0) / 1e3)
+            if key == "on":
+                guard_us.append(d.timings_us.get("guard", 0.0))
+                engaged += d.fallback_reason == "guard"
+    for core in (off, on):
+        core.close()
+    row = GuardRow(preset, "student", reference, 100, NUM_RBG, len(states), _pct(wall["off"], 50),
+                   _pct(wall["on"], 50), _pct(wall["on"], 50) / _pct(wall["off"], 50), _pct(guard_us, 50),
+                   engaged / len(states))
+    _log(f"guard {preset}/student: off {row.off_p50_us:.0f} µs, on {row.on_p50_us:.0f} µs ({row.ratio:.2f}×)")
+    return [row]
+
+
 # ----------------------------------------------------------------------------- 4. end to end
 
 
@@ -641,6 +695,7 @@ class Results:
     scale: list[ScaleRow] = field(default_factory=list)
     anytime: list[AnytimeRow] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
+    guard: list[GuardRow] = field(default_factory=list)
     e2e: list[E2ERow] = field(default_factory=list)
     load: list[LoadRow] = field(default_factory=list)
     rss_mib: dict[str, float] = field(default_factory=dict)
@@ -658,7 +713,8 @@ class Results:
 
         return clean({"meta": self.meta, "paper": PAPER, "targets": TARGETS,
                       "scale": [asdict(r) for r in self.scale], "anytime": [asdict(r) for r in self.anytime],
-                      "stages": [asdict(r) for r in self.stages], "e2e": [asdict(r) for r in self.e2e],
+                      "stages": [asdict(r) for r in self.stages],
+                      "guard": [asdict(r) for r in self.guard], "e2e": [asdict(r) for r in self.e2e],
                       "load": [asdict(r) for r in self.load], "rss_mib": self.rss_mib, "notes": self.notes})
 
 
@@ -775,6 +831,19 @@ def write_report(out: Path, res: Results, figures: list[Path]) -> Path:
                    [[r.preset, r.policy, *[f"{r.stage_p50_us[k]:.1f}" for k in STAGES],
                      f"{r.core_overhead_p50_us:.1f}", f"{r.schedule_p50_us:.1f}", f"{r.schedule_p99_us:.1f}"]
                     for r in res.stages]),
+            "",
+        ]
+    if res.guard:
+        lines += [
+            "## Cost of the run-time guard (N = 100 users, R = 69 RBGs)",
+            "",
+            "`ServiceCore.schedule` of the student with the guard off and on (the reference decided on the same "
+            "slot, both utilities windowed), alternating slot by slot on the same states; p50 wall time in µs.",
+            "",
+            _table(["preset", "policy", "reference", "slots", "guard off p50 (µs)", "guard on p50 (µs)", "on / off",
+                    "guard stage p50 (µs)"],
+                   [[r.preset, r.policy, r.reference, r.slots, f"{r.off_p50_us:.1f}", f"{r.on_p50_us:.1f}",
+                     f"{r.ratio:.2f}×", f"{r.guard_stage_p50_us:.1f}"] for r in res.guard]),
             "",
         ]
     if res.e2e:
@@ -930,6 +999,10 @@ def summary(res: Results) -> str:
     for st in res.stages:
         out.append(f"  stages {st.preset}/{st.policy}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.stage_p50_us.items())
                    + f" µs; schedule {st.schedule_p50_us:.0f} µs")
+    for g in res.guard:
+        out.append(f"  guard {g.preset}/{g.policy} (reference {g.reference}) N={g.num_ue} R={g.num_res}: "
+                   f"off {g.off_p50_us:.0f} µs, on {g.on_p50_us:.0f} µs p50 = {g.ratio:.2f}× "
+                   f"(guard stage {g.guard_stage_p50_us:.0f} µs)")
     for e in res.e2e:
         out.append(f"  e2e {e.preset}/{e.policy} N={e.num_ue:<5d} {e.transport:12s} p50 {e.p50_ms:.3f} ms  p99 {e.p99_ms:.3f} ms")
     for ld in res.load:
@@ -957,6 +1030,7 @@ def run(args: argparse.Namespace) -> int:
     res.scale, kept = run_scale(plan, seed, PolicySet(), res.notes)
     res.anytime = run_anytime(plan, kept, seed)
     res.stages = run_stages(plan, seed, res.notes)
+    res.guard = run_guard(plan, seed, res.notes)
     try:
         with ServerProcess() as server:
             _log(f"server up: REST :{server.rest_port}, gRPC :{server.grpc_port}")
@@ -978,4 +1052,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["FULL", "QUICK", "Plan", "Results", "ServerProcess", "run", "write_report"]
+__all__ = ["FULL", "QUICK", "Plan", "Results", "ServerProcess", "run", "run_guard", "write_report"]

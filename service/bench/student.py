@@ -68,6 +68,9 @@ MAC_GRID: list[tuple[str, MacConfig, str]] = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gnbsched bench`` apply (``--quick``, ``--seed``, ``--slots``, ``--out``)."""
+    parser.add_argument("--trace", default=None, metavar="FILE",
+                        help="student: replay a recorded trace (serve --record) or a file of POST /schedule "
+                             "bodies through every policy (--policies) instead (service.bench.replay)")
 
 
 def _student_set(student: StudentPolicy) -> PolicySet:
@@ -254,6 +257,10 @@ def _fmt_rows(rows: list[dict[str, Any]], cols: list[tuple[str, str, str]]) -> s
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "trace", None):
+        from service.bench import replay
+
+        return replay.run(args)
     student = StudentPolicy()
     quick = bool(getattr(args, "quick", False))
     seed = int(getattr(args, "seed", 0) or 0)

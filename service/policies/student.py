@@ -24,6 +24,16 @@ mask (SPEC §4), so the raw output is valid by construction:
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
 inputs raise ``ModelInvalidError`` and the old model keeps serving.
+
+Feature ranges: a card with ``feature_ranges`` (``{"global"|"user"|"resource"|"pair": {"min":
+[...], "max": [...]}}``, the range of every feature seen in training) makes every served slot
+check its serialized inputs against them (``FeatureRanges.check``: one min and one max per block,
+vectorised; tolerance 1e-6 of max(|bound|, 1)). User features are checked over eligible users
+only, resource features over every resource, pair features over every pair (admissible or not:
+the network sees them all). A slot outside the ranges reports the first few feature names in
+``ctx.info["out_of_range_features"]`` (e.g. ``["user.buffer_log"]``; the metrics count it as
+``gnbsched_student_out_of_range_total``) and in the policy's own counts since start
+(``out_of_range_report()``, served by ``GET /models``). Cards without ranges skip the check.
 """
 
 from __future__ import annotations
@@ -44,12 +54,16 @@ from service.errors import ModelInvalidError, PolicyUnavailableError
 from service.policies.base import Policy, PolicyContext, register
 from service.serialize.tensors import (
     FEATURE_VERSION,
+    GLOBAL_FEATURES,
     INPUT_NAMES,
     NUM_GLOBAL,
     NUM_PAIR,
     NUM_RES,
     NUM_USER,
     OUTPUT_NAME,
+    PAIR_FEATURES,
+    RESOURCE_FEATURES,
+    USER_FEATURES,
     StudentInputs,
     serialize,
 )
@@ -287,6 +301,101 @@ def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any]) -> np.nda
     return decode_capped(state, logits, surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)))
 
 
+# ----------------------------------------------------------------------------- feature ranges
+
+#: card block name -> (feature names, width); the blocks of ``service.serialize.tensors``
+RANGE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "global": GLOBAL_FEATURES, "user": USER_FEATURES, "resource": RESOURCE_FEATURES, "pair": PAIR_FEATURES}
+#: relative tolerance of the range check (of max(|bound|, 1): absolute below 1)
+RANGE_TOLERANCE = 1e-6
+#: at most this many feature names in a slot's ``out_of_range_features`` note
+MAX_RANGE_NAMES = 5
+
+
+def _f32_bound(x: np.ndarray, down: bool) -> np.ndarray:
+    """``x`` as float32, rounded outwards (down for a lower bound, up for an upper one)."""
+    y = x.astype(np.float32)
+    if down:
+        return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y).astype(np.float32)
+    return np.where(y < x, np.nextafter(y, np.float32(np.inf)), y).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRanges:
+    """The card's ``feature_ranges``, widened by the tolerance: float32 bounds of every feature of
+    the four blocks, concatenated in ``RANGE_BLOCKS`` order, and the ``block.feature`` names."""
+
+    lo: np.ndarray  # float32 [G + Fu + Fr + Fp]
+    hi: np.ndarray
+    names: tuple[str, ...]
+
+    @staticmethod
+    def from_card(spec: Any, where: str) -> FeatureRanges:
+        """Parse and validate the card's ``feature_ranges`` (every block, the serializer's widths,
+        finite, min <= max); ``ModelInvalidError`` names what is wrong."""
+        if not isinstance(spec, dict):
+            raise ModelInvalidError(f"{where}: feature_ranges must be an object of blocks")
+        lo, hi, names = [], [], []
+        for block, feats in RANGE_BLOCKS.items():
+            entry = spec.get(block)
+            try:
+                mn = np.asarray(entry["min"], np.float64)  # type: ignore[index]
+                mx = np.asarray(entry["max"], np.float64)  # type: ignore[index]
+            except (TypeError, KeyError, ValueError):
+                raise ModelInvalidError(f"{where}: feature_ranges.{block} needs numeric min and max lists") from None
+            if mn.shape != (len(feats),) or mx.shape != (len(feats),):
+                raise ModelInvalidError(f"{where}: feature_ranges.{block} has {mn.shape} / {mx.shape} entries, "
+                                        f"the serializer has {len(feats)} {block} features")
+            if not (np.isfinite(mn).all() and np.isfinite(mx).all() and (mn <= mx).all()):
+                raise ModelInvalidError(f"{where}: feature_ranges.{block}: bounds must be finite with min <= max")
+            lo.append(mn - RANGE_TOLERANCE * np.maximum(np.abs(mn), 1.0))
+            hi.append(mx + RANGE_TOLERANCE * np.maximum(np.abs(mx), 1.0))
+            names += [f"{block}.{f}" for f in feats]
+        return FeatureRanges(_f32_bound(np.concatenate(lo), True), _f32_bound(np.concatenate(hi), False),
+                             tuple(names))
+
+    def check(self, inputs: StudentInputs) -> list[str]:
+        """Names (``block.feature``) of the features of ``inputs`` outside the ranges; [] when none.
+
+        Users: eligible rows only (``user_mask``); resources and pairs: all. One min and one max
+        per block, one comparison over all of them (about 26 µs at N = 100, R = 69)."""
+        n, r = inputs.shape
+        g0, g1 = NUM_GLOBAL, NUM_GLOBAL + NUM_USER
+        r1 = g1 + NUM_RES
+        users = inputs.user_feats
+        if n and not inputs.user_mask.all():
+            users = users[inputs.user_mask > 0]
+        g = inputs.global_feats
+        if users.shape[0] and r:  # the usual slot: every block has rows
+            pairs = inputs.pair_feats.reshape(NUM_PAIR, -1)
+            mins = np.concatenate((g, users.min(axis=0), inputs.res_feats.min(axis=0), pairs.min(axis=1)))
+            maxs = np.concatenate((g, users.max(axis=0), inputs.res_feats.max(axis=0), pairs.max(axis=1)))
+        else:  # an empty block cannot be out of range: its own bounds stand in
+            mins, maxs = self.lo.copy(), self.hi.copy()
+            mins[:g0] = maxs[:g0] = g
+            if users.shape[0]:
+                mins[g0:g1], maxs[g0:g1] = users.min(axis=0), users.max(axis=0)
+            if r:
+                mins[g1:r1], maxs[g1:r1] = inputs.res_feats.min(axis=0), inputs.res_feats.max(axis=0)
+        out = (mins < self.lo) | (maxs > self.hi)
+        if not out.any():
+            return []
+        return [self.names[i] for i in np.flatnonzero(out).tolist()]
+
+
+@dataclass(slots=True)
+class RangeCounts:
+    """Out-of-range counts of one preset since start (this process)."""
+
+    slots_checked: int = 0
+    slots_out_of_range: int = 0
+    features: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"slots_checked": self.slots_checked, "slots_out_of_range": self.slots_out_of_range,
+                "features": dict(sorted(self.features.items()))}
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -303,6 +412,15 @@ class LoadedModel:
     providers: list[str] = field(default_factory=list)
     decode_kind: str = "capped"
     surplus_margin: float = DEFAULT_SURPLUS_MARGIN
+    #: the card's ``feature_ranges`` (None: the card has none, no check)
+    ranges: FeatureRanges | None = None
+
+    @property
+    def held_out_families(self) -> list[Any] | None:
+        """The card's ``training.held_out_families`` (None when absent)."""
+        training = self.card.get("training")
+        fams = training.get("held_out_families") if isinstance(training, dict) else None
+        return list(fams) if isinstance(fams, list | tuple) else None
 
     @property
     def decode_spec(self) -> dict[str, Any]:
@@ -326,7 +444,8 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         return {"preset": self.preset, "version": self.version, "path": str(self.path), "sha256": self.sha256,
                 "feature_version": self.card.get("feature_version"), "decode": self.decode_spec,
-                "providers": self.providers, "parameters": self.card.get("architecture", {}).get("parameters")}
+                "providers": self.providers, "parameters": self.card.get("architecture", {}).get("parameters"),
+                "feature_ranges": self.ranges is not None, "held_out_families": self.held_out_families}
 
 
 def session_options() -> Any:
@@ -363,7 +482,7 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     """Load and validate the model in version directory ``path`` for ``preset``.
 
     Checks: the card parses and names this preset and ``FEATURE_VERSION``; ``model.onnx`` matches
-    the card's sha256; the session builds; inputs and output have the expected names, ranks and
+    the card's sha256; ``feature_ranges``, when present, fits the serializer; the session builds; inputs and output have the expected names, ranks and
     feature widths; a probe slot yields finite logits of shape [R, N+1]. Raises
     ``ModelInvalidError`` (with the reason) on any failure.
     """
@@ -398,9 +517,10 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
         raise ModelInvalidError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
     _check_signature(sess, onnx_path)
     spec = card.get("decode", {})
+    ranges = FeatureRanges.from_card(card["feature_ranges"], str(card_path)) if "feature_ranges" in card else None
     model = LoadedModel(preset=preset, version=str(card.get("version", path.name)), path=path, sha256=digest,
                         card=card, session=sess, providers=list(sess.get_providers()), decode_kind=kind,
-                        surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)))
+                        surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)), ranges=ranges)
     probe = _probe_slot(preset)
     try:
         out = model.logits(serialize(probe))
@@ -463,6 +583,8 @@ class StudentPolicy(Policy):
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # serialises reloads, never held while serving
         self._local = threading.local()  # per-thread input buffers
+        self._range_counts: dict[str, RangeCounts] = {}  # per preset, since start
+        self._counts_lock = threading.Lock()
         for preset in presets:
             path = locate_model(self.model_dir, preset, (versions or {}).get(preset))
             if path is not None:
@@ -485,6 +607,30 @@ class StudentPolicy(Policy):
         meta["models"] = {p: m.describe() for p, m in sorted(dict(self._models).items())}
         meta["feature_version"] = FEATURE_VERSION
         return meta
+
+    def out_of_range_report(self) -> dict[str, dict[str, Any]]:
+        """Per preset with a loaded model: the model (version, sha256, feature version, held-out
+        families, whether its card has feature ranges) and the out-of-range counts since start."""
+        with self._counts_lock:
+            counts = {p: c.as_dict() for p, c in self._range_counts.items()}
+        out = {}
+        for preset, m in sorted(dict(self._models).items()):
+            out[preset] = {"policy": self.name, "version": m.version, "sha256": m.sha256,
+                           "feature_version": m.card.get("feature_version"), "path": str(m.path),
+                           "held_out_families": m.held_out_families, "feature_ranges": m.ranges is not None,
+                           "out_of_range": counts.get(preset, RangeCounts().as_dict())}
+        return out
+
+    def _count_ranges(self, preset: str, names: list[str]) -> None:
+        with self._counts_lock:
+            c = self._range_counts.get(preset)
+            if c is None:
+                c = self._range_counts[preset] = RangeCounts()
+            c.slots_checked += 1
+            if names:
+                c.slots_out_of_range += 1
+                for name in names:
+                    c.features[name] = c.features.get(name, 0) + 1
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -556,6 +702,11 @@ class StudentPolicy(Policy):
         if not np.isfinite(logits[:, 0]).all():
             raise ModelInvalidError(f"student {state.preset}/{model.version} produced non-finite logits")
         ctx.info["model_version"] = model.version
+        if model.ranges is not None:
+            names = model.ranges.check(inputs)
+            self._count_ranges(state.preset, names)
+            if names:
+                ctx.info["out_of_range_features"] = names[:MAX_RANGE_NAMES]
         if model.decode_kind == "assignment" and state.max_resources_per_user == 1:
             return decode_assignment(state, logits)
         return decode_capped(state, logits, surplus_margin=model.surplus_margin)

@@ -71,7 +71,7 @@ def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, toke
                         {"Authorization": f"Basic {token}"}, {"Authorization": token},
                         {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": f"Bearer {token}x"}):
             for method, path, content in (("POST", "/schedule", body), ("GET", "/v1/policies", None),
-                                          ("POST", "/admin/reload", b'{"policy": "student"}')):
+                                          ("GET", "/models", None), ("POST", "/admin/reload", b'{"policy": "student"}')):
                 r = c.request(method, path, content=content, headers=headers)
                 assert r.status_code == 401, (method, path, headers, r.text)
                 assert r.json()["field"] == "authorization" and r.json()["error"] == "unauthorized"
@@ -85,6 +85,7 @@ def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, toke
         assert ok.status_code == 200, ok.text
         assert_pag_valid(mac_body("acc-1", 0), ok.json())
         assert c.get("/v1/policies", headers=_auth(token)).status_code == 200
+        assert c.get("/models", headers=_auth(token)).status_code == 200
 
 
 def test_unauthenticated_body_is_never_read(guarded, token: str) -> None:
@@ -100,7 +101,7 @@ def test_unauthenticated_body_is_never_read(guarded, token: str) -> None:
 def test_openapi_declares_the_bearer_scheme_on_guarded_operations(guarded) -> None:
     doc = httpx.get(guarded.url + "/openapi.json", timeout=10).json()
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
-    guarded_ops = {("post", "/schedule"), ("get", "/v1/policies"), ("post", "/admin/reload")}
+    guarded_ops = {("post", "/schedule"), ("get", "/v1/policies"), ("get", "/models"), ("post", "/admin/reload")}
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             if (method, path) in guarded_ops:

@@ -11,7 +11,7 @@ Rejections are 4xx with ``{"error", "field", "message"}``: 400 malformed JSON, 4
 N / R / feedback above the configured limits, 422 a field that breaks the contract.
 
 Access (``service.security``): with a bearer token configured, ``POST /schedule``,
-``GET /v1/policies`` and the admin endpoints answer 401 (``field`` = ``authorization``, before
+``GET /v1/policies``, ``GET /models`` and the admin endpoints answer 401 (``field`` = ``authorization``, before
 the body is read) unless ``Authorization: Bearer <token>`` is sent; ``/healthz``, ``/readyz``,
 ``/metrics`` and the OpenAPI document stay open. ``POST /admin/reload`` exists only with
 ``admin_enabled``: it reloads a policy's model (the student's hot reload) off the event loop; a
@@ -68,7 +68,7 @@ _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 #: largest admin request body (a policy name, a preset, a version)
 ADMIN_MAX_BODY_BYTES = 4096
 #: REST paths that need the bearer token when one is configured (the others stay open)
-PROTECTED_PATHS = frozenset({"/schedule", "/v1/policies", "/admin/reload"})
+PROTECTED_PATHS = frozenset({"/schedule", "/v1/policies", "/models", "/admin/reload"})
 _VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+")
 
 
@@ -287,6 +287,20 @@ def _policy_metadata(core: ServiceCore) -> list[dict[str, Any]]:
     return out
 
 
+def _models_report(core: ServiceCore) -> dict[str, Any]:
+    """``GET /models``: per preset, the model each loaded model-backed policy serves (duck-typed:
+    a policy with ``out_of_range_report()``, the student) and its out-of-range counts since start."""
+    models: dict[str, dict[str, Any]] = {}
+    for name, pol in sorted(core.policies.loaded().items()):
+        report: Any = getattr(pol, "out_of_range_report", None)
+        if callable(report):
+            for preset, entry in report().items():
+                models.setdefault(preset, {**entry, "policy": name})
+    return {"models": models, "pid": os.getpid(),
+            "note": "counts since this worker started; a model-backed policy appears once loaded "
+                    "(first use or preload)"}
+
+
 def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = None,
                start_grpc: bool | None = None) -> FastAPI:
     """The REST application over ``core`` (default: built from the environment).
@@ -405,6 +419,17 @@ def create_app(core: ServiceCore | None = None, *, metrics: Metrics | None = Non
             "fallbacks": list(settings.fallbacks),
             "policies": _policy_metadata(core),
         })
+
+    @app.get("/models", tags=["operations"], summary="Loaded models and their feature-range counts",
+             responses=auth_responses)
+    async def models(request: Request) -> Response:
+        """Per preset: the loaded student model (version, sha256, feature version, held-out
+        families of its card) and, when its card has feature ranges, the slots checked, the slots
+        with a feature outside them and the count per feature since start (this worker)."""
+        denied = _unauthorized(auth, request)
+        if denied is not None:
+            return denied
+        return _json(200, _models_report(core))
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
     async def metrics_endpoint() -> Response:
