@@ -12,6 +12,10 @@ from scipy.optimize import linear_sum_assignment
 
 from service.types import SlotState
 
+#: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
+#: that many RBGs even when the division rounds a few ulps up (e.g. both given in other units)
+NEED_TOLERANCE = 1e-9
+
 
 def remaining_bits(state: SlotState, owner: np.ndarray) -> np.ndarray | None:
     """float64 [N]: buffer bits not yet covered by ``owner`` (mac with known buffers), else None."""
@@ -23,6 +27,15 @@ def remaining_bits(state: SlotState, owner: np.ndarray) -> np.ndarray | None:
     return state.buffer_bits - sched
 
 
+def pf_priority(state: SlotState, avg_served: np.ndarray) -> np.ndarray:
+    """float64 [N, R]: proportional fair's priority ``utility[u, r] / avg_served[u]`` (instantaneous
+    over average, SPEC §3); averages floored at 1e-9 of the slot's largest utility, so the rule is
+    the same at every scale of the bit quantities."""
+    top = float(state.utility.max(initial=0.0))
+    avg = np.maximum(avg_served, 1e-9 * top if top > 0 else 1e-9)
+    return state.utility / avg[:, None]
+
+
 def greedy_fill(state: SlotState, score: np.ndarray, owner: np.ndarray | None = None,
                 users: np.ndarray | None = None) -> np.ndarray:
     """Greedy assignment, highest ``score`` first (ties: lower user, then lower resource index).
@@ -30,13 +43,16 @@ def greedy_fill(state: SlotState, score: np.ndarray, owner: np.ndarray | None = 
     Starts from ``owner`` [R] (default: empty) and only fills free available resources, with
     eligible ``users`` (default: all) below their cap and, in mac, with data left: pairs are
     visited in that order and a pair is taken iff its resource is still free, its user is below
-    the cap and (mac) the user's scheduled TBS does not yet cover its buffer.
+    the cap and (mac) the user's scheduled TBS does not yet cover its buffer (to within
+    ``NEED_TOLERANCE`` of its best TBS, so buffers of whole RBGs in any unit give one decision).
     score: float64 [N, R]. Returns the DCM int64 [R].
     """
     owner = np.zeros(state.num_res, np.int64) if owner is None else owner.copy()
     cap = state.max_resources_per_user
     counts = np.bincount(owner, minlength=state.num_ue + 1)[1:]
     remaining = remaining_bits(state, owner)
+    if remaining is not None:  # covered once within NEED_TOLERANCE of an RBG: the same rule at every scale
+        remaining = remaining - NEED_TOLERANCE * state.utility.max(axis=1, initial=0.0)
     cand = state.user_eligible & (counts < cap)
     if remaining is not None:
         cand &= remaining > 0
@@ -157,14 +173,14 @@ def copies_per_user(state: SlotState) -> np.ndarray:
     """int64 [N]: how many resources each eligible user can usefully hold.
 
     min(cap, available resources) and, in mac with known buffers, the RBGs needed to empty the
-    buffer at the user's best TBS on an available RBG: ceil(buffer / max TBS).
+    buffer at the user's best TBS on an available RBG: ceil(buffer / max TBS − ``NEED_TOLERANCE``).
     """
     avail = state.resource_available
     n_avail = int(avail.sum())
     k = np.full(state.num_ue, min(state.max_resources_per_user, n_avail), np.int64)
     if state.preset == "mac" and state.buffer_bits is not None and k.max(initial=0) > 1:
         best = state.utility[:, avail].max(axis=1)
-        need = np.ceil(np.divide(state.buffer_bits, best, out=np.zeros(state.num_ue), where=best > 0))
+        need = np.ceil(np.divide(state.buffer_bits, best, out=np.zeros(state.num_ue), where=best > 0) - NEED_TOLERANCE)
         k = np.minimum(k, need.astype(np.int64))
     return np.where(state.user_eligible, k, 0)
 

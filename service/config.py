@@ -48,9 +48,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"spectrum": "greedy", "mac": "pf"},
         description="reference policy per preset; a preset without one is not guarded")
     guard_exempt: list[str] = Field(
-        default_factory=lambda: ["student/mac"],
-        description="policy/preset pairs not guarded: the mac student defers grants by design and schedules "
-                    "far fewer bits per slot than pf on the same slot (service.guard)")
+        default_factory=list, description="policy/preset pairs not guarded, e.g. [\"teacher/mac\"] (default none)")
     guard_ratio: float = Field(0.97, ge=0.0, description="serve the reference while sum(guarded utility) / "
                                                           "sum(reference utility) over the window is below this")
     guard_floor: float = Field(0.5, ge=0.0, description="serve the reference on a slot whose own utility ratio "

@@ -114,11 +114,23 @@ _ARRAY_KINDS = {"user_ids": "i", "avg_served": "f", "cum_resources": "f", "cum_s
                 "last_owner_ids": "i", "last_expected": "f"}
 
 
+#: floor of a new user's PF average, relative to the slot's largest utility on an available resource
+_INITIAL_AVG_FLOOR = 1e-9
+
+
 def _initial_avg(state: SlotState) -> np.ndarray:
-    """A new user's PF average: its mean achievable utility on available resources (>0)."""
+    """A new user's PF average: its mean achievable utility on available resources (>0).
+
+    The floor (for a user no available resource serves) is relative to the slot's largest
+    utility, so that scaling every bit quantity scales the averages with it (an absolute floor
+    would be huge next to kbit/s-scale utilities and negligible next to Gbit/s ones); 1e-9 when
+    the whole slot has zero utility.
+    """
     avail = state.resource_available
     util = state.utility[:, avail] if avail.any() else state.utility
-    return np.maximum(util.mean(axis=1) if util.shape[1] else np.ones(state.num_ue), 1e-9)
+    scale = float(util.max(initial=0.0))
+    floor = _INITIAL_AVG_FLOOR * scale if scale > 0.0 else _INITIAL_AVG_FLOOR
+    return np.maximum(util.mean(axis=1) if util.shape[1] else np.ones(state.num_ue), floor)
 
 
 def apply_feedback(history: CellHistory, delivered_bits: Mapping[int, float], *, ewma_slots: float = 100.0) -> CellHistory:

@@ -2,8 +2,10 @@
 core in closed loop with the project's simulators — an adversarial policy (defined here, served
 through a test ``PolicySet``) is replaced by the reference from its first bad slot, the served
 utility stays within the ratio of the reference's, the counter counts it and the guard releases
-once the policy is good again; the shipped student on normal spectrum traffic never trips it;
-``guard_enabled=False`` turns it off."""
+once the policy is good again; the shipped students on normal traffic never trip it, and on
+inputs outside their training (held-out world families, units beyond the training range) the
+served utility keeps the guard's ratio of the reference's; ``guard_enabled=False`` turns it
+off."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from service.pipeline import PolicySet
 from service.policies.base import Policy, PolicyContext, make
 from service.sim.mac import MAC_SCENARIOS, MacEnv
 from service.sim.spectrum import SPECTRUM_SCENARIOS, SpectrumConfig, SpectrumEnv
+from service.sim.worlds import WorldEnv, random_world
 from service.state import MemoryStore
 from service.types import SlotState, make_slot
 
@@ -73,9 +76,10 @@ def test_which_policies_and_presets_are_guarded() -> None:
     g = Guard(Settings())
     assert g.reference_for("student", "spectrum") == "greedy"
     assert g.reference_for("teacher", "mac") == "pf" and g.reference_for("teacher", "spectrum") == "greedy"
-    assert g.reference_for("student", "mac") is None  # exempt by default (the mac student defers grants)
+    assert g.reference_for("student", "mac") == "pf"  # both students are guarded by default
     assert g.reference_for("km", "spectrum") is None
-    g = Guard(Settings(guard_exempt=[], guard_reference={"mac": "rr"}))
+    assert Guard(Settings(guard_exempt=["student/mac"])).reference_for("student", "mac") is None
+    g = Guard(Settings(guard_reference={"mac": "rr"}))
     assert g.reference_for("student", "mac") == "rr" and g.reference_for("student", "spectrum") is None
 
 
@@ -117,7 +121,7 @@ def _core(metrics: Metrics | None = None, **settings: Any) -> ServiceCore:
                        observer=metrics)
 
 
-def _play(core: ServiceCore, env: MacEnv | SpectrumEnv, policy: str, slots: int, cell: str) -> list:
+def _play(core: ServiceCore, env: MacEnv | SpectrumEnv | WorldEnv, policy: str, slots: int, cell: str) -> list:
     state = env.reset()
     feedback: dict[int, float] = {}
     out = []
@@ -190,15 +194,72 @@ def test_the_shipped_student_never_trips_the_guard_on_normal_spectrum_traffic(la
     assert _value(text, "gnbsched_guard_engaged_total", cell=f"student-{label}", preset="spectrum") == 0
 
 
-def test_the_mac_student_is_exempt_by_default_and_guarded_without_the_exemption() -> None:
+def test_the_mac_student_is_guarded_by_default_and_exempt_on_request() -> None:
     state = make_slot("mac", [1, 2, 3], [0, 1, 2, 3], spectral_efficiency=[1.0, 0.5, 0.2],
                       buffer_bits=[4096.0, 1024.0, 256.0])
     core = ServiceCore(Settings(grpc_port=0, rest_port=0), store=MemoryStore())
     d = core.schedule(state, policy="student")
-    assert d.policy == "student" and "guard" not in d.notes and "guard" not in d.timings_us
-    core = ServiceCore(Settings(grpc_port=0, rest_port=0, guard_exempt=[]), store=MemoryStore())
+    assert d.policy == "student" and d.notes["guard"]["reference"] == "pf" and d.timings_us["guard"] > 0
+    core = ServiceCore(Settings(grpc_port=0, rest_port=0, guard_exempt=["student/mac"]), store=MemoryStore())
     d = core.schedule(state, policy="student")
-    assert d.notes["guard"]["reference"] == "pf"
+    assert "guard" not in d.notes and "guard" not in d.timings_us
+
+
+def _mac_student_core(metrics: Metrics) -> ServiceCore:
+    core = ServiceCore(Settings(grpc_port=0, rest_port=0), store=MemoryStore(), observer=metrics)
+    if core.policies.get("student").model("mac") is None:  # type: ignore[attr-defined]
+        pytest.fail("no mac student model could be loaded from models/")
+    return core
+
+
+def _world(family: str, num_ue: int, num_rbg: int, seed: int, **overrides: Any) -> WorldEnv:
+    cfg = random_world(family, np.random.default_rng(seed), num_ue=num_ue, num_rbg=num_rbg)
+    return WorldEnv(replace(cfg, **overrides), seed=seed)
+
+
+@pytest.mark.parametrize(("label", "make_env"), [
+    ("standard", lambda: MacEnv(MAC_SCENARIOS["standard"], seed=3)),
+    ("n10-m4", lambda: MacEnv(N10_M4, seed=1)),
+    ("rayleigh-mixture-n20", lambda: _world("rayleigh-mixture", 20, 17, 11)),
+    ("los_mix-bernoulli-n50", lambda: _world("los_mix-bernoulli", 50, 33, 12)),
+    ("markov3-bernoulli-n20", lambda: _world("markov3-bernoulli", 20, 17, 13)),
+])
+def test_the_shipped_mac_student_never_trips_the_guard_on_normal_traffic(label: str, make_env: Any) -> None:
+    """The project's simulator and worlds of the training families: the student serves every
+    slot and its window ratio to pf's scheduled bits never drops below the guard's ratio."""
+    metrics = Metrics()
+    core = _mac_student_core(metrics)
+    decisions = _play(core, make_env(), "student", 200, f"student-{label}")
+    assert all(d.policy == "student" and d.fallback is None for d in decisions)
+    assert all(d.notes["guard"]["engaged"] is False for d in decisions)
+    assert min(d.notes["guard"]["window_ratio"] for d in decisions[core.settings.guard_min_slots - 1:]) >= RATIO
+    text = metrics.exposition()[0].decode()
+    assert _value(text, "gnbsched_guard_engaged_total", cell=f"student-{label}", preset="mac") == 0
+
+
+@pytest.mark.parametrize(("label", "make_env"), [
+    # a held-out channel model and traffic model (never drawn in training) ...
+    ("rician-periodic-n20", lambda: _world("rician-periodic", 20, 17, 507)),
+    ("rayleigh-bursty-n50", lambda: _world("rayleigh-bursty", 50, 33, 21)),
+    # ... and units three decades beyond the training range (bits as micro- and mega-units)
+    ("scale-1e-6", lambda: _world("rayleigh-mixture", 30, 25, 31, unit_scale=1e-6)),
+    ("scale-1e6", lambda: _world("los_mix-mixture", 30, 25, 32, unit_scale=1e6)),
+])
+def test_on_inputs_outside_training_the_served_utility_keeps_the_ratio(label: str, make_env: Any) -> None:
+    """Whatever the student does on worlds it was not trained for, what the cell is served keeps
+    at least guard_ratio of the reference's scheduled bits over the run, and every slot the guard
+    took over is served by pf and counted."""
+    metrics = Metrics()
+    core = _mac_student_core(metrics)
+    decisions = _play(core, make_env(), "student", 300, f"unseen-{label}")
+    served = sum(d.utility for d in decisions)
+    reference = sum(d.notes["guard"]["reference_utility"] for d in decisions)
+    assert reference > 0 and served >= RATIO * reference, (served, reference)
+    engaged = [d for d in decisions if d.fallback_reason == "guard"]
+    assert all(d.policy == "pf" and d.notes["guard"]["engaged"] for d in engaged)
+    assert all(d.policy == "student" for d in decisions if d.fallback_reason is None)
+    text = metrics.exposition()[0].decode()
+    assert _value(text, "gnbsched_guard_engaged_total", cell=f"unseen-{label}", preset="mac") == len(engaged)
 
 
 def test_guard_enabled_false_turns_it_off(adversary_bad) -> None:

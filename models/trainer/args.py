@@ -111,10 +111,14 @@ class DistillArgs:
     """rival-aware refine stage on the pair scores"""
     surplus_margin: float = 4.0
     """pass-2 surplus margin of the decode (logit units)"""
+    decode: str = ""
+    """served decode of a fresh network: capped | assignment | anchored | pf_anchored | greedy (empty = assignment for spectrum, capped for mac)"""
     hinge_coef: float = 1.0
     """weight of the structured hinge loss of the exact-assignment decode (spectrum; 0 = likelihood only)"""
     nll_coef: float = 1.0
     """weight of the likelihood of the teacher's DCM under the two-pass PAG distribution"""
+    worlds: str = "project"
+    """where teacher slots come from: project (the project's simulators), families (the training world families of service.sim.worlds, held-out families never drawn) or both (half each)"""
     max_ue: int = 120
     """largest N of the random spectrum training scenarios"""
     max_res: int = 120
@@ -239,7 +243,7 @@ class ExportArgs:
     version: str = ""
     """version directory name (default: the next vK)"""
     tolerance: float = 1e-4
-    """largest accepted |onnxruntime − PyTorch| on admissible logits"""
+    """largest accepted |onnxruntime − PyTorch| on admissible logits, relative to max(1, the slot's largest |logit|)"""
     set_latest: bool = True
     """point student-<preset>/latest at the new version"""
     command: str = ""

@@ -10,7 +10,12 @@ import numpy as np
 import torch
 
 from service.history import HistoryView
-from service.policies.student import DEFAULT_SURPLUS_MARGIN, decode
+from service.policies.student import (
+    DEFAULT_ANCHOR_BOUND,
+    DEFAULT_PF_ANCHOR_BOUND,
+    DEFAULT_SURPLUS_MARGIN,
+    decode,
+)
 from service.serialize.tensors import FEATURE_VERSION, serialize
 from service.types import SlotState
 from trainer.net import NetConfig, StudentNet
@@ -26,17 +31,28 @@ class Checkpoint:
     preset: str
     decode: dict[str, Any]
     stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: per-block min / max of every input feature over the training slots (the card's ``feature_ranges``)
+    feature_ranges: dict[str, Any] | None = None
 
     @staticmethod
-    def new(preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN) -> Checkpoint:
-        kind = "assignment" if preset == "spectrum" else "capped"
-        return Checkpoint(StudentNet(config), preset, {"kind": kind, "surplus_margin": surplus_margin})
+    def new(preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN,
+            kind: str = "") -> Checkpoint:
+        """A fresh network; ``kind`` is the served decode (default: assignment for spectrum,
+        capped for mac)."""
+        kind = kind or ("assignment" if preset == "spectrum" else "capped")
+        spec: dict[str, Any] = {"kind": kind, "surplus_margin": surplus_margin}
+        if kind == "anchored":
+            spec["bound"] = DEFAULT_ANCHOR_BOUND
+        if kind == "pf_anchored":
+            spec["bound"] = DEFAULT_PF_ANCHOR_BOUND
+        return Checkpoint(StudentNet(config), preset, spec)
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"config": self.net.config.as_dict(), "state_dict": self.net.state_dict(), "preset": self.preset,
-                    "decode": self.decode, "stages": self.stages, "feature_version": FEATURE_VERSION},
+                    "decode": self.decode, "stages": self.stages, "feature_version": FEATURE_VERSION,
+                    "feature_ranges": self.feature_ranges},
                    path / CHECKPOINT_FILE)
         return path / CHECKPOINT_FILE
 
@@ -50,7 +66,8 @@ class Checkpoint:
             raise ValueError(f"{path}: feature version {blob.get('feature_version')} != {FEATURE_VERSION}")
         net = StudentNet(NetConfig(**blob["config"]))
         net.load_state_dict(blob["state_dict"])
-        return Checkpoint(net, blob["preset"], dict(blob["decode"]), list(blob.get("stages", [])))
+        return Checkpoint(net, blob["preset"], dict(blob["decode"]), list(blob.get("stages", [])),
+                          blob.get("feature_ranges"))
 
     @property
     def surplus_margin(self) -> float:
@@ -70,4 +87,4 @@ class TorchStudent:
         return out.numpy()
 
     def __call__(self, state: SlotState, view: HistoryView, rng: np.random.Generator | None = None) -> np.ndarray:
-        return decode(state, self.logits(state, view), self.ckpt.decode)
+        return decode(state, self.logits(state, view), self.ckpt.decode, view)

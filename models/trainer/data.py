@@ -29,8 +29,10 @@ from service.pag.checks import check
 from service.pag.repair import repair
 from service.policies.student import user_needs
 from service.serialize.tensors import StudentInputs, serialize
+from service.sim.base import SlotEnv
 from service.sim.mac import MAC_SCENARIOS, MacEnv
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
+from service.sim.worlds import WorldEnv, random_world, spectrum_instance, training_families
 from service.types import SlotState
 from trainer.teachers import Teacher
 
@@ -137,20 +139,86 @@ def mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_tti: int = 4
     while len(out) < slots:
         name, overrides = scenarios[episode % len(scenarios)]
         env = make_mac_env(name, overrides, seed=int(rng.integers(2**31)))
-        state = env.reset()
-        history = CellHistory.empty()
-        for _ in range(min(episode_tti, slots - len(out))):
-            view = history.view(state)
-            target = teacher(state, view, rng)
-            if state.user_eligible.any():  # a slot nobody can use teaches nothing
-                out.append(make_sample(state, view, target))
-            owner = target if behaviour is None else behaviour(state, view, rng)
-            history = record_decision(history, state, owner)
-            res = env.step(owner)
-            history = apply_feedback(history, res.feedback)
-            state = res.state
+        out += labelled_episode(env, env.reset(), teacher, behaviour, rng, min(episode_tti, slots - len(out)))
         episode += 1
     return out
+
+
+def labelled_episode(env: SlotEnv, state: SlotState, teacher: Teacher, behaviour: Behaviour | None,
+                     rng: np.random.Generator, slots: int) -> list[Sample]:
+    """One closed-loop mac episode of ``slots`` slots from ``state``: the teacher labels every
+    slot some user can use, ``behaviour`` (default: the teacher) plays it, and the history
+    follows the service's order (decide, ``record_decision``, step, ``apply_feedback``)."""
+    out: list[Sample] = []
+    history = CellHistory.empty()
+    for _ in range(slots):
+        view = history.view(state)
+        target = teacher(state, view, rng)
+        if state.user_eligible.any():  # a slot nobody can use teaches nothing (mac: no buffer = ineligible)
+            out.append(make_sample(state, view, target))
+        owner = target if behaviour is None else behaviour(state, view, rng)
+        history = record_decision(history, state, owner)
+        res = env.step(owner)
+        history = apply_feedback(history, res.feedback)
+        state = res.state
+    return out
+
+
+# ----------------------------------------------------------------------------- world families
+
+
+def world_mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_slots: int = 300,
+                      families: Sequence[str] | None = None, behaviour: Behaviour | None = None) -> list[Sample]:
+    """``slots`` teacher-labelled samples from closed-loop episodes of mac worlds
+    (``service.sim.worlds``): each episode a random world of the next training family (the
+    held-out families are never drawn), N in [2, 128], R in [4, 69], load, numerology and unit
+    scale drawn per episode."""
+    fams = tuple(families or training_families("mac"))
+    rng = np.random.default_rng(seed)
+    out: list[Sample] = []
+    episode = 0
+    while len(out) < slots:
+        cfg = random_world(fams[episode % len(fams)], rng)
+        env = WorldEnv(cfg, seed=int(rng.integers(2**31)))
+        out += labelled_episode(env, env.state(), teacher, behaviour, rng, min(episode_slots, slots - len(out)))
+        episode += 1
+    return out
+
+
+def world_spectrum_rollout(teacher: Teacher, *, slots: int, seed: int, max_ue: int = 120, max_res: int = 120,
+                           families: Sequence[str] | None = None) -> list[Sample]:
+    """``slots`` teacher-labelled single slots of the spectrum training families (N, R
+    log-uniform in [2, max], busy share and unit scale drawn per slot)."""
+    fams = tuple(families or training_families("spectrum"))
+    rng = np.random.default_rng(seed)
+    out: list[Sample] = []
+    while len(out) < slots:
+        n = int(np.exp(rng.uniform(np.log(2), np.log(max_ue + 1))))
+        r = int(np.exp(rng.uniform(np.log(2), np.log(max_res + 1))))
+        state = spectrum_instance(fams[len(out) % len(fams)], n, r, rng)
+        view = CellHistory.empty().view(state)
+        out.append(make_sample(state, view, teacher(state, view, rng)))
+    return out
+
+
+def feature_ranges(samples: Sequence[Sample]) -> dict[str, dict[str, list[float]]]:
+    """Per block (global, user, resource, pair), the min and max of every feature over the
+    training samples (users: eligible rows only), as the model card's ``feature_ranges``."""
+    def block(rows: Iterable[np.ndarray]) -> dict[str, list[float]]:
+        mats = [r for r in rows if r.size]
+        if not mats:
+            return {"min": [], "max": []}
+        lo = np.min([m.min(axis=0) for m in mats], axis=0)
+        hi = np.max([m.max(axis=0) for m in mats], axis=0)
+        return {"min": lo.astype(float).tolist(), "max": hi.astype(float).tolist()}
+
+    ins = [s.inputs for s in samples]
+    return {
+        "global": block(i.global_feats[None, :] for i in ins),
+        "user": block(i.user_feats[i.user_mask > 0] for i in ins),
+        "resource": block(i.res_feats for i in ins),
+        "pair": block(i.pair_feats.reshape(i.pair_feats.shape[0], -1).T for i in ins),
+    }
 
 
 # ----------------------------------------------------------------------------- JSONL

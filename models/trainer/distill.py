@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from service.sim.worlds import HELD_OUT, training_families
 from trainer.args import DistillArgs as Args
 from trainer.args import parse_args
 from trainer.checkpoint import Checkpoint, TorchStudent
@@ -30,7 +31,15 @@ from trainer.common import (
     row_logprobs,
     seed_everything,
 )
-from trainer.data import Sample, mac_rollout, read_jsonl, spectrum_rollout
+from trainer.data import (
+    Sample,
+    feature_ranges,
+    mac_rollout,
+    read_jsonl,
+    spectrum_rollout,
+    world_mac_rollout,
+    world_spectrum_rollout,
+)
 from trainer.evaluate import EVAL_SEED, baseline_utilities, evaluate_mac, evaluate_spectrum
 from trainer.net import NetConfig
 from trainer.teachers import make_teacher
@@ -97,11 +106,24 @@ def assignment_hinge(logits: torch.Tensor, tokens: torch.Tensor, batch: Batch, f
 
 
 def collect(args: Args, teacher, round_index: int, behaviour) -> list[Sample]:
+    """One round of teacher-labelled slots from ``args.worlds`` (project, families or both)."""
+    if args.worlds not in ("project", "families", "both"):
+        raise ValueError(f"worlds must be project, families or both, got {args.worlds!r}")
     seed = args.seed * 7919 + round_index
-    if args.preset == "spectrum":
-        return spectrum_rollout(teacher, slots=args.samples, seed=seed, max_ue=args.max_ue, max_res=args.max_res,
-                                behaviour=behaviour)
-    return mac_rollout(teacher, slots=args.samples, seed=seed, behaviour=behaviour)
+    n_fam = {"project": 0, "families": args.samples, "both": args.samples // 2}[args.worlds]
+    out: list[Sample] = []
+    if args.samples - n_fam:
+        if args.preset == "spectrum":
+            out += spectrum_rollout(teacher, slots=args.samples - n_fam, seed=seed, max_ue=args.max_ue,
+                                    max_res=args.max_res, behaviour=behaviour)
+        else:
+            out += mac_rollout(teacher, slots=args.samples - n_fam, seed=seed, behaviour=behaviour)
+    if n_fam:
+        if args.preset == "spectrum":
+            out += world_spectrum_rollout(teacher, slots=n_fam, seed=seed + 1, max_ue=args.max_ue, max_res=args.max_res)
+        else:
+            out += world_mac_rollout(teacher, slots=n_fam, seed=seed + 1, behaviour=behaviour)
+    return out
 
 
 def main(args: Args, logger: Logger | None = None) -> Checkpoint:
@@ -111,7 +133,8 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     if args.preset not in ("spectrum", "mac"):
         raise ValueError(f"unknown preset {args.preset!r}")
     ckpt = Checkpoint.load(args.init) if args.init else Checkpoint.new(
-        args.preset, NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine), args.surplus_margin)
+        args.preset, NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine), args.surplus_margin,
+        args.decode)
     student = TorchStudent(ckpt)
     teacher_name = args.teacher or ("km" if args.preset == "spectrum" else "deficit")
     teacher = None if args.dataset else make_teacher(teacher_name)
@@ -150,7 +173,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             nll, match = nll_loss(ckpt, batch, tokens, logits)
             loss = args.nll_coef * nll
             metrics = {"losses/nll": nll.item()}
-            if ckpt.decode["kind"] == "assignment" and args.hinge_coef > 0:
+            if ckpt.decode["kind"] in ("assignment", "anchored") and args.hinge_coef > 0:
                 hinge = assignment_hinge(logits, tokens, batch)
                 loss = loss + args.hinge_coef * hinge
                 metrics["losses/assignment_hinge"] = hinge.item()
@@ -174,6 +197,10 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
         ckpt.net.load_state_dict(best[1])
         metrics = best[3]
         logger.info(f"restored the weights of step {best[2]} ({SELECTION[args.preset]} {best[0]:.4f})")
+    ckpt.feature_ranges = feature_ranges(samples)
+    if args.worlds != "project":
+        data_info["families"] = list(training_families(args.preset))
+        data_info["held_out_families"] = list(HELD_OUT[args.preset])
     ckpt.stages.append({"script": "distill", "args": dataclasses.asdict(args), "data": data_info,
                         "wall_time_s": round(time.perf_counter() - t0, 1), "final": metrics})
     ckpt.save(args.out)
@@ -188,7 +215,7 @@ SELECTION = {"spectrum": "eval/ratio_km_min", "mac": "eval/utility_ratio_mean"}
 def keep_best(best, metrics: dict[str, float], ckpt: Checkpoint, step: int):
     """(score, weights, step, metrics) of the best evaluation so far."""
     score = metrics[SELECTION[ckpt.preset]]
-    if best is None or score > best[0]:
+    if best is None or score >= best[0]:  # a tie goes to the later, more trained weights
         return score, copy.deepcopy(ckpt.net.state_dict()), step, metrics
     return best
 

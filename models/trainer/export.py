@@ -5,7 +5,7 @@ Layout: ``<models>/student-<preset>/<version>/model.onnx`` + ``model.json``, and
 serves. The served graph has no batch axis: inputs ``global_feats [G]``, ``user_feats [N, Fu]``,
 ``res_feats [R, Fr]``, ``pair_feats [Fp, R, N]``, ``user_mask [N]``, ``res_mask [R]``; output
 ``logits [R, N+1]``. Export fails if onnxruntime and PyTorch differ by more than ``tolerance``
-on any admissible logit of the probe slots.
+(relative to the slot's largest logit, at least 1) on any admissible logit of the probe slots.
 
     python -m trainer.export --checkpoint runs/spectrum --models-dir models --version v1
 """
@@ -84,7 +84,8 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> None:
 
 
 def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
-    """Largest |onnxruntime − PyTorch| over admissible logits (unused column + eligible × available)."""
+    """Largest |onnxruntime − PyTorch| over admissible logits (unused column + eligible × available),
+    relative to max(1, the slot's largest |logit|): float32 rounding grows with the logits' size."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -97,7 +98,8 @@ def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
         if got.shape != ref.shape:
             raise ValueError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
         adm = np.concatenate([np.ones((state.num_res, 1), bool), state.admissible().T], axis=1)
-        worst = max(worst, float(np.abs(got - ref)[adm].max()))
+        scale = max(1.0, float(np.abs(ref[adm]).max()))
+        worst = max(worst, float(np.abs(got - ref)[adm].max()) / scale)
     return worst
 
 
@@ -112,7 +114,9 @@ def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float,
 
     proto = onnx.load(str(onnx_path))
     data = [s.get("data", {}) for s in ckpt.stages]
-    return {
+    held_out = next((d["held_out_families"] for d in data if "held_out_families" in d), None)
+    families = next((d["families"] for d in data if "families" in d), None)
+    card: dict[str, Any] = {
         "name": model_name(ckpt.preset),
         "version": version,
         "preset": ckpt.preset,
@@ -122,14 +126,18 @@ def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float,
         "architecture": {"class": "trainer.net.StudentNet", **ckpt.net.config.as_dict(),
                          "parameters": count_parameters(ckpt.net)},
         "decode": dict(ckpt.decode),
-        "training": {"command": command, "stages": ckpt.stages},
+        "training": {"command": command, "families": families, "held_out_families": held_out,
+                     "stages": ckpt.stages},
         "data": data,
         "evaluation": {},
         "onnx": {"opset": OPSET, "ir_version": int(proto.ir_version), "torch": torch.__version__,
-                 "onnxruntime": ort.__version__, "parity_max_abs_diff": max_diff},
+                 "onnxruntime": ort.__version__, "parity_max_rel_diff": max_diff},
         "size_bytes": onnx_path.stat().st_size,
         "sha256": sha256_file(onnx_path),
     }
+    if ckpt.feature_ranges is not None:
+        card["feature_ranges"] = ckpt.feature_ranges
+    return card
 
 
 def main(args: Args) -> Path:

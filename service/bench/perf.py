@@ -886,6 +886,11 @@ def write_report(out: Path, res: Results, figures: list[Path]) -> Path:
         lines += [""]
     if res.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
+    from service.bench.student import REPORT_FILE, STUDENT_MARKER
+
+    student = out / REPORT_FILE  # the student section (``gnbsched bench student``) stays in the report
+    if student.exists():
+        lines += [STUDENT_MARKER, "", student.read_text()]
     path = out / REPORT_NAME
     path.write_text("\n".join(lines))
     return path

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service.assign import greedy_fill
+from service.assign import greedy_fill, pf_priority
 from service.policies.base import Policy, PolicyContext, register
 from service.types import SlotState
 
@@ -61,8 +61,7 @@ class ProportionalFair(Policy):
     name = "pf"
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        avg = np.maximum(ctx.history.avg_served, 1e-9)
-        return greedy_fill(state, state.utility / avg[:, None])
+        return greedy_fill(state, pf_priority(state, ctx.history.avg_served))
 
 
 @register("max_weight")

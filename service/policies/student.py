@@ -20,6 +20,22 @@ mask (SPEC §4), so the raw output is valid by construction:
 * ``assignment`` (single connectivity, cap 1 — the spectrum preset): an exact linear
   assignment (rectangular Jonker-Volgenant, ``decode_assignment``) on the pair margins
   ``logit[r, 1+u] − logit[r, 0]``.
+* ``anchored`` (single connectivity — the spectrum preset): an exact assignment on the utility
+  weighted by the network, ``utility[u, r] · (1 + b · tanh(logit[r, 1+u] − logit[r, 0]))``
+  (``decode_anchored``, bound ``b`` from the card). The network can move a pair's weight by at
+  most a factor (1 ± b), so whatever it outputs, on any input, the decision keeps at least
+  ``(1 − b) / (1 + b)`` of the optimum sum-rate (0.990 at the shipped b = 0.005), and a pair of
+  zero rate is never granted.
+* ``pf_anchored`` (the mac preset): proportional fair's rule with a bounded learned tilt — the
+  pairs ranked by ``utility[u, r] / avg_served[u] · (1 + b · tanh(logit[r, 1+u] − logit[r, 0]))``
+  and taken greedily like ``greedy`` (``decode_pf_anchored``, bound ``b`` from the card). The
+  network can reorder only pairs whose PF priorities lie within a factor (1 + b) / (1 − b) of
+  each other, so throughput, latency and fairness stay those of PF on any input, and the tilt is
+  where a teacher that beats PF on the whole table can act.
+* ``greedy``: the pair margins ranked highest first, each pair taken while its
+  resource is free, its user below the PAG cap and the user's granted bits do not yet cover its
+  buffer (``decode_greedy`` over ``assign.greedy_fill``, the rule of the classical schedulers):
+  work-conserving, so every resource that some user with data can use is used.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
@@ -50,7 +66,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from service.assign import NEED_TOLERANCE, greedy_fill, pf_priority
 from service.errors import ModelInvalidError, PolicyUnavailableError
+from service.history import CellHistory, HistoryView
 from service.policies.base import Policy, PolicyContext, register
 from service.serialize.tensors import (
     FEATURE_VERSION,
@@ -74,7 +92,10 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 #: default of the model card's ``decode.surplus_margin`` (logit units)
 DEFAULT_SURPLUS_MARGIN = 4.0
-DECODE_KINDS = ("capped", "assignment")
+DECODE_KINDS = ("capped", "assignment", "anchored", "pf_anchored", "greedy")
+#: default bound ``b`` of the anchored decodes (card ``decode.bound``): spectrum, mac
+DEFAULT_ANCHOR_BOUND = 0.005
+DEFAULT_PF_ANCHOR_BOUND = 0.05
 
 #: expected rank and fixed (feature) dimensions of each input; None = dynamic (N or R)
 _INPUT_SHAPES: dict[str, tuple[int | None, ...]] = {
@@ -145,8 +166,9 @@ def sha256_file(path: Path | str) -> str:
 def user_needs(state: SlotState) -> np.ndarray:
     """int64 [N]: resources each user takes in pass 1 at most — the PAG cap, limited to the
     available resources and (mac, known buffers) to ceil(buffer / best TBS on an available
-    resource); 0 if ineligible. The same numbers as ``assign.copies_per_user`` (tested), with a
-    shortcut for the common slot where every resource is available."""
+    resource − ``assign.NEED_TOLERANCE``); 0 if ineligible. The same numbers as
+    ``assign.copies_per_user`` (tested), with a shortcut for the common slot where every
+    resource is available."""
     avail = state.resource_available
     n_avail = int(np.count_nonzero(avail))
     k = min(state.max_resources_per_user, n_avail)
@@ -154,7 +176,7 @@ def user_needs(state: SlotState) -> np.ndarray:
         util = state.utility if n_avail == state.num_res else state.utility[:, avail]
         best = util.max(axis=1) if n_avail else np.zeros(state.num_ue)
         with np.errstate(divide="ignore", invalid="ignore"):
-            need = np.where(best > 0, np.ceil(state.buffer_bits / best), 0.0)
+            need = np.where(best > 0, np.ceil(state.buffer_bits / best - NEED_TOLERANCE), 0.0)
         need = np.minimum(need, k).astype(np.int64)
     else:
         need = np.full(state.num_ue, k, np.int64)
@@ -293,11 +315,72 @@ def decode_assignment(state: SlotState, logits: np.ndarray) -> np.ndarray:
     return owner
 
 
-def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``)."""
+def decode_anchored(state: SlotState, logits: np.ndarray, bound: float = DEFAULT_ANCHOR_BOUND) -> np.ndarray:
+    """Exact assignment (cap 1) on ``utility[u, r] · (1 + bound · tanh(m[r, u]))`` with the pair
+    margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R].
+
+    Guarantee: with S the result and O any valid assignment (the optimum included), every weight
+    lies in [1 − b, 1 + b], so ``(1 + b)·U(S) ≥ W(S) ≥ W(O) ≥ (1 − b)·U(O)``: ``U(S) ≥ (1 − b) /
+    (1 + b) · U(O)`` whatever the logits. Pairs of zero utility have weight 0 and stay unused.
+    """
+    r, n1 = state.num_res, state.num_ue + 1
+    if logits.shape != (r, n1):
+        raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
+    if not 0.0 <= bound < 1.0:
+        raise ValueError(f"bound must be in [0, 1), got {bound}")
+    owner = np.zeros(r, np.int64)
+    avail, elig = state.resource_available, state.user_eligible
+    res_idx = np.flatnonzero(avail)
+    ue_idx = np.flatnonzero(elig)
+    if res_idx.size == 0 or ue_idx.size == 0:
+        return owner
+    margin = logits[np.ix_(res_idx, 1 + ue_idx)].astype(np.float64) - logits[res_idx, :1]  # [R', U']
+    score = state.utility[np.ix_(ue_idx, res_idx)].T * (1.0 + bound * np.tanh(margin))
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    keep = score[rows, cols] > 0
+    owner[res_idx[rows[keep]]] = ue_idx[cols[keep]] + 1
+    return owner
+
+
+def decode_pf_anchored(state: SlotState, logits: np.ndarray, avg_served: np.ndarray,
+                       bound: float = DEFAULT_PF_ANCHOR_BOUND) -> np.ndarray:
+    """Greedy (``assign.greedy_fill``) on ``pf_priority · (1 + bound · tanh(m))`` with the pair
+    margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. avg_served: float64 [N], the
+    cell history's PF averages of the slot's users. Valid by construction."""
+    r, n1 = state.num_res, state.num_ue + 1
+    if logits.shape != (r, n1):
+        raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
+    if not 0.0 <= bound < 1.0:
+        raise ValueError(f"bound must be in [0, 1), got {bound}")
+    margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
+    return greedy_fill(state, pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin)))
+
+
+def decode_greedy(state: SlotState, logits: np.ndarray) -> np.ndarray:
+    """Work-conserving pair-greedy decode of logits [R, N+1] (module doc): the DCM int64 [R] of
+    ``assign.greedy_fill`` on the margins ``logit[r, 1+u] − logit[r, 0]`` (as [N, R]). Valid by
+    construction (eligible users, available resources, PAG cap, mac buffer cover)."""
+    r, n1 = state.num_res, state.num_ue + 1
+    if logits.shape != (r, n1):
+        raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
+    margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
+    return greedy_fill(state, margin)
+
+
+def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any],
+           history: HistoryView | None = None) -> np.ndarray:
+    """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``,
+    ``bound``); ``pf_anchored`` reads the PF averages of ``history`` (a new cell's when None)."""
     kind = spec.get("kind", "capped")
+    if kind == "pf_anchored":
+        view = history if history is not None else CellHistory.empty().view(state)
+        return decode_pf_anchored(state, logits, view.avg_served, float(spec.get("bound", DEFAULT_PF_ANCHOR_BOUND)))
     if kind == "assignment" and state.max_resources_per_user == 1:
         return decode_assignment(state, logits)
+    if kind == "anchored" and state.max_resources_per_user == 1:
+        return decode_anchored(state, logits, float(spec.get("bound", DEFAULT_ANCHOR_BOUND)))
+    if kind == "greedy":
+        return decode_greedy(state, logits)
     return decode_capped(state, logits, surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)))
 
 
@@ -421,6 +504,12 @@ class LoadedModel:
         training = self.card.get("training")
         fams = training.get("held_out_families") if isinstance(training, dict) else None
         return list(fams) if isinstance(fams, list | tuple) else None
+
+    @property
+    def anchor_bound(self) -> float:
+        """The anchored decodes' bound ``b`` (card ``decode.bound``)."""
+        default = DEFAULT_PF_ANCHOR_BOUND if self.decode_kind == "pf_anchored" else DEFAULT_ANCHOR_BOUND
+        return float(self.card.get("decode", {}).get("bound", default))
 
     @property
     def decode_spec(self) -> dict[str, Any]:
@@ -709,4 +798,10 @@ class StudentPolicy(Policy):
                 ctx.info["out_of_range_features"] = names[:MAX_RANGE_NAMES]
         if model.decode_kind == "assignment" and state.max_resources_per_user == 1:
             return decode_assignment(state, logits)
+        if model.decode_kind == "anchored" and state.max_resources_per_user == 1:
+            return decode_anchored(state, logits, model.anchor_bound)
+        if model.decode_kind == "pf_anchored":
+            return decode_pf_anchored(state, logits, ctx.history.avg_served, model.anchor_bound)
+        if model.decode_kind == "greedy":
+            return decode_greedy(state, logits)
         return decode_capped(state, logits, surplus_margin=model.surplus_margin)

@@ -28,7 +28,7 @@ import numpy as np
 from service.history import HistoryView
 from service.types import SlotState
 
-FEATURE_VERSION = "tensors-v2"
+FEATURE_VERSION = "tensors-v3"
 
 GLOBAL_FEATURES: tuple[str, ...] = (
     "preset_spectrum",  # 1 for the LSA preset
@@ -88,6 +88,7 @@ PAIR_FEATURES: tuple[str, ...] = (
     "utility_rel_resource",  # utility[u, r] / resource's best
     "utility_capped",  # min(utility, buffer) / slot max (what the user can really send; = utility without buffers)
     "admissible",  # 1 where the pair is allowed (user eligible, resource available): the PAG mask as a channel
+    "pf_rel",  # utility[u, r] / PF average served[u], relative to the slot's largest (proportional-fair priority)
 )
 
 #: SE normaliser (bit/s/Hz): above the highest entry of the TS 38.214 MCS tables (7.4063)
@@ -171,6 +172,19 @@ def _safe_inv(x: np.ndarray) -> np.ndarray:
     return 1.0 / np.maximum(x, np.float32(1e-30))
 
 
+def _fallback_scale(state: SlotState, history: HistoryView | None) -> float:
+    """The slot's bit scale when no admissible pair has utility (no free resource, no eligible
+    user, or only zero rates): its largest utility on any pair, else its largest buffer, else its
+    largest PF average, else 1 — a quantity of the slot rather than an absolute 1 bit, so that
+    the buffer and PF features stay scale-free in these slots too."""
+    for values in (state.utility, state.buffer_bits, None if history is None else history.avg_served):
+        if values is not None and values.size:
+            top = float(values.max())
+            if top > 0.0:
+                return top
+    return 1.0
+
+
 def serialize(state: SlotState, history: HistoryView | None = None, out: StudentInputs | None = None) -> StudentInputs:
     """Serialize one slot (and its cell history) into the student's tensors.
 
@@ -189,29 +203,27 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
     n_elig, n_avail = int(np.count_nonzero(elig)), int(np.count_nonzero(avail))
     full = n_elig == n and n_avail == r
 
-    # ---- per-pair block [Fp, R, N]; channel 0 first holds the admissible utility itself
+    # ---- per-pair block [Fp, R, N]; channel 0: admissible utility / slot max
+    # Every quantity in bits (utility, buffers, PF averages) is divided by the slot max u_ref in
+    # float64, before the float32 cast: scaling all of them by one factor then gives the same
+    # float32 features (to float64 rounding), and everything below works on these ratios.
     pc = out.pair_feats
     adm = pc[0]  # [R, N]
-    if full:
-        np.copyto(adm, state.utility.T, casting="unsafe")
-    else:
-        np.multiply(state.utility.T, avail[:, None] & elig[None, :], out=adm, casting="unsafe")
-    row_max = adm.max(axis=0)  # [N] user's best
-    col_max = adm.max(axis=1)  # [R] resource's best
-    u_ref = float(row_max.max()) if n else 0.0
+    util_t = state.utility.T if full else state.utility.T * (avail[:, None] & elig[None, :])  # [R, N] float64
+    u_ref = float(util_t.max()) if util_t.size else 0.0
     if u_ref <= 0.0:
-        u_ref = 1.0
-    inv_ref = np.float32(1.0 / u_ref)
+        u_ref = _fallback_scale(state, history)
+    np.divide(util_t, u_ref, out=adm, casting="unsafe")
+    row_max = adm.max(axis=0)  # [N] user's best / slot max
+    col_max = adm.max(axis=1)  # [R] resource's best / slot max
     row_mean = adm.sum(axis=0) * np.float32(1.0 / max(n_avail, 1))  # [N] mean over available resources
     col_mean = adm.sum(axis=1) * np.float32(1.0 / max(n_elig, 1))  # [R] mean over eligible users
     np.multiply(adm, _safe_inv(row_max)[None, :], out=pc[1])
     np.multiply(adm, _safe_inv(col_max)[:, None], out=pc[2])
     buf = state.buffer_bits
     if buf is not None:
-        np.minimum(adm, buf.astype(np.float32)[None, :], out=pc[3])
-        pc[3] *= inv_ref
-    adm *= inv_ref  # channel 0: utility / slot max
-    if buf is None:
+        np.minimum(adm, (buf / u_ref).astype(np.float32)[None, :], out=pc[3])
+    else:
         pc[3] = adm
     if full:
         pc[4] = 1.0
@@ -220,21 +232,26 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
 
     # ---- per-user tokens [N, Fu]
     uf = out.user_feats
-    row_max *= inv_ref
-    row_mean *= inv_ref
     uf[:, 0] = elig
     uf[:, 1] = row_max
     uf[:, 2] = row_mean
     p_rx = state.rx_power_dbm
     uf[:, 3] = 0.0 if p_rx is None else (p_rx - p_rx.max()) / 10.0
     if buf is not None:
-        need = (buf * inv_ref) * _safe_inv(row_max).astype(np.float64)  # resources to empty the buffer
+        need = (buf / u_ref) * _safe_inv(row_max).astype(np.float64)  # resources to empty the buffer
         uf[:, 4] = np.log1p(need)
         uf[:, 5] = np.minimum(need, n_avail) / max(n_avail, 1)
     else:
         uf[:, 4:6] = 0.0
     if history is not None:
-        avg = np.maximum(history.avg_served * float(inv_ref), 1e-12)  # in units of the slot max
+        avg = np.maximum(history.avg_served / u_ref, 1e-12)  # in units of the slot max
+    else:  # no history: a new user's PF average, its mean utility on available resources
+        avg = np.maximum(row_mean.astype(np.float64), 1e-12)
+    # pair channel 5: the PF priority utility / average, relative to the slot's largest
+    pf = adm * (1.0 / avg)[None, :]  # [R, N] float64
+    pf_max = float(pf.max()) if pf.size else 0.0
+    np.multiply(pf, 1.0 / pf_max if pf_max > 0.0 else 0.0, out=pc[5], casting="unsafe")
+    if history is not None:
         x = history.cum_resources
         uf[:, 6] = np.log1p(avg)
         uf[:, 7] = np.log1p(row_max / avg)
@@ -276,8 +293,8 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
     bw_ref = float(bw_av.max()) if bw_av.size else float(bw.max())
     rf[:, 0] = avail
     rf[:, 1] = bw * (1.0 / bw_ref)
-    rf[:, 2] = col_max * inv_ref
-    rf[:, 3] = col_mean * inv_ref
+    rf[:, 2] = col_max
+    rf[:, 3] = col_mean
     if n_avail < r:
         rf[~avail, 1:] = 0.0
 
@@ -307,7 +324,7 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
         g[12:15] = 0.0
     if buf is not None:
         g[15] = 1.0
-        g[16], g[17], g[18], g[19] = _stats(np.log1p((buf if n_elig == n else buf[elig]) * float(inv_ref)))
+        g[16], g[17], g[18], g[19] = _stats(np.log1p((buf if n_elig == n else buf[elig]) / u_ref))
     else:
         g[15:20] = 0.0
     if p_rx is not None:

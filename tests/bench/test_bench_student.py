@@ -1,49 +1,160 @@
-"""``gnbsched bench student``: the shipped models through the real bench at a tiny budget, and the
-target bookkeeping that decides PASS / FAIL."""
+"""``gnbsched bench student``: the target bookkeeping that decides PASS / FAIL per group
+(training / held-out families), and the shipped models through the real bench at ``--quick``."""
 
 import argparse
 import json
+import math
 
 import pytest
 
 from service.bench import student as bench
+from service.policies.student import default_model_dir
+from service.sim.worlds import HELD_OUT, MAC_FAMILIES, SPECTRUM_FAMILIES
 
 
-def _row(ratio: float, jain: float, group: str = "standard") -> dict:
-    return {"group": group, "ratio": ratio, "student_jain": jain}
+def _mac(held_out: bool = False, **figures: float) -> dict:
+    """A mac row that meets every target unless ``figures`` says otherwise."""
+    return {"held_out": held_out, "utility_ratio": 1.02, "throughput_ratio": 1.0, "latency_ratio": 1.1,
+            "jain_minus_pf": 0.0, "valid_before_repair": 1.0, **figures}
 
 
-def test_mac_targets_need_every_standard_row_and_the_generalisation_rows():
-    ok = [_row(1.05, 0.96), _row(1.031, 0.951), _row(1.0, 0.5, "generalisation")]
-    assert bench._mac_summary(ok)["met"]
-    assert bench._mac_summary(ok)["min_ratio_standard"] == pytest.approx(1.031)
-    assert not bench._mac_summary([*ok, _row(1.029, 0.99)])["met"]  # one standard row under 1.03
-    assert not bench._mac_summary([*ok, _row(1.2, 0.949)])["met"]  # Jain under 0.95
-    assert not bench._mac_summary([*ok, _row(0.99, 0.2, "generalisation")])["met"]  # N = 20 / 50 below the baseline
-    # generalisation rows carry no Jain target
-    assert bench._mac_summary([*ok, _row(1.01, 0.1, "generalisation")])["met"]
+def _spectrum(held_out: bool = False, **figures: float) -> dict:
+    return {"held_out": held_out, "ratio_to_km_min": 0.995, "valid_before_repair": 1.0, **figures}
 
 
-def test_quick_run_of_the_shipped_models_is_consistent(tmp_path, capsys):
-    """Tiny budget (the figures are not the shipped ones): every row is internally consistent,
-    valid before repair is 100 %, and the latency parts are measured for both presets."""
-    args = argparse.Namespace(out=str(tmp_path), quick=True, seed=0, slots=4)
-    code = bench.run(args)
+def _line(lines: list[str], prefix: str) -> str:
+    (line,) = [x for x in lines if x.startswith(prefix)]
+    return line
+
+
+def test_every_target_is_judged_on_the_worst_row_of_its_group():
+    rows = [_mac(), _mac(utility_ratio=1.0, throughput_ratio=0.991, latency_ratio=1.2, jain_minus_pf=-0.01),
+            _mac(True), _mac(True)]
+    s = bench.summarize(rows, [_spectrum(), _spectrum(ratio_to_km_min=0.99), _spectrum(True)])
+    assert s["met"] and set(s) == {"mac", "spectrum", "met"}
+    assert set(s["mac"]) == set(s["spectrum"]) == {"training", "held-out"}
+    train = s["mac"]["training"]
+    assert train["met"] and train["rows"] == 2
+    assert train["utility_ratio"]["worst"] == pytest.approx(1.0)
+    assert train["throughput_ratio"]["worst"] == pytest.approx(0.991)
+    assert train["latency_ratio"]["worst"] == pytest.approx(1.2)  # a "<=" target: the worst is the largest
+    assert s["spectrum"]["training"]["ratio_to_km_min"]["worst"] == pytest.approx(0.99)
+    # each figure just past its target fails that target alone
+    for key, bad in (("utility_ratio", 0.999), ("throughput_ratio", 0.987), ("latency_ratio", 1.21),
+                     ("jain_minus_pf", -0.011), ("valid_before_repair", 0.999)):
+        judged = bench.summarize([*rows, _mac(**{key: bad})])["mac"]["training"]
+        assert not judged["met"] and not judged[key]["met"], key
+        assert [k for k, v in judged.items() if isinstance(v, dict) and not v["met"]] == [key]
+    lines = bench.verdict_lines(bench.summarize([*rows, _mac(throughput_ratio=0.987)]))
+    assert _line(lines, "mac throughput / pf (training)") == "mac throughput / pf (training): min 0.9870 (target >= 0.99) FAIL"
+    assert _line(lines, "mac throughput / pf (held-out)").endswith("PASS")
+    assert _line(lines, "mac p95 latency / pf (training)").startswith("mac p95 latency / pf (training): max 1.2000")
+    assert not bench.summarize(spectrum_rows=[_spectrum(), _spectrum(ratio_to_km_min=0.9899)])["met"]
+
+
+def test_held_out_families_are_judged_apart_from_the_training_families():
+    s = bench.summarize([_mac(), _mac(True, utility_ratio=0.8)], [_spectrum(True), _spectrum(ratio_to_km_min=0.5)])
+    assert s["mac"]["training"]["met"] and not s["mac"]["held-out"]["met"]
+    assert not s["spectrum"]["training"]["met"] and s["spectrum"]["held-out"]["met"]
+    assert not s["met"]
+    lines = bench.verdict_lines(s)
+    assert _line(lines, "mac leader utility / best baseline (held-out)").endswith("min 0.8000 (target >= 1) FAIL")
+    assert _line(lines, "mac leader utility / best baseline (training)").endswith("PASS")
+    assert _line(lines, "spectrum utility / km (training)").endswith("FAIL")
+    # a section or group without rows is left out
+    assert set(bench.summarize([_mac()])) == {"mac", "met"}
+    assert set(bench.summarize([_mac()])["mac"]) == {"training"}
+
+
+def test_latency_is_na_where_pf_has_no_p95_and_a_failure_where_only_the_student_has_none():
+    # full-buffer traffic: no packet latency at all, the latency target does not apply to that row
+    s = bench.summarize([_mac(latency_ratio=math.nan), _mac(latency_ratio=1.15), _mac(True, latency_ratio=None)])
+    assert s["met"]
+    assert s["mac"]["training"]["latency_ratio"] == {**s["mac"]["training"]["latency_ratio"], "worst": 1.15,
+                                                     "n_applicable": 1, "met": True}
+    assert s["mac"]["held-out"]["latency_ratio"]["worst"] is None
+    lines = bench.verdict_lines(s)
+    assert _line(lines, "mac p95 latency / pf (training)") == \
+        "mac p95 latency / pf (training): max 1.1500, n/a in 1 of 2 rows (target <= 1.2) PASS"
+    assert _line(lines, "mac p95 latency / pf (held-out)") == \
+        "mac p95 latency / pf (held-out): n/a in all 1 rows (target <= 1.2) PASS"
+    # the row builder: pf's p95 NaN -> n/a; the student completing no packet where pf does -> inf (FAIL)
+    kpis = {"slots": 10.0, "leader_utility": 0.5, "cell_throughput_bps": 2e6, "latency_p95_slots": math.nan,
+            "jain_throughput": 0.8, "bler": 0.0, "dropped_share": 0.0, "valid_before_repair": 1.0}
+    per = {p: [dict(kpis)] for p in bench.MAC_POLICIES}
+    per["rr"][0]["leader_utility"] = 0.4
+    row = bench.mac_row("rayleigh-full_buffer", 20, 17, per)
+    assert row["best_baseline"] == "pf" and row["utility_ratio"] == pytest.approx(1.0)
+    assert not row["latency_target_applies"] and math.isnan(row["latency_ratio"])
+    assert row["student_throughput_mbps"] == pytest.approx(2.0) and row["jain_minus_pf"] == 0.0
+    per["pf"][0]["latency_p95_slots"] = 4.0
+    row = bench.mac_row("rayleigh-bursty", 20, 17, per)
+    assert row["held_out"] and row["latency_target_applies"] and row["latency_ratio"] == math.inf
+    assert not bench.summarize([row])["mac"]["held-out"]["latency_ratio"]["met"]
+
+
+def test_quick_run_of_the_shipped_models_reports_every_family(tmp_path, capsys):
+    """Tiny budget (the figures are not the shipped ones): every family is in the tables, the rows
+    are internally consistent, docs/bench/student.json carries the summary, docs/bench/student.md the report, and the exit code is 0."""
+    args = argparse.Namespace(out=str(tmp_path), quick=True, seed=0, slots=None)
+    assert bench.run(args) == 0
     out = capsys.readouterr().out
-    doc = json.loads((tmp_path / "student" / "results.json").read_text())
-    assert code in (0, 1) and ("FAIL" in out) == (code == 1)
-    assert {r["scenario"] for r in doc["spectrum"]} >= {"u5-c5-b1", "u100-c100-b20"}
-    for r in doc["spectrum"]:
-        assert 0.0 < r["ratio_to_km"] <= 1.0 + 1e-9 and 0.0 < r["net_greedy_ratio_to_km"] <= 1.0 + 1e-9  # KM is optimal
-        assert r["valid_before_repair"] == 1.0
-    for r in doc["mac"]:
+    doc = json.loads((tmp_path / "docs" / "bench" / "student.json").read_text())
+    report = (tmp_path / "docs" / "bench" / "student.md").read_text()
+    assert report.startswith("## The student on world families") and "held-out" in report
+    mac_table = out.split("student - mac")[1].split("student - spectrum")[0]
+    spectrum_table = out.split("student - spectrum")[1]
+    for fam in MAC_FAMILIES:
+        group = "held-out" if fam in HELD_OUT["mac"] else "training"
+        assert any(line.split()[:2] == [fam, group] for line in mac_table.splitlines()), fam
+    for fam in SPECTRUM_FAMILIES:
+        group = "held-out" if fam in HELD_OUT["spectrum"] else "training"
+        assert any(line.split()[:2] == [fam, group] for line in spectrum_table.splitlines()), fam
+
+    mac, spectrum = doc["mac"], doc["spectrum"]
+    assert [r["family"] for r in mac] == sorted(MAC_FAMILIES, key=lambda f: f in HELD_OUT["mac"])  # training first
+    for r in mac:
+        assert (r["num_ue"], r["num_rbg"], r["held_out"]) == (20, 17, r["family"] in HELD_OUT["mac"])
         base = {p: r[f"{p}_utility"] for p in bench.BASELINES}
         assert r["best_baseline"] == max(base, key=base.get)
-        assert r["ratio"] == pytest.approx(r["student_utility"] / base[r["best_baseline"]])
+        assert r["utility_ratio"] == pytest.approx(r["student_utility"] / base[r["best_baseline"]])
+        assert r["throughput_ratio"] == pytest.approx(r["student_throughput_mbps"] / r["pf_throughput_mbps"])
         assert r["valid_before_repair"] == 1.0
-    assert {r["group"] for r in doc["mac"]} == {"standard", "generalisation"}
+        assert (r["latency_ratio"] is None) == (not r["latency_target_applies"] or r["student_latency_p95_slots"] is None)
+    fb = next(r for r in mac if r["family"] == "rayleigh-full_buffer")
+    assert fb["pf_latency_p95_slots"] is None and not fb["latency_target_applies"]
+    assert {(r["family"], r["num_ue"], r["num_res"]) for r in spectrum} == {
+        (f, n, m) for f in SPECTRUM_FAMILIES for n, m in bench.QUICK.spectrum_sizes}
+    for r in spectrum:
+        assert 0.0 < r["ratio_to_km_min"] <= r["ratio_to_km_mean"] <= 1.0 + 1e-9  # KM is optimal
+        assert r["valid_before_repair"] == 1.0 and r["instances"] == bench.QUICK.instances
+
+    summary = doc["summary"]
+    assert isinstance(summary["met"], bool)
+    targets = {"mac": bench.MAC_TARGETS, "spectrum": bench.SPECTRUM_TARGETS}
+    for section, tgts in targets.items():
+        assert set(summary[section]) == {"training", "held-out"}
+        for group, judged in summary[section].items():
+            assert isinstance(judged["met"], bool)
+            assert judged["met"] == all(judged[key]["met"] for key, *_ in tgts)
+            for key, label, op, target in tgts:
+                v = judged[key]
+                assert (v["op"], v["target"], isinstance(v["met"], bool)) == (op, target, True)
+                line = _line(out.splitlines(), f"{label} ({group})")
+                assert line.endswith("PASS" if v["met"] else "FAIL")
+    assert summary["mac"]["training"]["valid_before_repair"]["met"]
     for preset in ("spectrum", "mac"):
         lat = doc["latency_n100_r69"][preset]
         assert lat["onnx_run_us_median"] > 0 and lat["decode_us_median"] > 0
         assert lat["policy_us_median"] > 0 and lat["serialize_us_median"] > 0
-    assert "onnxruntime" in out and "PASS valid-before-repair" in out
+    assert "onnxruntime" in out
+
+
+def test_evaluate_model_returns_the_rows_and_summary_of_its_preset():
+    """What ``gnbsched train all`` writes into a model card's ``evaluation``."""
+    models = default_model_dir() / "student-mac"
+    ev = bench.evaluate_model("mac", models / (models / "latest").read_text().strip(), quick=True)
+    assert set(ev["summary"]) == {"mac", "met"} and isinstance(ev["summary"]["met"], bool)
+    assert {r["family"] for r in ev["rows"]} == set(MAC_FAMILIES)
+    assert ev["latency_n100_r69"]["policy_us_median"] > 0
+    json.dumps(ev, allow_nan=False)  # strict JSON: undefined figures are None

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service.assign import greedy_fill
+from service.assign import NEED_TOLERANCE, greedy_fill
 from service.pag import check, is_valid, masked_decode, repair
 from service.types import SlotState, make_slot, owner_ids, slot_utility
 
@@ -229,7 +229,8 @@ def test_repair_improves_on_dropping_to_nothing():
 def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, users: np.ndarray | None) -> np.ndarray:
     """The fill step written plainly: visit every (user, resource) pair by descending score
     (ties: lower user, then lower resource), take it iff the resource is free and available,
-    the user eligible, selected, below its cap and (mac) still has unscheduled data."""
+    the user eligible, selected, below its cap and (mac) still has unscheduled data beyond
+    ``NEED_TOLERANCE`` of its best TBS."""
     owner = owner.copy()
     n, r = state.num_ue, state.num_res
     counts = np.bincount(owner, minlength=n + 1)[1:].tolist()
@@ -243,7 +244,8 @@ def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, us
             continue
         if users is not None and u not in set(users.tolist()):
             continue
-        if counts[u] >= state.max_resources_per_user or (left is not None and left[u] <= 0):
+        if counts[u] >= state.max_resources_per_user or (
+                left is not None and left[u] <= NEED_TOLERANCE * float(state.utility[u].max(initial=0.0))):
             continue
         owner[c] = u + 1
         counts[u] += 1

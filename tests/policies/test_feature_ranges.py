@@ -35,6 +35,7 @@ from service.policies.student import (
 )
 from service.serialize.tensors import NUM_GLOBAL, StudentInputs
 from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.sim.worlds import HELD_OUT
 from service.state import MemoryStore
 
 SLOTS = 25
@@ -171,7 +172,7 @@ def test_wide_ranges_count_nothing(tmp_path: Path) -> None:
     assert all("out_of_range_features" not in d.notes for d in decisions)
     assert _counter(metrics) is None
     mac = _models(core).json()["models"]["mac"]
-    assert mac["feature_ranges"] is True and mac["held_out_families"] is None
+    assert mac["feature_ranges"] is True and mac["held_out_families"] == list(HELD_OUT["mac"])
     assert mac["out_of_range"] == {"slots_checked": SLOTS, "slots_out_of_range": 0, "features": {}}
 
 

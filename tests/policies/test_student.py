@@ -18,12 +18,16 @@ from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import is_valid
 from service.pag.mask import pag_mask
 from service.pipeline import PolicySet, decide
+from service.policies.base import PolicyContext, make
 from service.policies.student import (
     CARD_FILE,
     MODEL_FILE,
     StudentPolicy,
+    decode_anchored,
     decode_assignment,
     decode_capped,
+    decode_greedy,
+    decode_pf_anchored,
     locate_model,
     sha256_file,
     user_needs,
@@ -98,6 +102,50 @@ def test_capped_decode_is_valid_whatever_the_logits():
         state = _random_slot(rng)
         logits = rng.choice([-1e9, 1e9, 0.0, 5.0], size=(state.num_res, state.num_ue + 1))
         assert is_valid(state, decode_capped(state, logits))
+
+
+def test_anchored_decode_keeps_its_bound_of_the_optimum_whatever_the_logits():
+    """Adversarial logits (the network's worst case: +big on bad pairs, -big on good ones) cannot
+    push the anchored decode below (1 - b) / (1 + b) of the optimum, and zero-rate pairs stay
+    unused; with flat margins it is the exact optimum."""
+    from service.assign import linear_assignment
+
+    rng = np.random.default_rng(7)
+    for bound in (0.005, 0.05, 0.3):
+        for _ in range(150):
+            n, r = int(rng.integers(1, 25)), int(rng.integers(1, 25))
+            util = rng.exponential(1.0, (n, r)) * (rng.random((n, r)) < 0.8) * 10 ** rng.uniform(-6, 9)
+            state = make_slot("spectrum", np.arange(n), np.arange(r), utility=util,
+                              resource_available=rng.random(r) < 0.85, user_eligible=rng.random(n) < 0.9)
+            best = slot_utility(state, linear_assignment(state, state.utility))
+            adversarial = np.zeros((r, n + 1))
+            adversarial[:, 1:] = np.where(util.T > np.median(util), -50.0, 50.0)
+            for logits in (adversarial, rng.normal(0, 20, (r, n + 1)), np.zeros((r, n + 1))):
+                owner = decode_anchored(state, logits, bound)
+                assert is_valid(state, owner)
+                got = slot_utility(state, owner)
+                assert got >= (1 - bound) / (1 + bound) * best - 1e-9 * max(best, 1.0), (bound, got, best)
+                granted = owner > 0
+                assert (util[owner[granted] - 1, np.flatnonzero(granted)] > 0).all()
+            assert slot_utility(state, decode_anchored(state, np.zeros((r, n + 1)), bound)) == pytest.approx(best)
+
+
+def test_pf_anchored_decode_is_pf_with_flat_margins_and_valid_for_any_logits():
+    rng = np.random.default_rng(11)
+    pf = make("pf")
+    for _ in range(200):
+        state = _random_slot(rng)
+        if state.preset != "mac":
+            continue
+        history = CellHistory.empty()
+        view = history.view(state)
+        view.avg_served[:] = rng.exponential(300.0, state.num_ue)
+        want = np.asarray(pf(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
+        got = decode_pf_anchored(state, np.zeros((state.num_res, state.num_ue + 1)), view.avg_served)
+        assert np.array_equal(got, want)
+        wild = rng.normal(0, 30, (state.num_res, state.num_ue + 1))
+        assert is_valid(state, decode_pf_anchored(state, wild, view.avg_served, 0.3))
+        assert is_valid(state, decode_greedy(state, wild))
 
 
 def test_assignment_decode_maximises_the_margins():

@@ -103,3 +103,38 @@ def test_train_all_quick_reproduces_a_loadable_model(tmp_path: Path):
         assert d.valid_before_repair
         state = env.step(d.owner).state
     assert np.isfinite(d.utility)
+
+
+def test_mac_distill_on_the_world_families_records_them_and_serves(tmp_path: Path):
+    """``--worlds families``: the data come from the training families only, the card names them
+    and the held-out ones, its feature ranges cover every serialized feature, and the exported
+    pf-anchored model serves valid decisions on a held-out world."""
+    from service.serialize.tensors import (
+        GLOBAL_FEATURES,
+        PAIR_FEATURES,
+        RESOURCE_FEATURES,
+        USER_FEATURES,
+    )
+    from service.sim.worlds import HELD_OUT, WorldEnv, random_world, training_families
+
+    args = distill.Args(preset="mac", teacher="pf", worlds="families", decode="pf_anchored", samples=300, steps=40,
+                        batch_size=16, eval_slots=1, eval_every=0, out=str(tmp_path / "d"))
+    ckpt = distill.main(args, Logger(args.out, "distill", quiet=True))
+    assert ckpt.decode["kind"] == "pf_anchored" and 0 < ckpt.decode["bound"] < 1
+    assert _improved(_metrics(tmp_path / "d"), "losses/nll")
+    target = export_main(ExportArgs(checkpoint=str(tmp_path / "d"), models_dir=str(tmp_path / "models"), version="v1"))
+    card = json.loads((target / "model.json").read_text())
+    assert card["training"]["families"] == list(training_families("mac"))
+    assert card["training"]["held_out_families"] == list(HELD_OUT["mac"])
+    widths = {"global": GLOBAL_FEATURES, "user": USER_FEATURES, "resource": RESOURCE_FEATURES, "pair": PAIR_FEATURES}
+    for block, names in widths.items():
+        lo, hi = card["feature_ranges"][block]["min"], card["feature_ranges"][block]["max"]
+        assert len(lo) == len(hi) == len(names) and all(a <= b for a, b in zip(lo, hi, strict=True))
+    student = StudentPolicy(tmp_path / "models", presets=("mac",))
+    pset = PolicySet(factories={"student": lambda: student})
+    env = WorldEnv(random_world(HELD_OUT["mac"][0], np.random.default_rng(1), num_ue=12, num_rbg=9), seed=1)
+    state, history = env.state(), CellHistory.empty()
+    for _ in range(5):
+        d = decide(state, history, "student", policies=pset)
+        assert d.policy == "student" and d.valid_before_repair and d.policy_version == "mac=v1"
+        state = env.step(d.owner).state
