@@ -4,7 +4,9 @@ Suites (each a module with ``add_arguments(parser)`` and ``run(args)``):
 
 * ``quality`` (default): ``service.bench.spectrum`` and ``service.bench.mac`` (``--preset``),
   then the LLM teacher's valid-before-repair rate when ``GNBSCHED_TEACHER_URL`` is set;
-* ``student``: the shipped ONNX students against the issue's targets (``service.bench.student``);
+* ``student``: the shipped ONNX students on the world families, training and held-out, against
+  their targets; writes ``docs/bench/student.md`` and its section of ``BENCHMARKS.md``
+  (``service.bench.student``);
 * ``teacher``: the LLM teacher alone (``service.bench.teacher``);
 * ``perf``: latency / throughput report, writes ``BENCHMARKS.md`` (``service.bench.perf``);
 * ``soak``: bounded load on loopback with RSS tracking (``service.bench.soak``).

@@ -886,11 +886,12 @@ def write_report(out: Path, res: Results, figures: list[Path]) -> Path:
         lines += [""]
     if res.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
-    from service.bench.student import REPORT_FILE, STUDENT_MARKER
+    from service.bench.student import FIGURE_FILE, REPORT_FILE, STUDENT_MARKER
 
     student = out / REPORT_FILE  # the student section (``gnbsched bench student``) stays in the report
-    if student.exists():
-        lines += [STUDENT_MARKER, "", student.read_text()]
+    if student.exists():  # its figure link is relative to docs/bench/: make it relative to the report
+        text = student.read_text().replace(f"]({FIGURE_FILE.name})", f"]({FIGURE_FILE.as_posix()})")
+        lines += [STUDENT_MARKER, "", text]
     path = out / REPORT_NAME
     path.write_text("\n".join(lines))
     return path

@@ -417,7 +417,58 @@ def _md_table(rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str, str
     return out
 
 
-def markdown_report(out: dict[str, Any], command: str) -> str:
+#: the figure of the report, relative to ``--out``
+FIGURE_FILE = Path("docs") / "bench" / "student_targets.png"
+
+#: (row key, panel title, target, op) of the figure's mac panels
+_FIGURE_PANELS: tuple[tuple[str, str, float, str], ...] = (
+    ("throughput_ratio", "cell throughput / pf", 0.99, ">="),
+    ("latency_ratio", "p95 packet latency / pf", 1.2, "<="),
+    ("utility_ratio", "eq. 5 / best of pf, max_weight, rr", 1.0, ">="),
+)
+
+
+def plot_targets(out: dict[str, Any], path: Path) -> Path | None:
+    """One PNG: the student's ratios per (family, N) against their targets — three mac panels
+    and the spectrum ratio to the optimum — with the held-out rows shaded. None without rows."""
+    mac, spec = out.get("mac") or [], out.get("spectrum") or []
+    if not mac and not spec:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(p, "mac") for p in _FIGURE_PANELS if mac] + ([(("ratio_to_km_min", "spectrum sum-rate / km (min)",
+                                                                0.99, ">="), "spectrum")] if spec else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels)), squeeze=False)
+    for ax, ((key, title, target, op), preset) in zip(axes[:, 0], panels, strict=True):
+        rows = mac if preset == "mac" else spec
+        size = "num_rbg" if preset == "mac" else "num_res"
+        labels = [f"{r['family']} {r['num_ue']}×{r[size]}" for r in rows]
+        vals = np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])
+        ok = vals >= target if op == ">=" else vals <= target
+        x = np.arange(len(rows))
+        for i, r in enumerate(rows):
+            if r["held_out"]:
+                ax.axvspan(i - 0.5, i + 0.5, color="0.9", zorder=0)
+        ax.bar(x, np.nan_to_num(vals, nan=0.0), color=np.where(ok, "tab:green", "tab:red"), zorder=2)
+        ax.axhline(target, color="k", ls="--", lw=1, zorder=3)
+        finite = vals[np.isfinite(vals)]
+        if finite.size:
+            lo, hi = min(finite.min(), target), max(finite.max(), target)
+            pad = max(0.02, 0.15 * (hi - lo))
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(f"{title} (target {op} {target:g}; grey: held-out families; n/a rows empty)", fontsize=9)
+        ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_report(out: dict[str, Any], command: str, figure: str | None = None) -> str:
     """The student report in Markdown (``docs/bench/student.md`` and the section of
     ``BENCHMARKS.md``): how it was produced, both tables, the verdicts and the latency."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -436,6 +487,8 @@ def markdown_report(out: dict[str, Any], command: str) -> str:
         lines += ["**spectrum** (sum-rate / the KM optimum on the same slots; *net alone* = the network's "
                   "margins through the plain PAG greedy decode, without the served anchored decode)", ""]
         lines += [*_md_table([{**r, "group": _group(r)} for r in out["spectrum"]], SPECTRUM_COLUMNS), ""]
+    if figure:
+        lines += [f"![the student's ratios per family against the targets]({figure})", ""]
     lines += ["**Targets**", "", *[f"- {v}" for v in verdict_lines(out["summary"])], ""]
     for preset, v in out.get("latency_n100_r69", {}).items():
         lines.append(f"- latency {preset} N = 100, R = 69 (one core, medians): serialize "
@@ -444,14 +497,17 @@ def markdown_report(out: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, text: str) -> Path:
-    """``<out>/docs/bench/student.md``, and the student section of ``<out>/BENCHMARKS.md`` when that
-    report exists (everything after ``STUDENT_MARKER`` is replaced)."""
+def write_report(out_dir: Path, out: dict[str, Any], command: str) -> Path:
+    """``<out>/docs/bench/student.md`` with its figure, and the student section of
+    ``<out>/BENCHMARKS.md`` when that report exists (everything after ``STUDENT_MARKER`` is
+    replaced); each links the figure relative to itself."""
+    figure = plot_targets(out, out_dir / FIGURE_FILE)
     path = out_dir / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(markdown_report(out, command, FIGURE_FILE.name if figure else None))
     bench = out_dir / "BENCHMARKS.md"
     if bench.exists():
+        text = markdown_report(out, command, FIGURE_FILE.as_posix() if figure else None)
         head = bench.read_text().split(STUDENT_MARKER)[0].rstrip("\n")
         bench.write_text(f"{head}\n\n{STUDENT_MARKER}\n\n{text}")
     return path
@@ -516,6 +572,6 @@ def run(args: argparse.Namespace) -> int:
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(_strict(out), indent=1, default=_jsonable, allow_nan=False) + "\n")
     command = "gnbsched bench student" + (" --quick" if quick else "") + (f" --seed {seed}" if seed else "")
-    report = write_report(out_dir, markdown_report(out, f"{command} --out {out_dir}"))
+    report = write_report(out_dir, _strict(out), f"{command} --out {out_dir}")
     print(f"wrote {raw} and {report}", file=sys.stderr)
     return 0

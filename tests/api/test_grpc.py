@@ -110,7 +110,8 @@ def _assert_same(msg: pb.SlotDecision, state: SlotState, ref) -> None:
         if k:
             expected_alloc.setdefault(int(uid[k - 1]), []).append(int(rid[r]))
     assert d["allocation"] == expected_alloc
-    assert set(d["timings_us"]) == {"serialize", "policy", "check", "repair", "total"}
+    assert set(d["timings_us"]) == set(ref.timings_us)  # the core's stages (``guard`` when guarded)
+    assert {"serialize", "policy", "check", "repair", "total"} <= set(d["timings_us"])
 
 
 def test_generated_code_is_current() -> None:

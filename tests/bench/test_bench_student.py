@@ -102,6 +102,8 @@ def test_quick_run_of_the_shipped_models_reports_every_family(tmp_path, capsys):
     doc = json.loads((tmp_path / "docs" / "bench" / "student.json").read_text())
     report = (tmp_path / "docs" / "bench" / "student.md").read_text()
     assert report.startswith("## The student on world families") and "held-out" in report
+    figure = tmp_path / "docs" / "bench" / "student_targets.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](student_targets.png)" in report
     mac_table = out.split("student - mac")[1].split("student - spectrum")[0]
     spectrum_table = out.split("student - spectrum")[1]
     for fam in MAC_FAMILIES:
@@ -158,3 +160,32 @@ def test_evaluate_model_returns_the_rows_and_summary_of_its_preset():
     assert {r["family"] for r in ev["rows"]} == set(MAC_FAMILIES)
     assert ev["latency_n100_r69"]["policy_us_median"] > 0
     json.dumps(ev, allow_nan=False)  # strict JSON: undefined figures are None
+
+
+def test_benchmarks_md_gets_one_student_section_and_bench_perf_keeps_it(tmp_path):
+    """``write_report`` replaces what follows the marker (a second run does not duplicate it) and
+    links the figure relative to each file; ``bench perf``'s report keeps the section."""
+    from pathlib import Path
+
+    from service.bench import perf
+
+    def row(figures: dict) -> dict:
+        return {"family": "fam", "num_ue": 20, "num_rbg": 17, "num_res": 17, **figures}
+
+    mac = [row(_mac()), row(_mac(True, utility_ratio=0.9))]
+    spec = [row(_spectrum())]
+    out = {"models": {}, "seed": 0, "quick": True, "mac": [], "spectrum": [], "wall_time_s": 1.0,
+           "summary": bench.summarize(mac, spec)}
+    out["mac"], out["spectrum"] = mac, spec  # the figure reads the ratios; the tables would need every column
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nperf figures\n")
+    for _ in range(2):
+        bench.write_report(tmp_path, {**out, "mac": [], "spectrum": []}, "cmd")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert text.count(bench.STUDENT_MARKER) == 1 and text.startswith("# Benchmarks\n\nperf figures\n\n")
+    assert bench.plot_targets(out, tmp_path / bench.FIGURE_FILE) == tmp_path / bench.FIGURE_FILE
+    (tmp_path / bench.REPORT_FILE).write_text("## The student on world families\n\n![f](student_targets.png)\n")
+    meta = {"command": "gnbsched bench perf", "date": "today", "quick": True, "seed": 0, "wall_s": 1.0,
+            "machine": "test", "load_start": "0", "load_end": "0"}
+    report = perf.write_report(tmp_path, perf.Results(meta=meta), [])
+    kept = Path(report).read_text()
+    assert kept.count(bench.STUDENT_MARKER) == 1 and "](docs/bench/student_targets.png)" in kept

@@ -221,8 +221,10 @@ def test_teacher_json_with_wrong_ids_is_repaired_not_trusted(teacher_stack) -> N
 def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(service, tmp_path: Path) -> None:
     models = tmp_path / "models"
     write_student(models, "mac", "v1")
+    # the synthetic models here are untrained: the run-time guard would (rightly) serve pf instead,
+    # and what is tested is the reload itself
     svc = service("--grpc-port", "0", "--admin", "--preload", "student", "--policy-mac", "student",
-                  env={"GNBSCHED_MODEL_DIR": str(models)}).wait_ready()
+                  env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
     good = student_onnx_bytes(scale=-1.0)
     # broken candidates, each refused
     write_student(models, "mac", "v2-corrupt", onnx_bytes=good, sha256="0" * 64)  # checksum mismatch
@@ -299,8 +301,8 @@ def test_every_worker_follows_a_new_latest_with_the_model_watch(service, tmp_pat
     write_student(models, "mac", "v1")
     (models / "student-mac" / "latest").write_text("v1\n")
     svc = service("--grpc-port", "0", "--workers", "2", "--state-url", "memory://", "--preload", "student",
-                  "--policy-mac", "student", "--model-watch-s", "0.2",
-                  env={"GNBSCHED_MODEL_DIR": str(models)}).wait_ready()
+                  "--policy-mac", "student", "--model-watch-s", "0.2",  # untrained models: guard off, as above
+                  env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
 
     def versions(k: int) -> set[str]:
         """The model version of ``k`` decisions, each on a new connection (spread over the workers)."""
@@ -383,8 +385,11 @@ def test_sigterm_during_grpc_streams_answers_in_flight_slots_then_exits_0(servic
 
     fake_teacher.mode = "text"
     fake_teacher.delay_s = 3.0
+    # the fake teacher's answers are not meant to be good: the run-time guard would serve greedy
+    # instead, and what is tested is the shutdown
     svc = service("--fallbacks", "greedy", grpc=True,
-                  env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake_teacher.url}).wait_ready()
+                  env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake_teacher.url,
+                       "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
     busy = [_StreamDriver(svc.grpc_target, f"term-{i}") for i in range(3)]
     for d in busy:
         d.start()

@@ -110,7 +110,10 @@ def check_schedule_answer(doc: Any, status: int, payload: Any) -> str:
         assert isinstance(doc, dict), doc
         assert_pag_valid(doc, payload, LIMITS)
         requested = doc.get("policy") or DEFAULTS.default_policy(doc["preset"])
-        assert payload["policy"] in (requested, *FALLBACKS), payload
+        served_by = (requested, *FALLBACKS)
+        if payload.get("fallback_reason") == "guard":  # the run-time guard served the preset's reference
+            served_by = (*served_by, DEFAULTS.guard_reference[doc["preset"]])
+        assert payload["policy"] in served_by, payload
         assert (payload["fallback"] is None) == (payload["policy"] == requested), payload
         return "accepted"
     assert status in (400, 401, 413, 422), (status, payload)
