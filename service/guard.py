@@ -8,9 +8,8 @@ the cell's last ``guard_window_slots`` slots. The guarded policy's decision is r
 reference's for the slot (``fallback_reason = "guard"``) when
 
 * the window ratio sum(guarded) / sum(reference) is below ``guard_ratio``, once the window holds
-  at least ``guard_min_slots`` slots (a few slots are too noisy to judge: the shipped spectrum
-  student's ratio over its first 5 slots dips to 0.972 on some seeds, over 10 slots never below
-  0.98), or
+  at least ``guard_min_slots`` slots (a few slots are too noisy to judge: two good policies'
+  utilities on single slots differ by several percent either way), or
 * the slot's own ratio is below ``guard_floor`` (judged from the first slot).
 
 Both utilities are computed every slot, the guarded policy's *would-have-been* utility included
