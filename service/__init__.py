@@ -9,4 +9,9 @@ Pure kernels live in ``types``, ``phy``, ``pag``, ``policies``, ``history``, ``k
 (``api``, ``state``, ``metrics``).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one version is the package metadata's (pyproject.toml)
+    __version__ = version("gnbsched")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

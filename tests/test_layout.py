@@ -18,3 +18,16 @@ def test_importing_every_service_module_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False", "a module under service/ imported torch"
+
+
+def test_the_version_is_written_once_in_the_package_metadata() -> None:
+    """``service.__version__`` (served by the OpenAPI document) is read from the installed
+    package's metadata, whose one source is ``pyproject.toml``."""
+    import tomllib
+    from pathlib import Path
+
+    import service
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert service.__version__ == project["version"]
+    assert f'"{project["version"]}"' not in Path(service.__file__).read_text()  # not written a second time

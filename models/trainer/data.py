@@ -81,17 +81,8 @@ def spectrum_rollout(teacher: Teacher, *, slots: int, seed: int, slots_per_episo
     while len(out) < slots:
         cfg = random_spectrum_config(rng, max_ue=max_ue, max_res=max_res)
         env = SpectrumEnv(cfg, seed=int(rng.integers(2**31)))
-        state = env.reset()
-        history = CellHistory.empty()
-        for _ in range(min(slots_per_episode, slots - len(out))):
-            view = history.view(state)
-            target = teacher(state, view, rng)
-            out.append(make_sample(state, view, target, keep_state=keep_state))
-            owner = target if behaviour is None else behaviour(state, view, rng)
-            history = record_decision(history, state, owner)
-            res = env.step(owner)
-            history = apply_feedback(history, res.feedback)
-            state = res.state
+        out += labelled_episode(env, env.reset(), teacher, behaviour, rng, min(slots_per_episode, slots - len(out)),
+                                usable_only=False, keep_state=keep_state)
     return out
 
 
@@ -145,17 +136,20 @@ def mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_tti: int = 4
 
 
 def labelled_episode(env: SlotEnv, state: SlotState, teacher: Teacher, behaviour: Behaviour | None,
-                     rng: np.random.Generator, slots: int) -> list[Sample]:
-    """One closed-loop mac episode of ``slots`` slots from ``state``: the teacher labels every
-    slot some user can use, ``behaviour`` (default: the teacher) plays it, and the history
-    follows the service's order (decide, ``record_decision``, step, ``apply_feedback``)."""
+                     rng: np.random.Generator, slots: int, *, usable_only: bool = True,
+                     keep_state: bool = False) -> list[Sample]:
+    """One closed-loop episode of ``slots`` slots from ``state``: the teacher labels every slot
+    (with ``usable_only``, every slot some user can use: a slot nobody can use teaches nothing,
+    and in mac a user without data is ineligible), ``behaviour`` (default: the teacher) plays
+    it, and the history follows the service's order (decide, ``record_decision``, step,
+    ``apply_feedback``)."""
     out: list[Sample] = []
     history = CellHistory.empty()
     for _ in range(slots):
         view = history.view(state)
         target = teacher(state, view, rng)
-        if state.user_eligible.any():  # a slot nobody can use teaches nothing (mac: no buffer = ineligible)
-            out.append(make_sample(state, view, target))
+        if not usable_only or state.user_eligible.any():
+            out.append(make_sample(state, view, target, keep_state=keep_state))
         owner = target if behaviour is None else behaviour(state, view, rng)
         history = record_decision(history, state, owner)
         res = env.step(owner)
