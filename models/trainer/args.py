@@ -112,7 +112,7 @@ class DistillArgs:
     surplus_margin: float = 4.0
     """pass-2 surplus margin of the decode (logit units)"""
     decode: str = ""
-    """served decode of a fresh network: capped | assignment | anchored | pf_anchored | greedy (empty = assignment for spectrum, capped for mac)"""
+    """served decode of a fresh network: capped | assignment | anchored | pf_anchored (empty = assignment for spectrum, capped for mac)"""
     hinge_coef: float = 1.0
     """weight of the structured hinge loss of the exact-assignment decode (spectrum; 0 = likelihood only)"""
     nll_coef: float = 1.0

@@ -28,14 +28,11 @@ mask (SPEC §4), so the raw output is valid by construction:
   zero rate is never granted.
 * ``pf_anchored`` (the mac preset): proportional fair's rule with a bounded learned tilt — the
   pairs ranked by ``utility[u, r] / avg_served[u] · (1 + b · tanh(logit[r, 1+u] − logit[r, 0]))``
-  and taken greedily like ``greedy`` (``decode_pf_anchored``, bound ``b`` from the card). The
-  network can reorder only pairs whose PF priorities lie within a factor (1 + b) / (1 − b) of
+  and taken greedily under the PAG cap while the user's buffer is not covered
+  (``decode_pf_anchored`` over ``assign.greedy_fill``, bound ``b`` from the card):
+  work-conserving, like the classical schedulers. The network can reorder only pairs whose PF priorities lie within a factor (1 + b) / (1 − b) of
   each other, so throughput, latency and fairness stay those of PF on any input, and the tilt is
   where a teacher that beats PF on the whole table can act.
-* ``greedy``: the pair margins ranked highest first, each pair taken while its
-  resource is free, its user below the PAG cap and the user's granted bits do not yet cover its
-  buffer (``decode_greedy`` over ``assign.greedy_fill``, the rule of the classical schedulers):
-  work-conserving, so every resource that some user with data can use is used.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
@@ -92,7 +89,7 @@ MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 #: default of the model card's ``decode.surplus_margin`` (logit units)
 DEFAULT_SURPLUS_MARGIN = 4.0
-DECODE_KINDS = ("capped", "assignment", "anchored", "pf_anchored", "greedy")
+DECODE_KINDS = ("capped", "assignment", "anchored", "pf_anchored")
 #: default bound ``b`` of the anchored decodes (card ``decode.bound``): spectrum, mac
 DEFAULT_ANCHOR_BOUND = 0.005
 DEFAULT_PF_ANCHOR_BOUND = 0.05
@@ -356,17 +353,6 @@ def decode_pf_anchored(state: SlotState, logits: np.ndarray, avg_served: np.ndar
     return greedy_fill(state, pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin)))
 
 
-def decode_greedy(state: SlotState, logits: np.ndarray) -> np.ndarray:
-    """Work-conserving pair-greedy decode of logits [R, N+1] (module doc): the DCM int64 [R] of
-    ``assign.greedy_fill`` on the margins ``logit[r, 1+u] − logit[r, 0]`` (as [N, R]). Valid by
-    construction (eligible users, available resources, PAG cap, mac buffer cover)."""
-    r, n1 = state.num_res, state.num_ue + 1
-    if logits.shape != (r, n1):
-        raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
-    margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
-    return greedy_fill(state, margin)
-
-
 def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any],
            history: HistoryView | None = None) -> np.ndarray:
     """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``,
@@ -379,8 +365,6 @@ def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any],
         return decode_assignment(state, logits)
     if kind == "anchored" and state.max_resources_per_user == 1:
         return decode_anchored(state, logits, float(spec.get("bound", DEFAULT_ANCHOR_BOUND)))
-    if kind == "greedy":
-        return decode_greedy(state, logits)
     return decode_capped(state, logits, surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)))
 
 
@@ -504,12 +488,6 @@ class LoadedModel:
         training = self.card.get("training")
         fams = training.get("held_out_families") if isinstance(training, dict) else None
         return list(fams) if isinstance(fams, list | tuple) else None
-
-    @property
-    def anchor_bound(self) -> float:
-        """The anchored decodes' bound ``b`` (card ``decode.bound``)."""
-        default = DEFAULT_PF_ANCHOR_BOUND if self.decode_kind == "pf_anchored" else DEFAULT_ANCHOR_BOUND
-        return float(self.card.get("decode", {}).get("bound", default))
 
     @property
     def decode_spec(self) -> dict[str, Any]:
@@ -796,12 +774,4 @@ class StudentPolicy(Policy):
             self._count_ranges(state.preset, names)
             if names:
                 ctx.info["out_of_range_features"] = names[:MAX_RANGE_NAMES]
-        if model.decode_kind == "assignment" and state.max_resources_per_user == 1:
-            return decode_assignment(state, logits)
-        if model.decode_kind == "anchored" and state.max_resources_per_user == 1:
-            return decode_anchored(state, logits, model.anchor_bound)
-        if model.decode_kind == "pf_anchored":
-            return decode_pf_anchored(state, logits, ctx.history.avg_served, model.anchor_bound)
-        if model.decode_kind == "greedy":
-            return decode_greedy(state, logits)
-        return decode_capped(state, logits, surplus_margin=model.surplus_margin)
+        return decode(state, logits, model.card.get("decode", {}), ctx.history)

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -542,8 +542,3 @@ def spectrum_instance(family: str, num_ue: int, num_res: int, rng: np.random.Gen
     avail[rng.choice(r, nb, replace=False)] = False
     return make_slot("spectrum", np.arange(n), np.arange(r), bandwidth_hz=bw, resource_available=avail,
                      rate_bps=np.maximum(rate, 0.0) * scale, cell_id=cell_id)
-
-
-def scaled(cfg: WorldConfig, unit_scale: float) -> WorldConfig:
-    """``cfg`` with another unit scale (the same world, other units)."""
-    return replace(cfg, unit_scale=unit_scale)

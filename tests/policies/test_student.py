@@ -26,7 +26,6 @@ from service.policies.student import (
     decode_anchored,
     decode_assignment,
     decode_capped,
-    decode_greedy,
     decode_pf_anchored,
     locate_model,
     sha256_file,
@@ -145,7 +144,6 @@ def test_pf_anchored_decode_is_pf_with_flat_margins_and_valid_for_any_logits():
         assert np.array_equal(got, want)
         wild = rng.normal(0, 30, (state.num_res, state.num_ue + 1))
         assert is_valid(state, decode_pf_anchored(state, wild, view.avg_served, 0.3))
-        assert is_valid(state, decode_greedy(state, wild))
 
 
 def test_assignment_decode_maximises_the_margins():
