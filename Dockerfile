@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # gnbsched: the scheduling service (`gnbsched serve`: REST on 8000, gRPC on 50051).
 #
-#   docker build -t gnbsched:0.1.0 .                              # CPU image (default target: runtime)
-#   docker build --target runtime-gpu -t gnbsched:0.1.0-gpu .     # onnxruntime-gpu, CUDA + cuDNN from PyPI
+#   docker build -t gnbsched:0.2.0 .                              # CPU image (default target: runtime)
+#   docker build --target runtime-gpu -t gnbsched:0.2.0-gpu .     # onnxruntime-gpu, CUDA + cuDNN from PyPI
 #
 # Stages: build (venv + compilers) -> build-gpu (onnxruntime swapped for onnxruntime-gpu)
 #         base (user, env, shipped models, health check) -> runtime-gpu, runtime.

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 #: optional dependencies a subcommand may need, and the extra that installs them
-OPTIONAL = {"torch": "train", "onnx": "train"}
+OPTIONAL = {"torch": "train", "onnx": "train", "tyro": "train", "matplotlib": "bench"}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if chosen is not None and name != chosen:
             continue
         try:

@@ -1,17 +1,73 @@
-"""One settings object, read once from the environment (``GNBSCHED_*``) and CLI flags."""
+"""The one settings tree: ``Settings`` (serve) with ``Settings.teacher`` (the LLM teacher), read from
+the environment (``GNBSCHED_*``, ``GNBSCHED_TEACHER_*``) and the ``gnbsched serve`` flags."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.serialize.prompt_options import PromptOptions
+
+
+Dialect = Literal["llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain"]
+
+
+class TeacherSettings(BaseModel):
+    """The LLM teacher (``service.policies.teacher``): ``Settings.teacher``, from ``GNBSCHED_TEACHER_<FIELD>``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str | None = Field(default=None, description="API base URL, e.g. http://127.0.0.1:8080/v1 (None: no teacher)")
+    model: str = Field(default="teacher", description="model name sent in requests; also the policy version")
+    api_key: SecretStr | None = Field(default=None, description="bearer token, if the endpoint wants one")
+    dialect: Dialect = Field(default="llamacpp", description="how the PAG constraint is sent (module doc)")
+    tokenizer: Literal["auto", "estimate"] = Field(
+        default="auto", description="auto: count prompt tokens with the endpoint's tokenizer when it has one "
+        "(llama-cpp-python /extras/tokenize/count, llama.cpp and vLLM /tokenize); estimate: never ask")
+    budget_tokens: int = Field(default=2048, description="prompt token budget (SPEC §5)")
+    answer_form: Literal["auto", "owner", "allocation"] = Field(default="auto", description="answer JSON form")
+    owner_form_max_resources: int = Field(default=64, description="largest R answered in the owner form (auto)")
+    pairs_per_row: int = Field(default=3, description="best partners listed per user / resource row")
+    system_role: bool = Field(default=True, description="send a system message (False: merged into the user turn)")
+    max_tokens: int = Field(default=1024, description="completion token limit")
+    temperature: float = Field(default=0.0, description="sampling temperature (0 = greedy)")
+    timeout_s: float = Field(default=30.0, description="request timeout; the slot's deadline bounds it further")
+    connect_timeout_s: float = Field(default=2.0, description="TCP connect timeout")
+    max_concurrency: int = Field(default=4, description="requests in flight at once (pooled connections)")
+    cache_size: int = Field(default=0, description="LRU cache of answers keyed by the serialized state (0 = off)")
+    record_path: str | None = Field(default=None, description="append (state, teacher decision) JSONL here (None = off)")
+    fallback_on_unparsable: bool = Field(default=True, description="answers without JSON raise (fallback) instead of repair")
+    fill_unused: bool = Field(default=True, description="a PAG-valid answer that leaves available resources unused (a "
+                              "partial answer over the users the prompt details, at large N) is completed greedily, "
+                              "highest utility first; invalid answers go to check and repair unchanged")
+
+    def prompt_options(self) -> PromptOptions:
+        from service.serialize.prompt_options import PromptOptions
+
+        return PromptOptions(budget_tokens=self.budget_tokens, answer_form=self.answer_form,
+                             owner_form_max_resources=self.owner_form_max_resources,
+                             pairs_per_row=self.pairs_per_row, system_role=self.system_role)
+
+    def api_root(self) -> str:
+        """The server root (the API base without a trailing ``/v1``)."""
+        url = (self.url or "").rstrip("/")
+        return url[:-3] if url.endswith("/v1") else url
+
+    def chat_url(self) -> str:
+        if self.dialect == "ollama":
+            return self.api_root() + "/api/chat"
+        url = (self.url or "").rstrip("/")
+        return url + "/chat/completions" if url.endswith("/v1") else url + "/v1/chat/completions"
 
 
 class Settings(BaseSettings):
     """Service settings. Every field can be set as ``GNBSCHED_<FIELD>`` (lists as JSON)."""
 
-    model_config = SettingsConfigDict(env_prefix="GNBSCHED_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GNBSCHED_", extra="ignore", env_nested_delimiter="_",
+                                      env_nested_max_split=1)
 
     host: str = Field("127.0.0.1", description="address the REST and gRPC servers bind to")
     rest_port: int = Field(8000, description="REST (FastAPI/uvicorn) port; 0 disables REST")
@@ -39,6 +95,8 @@ class Settings(BaseSettings):
     record_max_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="a trace file that would grow beyond this rotates to "
                                             "<name>.1.jsonl (one old file kept per cell)")
+    model_dir: str | None = Field(None, description="directory of the shipped models (student-<preset>/<version>/); "
+                                                    "None = the repository's models/")
     # -- run-time guard of learned / LLM policies (service.guard) ---------------------------------
     guard_enabled: bool = Field(True, description="decide a cheap reference on the same slot as a guarded policy "
                                                   "and serve the reference while the guarded one does worse")
@@ -78,9 +136,13 @@ class Settings(BaseSettings):
     grpc_keepalive_s: float = Field(
         30.0, description="gRPC keepalive ping interval; a peer that does not answer is dropped")
     grpc_keepalive_timeout_s: float = Field(10.0, description="gRPC keepalive ping answer timeout")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
+    access_log: bool = Field(False, description="log every request (off: it costs latency)")
     grpc_stream_stall_s: float = Field(
         30.0, description="cancel a StreamSlots stream whose answer cannot be written for this long "
                           "(the client stopped reading); 0 = never")
+
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="the LLM teacher policy")
 
     def default_policy(self, preset: str) -> str:
         return self.default_policy_spectrum if preset == "spectrum" else self.default_policy_mac
@@ -90,4 +152,6 @@ class Settings(BaseSettings):
         out = self.model_dump()
         if out.get("auth_token") is not None:
             out["auth_token"] = "***"
+        if out["teacher"].get("api_key") is not None:
+            out["teacher"]["api_key"] = "***"
         return out

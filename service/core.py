@@ -1,6 +1,13 @@
-"""The service core both transports call: state in → ``decide()`` → state out, observed.
+"""The service core both transports call: a decoded slot in, a decision out, state advanced, observed.
 
-``ServiceCore.schedule`` loads the cell's history from the state store, applies the previous
+``await ServiceCore.decide(...)`` is the one entry of the REST and gRPC transports. It chooses
+the default policy of the preset, probes whether the decision may block on I/O (a policy or a
+state store with ``blocking_io = True``: the LLM teacher, Redis) and then runs ``schedule`` in a
+worker thread, else inline on the event loop (a baseline decides in well under a millisecond, a
+thread hop would cost more than it saves), one slot per cell at a time (striped per-cell locks),
+and reports failures to the observer (``service.metrics``).
+
+``ServiceCore.schedule`` (synchronous) loads the cell's history from the state store, applies the previous
 slot's feedback, runs the pipeline (through the run-time guard, ``service.guard``, when the
 policy is a guarded one), records the decision and saves the history; with
 ``settings.record_dir`` it also appends the slot (REST-format request and decision) to the
@@ -12,18 +19,21 @@ copies (by slot) wins when the store answers again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from service.config import Settings
-from service.errors import StateStoreError
+from service.errors import ErrorKind, StateStoreError, kind_of
 from service.guard import Guard
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import PolicySet, decide
-from service.state.base import StateStore, open_store
+from service.pipeline import decide
+from service.policies.registry import PolicySet, names
+from service.state import StateStore, open_store
 from service.trace import Recorder
 from service.types import Decision, SlotState
 
@@ -37,6 +47,12 @@ class Observer(Protocol):
 
     def store_error(self, op: str) -> None: ...
 
+    def rejected(self, transport: str, preset: object = None) -> None: ...
+
+    def error(self, transport: str, preset: str, policy: str) -> None: ...
+
+    def observe_request(self, transport: str, seconds: float) -> None: ...
+
 
 class _NullObserver:
     def decision(self, transport: str, state: SlotState, requested: str, decision: Decision) -> None:
@@ -44,6 +60,21 @@ class _NullObserver:
 
     def store_error(self, op: str) -> None:
         pass
+
+    def rejected(self, transport: str, preset: object = None) -> None:
+        pass
+
+    def error(self, transport: str, preset: str, policy: str) -> None:
+        pass
+
+    def observe_request(self, transport: str, seconds: float) -> None:
+        pass
+
+
+#: per-cell lock stripes of the async entry (per event loop: REST and gRPC may run on two)
+CELL_LOCK_STRIPES = 64
+#: failures that are the request's fault: counted as rejections, not as service errors
+REQUEST_KINDS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY})
 
 
 def _newer(a: CellHistory, b: CellHistory) -> bool:
@@ -70,6 +101,26 @@ class ServiceCore:
         self.guard: Guard | None = Guard(self.settings) if self.settings.guard_enabled else None
         #: the slot recorder (``settings.record_dir``, ``service.trace``), None when off
         self.recorder: Recorder | None = Recorder.from_settings(self.settings) if self.settings.record_dir else None
+        self._store_blocking = bool(getattr(self.store, "blocking_io", False))
+        self._blocking: dict[str, tuple[object, bool]] = {}
+        self._cell_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = \
+            weakref.WeakKeyDictionary()
+        self._known: frozenset[str] = frozenset()
+        self.refresh_known()
+
+    # -- what requests may name ---------------------------------------------------------------
+    def refresh_known(self) -> frozenset[str]:
+        """Policy names a request may ask for: registered, configured factories, loaded ones."""
+        p = self.policies
+        self._known = frozenset(names()) | frozenset(p.factories) | frozenset(p.loaded())
+        return self._known
+
+    def known_policies(self, name: str | None = None) -> frozenset[str]:
+        """The names a request may ask for; refreshed when ``name`` is not among them (registered
+        after start)."""
+        if name is not None and name not in self._known:
+            self.refresh_known()
+        return self._known
 
     # -- state ---------------------------------------------------------------------------
     def _load(self, cell_id: str) -> CellHistory:
@@ -104,6 +155,49 @@ class ServiceCore:
         return self._load(cell_id)
 
     # -- the slot ------------------------------------------------------------------------
+    def _policy_blocks(self, name: str) -> bool:
+        try:
+            pol = self.policies.get(name)
+        except Exception:  # unknown or broken: the pipeline falls back and reports it
+            return False
+        cached = self._blocking.get(name)
+        if cached is None or cached[0] is not pol:  # first use, or the instance was replaced
+            cached = self._blocking[name] = (pol, bool(getattr(pol, "blocking_io", False)))
+        return cached[1]
+
+    def blocks(self, name: str) -> bool:
+        """Does deciding with ``name`` (or a fallback) block on I/O (LLM teacher, Redis store)?"""
+        return self._store_blocking or any(self._policy_blocks(n) for n in (name, *self.settings.fallbacks))
+
+    def _cell_lock(self, cell_id: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        locks = self._cell_locks.get(loop)
+        if locks is None:
+            locks = self._cell_locks[loop] = [asyncio.Lock() for _ in range(CELL_LOCK_STRIPES)]
+        return locks[hash(cell_id) % CELL_LOCK_STRIPES]
+
+    async def decide(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
+                     feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> Decision:
+        """Decide one decoded slot for a transport: ``schedule`` inline or in a worker thread.
+
+        Raises what ``schedule`` raises (a ``GnbSchedError`` whose ``kind`` says why, or a bug);
+        the observer counts it as a rejection (the request's fault) or an error.
+        """
+        name = policy or self.settings.default_policy(state.preset)
+        try:
+            async with self._cell_lock(state.cell_id):
+                if self.blocks(name):
+                    return await asyncio.to_thread(self.schedule, state, policy=name, deadline_ms=deadline_ms,
+                                                   feedback=feedback, transport=transport)
+                return self.schedule(state, policy=name, deadline_ms=deadline_ms, feedback=feedback,
+                                     transport=transport)
+        except Exception as exc:
+            if kind_of(exc) in REQUEST_KINDS:
+                self.observer.rejected(transport, state.preset)
+            else:
+                self.observer.error(transport, state.preset, name)
+            raise
+
     def schedule(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
                  feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> Decision:
         """Decide one slot of one cell and advance the cell's history."""

@@ -1,14 +1,82 @@
-"""Error hierarchy. Kernels raise these; only the transports map them to HTTP / gRPC codes."""
+"""Errors, their kinds, and the one table that maps a kind to an HTTP status and a gRPC code.
+
+Kernels and policies raise these; every error carries a ``kind`` (``ErrorKind``). The
+transports never look at exception classes: they answer ``HTTP_STATUS[kind]`` (REST) or
+``GRPC_CODE[kind]`` (gRPC, a ``grpc.StatusCode`` name, so this module does not import grpc),
+and the pipeline labels a fallback with ``kind.fallback_reason``.
+"""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """Why a request or a policy failed. The value is the ``error`` field of a REST rejection."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    BODY_TOO_LARGE = "body_too_large"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_POLICY = "unknown_policy"
+    DEADLINE = "deadline"
+    UNAVAILABLE = "unavailable"
+    MODEL_INVALID = "model_invalid"
+    TOO_LARGE = "too_large"
+    POLICY_FAILED = "policy_failed"
+    STORE_FAILED = "store_failed"
+    INTERNAL = "internal"
+
+    @property
+    def fallback_reason(self) -> str:
+        """The bounded label of a replaced policy (``Decision.fallback_reason``, metrics)."""
+        return _FALLBACK_REASON.get(self, "error")
+
+
+#: kind -> (HTTP status, gRPC status code name): the one mapping both transports use
+ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID_JSON: (400, "INVALID_ARGUMENT"),
+    ErrorKind.INVALID_REQUEST: (422, "INVALID_ARGUMENT"),
+    ErrorKind.LIMIT_EXCEEDED: (413, "INVALID_ARGUMENT"),
+    ErrorKind.BODY_TOO_LARGE: (413, "RESOURCE_EXHAUSTED"),
+    ErrorKind.UNAUTHORIZED: (401, "UNAUTHENTICATED"),
+    ErrorKind.UNKNOWN_POLICY: (422, "INVALID_ARGUMENT"),
+    ErrorKind.DEADLINE: (500, "DEADLINE_EXCEEDED"),
+    ErrorKind.UNAVAILABLE: (500, "UNAVAILABLE"),
+    ErrorKind.MODEL_INVALID: (500, "UNAVAILABLE"),
+    ErrorKind.TOO_LARGE: (500, "UNAVAILABLE"),
+    ErrorKind.POLICY_FAILED: (500, "UNAVAILABLE"),
+    ErrorKind.STORE_FAILED: (500, "FAILED_PRECONDITION"),
+    ErrorKind.INTERNAL: (500, "INTERNAL"),
+}
+HTTP_STATUS: dict[ErrorKind, int] = {k: v[0] for k, v in ERROR_TABLE.items()}
+GRPC_CODE: dict[ErrorKind, str] = {k: v[1] for k, v in ERROR_TABLE.items()}
+
+_FALLBACK_REASON: dict[ErrorKind, str] = {
+    ErrorKind.DEADLINE: "deadline",
+    ErrorKind.UNAVAILABLE: "unavailable",
+    ErrorKind.MODEL_INVALID: "model_invalid",
+    ErrorKind.TOO_LARGE: "too_large",
+    ErrorKind.UNKNOWN_POLICY: "unknown_policy",
+}
+
+
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The kind of any exception: its own for ours, ``INTERNAL`` for anything else (a bug)."""
+    return exc.kind if isinstance(exc, GnbSchedError) else ErrorKind.INTERNAL
 
 
 class GnbSchedError(Exception):
     """Root of every error this package raises on purpose."""
 
+    kind: ErrorKind = ErrorKind.INTERNAL
+
 
 class InvalidSlotError(GnbSchedError, ValueError):
     """A slot's input is malformed. ``field`` names the offending field (dotted path)."""
+
+    kind = ErrorKind.INVALID_REQUEST
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -16,12 +84,22 @@ class InvalidSlotError(GnbSchedError, ValueError):
         self.message = message
 
 
+class InvalidJsonError(InvalidSlotError):
+    """A request body that is not JSON (or not the JSON object expected)."""
+
+    kind = ErrorKind.INVALID_JSON
+
+
 class LimitExceededError(InvalidSlotError):
     """The slot is larger than a configured limit (number of users, resources, body size)."""
+
+    kind = ErrorKind.LIMIT_EXCEEDED
 
 
 class UnknownPolicyError(GnbSchedError, KeyError):
     """No policy is registered under that name."""
+
+    kind = ErrorKind.UNKNOWN_POLICY
 
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(name)
@@ -35,17 +113,25 @@ class UnknownPolicyError(GnbSchedError, KeyError):
 class PolicyError(GnbSchedError):
     """A policy could not produce an output for this slot."""
 
+    kind = ErrorKind.POLICY_FAILED
+
 
 class ProblemTooLargeError(PolicyError):
     """A policy refuses an instance beyond its size limit (e.g. exhaustive search)."""
+
+    kind = ErrorKind.TOO_LARGE
 
 
 class DeadlineExceededError(PolicyError):
     """A policy did not answer within the slot's deadline."""
 
+    kind = ErrorKind.DEADLINE
+
 
 class PolicyUnavailableError(PolicyError):
     """A policy's backing resource (model file, remote endpoint) is not usable right now."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 class TeacherUnavailableError(PolicyUnavailableError):
@@ -55,13 +141,13 @@ class TeacherUnavailableError(PolicyUnavailableError):
 class ModelInvalidError(PolicyUnavailableError):
     """A model artifact is corrupt or does not match the expected interface."""
 
-
-class GrammarViolationError(GnbSchedError):
-    """A decision violates the protocol action grammar where no repair is allowed."""
+    kind = ErrorKind.MODEL_INVALID
 
 
 class StateStoreError(GnbSchedError):
     """The per-cell state store (e.g. Redis) failed."""
+
+    kind = ErrorKind.STORE_FAILED
 
 
 class StateStoreUnavailableError(StateStoreError):

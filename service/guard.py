@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from service.config import Settings
 from service.history import CellHistory
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
+from service.policies.registry import PolicySet
 from service.types import Decision, SlotState
 
 #: the bounded label of a guard fallback (``Decision.fallback_reason``, metrics)
@@ -117,7 +118,7 @@ class Guard:
         self.window_slots = max(1, int(settings.guard_window_slots))
         self.min_slots = max(1, min(int(settings.guard_min_slots), self.window_slots))
         self.max_cells = max(1, int(max_cells))
-        self._windows: OrderedDict[tuple[str, str, str], CellWindow] = OrderedDict()
+        self._windows: LRUCache[tuple[str, str, str], CellWindow] = LRUCache(maxsize=self.max_cells)
         self._lock = threading.Lock()
 
     # -- which slots are guarded ----------------------------------------------------------
@@ -131,13 +132,9 @@ class Guard:
     def window(self, cell_id: str, preset: str, policy: str) -> CellWindow:
         key = (cell_id, preset, policy)
         with self._lock:
-            win = self._windows.get(key)
-            if win is None:
+            win = self._windows.get(key)  # a hit counts as a use
+            if win is None:  # a new window evicts the least recently used one beyond max_cells
                 win = self._windows[key] = CellWindow(self.window_slots)
-                while len(self._windows) > self.max_cells:
-                    self._windows.popitem(last=False)
-            else:
-                self._windows.move_to_end(key)
             return win
 
     def __len__(self) -> int:

@@ -226,7 +226,13 @@ def record_decision(
 
 
 def to_bytes(history: CellHistory) -> bytes:
-    """Compact binary form: a JSON header line, then the raw little-endian arrays."""
+    """Compact binary form: a JSON header line, then the raw little-endian arrays.
+
+    It is read and written once per slot when the state lives in Redis. ``np.savez`` / ``.npy``
+    archives of the same arrays cost an order of magnitude more to write and read (hundreds of
+    µs against about 20 µs at 100 users), so the blob stays this flat form; ``from_bytes``
+    refuses anything that is not exactly it (``ValueError``), never unpickles.
+    """
     arrays = [np.ascontiguousarray(getattr(history, f)) for f in _ARRAY_FIELDS]
     header = {
         "format": HISTORY_FORMAT,

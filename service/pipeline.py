@@ -8,49 +8,19 @@ times are measured with ``perf_counter_ns``.
 from __future__ import annotations
 
 import time
-import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
-
-import numpy as np
 
 from service.errors import DeadlineExceededError, GnbSchedError, PolicyError
 from service.history import CellHistory
 from service.pag.checks import check
 from service.pag.repair import repair
-from service.policies.base import Policy, PolicyContext, make
+from service.policies.base import PolicyContext
+from service.policies.registry import PolicySet
+from service.rng import slot_rng
 from service.types import Decision, SlotState, slot_utility
 
 STAGES = ("serialize", "policy", "check", "repair", "total")
-
-
-def slot_rng(seed: int, cell_id: str, slot: int) -> np.random.Generator:
-    """The generator of one (cell, slot): same seed, cell and slot ⇒ same draws in any process."""
-    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(cell_id.encode()), slot & 0xFFFFFFFF])
-
-
-@dataclass
-class PolicySet:
-    """Policy instances by name, created once (models loaded, sessions built) and reused."""
-
-    factories: dict[str, Callable[[], Policy]] = field(default_factory=dict)
-    _cache: dict[str, Policy] = field(default_factory=dict)
-
-    def get(self, name: str) -> Policy:
-        pol = self._cache.get(name)
-        if pol is None:
-            factory = self.factories.get(name)
-            pol = factory() if factory is not None else make(name)
-            self._cache[name] = pol
-        return pol
-
-    def put(self, name: str, policy: Policy) -> None:
-        """Install (or atomically replace) an instance, e.g. after a model reload."""
-        self._cache[name] = policy
-
-    def loaded(self) -> dict[str, Policy]:
-        return dict(self._cache)
 
 
 def decide(
@@ -95,7 +65,7 @@ def decide(
         except GnbSchedError as exc:
             if last:
                 raise
-            kinds.append(_reason_kind(exc))
+            kinds.append(exc.kind.fallback_reason)
             reasons.append(f"{name}: {kinds[-1]}: {exc}")
             continue
         except Exception as exc:  # a broken policy must not take the slot down
@@ -126,14 +96,3 @@ def decide(
         )
     raise AssertionError("unreachable: the last policy of the chain either returns or raises")
 
-
-def _reason_kind(exc: GnbSchedError) -> str:
-    """A bounded label for metrics: why a policy was replaced."""
-    return {
-        "DeadlineExceededError": "deadline",
-        "TeacherUnavailableError": "unavailable",
-        "PolicyUnavailableError": "unavailable",
-        "ModelInvalidError": "model_invalid",
-        "ProblemTooLargeError": "too_large",
-        "UnknownPolicyError": "unknown_policy",
-    }.get(type(exc).__name__, "error")

@@ -3,7 +3,7 @@
 ``rest_request`` is the one place a ``SlotState`` becomes a ``POST /schedule`` body (REST field
 names); ``gnbsched simulate`` sends what it returns and the recorder writes it, so a recorded
 request can be re-sent as it is and replays (``service.bench.replay``) through the same decoder
-(``service.api.schemas.decode_schedule``) to a bit-identical slot.
+(``service.api.rest.codec.decode_schedule``) to a bit-identical slot.
 
 Row format (``FORMAT``; one JSON object per line)::
 
@@ -29,13 +29,13 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import orjson
+from cachetools import LRUCache
 
 from service import phy
 from service.types import DEFAULT_RB_PER_RBG, Decision, SlotState
@@ -195,6 +195,16 @@ class _File:
         self.size = self.fh.tell()
 
 
+class _OpenFiles(LRUCache[str, _File]):
+    """The open trace files, at most ``MAX_OPEN_FILES``: the least recently written one is closed
+    to make room (``popitem`` is cachetools' eviction hook)."""
+
+    def popitem(self) -> tuple[str, _File]:
+        cell_id, f = super().popitem()
+        f.fh.close()
+        return cell_id, f
+
+
 class Recorder:
     """Appends trace rows per cell to ``directory`` (see the module docstring); thread-safe."""
 
@@ -205,7 +215,7 @@ class Recorder:
         self.errors = 0
         self.dropped = 0
         self.rotations = 0
-        self._files: OrderedDict[str, _File] = OrderedDict()
+        self._files = _OpenFiles(maxsize=MAX_OPEN_FILES)
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._warned: set[str] = set()
@@ -262,12 +272,7 @@ class Recorder:
         f = self._files.get(cell_id)
         if f is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            f = self._files[cell_id] = _File(self.path(cell_id))
-            while len(self._files) > MAX_OPEN_FILES:
-                _, old = self._files.popitem(last=False)
-                old.fh.close()
-        else:
-            self._files.move_to_end(cell_id)
+            f = self._files[cell_id] = _File(self.path(cell_id))  # may close the least recent file
         if f.size and f.size + len(line) > self.max_bytes:
             f.fh.close()
             del self._files[cell_id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from service import phy
 from service.errors import InvalidSlotError
 
 Preset = Literal["spectrum", "mac"]
-PRESETS: tuple[str, ...] = ("spectrum", "mac")
+PRESETS: tuple[str, ...] = get_args(Preset)
 
 #: MAC preset default: TTI of 0.5 ms (numerology μ = 1, 30 kHz), 4 RBs per RBG, 256-bit dPDUs.
 DEFAULT_TTI_S = 0.0005

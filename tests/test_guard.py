@@ -21,9 +21,10 @@ from service.core import ServiceCore
 from service.guard import CellWindow, Guard, guard_verdict, utility_ratio
 from service.history import CellHistory
 from service.metrics import Metrics
-from service.pipeline import PolicySet
-from service.policies.base import Policy, PolicyContext, make
-from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import PolicySet, make
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MAC_SCENARIOS
 from service.sim.spectrum import SPECTRUM_SCENARIOS, SpectrumConfig, SpectrumEnv
 from service.sim.worlds import WorldEnv, random_world
 from service.state import MemoryStore

@@ -31,3 +31,19 @@ def test_the_version_is_written_once_in_the_package_metadata() -> None:
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert service.__version__ == project["version"]
     assert f'"{project["version"]}"' not in Path(service.__file__).read_text()  # not written a second time
+
+
+def test_the_deployed_image_tag_is_the_package_version() -> None:
+    """The Kubernetes base and compose run the image of this release: its tag is the package version."""
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    kustomization = yaml.safe_load((root / "deploy/k8s/base/kustomization.yaml").read_text())
+    tags = {image["name"]: image.get("newTag") for image in kustomization.get("images", [])}
+    assert tags and set(tags.values()) == {version}, tags
+    compose = yaml.safe_load((root / "compose.yaml").read_text())
+    assert compose["services"]["gnbsched"]["image"] == f"gnbsched:{version}"

@@ -22,8 +22,8 @@ from service.core import ServiceCore
 from service.errors import StateStoreUnavailableError
 from service.history import CellHistory
 from service.metrics import LATENCY_BUCKETS, Metrics
-from service.pipeline import PolicySet
 from service.policies.base import Policy, PolicyContext
+from service.policies.registry import PolicySet
 from service.state import MemoryStore
 from service.state.base import StateStore
 from service.types import Decision, Violation, make_slot

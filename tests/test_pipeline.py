@@ -22,8 +22,10 @@ from service.errors import (
 )
 from service.history import CellHistory
 from service.pag import is_valid
-from service.pipeline import STAGES, PolicySet, decide, slot_rng
+from service.pipeline import STAGES, decide
 from service.policies import Policy, PolicyContext, names
+from service.policies.registry import PolicySet
+from service.rng import slot_rng
 from service.types import Decision, make_slot, slot_utility
 
 REGISTERED = names()

@@ -1,26 +1,74 @@
-"""Helpers shared by test folders (imported as ``testkit``: ``tests/`` is on ``sys.path``).
+"""The test kit: helpers shared by every test folder (imported as ``testkit``: ``tests/`` is on
+``sys.path``). Fixtures stay in the ``conftest.py`` files; what they build lives here.
 
-Kept out of ``conftest.py`` on purpose: several folders have a ``conftest.py`` of their own,
-so ``import conftest`` is ambiguous in a full run.
+Kept out of ``conftest.py`` on purpose: several folders have a ``conftest.py`` of their own, so
+``from conftest import ...`` picks whichever was imported last (``tests/api`` and ``tests/trainer``
+collected in one command used to clash on it).
+
+* ports and polling: ``free_port``, ``port_open``, ``http_ok``, ``wait_until``;
+* real processes: ``ServerProcess`` (any server subprocess), ``ServeProcess`` (``gnbsched serve``
+  on free ports), ``RedisProcess`` (a private ``redis-server``), ``child_env``, ``redis_answers``;
+  every process started and not yet closed is listed by ``live_processes`` (tests/conftest.py adds
+  their log tails to the report of a failed test);
+* an in-process server: ``UvicornThread``;
+* policies for the fallback tests: ``AllToFirst``, ``Broken``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 
 from service.policies.base import Policy, PolicyContext
 from service.types import SlotState
 
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+#: environment a child server never inherits: the developer's settings, Prometheus multiprocess dirs
+PRIVATE_ENV_PREFIXES = ("GNBSCHED_", "PROMETHEUS_", "prometheus_multiproc")
+REDIS_MISSING = ("redis-server is not on PATH: install it (Debian: `apt-get install redis-server`; "
+                 "tests/run.sh does this when root)")
+
+
+# ----------------------------------------------------------------------------- ports and polling
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a child process to bind)."""
+    """A TCP port free on 127.0.0.1 right now (for a child process to bind; or, left unbound, a
+    port nobody listens on)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout_s: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str, status: int = 200, verify: Any = True, timeout_s: float = 2.0) -> bool:
+    """Whether ``GET url`` answers ``status`` (``verify``: as httpx's, e.g. an ``ssl.SSLContext``)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout_s, verify=verify).status_code == status
+    except httpx.HTTPError:
+        return False
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
@@ -31,6 +79,278 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, inter
             return
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- server processes
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """This process's environment without ``PRIVATE_ENV_PREFIXES``, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIXES)}
+    env.update(settings)
+    return env
+
+
+_LIVE: list[ServerProcess] = []
+
+
+def live_processes() -> list[ServerProcess]:
+    """Every ``ServerProcess`` started and not yet closed (running or not)."""
+    return list(_LIVE)
+
+
+class ServerProcess:
+    """A server subprocess: its own session (``stop``/``close`` also clear stray children of its
+    group), stdout and stderr to a log file (``log_path``, else a temporary file removed by
+    ``close``), readiness waits that fail with the log's tail, graceful stop.
+
+    Not started by the constructor: ``start()`` (again after a stop or kill: same command, same
+    log, appended). A context manager: ``close()`` on exit.
+    """
+
+    def __init__(self, argv: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, log_path: Path | None = None, name: str | None = None) -> None:
+        self.argv = [os.fspath(a) for a in argv]
+        self.env = env if env is not None else child_env()
+        self.cwd = cwd if cwd is not None else REPO
+        self.name = name or Path(self.argv[0]).name
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, tmp = tempfile.mkstemp(prefix=f"{self.name.replace(' ', '-')}-", suffix=".log")
+            os.close(fd)
+            log_path = Path(tmp)
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        if self.running:
+            raise RuntimeError(f"{self.name} (pid {self.pid}) is already running")
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if self not in _LIVE:
+            _LIVE.append(self)
+        return self
+
+    def _popen(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self.proc
+
+    @property
+    def pid(self) -> int:
+        return self._popen().pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has exited (negative: the signal that ended it), else None."""
+        return self._popen().poll()
+
+    def output(self) -> str:
+        """Everything it printed so far (stdout and stderr, every start)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.output()[-chars:]
+
+    def _failure(self, what: str) -> str:
+        return f"{self.name} {what}; the end of its log ({self.log_path}):\n{self.log_tail()}"
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str,
+                 interval_s: float = 0.1) -> ServerProcess:
+        """Poll ``predicate`` until it holds; ``RuntimeError`` if the process exits first,
+        ``TimeoutError`` after ``timeout_s`` (both with the log's tail)."""
+        proc = self._popen()
+        end = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(self._failure(f"exited with {proc.returncode} before {what}"))
+            if predicate():
+                return self
+            if time.monotonic() >= end:
+                raise TimeoutError(self._failure(f"not ready after {timeout_s:.0f} s: no {what}"))
+            time.sleep(interval_s)
+
+    def wait_http(self, url: str, timeout_s: float = 60.0, status: int = 200, verify: Any = True) -> ServerProcess:
+        """Wait until ``GET url`` answers ``status`` (see ``wait_for``)."""
+        return self.wait_for(lambda: http_ok(url, status, verify), timeout_s, f"HTTP {status} from {url}")
+
+    def _kill_group(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> str:
+        """Send ``sig`` and wait for the exit; return everything it printed. Not exited within
+        ``timeout_s``: killed, and ``AssertionError`` (a graceful stop is part of the contract)."""
+        proc = self._popen()
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                proc.wait(5)
+                raise AssertionError(self._failure(f"did not exit within {timeout_s:.0f} s of signal {sig}")) from None
+        self._kill_group()  # stray children of its group, if any
+        return self.output()
+
+    def kill(self) -> None:
+        """SIGKILL (its whole group): it vanishes without closing anything cleanly."""
+        if self.running:
+            self._kill_group()
+            self._popen().wait(5)
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        """Stop it (SIGTERM, killed after ``timeout_s``, no error) and remove a temporary log."""
+        if self.proc is not None:
+            with contextlib.suppress(AssertionError):
+                self.stop(timeout_s=timeout_s)
+        if self in _LIVE:
+            _LIVE.remove(self)
+        if self._own_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: ``gnbsched serve`` from this checkout (the console script is ``gnbsched serve``)
+SERVE_COMMAND = (sys.executable, "-m", "service.cli", "serve")
+
+
+class ServeProcess(ServerProcess):
+    """``gnbsched serve`` on free loopback ports, started at once but not yet ready: call
+    ``wait_ready()`` (several started first boot in parallel).
+
+    REST on a free port (``rest_port``, ``url``) unless ``rest=False``; gRPC on a free port
+    (``grpc_port``, ``grpc_target``) when ``grpc=True``, else off. The ports go on the command line
+    (``--rest-port``, ``--grpc-port``, ``--log-level warning``) before ``args``, so a flag in
+    ``args`` wins; with ``settings_in_env=True`` they go into ``GNBSCHED_HOST`` / ``_REST_PORT`` /
+    ``_GRPC_PORT`` instead, as a container sets them, and no flag is added. The environment is
+    ``child_env()`` (none of the developer's ``GNBSCHED_*``) plus ``env``. ``rest_verify``: an
+    ``ssl.SSLContext`` for a service started with ``--rest-tls-cert`` (``url`` is then https and
+    readiness is polled with it). ``command``: what to run instead of ``SERVE_COMMAND`` (e.g. the
+    installed console script, or an image's entry point).
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, rest: bool = True, grpc: bool = False,
+                 rest_verify: Any = None, command: Sequence[str] = SERVE_COMMAND, settings_in_env: bool = False,
+                 log_path: Path | None = None, cwd: Path | None = None) -> None:
+        self.rest_port = free_port() if rest else 0
+        self.grpc_port = free_port() if grpc else 0
+        self.verify = rest_verify if rest_verify is not None else True
+        self.url = f"{'https' if rest_verify is not None else 'http'}://{LOOPBACK}:{self.rest_port}"
+        self.grpc_target = f"{LOOPBACK}:{self.grpc_port}"
+        full_env = child_env(**(env or {}))
+        flags: list[str] = []
+        if settings_in_env:
+            full_env.update(GNBSCHED_HOST=LOOPBACK, GNBSCHED_REST_PORT=str(self.rest_port),
+                            GNBSCHED_GRPC_PORT=str(self.grpc_port))
+        else:
+            flags = ["--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port), "--log-level", "warning"]
+        super().__init__([*command, *flags, *args], env=full_env, cwd=cwd, log_path=log_path, name="gnbsched serve")
+        self.start()
+
+    def wait_ready(self, timeout_s: float = 60.0, path: str = "/healthz") -> ServeProcess:
+        """Wait until REST answers 200 on ``path`` (gRPC only: until its port accepts)."""
+        if self.rest_port:
+            self.wait_http(self.url + path, timeout_s, verify=self.verify)
+        elif self.grpc_port:
+            self.wait_for(lambda: port_open(self.grpc_port), timeout_s, f"gRPC listening on {self.grpc_target}")
+        else:
+            raise ValueError("neither REST nor gRPC to wait for")
+        return self
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    """Whether the Redis server at ``url`` answers PING."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return False
+
+
+class RedisProcess(ServerProcess):
+    """A private ``redis-server`` on a free loopback port (``port``, ``url``), no persistence,
+    that a test may stop, kill and ``start()`` again on the same port; ``start()`` returns once
+    it answers PING. ``dir``: its working directory."""
+
+    def __init__(self, dir: Path | None = None, log_path: Path | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError(REDIS_MISSING)
+        self.port = free_port()
+        self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        argv = [binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+        if dir is not None:
+            argv += ["--dir", str(dir)]
+        super().__init__(argv, log_path=log_path, name="redis-server")
+
+    def start(self, timeout_s: float = 10.0) -> RedisProcess:
+        super().start()
+        self.wait_for(self.answers, timeout_s, f"PING answered on port {self.port}", interval_s=0.02)
+        return self
+
+    def answers(self) -> bool:
+        return redis_answers(self.url, 0.3)
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=2)
+
+
+# ----------------------------------------------------------------------------- in-process server
+
+
+class UvicornThread:
+    """A real uvicorn server for ``app`` in a background thread, on a pre-bound free port.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``ssl_certfile`` / ``ssl_keyfile``: https)."""
+
+    def __init__(self, app: Any, host: str = LOOPBACK, **options: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"{'https' if options.get('ssl_certfile') else 'http'}://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, **options)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn startup")
+        if not self.server.started:
+            raise RuntimeError("uvicorn failed to start (see the log above)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
+
+
+# ----------------------------------------------------------------------------- policies
 
 
 class AllToFirst(Policy):

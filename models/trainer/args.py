@@ -1,82 +1,13 @@
 """Arguments of the trainer scripts: one documented dataclass per script (CleanRL style — the
-docstring under each field is its ``--help``), and the dataclass ↔ argparse helpers.
+docstring under each field is its ``--help``). ``tyro`` turns them into command lines
+(``gnbsched train <script>`` and each script's ``python -m trainer.<script>``).
 
-Kept free of torch so ``gnbsched`` builds its command line without importing it.
+Kept free of torch (and of tyro) so ``gnbsched`` builds its command line without importing them.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import textwrap
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields (CleanRL / tyro style), read from the source."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, nxt in zip(body, [*body[1:], None], strict=True):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--kebab-name`` option per field of dataclass ``cls`` (help = the field's docstring)."""
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            raise TypeError(f"{cls.__name__}.{f.name} has no default")
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
-        ftype = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if ftype == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif ftype in ("int", "float", "str"):
-            parser.add_argument(flag, dest=f.name, type={"int": int, "float": float, "str": str}[ftype],
-                                default=default, help=help_text)
-        elif ftype in ("str | None", "Optional[str]"):
-            parser.add_argument(flag, dest=f.name, type=str, default=default, help=help_text)
-        elif ftype in ("int | None",):
-            parser.add_argument(flag, dest=f.name, type=int, default=default, help=help_text)
-        else:
-            raise TypeError(f"unsupported argument type {ftype} for {cls.__name__}.{f.name}")
-
-
-def args_from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
-    """Build dataclass ``cls`` from the matching attributes of an argparse namespace."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)})
-
-
-def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
-    """Parse ``argv`` into dataclass ``cls`` (the scripts' ``python -m trainer.<script>`` entry)."""
-    parser = argparse.ArgumentParser(description=description)
-    add_dataclass_arguments(parser, cls)
-    return args_from_namespace(cls, parser.parse_args(argv))
-
-
 
 # ----------------------------------------------------------------------------- trainer.distill
 
@@ -239,7 +170,7 @@ class ExportArgs:
     checkpoint: str = "runs/distill"
     """checkpoint directory or file to export"""
     models_dir: str = ""
-    """model directory (default: $GNBSCHED_MODEL_DIR or the repository's models/)"""
+    """model directory (default: the service's model_dir setting, i.e. $GNBSCHED_MODEL_DIR, or the repository's models/)"""
     version: str = ""
     """version directory name (default: the next vK)"""
     tolerance: float = 1e-4

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from service.history import HistoryView
-from service.policies.student import (
+from service.policies.student_decode import (
     DEFAULT_ANCHOR_BOUND,
     DEFAULT_PF_ANCHOR_BOUND,
     DEFAULT_SURPLUS_MARGIN,

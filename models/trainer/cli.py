@@ -22,14 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.args import (
-    DistillArgs,
-    ExportArgs,
-    GrpoArgs,
-    PpoArgs,
-    add_dataclass_arguments,
-    args_from_namespace,
-)
+from trainer.args import DistillArgs, ExportArgs, GrpoArgs, PpoArgs
 
 #: the recipe of the shipped models: stage -> argument overrides (``--quick`` shrinks budgets)
 RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -59,10 +52,17 @@ QUICK: dict[str, dict[str, Any]] = {
 #: stage -> (script module, its argument dataclass); the modules (and torch) are imported only to run
 SCRIPTS: dict[str, tuple[str, type]] = {"distill": ("trainer.distill", DistillArgs), "grpo": ("trainer.grpo", GrpoArgs),
                                         "ppo": ("trainer.ppo", PpoArgs), "export": ("trainer.export", ExportArgs)}
+#: one-line help of each script
+SCRIPT_HELP = {"distill": "distillation from a teacher (km, a policy, deficit / stackelberg / fair_efficient) or a JSONL dataset",
+               "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
+               "ppo": "PPO with GAE on the sequential mac leader utility",
+               "export": "export a checkpoint to ONNX + model card (parity-checked)"}
+#: argv never holds a NUL byte: a parser with this as its only prefix sees every argument as positional
+_NO_PREFIX = "\0"
 #: the held-out metric that decides whether a fine-tuning stage is kept (higher is better)
 SELECTION_METRIC = {"spectrum": "eval/ratio_km_min", "mac": "eval/utility_ratio_mean"}
 #: a held-out metric a fine-tuning stage may not push below min(floor, previous stage's value):
-#: the mac leader utility must not be bought with the Jain fairness target (issue 4: ≥ 0.95)
+#: the mac leader utility must not be bought with the Jain fairness target (≥ 0.95)
 GUARD_METRIC: dict[str, tuple[str, float]] = {"mac": ("eval/jain_mean", 0.95)}
 
 
@@ -71,19 +71,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("all", help="reproduce the shipped student models (distill → fine-tune → export → evaluate)")
     p.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all", help="which model(s) (default: both)")
     p.add_argument("--runs-dir", default="runs/reproduce", help="checkpoints and metrics of every stage")
-    p.add_argument("--models-dir", default="", help="where to export (default: $GNBSCHED_MODEL_DIR or models/)")
+    p.add_argument("--models-dir", default="",
+                   help="where to export (default: the model_dir setting, $GNBSCHED_MODEL_DIR, or models/)")
     p.add_argument("--version", default="", help="version to write (default: the next vK)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (smoke test; the model is not useful)")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark that fills the model card's KPIs")
     p.add_argument("--sequential", action="store_true", help="run the presets one after the other (default: in parallel)")
     p.add_argument("--recorded-command", default="", help=argparse.SUPPRESS)
-    helps = {"distill": "distillation from a teacher (km, a policy, deficit / stackelberg / fair_efficient) or a JSONL dataset",
-             "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
-             "ppo": "PPO with GAE on the sequential mac leader utility",
-             "export": "export a checkpoint to ONNX + model card (parity-checked)"}
-    for name, (_, args_cls) in SCRIPTS.items():
-        sp = sub.add_parser(name, help=helps[name])
-        add_dataclass_arguments(sp, args_cls)
+    for name in SCRIPTS:
+        # the script's options (its dataclass) are parsed by tyro in run(): this parser only collects
+        # them, --help included (argparse.REMAINDER alone refuses a leading --option)
+        sp = sub.add_parser(name, help=SCRIPT_HELP[name], add_help=False, prefix_chars=_NO_PREFIX)
+        sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="OPTIONS",
+                        help=f"the script's options: gnbsched train {name} --help")
     rec = sub.add_parser("record", help="write a JSONL dataset of a teacher's closed-loop (state, decision) rows")
     rec.add_argument("--preset", choices=["spectrum", "mac"], default="mac")
     rec.add_argument("--teacher", default="deficit",
@@ -106,9 +106,17 @@ def run(args: argparse.Namespace) -> int:
                                     episodes=args.episodes, slots=args.slots, seed=args.seed), args.out)
         print(f"recorded {n} rows -> {args.out}")
         return 0
-    module_name, args_cls = SCRIPTS[args.stage]
-    importlib.import_module(module_name).main(args_from_namespace(args_cls, args))
+    stage_args = parse_script_args(args.stage, args.argv)  # before torch is imported: --help is quick
+    importlib.import_module(SCRIPTS[args.stage][0]).main(stage_args)
     return 0
+
+
+def parse_script_args(stage: str, argv: list[str]) -> Any:
+    """The argument dataclass of script ``stage`` from its command-line options (tyro: one
+    ``--kebab-case`` option per field, the field's docstring and default as its help)."""
+    import tyro
+
+    return tyro.cli(SCRIPTS[stage][1], args=argv, prog=f"gnbsched train {stage}", description=SCRIPT_HELP[stage])
 
 
 def rejection(preset: str, final: dict[str, float], previous: dict[str, float]) -> str | None:

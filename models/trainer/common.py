@@ -1,7 +1,7 @@
 """Shared pieces of the trainer scripts: arguments, logging, batching, the action distribution.
 
 The action distribution is the stochastic twin of the served decode
-(``service.policies.student.decode_capped``): **pass 1** visits the resources in order and
+(``service.policies.student_decode.decode_capped``): **pass 1** visits the resources in order and
 draws, from softmax(logits[r]), "unused" or a user still below its need; **pass 2** revisits the
 resources left unused and draws, with the unused logit raised by ``surplus_margin``, "unused"
 or a user still below the PAG cap. Greedy decoding of the same process is what the service runs,
@@ -135,11 +135,6 @@ def pad_tokens(tokens: Sequence[np.ndarray], num_res: int) -> torch.Tensor:
     for i, t in enumerate(tokens):
         out[i, : t.size] = t
     return torch.from_numpy(out)
-
-
-def copy_inputs(x: StudentInputs) -> StudentInputs:
-    """A private copy (the serializer may reuse its buffers)."""
-    return StudentInputs(*(a.copy() for a in x.arrays()))
 
 
 # ----------------------------------------------------------------------------- the action distribution

@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from service.finetune.dataset import slot_from_dict, slot_to_dict
 from service.history import CellHistory, HistoryView, apply_feedback, record_decision
 from service.pag.checks import check
 from service.pag.repair import repair
-from service.policies.student import user_needs
+from service.policies.student_decode import user_needs
+from service.serialize.slot_codec import slot_from_dict, slot_to_dict
 from service.serialize.tensors import StudentInputs, serialize
 from service.sim.base import SlotEnv
-from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MAC_SCENARIOS
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
 from service.sim.worlds import WorldEnv, random_world, spectrum_instance, training_families
 from service.types import SlotState

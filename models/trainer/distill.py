@@ -21,7 +21,6 @@ import torch
 
 from service.sim.worlds import HELD_OUT, training_families
 from trainer.args import DistillArgs as Args
-from trainer.args import parse_args
 from trainer.checkpoint import Checkpoint, TorchStudent
 from trainer.common import (
     Batch,
@@ -232,4 +231,6 @@ def evaluate(args: Args, student: TorchStudent, mac_base: list[float] | None) ->
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, description=__doc__.splitlines()[0]))
+    import tyro
+
+    main(tyro.cli(Args, description=__doc__.splitlines()[0]))

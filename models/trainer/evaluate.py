@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from service.history import CellHistory, HistoryView, apply_feedback, record_decision
-from service.pipeline import PolicySet, slot_rng
 from service.policies.assignment import random_valid
 from service.policies.base import PolicyContext
-from service.policies.student import decode_capped
+from service.policies.registry import PolicySet
+from service.policies.student_decode import decode_capped
+from service.rng import slot_rng
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
 from service.types import SlotState, slot_utility
 from trainer.checkpoint import TorchStudent

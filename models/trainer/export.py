@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.policies.student import (
+from service.config import Settings
+from service.policies.student_model import (
     CARD_FILE,
     MODEL_FILE,
-    default_model_dir,
     load_model,
     model_name,
     sha256_file,
@@ -39,15 +39,17 @@ from service.serialize.tensors import (
     feature_spec,
     serialize,
 )
-from service.sim.mac import MacConfig, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MacConfig
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
 from service.types import SlotState
 from trainer.args import ExportArgs as Args
-from trainer.args import parse_args
 from trainer.checkpoint import Checkpoint
 from trainer.net import count_parameters
 
 OPSET = 17
+#: the repository's models/ (this package lives in models/trainer)
+REPO_MODELS = Path(__file__).resolve().parents[1]
 DYNAMIC_AXES = {
     "user_feats": {0: "num_ue"}, "res_feats": {0: "num_res"}, "pair_feats": {1: "num_res", 2: "num_ue"},
     "user_mask": {0: "num_ue"}, "res_mask": {0: "num_res"}, OUTPUT_NAME: {0: "num_res", 1: "num_ue_plus_1"},
@@ -103,6 +105,12 @@ def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
     return worst
 
 
+def default_models_dir() -> Path:
+    """Where ``export`` writes without ``--models-dir``: the service's ``model_dir`` setting
+    (``GNBSCHED_MODEL_DIR``), else the repository's ``models/``."""
+    return Path(Settings().model_dir or REPO_MODELS)
+
+
 def next_version(root: Path) -> str:
     nums = [int(m.group(1)) for p in root.glob("v*") if p.is_dir() and (m := re.fullmatch(r"v(\d+)", p.name))]
     return f"v{max(nums, default=0) + 1}"
@@ -142,7 +150,7 @@ def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float,
 
 def main(args: Args) -> Path:
     ckpt = Checkpoint.load(args.checkpoint)
-    root = Path(args.models_dir or default_model_dir()) / model_name(ckpt.preset)
+    root = Path(args.models_dir or default_models_dir()) / model_name(ckpt.preset)
     version = args.version or next_version(root)
     target = root / version
     root.mkdir(parents=True, exist_ok=True)
@@ -182,7 +190,9 @@ def update_evaluation(version_dir: str | Path, evaluation: dict[str, Any]) -> No
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, description=__doc__.splitlines()[0]))
+    import tyro
+
+    main(tyro.cli(Args, description=__doc__.splitlines()[0]))
 
 
 def export_initialised(models_dir: str | Path, preset: str, version: str, *, seed: int = 0, hidden: int = 16) -> Path:

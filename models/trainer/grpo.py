@@ -21,7 +21,6 @@ import torch
 
 from service.types import slot_utility
 from trainer.args import GrpoArgs as Args
-from trainer.args import parse_args
 from trainer.checkpoint import Checkpoint, TorchStudent
 from trainer.common import (
     Logger,
@@ -110,4 +109,6 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, description=__doc__.splitlines()[0]))
+    import tyro
+
+    main(tyro.cli(Args, description=__doc__.splitlines()[0]))

@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from service.history import CellHistory, apply_feedback, record_decision
-from service.policies.student import user_needs
+from service.policies.student_decode import user_needs
 from service.serialize.tensors import serialize
 from trainer.args import PpoArgs as Args
-from trainer.args import parse_args
 from trainer.checkpoint import Checkpoint, TorchStudent
 from trainer.common import (
     Batch,
@@ -240,4 +239,6 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, description=__doc__.splitlines()[0]))
+    import tyro
+
+    main(tyro.cli(Args, description=__doc__.splitlines()[0]))

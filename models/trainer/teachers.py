@@ -6,7 +6,7 @@
   users below the mean cumulative RBG count are served at once, the others wait for their best
   channel state (``DeficitTeacher``);
 * ``stackelberg`` (mac): a one-TTI look-ahead leader that anticipates the agentic followers'
-  best response (``service.sim.mac.agentic_rbg_count``, Stackelberg eq. 2) and scores candidate
+  best response (``service.sim.mac_ue.agentic_rbg_count``, Stackelberg eq. 2) and scores candidate
   DCMs by the leader utility (eq. 5) with the fairness term weighted for its persistence;
 * a recorded JSONL dataset of (state, decision) rows or an LLM endpoint's recorded answers —
   see ``trainer.data.read_jsonl`` (those are samples, not a callable teacher).
@@ -22,8 +22,9 @@ import numpy as np
 from service.history import HistoryView
 from service.pag.checks import check
 from service.pag.repair import repair
-from service.policies.base import PolicyContext, make
-from service.sim.mac import agentic_rbg_count
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.sim.mac_ue import agentic_rbg_count
 from service.types import DPDU_BITS, SlotState
 
 
@@ -250,9 +251,6 @@ class DeficitTeacher:
         needs = np.where(elig & ~waits, np.minimum(np.ceil(buf / tbs - 1e-9), state.max_resources_per_user), 0)
         priority = (mean_rate - rate) / max(mean_rate, 1e-9) + self.channel_weight * tbs / self.best_tbs_bits
         return fill_in_order(state, np.lexsort((np.arange(n), -priority)), needs.astype(np.int64))
-
-
-TEACHERS = ("deficit", "stackelberg", "fair_efficient")
 
 
 def make_teacher(name: str, **kwargs: float) -> Teacher:

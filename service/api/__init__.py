@@ -1,6 +1,7 @@
-"""Transports: REST (``api.rest``, FastAPI/uvicorn) and gRPC (``api.grpc``), plus ``gnbsched serve``.
+"""Transports over the one service core, and ``gnbsched serve`` that assembles them.
 
-Both decode a request into a ``SlotState`` (``service.types.make_slot``), call one
-``ServiceCore.schedule`` and encode the ``Decision``; ``api.schemas`` holds the REST (JSON)
-decoding and the pydantic models that document it.
+``contract`` holds the one table of request field rules both transports enforce; ``rest``
+(FastAPI/uvicorn: JSON codec, OpenAPI models, the app) and ``grpc`` (protobuf conversion, the
+server) decode a request into a ``SlotState``, ``await ServiceCore.decide(...)`` and encode the
+``Decision``; ``serve`` builds the core, runs gRPC beside REST and handles signals.
 """

@@ -25,86 +25,137 @@ import os
 import signal
 import sys
 import tempfile
+import types
+import typing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-#: flag dest -> Settings field (flags left unset keep the environment's / the default value)
-_FLAG_FIELDS = {
-    "host": "host", "rest_port": "rest_port", "grpc_port": "grpc_port", "workers": "workers",
-    "state_url": "state_url", "policy_spectrum": "default_policy_spectrum", "policy_mac": "default_policy_mac",
-    "fallbacks": "fallbacks", "deadline_ms": "deadline_ms", "seed": "seed", "ewma_slots": "ewma_slots",
-    "max_users": "max_users", "max_resources": "max_resources", "max_body_bytes": "max_body_bytes",
-    "preload": "preload_policies", "auth_token_file": "auth_token_file", "admin": "admin_enabled",
-    "grpc_tls_cert": "grpc_tls_cert", "grpc_tls_key": "grpc_tls_key", "grpc_tls_client_ca": "grpc_tls_client_ca",
-    "model_watch_s": "model_watch_s", "rest_tls_cert": "rest_tls_cert", "rest_tls_key": "rest_tls_key",
-    "rest_tls_client_ca": "rest_tls_client_ca", "record": "record_dir", "record_max_bytes": "record_max_bytes",
+from fastapi import FastAPI
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from service.api.rest.app import create_app
+from service.config import Settings
+from service.core import ServiceCore
+
+log = logging.getLogger("gnbsched.serve")
+
+#: the shorter flag each of these settings is also known by
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "default_policy_spectrum": ("--policy-spectrum",), "default_policy_mac": ("--policy-mac",),
+    "preload_policies": ("--preload",), "admin_enabled": ("--admin",), "record_dir": ("--record",),
 }
+#: settings that are never flags (a secret would show in ``ps``): environment or file only
+NOT_FLAGS = frozenset({"auth_token", "teacher_api_key"})
+#: flag groups of ``--help``, by the settings' name prefix (first match wins)
+_GROUPS = (("listen", ("host", "rest_port", "grpc_port", "workers")),
+           ("access", ("auth_", "admin_", "rest_tls", "grpc_tls")),
+           ("run-time guard", ("guard_",)), ("recording", ("record_",)),
+           ("limits", ("max_",)), ("gRPC connections", ("grpc_",)), ("logging", ("log_level", "access_log")),
+           ("LLM teacher", ("teacher_",)),
+           ("decisions", ("",)))
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """(argparse type, extra add_argument options) of a settings field's annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 \
+        else annotation
+    origin = typing.get_origin(base)
+    if base is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return _csv, {"metavar": "A,B,..."}
+    if origin is dict:
+        return _json_object, {"metavar": "JSON"}
+    if origin is typing.Literal:
+        return str, {"choices": list(typing.get_args(base))}
+    return (base if base in (int, float, str) else str), {}
+
+
+def _is_section(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def setting_fields() -> Iterator[tuple[str, FieldInfo]]:
+    """(flat name, field) of every setting: ``Settings`` fields, and ``<section>_<field>`` for
+    the fields of a section (``teacher_url``), whose environment variable is
+    ``GNBSCHED_<FLAT NAME>`` either way."""
+    for name, field in Settings.model_fields.items():
+        if _is_section(field):
+            for sub_name, sub_field in field.annotation.model_fields.items():  # type: ignore[union-attr]
+                yield f"{name}_{sub_name}", sub_field
+        else:
+            yield name, field
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("listen")
-    g.add_argument("--host", help="address REST and gRPC bind to (default 127.0.0.1)")
-    g.add_argument("--rest-port", type=int, help="REST port (default 8000; 0 disables REST)")
-    g.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 disables gRPC)")
-    g.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
-    d = parser.add_argument_group("decisions")
-    d.add_argument("--state-url", help="per-cell state: memory:// (default) or redis://host:port/db")
-    d.add_argument("--policy", help="default policy for both presets (else --policy-spectrum / --policy-mac)")
-    d.add_argument("--policy-spectrum", help="default policy of spectrum requests (default auction)")
-    d.add_argument("--policy-mac", help="default policy of mac requests (default student)")
-    d.add_argument("--fallbacks", type=_csv, help="comma-separated fallback chain (default greedy)")
-    d.add_argument("--deadline-ms", type=float, help="default per-slot policy deadline in ms")
-    d.add_argument("--seed", type=int, help="seed of the per-(cell, slot) generators (default 0)")
-    d.add_argument("--ewma-slots", type=float, help="PF averaging window in slots (default 100)")
-    d.add_argument("--preload", type=_csv, help="comma-separated policies loaded before ready")
-    d.add_argument("--model-watch-s", type=float,
-                   help="swap in newer models (student `latest`) every this many seconds, in every worker (default 0: off)")
-    rec = parser.add_argument_group("recording")
-    rec.add_argument("--record", metavar="DIR",
-                     help="append one JSON Lines row per decided slot (REST-format request + decision) to "
-                          "DIR/<cell id>.jsonl; replay with `gnbsched bench student --trace FILE` (default off)")
-    rec.add_argument("--record-max-bytes", type=int,
-                     help="rotate a cell's trace file to <name>.1.jsonl beyond this size (default 64 MiB)")
-    lim = parser.add_argument_group("limits")
-    lim.add_argument("--max-users", type=int, help="largest N accepted (default 4096)")
-    lim.add_argument("--max-resources", type=int, help="largest R accepted (default 4096)")
-    lim.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
-    acc = parser.add_argument_group("access")
-    acc.add_argument("--auth-token-file", help="file whose first line is the bearer token required on /schedule, "
-                                               "/v1/policies, admin and gRPC Scheduler calls (or GNBSCHED_AUTH_TOKEN)")
-    acc.add_argument("--admin", action="store_true", default=None,
-                     help="serve the admin endpoints (POST /admin/reload); needs a token unless bound to loopback")
-    acc.add_argument("--rest-tls-cert", help="PEM certificate chain: serve REST over TLS (https)")
-    acc.add_argument("--rest-tls-key", help="PEM private key of --rest-tls-cert")
-    acc.add_argument("--rest-tls-client-ca", help="PEM CA bundle: REST requires client certificates signed by it (mTLS)")
-    acc.add_argument("--grpc-tls-cert", help="PEM certificate chain: serve gRPC over TLS")
-    acc.add_argument("--grpc-tls-key", help="PEM private key of --grpc-tls-cert")
-    acc.add_argument("--grpc-tls-client-ca", help="PEM CA bundle: require client certificates signed by it (mTLS)")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs latency)")
+    """One flag per setting (``--kebab-name``; aliases in ``FLAG_ALIASES``), its help the
+    field's description, environment variable and default. Unset flags keep the environment's
+    value or the default."""
+    groups = {title: parser.add_argument_group(title) for title, _ in _GROUPS}
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name, field in setting_fields():
+        if name in NOT_FLAGS:
+            continue
+        ftype, extra = _flag_type(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict) \
+            else default
+        help_text = f"{field.description or ''} (env {prefix}{name.upper()}; default {shown})".replace("%", "%%")
+        title = next(t for t, prefixes in _GROUPS if any(name.startswith(p) for p in prefixes))
+        flags = ["--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ())]
+        groups[title].add_argument(*flags, dest=name, default=None, help=help_text,
+                                   **({"type": ftype} if ftype is not None else {}), **extra)
+    parser.add_argument("--policy", help="default policy of both presets (sets --policy-spectrum and --policy-mac)")
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """``Settings`` from the environment, overridden by the flags that were given."""
-    from service.config import Settings
-
     overrides: dict[str, Any] = {}
     if getattr(args, "policy", None):
         overrides["default_policy_spectrum"] = overrides["default_policy_mac"] = args.policy
-    for dest, field in _FLAG_FIELDS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides[field] = value
+    sections = {n for n, f in Settings.model_fields.items() if _is_section(f)}
+    for name, _ in setting_fields():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        section, _, sub_name = name.partition("_")
+        if section in sections:
+            overrides.setdefault(section, {})[sub_name] = value
+        else:
+            overrides[name] = value
+    if not overrides.keys() & sections:
+        return Settings(**overrides)
+    base = Settings()  # a section given by flags keeps its other fields from the environment
+    for section in overrides.keys() & sections:
+        overrides[section] = getattr(base, section).model_copy(update=overrides[section])
     return Settings(**overrides)
 
 
-def export_settings(settings) -> None:
+def export_settings(settings: Settings) -> None:
     """Write ``settings`` to ``GNBSCHED_*`` so worker processes rebuild exactly them."""
-    for name, value in settings.model_dump().items():
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):  # a section: one variable per field (GNBSCHED_TEACHER_URL)
+            values.update({f"{name}_{k}": getattr(value, k) for k in type(value).model_fields})
+        else:
+            values[name] = value
+    for name, value in values.items():
         key = f"GNBSCHED_{name.upper()}"
         if hasattr(value, "get_secret_value"):  # SecretStr (the token) dumps masked
             value = value.get_secret_value()
@@ -116,27 +167,64 @@ def export_settings(settings) -> None:
             os.environ[key] = str(value)
 
 
-async def _serve_grpc_only(settings) -> int:
-    from service.api.rest.app import build_core
+#: seconds running RPCs get to finish when the server stops
+GRPC_GRACE_S = 5.0
 
+
+def build_core(settings: Settings | None = None) -> ServiceCore:
+    """The service core from ``settings`` (default: the environment), observed by new ``Metrics``."""
+    from service.metrics import Metrics
+
+    return ServiceCore(settings or Settings(), observer=Metrics())
+
+
+@asynccontextmanager
+async def grpc_beside(core: ServiceCore) -> AsyncIterator[tuple[str, str | None]]:
+    """Run the gRPC server on the current event loop for the life of the block; yields
+    ("grpc", its address), or ("grpc", None) with a warning when the transport is not installed."""
     try:
         from service.api.grpc.server import start_grpc_server
     except ModuleNotFoundError as exc:
-        print(f"gnbsched serve: gRPC transport not available ({exc}); set --rest-port", file=sys.stderr)
-        return 2
+        if exc.name and exc.name.startswith(("service.api.grpc", "grpc")):
+            log.warning("gRPC transport not available (%s); serving REST only", exc)
+            yield "grpc", None
+            return
+        raise
+    s = core.settings
+    server = await start_grpc_server(core, s.host, s.grpc_port)
+    try:
+        yield "grpc", f"{s.host}:{s.grpc_port}"
+    finally:
+        await server.stop(GRPC_GRACE_S)
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    """The served application: REST over a new core, gRPC beside it when ``grpc_port != 0``."""
+    core = build_core(settings)
+    return create_app(core, beside=[grpc_beside] if core.settings.grpc_port != 0 else [])
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory (``--workers > 1``): every worker builds its server from ``GNBSCHED_*``."""
+    return build_app()
+
+
+async def _serve_grpc_only(settings: Settings) -> int:
     core = build_core(settings)
     await asyncio.to_thread(core.preload)
     core.start_model_watch()
-    server = await start_grpc_server(core, settings.host, settings.grpc_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    from service.api.rest.app import GRPC_GRACE_S
-
-    await server.stop(GRPC_GRACE_S)
-    core.close()
+    try:
+        async with grpc_beside(core) as (_, address):
+            if address is None:
+                print("gnbsched serve: the gRPC transport is not installed; set --rest-port", file=sys.stderr)
+                return 2
+            await stop.wait()
+    finally:
+        core.close()
     return 0
 
 
@@ -148,7 +236,7 @@ def redact_url(url: str) -> str:
     return url
 
 
-def _exit_cleanly(signum: int, frame: object) -> None:
+def _exit_cleanly(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
@@ -168,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     except AccessConfigError as exc:
         print(f"gnbsched serve: invalid access settings: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shown = settings.public()
     shown["state_url"] = redact_url(str(shown.get("state_url", "")))
     print("gnbsched serve: " + json.dumps(shown, sort_keys=True), flush=True)
@@ -184,13 +272,11 @@ def run(args: argparse.Namespace) -> int:
 
     from service.security import rest_tls_options
 
-    common = dict(host=settings.host, port=settings.rest_port, log_level=args.log_level,
-                  access_log=bool(args.access_log), lifespan="on", timeout_graceful_shutdown=10,
+    common = dict(host=settings.host, port=settings.rest_port, log_level=settings.log_level,
+                  access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10,
                   **rest_tls_options(settings))
     if settings.workers <= 1:
-        from service.api.rest.app import build_core, create_app
-
-        app = create_app(build_core(settings))
+        app = build_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, **common))
         # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal with the
         # handlers it found: let that end the process with status 0 instead of "killed"
@@ -207,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
                                       else os.environ[MULTIPROC_ENV])
     export_settings(settings)
     try:
-        uvicorn.run("service.api.rest.app:app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run("service.api.serve:app_from_env", factory=True, workers=settings.workers, **common)
     finally:
         if own_dir:
             remove_multiprocess_dir(mp_dir)

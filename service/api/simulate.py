@@ -84,7 +84,7 @@ def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
 
 def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
               deadline_ms: float | None = None) -> dict[str, Any]:
-    """The ``POST /schedule`` JSON body of a slot (REST contract of issue 3), utility as ``rate_bps``
+    """The ``POST /schedule`` JSON body of a slot (the REST contract), utility as ``rate_bps``
     in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)
     (``service.trace.rest_request``: the one place a slot becomes a REST body)."""
     body = rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from service.finetune.dataset import DatasetSpec, build_rows, write_jsonl
-from service.serialize.prompt import ANSWER_FORMS, PromptOptions
+from service.serialize.prompt_options import ANSWER_FORMS, PromptOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -42,9 +42,10 @@ from service.pag.checks import (
     check,
     extract_json,
 )
-from service.pipeline import slot_rng
 from service.policies.assignment import random_valid
-from service.serialize.prompt import estimate_tokens
+from service.rng import slot_rng
+from service.serialize.prompt_options import estimate_tokens
+from service.serialize.slot_codec import slot_from_dict
 from service.types import SlotState, served_bits
 
 STRUCT_MAX = 1.2
@@ -246,7 +247,6 @@ class _StateCache:
         return s if isinstance(s, str) else json.dumps(s, sort_keys=True)
 
     def states(self, state: Sequence[Any] | None, n: int) -> list[SlotState]:
-        from service.finetune.dataset import slot_from_dict
 
         if state is None:
             raise ValueError("reward functions need the dataset's 'state' column (gnbsched dataset --kind grpo)")

@@ -34,8 +34,6 @@ CAP_EXCEEDED = "cap_exceeded"
 CONTENTION = "contention"
 VIOLATION_KINDS = (UNPARSABLE, WRONG_LENGTH, OUT_OF_DOMAIN, BUSY_RESOURCE, INELIGIBLE_USER,
                    CAP_EXCEEDED, CONTENTION)
-#: violations whose pairs repair step 1 drops (the others are resolved in steps 2-3)
-ILLEGAL_PAIR_KINDS = frozenset({OUT_OF_DOMAIN, BUSY_RESOURCE, INELIGIBLE_USER})
 
 
 @dataclass(slots=True)

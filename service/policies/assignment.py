@@ -15,7 +15,8 @@ from service.assign import copies_per_user, greedy_fill, linear_assignment
 from service.errors import ProblemTooLargeError
 from service.pag.checks import check_dcm
 from service.pag.repair import repair
-from service.policies.base import Policy, PolicyContext, register
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import register
 from service.types import SlotState, slot_utility
 
 

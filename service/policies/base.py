@@ -1,4 +1,4 @@
-"""Policy contract and registry (Gymnasium-style ``register`` / ``make``).
+"""The policy contract: ``Policy`` (``serialize`` then ``act``) and its ``PolicyContext``.
 
 A policy maps one slot (plus the cell's history, passed in explicitly) to a *raw* output —
 any form ``service.pag.check`` accepts, usually a DCM token vector int64 [R]. It does no I/O
@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from service.errors import UnknownPolicyError
 from service.history import HistoryView
 from service.pag.checks import RawAction
 from service.types import SlotState
@@ -74,43 +73,3 @@ class Policy(ABC):
 
     def __call__(self, state: SlotState, ctx: PolicyContext) -> RawAction:
         return self.act(state, ctx, self.serialize(state, ctx))
-
-
-_REGISTRY: dict[str, Callable[..., Policy]] = {}
-
-
-def register(name: str, factory: Callable[..., Policy] | None = None):
-    """Register a policy factory under ``name`` (usable as a class decorator)."""
-
-    def deco(f: Callable[..., Policy]) -> Callable[..., Policy]:
-        if name in _REGISTRY and _REGISTRY[name] is not f:
-            raise ValueError(f"policy {name!r} is already registered")
-        _REGISTRY[name] = f
-        return f
-
-    return deco(factory) if factory is not None else deco
-
-
-def make(name: str, **kwargs: Any) -> Policy:
-    """Instantiate the policy registered under ``name``."""
-    _load_builtins()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise UnknownPolicyError(name, names()) from None
-    return factory(**kwargs)
-
-
-def names() -> list[str]:
-    """Registered policy names, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
-
-
-def _load_builtins() -> None:
-    # importing the modules runs their @register decorators
-    import service.policies.assignment
-    import service.policies.schedulers
-    import service.policies.sparse
-    import service.policies.student
-    import service.policies.teacher  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from service.policies.base import _REGISTRY, names
+from service.policies.registry import factory, names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for name in names():
-        factory = _REGISTRY[name]
-        doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-        presets = ",".join(getattr(factory, "presets", ()))
+        f = factory(name)
+        doc = (f.__doc__ or "").strip().splitlines()[0] if f.__doc__ else ""
+        presets = ",".join(getattr(f, "presets", ()))
         print(f"{name:12s} [{presets}] {doc}")
     return 0

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from service.assign import greedy_fill, pf_priority
-from service.policies.base import Policy, PolicyContext, register
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import register
 from service.types import SlotState
 
 

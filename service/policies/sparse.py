@@ -2,28 +2,19 @@
 
 Policy ``auction`` solves the single-connectivity assignment ``max Σ value[u, c]`` over
 matchings of eligible users × free channels (SPEC §1–§2) in stages, each of which leaves a
-valid decision behind, so the policy is *anytime*:
+valid decision behind, so the policy is *anytime* (the kernels and their equations:
+``service.auction``):
 
-0. **Cheap starts** — ``sorted``: strongest users (rx power) on the widest channels, the
-   optimum without fading, O(n log n); ``sampled``: each user bids for its best of a few
-   seeded random channels, three vectorised rounds, O(U·m).
-1. **Prices** — a forward Jacobi auction (Bertsekas) with increment ``ε``, every unassigned
-   user bidding at once (numpy), each user holding the outside option "no channel" worth 0.
-   A user bids from a list of its ``list_size`` best channels by *reduced* value
-   ``value − price``, with an upper bound on everything off the list; prices only rise, so
-   the bound stays valid and the list is rebuilt from the dense row only when it no longer
-   proves the best bid (bounded-list auction). It stops when at most ``stop_fraction`` of the
-   users are still unassigned. Sparsifying by raw value fails here because path loss makes
-   the strongest users best on every channel; reduced value does not.
-2. **Exact on a sparse graph** — candidate pairs within ``candidate_slack · ε`` of each
-   user's best reduced value (about 6 per user), the auction's pairs, and enough pairs
-   between the unassigned users and channels to guarantee a full matching; solved exactly by
-   ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp).
-3. **Certificate** — channel prices that prove the matching optimal on the graph (difference
-   constraints of LP duality, Bellman–Ford, kept close to the auction's prices), then one
-   dense pass checks them on every pair (complementary slackness). Users that violate it get
-   their best pairs added and stage 2 runs again (``max_repairs``). Any prices give the bound
-   ``OPT ≤ Σ_c p_c + Σ_u max(0, max_c value[u, c] − p_c)``, reported as ``gap_bound``.
+0. **Cheap starts** — ``sorted``: strongest users (rx power) on the widest channels;
+   ``sampled``: each user bids for its best of ``samples`` seeded random channels.
+1. **Prices** — the bounded-list forward auction with increment ``ε = eps_rel · max(value)``
+   and lists of ``list_size`` channels, stopped when at most ``stop_fraction`` of the users are
+   still unassigned.
+2. **Exact on a sparse graph** — candidate pairs within ``candidate_slack · ε`` of each user's
+   best reduced value (about 6 per user), solved exactly (LAPJVsp).
+3. **Certificate** — channel prices that prove the matching optimal, checked on every pair;
+   users that violate it get their best pairs added and stage 2 runs again
+   (``max_repairs``). The prices' bound on the optimum is reported as ``gap_bound``.
 
 Before each stage the remaining time (``PolicyContext.deadline``) is compared with the stage's
 predicted cost (a moving average of what it cost per pair); the auction also checks the clock
@@ -36,396 +27,28 @@ most ``dense_below`` pairs go to the dense exact solver (faster there), as does 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from service.assign import linear_assignment
-from service.policies.base import Policy, PolicyContext, register
+from service.auction import (
+    FREE,
+    auction_prices,
+    candidate_pairs,
+    dual_check,
+    list_upper_bound,
+    matching_prices,
+    matching_value,
+    relative_gap,
+    sampled_bids,
+    sorted_fill,
+    sparse_max_matching,
+    top_lists,
+)
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import register
 from service.types import SlotState
-
-FREE = -1  # user still bidding
-OUT = -2  # user took the outside option (no channel is worth its price)
-_CHUNK_ELEMS = 1 << 16  # dense passes run over row blocks of about this many entries (cache-sized)
-
-
-# ------------------------------------------------------------------------------- stage 1
-
-
-@dataclass
-class AuctionResult:
-    """State of the bounded-list auction (U users, F channels, K list size).
-
-    prices: float64 [F]; assign: int64 [U] channel index, FREE or OUT; owner: int64 [F] user
-    index or -1; lists: int64 [U, K] candidate channels; list_value: float64 [U, K] their
-    values; bound: float64 [U] >= max over channels off the list of ``value − prices``.
-    ``complete`` is False when ``stop`` cut the auction before it reached ``stop_free``.
-    """
-
-    prices: np.ndarray
-    assign: np.ndarray
-    owner: np.ndarray
-    lists: np.ndarray
-    list_value: np.ndarray
-    bound: np.ndarray
-    eps: float = 0.0
-    max_value: float = 0.0
-    rounds: int = 0
-    bids: int = 0
-    refreshes: int = 0
-    complete: bool = True
-
-
-def top_lists(value: np.ndarray, prices: np.ndarray, rows: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's ``k`` best channels by reduced value ``value − prices`` and a bound on the rest.
-
-    value: float64 [U, F]; prices: float64 [F]; rows: int64 [B] (None = all rows).
-    Returns (lists int64 [B, k], list values float64 [B, k], bound float64 [B]) where bound is
-    the ``k``-th best reduced value (>= every reduced value off the list). Runs over row blocks.
-    """
-    n_rows = value.shape[0] if rows is None else rows.size
-    f = value.shape[1]
-    lists = np.empty((n_rows, k), np.int64)
-    vals = np.empty((n_rows, k))
-    bound = np.empty(n_rows)
-    step = max(1, _CHUNK_ELEMS // f)
-    for s in range(0, n_rows, step):
-        blk = value[s:s + step] if rows is None else value[rows[s:s + step]]  # [b, F]
-        red = blk - prices
-        part = np.argpartition(red, f - k, axis=1)[:, f - k:]  # [b, k] the k largest
-        lists[s:s + step] = part
-        vals[s:s + step] = np.take_along_axis(blk, part, 1)
-        bound[s:s + step] = np.take_along_axis(red, part, 1).min(axis=1)
-    return lists, vals, bound
-
-
-def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, stop_free: int = 0,
-                   stop: Callable[[], bool] | None = None,
-                   lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> AuctionResult:
-    """Forward Jacobi auction with outside option 0 (maximisation), bounded candidate lists.
-
-    value: float64 [U, F] >= 0; the bid increment is ``eps = eps_rel · max(value)``. Every
-    round each FREE user finds its best reduced value ``w1`` (channel ``j``) and second best
-    ``w2`` (>= 0, the outside option; >= the list bound), bids ``price[j] + w1 − w2 + eps`` or takes the outside
-    option when ``w1 <= 0``; each channel goes to its highest bid (ties: lower user index).
-    ε-complementary slackness holds for every assigned user throughout, so a complete run is
-    within ``U·eps`` of the optimum. Stops when at most ``stop_free`` users are FREE, or when
-    ``stop()`` returns True (checked once per round). ``lists``: the result of
-    ``top_lists(value, zeros, None, list_size)`` when the caller computed it already.
-    """
-    u_n, f_n = value.shape
-    k = min(list_size, f_n)
-    prices = np.zeros(f_n)
-    cand, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists  # cand: int64 [U, K]
-    if k == f_n:
-        bound[:] = -np.inf  # the lists hold every channel
-    vmax = float(list_value.max(initial=0.0))  # the lists hold each row's maximum
-    eps = eps_rel * vmax if vmax > 0 else 1.0  # all values 0: any increment ends the auction at once
-    res = AuctionResult(prices, np.full(u_n, FREE, np.int64), np.full(f_n, -1, np.int64), cand, list_value,
-                        bound, eps, vmax)
-    assign, owner = res.assign, res.owner
-    free = np.arange(u_n)
-    while free.size > stop_free:
-        if stop is not None and stop():
-            res.complete = False
-            break
-        res.rounds += 1
-        lf = cand[free]  # [B, K]
-        w = list_value[free] - prices[lf]  # [B, K] reduced values
-        ar = np.arange(free.size)
-        k1 = w.argmax(axis=1)
-        w1 = w[ar, k1]
-        w[ar, k1] = -np.inf
-        b = bound[free]
-        w2 = np.maximum(np.maximum(w.max(axis=1), b), 0.0)
-        stale = w1 < b  # the list no longer proves that its best is the best channel
-        if stale.any():
-            rs = free[stale]
-            res.refreshes += rs.size
-            cand[rs], list_value[rs], bound[rs] = top_lists(value, prices, rs, k)
-            keep = ~stale
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[:int(keep.sum())]
-        out = w1 <= 0.0
-        if out.any():
-            assign[free[out]] = OUT
-            keep = ~out
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[:int(keep.sum())]
-        if free.size:
-            obj = lf[ar, k1]
-            bid = prices[obj] + (w1 - w2) + eps
-            res.bids += free.size
-            order = np.lexsort((-bid, obj))  # by channel, highest bid first (stable: lower user)
-            o = obj[order]
-            first = np.ones(o.size, bool)
-            first[1:] = o[1:] != o[:-1]
-            win = order[first]
-            won, winner = obj[win], free[win]
-            prev = owner[won]
-            assign[prev[prev >= 0]] = FREE
-            owner[won] = winner
-            assign[winner] = won
-            prices[won] = bid[win]
-        free = np.flatnonzero(assign == FREE)
-    return res
-
-
-def fill_in_order(assign: np.ndarray, num_channels: int) -> np.ndarray:
-    """Channel-of-user int64 [U] (-1 = none) from a partial matching: users without a channel
-    (FREE or OUT) take the unused channels in index order. O(U + F): the last resort when no
-    time is left for anything better."""
-    out = np.where(assign >= 0, assign, -1)
-    used = np.zeros(num_channels, bool)
-    used[out[out >= 0]] = True
-    idle_users = np.flatnonzero(out < 0)
-    idle_ch = np.flatnonzero(~used)
-    m = min(idle_users.size, idle_ch.size)
-    out[idle_users[:m]] = idle_ch[:m]
-    return out
-
-
-# ------------------------------------------------------------------------------- stage 2
-
-
-def candidate_pairs(value: np.ndarray, auc: AuctionResult, slack: float, *, extra: int = 4
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse candidate graph from auction prices: (users int64 [E], channels int64 [E]), unique.
-
-    * every pair whose reduced value is within ``slack`` of the user's best: from the user's
-      list, or from its dense row when the list's bound cannot exclude the channels off it;
-    * the auction's own pairs;
-    * completion pairs that make a full matching of the smaller side exist: each user without
-      a channel to its ``m`` best unused channels (U <= F), or each unused channel to its ``m``
-      best users without one (U > F), ``m`` = the number of unmatched on the smaller side + ``extra``
-      (Hall's condition then holds for the unmatched ones).
-    value: float64 [U, F].
-    """
-    u_n, f_n = value.shape
-    prices = auc.prices
-    red = auc.list_value - prices[auc.lists]  # [U, K]
-    best = np.maximum(red.max(axis=1), 0.0)
-    risky = auc.bound >= best - slack  # [U] the list cannot prove it holds every candidate
-    mask = (red >= (best - slack)[:, None]) & ~risky[:, None]  # [U, K]
-    rows = [np.repeat(np.arange(u_n), mask.sum(axis=1)), np.flatnonzero(auc.assign >= 0)]
-    cols = [auc.lists[mask], auc.assign[auc.assign >= 0]]
-    risky_rows = np.flatnonzero(risky)
-    step = max(1, _CHUNK_ELEMS // f_n)
-    for s in range(0, risky_rows.size, step):  # their candidates straight from the dense rows
-        blk = risky_rows[s:s + step]
-        r_red = value[blk] - prices  # [b, F]
-        r_best = np.maximum(r_red.max(axis=1), 0.0)
-        i, j = np.nonzero(r_red >= (r_best - slack)[:, None])
-        rows.append(blk[i])
-        cols.append(j)
-    idle_u = np.flatnonzero(auc.assign < 0)
-    idle_c = np.flatnonzero(auc.owner < 0)
-    if idle_u.size and idle_c.size:
-        sub = value[idle_u][:, idle_c]  # [a, b]
-        if u_n <= f_n:  # every user must be matched: idle users -> their best idle channels
-            m = min(idle_c.size, idle_u.size + extra)
-            top = np.argpartition(sub, idle_c.size - m, axis=1)[:, idle_c.size - m:]  # [a, m]
-            rows.append(np.repeat(idle_u, m))
-            cols.append(idle_c[top].ravel())
-        else:  # every channel must be matched: idle channels -> their best idle users
-            m = min(idle_u.size, idle_c.size + extra)
-            top = np.argpartition(sub, idle_u.size - m, axis=0)[idle_u.size - m:]  # [m, b]
-            rows.append(idle_u[top].ravel())
-            cols.append(np.tile(idle_c, m))
-    key = np.unique(np.concatenate(rows) * f_n + np.concatenate(cols))
-    return key // f_n, key % f_n
-
-
-def sparse_max_matching(value: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
-    """Maximum-value matching restricted to the pairs (rows [E], cols [E]) that covers the smaller
-    side of value [U, F], or None if the pairs admit no such matching.
-
-    Costs ``(max + 1) − value`` are positive, and with values >= 0 a maximum-value matching that
-    covers the smaller side exists, so LAPJVsp's minimum-cost full matching maximises the value.
-    Returns channel-of-user int64 [U] (-1 = none).
-    """
-    u_n, f_n = value.shape
-    v = value[rows, cols]
-    cost = (float(v.max(initial=0.0)) + 1.0) - v
-    match = np.full(u_n, -1, np.int64)
-    try:
-        if u_n <= f_n:
-            r, c = min_weight_full_bipartite_matching(csr_array((cost, (rows, cols)), shape=(u_n, f_n)))
-            match[r] = c
-        else:
-            c, r = min_weight_full_bipartite_matching(csr_array((cost, (cols, rows)), shape=(f_n, u_n)))
-            match[r] = c
-    except ValueError:  # no full matching on these pairs
-        return None
-    return match
-
-
-# ------------------------------------------------------------------------------- stage 3
-
-
-def _settle(p: np.ndarray, src: np.ndarray, w: np.ndarray, dst: np.ndarray, *, upward: bool, tol: float,
-            max_iter: int) -> bool:
-    """Bellman–Ford rounds on difference constraints, in place: ``p[dst] >= p[src] + w``
-    (``upward``: raise p to the least solution above it) or ``p[dst] <= p[src] + w`` (lower p to
-    the greatest solution below it). Edges sorted by dst. Returns False if not settled."""
-    if not dst.size:
-        return True
-    starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-    heads = dst[starts]
-    reduce = np.maximum.reduceat if upward else np.minimum.reduceat
-    for _ in range(max_iter):
-        best = reduce(p[src] + w, starts)
-        upd = best > p[heads] + tol if upward else best < p[heads] - tol
-        if not upd.any():
-            return True
-        p[heads[upd]] = best[upd]
-    return False
-
-
-def matching_prices(value: np.ndarray, rows: np.ndarray, cols: np.ndarray, match: np.ndarray, *,
-                    tol: float, max_iter: int, start: np.ndarray | None = None) -> np.ndarray | None:
-    """Channel prices p [F] that prove ``match`` optimal on the pairs (rows, cols), near ``start``.
-
-    ``match`` covers the smaller side of value [U, F] (as ``sparse_max_matching`` returns it).
-    LP duality, with surplus ``s_u = value[u, m(u)] − p[m(u)]`` and ``s_u + p_c >= value[u, c]``
-    on every pair: when U <= F every user is matched (s_u free) and ``p_c >= 0``, ``p_c = 0`` on
-    unused channels; when U > F every channel is matched (p_c free) and ``s_u >= 0``,
-    ``s_u = 0`` for users without a channel. These are difference constraints
-    ``p_c − p[m(u)] >= value[u, c] − value[u, m(u)]`` (``p_c >= value[u, c]`` without a channel,
-    ``p[m(u)] <= value[u, m(u)]`` for ``s_u >= 0``); their solutions form a lattice. Bellman–Ford
-    rounds find the greatest solution, then the least one above ``min(start, greatest)`` (start:
-    e.g. the auction's prices), which stays close to ``start`` so that the dense check passes.
-    Returns None when there is no solution (``match`` is not optimal on the pairs) or the rounds
-    do not settle within ``max_iter``.
-    """
-    u_n, f_n = value.shape
-    users_side = u_n <= f_n  # the matching covers every user (else: every channel)
-    used = np.zeros(f_n, bool)
-    has = np.flatnonzero(match >= 0)
-    used[match[has]] = True
-    mu = match[rows]
-    keep = cols != mu
-    r, c, mu = rows[keep], cols[keep], mu[keep]
-    matched = mu >= 0
-    own = value[r, np.where(matched, mu, 0)]
-    w = value[r, c] - np.where(matched, own, 0.0)  # p_c >= p[src] + w, src = m(u) or the 0 node
-    src = np.where(matched, mu, f_n)
-    # greatest solution: p[m(u)] <= p_c − w over matched users' pairs, below the caps
-    p_hi = np.full(f_n + 1, np.inf)
-    p_hi[f_n] = 0.0
-    p_hi[:f_n][~used] = 0.0
-    if not users_side:
-        p_hi[match[has]] = value[has, match[has]]  # s_u >= 0
-    order = np.argsort(mu, kind="stable")[int((~matched).sum()):]  # matched users' pairs by m(u)
-    if not _settle(p_hi, c[order], -w[order], mu[order], upward=False, tol=tol, max_iter=max_iter):
-        return None
-    if users_side and (p_hi[:f_n] < -tol).any():  # p >= 0 cannot hold
-        return None
-    # least solution above min(start, greatest)
-    p = np.zeros(f_n + 1)
-    base = np.zeros(f_n) if start is None else start
-    p[:f_n] = np.where(used, np.minimum(np.maximum(base, 0.0) if users_side else base, p_hi[:f_n]), 0.0)
-    order = np.argsort(c, kind="stable")
-    if not _settle(p, src[order], w[order], c[order], upward=True, tol=tol, max_iter=max_iter):
-        return None
-    if (p > p_hi + tol).any():  # a lower bound crosses an upper bound: no solution
-        return None
-    return p[:f_n]
-
-
-def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float
-               ) -> tuple[np.ndarray, float]:
-    """Check prices [F] against every pair of value [U, F] (one dense pass, row blocks).
-
-    A user violates complementary slackness when some channel's reduced value exceeds its
-    surplus ``value[u, m(u)] − p[m(u)]`` (0 without a channel) by more than ``tol``. Returns
-    (violating users int64 [V], upper bound on the optimum): ``Σ_c p_c + Σ_u max_c (value − p)``
-    when U <= F (prices >= 0, every user matched), with each user's term floored at 0 when U > F.
-    """
-    u_n, f_n = value.shape
-    has = match >= 0
-    surplus = np.zeros(u_n)
-    idx = np.flatnonzero(has)
-    surplus[idx] = value[idx, match[idx]] - prices[match[idx]]
-    best = np.empty(u_n)
-    step = max(1, _CHUNK_ELEMS // f_n)
-    for s in range(0, u_n, step):
-        best[s:s + step] = (value[s:s + step] - prices).max(axis=1)
-    viol = np.flatnonzero(best > surplus + tol)
-    per_user = best if u_n <= f_n else np.maximum(best, 0.0)
-    return viol, float(prices.sum() + per_user.sum())
-
-
-# ------------------------------------------------------------------------------- policy
-
-
-def sorted_fill(match: np.ndarray, strength: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Complete a partial matching in O(U log U + F log F): users without a channel, strongest
-    first, take the unused channels, widest first — the exact optimum without fading (SPEC §2:
-    with flat fading the optimum is a sort). match: int64 [U] channel or < 0; strength: [U];
-    width: [F]. Returns channel-of-user int64 [U] (-1 = none)."""
-    out = np.where(match >= 0, match, -1)
-    used = np.zeros(width.size, bool)
-    used[out[out >= 0]] = True
-    idle_u = np.flatnonzero(out < 0)
-    idle_c = np.flatnonzero(~used)
-    idle_u = idle_u[np.argsort(-strength[idle_u], kind="stable")]
-    idle_c = idle_c[np.argsort(-width[idle_c], kind="stable")]
-    m = min(idle_u.size, idle_c.size)
-    out[idle_u[:m]] = idle_c[:m]
-    return out
-
-
-def sampled_bids(cand_cols: np.ndarray, cand_value: np.ndarray, num_channels: int, rounds: int = 3,
-                 taken: np.ndarray | None = None) -> np.ndarray:
-    """Each user bids for its best channel among a few candidates; each channel goes to its
-    highest bid (ties: lower user); losers retry on their untaken candidates, ``rounds`` times.
-
-    cand_cols: int64 [U, m] candidate channel indices (e.g. sampled); cand_value: float64 [U, m]
-    their values; taken: bool [F] channels already held by others (default none). O(U·m) per
-    round. Returns channel-of-user int64 [U] (FREE where none was won).
-    """
-    u_n = cand_cols.shape[0]
-    match = np.full(u_n, FREE, np.int64)
-    taken = np.zeros(num_channels, bool) if taken is None else taken.copy()
-    for _ in range(rounds):
-        free = np.flatnonzero(match == FREE)
-        if not free.size:
-            break
-        v = np.where(taken[cand_cols[free]], -np.inf, cand_value[free])  # [B, m]
-        k = v.argmax(axis=1)
-        best = v[np.arange(free.size), k]
-        ok = np.isfinite(best)
-        bidder, col, bid = free[ok], cand_cols[free[ok], k[ok]], best[ok]
-        order = np.lexsort((-bid, col))  # by channel, highest bid first
-        c = col[order]
-        first = np.ones(c.size, bool)
-        first[1:] = c[1:] != c[:-1]
-        win = order[first]
-        match[bidder[win]] = col[win]
-        taken[col[win]] = True
-    return match
-
-
-def _value(value: np.ndarray, match: np.ndarray) -> float:
-    """Σ value of the pairs of channel-of-user ``match`` [U] (-1 = none)."""
-    has = np.flatnonzero(match >= 0)
-    return float(value[has, match[has]].sum())
-
-
-def _gap(value: np.ndarray, match: np.ndarray, upper_bound: float) -> float:
-    """Relative distance of ``match``'s value to an upper bound on the optimum (>= the true gap)."""
-    return max(0.0, 1.0 - _value(value, match) / upper_bound) if upper_bound > 0 else 0.0
-
-
-def _list_upper_bound(auc: AuctionResult) -> float:
-    """``Σ_c p_c + Σ_u max(0, best reduced value)`` from the lists and their bounds (O(U·K))."""
-    red = auc.list_value - auc.prices[auc.lists]
-    best = np.maximum(red.max(axis=1), auc.bound)
-    return float(auc.prices.sum() + np.maximum(best, 0.0).sum())
 
 
 class _RoundClock:
@@ -570,17 +193,17 @@ class Auction(Policy):
         if idle.size:  # users still bidding try their lists' free channels first, then the sorted rule
             partial[idle] = sampled_bids(auc.lists[idle], auc.list_value[idle], f_n, taken=auc.owner >= 0)
         filled = sorted_fill(partial, strength, width)
-        if auc.complete or _value(value, filled) >= _value(value, match):  # a cut one may be worse
+        if auc.complete or matching_value(value, filled) >= matching_value(value, match):  # a cut one may be worse
             match = filled
             info["stage"] = "auction"
         if not auc.complete:
             return cut("the auction finished", match)
         self._observe("auction", t1 - ta, pairs)
-        ub = _list_upper_bound(auc)
+        ub = list_upper_bound(auc)
 
         # stage 2: exact on the candidate graph
         if left() < self._predict("match", pairs):
-            info["gap_bound"] = _gap(value, match, ub)
+            info["gap_bound"] = relative_gap(value, match, ub)
             return cut("the sparse exact stage", match)
         rows, cols = candidate_pairs(value, auc, self.candidate_slack * auc.eps)
         m2 = sparse_max_matching(value, rows, cols)
@@ -588,7 +211,7 @@ class Auction(Policy):
         stages["sparse_exact"] = (t2 - t1) * 1e3
         self._observe("match", t2 - t1, pairs)
         info["candidate_pairs_per_user"] = round(rows.size / max(u_n, 1), 2)
-        if m2 is not None and _value(value, m2) >= _value(value, match):
+        if m2 is not None and matching_value(value, m2) >= matching_value(value, match):
             match = m2
             info["stage"] = "sparse_exact"
 
@@ -598,7 +221,7 @@ class Auction(Policy):
         prices: np.ndarray | None = auc.prices
         for rep in range(self.max_repairs + 1):
             if left() < self._predict("check", pairs):
-                info["gap_bound"] = _gap(value, match, ub)
+                info["gap_bound"] = relative_gap(value, match, ub)
                 return cut("the optimality certificate", match)
             t3 = time.perf_counter()
             prices = matching_prices(value, rows, cols, match, tol=tol, max_iter=min(u_n + f_n, 500), start=prices)
@@ -625,6 +248,6 @@ class Auction(Policy):
         info["certified_optimal"] = certified
         if certified:
             info["stage"] = "certified_optimal"
-        info["gap_bound"] = 0.0 if certified else _gap(value, match, ub)
+        info["gap_bound"] = 0.0 if certified else relative_gap(value, match, ub)
         info["anytime"] = "complete"
         return match

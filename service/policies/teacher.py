@@ -40,79 +40,32 @@ import json
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from cachetools import LRUCache
 
 from service.assign import greedy_fill
+from service.config import Settings, TeacherSettings
 from service.errors import DeadlineExceededError, PolicyError, TeacherUnavailableError
 from service.pag.checks import UNPARSABLE, CheckResult, check
 from service.pag.repair import repair
-from service.policies.base import Policy, PolicyContext, register
-from service.serialize.prompt import Prompt, PromptOptions, serialize_prompt
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import register
+from service.serialize.prompt import serialize_prompt
+from service.serialize.prompt_options import Prompt
+from service.serialize.slot_codec import slot_to_dict
 from service.types import SlotState
-
-Dialect = Literal["llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain"]
-DIALECTS: tuple[str, ...] = ("llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain")
 
 
 class TeacherAnswerError(PolicyError):
     """The teacher answered, but with no JSON document in the text (garbage or truncated)."""
 
 
-class TeacherConfig(BaseSettings):
-    """Teacher settings, read from ``GNBSCHED_TEACHER_<FIELD>``."""
-
-    model_config = SettingsConfigDict(env_prefix="GNBSCHED_TEACHER_", extra="ignore")
-
-    url: str | None = Field(default=None, description="API base URL, e.g. http://127.0.0.1:8080/v1 (None: no teacher)")
-    model: str = Field(default="teacher", description="model name sent in requests; also the policy version")
-    api_key: SecretStr | None = Field(default=None, description="bearer token, if the endpoint wants one")
-    dialect: Dialect = Field(default="llamacpp", description="how the PAG constraint is sent (module doc)")
-    tokenizer: Literal["auto", "estimate"] = Field(
-        default="auto", description="auto: count prompt tokens with the endpoint's tokenizer when it has one "
-        "(llama-cpp-python /extras/tokenize/count, llama.cpp and vLLM /tokenize); estimate: never ask")
-    budget_tokens: int = Field(default=2048, description="prompt token budget (SPEC §5)")
-    answer_form: Literal["auto", "owner", "allocation"] = Field(default="auto", description="answer JSON form")
-    owner_form_max_resources: int = Field(default=64, description="largest R answered in the owner form (auto)")
-    pairs_per_row: int = Field(default=3, description="best partners listed per user / resource row")
-    system_role: bool = Field(default=True, description="send a system message (False: merged into the user turn)")
-    max_tokens: int = Field(default=1024, description="completion token limit")
-    temperature: float = Field(default=0.0, description="sampling temperature (0 = greedy)")
-    timeout_s: float = Field(default=30.0, description="request timeout; the slot's deadline bounds it further")
-    connect_timeout_s: float = Field(default=2.0, description="TCP connect timeout")
-    max_concurrency: int = Field(default=4, description="requests in flight at once (pooled connections)")
-    cache_size: int = Field(default=0, description="LRU cache of answers keyed by the serialized state (0 = off)")
-    record_path: str | None = Field(default=None, description="append (state, teacher decision) JSONL here (None = off)")
-    fallback_on_unparsable: bool = Field(default=True, description="answers without JSON raise (fallback) instead of repair")
-    fill_unused: bool = Field(default=True, description="a PAG-valid answer that leaves available resources unused (a "
-                              "partial answer over the users the prompt details, at large N) is completed greedily, "
-                              "highest utility first; invalid answers go to check and repair unchanged")
-
-    def prompt_options(self) -> PromptOptions:
-        return PromptOptions(budget_tokens=self.budget_tokens, answer_form=self.answer_form,
-                             owner_form_max_resources=self.owner_form_max_resources,
-                             pairs_per_row=self.pairs_per_row, system_role=self.system_role)
-
-    def api_root(self) -> str:
-        """The server root (the API base without a trailing ``/v1``)."""
-        url = (self.url or "").rstrip("/")
-        return url[:-3] if url.endswith("/v1") else url
-
-    def chat_url(self) -> str:
-        if self.dialect == "ollama":
-            return self.api_root() + "/api/chat"
-        url = (self.url or "").rstrip("/")
-        return url + "/chat/completions" if url.endswith("/v1") else url + "/v1/chat/completions"
-
-
-def request_body(cfg: TeacherConfig, prompt: Prompt, seed: int | None = None) -> dict[str, Any]:
+def request_body(cfg: TeacherSettings, prompt: Prompt, seed: int | None = None) -> dict[str, Any]:
     """The JSON body of one chat request in ``cfg.dialect`` (pure; exposed for tests)."""
     if cfg.dialect == "ollama":
         options: dict[str, Any] = {"temperature": cfg.temperature, "num_predict": cfg.max_tokens}
@@ -139,7 +92,7 @@ def request_body(cfg: TeacherConfig, prompt: Prompt, seed: int | None = None) ->
     return body
 
 
-def answer_of(cfg: TeacherConfig, payload: Any) -> tuple[str, dict[str, Any]]:
+def answer_of(cfg: TeacherSettings, payload: Any) -> tuple[str, dict[str, Any]]:
     """(answer text, usage) from a response payload of ``cfg.dialect``; raises TeacherAnswerError."""
     try:
         if cfg.dialect == "ollama":
@@ -171,9 +124,9 @@ class Teacher(Policy):
     #: act() does network I/O: transports run it in a worker thread
     blocking_io: ClassVar[bool] = True
 
-    def __init__(self, config: TeacherConfig | None = None, *, transport: httpx.BaseTransport | None = None,
+    def __init__(self, config: TeacherSettings | None = None, *, transport: httpx.BaseTransport | None = None,
                  **overrides: Any) -> None:
-        cfg = config or TeacherConfig()
+        cfg = config or Settings().teacher
         self.config = cfg.model_copy(update=overrides) if overrides else cfg
         if self.config.max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
@@ -183,7 +136,7 @@ class Teacher(Policy):
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.config.max_concurrency)
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache: LRUCache[str, str] = LRUCache(maxsize=max(self.config.cache_size, 0))  # used when > 0
         self._cache_lock = threading.Lock()
         self._record_lock = threading.Lock()
         self._tokenize: tuple[str, str] | bool | None = False  # False = not probed, None = none offered
@@ -296,9 +249,8 @@ class Teacher(Policy):
                         teacher_answer_form=prompt.answer_form)
         if cfg.cache_size > 0:
             with self._cache_lock:
-                hit = self._cache.get(prompt.key)
+                hit = self._cache.get(prompt.key)  # a hit counts as a use
                 if hit is not None:
-                    self._cache.move_to_end(prompt.key)
                     self.stats["cache_hits"] += 1
             if hit is not None:
                 ctx.info["teacher_cache"] = "hit"
@@ -311,9 +263,7 @@ class Teacher(Policy):
             raise TeacherAnswerError(f"teacher answer is not JSON ({result.violations[0].message}): {text[:120]!r}")
         if cfg.cache_size > 0:
             with self._cache_lock:
-                self._cache[prompt.key] = text
-                while len(self._cache) > cfg.cache_size:
-                    self._cache.popitem(last=False)
+                self._cache[prompt.key] = text  # evicts the least recently used answer when full
         if cfg.record_path:
             self._record(state, prompt, text)
         return self._fill(state, text, result, ctx) if result is not None and cfg.fill_unused else text
@@ -369,9 +319,7 @@ class Teacher(Policy):
         return text
 
     def _record(self, state: SlotState, prompt: Prompt, text: str) -> None:
-        """Append one (state, teacher decision) line for distillation (``service.finetune.dataset``)."""
-        from service.finetune.dataset import slot_to_dict
-
+        """Append one (state, teacher decision) line for distillation (``service.serialize.slot_codec``)."""
         result = check(state, text)
         owner = repair(state, result)
         line = {

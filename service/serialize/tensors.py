@@ -153,10 +153,6 @@ class StudentInputs:
         """The six arrays in ``INPUT_NAMES`` order (no batch axis)."""
         return (self.global_feats, self.user_feats, self.res_feats, self.pair_feats, self.user_mask, self.res_mask)
 
-    def feed(self) -> dict[str, np.ndarray]:
-        """onnxruntime feed: each array as a batch of one (views, no copy)."""
-        return {name: a[None] for name, a in zip(INPUT_NAMES, self.arrays(), strict=True)}
-
 
 def _stats(values: np.ndarray) -> tuple[float, float, float, float]:
     """(max, min, mean, std) of a 1-D array; zeros when empty."""

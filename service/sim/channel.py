@@ -25,7 +25,6 @@ import numpy as np
 
 from service.phy import MAC_SE_LEVELS
 
-STATE_NAMES: tuple[str, ...] = ("poor", "medium", "good")
 #: row s = P(next state | jump from s); no self-loops, neighbour-biased (our choice, see module doc)
 DEFAULT_TRANSITION: tuple[tuple[float, ...], ...] = (
     (0.0, 0.8, 0.2),

@@ -36,7 +36,10 @@ import numpy as np
 
 from service.sim.base import StepResult
 from service.sim.channel import UeChannel, UniformStream, stream
-from service.sim.mac import MacConfig, MacStats, MacUe, observe_cell, play_cell_tti
+from service.sim.mac_cell import observe_cell, play_cell_tti
+from service.sim.mac_config import MacConfig
+from service.sim.mac_stats import MacStats
+from service.sim.mac_ue import MacUe
 from service.types import SlotState
 
 PartitionStrategy = Literal["equal", "proportional", "random"]

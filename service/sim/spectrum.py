@@ -32,7 +32,8 @@ from service import phy
 from service.history import CellHistory
 from service.kpi import jain_fairness, ratio
 from service.policies.assignment import random_valid
-from service.policies.base import Policy, PolicyContext, make
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import make
 from service.sim.base import SlotEnv, StepResult
 from service.types import SlotState, make_slot, served_bits
 

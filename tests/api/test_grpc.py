@@ -28,8 +28,8 @@ from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2_grpc as pb_grpc
 from service.api.grpc.server import GrpcServerThread
 from service.config import Settings
 from service.core import ServiceCore
-from service.pipeline import PolicySet
 from service.policies.base import Policy, PolicyContext
+from service.policies.registry import PolicySet
 from service.state import MemoryStore
 from service.types import SlotState, make_slot
 
@@ -480,7 +480,7 @@ def test_failed_chain_is_unavailable_and_the_stream_goes_on() -> None:
 
 
 def _rest_body(req: pb.SlotRequest) -> dict:
-    """The JSON body of POST /schedule equal to a SlotRequest (the REST contract of issue 3)."""
+    """The JSON body of POST /schedule equal to a SlotRequest (the REST contract)."""
     n, r = len(req.user_ids), len(req.resource_ids)
     users = [{"id": int(u)} for u in req.user_ids]
     for name in ("rx_power_dbm", "buffer_bits", "eligible"):
@@ -515,7 +515,7 @@ def test_same_request_same_decision_over_rest_and_grpc(uvicorn_server) -> None:
 
     from service.api.rest.app import create_app
 
-    rest = uvicorn_server(create_app(_core(), start_grpc=False))
+    rest = uvicorn_server(create_app(_core()))
     with GrpcServerThread(_core()) as srv, SchedulerClient(srv.target) as client, \
             httpx.Client(base_url=rest.url, timeout=10) as http:
         rng = np.random.default_rng(10)

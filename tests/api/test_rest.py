@@ -5,7 +5,6 @@ the policies endpoint, OpenAPI examples, and blocking policies kept off the even
 from __future__ import annotations
 
 import copy
-import socket
 import threading
 import time
 from typing import Any, ClassVar
@@ -17,17 +16,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-from testkit import AllToFirst, Broken
+from testkit import AllToFirst, Broken, free_port
 
+from service.api.contract import Limits
 from service.api.rest.app import create_app
-from service.api.schemas import Limits, ScheduleRequest, decode_schedule
+from service.api.rest.codec import decode_schedule
+from service.api.rest.openapi import ScheduleRequest
 from service.config import Settings
 from service.core import ServiceCore
 from service.errors import InvalidSlotError
 from service.history import CellHistory
 from service.metrics import Metrics
-from service.pipeline import PolicySet, decide
-from service.policies.base import Policy, PolicyContext, names
+from service.pipeline import decide
+from service.policies.base import Policy, PolicyContext
+from service.policies.registry import PolicySet, names
 from service.state import MemoryStore
 from service.state.redis_store import RedisStore
 from service.types import SlotState
@@ -523,9 +525,7 @@ def test_not_ready_when_a_policy_cannot_load(uvicorn_server) -> None:
 
 
 def test_state_store_down_degrades_but_keeps_deciding_from_local_state(uvicorn_server) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # a port nobody listens on
     srv = uvicorn_server(create_app(_core(store=RedisStore(f"redis://127.0.0.1:{dead}/0"))))
     ref = ServiceCore(Settings(**LIMITS), store=MemoryStore())
     with httpx.Client(base_url=srv.url, timeout=10) as c:

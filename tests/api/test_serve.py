@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import time
 
 import grpc
@@ -36,12 +35,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def _args(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["serve", *argv])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_no_arguments_serve_the_embedded_defaults(clean_env) -> None:
@@ -95,8 +88,8 @@ def test_bad_settings_and_nothing_to_serve_exit_2(clean_env, capsys) -> None:
 
 
 def test_serve_prints_settings_once_serves_rest_and_grpc_and_stops_on_sigterm(serve_process) -> None:
-    grpc_port = _free_port()
-    proc = serve_process("--grpc-port", str(grpc_port), "--policy-spectrum", "greedy", "--seed", "3").wait_ready()
+    proc = serve_process("--policy-spectrum", "greedy", "--seed", "3", grpc=True).wait_ready()
+    grpc_port = proc.grpc_port
     with httpx.Client(base_url=proc.url, timeout=10) as c:
         body = c.post("/schedule", content=orjson.dumps(DOC)).json()
         assert body["policy"] == "greedy" and body["owner"] == [1, None]
@@ -150,8 +143,8 @@ def test_two_workers_share_one_metrics_view(serve_process, promtool_check) -> No
 
 
 def test_grpc_only_when_rest_is_disabled(serve_process) -> None:
-    grpc_port = _free_port()
-    proc = serve_process("--grpc-port", str(grpc_port), "--rest-port", "0")
+    proc = serve_process(grpc=True, rest=False)
+    grpc_port = proc.grpc_port
 
     def serving() -> bool:
         assert proc.proc.poll() is None, proc.stop()

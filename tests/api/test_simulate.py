@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import pytest
-from conftest import ServeProcess
+from testkit import ServeProcess
 
 from service.api.simulate import simulate
 from service.cli import main
@@ -16,22 +15,15 @@ from service.cli import main
 SLOTS = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service():
     """One real ``gnbsched serve`` (REST + gRPC, in-process state, default settings)."""
-    grpc_port = _free_port()
-    proc = ServeProcess("--grpc-port", str(grpc_port))
-    try:
-        proc.wait_ready()
-        yield {"http": proc.url, "grpc": f"grpc://127.0.0.1:{grpc_port}"}
-    finally:
-        out = proc.stop()
+    with ServeProcess(grpc=True) as proc:
+        try:
+            proc.wait_ready()
+            yield {"http": proc.url, "grpc": f"grpc://{proc.grpc_target}"}
+        finally:
+            out = proc.stop()
     assert "Traceback" not in out, out
 
 

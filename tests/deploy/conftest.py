@@ -16,21 +16,17 @@ from deploy_support import (
     REPO,
     LiveService,
     fake_teacher,
-    free_port,
     grpc_schedule,
     mac_request,
     parse_exposition,
     post_schedule,
     query,
     scrape,
-    service_env,
     shipped_students,
     spectrum_request,
-    start,
-    stop,
     tool,
-    wait_http,
 )
+from testkit import RedisProcess, ServeProcess, ServerProcess, free_port
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +46,10 @@ def live_service() -> Iterator[LiveService]:
       while the service keeps deciding from its local copy.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gnbsched-deploy-"))
-    redis_port, rest_port, grpc_port = free_port(), free_port(), free_port()
-    redis = start([tool("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                  env=service_env(), log_path=tmp / "redis.log")
+    redis = RedisProcess(dir=tmp, log_path=tmp / "redis.log").start()
     with fake_teacher() as teacher_url:
-        env = service_env(
-            GNBSCHED_HOST="127.0.0.1",
-            GNBSCHED_REST_PORT=str(rest_port),
-            GNBSCHED_GRPC_PORT=str(grpc_port),
-            GNBSCHED_STATE_URL=f"redis://127.0.0.1:{redis_port}/0",
+        env = dict(
+            GNBSCHED_STATE_URL=redis.url,
             GNBSCHED_MODEL_DIR=str(REPO / "models"),
             GNBSCHED_FALLBACKS='["greedy"]',
             GNBSCHED_SEED="7",
@@ -68,15 +58,17 @@ def live_service() -> Iterator[LiveService]:
             GNBSCHED_TEACHER_MODEL="fake-teacher",
             GNBSCHED_TEACHER_TIMEOUT_S="10",
         )
-        proc = start([tool("gnbsched"), "serve"], env=env, log_path=tmp / "gnbsched.log", cwd=tmp)
+        # the installed console script, configured through the environment only (host and ports too)
+        proc = ServeProcess(env=env, grpc=True, command=[tool("gnbsched"), "serve"], settings_in_env=True,
+                            log_path=tmp / "gnbsched.log", cwd=tmp)
         try:
-            base = f"http://127.0.0.1:{rest_port}"
-            wait_http(f"{base}/readyz", timeout=60, proc=proc)
+            base = proc.url
+            proc.wait_ready(path="/readyz")
             for slot in range(3):
                 post_schedule(base, mac_request("cell-mac", slot))
                 post_schedule(base, spectrum_request("cell-lsa", slot))
             for slot in range(3, 5):
-                grpc_schedule(f"127.0.0.1:{grpc_port}", mac_request("cell-mac", slot))
+                grpc_schedule(proc.grpc_target, mac_request("cell-mac", slot))
             for preset, _version in shipped_students():
                 make = mac_request if preset == "mac" else spectrum_request
                 d = post_schedule(base, make(f"cell-student-{preset}", 0, policy="student"))
@@ -86,15 +78,16 @@ def live_service() -> Iterator[LiveService]:
             d = post_schedule(base, spectrum_request("cell-lsa", 3, policy="km", deadline_ms=1e-6))
             assert d["policy"] == "greedy" and d.get("fallback_reason") == "deadline", d
             post_schedule(base, {"cell_id": "cell-bad", "slot": 0, "preset": "mac", "users": []}, expect=422)
-            stop(redis, grace_s=5)
+            redis.stop(timeout_s=5)
             for slot in range(5, 7):
                 post_schedule(base, mac_request("cell-mac", slot))
             text = scrape(base)
             samples, families = parse_exposition(text)
-            yield LiveService(base, rest_port, grpc_port, text, samples, families, tmp / "gnbsched.log", proc)
+            yield LiveService(base, proc.rest_port, proc.grpc_port, text, samples, families, proc.log_path,
+                              proc.proc)
         finally:
-            stop(proc, grace_s=35)
-            stop(redis, grace_s=5)
+            proc.close(timeout_s=35)
+            redis.close(timeout_s=5)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -116,12 +109,12 @@ def prometheus(live_service: LiveService) -> Iterator[str]:
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start([tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                  f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                  "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-                 env=service_env(), log_path=tmp / "prometheus.log", cwd=tmp)
+    proc = ServerProcess([tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                          "--storage.tsdb.retention.time=1h", "--log.level=warn"],
+                         log_path=tmp / "prometheus.log", cwd=tmp).start()
     try:
-        wait_http(f"{base}/-/ready", timeout=30, proc=proc)
+        proc.wait_http(f"{base}/-/ready", timeout_s=30)
         deadline = time.monotonic() + 30
         while not query(base, "gnbsched_decisions_total"):
             if time.monotonic() > deadline:
@@ -130,5 +123,5 @@ def prometheus(live_service: LiveService) -> Iterator[str]:
             time.sleep(0.5)
         yield base
     finally:
-        stop(proc)
+        proc.close(timeout_s=10)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Helpers of the deployment tests (imported by conftest.py and the test modules): the repo
-layout, required tools, rendered overlays, server processes, a fake LLM teacher and the
-requests that make a real ``gnbsched serve`` export every metric family.
+layout, required tools, rendered overlays, a fake LLM teacher and the requests that make a real
+``gnbsched serve`` export every metric family. Server processes come from ``testkit``.
 
 A required tool that is missing fails the test with the name of the package to install.
 """
@@ -11,11 +11,9 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testkit import free_port  # noqa: F401  (the deploy tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -72,72 +69,6 @@ def render(overlay: str) -> list[dict]:
         out = run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)]).stdout
         _RENDERED[overlay] = [d for d in yaml.safe_load_all(out) if d]
     return _RENDERED[overlay]
-
-
-def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None, status: int = 200) -> None:
-    """Poll ``url`` until it answers ``status``; fail early if ``proc`` died."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} before {url} answered:\n{_tail(proc)}", pytrace=False)
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code == status:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:300]}"
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    pytest.fail(f"{url} did not answer {status} within {timeout} s (last: {last})", pytrace=False)
-
-
-def _tail(proc: subprocess.Popen) -> str:
-    log = getattr(proc, "log_path", None)
-    if log is None:
-        return ""
-    try:
-        return Path(log).read_text(errors="replace")[-4000:]
-    except OSError:
-        return ""
-
-
-def start(cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """Start a server process in its own process group, output to ``log_path``."""
-    log = open(log_path, "wb")  # closed in stop()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    proc.log_file = log  # type: ignore[attr-defined]
-    return proc
-
-
-def stop(proc: subprocess.Popen, *, grace_s: float = 10.0) -> int:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL the process group. Returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stray children of the group, if any
-    log = getattr(proc, "log_file", None)
-    if log is not None:
-        log.close()
-    return proc.returncode
-
-
-def service_env(**settings: str) -> dict[str, str]:
-    """This process's environment without GNBSCHED_* / PROMETHEUS_* leaking in, plus ``settings``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GNBSCHED_", "PROMETHEUS_", "prometheus_multiproc"))}
-    env.update(settings)
-    return env
 
 
 def shipped_students() -> list[tuple[str, str]]:

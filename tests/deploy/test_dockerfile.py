@@ -20,19 +20,15 @@ from pathlib import Path
 import pytest
 from deploy_support import (
     REPO,
-    free_port,
     mac_request,
     post_schedule,
     render,
     run,
-    service_env,
     shipped_students,
     spectrum_request,
-    start,
-    stop,
     tool,
-    wait_http,
 )
+from testkit import ServeProcess
 
 COMPILERS = ("gcc", "g++", "clang", "build-essential", "make", "cmake", "libc6-dev", "rustc", "cargo")
 
@@ -374,15 +370,15 @@ def test_serve_with_the_image_environment(dockerfile, tmp_path):
         if rel.startswith("models/"):
             (model_dir / rel.removeprefix("models/")).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, model_dir / rel.removeprefix("models/"), follow_symlinks=False)
-    rest_port, grpc_port = free_port(), free_port()
-    env = service_env(**{k: v for k, v in image_env.items() if k.startswith(("GNBSCHED_", "PYTHON"))})
-    env.update(GNBSCHED_HOST="127.0.0.1", GNBSCHED_REST_PORT=str(rest_port), GNBSCHED_GRPC_PORT=str(grpc_port),
-               GNBSCHED_MODEL_DIR=str(model_dir))
+    settings = {k: v for k, v in image_env.items() if k.startswith(("GNBSCHED_", "PYTHON"))}
     argv = [tool(last(stages, "runtime", "ENTRYPOINT").exec_form()[0]), *last(stages, "runtime", "CMD").exec_form()]
-    proc = start(argv, env=env, log_path=tmp_path / "serve.log", cwd=tmp_path)
-    hc_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    # host and ports in GNBSCHED_HOST / _REST_PORT / _GRPC_PORT (loopback, free ports), as the image's ENV sets them
+    serve = ServeProcess(env={**settings, "GNBSCHED_MODEL_DIR": str(model_dir)}, grpc=True, command=argv,
+                         settings_in_env=True, log_path=tmp_path / "serve.log", cwd=tmp_path)
+    proc, rest_port, grpc_port = serve.proc, serve.rest_port, serve.grpc_port
+    hc_env = dict(serve.env, PATH=f"{Path(sys.executable).parent}:{serve.env.get('PATH', '')}")
     try:
-        wait_http(f"http://127.0.0.1:{rest_port}/readyz", timeout=60, proc=proc)
+        serve.wait_ready(path="/readyz")
         hc = subprocess.run(healthcheck_argv(dockerfile), env=hc_env, capture_output=True, text=True, timeout=10)
         assert hc.returncode == 0, f"HEALTHCHECK failed against a healthy server: {hc.stderr}"
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
@@ -411,7 +407,7 @@ def test_serve_with_the_image_environment(dockerfile, tmp_path):
         hc = subprocess.run(healthcheck_argv(dockerfile), env=hc_env, capture_output=True, text=True, timeout=10)
         assert hc.returncode != 0, "HEALTHCHECK passed with the server stopped"
     finally:
-        stop(proc)
+        serve.close()
 
 
 # ----------------------------------------------------------------------------- compose

@@ -196,7 +196,7 @@ def test_settings_configmap_parses_as_settings(overlay, monkeypatch):
     s = Settings()
     assert s.host == "0.0.0.0" and s.workers == 1
     assert s.fallbacks, "a fallback chain keeps slots served when the requested policy fails"
-    from service.policies.base import names
+    from service.policies.registry import names
 
     for p in [s.default_policy_spectrum, s.default_policy_mac, *s.fallbacks, *s.preload_policies]:
         assert p in names(), f"{p} is not a registered policy"

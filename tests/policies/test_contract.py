@@ -23,9 +23,11 @@ from service import phy
 from service.errors import PolicyUnavailableError, ProblemTooLargeError
 from service.history import CellHistory, record_decision
 from service.pag import check, is_valid, repair
-from service.pipeline import PolicySet, decide, slot_rng
+from service.pipeline import decide
 from service.policies import PolicyContext, make, names
 from service.policies.assignment import random_valid
+from service.policies.registry import PolicySet
+from service.rng import slot_rng
 from service.types import PRESETS, SlotState, make_slot
 
 

@@ -22,19 +22,13 @@ from service.config import Settings
 from service.core import ServiceCore
 from service.errors import ModelInvalidError
 from service.metrics import Metrics
-from service.pipeline import PolicySet
-from service.policies.student import (
-    CARD_FILE,
-    MAX_RANGE_NAMES,
-    RANGE_BLOCKS,
-    FeatureRanges,
-    StudentPolicy,
-    default_model_dir,
-    locate_model,
-    sha256_file,
-)
+from service.policies.registry import PolicySet
+from service.policies.student import StudentPolicy
+from service.policies.student_model import CARD_FILE, default_model_dir, locate_model, sha256_file
+from service.policies.student_ranges import MAX_RANGE_NAMES, RANGE_BLOCKS, FeatureRanges
 from service.serialize.tensors import NUM_GLOBAL, StudentInputs
-from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MAC_SCENARIOS
 from service.sim.worlds import HELD_OUT
 from service.state import MemoryStore
 
@@ -89,7 +83,7 @@ def _counter(metrics: Metrics, **labels: str) -> float | None:
 def _models(core: ServiceCore, headers: dict[str, str] | None = None) -> httpx.Response:
     """``GET /models`` of the REST app over ``core``, in process (ASGI, no lifespan)."""
     async def get() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(core, start_grpc=False))
+        transport = httpx.ASGITransport(app=create_app(core))
         async with httpx.AsyncClient(transport=transport, base_url="http://gnbsched") as client:
             return await client.get("/models", headers=headers or {})
 

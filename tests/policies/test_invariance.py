@@ -35,7 +35,8 @@ from hypothesis import strategies as st
 
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import check, is_valid
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
+from service.policies.registry import PolicySet
 from service.policies.student import StudentPolicy
 from service.serialize.tensors import INPUT_NAMES, serialize
 from service.types import Decision, SlotState, make_slot, owner_ids, served_bits

@@ -10,8 +10,10 @@ from service import phy
 from service.errors import PolicyUnavailableError
 from service.history import CellHistory
 from service.pag import is_valid
-from service.pipeline import PolicySet, decide, slot_rng
+from service.pipeline import decide
 from service.policies import PolicyContext, make, names
+from service.policies.registry import PolicySet
+from service.rng import slot_rng
 from service.types import SlotState, make_slot, slot_utility
 
 #: policies that need a model / endpoint (see test_contract.py); compared only when present

@@ -16,13 +16,8 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from service import phy
-from service.history import CellHistory
-from service.pag import is_valid
-from service.pipeline import PolicySet, decide
-from service.policies import PolicyContext, make, names
-from service.policies.sparse import (
+from service.auction import (
     FREE,
-    Auction,
     auction_prices,
     candidate_pairs,
     dual_check,
@@ -31,6 +26,12 @@ from service.policies.sparse import (
     sorted_fill,
     sparse_max_matching,
 )
+from service.history import CellHistory
+from service.pag import is_valid
+from service.pipeline import decide
+from service.policies import PolicyContext, make, names
+from service.policies.registry import PolicySet
+from service.policies.sparse import Auction
 from service.sim.spectrum import make_spectrum_env
 from service.types import SlotState, make_slot, slot_utility
 

@@ -17,20 +17,18 @@ from service.errors import ModelInvalidError, PolicyUnavailableError
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import is_valid
 from service.pag.mask import pag_mask
-from service.pipeline import PolicySet, decide
-from service.policies.base import PolicyContext, make
-from service.policies.student import (
-    CARD_FILE,
-    MODEL_FILE,
-    StudentPolicy,
+from service.pipeline import decide
+from service.policies.base import PolicyContext
+from service.policies.registry import PolicySet, make
+from service.policies.student import StudentPolicy
+from service.policies.student_decode import (
     decode_anchored,
     decode_assignment,
     decode_capped,
     decode_pf_anchored,
-    locate_model,
-    sha256_file,
     user_needs,
 )
+from service.policies.student_model import CARD_FILE, MODEL_FILE, locate_model, sha256_file
 from service.serialize.tensors import INPUT_NAMES, NUM_GLOBAL, NUM_PAIR, NUM_RES, NUM_USER
 from service.sim.mac import make_mac_env
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests (real processes; see ``support``)."""
+"""Fixtures of the reliability tests (real processes: ``testkit``; artifacts: ``support``)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testkit import RedisProcess, ServeProcess
 
-from .support import FakeTeacher, Pki, RedisProcess, Service, make_pki
+from .support import FakeTeacher, Pki, make_pki
 
 
 @pytest.fixture
-def service() -> Iterator[Callable[..., Service]]:
-    """Factory: ``service(*serve_args, env=..., grpc=...)`` starts ``gnbsched serve`` (call
-    ``.wait_ready()``); every one started is stopped at teardown."""
-    started: list[Service] = []
-
-    def start(*args: str, **kwargs) -> Service:
-        svc = Service(*args, **kwargs)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in reversed(started):
-        svc.close()
+def service(serve_process: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
+    """The ``serve_process`` factory of tests/conftest.py under the name these tests use:
+    ``service(*serve_args, env=..., grpc=...)`` starts ``gnbsched serve`` (call ``.wait_ready()``);
+    every one started is stopped at teardown."""
+    return serve_process
 
 
 @pytest.fixture
 def private_redis() -> Iterator[RedisProcess]:
     """A private redis-server of this test only (it may kill and restart it)."""
-    proc = RedisProcess().start()
-    yield proc
-    proc.close()
+    with RedisProcess() as proc:
+        yield proc.start()
 
 
 @pytest.fixture
@@ -48,11 +40,11 @@ TEACHER_ENV = {"GNBSCHED_TEACHER_TOKENIZER": "estimate", "GNBSCHED_TEACHER_TIMEO
 
 
 @pytest.fixture(scope="session")
-def teacher_stack() -> Iterator[tuple[FakeTeacher, Service]]:
+def teacher_stack() -> Iterator[tuple[FakeTeacher, ServeProcess]]:
     """(fake teacher, service using it with the greedy fallback), shared by the tests that switch
     the fake's behaviour; each test resets it with ``reset_teacher``."""
     fake = FakeTeacher()
-    svc = Service("--grpc-port", "0", "--fallbacks", "greedy", env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake.url})
+    svc = ServeProcess("--grpc-port", "0", "--fallbacks", "greedy", env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake.url})
     try:
         svc.wait_ready()
         yield fake, svc

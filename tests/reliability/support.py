@@ -1,7 +1,8 @@
-"""Real processes and artifacts for the reliability tests: ``gnbsched serve`` subprocesses, a
-private ``redis-server`` that can be killed and restarted, a fake OpenAI-compatible teacher
-that hangs or answers garbage, a PKI made with ``cryptography``, ONNX student models made with
-``onnx.helper`` (valid, corrupt, mismatched), request bodies and the PAG check of a response.
+"""Artifacts for the reliability tests: /proc probes of a server process, a fake
+OpenAI-compatible teacher that hangs or answers garbage, a PKI made with ``cryptography``, ONNX
+student models made with ``onnx.helper`` (valid, corrupt, mismatched), request bodies and the PAG
+check of a response. The ``gnbsched serve`` and ``redis-server`` processes come from ``testkit``
+(``ServeProcess``, ``RedisProcess``).
 
 Every server binds 127.0.0.1 on a free port; every loop here is bounded in count and time.
 """
@@ -13,30 +14,20 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from testkit import free_port
-from testkit import wait_until as wait_for
+from testkit import REPO  # noqa: F401  (test_faults imports it from here)
 
-from service.api.schemas import Limits, decode_schedule
+from service.api.contract import Limits
+from service.api.rest.codec import decode_schedule
 from service.pag.checks import check
 from service.types import SlotState
-
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
-
 
 # ----------------------------------------------------------------------------- /proc
 
@@ -73,138 +64,6 @@ def tcp_connections_to(port: int) -> int:
             if int(local.rsplit(":", 1)[1], 16) == port and state == "01":  # 01 = ESTABLISHED
                 count += 1
     return count
-
-
-# ----------------------------------------------------------------------------- gnbsched serve
-
-
-class Service:
-    """``gnbsched serve`` in a subprocess (REST, and gRPC when ``grpc``), output to a file.
-
-    The child gets a clean ``GNBSCHED_*`` environment: only ``env`` (the developer's settings
-    never leak into a test).
-    """
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None, grpc: bool = False, rest: bool = True,
-                 rest_verify: Any = None) -> None:
-        """``rest_verify``: an ``ssl.SSLContext`` for a service started with ``--rest-tls-cert``
-        (then ``url`` is https and readiness is polled with that context)."""
-        self.rest_port = free_port() if rest else 0
-        self.grpc_port = free_port() if grpc else 0
-        self.verify = rest_verify if rest_verify is not None else True
-        self.url = f"{'https' if rest_verify is not None else 'http'}://127.0.0.1:{self.rest_port}"
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.argv = [PYTHON, "-m", "service.cli", "serve", "--rest-port", str(self.rest_port),
-                     "--grpc-port", str(self.grpc_port), "--log-level", "warning", *args]
-        child_env = {k: v for k, v in os.environ.items()
-                     if not k.startswith("GNBSCHED_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-        child_env.update(env or {})
-        self._log = tempfile.NamedTemporaryFile(prefix="gnbsched-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(self.argv, cwd=REPO, env=child_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 60.0, path: str = "/healthz") -> Service:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                return True
-            try:
-                return httpx.get(self.url + path, timeout=1, verify=self.verify).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        if self.rest_port:
-            wait_for(up, timeout_s, f"gnbsched serve on {self.url}", 0.1)
-        else:
-            wait_for(lambda: self.proc.poll() is not None or _port_open(self.grpc_port), timeout_s,
-                     f"gnbsched serve gRPC on {self.grpc_target}", 0.1)
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"gnbsched serve exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        """Send ``sig`` and wait; the exit status (killed after ``timeout_s``: then a failure)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError(f"gnbsched serve did not exit within {timeout_s} s of signal {sig}:\n"
-                                     f"{self.output()[-4000:]}") from None
-        return self.proc.returncode
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop(timeout_s=15)
-        self._log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-# ----------------------------------------------------------------------------- redis
-
-
-class RedisProcess:
-    """A private ``redis-server`` (no persistence) that tests may kill and restart on one port."""
-
-    def __init__(self) -> None:
-        self.binary = shutil.which("redis-server")
-        if self.binary is None:
-            raise AssertionError("redis-server is not on PATH: apt-get install redis-server (tests/run.sh does)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisProcess:
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.answers, 10, f"redis-server on port {self.port}")
-        return self
-
-    def answers(self) -> bool:
-        import redis
-
-        try:
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=0.3, socket_timeout=0.3)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except (redis.RedisError, OSError):
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without closing anything cleanly."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def client(self):
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_timeout=2)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 # ----------------------------------------------------------------------------- fake teacher

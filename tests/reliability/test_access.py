@@ -23,8 +23,9 @@ from service.core import ServiceCore
 from service.history import CellHistory, to_bytes
 from service.pag.checks import UNPARSABLE, check, parse_text
 from service.pag.repair import repair
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
 from service.policies.base import Policy, PolicyContext
+from service.policies.registry import PolicySet
 from service.security import AccessConfigError, BearerAuth, check_access, load_token
 from service.state import MemoryStore
 from service.types import SlotState
@@ -46,11 +47,12 @@ def _served_by_default(decision) -> bool:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, token_file: Path):
     """One service with a token (from a file), the admin endpoints and tight limits."""
-    from .support import Service
+    from testkit import ServeProcess
 
     models = tmp_path_factory.mktemp("models")
     write_student(models, "mac", "v1")
-    svc = Service("--auth-token-file", str(token_file), "--admin", *LIMITS, env={"GNBSCHED_MODEL_DIR": str(models)})
+    svc = ServeProcess("--auth-token-file", str(token_file), "--admin", *LIMITS,
+                       env={"GNBSCHED_MODEL_DIR": str(models)})
     try:
         yield svc.wait_ready()
     finally:

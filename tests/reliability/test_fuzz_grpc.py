@@ -23,14 +23,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testkit import ServeProcess
 
 from service.api.grpc.convert import request_to_slot
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.errors import InvalidSlotError
 from service.pag.checks import check
-from service.policies.base import names as policy_names
-
-from .support import Service
+from service.policies.registry import names as policy_names
 
 MAX_USERS, MAX_RESOURCES, MAX_BODY = 40, 24, 256 * 1024
 POLICIES = ["km", "greedy", "pf", "rr", "max_weight", "random", "grouped_km", "exhaustive", "de", "student", "teacher"]
@@ -204,8 +203,8 @@ def test_request_decoding_raises_only_invalid_slot_errors(raw: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def grpc_target() -> Iterator[str]:
-    svc = Service("--max-users", str(MAX_USERS), "--max-resources", str(MAX_RESOURCES), "--max-body-bytes",
-                  str(MAX_BODY), "--fallbacks", "greedy", grpc=True, env={"GNBSCHED_TEACHER_TIMEOUT_S": "1"})
+    svc = ServeProcess("--max-users", str(MAX_USERS), "--max-resources", str(MAX_RESOURCES), "--max-body-bytes",
+                       str(MAX_BODY), "--fallbacks", "greedy", grpc=True, env={"GNBSCHED_TEACHER_TIMEOUT_S": "1"})
     try:
         svc.wait_ready()
         yield svc.grpc_target

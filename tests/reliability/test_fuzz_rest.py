@@ -36,11 +36,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
+from testkit import ServeProcess
 
-from service.api.schemas import TOP_FIELDS, Limits
+from service.api.contract import Limits
+from service.api.rest.codec import TOP_FIELDS
 from service.config import Settings
 
-from .support import Service, assert_pag_valid, write_student
+from .support import assert_pag_valid, write_student
 
 MAX_USERS, MAX_RESOURCES, MAX_BODY = 40, 24, 256 * 1024
 LIMITS = Limits(MAX_USERS, MAX_RESOURCES)
@@ -67,10 +69,10 @@ def _settings(n: int) -> settings:
 def target(tmp_path_factory: pytest.TempPathFactory, token_file: Path, token: str):
     models = tmp_path_factory.mktemp("fuzz-models")
     write_student(models, "mac", "v1")
-    svc = Service("--auth-token-file", str(token_file), "--admin", "--max-users", str(MAX_USERS),
-                  "--max-resources", str(MAX_RESOURCES), "--max-body-bytes", str(MAX_BODY),
-                  "--fallbacks", ",".join(FALLBACKS),
-                  env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_TEACHER_TIMEOUT_S": "1"})
+    svc = ServeProcess("--auth-token-file", str(token_file), "--admin", "--max-users", str(MAX_USERS),
+                       "--max-resources", str(MAX_RESOURCES), "--max-body-bytes", str(MAX_BODY),
+                       "--fallbacks", ",".join(FALLBACKS),
+                       env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_TEACHER_TIMEOUT_S": "1"})
     try:
         svc.wait_ready()
         yield svc

@@ -7,8 +7,11 @@ import pytest
 
 from service.history import CellHistory, apply_feedback, record_decision
 from service.phy import MAC_SE_LEVELS, tbs_bits
-from service.pipeline import PolicySet, decide
-from service.sim.mac import MAC_SCENARIOS, MacConfig, MacEnv, agentic_rbg_count, make_mac_env
+from service.pipeline import decide
+from service.policies.registry import PolicySet
+from service.sim.mac import MacEnv, make_mac_env
+from service.sim.mac_config import MAC_SCENARIOS, MacConfig
+from service.sim.mac_ue import agentic_rbg_count
 from service.sim.traffic import TrafficSpec
 
 SPEC_KPIS = ("throughput_mbps", "fairness_jfi", "resource_efficiency", "packet_success_rate",

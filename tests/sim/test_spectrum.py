@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from service.history import CellHistory
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
 from service.policies.assignment import random_valid
+from service.policies.registry import PolicySet
 from service.sim.base import run_episode
 from service.sim.spectrum import (
     PAPER_GRID,

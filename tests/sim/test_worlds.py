@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
+from service.policies.registry import PolicySet
 from service.sim.worlds import (
     HELD_OUT,
     MAC_FAMILIES,

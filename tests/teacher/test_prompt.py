@@ -9,14 +9,12 @@ import pytest
 
 from service.history import CellHistory, record_decision
 from service.pag.checks import check
-from service.pipeline import slot_rng
-from service.policies.base import PolicyContext, make
-from service.serialize.prompt import (
-    PromptOptions,
-    answer_text,
-    estimate_tokens,
-    serialize_prompt,
-)
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.rng import slot_rng
+from service.serialize.answer import answer_text
+from service.serialize.prompt import serialize_prompt
+from service.serialize.prompt_options import PromptOptions, estimate_tokens
 from service.types import SlotState, make_slot
 
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from service.finetune.dataset import slot_to_dict
 from service.finetune.rewards import (
     STRUCT_MAX,
     RewardConfig,
@@ -21,8 +20,10 @@ from service.finetune.rewards import (
     struct_reward,
 )
 from service.history import CellHistory
-from service.pipeline import slot_rng
-from service.policies.base import PolicyContext, make
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.rng import slot_rng
+from service.serialize.slot_codec import slot_to_dict
 from service.types import SlotState, make_slot, slot_utility
 
 

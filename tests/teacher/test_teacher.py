@@ -5,22 +5,25 @@ recording."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from testkit import free_port
 
+from service.config import TeacherSettings
 from service.errors import DeadlineExceededError, TeacherUnavailableError
-from service.finetune.dataset import slot_from_dict
 from service.history import CellHistory
 from service.pag.checks import check, is_valid
-from service.pipeline import PolicySet, decide, slot_rng
-from service.policies.base import PolicyContext, make
-from service.policies.teacher import Teacher, TeacherAnswerError, TeacherConfig, request_body
-from service.serialize.prompt import answer_text
+from service.pipeline import decide
+from service.policies.base import PolicyContext
+from service.policies.registry import PolicySet, make
+from service.policies.teacher import Teacher, TeacherAnswerError, request_body
+from service.rng import slot_rng
+from service.serialize.answer import answer_text
+from service.serialize.slot_codec import slot_from_dict
 from service.types import SlotState, make_slot
 
 from .fake_llm import FakeLLM
@@ -53,7 +56,7 @@ def ctx_for(state: SlotState, deadline_s: float | None = None) -> PolicyContext:
 
 
 def teacher(fake: FakeLLM, **kw) -> Teacher:
-    return Teacher(TeacherConfig(url=fake.url, model="gemma-test", **kw))
+    return Teacher(TeacherSettings(url=fake.url, model="gemma-test", **kw))
 
 
 def serve(state: SlotState, pol: Teacher, deadline_s: float | None = None, fallbacks=("greedy",)):
@@ -63,14 +66,8 @@ def serve(state: SlotState, pol: Teacher, deadline_s: float | None = None, fallb
                   deadline_s=deadline_s, seed=0)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_registered_blocking_and_versioned_by_model() -> None:
-    pol = make("teacher", config=TeacherConfig(url="http://127.0.0.1:1/v1", model="qwen2.5-7b"))
+    pol = make("teacher", config=TeacherSettings(url="http://127.0.0.1:1/v1", model="qwen2.5-7b"))
     assert isinstance(pol, Teacher) and pol.name == "teacher"
     assert Teacher.blocking_io is True
     assert pol.version == "qwen2.5-7b" and pol.metadata()["dialect"] == "llamacpp"
@@ -143,7 +140,7 @@ def test_prompt_tokens_from_the_endpoint_tokenizer(fake: FakeLLM, kind: str | No
 
 def test_endpoint_down_falls_back() -> None:
     state = small_slot()
-    pol = Teacher(TeacherConfig(url=f"http://127.0.0.1:{closed_port()}/v1"))
+    pol = Teacher(TeacherSettings(url=f"http://127.0.0.1:{free_port()}/v1"))  # nobody listens there
     with pytest.raises(TeacherUnavailableError):
         pol(state, ctx_for(state))
     d = serve(state, pol, deadline_s=2.0)
@@ -152,7 +149,7 @@ def test_endpoint_down_falls_back() -> None:
 
 def test_no_endpoint_configured_falls_back() -> None:
     state = small_slot()
-    d = serve(state, Teacher(TeacherConfig(url=None)))
+    d = serve(state, Teacher(TeacherSettings(url=None)))
     assert d.policy == "greedy" and d.fallback_reason == "unavailable"
     assert "GNBSCHED_TEACHER_URL" in (d.fallback or "")
 
@@ -226,6 +223,19 @@ def test_cache_keyed_by_serialized_state(fake: FakeLLM) -> None:
     uncached = teacher(fake)
     serve(state, uncached)
     serve(state, uncached)
+    assert len(fake.chats()) == 4
+
+
+def test_the_cache_evicts_the_least_recently_used_answer(fake: FakeLLM) -> None:
+    a, b, c = small_slot(1), small_slot(2), small_slot(3)
+    fake.reply = lambda body: '{"owner": [0, 0, 0, 0, 0]}'
+    cached = teacher(fake, cache_size=2)
+    for state in (a, b, a, c):  # a is used again after b: c evicts b
+        serve(state, cached)
+    assert len(fake.chats()) == 3
+    assert serve(a, cached).notes["teacher_cache"] == "hit"
+    assert len(fake.chats()) == 3
+    serve(b, cached)
     assert len(fake.chats()) == 4
 
 

@@ -16,7 +16,8 @@ from trainer.teachers import make_teacher
 
 from service.cli import main as gnbsched
 from service.history import CellHistory
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
+from service.policies.registry import PolicySet
 from service.policies.student import StudentPolicy
 from service.sim.mac import make_mac_env
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv

@@ -13,7 +13,8 @@ from trainer.export import export_onnx, parity
 from trainer.net import NetConfig, StudentNet
 
 from service.serialize.tensors import INPUT_NAMES, StudentInputs, serialize
-from service.sim.mac import MacConfig, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MacConfig
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
 from service.types import SlotState
 
@@ -88,7 +89,7 @@ def test_onnx_model_is_equivariant_too(model_dir: Path):
 
 def test_logits_are_finite_and_the_decode_never_picks_an_inadmissible_token():
     from service.pag.checks import is_valid
-    from service.policies.student import decode_assignment, decode_capped
+    from service.policies.student_decode import decode_assignment, decode_capped
 
     torch.manual_seed(2)
     net = StudentNet(NetConfig(hidden=16)).train(False)

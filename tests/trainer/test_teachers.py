@@ -9,7 +9,8 @@ from trainer.teachers import DeficitTeacher, make_teacher
 
 from service.history import CellHistory, HistoryView, apply_feedback, record_decision
 from service.pag.checks import is_valid
-from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MAC_SCENARIOS
 from service.types import DPDU_BITS, make_slot
 
 POOR, MEDIUM, GOOD = 0.2344, 0.6016, 1.1758

@@ -11,30 +11,25 @@ from the dotted names ``service.types.make_slot`` reports (``users[3].id``, ...)
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
-from service.api.schemas import (
-    BANDWIDTH_HZ_MAX,
-    BITS_MAX,
-    GAIN_MAX,
-    MAX_CELL_ID_CHARS,
-    MAX_DEADLINE_MS,
-    POWER_DBM_RANGE,
-    RATE_BPS_MAX,
-    SPECTRAL_EFFICIENCY_MAX,
-    UTILITY_MAX,
+from service.api.contract import (
+    RULES,
+    ScheduleArgs,
+    check_column,
+    check_feedback,
+    check_ids,
+    check_utility_finite,
 )
+from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.errors import InvalidSlotError, LimitExceededError
-from service.types import DEFAULT_RB_PER_RBG, DEFAULT_TTI_S, Decision, SlotState, make_slot
+from service.types import Decision, SlotState, make_slot
 
 __all__ = [
-    "DecodedRequest",
     "decision_to_pb",
     "error_to_pb",
     "owner_ids_to_tokens",
@@ -43,8 +38,6 @@ __all__ = [
     "slot_to_request",
 ]
 
-#: largest rb_per_rbg accepted (275 PRBs: the widest NR carrier, TS 38.101-1)
-MAX_RB_PER_RBG = 275
 _USER_FIELDS = {"id": "user_ids", "eligible": "eligible"}
 _RESOURCE_FIELDS = {"id": "resource_ids", "available": "available"}
 _DOTTED = re.compile(r"^(users|resources)(\[\d+\])?(?:\.(\w+))?(.*)$")
@@ -62,32 +55,16 @@ def proto_field(name: str) -> str:
     return f"{field}{index or ''}{rest}"
 
 
-@dataclass(slots=True)
-class DecodedRequest:
-    """A validated request: the slot and what ``ServiceCore.schedule`` takes besides it."""
-
-    state: SlotState
-    policy: str | None
-    deadline_ms: float | None
-    feedback: dict[int, float] | None
-
-
-def _floats(field: str, values, expected: int, lo: float, hi: float, *, lo_open: bool = False) -> np.ndarray | None:
-    """float64 [expected] from a packed repeated double, finite and in [lo, hi] (or (lo, hi]);
-    None when empty (absent). Errors name the element: ``buffer_bits[3]``."""
+def _floats(key: str, values, expected: int) -> np.ndarray | None:
+    """float64 [expected] from a packed repeated double, each within the rule of ``key`` (a
+    ``RULES`` name); None when empty (absent). Errors name the element: ``buffer_bits[3]``."""
     k = len(values)
     if k == 0:
         return None
+    rule = RULES[key]
     if k != expected:
-        raise InvalidSlotError(field, f"expected {expected} values (or none), got {k}")
-    arr = np.asarray(values, dtype=np.float64)
-    bad = ~np.isfinite(arr) | (arr > hi) | ((arr <= lo) if lo_open else (arr < lo))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        v = float(arr[i])
-        rule = "must be finite" if not math.isfinite(v) else f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise InvalidSlotError(f"{field}[{i}]", f"{rule}, got {v}")
-    return arr
+        raise InvalidSlotError(rule.proto, f"expected {expected} values (or none), got {k}")
+    return check_column(rule, np.asarray(values, dtype=np.float64), rule.proto + "[{i}]")
 
 
 def _bools(field: str, values, expected: int) -> np.ndarray | None:
@@ -99,23 +76,30 @@ def _bools(field: str, values, expected: int) -> np.ndarray | None:
     return np.asarray(values, dtype=bool)
 
 
-def _matrix(field: str, m: pb.Matrix, n: int, r: int, hi: float) -> np.ndarray:
-    """float64 [n, r] from a row-major ``Matrix``, finite and in [0, hi]; errors name ``field[i][j]``."""
+def _matrix(key: str, m: pb.Matrix, n: int, r: int) -> np.ndarray:
+    """float64 [n, r] from a row-major ``Matrix``, each within the rule of ``key``; errors name
+    ``field[i][j]``."""
+    field = RULES[key].proto
     if (m.rows, m.cols) != (n, r):
         raise InvalidSlotError(field, f"expected shape ({n}, {r}) (users × resources), got ({m.rows}, {m.cols})")
     if len(m.values) != n * r:
         raise InvalidSlotError(f"{field}.values", f"expected rows·cols = {n}·{r} = {n * r} values, got {len(m.values)}")
-    mat = np.asarray(m.values, dtype=np.float64).reshape(n, r)
-    bad = ~np.isfinite(mat) | (mat < 0) | (mat > hi)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        raise InvalidSlotError(f"{field}[{i}][{j}]", f"must be finite and in [0, {hi:g}], got {mat[i, j]}")
-    return mat
+    return check_column(RULES[key], np.asarray(m.values, dtype=np.float64).reshape(n, r), field + "[{i}][{j}]")
+
+
+def _optional(req: pb.SlotRequest, name: str) -> Any:
+    """A proto3 ``optional`` scalar checked against its rule, or the rule's default when unset."""
+    rule = RULES[name]
+    if not req.HasField(name):
+        return rule.default
+    value = getattr(req, name)
+    return rule.check_int(name, value) if rule.kind == "int" else rule.check_scalar(name, value)
 
 
 def request_to_slot(req: pb.SlotRequest, *, max_users: int, max_resources: int,
-                    known_policies: frozenset[str] | None = None) -> DecodedRequest:
-    """Validate and decode one ``SlotRequest`` (same rules and ranges as ``POST /schedule``).
+                    known_policies: frozenset[str] | None = None) -> ScheduleArgs:
+    """Validate and decode one ``SlotRequest`` with the rules of ``service.api.contract`` (the
+    table ``POST /schedule`` uses).
 
     Shapes: per-user arrays [N] (N = len(user_ids)), per-resource arrays [R]; ``rate_bps`` (bit/s),
     ``utility`` (unitless) and ``fading_gain`` are N × R row-major; ``spectral_efficiency`` is [N] or [N·R] (row-major
@@ -134,7 +118,7 @@ def request_to_slot(req: pb.SlotRequest, *, max_users: int, max_resources: int,
 
 
 def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
-            known_policies: frozenset[str] | None) -> DecodedRequest:
+            known_policies: frozenset[str] | None) -> ScheduleArgs:
     n, r = len(req.user_ids), len(req.resource_ids)
     if n > max_users:
         raise LimitExceededError("user_ids", f"{n} users exceed the configured limit of {max_users}")
@@ -144,63 +128,54 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
         raise InvalidSlotError("user_ids", "must not be empty")
     if r == 0:
         raise InvalidSlotError("resource_ids", "must not be empty")
-    if not 0 < len(req.cell_id) <= MAX_CELL_ID_CHARS:
-        raise InvalidSlotError("cell_id", f"expected a non-empty string of at most {MAX_CELL_ID_CHARS} characters")
+    max_chars = int(RULES["cell_id"].hi)  # type: ignore[arg-type]
+    if not 0 < len(req.cell_id) <= max_chars:
+        raise InvalidSlotError("cell_id", f"expected a non-empty string of at most {max_chars} characters")
     if req.slot < 0:
-        raise InvalidSlotError("slot", f"must be >= 0, got {req.slot}")
+        raise InvalidSlotError("slot", RULES["slot"].problem(req.slot))
 
     policy = req.policy if req.HasField("policy") else None
     if policy is not None and known_policies is not None and policy not in known_policies:
         raise InvalidSlotError("policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(known_policies))}")
-    deadline_ms = req.deadline_ms if req.HasField("deadline_ms") else None
-    if deadline_ms is not None and not (math.isfinite(deadline_ms) and 0 < deadline_ms <= MAX_DEADLINE_MS):
-        raise InvalidSlotError("deadline_ms", f"must be in (0, {MAX_DEADLINE_MS:g}], got {deadline_ms}")
-    tti_s = req.tti_s if req.HasField("tti_s") else DEFAULT_TTI_S
-    if not (math.isfinite(tti_s) and 0 < tti_s <= 1.0):
-        raise InvalidSlotError("tti_s", f"must be in (0, 1], got {tti_s}")
-    rb_per_rbg = req.rb_per_rbg if req.HasField("rb_per_rbg") else DEFAULT_RB_PER_RBG
-    if not 1 <= rb_per_rbg <= MAX_RB_PER_RBG:
-        raise InvalidSlotError("rb_per_rbg", f"must be in [1, {MAX_RB_PER_RBG}], got {rb_per_rbg}")
-    noise_dbm_hz = req.noise_density_dbm_hz if req.HasField("noise_density_dbm_hz") else -174.0
-    if not (math.isfinite(noise_dbm_hz) and POWER_DBM_RANGE[0] <= noise_dbm_hz <= POWER_DBM_RANGE[1]):
-        raise InvalidSlotError("noise_density_dbm_hz", f"must be in [{POWER_DBM_RANGE[0]:g}, {POWER_DBM_RANGE[1]:g}], got {noise_dbm_hz}")
+    deadline_ms = _optional(req, "deadline_ms")
+    max_resources_per_user = _optional(req, "max_resources_per_user")
+    tti_s = _optional(req, "tti_s")
+    rb_per_rbg = _optional(req, "rb_per_rbg")
+    noise_dbm_hz = _optional(req, "noise_density_dbm_hz")
 
     # packed repeated -> numpy: one copy each; empty = absent -> None
-    rx_power_dbm = _floats("rx_power_dbm", req.rx_power_dbm, n, *POWER_DBM_RANGE)
-    buffer_bits = _floats("buffer_bits", req.buffer_bits, n, 0.0, BITS_MAX)
+    user_ids = check_ids(np.asarray(req.user_ids, dtype=np.int64), "user_ids[{i}]")
+    resource_ids = check_ids(np.asarray(req.resource_ids, dtype=np.int64), "resource_ids[{i}]")
+    rx_power_dbm = _floats("users.rx_power_dbm", req.rx_power_dbm, n)
+    buffer_bits = _floats("users.buffer_bits", req.buffer_bits, n)
     eligible = _bools("eligible", req.eligible, n)
-    bandwidth_hz = _floats("bandwidth_hz", req.bandwidth_hz, r, 0.0, BANDWIDTH_HZ_MAX, lo_open=True)
+    bandwidth_hz = _floats("resources.bandwidth_hz", req.bandwidth_hz, r)
     available = _bools("available", req.available, r)
-    interference_dbm = _floats("interference_dbm", req.interference_dbm, r, *POWER_DBM_RANGE)
+    interference_dbm = _floats("resources.interference_dbm", req.interference_dbm, r)
     k = len(req.spectral_efficiency)
     if k not in (0, n, n * r):
         raise InvalidSlotError("spectral_efficiency", f"expected {n} (per user) or {n * r} (N·R row-major) values, got {k}")
-    se = _floats("spectral_efficiency", req.spectral_efficiency, k, 0.0, SPECTRAL_EFFICIENCY_MAX)
+    se = _floats("users.spectral_efficiency", req.spectral_efficiency, k)
     if se is not None and k != n:
         se = se.reshape(n, r)  # [N, R]
-    rate = _matrix("rate_bps", req.rate_bps, n, r, RATE_BPS_MAX) if req.HasField("rate_bps") else None
-    weights = _matrix("utility", req.utility, n, r, UTILITY_MAX) if req.HasField("utility") else None
-    fading = _matrix("fading_gain", req.fading_gain, n, r, GAIN_MAX) if req.HasField("fading_gain") else None
+    rate = _matrix("rate_bps", req.rate_bps, n, r) if req.HasField("rate_bps") else None
+    weights = _matrix("utility", req.utility, n, r) if req.HasField("utility") else None
+    fading = _matrix("users.fading_gain", req.fading_gain, n, r) if req.HasField("fading_gain") else None
 
     state = make_slot(
-        req.preset,
-        np.asarray(req.user_ids, dtype=np.int64),
-        np.asarray(req.resource_ids, dtype=np.int64),
+        req.preset, user_ids, resource_ids,
         bandwidth_hz=bandwidth_hz, resource_available=available, user_eligible=eligible,
-        max_resources_per_user=req.max_resources_per_user if req.HasField("max_resources_per_user") else None,
+        max_resources_per_user=max_resources_per_user,
         rate_bps=rate, utility=weights, rx_power_dbm=rx_power_dbm, fading_gain=fading, interference_dbm=interference_dbm,
         spectral_efficiency=se, buffer_bits=buffer_bits, rb_per_rbg=rb_per_rbg, noise_density_dbm_hz=noise_dbm_hz,
         cell_id=req.cell_id, slot=req.slot, tti_s=tti_s,
     )
-    if not np.isfinite(state.utility).all():  # values in range can still combine badly
-        source = "utility" if weights is not None else "rate_bps" if rate is not None else (
-            "rx_power_dbm" if state.preset == "spectrum" else "spectral_efficiency")
-        raise InvalidSlotError(source, "the utility computed from these values is not finite")
-    return DecodedRequest(state, policy, deadline_ms, _feedback(req, max_users))
+    check_utility_finite(state, rate=rate is not None, utility=weights is not None, names={})
+    return ScheduleArgs(state, policy, deadline_ms, _feedback(req, max_users))
 
 
 def _feedback(req: pb.SlotRequest, max_users: int) -> dict[int, float] | None:
-    """Feedback parallel arrays → ``{user_id: delivered_bits}`` (finite, >= 0, unique ids)."""
+    """Feedback parallel arrays → ``{user_id: delivered_bits}`` (the contract's rule, unique ids)."""
     if not req.HasField("feedback"):
         return None
     fb = req.feedback
@@ -211,18 +186,9 @@ def _feedback(req: pb.SlotRequest, max_users: int) -> dict[int, float] | None:
         return None
     if k > max_users:
         raise LimitExceededError("feedback.user_ids", f"{k} entries exceed the limit of {max_users}")
-    ids = np.asarray(fb.user_ids, dtype=np.int64)
-    bits = np.asarray(fb.delivered_bits, dtype=np.float64)
-    bad = ~np.isfinite(bits) | (bits < 0) | (bits > BITS_MAX)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidSlotError(f"feedback.delivered_bits[{i}]", f"must be finite and in [0, {BITS_MAX:g}], got {bits[i]}")
-    order = np.argsort(ids, kind="stable")
-    dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
-    if dup.size:
-        i = int(order[dup[0] + 1])
-        raise InvalidSlotError(f"feedback.user_ids[{i}]", f"duplicate id {int(ids[i])}")
-    return dict(zip(ids.tolist(), bits.tolist(), strict=True))
+    ids = check_ids(np.asarray(fb.user_ids, dtype=np.int64), "feedback.user_ids[{i}]")
+    return check_feedback(ids, np.asarray(fb.delivered_bits, dtype=np.float64), "feedback.delivered_bits[{i}]",
+                          "feedback.user_ids[{i}]")
 
 
 def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:

@@ -55,15 +55,8 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.grpc.convert import decision_to_pb, error_to_pb, request_to_slot
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
-from service.core import ServiceCore
-from service.errors import (
-    DeadlineExceededError,
-    GnbSchedError,
-    InvalidSlotError,
-    PolicyError,
-    UnknownPolicyError,
-)
-from service.policies.base import names as policy_names
+from service.core import REQUEST_KINDS, ServiceCore
+from service.errors import GRPC_CODE, ErrorKind, InvalidSlotError, PolicyError, kind_of
 from service.security import (
     BearerAuth,
     check_access,
@@ -80,7 +73,6 @@ HEALTH_POLL_S = 1.0
 STALL_POLL_S = 0.5
 _STALLED = -1.0  # marks a write the stall watchdog cancelled
 TRANSPORT = "grpc"
-_CELL_LOCK_STRIPES = 64
 
 
 class _SlotFailure(Exception):
@@ -103,39 +95,14 @@ class SchedulerService:
         s = core.settings
         self.max_users = s.max_users
         self.max_resources = s.max_resources
-        self._blocking: dict[str, bool] = {}
-        self._store_blocking = bool(getattr(core.store, "blocking_io", False))
-        self._known = self._known_policies()
-        self._locks = [asyncio.Lock() for _ in range(_CELL_LOCK_STRIPES)]
         #: set by a graceful stop: streams answer the slot in hand, then end with UNAVAILABLE
         self.draining = False
         #: open streams: handler task -> [loop time a pending write started, or None]
         self.streams: dict[asyncio.Task, list[float | None]] = {}
         self.stall_s = float(getattr(s, "grpc_stream_stall_s", 0.0) or 0.0)
 
-    def _known_policies(self) -> frozenset[str]:
-        p = self.core.policies
-        return frozenset(policy_names()) | frozenset(p.factories) | frozenset(p.loaded())
-
-    def _policy_blocks(self, name: str) -> bool:
-        blocking = self._blocking.get(name)
-        if blocking is None:
-            try:
-                blocking = bool(getattr(self.core.policies.get(name), "blocking_io", False))
-            except Exception:  # unknown or broken: the pipeline falls back and reports it
-                return False
-            self._blocking[name] = blocking
-        return blocking
-
-    def blocking(self, name: str) -> bool:
-        """Does deciding with ``name`` (or a fallback) block on I/O (LLM teacher, Redis store)?"""
-        return self._store_blocking or any(self._policy_blocks(n) for n in (name, *self.core.settings.fallbacks))
-
-    def _observer(self, method: str):
-        return getattr(self.core.observer, method, None)  # service.metrics.Metrics has them all
-
     async def decide(self, raw: bytes) -> pb.SlotDecision:
-        """One slot: parse → validate → ``core.schedule`` → encode; ``_SlotFailure`` otherwise."""
+        """One slot: parse → validate → ``await core.decide`` → encode; ``_SlotFailure`` otherwise."""
         t0 = time.perf_counter()
         req: pb.SlotRequest | None = None
         try:
@@ -143,39 +110,24 @@ class SchedulerService:
                 req = pb.SlotRequest.FromString(raw)
             except DecodeError as exc:
                 raise InvalidSlotError("request", f"not a valid gnbsched.v1.SlotRequest: {exc}") from None
-            if req.HasField("policy") and req.policy not in self._known:
-                self._known = self._known_policies()  # registered after start?
+            known = self.core.known_policies(req.policy if req.HasField("policy") else None)
             dec = request_to_slot(req, max_users=self.max_users, max_resources=self.max_resources,
-                                  known_policies=self._known)
+                                  known_policies=known)
         except InvalidSlotError as exc:
-            if (rejected := self._observer("rejected")) is not None:
-                rejected(TRANSPORT, req.preset if req is not None else None)
-            raise _SlotFailure(req, grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from None
+            self.core.observer.rejected(TRANSPORT, req.preset if req is not None else None)
+            raise _SlotFailure(req, _code(exc.kind), exc.field, exc.message) from None
         state = dec.state
-        name = dec.policy or self.core.settings.default_policy(state.preset)
         try:
-            if self.blocking(name):
-                async with self._locks[hash(state.cell_id) % _CELL_LOCK_STRIPES]:
-                    decision = await asyncio.to_thread(
-                        self.core.schedule, state, policy=name, deadline_ms=dec.deadline_ms,
-                        feedback=dec.feedback, transport=TRANSPORT)
-            else:
-                decision = self.core.schedule(state, policy=name, deadline_ms=dec.deadline_ms,
+            decision = await self.core.decide(state, policy=dec.policy, deadline_ms=dec.deadline_ms,
                                               feedback=dec.feedback, transport=TRANSPORT)
             msg = decision_to_pb(state, decision)
         except Exception as exc:
-            code, field, message = _status_of(exc)
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                if (rejected := self._observer("rejected")) is not None:
-                    rejected(TRANSPORT, state.preset)
-            else:
+            kind = kind_of(exc)
+            if kind not in REQUEST_KINDS:
                 log.error("gRPC: no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
-                          exc_info=code == grpc.StatusCode.INTERNAL)
-                if (error := self._observer("error")) is not None:
-                    error(TRANSPORT, state.preset, name)
-            raise _SlotFailure(req, code, field, message) from exc
-        if (observe := self._observer("observe_request")) is not None:
-            observe(TRANSPORT, time.perf_counter() - t0)
+                          exc_info=kind is ErrorKind.INTERNAL)
+            raise _SlotFailure(req, _code(kind), *_field_message(exc, kind)) from exc
+        self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
         return msg
 
     async def schedule(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.SlotDecision:
@@ -241,19 +193,22 @@ class SchedulerService:
                     task.cancel()
 
 
-def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
-    """(status code, field, message) of a failure after validation; bad input is never INTERNAL."""
+def _code(kind: ErrorKind) -> grpc.StatusCode:
+    """The gRPC status of an error kind (``service.errors.GRPC_CODE``, the table REST shares)."""
+    return grpc.StatusCode[GRPC_CODE[kind]]
+
+
+def _field_message(exc: BaseException, kind: ErrorKind) -> tuple[str, str]:
+    """(field, message) of a failure after validation; bad input is never INTERNAL."""
     if isinstance(exc, InvalidSlotError):
-        return grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message
-    if isinstance(exc, UnknownPolicyError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "policy", str(exc)
-    if isinstance(exc, DeadlineExceededError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, "", str(exc)
-    if isinstance(exc, PolicyError):  # incl. PolicyUnavailableError: every policy of the chain failed
-        return grpc.StatusCode.UNAVAILABLE, "", f"no decision: {exc}"
-    if isinstance(exc, GnbSchedError):
-        return grpc.StatusCode.FAILED_PRECONDITION, "", str(exc)
-    return grpc.StatusCode.INTERNAL, "", f"internal error: {type(exc).__name__}"
+        return exc.field, exc.message
+    if kind is ErrorKind.UNKNOWN_POLICY:
+        return "policy", str(exc)
+    if kind is ErrorKind.INTERNAL:
+        return "", f"internal error: {type(exc).__name__}"
+    if isinstance(exc, PolicyError) and kind is not ErrorKind.DEADLINE:
+        return "", f"no decision: {exc}"
+    return "", str(exc)
 
 
 async def _set_health(health_servicer: Any, serving: bool) -> None:

@@ -1,5 +1,5 @@
-"""REST transport: FastAPI on uvicorn (``create_app``)."""
+"""REST transport: FastAPI on uvicorn (``create_app``); ``service.api.serve`` assembles the server."""
 
-from service.api.rest.app import app_from_env, build_core, create_app
+from service.api.rest.app import create_app
 
-__all__ = ["app_from_env", "build_core", "create_app"]
+__all__ = ["create_app"]
