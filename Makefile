@@ -12,6 +12,7 @@ lint:
 
 bench:
 	.venv/bin/gnbsched bench perf --out .
+	.venv/bin/gnbsched bench validate --out .
 	.venv/bin/gnbsched bench student --out .
 
 proto:

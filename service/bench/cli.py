@@ -8,7 +8,11 @@ Suites (each a module with ``add_arguments(parser)`` and ``run(args)``):
   their targets; writes ``docs/bench/student.md`` and its section of ``BENCHMARKS.md``
   (``service.bench.student``);
 * ``teacher``: the LLM teacher alone (``service.bench.teacher``);
-* ``perf``: latency / throughput report, writes ``BENCHMARKS.md`` (``service.bench.perf``);
+* ``perf``: latency / throughput report, writes its sections of ``BENCHMARKS.md``
+  (``service.bench.perf``);
+* ``validate``: the cost of validating a ``POST /schedule`` body, the service's column validator
+  against pydantic; writes ``docs/bench/validate.json`` and its section of ``BENCHMARKS.md``
+  (``service.bench.validate``);
 * ``soak``: bounded load on loopback with RSS tracking (``service.bench.soak``).
 """
 
@@ -22,13 +26,14 @@ SUITES = {
     "mac": "service.bench.mac",
     "student": "service.bench.student",
     "teacher": "service.bench.teacher",
-    "perf": "service.bench.perf",
+    "perf": "service.bench.perf.command",
+    "validate": "service.bench.validate",
     "soak": "service.bench.soak",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", nargs="?", choices=["quality", "student", "teacher", "perf", "soak"],
+    parser.add_argument("suite", nargs="?", choices=["quality", "student", "teacher", "perf", "validate", "soak"],
                         default="quality", help="which benchmark (default: quality)")
     parser.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all",
                         help="which quality suite to run (default: both)")

@@ -48,11 +48,14 @@ import numpy as np
 from service import kpi
 from service.assign import linear_assignment
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import PolicySet, decide, slot_rng
+from service.pipeline import decide
 from service.policies.assignment import random_valid
-from service.policies.base import names as policy_names
+from service.policies.registry import PolicySet
+from service.policies.registry import names as policy_names
+from service.rng import slot_rng
 from service.sim.llm4mac import Llm4MacConfig, Llm4MacEnv
-from service.sim.mac import MAC_SCENARIOS, MacEnv
+from service.sim.mac import MacEnv
+from service.sim.mac_config import MAC_SCENARIOS
 from service.sim.multicell import PARTITION_STRATEGIES, MultiCellConfig, MultiCellEnv
 from service.sim.traffic import TRAFFIC_CASES
 from service.types import slot_utility

@@ -1,4 +1,6 @@
-"""Small plot helpers shared by the benchmarks: a line plot and a grouped bar plot saved as PNG.
+"""Small plot helpers shared by the benchmarks: a line plot and a grouped bar plot saved as PNG,
+and stacked axes for a figure of panels. This is the one module that imports matplotlib (the
+``bench`` extra); the benchmarks import it where they draw, so they run without it.
 
 They use matplotlib's object API with the Agg canvas (``matplotlib.figure.Figure``), so they
 never touch pyplot's global state or need a display. Missing values are NaN (a gap in a line,
@@ -31,11 +33,23 @@ def _finish(fig: Figure, ax, path: str | Path, *, title: str | None, xlabel: str
     elif legend:
         ax.legend(fontsize="small", ncol=2 if len(ax.get_legend_handles_labels()[1]) > 6 else 1,
                   loc="best", framealpha=0.85)
+    return save_figure(fig, path)
+
+
+def stacked_axes(rows: int, figsize: tuple[float, float]) -> tuple[Figure, list]:
+    """A figure of ``rows`` axes stacked vertically, for figures the two helpers below do not
+    draw; save it with ``save_figure``."""
+    fig = Figure(figsize=figsize)
+    return fig, [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
+    """Lay out ``fig`` and write it as PNG to ``path`` (parents created). Returns the path."""
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=dpi)
     return out
 
 

@@ -6,7 +6,7 @@ one per line, as a simulator would write them; both kinds may be mixed. ``FILE``
 directory (every ``*.jsonl`` in it, rotated ``.1.jsonl`` files included). Blank lines are
 skipped; a line that is not JSON or not a valid request is reported with its line number,
 counted and skipped. Each request is decoded by the REST decoder
-(``service.api.schemas.decode_schedule``), so the replayed slot is the one the service saw.
+(``service.api.rest.codec.decode_schedule``), so the replayed slot is the one the service saw.
 
 Rows are grouped by cell and ordered by slot (file order among equal slots). Every policy
 replays every cell from a fresh cell history through ``service.pipeline.decide`` as
@@ -48,10 +48,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.api.schemas import Limits, ScheduleArgs, decode_schedule
+from service.api.contract import Limits, ScheduleArgs
+from service.api.rest.codec import decode_schedule
 from service.errors import InvalidSlotError
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import PolicySet, decide
+from service.pipeline import decide
+from service.policies.registry import PolicySet
 from service.types import Decision, SlotState, owner_ids, served_bits
 
 DEFAULT_POLICIES: tuple[str, ...] = ("student", "pf", "max_weight", "rr", "greedy", "km")

@@ -226,7 +226,7 @@ def _delivered(body: dict[str, Any], owner: list[int | None]) -> dict[int, float
 
 
 def _pag_ok(body: dict[str, Any], owner: list[int | None]) -> bool:
-    from service.api.schemas import decode_schedule
+    from service.api.rest.codec import decode_schedule
     from service.pag.checks import check
 
     state = decode_schedule(body).state

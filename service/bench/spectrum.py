@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bench.plotting import save_bar_plot, save_line_plot
 from service.errors import GnbSchedError, UnknownPolicyError
 from service.history import CellHistory, apply_feedback, record_decision
 from service.kpi import ratio
-from service.pipeline import PolicySet, decide
-from service.policies.base import names as policy_names
+from service.pipeline import decide
+from service.policies.registry import PolicySet
+from service.policies.registry import names as policy_names
 from service.sim.spectrum import (
     PAPER_GRID,
     SCALE_GRID,
@@ -239,7 +239,11 @@ def scenario_label(name: str) -> str:
 def plot(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
     """Figures in the style of the LSA paper: ratio to KM per scenario, throughput per scenario
     (Tables III and V as bars), and time per decision against problem size on log axes (Table IV).
-    One color per policy across the figures."""
+    One color per policy across the figures; none without matplotlib (the ``bench`` extra)."""
+    try:
+        from service.bench.plotting import save_bar_plot, save_line_plot
+    except ImportError:
+        return []
     scenarios = list(dict.fromkeys(r.scenario for r in rows))
     policies = list(dict.fromkeys(r.policy for r in rows))
     colors = {p: f"C{i % 10}" for i, p in enumerate(policies)}

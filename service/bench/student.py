@@ -34,9 +34,9 @@ replays a recorded trace instead (``service.bench.replay``).
 
 Outputs ``<out>/docs/bench/student.json`` (rows, ``summary`` with a ``met`` flag per target and
 group, latency) and ``<out>/docs/bench/student.md`` (the report in Markdown), and replaces the
-student section of ``<out>/BENCHMARKS.md`` when that report exists (``gnbsched bench perf``
-keeps the section when it rewrites the file); prints the tables and a PASS / FAIL line per
-target and group, each with the measured worst value. The exit code is 0 whatever the verdicts
+student section of ``<out>/BENCHMARKS.md`` (``service.bench.benchmarks_md``: the section's header
+names the command and configuration; the other suites' sections are kept); prints the tables
+and a PASS / FAIL line per target and group, each with the measured worst value. The exit code is 0 whatever the verdicts
 (the bench is a report).
 """
 
@@ -56,9 +56,13 @@ from typing import Any
 import numpy as np
 
 from service.assign import linear_assignment
+from service.bench import benchmarks_md
+from service.bench.benchmarks_md import Producer
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import PolicySet, decide
-from service.policies.student import StudentPolicy, decode, decode_capped
+from service.pipeline import decide
+from service.policies.registry import PolicySet
+from service.policies.student import StudentPolicy
+from service.policies.student_decode import decode, decode_capped
 from service.sim import worlds
 from service.sim.worlds import HELD_OUT, MAC_FAMILIES, SPECTRUM_FAMILIES, WorldEnv, random_world
 from service.types import make_slot, slot_utility
@@ -403,9 +407,6 @@ SPECTRUM_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-#: the line of ``BENCHMARKS.md`` after which the student report stands (``gnbsched bench perf``
-#: keeps it when it rewrites the file; ``gnbsched bench student`` replaces what follows it)
-STUDENT_MARKER = "<!-- gnbsched bench student: generated section, do not edit below -->"
 #: the student report and its raw rows, relative to ``--out``
 REPORT_FILE = Path("docs") / "bench" / "student.md"
 RESULTS_FILE = Path("docs") / "bench" / "student.json"
@@ -430,19 +431,19 @@ _FIGURE_PANELS: tuple[tuple[str, str, float, str], ...] = (
 
 def plot_targets(out: dict[str, Any], path: Path) -> Path | None:
     """One PNG: the student's ratios per (family, N) against their targets — three mac panels
-    and the spectrum ratio to the optimum — with the held-out rows shaded. None without rows."""
+    and the spectrum ratio to the optimum — with the held-out rows shaded. None without rows or
+    without matplotlib."""
     mac, spec = out.get("mac") or [], out.get("spectrum") or []
     if not mac and not spec:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    try:
+        from service.bench.plotting import save_figure, stacked_axes
+    except ImportError:  # matplotlib (the bench extra) is not installed
+        return None
     panels = [(p, "mac") for p in _FIGURE_PANELS if mac] + ([(("ratio_to_km_min", "spectrum sum-rate / km (min)",
                                                                 0.99, ">="), "spectrum")] if spec else [])
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels)), squeeze=False)
-    for ax, ((key, title, target, op), preset) in zip(axes[:, 0], panels, strict=True):
+    fig, axes = stacked_axes(len(panels), figsize=(11, 2.6 * len(panels)))
+    for ax, ((key, title, target, op), preset) in zip(axes, panels, strict=True):
         rows = mac if preset == "mac" else spec
         size = "num_rbg" if preset == "mac" else "num_res"
         labels = [f"{r['family']} {r['num_ue']}×{r[size]}" for r in rows]
@@ -461,24 +462,21 @@ def plot_targets(out: dict[str, Any], path: Path) -> Path | None:
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_title(f"{title} (target {op} {target:g}; grey: held-out families; n/a rows empty)", fontsize=9)
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def markdown_report(out: dict[str, Any], command: str, figure: str | None = None) -> str:
     """The student report in Markdown (``docs/bench/student.md`` and the section of
-    ``BENCHMARKS.md``): how it was produced, both tables, the verdicts and the latency."""
+    ``BENCHMARKS.md``): its header (``command``, seed, quick), both tables, the verdicts and the
+    latency."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     loaded = out.get("models", {})
     models = ", ".join(f"{m.get('preset')} {m.get('version')} ({m.get('decode', {}).get('kind')} decode)"
                        for m in (loaded.values() if isinstance(loaded, dict) else loaded) if isinstance(m, dict))
-    lines = ["## The student on world families", "",
-             f"Generated by `{command}` on {when} (seed {out['seed']}, {'quick' if out['quick'] else 'full'} "
-             f"budgets, {out.get('wall_time_s', 0):.0f} s); models: {models}. Families and the held-out ones: "
-             "`service/sim/worlds.py`; raw rows in `docs/bench/student.json`.", ""]
+    by = Producer("student", command, int(out["seed"]), bool(out["quick"]))
+    extra = (f" on {when} in {out.get('wall_time_s', 0):.0f} s; models: {models}. Families and the held-out ones: "
+             "`service/sim/worlds.py`; raw rows in `docs/bench/student.json`.")
+    lines: list[str] = []
     if out.get("mac"):
         lines += ["**mac** (means over seeds; U = leader utility, SPEC eq. 5; best of pf / max_weight / rr on "
                   "the same worlds and seeds; p95 = packet latency in slots; Jain of the users' throughputs)", ""]
@@ -494,22 +492,19 @@ def markdown_report(out: dict[str, Any], command: str, figure: str | None = None
         lines.append(f"- latency {preset} N = 100, R = 69 (one core, medians): serialize "
                      f"{v['serialize_us_median']:.0f} µs + policy {v['policy_us_median']:.0f} µs (onnxruntime alone "
                      f"{v['onnx_run_us_median']:.0f} µs, decode alone {v['decode_us_median']:.0f} µs)")
-    return "\n".join(lines) + "\n"
+    return by.section("The student on world families", lines, extra=extra)
 
 
 def write_report(out_dir: Path, out: dict[str, Any], command: str) -> Path:
     """``<out>/docs/bench/student.md`` with its figure, and the student section of
-    ``<out>/BENCHMARKS.md`` when that report exists (everything after ``STUDENT_MARKER`` is
-    replaced); each links the figure relative to itself."""
+    ``<out>/BENCHMARKS.md`` (created when missing; the other suites' sections are kept); each
+    links the figure relative to itself. ``command``: ``gnbsched bench student ...`` as run."""
     figure = plot_targets(out, out_dir / FIGURE_FILE)
     path = out_dir / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown_report(out, command, FIGURE_FILE.name if figure else None))
-    bench = out_dir / "BENCHMARKS.md"
-    if bench.exists():
-        text = markdown_report(out, command, FIGURE_FILE.as_posix() if figure else None)
-        head = bench.read_text().split(STUDENT_MARKER)[0].rstrip("\n")
-        bench.write_text(f"{head}\n\n{STUDENT_MARKER}\n\n{text}")
+    text = markdown_report(out, command, FIGURE_FILE.as_posix() if figure else None)
+    benchmarks_md.update(out_dir / benchmarks_md.REPORT_NAME, "student", [text])
     return path
 
 

@@ -23,15 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from service.config import Settings
 from service.errors import GnbSchedError
 from service.finetune.dataset import make_env
 from service.finetune.rewards import RewardConfig, random_reference
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import UNPARSABLE, check
 from service.pag.repair import repair
-from service.pipeline import slot_rng
-from service.policies.base import PolicyContext, make
-from service.policies.teacher import Teacher, TeacherConfig
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.policies.teacher import Teacher
+from service.rng import slot_rng
 from service.types import slot_utility
 
 #: scenarios per preset: default run, and --quick
@@ -61,7 +63,7 @@ class TeacherRow:
 
 def configured() -> bool:
     """Is a teacher endpoint configured in the environment?"""
-    return bool(TeacherConfig().url)
+    return bool(Settings().teacher.url)
 
 
 def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed: int) -> TeacherRow:
@@ -136,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TeacherConfig()
+    cfg = Settings().teacher
     if not cfg.url:
         print("bench teacher: no endpoint configured (set GNBSCHED_TEACHER_URL); skipped")
         return 0

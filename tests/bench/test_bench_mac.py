@@ -6,7 +6,7 @@ import json
 import math
 
 from service.bench import mac
-from service.pipeline import PolicySet
+from service.policies.registry import PolicySet
 
 
 def test_quick_run_writes_tables_csv_json_and_plots(tmp_path, capsys):

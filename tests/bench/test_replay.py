@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from testkit import free_port
 
+from service.api.contract import Limits
 from service.api.grpc.client import SchedulerClient
 from service.api.rest.app import create_app
-from service.api.schemas import Limits, decode_schedule
+from service.api.rest.codec import decode_schedule
 from service.api.simulate import make_env, rest_body
 from service.bench import replay
 from service.bench import student as bench_student
@@ -70,11 +70,10 @@ def _drive(cell: str, preset: str, scenario: str, policy: str, http: httpx.Clien
 def test_served_rest_and_grpc_slots_are_recorded_once_and_replay_to_the_served_decisions(
         serve_process, uvicorn_server, tmp_path) -> None:
     record = tmp_path / "rec"
-    grpc_port = free_port()
-    proc = serve_process("--grpc-port", str(grpc_port), "--record", str(record)).wait_ready()
+    proc = serve_process("--record", str(record), grpc=True).wait_ready()
     cells = {"mac/cell.1": ("mac", "standard", "pf"), "spec-cell": ("spectrum", "u7-c10-b2", "km")}
     sent = {}
-    with httpx.Client(base_url=proc.url, timeout=30) as http, SchedulerClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+    with httpx.Client(base_url=proc.url, timeout=30) as http, SchedulerClient(proc.grpc_target) as grpc_client:
         grpc_client.wait_ready(30)
         for i, (cell, (preset, scenario, policy)) in enumerate(cells.items()):
             sent[cell] = _drive(cell, preset, scenario, policy, http, grpc_client, seed=3 + i)
