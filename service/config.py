@@ -73,7 +73,14 @@ class Settings(BaseSettings):
     rest_port: int = Field(8000, description="REST (FastAPI/uvicorn) port; 0 disables REST")
     grpc_port: int = Field(50051, description="gRPC port; 0 disables gRPC")
     workers: int = Field(1, description="uvicorn worker processes (metrics use multiprocess mode when > 1)")
-    state_url: str = Field("memory://", description="per-cell state: memory:// (in process) or redis://host:port/db")
+    state_url: str = Field("memory://", description="per-cell state: memory:// (in process) or redis://host:port/db, "
+                                                     "redis+sentinel://host:port,.../<master>, redis+cluster://host:port,...")
+    max_cells: int = Field(100_000, ge=1, description="cells kept in process (the memory:// store; the restore cache "
+                                                      "of a Redis store); beyond it the least recently used is evicted")
+    cell_ttl_s: float = Field(86_400.0, gt=0, description="a cell not written for this long is forgotten (memory:// "
+                                                          "LRU, Redis key TTL)")
+    state_write_attempts: int = Field(4, ge=1, description="compare-and-set attempts of one slot against concurrent "
+                                                           "writers of its cell before it is refused (retryable)")
     default_policy_spectrum: str = Field(
         "auction", description="policy when a spectrum request names none (exact: km below 160k pairs, certified auction above)")
     default_policy_mac: str = Field(

@@ -7,14 +7,16 @@ worker thread, else inline on the event loop (a baseline decides in well under a
 thread hop would cost more than it saves), one slot per cell at a time (striped per-cell locks),
 and reports failures to the observer (``service.metrics``).
 
-``ServiceCore.schedule`` (synchronous) loads the cell's history from the state store, applies the previous
-slot's feedback, runs the pipeline (through the run-time guard, ``service.guard``, when the
-policy is a guarded one), records the decision and saves the history; with
-``settings.record_dir`` it also appends the slot (REST-format request and decision) to the
-cell's trace file (``service.trace.Recorder``), once for both transports. Store
-failures never fail a slot: the core keeps a write-through in-process copy of every cell it
-served, decides from it while the store is down (``degraded``), and the newer of the two
-copies (by slot) wins when the store answers again.
+``ServiceCore.schedule`` (synchronous) applies a slot to its cell exactly once: it loads the
+cell's record (``service.state.record``), applies the slot rule (a new slot is decided, a retry
+of an applied one is answered with its stored decision, an older one is refused), runs the
+pipeline (through the run-time guard, ``service.guard``, when the policy is a guarded one) and
+writes the new record by compare-and-set, deciding again on the newer state when another writer
+won. A store that cannot be reached refuses the slot (retryable) rather than letting a copy
+diverge; the store stays the one truth. Each process keeps its last copy of the cells it wrote
+and gives it back to a store that lost the cell (a Redis restart without persistence). With
+``settings.record_dir`` the decided slot is appended to the cell's trace file
+(``service.trace.Recorder``), once for both transports.
 """
 
 from __future__ import annotations
@@ -25,15 +27,29 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
+import numpy as np
+from cachetools import LRUCache
+
 from service.config import Settings
-from service.errors import ErrorKind, StateStoreError, kind_of
+from service.errors import (
+    ErrorKind,
+    InvalidSlotError,
+    SlotConflictError,
+    StateContentionError,
+    StateCorruptError,
+    StateStoreError,
+    StateStoreUnavailableError,
+    kind_of,
+)
 from service.guard import Guard
 from service.history import CellHistory, apply_feedback, record_decision
 from service.pipeline import decide
 from service.policies.registry import PolicySet, names
 from service.state import StateStore, open_store
+from service.state.record import CellRecord, Verdict, decision_from_dict, request_digest
 from service.trace import Recorder
 from service.types import Decision, SlotState
 
@@ -53,6 +69,8 @@ class Observer(Protocol):
 
     def observe_request(self, transport: str, seconds: float) -> None: ...
 
+    def state_event(self, event: str) -> None: ...
+
 
 class _NullObserver:
     def decision(self, transport: str, state: SlotState, requested: str, decision: Decision) -> None:
@@ -70,15 +88,39 @@ class _NullObserver:
     def observe_request(self, transport: str, seconds: float) -> None:
         pass
 
+    def state_event(self, event: str) -> None:
+        pass
+
 
 #: per-cell lock stripes of the async entry (per event loop: REST and gRPC may run on two)
 CELL_LOCK_STRIPES = 64
 #: failures that are the request's fault: counted as rejections, not as service errors
-REQUEST_KINDS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY})
+REQUEST_KINDS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY,
+                           ErrorKind.SLOT_CONFLICT})
 
 
-def _newer(a: CellHistory, b: CellHistory) -> bool:
-    return (a.last_slot, a.slots) > (b.last_slot, b.slots)
+def _conflict(verdict: Verdict, slot: int, record: CellRecord, epoch: int | None) -> SlotConflictError:
+    if verdict is Verdict.STALE_EPOCH:
+        return SlotConflictError("epoch", f"epoch {epoch} is older than the cell's epoch {record.epoch}")
+    if verdict is Verdict.SLOT_REUSED:
+        return SlotConflictError("slot", f"slot {slot} was applied with other content; send a new slot, or a "
+                                         f"new epoch (> {record.epoch}) to restart the cell")
+    return SlotConflictError("slot", f"slot {slot} is older than the cell's last applied slot {record.last_slot} "
+                                     f"(epoch {record.epoch}); send a later slot, or a new epoch to restart the cell")
+
+
+def _known_feedback(history: CellHistory, feedback: Mapping[int, float]) -> Mapping[int, float]:
+    """``feedback`` when every id is a user of the cell; a new cell (no history) has nothing to
+    correct and takes none. Raises ``InvalidSlotError`` naming the first unknown user."""
+    if history.user_ids.size == 0:
+        return {}
+    ids = np.fromiter(feedback.keys(), np.int64, len(feedback))
+    pos = np.minimum(np.searchsorted(history.user_ids, ids), history.user_ids.size - 1)
+    unknown = history.user_ids[pos] != ids
+    if unknown.any():
+        uid = int(ids[np.flatnonzero(unknown)[0]])
+        raise InvalidSlotError(f"feedback.delivered_bits.{uid}", f"user {uid} is not a user of this cell")
+    return feedback
 
 
 class ServiceCore:
@@ -87,10 +129,13 @@ class ServiceCore:
     def __init__(self, settings: Settings | None = None, *, store: StateStore | None = None,
                  policies: PolicySet | None = None, observer: Observer | None = None) -> None:
         self.settings = settings or Settings()
-        self.store = store if store is not None else open_store(self.settings.state_url)
+        self.store = store if store is not None else open_store(
+            self.settings.state_url, max_cells=self.settings.max_cells, ttl_s=self.settings.cell_ttl_s)
         self.policies = policies or PolicySet()
         self.observer: Observer = observer or _NullObserver()
-        self._local: dict[str, CellHistory] = {}
+        #: this process's last copy of each cell it wrote, to restore a store that lost its data
+        self._cache: LRUCache[str, CellRecord] | None = (
+            LRUCache(maxsize=self.settings.max_cells) if self.store.blocking_io else None)
         self._lock = threading.Lock()
         self.degraded = False
         self.store_errors = 0
@@ -123,36 +168,55 @@ class ServiceCore:
         return self._known
 
     # -- state ---------------------------------------------------------------------------
-    def _load(self, cell_id: str) -> CellHistory:
-        with self._lock:
-            local = self._local.get(cell_id)
+    def _load(self, cell_id: str) -> CellRecord:
+        """The cell's record from the store; a store that lost the cell (a restart without
+        persistence) gets this process's last copy back first. Raises ``StateStoreError``."""
         try:
-            remote = self.store.load(cell_id)
-            self.degraded = False
-        except StateStoreError:
-            self._store_failed("load")
-            return local or CellHistory.empty()
-        if local is not None and _newer(local, remote):
-            return local  # written while the store was down: resynchronized on the next save
-        return remote
+            try:
+                record = self.store.load(cell_id)
+            except StateCorruptError as exc:  # set aside by the store: continue from our copy, or afresh
+                log.warning("state: %s", exc)
+                self._store_failed("load", exc)
+                record = CellRecord.empty()
+            if record.version == 0 and self._cache is not None:
+                with self._lock:
+                    cached = self._cache.get(cell_id)
+                if cached is not None and self.store.restore(cell_id, cached):
+                    log.warning("state: restored cell %r (version %d) into a store that had lost it",
+                                cell_id, cached.version)
+                    self.observer.state_event("restored")
+                    record = self.store.load(cell_id)
+        except StateStoreError as exc:
+            self._store_failed("load", exc)
+            raise
+        self.degraded = False
+        return record
 
-    def _save(self, cell_id: str, history: CellHistory) -> None:
-        with self._lock:
-            self._local[cell_id] = history
+    def _write(self, cell_id: str, expected_version: int, record: CellRecord) -> bool:
         try:
-            self.store.save(cell_id, history)
-            self.degraded = False
-        except StateStoreError:
-            self._store_failed("save")
+            ok = self.store.compare_and_set(cell_id, expected_version, record)
+        except StateStoreError as exc:
+            self._store_failed("write", exc)
+            raise
+        self.degraded = False
+        if ok and self._cache is not None:
+            with self._lock:
+                self._cache[cell_id] = record
+        return ok
 
-    def _store_failed(self, op: str) -> None:
-        self.degraded = True
+    def _store_failed(self, op: str, exc: StateStoreError) -> None:
+        if isinstance(exc, StateStoreUnavailableError):
+            self.degraded = True
         self.store_errors += 1
         self.observer.store_error(op)
 
-    def history(self, cell_id: str) -> CellHistory:
-        """The cell's current history (store, or the local copy while degraded)."""
+    def record(self, cell_id: str) -> CellRecord:
+        """The cell's current record (raises ``StateStoreError`` when the store fails)."""
         return self._load(cell_id)
+
+    def history(self, cell_id: str) -> CellHistory:
+        """The cell's current history."""
+        return self._load(cell_id).history
 
     # -- the slot ------------------------------------------------------------------------
     def _policy_blocks(self, name: str) -> bool:
@@ -177,7 +241,8 @@ class ServiceCore:
         return locks[hash(cell_id) % CELL_LOCK_STRIPES]
 
     async def decide(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
-                     feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> Decision:
+                     feedback: Mapping[int, float] | None = None, epoch: int | None = None,
+                     transport: str = "inproc") -> Decision:
         """Decide one decoded slot for a transport: ``schedule`` inline or in a worker thread.
 
         Raises what ``schedule`` raises (a ``GnbSchedError`` whose ``kind`` says why, or a bug);
@@ -188,8 +253,8 @@ class ServiceCore:
             async with self._cell_lock(state.cell_id):
                 if self.blocks(name):
                     return await asyncio.to_thread(self.schedule, state, policy=name, deadline_ms=deadline_ms,
-                                                   feedback=feedback, transport=transport)
-                return self.schedule(state, policy=name, deadline_ms=deadline_ms, feedback=feedback,
+                                                   feedback=feedback, epoch=epoch, transport=transport)
+                return self.schedule(state, policy=name, deadline_ms=deadline_ms, feedback=feedback, epoch=epoch,
                                      transport=transport)
         except Exception as exc:
             if kind_of(exc) in REQUEST_KINDS:
@@ -199,18 +264,50 @@ class ServiceCore:
             raise
 
     def schedule(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
-                 feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> Decision:
-        """Decide one slot of one cell and advance the cell's history."""
+                 feedback: Mapping[int, float] | None = None, epoch: int | None = None,
+                 transport: str = "inproc") -> Decision:
+        """Decide one slot of one cell and advance the cell's state, exactly once.
+
+        The slot rule (``CellRecord.admit``): a new slot is decided and written by
+        compare-and-set, retried on the new state when another writer got there first (up to
+        ``state_write_attempts``, then ``StateContentionError``); the same slot and request
+        again returns the stored decision (``replayed``); an older slot, an applied slot with
+        other content or an older epoch is refused (``SlotConflictError``); a newer ``epoch``
+        starts the cell afresh. A store that cannot be reached refuses the slot
+        (``StateStoreUnavailableError``, retryable): no write goes around it.
+        """
         s = self.settings
         name = policy or s.default_policy(state.preset)
-        history = self._load(state.cell_id)
-        if feedback:
-            history = apply_feedback(history, feedback, ewma_slots=s.ewma_slots)
-        dl = deadline_ms if deadline_ms is not None else s.deadline_ms
-        run = decide if self.guard is None else self.guard.decide
-        decision = run(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
-                       deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
-        self._save(state.cell_id, record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots))
+        digest = request_digest(state, name, feedback)
+        for _ in range(s.state_write_attempts):
+            record = self._load(state.cell_id)
+            verdict, stored = record.admit(state.slot, epoch, digest)
+            if verdict is Verdict.REPLAY:
+                assert stored is not None
+                decision = replace(decision_from_dict(stored.decision), replayed=True)
+                self.observer.state_event("replayed")
+                return decision
+            if verdict is not Verdict.APPLY and verdict is not Verdict.RESET:
+                self.observer.state_event(verdict.value)
+                raise _conflict(verdict, state.slot, record, epoch)
+            if verdict is Verdict.RESET:
+                record = CellRecord(CellHistory.empty(), epoch=record.epoch, version=record.version)
+            history = record.history
+            if feedback:
+                history = apply_feedback(history, _known_feedback(history, feedback), ewma_slots=s.ewma_slots)
+            dl = deadline_ms if deadline_ms is not None else s.deadline_ms
+            run = decide if self.guard is None else self.guard.decide
+            decision = run(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
+                           deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
+            new = record.advance(record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots),
+                                 epoch=record.epoch if epoch is None else epoch, slot=state.slot, digest=digest,
+                                 decision=decision)
+            if self._write(state.cell_id, record.version, new):
+                break
+            self.observer.state_event("contended")  # another writer won: decide again on its state
+        else:
+            raise StateContentionError(f"cell {state.cell_id!r}: {s.state_write_attempts} concurrent writes won "
+                                       "over this slot; retry it")
         self.observer.decision(transport, state, name, decision)
         if self.recorder is not None:  # never raises: a failed write is logged once and counted
             self.recorder.record(state, decision, policy=name, deadline_ms=deadline_ms, feedback=feedback,

@@ -25,6 +25,9 @@ class ErrorKind(StrEnum):
     MODEL_INVALID = "model_invalid"
     TOO_LARGE = "too_large"
     POLICY_FAILED = "policy_failed"
+    SLOT_CONFLICT = "slot_conflict"
+    CONTENTION = "contention"
+    STORE_UNAVAILABLE = "store_unavailable"
     STORE_FAILED = "store_failed"
     INTERNAL = "internal"
 
@@ -33,6 +36,9 @@ class ErrorKind(StrEnum):
         """The bounded label of a replaced policy (``Decision.fallback_reason``, metrics)."""
         return _FALLBACK_REASON.get(self, "error")
 
+
+#: kinds a client may retry unchanged (REST answers them with ``Retry-After``)
+RETRYABLE = frozenset({ErrorKind.CONTENTION, ErrorKind.STORE_UNAVAILABLE})
 
 #: kind -> (HTTP status, gRPC status code name): the one mapping both transports use
 ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
@@ -47,6 +53,9 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.MODEL_INVALID: (500, "UNAVAILABLE"),
     ErrorKind.TOO_LARGE: (500, "UNAVAILABLE"),
     ErrorKind.POLICY_FAILED: (500, "UNAVAILABLE"),
+    ErrorKind.SLOT_CONFLICT: (409, "FAILED_PRECONDITION"),
+    ErrorKind.CONTENTION: (503, "ABORTED"),
+    ErrorKind.STORE_UNAVAILABLE: (503, "UNAVAILABLE"),
     ErrorKind.STORE_FAILED: (500, "FAILED_PRECONDITION"),
     ErrorKind.INTERNAL: (500, "INTERNAL"),
 }
@@ -88,6 +97,13 @@ class InvalidJsonError(InvalidSlotError):
     """A request body that is not JSON (or not the JSON object expected)."""
 
     kind = ErrorKind.INVALID_JSON
+
+
+class SlotConflictError(InvalidSlotError):
+    """The request's slot (or epoch) does not follow the cell's state: older than the last applied
+    slot, an applied slot sent again with other content, or an older epoch (``field`` says which)."""
+
+    kind = ErrorKind.SLOT_CONFLICT
 
 
 class LimitExceededError(InvalidSlotError):
@@ -151,4 +167,17 @@ class StateStoreError(GnbSchedError):
 
 
 class StateStoreUnavailableError(StateStoreError):
-    """The per-cell state store cannot be reached."""
+    """The per-cell state store cannot be reached: the slot is refused (retry it)."""
+
+    kind = ErrorKind.STORE_UNAVAILABLE
+
+
+class StateCorruptError(StateStoreError):
+    """A cell's stored record could not be read; the store set it aside (quarantined) and the
+    cell continues from this process's copy, or afresh."""
+
+
+class StateContentionError(GnbSchedError):
+    """Concurrent writers of one cell kept winning the compare-and-set: retry the slot."""
+
+    kind = ErrorKind.CONTENTION

@@ -114,6 +114,15 @@ class Metrics:
                                  ("requested", "served", "reason"), registry=reg)
         self.store_errors = Counter("gnbsched_state_store_errors", "Per-cell state store failures by operation.",
                                     ("op",), registry=reg)
+        self.state_events = Counter("gnbsched_state_events",
+                                    "Per-cell state events: replayed (a retried slot answered from its stored "
+                                    "decision), stale_slot / slot_reused / stale_epoch (refused, 409), contended "
+                                    "(a write lost to another writer, decided again), restored (a store that lost "
+                                    "a cell got this process's copy back).", ("event",), registry=reg)
+        self.cells_live = Gauge("gnbsched_cells_live", "Cells held in process (memory:// store).",
+                                registry=reg, multiprocess_mode="livesum")
+        self.cells_evicted = Gauge("gnbsched_cells_evicted", "Cells evicted from the in-process store since start "
+                                   "(LRU bound or TTL).", registry=reg, multiprocess_mode="livesum")
         self.store_up = Gauge("gnbsched_state_store_up", "1 when the per-cell state store answers, else 0.",
                               registry=reg, multiprocess_mode="livemin")
         self.policy_info = Gauge("gnbsched_policy_info", "Loaded policies and their (model) version; value 1.",
@@ -132,7 +141,6 @@ class Metrics:
         self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
         self._request_children: dict[str, Histogram] = {}
         self._seen_policies: set[tuple[str, str]] = set()
-        self._tls = threading.local()
 
     # -- cached children ---------------------------------------------------------------
     def _req(self, transport: str, preset: str, policy: str, outcome: str) -> Counter:
@@ -189,10 +197,7 @@ class Metrics:
             notes = guard.get("policy_notes") or notes  # the guarded policy's notes when it was replaced
         if notes and "out_of_range_features" in notes:
             self.student_out_of_range.labels(state.preset, str(notes.get("model_version", ""))).inc()
-        # store_error() runs on this thread before decision() when the slot's load/save failed
-        failed = getattr(self._tls, "store_failed", False)
-        self._tls.store_failed = False
-        self.store_up.set(0 if failed else 1)
+        self.store_up.set(1)  # a decided slot was read from and written to the store
 
     def _guard_slot(self, state: SlotState, guard: dict) -> None:
         """A slot the run-time guard judged: the (cell, preset) child exists from the first one."""
@@ -206,7 +211,6 @@ class Metrics:
 
     def store_error(self, op: str) -> None:
         self.store_errors.labels(op).inc()
-        self._tls.store_failed = True
         self.store_up.set(0)
 
     # -- transports --------------------------------------------------------------------
@@ -240,6 +244,15 @@ class Metrics:
 
     def set_store_up(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def state_event(self, event: str) -> None:
+        self.state_events.labels(event).inc()
+
+    def set_cells(self, live: int, evicted: int) -> None:
+        """The in-process store's cell counts (negative: the store does not count them)."""
+        if live >= 0:
+            self.cells_live.set(live)
+            self.cells_evicted.set(evicted)
 
     # -- exposition --------------------------------------------------------------------
     def exposition(self) -> tuple[bytes, str]:

@@ -341,3 +341,5 @@ class Decision:
     policy_version: str = ""
     #: free-form notes from the policy (e.g. an anytime policy cut at the deadline)
     notes: dict[str, object] = field(default_factory=dict)
+    #: True when the slot was applied before and this is its stored decision (a retry)
+    replayed: bool = False

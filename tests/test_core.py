@@ -7,7 +7,7 @@ import pytest
 
 from service.config import Settings
 from service.core import ServiceCore
-from service.errors import StateStoreError, StateStoreUnavailableError
+from service.errors import InvalidSlotError, StateStoreError, StateStoreUnavailableError
 from service.history import CellHistory
 from service.pag import is_valid
 from service.state import MemoryStore
@@ -32,6 +32,7 @@ class FlakyStore(StateStore):
     """A MemoryStore that can be switched off: every call then raises StateStoreUnavailableError."""
 
     kind = "flaky"
+    blocking_io = True  # like Redis: the core keeps a restore copy of the cells it wrote
 
     def __init__(self) -> None:
         self.inner = MemoryStore()
@@ -47,9 +48,13 @@ class FlakyStore(StateStore):
         self._gate("load")
         return self.inner.load(cell_id)
 
-    def save(self, cell_id, history):
-        self._gate("save")
-        self.inner.save(cell_id, history)
+    def compare_and_set(self, cell_id, expected_version, record):
+        self._gate("write")
+        return self.inner.compare_and_set(cell_id, expected_version, record)
+
+    def restore(self, cell_id, record):
+        self._gate("restore")
+        return self.inner.restore(cell_id, record)
 
     def ping(self):
         self._gate("ping")
@@ -74,11 +79,12 @@ def test_schedule_advances_the_cell_history_in_the_store():
     core = ServiceCore(_settings(), store=store, observer=obs)
     for slot in range(5):
         d = core.schedule(_mac(slot), transport="rest")
-        assert is_valid(_mac(slot), d.owner) and d.policy == "pf"
-    h = store.load("c1")
-    assert (h.slots, h.last_slot) == (5, 4) and h.user_ids.tolist() == [1, 2, 3]
+        assert is_valid(_mac(slot), d.owner) and d.policy == "pf" and not d.replayed
+    record = store.load("c1")
+    h = record.history
+    assert (h.slots, h.last_slot, record.version, record.epoch) == (5, 4, 5, 0) and h.user_ids.tolist() == [1, 2, 3]
     assert core.history("c1") == h
-    assert store.load("other") == CellHistory.empty()  # cells are separate
+    assert store.load("other").history == CellHistory.empty()  # cells are separate
     assert obs.decisions == [("rest", "pf", "pf")] * 5
     assert not core.degraded and core.store_errors == 0 and obs.store_errors == []
 
@@ -87,10 +93,12 @@ def test_schedule_uses_the_requested_policy_and_default_per_preset():
     from service.types import make_slot
 
     core = ServiceCore(_settings(default_policy_spectrum="greedy"), store=MemoryStore())
-    spec = make_slot("spectrum", [1, 2], [1, 2], rate_bps=[[1.0, 2.0], [3.0, 1.0]])
-    assert core.schedule(spec).policy == "greedy"
-    assert core.schedule(spec, policy="km").policy == "km"
-    d = core.schedule(spec, policy="no-such-policy")
+    def spec(slot: int):
+        return make_slot("spectrum", [1, 2], [1, 2], rate_bps=[[1.0, 2.0], [3.0, 1.0]], slot=slot)
+
+    assert core.schedule(spec(0)).policy == "greedy"
+    assert core.schedule(spec(1), policy="km").policy == "km"
+    d = core.schedule(spec(2), policy="no-such-policy")
     assert d.policy == "greedy" and d.fallback_reason == "unknown_policy"
 
 
@@ -106,41 +114,45 @@ def test_feedback_corrects_the_previous_slot():
     assert a.cum_served.sum() > a.last_expected.sum()
 
 
-def test_store_failure_degrades_but_decisions_continue():
+def test_an_unreachable_store_refuses_the_slot_and_nothing_diverges():
     store = FlakyStore()
     obs = Recorder()
     core = ServiceCore(_settings(), store=store, observer=obs)
     core.schedule(_mac(0))
+    before = store.inner.load("c1")
     store.down = True
     for slot in (1, 2, 3):
-        d = core.schedule(_mac(slot))
-        assert is_valid(_mac(slot), d.owner)
-    assert core.degraded
-    assert core.store_errors == 6 and obs.store_errors == ["load", "save"] * 3
-    # decided from the local copy: the history kept advancing while the store was down
-    local = core._local["c1"]
-    assert (local.slots, local.last_slot) == (4, 3)
-    assert core.history("c1") == local  # store down: the local copy
+        with pytest.raises(StateStoreUnavailableError):
+            core.schedule(_mac(slot))
+    assert core.degraded and core.store_errors == 3 and obs.store_errors == ["load"] * 3
     ready, info = core.ready()
     assert not ready and info["store_ok"] is False and info["degraded"] is True
+    store.down = False
+    assert store.inner.load("c1") == before  # nothing was written around the store
+    for slot in (1, 2, 3):  # the client retries: the slots apply once, in order
+        core.schedule(_mac(slot))
+    ref = ServiceCore(_settings(), store=MemoryStore())
+    for slot in range(4):
+        ref.schedule(_mac(slot))
+    assert core.history("c1") == ref.history("c1") and not core.degraded and core.ready()[0]
 
 
-def test_newer_local_copy_wins_when_the_store_comes_back():
+def test_a_store_that_lost_a_cell_gets_this_process_copy_back():
+    """A Redis restart without persistence: the next slot continues from the last state this
+    process wrote, not from an empty history."""
     store = FlakyStore()
     core = ServiceCore(_settings(), store=store)
     for slot in range(3):
         core.schedule(_mac(slot))
-    stale = store.inner.load("c1")
-    store.down = True
-    for slot in range(3, 6):
-        core.schedule(_mac(slot))
-    store.down = False
-    assert store.inner.load("c1") == stale  # nothing reached the store while it was down
-    d = core.schedule(_mac(6))
-    assert is_valid(_mac(6), d.owner)
-    h = store.inner.load("c1")
-    assert (h.slots, h.last_slot) == (7, 6)  # continued from the local copy, not from the stale one
-    assert not core.degraded and core.ready()[0]
+    kept = store.inner.load("c1")
+    store.inner = MemoryStore()  # the store came back empty
+    core.schedule(_mac(3))
+    ref = ServiceCore(_settings(), store=MemoryStore())
+    for slot in range(4):
+        ref.schedule(_mac(slot))
+    after = store.inner.load("c1")
+    assert after.version == kept.version + 1 and core.history("c1") == ref.history("c1")
+    assert "restore" in store.calls
 
 
 def test_a_newer_store_copy_wins_over_the_local_one():
@@ -151,7 +163,7 @@ def test_a_newer_store_copy_wins_over_the_local_one():
     for slot in (1, 2, 3):
         b.schedule(_mac(slot))
     a.schedule(_mac(4))
-    h = store.load("c1")
+    h = store.load("c1").history
     assert (h.slots, h.last_slot) == (5, 4)
 
 
@@ -182,3 +194,90 @@ def test_decisions_are_reproducible_across_cores():
     for slot in range(4):
         assert np.array_equal(a.schedule(_mac(slot)).owner, b.schedule(_mac(slot)).owner)
     assert a.history("c1") == b.history("c1")
+
+
+# ----------------------------------------------------------------------------- exactly once
+
+
+def test_a_retried_slot_is_answered_from_its_stored_decision_without_touching_state():
+    store = MemoryStore()
+    core = ServiceCore(_settings(), store=store)
+    first = [core.schedule(_mac(slot)) for slot in range(3)]
+    record = store.load("c1")
+    again = core.schedule(_mac(2))
+    assert again.replayed and not first[2].replayed
+    assert np.array_equal(again.owner, first[2].owner) and again.utility == first[2].utility
+    assert again.timings_us == first[2].timings_us and again.policy_version == first[2].policy_version
+    assert store.load("c1") == record  # untouched
+    assert core.schedule(_mac(1)).replayed  # any of the recent slots
+    nxt = core.schedule(_mac(3))
+    ref = ServiceCore(_settings(), store=MemoryStore())
+    want = [ref.schedule(_mac(slot)) for slot in range(4)]
+    assert np.array_equal(nxt.owner, want[3].owner) and core.history("c1") == ref.history("c1")
+
+
+def test_older_slots_reused_slots_and_older_epochs_are_refused():
+    from service.errors import SlotConflictError
+    from service.state.record import RECENT_DECISIONS
+
+    core = ServiceCore(_settings(), store=MemoryStore())
+    for slot in range(RECENT_DECISIONS + 3):
+        core.schedule(_mac(slot))
+    with pytest.raises(SlotConflictError) as old:
+        core.schedule(_mac(0))  # older than every kept decision
+    assert old.value.field == "slot" and "older" in old.value.message
+    other = _mac(RECENT_DECISIONS + 2)
+    other.buffer_bits[:] = 10.0  # the last slot again, with other content
+    with pytest.raises(SlotConflictError, match="other content"):
+        core.schedule(other)
+    core.schedule(_mac(0), epoch=1)  # a new epoch: the cell starts afresh at slot 0
+    with pytest.raises(SlotConflictError) as stale:
+        core.schedule(_mac(5), epoch=0)
+    assert stale.value.field == "epoch"
+    fresh = ServiceCore(_settings(), store=MemoryStore())
+    fresh.schedule(_mac(0))
+    assert core.history("c1") == fresh.history("c1") and core.record("c1").epoch == 1
+
+
+def test_feedback_must_name_users_of_the_cell():
+    core = ServiceCore(_settings(), store=MemoryStore())
+    core.schedule(_mac(0), feedback={99: 5.0})  # a new cell has nothing to correct: ignored
+    core.schedule(_mac(1), feedback={1: 10.0})
+    with pytest.raises(InvalidSlotError) as err:
+        core.schedule(_mac(2), feedback={1: 10.0, 7: 1.0})
+    assert err.value.field == "feedback.delivered_bits.7"
+    assert core.history("c1").last_slot == 1  # refused: nothing applied
+
+
+def test_concurrent_writers_of_one_cell_lose_nothing():
+    """Threads of two cores share a store and race on one cell: every accepted slot is applied
+    exactly once (the compare-and-set loser decides again on the new state)."""
+    import threading
+
+    from service.errors import SlotConflictError
+
+    store = MemoryStore()
+    cores = [ServiceCore(_settings(), store=store) for _ in range(2)]
+    accepted: list[int] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for slot in range(k, 200, 4):
+            try:
+                cores[k % 2].schedule(_mac(slot))
+            except SlotConflictError:  # a later slot got in first: this one is too old now
+                continue
+            with lock:
+                accepted.append(slot)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    record = store.load("c1")
+    assert record.version == len(accepted) == record.history.slots
+    ref = ServiceCore(_settings(), store=MemoryStore())
+    for slot in sorted(accepted):  # each accepted slot was newer than all before it was applied
+        ref.schedule(_mac(slot))
+    assert record.history == ref.history("c1")

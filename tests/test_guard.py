@@ -122,12 +122,14 @@ def _core(metrics: Metrics | None = None, **settings: Any) -> ServiceCore:
                        observer=metrics)
 
 
-def _play(core: ServiceCore, env: MacEnv | SpectrumEnv | WorldEnv, policy: str, slots: int, cell: str) -> list:
+def _play(core: ServiceCore, env: MacEnv | SpectrumEnv | WorldEnv, policy: str, slots: int, cell: str,
+          epoch: int | None = None) -> list:
+    """``slots`` slots of a fresh episode of ``env`` (a new ``epoch`` when the cell played one before)."""
     state = env.reset()
     feedback: dict[int, float] = {}
     out = []
     for _ in range(slots):
-        d = core.schedule(replace(state, cell_id=cell), policy=policy, feedback=feedback)
+        d = core.schedule(replace(state, cell_id=cell), policy=policy, feedback=feedback, epoch=epoch)
         res = env.step(d.owner, raw_valid=d.valid_before_repair) if isinstance(env, MacEnv) else env.step(d.owner)
         out.append(d)
         state, feedback = res.state, res.feedback
@@ -169,7 +171,7 @@ def test_the_guard_replaces_a_bad_policy_and_releases_it_when_good_again(preset:
     assert _value(text, "gnbsched_requests_total", policy="adversary", outcome="fallback") == len(engaged)
 
     Adversary.bad = False  # the policy becomes good: the window ratio comes back, the guard lets go
-    good = _play(core, env, "adversary", 120, cell)
+    good = _play(core, env, "adversary", 120, cell, epoch=1)  # the episode restarts at slot 0
     released = next(i for i, d in enumerate(good) if d.fallback_reason is None)
     assert released <= core.settings.guard_window_slots + 5, released
     assert all(d.policy == "adversary" and d.fallback is None for d in good[released:])

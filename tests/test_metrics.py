@@ -20,12 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.config import Settings
 from service.core import ServiceCore
 from service.errors import StateStoreUnavailableError
-from service.history import CellHistory
 from service.metrics import LATENCY_BUCKETS, Metrics
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import PolicySet
 from service.state import MemoryStore
 from service.state.base import StateStore
+from service.state.record import CellRecord
 from service.types import Decision, Violation, make_slot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +42,18 @@ EXPECTED = {
     "gnbsched_fallbacks": ("counter", {"requested", "served", "reason"}),
     "gnbsched_state_store_errors": ("counter", {"op"}),
     "gnbsched_state_store_up": ("gauge", set()),
+    "gnbsched_state_events": ("counter", {"event"}),
+    "gnbsched_cells_live": ("gauge", set()),
+    "gnbsched_cells_evicted": ("gauge", set()),
     "gnbsched_policy_info": ("gauge", {"policy", "version"}),
 }
 
 
-def _slot(preset: str = "spectrum"):
+def _slot(preset: str = "spectrum", slot: int = 0):
     if preset == "mac":
-        return make_slot("mac", [1, 2, 3], [0, 1], spectral_efficiency=[1.0, 0.5, 0.2], buffer_bits=[512.0, 0, 256])
-    return make_slot("spectrum", [1, 2], [5, 6, 7], rx_power_dbm=[-70.0, -80.0])
+        return make_slot("mac", [1, 2, 3], [0, 1], spectral_efficiency=[1.0, 0.5, 0.2], buffer_bits=[512.0, 0, 256],
+                         slot=slot)
+    return make_slot("spectrum", [1, 2], [5, 6, 7], rx_power_dbm=[-70.0, -80.0], slot=slot)
 
 
 def _decision(policy: str = "km", *, fallback: str | None = None, violations: int = 0) -> Decision:
@@ -122,14 +126,12 @@ def test_decision_outcomes_fallbacks_repairs_and_store_state() -> None:
     assert _value(text, "gnbsched_state_store_errors_total", op="save") == 1
     assert _value(text, "gnbsched_state_store_up") == 0  # the last thing seen was an error
     assert _value(text, "gnbsched_policy_info", policy="teacher", version="3") == 1
-    m.decision("rest", _slot(), "km", _decision())  # the slot the error happened in (same thread)
-    assert _value(m.exposition()[0].decode(), "gnbsched_state_store_up") == 0
-    m.decision("rest", _slot(), "km", _decision())  # a slot without store errors: up again
+    m.decision("rest", _slot(), "km", _decision())  # a decided slot was written: the store is up again
     assert _value(m.exposition()[0].decode(), "gnbsched_state_store_up") == 1
 
 
 class _FlakyStore(StateStore):
-    """Fails every save while ``down``."""
+    """Fails every write while ``down``."""
 
     kind = "flaky"
 
@@ -137,13 +139,16 @@ class _FlakyStore(StateStore):
         self.inner = MemoryStore()
         self.down = False
 
-    def load(self, cell_id: str) -> CellHistory:
+    def load(self, cell_id: str) -> CellRecord:
         return self.inner.load(cell_id)
 
-    def save(self, cell_id: str, history: CellHistory) -> None:
+    def compare_and_set(self, cell_id: str, expected_version: int, record: CellRecord) -> bool:
         if self.down:
             raise StateStoreUnavailableError("flaky store is down")
-        self.inner.save(cell_id, history)
+        return self.inner.compare_and_set(cell_id, expected_version, record)
+
+    def restore(self, cell_id: str, record: CellRecord) -> bool:
+        return self.inner.restore(cell_id, record)
 
     def ping(self) -> bool:
         return not self.down
@@ -161,20 +166,23 @@ def test_core_reports_through_the_observer_protocol() -> None:
     store = _FlakyStore()
     settings = Settings(grpc_port=0)
     core = ServiceCore(settings, store=store, policies=PolicySet(factories={"busy": _Busy}), observer=m)
-    core.schedule(_slot(), transport="inproc")  # no policy named: the configured spectrum default
-    core.schedule(_slot(), policy="busy", transport="inproc")  # one channel per user: cap exceeded
+    core.schedule(_slot(slot=0), transport="inproc")  # no policy named: the configured spectrum default
+    core.schedule(_slot(slot=1), policy="busy", transport="inproc")  # one channel per user: cap exceeded
     store.down = True
-    core.schedule(_slot(), policy="pf", transport="inproc")
+    with pytest.raises(StateStoreUnavailableError):  # refused: no write goes around the store
+        core.schedule(_slot(slot=2), policy="pf", transport="inproc")
+    core.schedule(_slot(slot=1), policy="busy", transport="inproc")  # a retry: replayed, nothing written
     text = m.exposition()[0].decode()
     assert _value(text, "gnbsched_requests_total", transport="inproc", preset="spectrum",
                   policy=settings.default_policy("spectrum"), outcome="ok") == 1
     assert _value(text, "gnbsched_repairs_total", policy="busy") == 1
     assert _value(text, "gnbsched_violations_total") >= 1
-    assert _value(text, "gnbsched_state_store_errors_total", op="save") == 1
+    assert _value(text, "gnbsched_state_store_errors_total", op="write") == 1
     assert _value(text, "gnbsched_state_store_up") == 0
-    assert _value(text, "gnbsched_stage_seconds_count", transport="inproc", stage="total") == 3
+    assert _value(text, "gnbsched_state_events_total", event="replayed") == 1
+    assert _value(text, "gnbsched_stage_seconds_count", transport="inproc", stage="total") == 2
     store.down = False
-    core.schedule(_slot(), policy="pf", transport="inproc")
+    core.schedule(_slot(slot=2), policy="pf", transport="inproc")
     assert _value(m.exposition()[0].decode(), "gnbsched_state_store_up") == 1
 
 

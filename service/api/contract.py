@@ -101,6 +101,9 @@ RULES: dict[str, Rule] = {f"{r.group}.{r.name}" if r.group in ("users", "resourc
        doc="TTI (slot) length (mac); the mac utility from rate_bps is rate_bps · tti_s bits"),
     _R("rb_per_rbg", "top", "rb_per_rbg", "int", 1, 275, default=DEFAULT_RB_PER_RBG, unit="unitless",
        doc="resource blocks per RBG (mac TBS; 275 PRBs is the widest NR carrier, TS 38.101-1)"),
+    _R("epoch", "top", "epoch", "int", 0, INT64_MAX, unit="unitless",
+       doc="the cell's epoch: a larger one than the cell's starts the cell afresh (a simulator restart); a "
+           "smaller one is refused (409); absent: the cell's current epoch"),
     _R("noise_density_dbm_hz", "top", "noise_density_dbm_hz", "float", -200.0, -100.0, default=-174.0,
        unit="dBm/Hz", doc="thermal noise density N0 (spectrum Shannon rate)"),
     _R("id", "users", "user_ids", "int", 0, INT64_MAX, unit="unitless", doc="user id, unique in the slot"),
@@ -201,6 +204,7 @@ class ScheduleArgs(NamedTuple):
     policy: str | None
     deadline_ms: float | None
     feedback: dict[int, float] | None
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,29 +1,58 @@
-"""Per-cell state in Redis: one key per cell holding ``service.history.to_bytes`` of its history.
+"""Per-cell state in Redis, written by compare-and-set: exactly once across replicas and retries.
 
-Several service processes (uvicorn workers, replicas) that share one Redis see one history per
-cell, so they can serve a cell alternately and decide exactly as one process would. Calls are
-short and fail fast — a small socket timeout and one immediate reconnect — because the core
-decides from its in-process copy while the store is down (``ServiceCore`` degraded mode);
-every failure is a ``StateStoreError`` (``StateStoreUnavailableError`` when Redis cannot be
-reached), never a redis-py exception.
+One hash per cell, ``<key_prefix>{<cell id>}``, holds ``v`` (the record's version) and ``b``
+(``CellRecord.to_bytes``). A write is a Lua script that sets both only if ``v`` is still the
+version the writer read, so of two replicas deciding the same slot of a cell one wins and the
+other retries on the new state; nothing is lost or applied twice. The ``{cell id}`` hash tag
+keeps every key of a cell in one Redis Cluster hash slot, so the scripts stay atomic there.
 
-URL: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS, ``unix://`` sockets);
-besides redis-py's own query options it takes ``key_prefix=`` and ``ttl_s=``.
+Calls are short and fail fast (a small socket timeout, one immediate reconnect); every failure
+is a ``StateStoreError`` (``StateStoreUnavailableError`` when Redis cannot be reached), never a
+redis-py exception.
+
+URLs:
+  * ``redis://[user:password@]host:port/db`` (``rediss://`` TLS, ``unix://`` sockets);
+  * ``redis+sentinel://[:password@]host:port[,host:port...]/<master name>[/db]``: Redis Sentinel,
+    the master is looked up on every reconnect (a failover is followed);
+  * ``redis+cluster://[:password@]host:port[,host:port...]``: Redis Cluster.
+Besides redis-py's own query options each takes ``key_prefix=`` and ``ttl_s=`` (a cell not
+written for that long expires; default 24 h).
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.errors import StateStoreError, StateStoreUnavailableError
-from service.history import CellHistory, from_bytes, to_bytes
+from service.errors import StateCorruptError, StateStoreError, StateStoreUnavailableError
 from service.state.base import StateStore
+from service.state.record import CellRecord
 
-DEFAULT_KEY_PREFIX = "gnbsched:cell:"
+DEFAULT_KEY_PREFIX = "gnbsched:rec:"
+DEFAULT_TTL_S = 24 * 3600.0
+
+#: KEYS[1] the cell's hash; ARGV: expected version ("0": absent), new version, blob, ttl ms
+_CAS = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v == false and ARGV[1] == '0') or v == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'b', ARGV[3])
+  if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+  return 1
+end
+return 0
+"""
+#: KEYS[1] the cell's hash; ARGV: version, blob, ttl ms — written only when the hash is absent
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:
@@ -43,16 +72,53 @@ def _redacted(url: str) -> str:
     return url
 
 
-class RedisStore(StateStore):
-    """``StateStore`` over redis-py (synchronous; the REST transport calls it off the event loop).
+def _hosts(netloc: str) -> tuple[list[tuple[str, int]], str | None]:
+    """([(host, port), ...], password) of ``[:password@]h1:p1,h2:p2``."""
+    auth, _, hosts = netloc.rpartition("@")
+    password = unquote(auth.partition(":")[2]) if auth else None
+    out = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out, password or None
 
-    key_prefix: keys are ``key_prefix + cell_id``. ttl_s: expire a cell's history after this
-    many seconds without a save (None = never). socket_timeout_s / connect_timeout_s bound each
-    call; retries: immediate reconnect attempts on a connection error (a restarted Redis).
+
+def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retries: int) -> Any:
+    """A redis-py client for ``url`` (plain, Sentinel master, or Cluster)."""
+    common: dict[str, Any] = dict(socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
+                                  retry=Retry(NoBackoff(), retries), retry_on_timeout=False)
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        from redis.sentinel import Sentinel
+
+        hosts, password = _hosts(parts.netloc)
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("redis+sentinel:// needs the master name: redis+sentinel://host:port/<name>[/db]")
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s)
+        return sentinel.master_for(path[0], db=db, password=password, **common)
+    if parts.scheme == "redis+cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        hosts, password = _hosts(parts.netloc)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], password=password,
+                            socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s)
+    return redis.Redis.from_url(url, health_check_interval=0, **common)
+
+
+class RedisStore(StateStore):
+    """``StateStore`` over redis-py (synchronous; the core calls it off the event loop).
+
+    key_prefix: keys are ``key_prefix + "{" + cell_id + "}"``. ttl_s: expire a cell's record
+    after this many seconds without a write (0 = never). socket_timeout_s / connect_timeout_s
+    bound each call; retries: immediate reconnect attempts on a connection error.
     """
 
     kind = "redis"
-    #: calls block on the network: transports run them off the event loop
+    #: calls block on the network: the core runs them off the event loop
     blocking_io = True
 
     def __init__(self, url: str, *, key_prefix: str | None = None, ttl_s: float | None = None,
@@ -60,47 +126,74 @@ class RedisStore(StateStore):
         clean_url, opts = _split_options(url)
         self.url = _redacted(clean_url)
         self.key_prefix = key_prefix if key_prefix is not None else opts.get("key_prefix", DEFAULT_KEY_PREFIX)
-        ttl = ttl_s if ttl_s is not None else (float(opts["ttl_s"]) if "ttl_s" in opts else None)
-        self.ttl_ms = None if ttl is None else max(1, round(ttl * 1e3))
+        ttl = ttl_s if ttl_s is not None else float(opts.get("ttl_s", DEFAULT_TTL_S))
+        self.ttl_ms = max(0, round(ttl * 1e3))
         try:
-            self._client = redis.Redis.from_url(
-                clean_url, socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
-                retry=Retry(NoBackoff(), retries), retry_on_timeout=False, health_check_interval=0)
+            self._client = connect(clean_url, socket_timeout_s=socket_timeout_s,
+                                   connect_timeout_s=connect_timeout_s, retries=retries)
         except ValueError as exc:
             raise ValueError(f"state_url: {exc}") from None
+        self._cas = self._client.register_script(_CAS)
+        self._restore = self._client.register_script(_RESTORE)
 
     def key(self, cell_id: str) -> str:
-        return self.key_prefix + cell_id
+        return f"{self.key_prefix}{{{cell_id}}}"
 
-    def _call(self, op: str, cell_id: str, fn, *args, **kwargs):
+    def _call(self, op: str, cell_id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise StateStoreUnavailableError(f"redis {op} {cell_id!r} at {self.url}: {exc}") from exc
-        except redis.RedisError as exc:
+        except redis.RedisError as exc:  # incl. a Sentinel with no master yet (MasterNotFoundError)
+            if "master" in str(exc).lower() or "cluster" in type(exc).__name__.lower():
+                raise StateStoreUnavailableError(f"redis {op} {cell_id!r} at {self.url}: {exc}") from exc
             raise StateStoreError(f"redis {op} {cell_id!r} at {self.url}: {exc}") from exc
 
-    def load(self, cell_id: str) -> CellHistory:
-        blob = self._call("load", cell_id, self._client.get, self.key(cell_id))
-        if blob is None:
-            return CellHistory.empty()
+    def load(self, cell_id: str) -> CellRecord:
+        """The cell's record. A record that cannot be read (corrupt, forged, another key type) is
+        renamed to ``<key>:corrupt`` for inspection and ``StateCorruptError`` raised: the next
+        write starts the cell again (from the core's copy when it has one)."""
+        key = self.key(cell_id)
         try:
-            return from_bytes(blob)
+            version, blob = self._call("load", cell_id, self._client.hmget, key, ["v", "b"])
+        except StateStoreError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            self._quarantine(cell_id, f"not a cell record ({exc})")
+        if blob is None:
+            return CellRecord.empty()
+        try:
+            record = CellRecord.from_bytes(blob)
+            if version is None or int(version) != record.version:
+                raise ValueError(f"version field {version!r} does not match the record's {record.version}")
         except (ValueError, KeyError, TypeError) as exc:
-            raise StateStoreError(f"redis load {cell_id!r}: corrupt history ({exc})") from exc
+            self._quarantine(cell_id, str(exc))
+        return record
 
-    def save(self, cell_id: str, history: CellHistory) -> None:
-        self._call("save", cell_id, self._client.set, self.key(cell_id), to_bytes(history), px=self.ttl_ms)
+    def _quarantine(self, cell_id: str, why: str) -> NoReturn:
+        key = self.key(cell_id)
+        self._call("quarantine", cell_id, self._client.rename, key, key + ":corrupt")
+        raise StateCorruptError(f"redis load {cell_id!r}: corrupt cell record set aside as {key}:corrupt ({why})")
+
+    def compare_and_set(self, cell_id: str, expected_version: int, record: CellRecord) -> bool:
+        ok = self._call("write", cell_id, self._cas, keys=[self.key(cell_id)],
+                        args=[str(expected_version), str(record.version), record.to_bytes(), self.ttl_ms])
+        return bool(ok)
+
+    def restore(self, cell_id: str, record: CellRecord) -> bool:
+        ok = self._call("restore", cell_id, self._restore, keys=[self.key(cell_id)],
+                        args=[str(record.version), record.to_bytes(), self.ttl_ms])
+        return bool(ok)
 
     def delete(self, cell_id: str) -> None:
-        """Forget a cell's history."""
+        """Forget a cell's record."""
         self._call("delete", cell_id, self._client.delete, self.key(cell_id))
 
     def cells(self) -> list[str]:
-        """Cell ids with a stored history (SCAN over the key prefix)."""
+        """Cell ids with a stored record (SCAN over the key prefix)."""
         keys = self._call("scan", "*", lambda: list(self._client.scan_iter(match=self.key_prefix + "*", count=500)))
         n = len(self.key_prefix)
-        return sorted(k.decode()[n:] if isinstance(k, bytes) else k[n:] for k in keys)
+        return sorted((k.decode() if isinstance(k, bytes) else k)[n + 1:-1] for k in keys)
 
     def ping(self) -> bool:
         try:

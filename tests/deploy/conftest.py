@@ -42,8 +42,9 @@ def live_service() -> Iterator[LiveService]:
       repair, valid-before-repair stays below decisions;
     * a spectrum slot with km and a 1 ns deadline: served by the greedy fallback;
     * a malformed request: rejected;
-    * Redis stopped, then more slots: state-store errors and ``gnbsched_state_store_up 0``
-      while the service keeps deciding from its local copy.
+    * a retried slot: answered from its stored decision (``gnbsched_state_events_total{event="replayed"}``);
+    * Redis stopped, then more slots: refused as retryable (503), state-store errors and
+      ``gnbsched_state_store_up 0``.
     """
     tmp = Path(tempfile.mkdtemp(prefix="gnbsched-deploy-"))
     redis = RedisProcess(dir=tmp, log_path=tmp / "redis.log").start()
@@ -78,9 +79,11 @@ def live_service() -> Iterator[LiveService]:
             d = post_schedule(base, spectrum_request("cell-lsa", 3, policy="km", deadline_ms=1e-6))
             assert d["policy"] == "greedy" and d.get("fallback_reason") == "deadline", d
             post_schedule(base, {"cell_id": "cell-bad", "slot": 0, "preset": "mac", "users": []}, expect=422)
+            again = post_schedule(base, mac_request("cell-mac", 2))  # a client retry
+            assert again["replayed"] is True, again
             redis.stop(timeout_s=5)
             for slot in range(5, 7):
-                post_schedule(base, mac_request("cell-mac", slot))
+                post_schedule(base, mac_request("cell-mac", slot), expect=503)
             text = scrape(base)
             samples, families = parse_exposition(text)
             yield LiveService(base, proc.rest_port, proc.grpc_port, text, samples, families, proc.log_path,

@@ -4,10 +4,12 @@ during a gRPC stream, and slow or vanished stream clients."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,11 +22,11 @@ import pytest
 from testkit import wait_until
 
 from service.api.grpc.client import SchedulerClient, owner_tokens
+from service.api.grpc.convert import slot_to_request
 from service.config import Settings
 from service.core import ServiceCore
-from service.history import from_bytes
 from service.state import MemoryStore
-from service.state.redis_store import DEFAULT_KEY_PREFIX, RedisStore
+from service.state.redis_store import RedisStore
 
 from .conftest import TEACHER_ENV, reset_teacher
 from .support import (
@@ -53,89 +55,107 @@ def _reference() -> ServiceCore:
 
 
 def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
-    """Redis SIGKILLed at slot 12, restarted (empty) at slot 26, over REST and one long gRPC
-    StreamSlots call: every slot is decided exactly as by an uninterrupted in-process core,
-    readiness says degraded while Redis is down, the store-error counter counts every failed
-    load and save, the service's (newer) copy is written back after the restart, and a newer
-    copy in Redis (written by another replica) wins over the service's."""
+    """Redis SIGKILLed at slot 12 and restarted empty (no persistence) a few refused attempts
+    later, over REST and one long gRPC StreamSlots call. While it is down every slot is refused
+    as retryable (REST 503 + Retry-After, a stream answer with UNAVAILABLE in place, the stream
+    stays open) and readiness says degraded; the client retries the refused slot. Every slot
+    that is decided equals the uninterrupted in-process core's decision for it, from the first
+    slot after recovery on (reconverged after 0 slots: the service gives the empty Redis its own
+    copy back). A newer record written by another replica wins; corrupt records are set aside."""
     svc = service("--state-url", private_redis.url, "--policy-mac", "pf", "--seed", str(SEED),
                   "--fallbacks", "greedy", grpc=True).wait_ready()
     ref = _reference()
-    kill_at, restart_at, end = 12, 26, 40
+    kill_at, refused_before_restart, end = 12, 4, 30
     rest_cell, grpc_cell = "redis-rest", "redis-grpc"
     fb_rest: dict[int, float] = {}
     fb_grpc: dict[int, float] = {}
-    down_slots = 0
+    refused = {"rest": 0, "grpc": 0}
     with httpx.Client(base_url=svc.url, timeout=10) as http, SchedulerClient(svc.grpc_target) as grpc_client:
         grpc_client.wait_ready()
         with grpc_client.stream(timeout_s=120) as stream:
+            def refusal(transport: str) -> None:
+                refused[transport] += 1
+                if sum(refused.values()) == 2:
+                    ready = http.get("/readyz")
+                    assert ready.status_code == 503
+                    assert ready.json()["degraded"] is True and ready.json()["store_ok"] is False
+                    assert metric_value(http.get("/metrics").text, "gnbsched_state_store_up") == 0
+                if sum(refused.values()) == refused_before_restart:
+                    private_redis.start()  # empty: the service restores its copy of each cell
+
             for slot in range(end):
                 if slot == kill_at:
                     private_redis.kill()
-                if slot == restart_at:
-                    private_redis.start()
-                # REST
+                # gRPC stream (the same call throughout; a refused slot is answered in place, retried)
+                gbody = mac_body(grpc_cell, slot, seed=2)
+                gstate = slot_of(gbody)
+                request = slot_to_request(gstate, feedback=fb_grpc or None, policy="pf")
+                msg = stream.send(request)
+                while msg.HasField("error"):
+                    assert msg.error.code == "UNAVAILABLE" and msg.error.field == "slot", msg.error
+                    refusal("grpc")
+                    msg = stream.send(request)
+                gexpected = ref.schedule(gstate, policy="pf", feedback=fb_grpc or None)
+                assert np.array_equal(owner_tokens(gstate, msg), gexpected.owner), slot
+                fb_grpc = delivered(gbody, {"owner": [None if o < 0 else int(o) for o in msg.owner]})
+                # REST: retry a refused slot until it is decided
                 body = mac_body(rest_cell, slot, seed=1, feedback=fb_rest)
                 r = http.post("/schedule", content=orjson.dumps(body))
+                while r.status_code == 503:
+                    assert r.headers["retry-after"] and r.json()["error"] == "store_unavailable", r.text
+                    refusal("rest")
+                    r = http.post("/schedule", content=orjson.dumps(body))
                 assert r.status_code == 200, (slot, r.text)
                 answer = r.json()
                 state = slot_of(body)
                 expected = ref.schedule(state, policy="pf", feedback=fb_rest or None)
                 assert np.array_equal(rest_tokens(state, answer["owner"]), expected.owner), slot
                 fb_rest = delivered(body, answer)
-                # gRPC stream (the same call throughout)
-                gbody = mac_body(grpc_cell, slot, seed=2)
-                gstate = slot_of(gbody)
-                msg = stream.decide(gstate, feedback=fb_grpc or None, policy="pf")
-                gexpected = ref.schedule(gstate, policy="pf", feedback=fb_grpc or None)
-                assert np.array_equal(owner_tokens(gstate, msg), gexpected.owner), slot
-                fb_grpc = delivered(gbody, {"owner": [None if o < 0 else int(o) for o in msg.owner]})
-                if kill_at <= slot < restart_at:
-                    down_slots += 1
-                    if slot == kill_at + 2:
-                        ready = http.get("/readyz")
-                        assert ready.status_code == 503
-                        assert ready.json()["degraded"] is True and ready.json()["store_ok"] is False
-                        metrics = http.get("/metrics").text
-                        assert metric_value(metrics, "gnbsched_state_store_up") == 0
-                if slot == restart_at + 1:
-                    ready = http.get("/readyz")
-                    assert ready.status_code == 200 and ready.json()["degraded"] is False, ready.text
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["degraded"] is False, ready.text
 
         metrics = http.get("/metrics").text
-        # two cells, one load and one save each per slot while Redis was down
-        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == 2 * down_slots
-        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="save") == 2 * down_slots
+        assert refused["grpc"] >= 1 and sum(refused.values()) >= refused_before_restart, refused
+        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == refused["rest"] + refused["grpc"]
         assert metric_value(metrics, "gnbsched_state_store_up") == 1
+        assert metric_value(metrics, "gnbsched_state_events_total", event="restored") == 2
 
-        # resynchronized: Redis holds exactly the uninterrupted history of both cells
-        client = private_redis.client()
+        # reconverged: Redis holds exactly the uninterrupted history of both cells
+        store = RedisStore(private_redis.url)
         for cell in (rest_cell, grpc_cell):
-            stored = from_bytes(client.get(DEFAULT_KEY_PREFIX + cell))
-            assert stored.last_slot == end - 1 and stored == ref.history(cell), cell
+            stored = store.load(cell)
+            assert stored.history.last_slot == end - 1 and stored.history == ref.history(cell), cell
+            assert stored.version == ref.record(cell).version == end, cell
 
-        # another replica served slots end..end+4 of the REST cell meanwhile: its copy is newer
+        # another replica served slots end..end+4 of the REST cell meanwhile: its record is newer
         for slot in range(end, end + 5):
             body = mac_body(rest_cell, slot, seed=1, feedback=fb_rest)
             decision = ref.schedule(slot_of(body), policy="pf", feedback=fb_rest or None)
             fb_rest = delivered(body, {"owner": [None if t == 0 else 1 + int(t) - 1 for t in decision.owner]})
-        RedisStore(private_redis.url).save(rest_cell, ref.history(rest_cell))
+        assert store.compare_and_set(rest_cell, store.load(rest_cell).version, ref.record(rest_cell))
         body = mac_body(rest_cell, end + 5, seed=1)
         r = http.post("/schedule", content=orjson.dumps(body))
         expected = ref.schedule(slot_of(body), policy="pf")
         assert np.array_equal(rest_tokens(slot_of(body), r.json()["owner"]), expected.owner)
 
-        # a corrupt history in Redis (truncated, forged header, pickle bytes) is a store error,
-        # never a crash: the slot is decided from the service's own state and counted
-        for k, blob in enumerate([b'{"format": 1, "last_slot": 3', b'{"format": 1, "last_slot": 0, "slots": 1, '
-                                  b'"arrays": [["user_ids", "|O", 1]]}\n\x00', b"\x80\x04\x95cos\nsystem\n."]):
-            client.set(DEFAULT_KEY_PREFIX + f"corrupt-{k}", blob)
+        # a corrupt record in Redis (truncated, forged header, pickle bytes, another key type) is
+        # set aside as <key>:corrupt and counted, never a crash: the cell starts afresh
+        client = private_redis.client()
+        blobs = [b'{"format": 1, "last_slot": 3', b'GNBREC1\n{"format": 1, "epoch": 0}\n',
+                 b"\x80\x04\x95cos\nsystem\n."]
+        for k, blob in enumerate(blobs):
+            client.hset(store.key(f"corrupt-{k}"), mapping={"v": "1", "b": blob})
+        client.set(store.key("corrupt-3"), b"a string, not a hash")
+        for k in range(4):
             body = mac_body(f"corrupt-{k}", 0)
             r = http.post("/schedule", content=orjson.dumps(body))
             assert r.status_code == 200, r.text
             assert_pag_valid(body, r.json())
+            assert client.exists(store.key(f"corrupt-{k}") + ":corrupt") == 1
+            assert store.load(f"corrupt-{k}").version == 1
         metrics = http.get("/metrics").text
-        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == 2 * down_slots + 3
+        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == \
+            refused["rest"] + refused["grpc"] + 4
         client.close()
     assert "Traceback" not in svc.output()
 
@@ -198,7 +218,8 @@ def test_garbage_teacher_answers_fall_back(teacher_stack, mode: str, setting: An
     before = fake_teacher.requests
     with httpx.Client(base_url=svc.url, timeout=30) as c:
         for slot in range(3):
-            answer, _ = _ask_teacher(c, f"garbage-{mode}-{str(setting)[:8]}", slot, 5000.0)
+            # one cell per case: a slot of a cell is decided once (a repeat would be a replay)
+            answer, _ = _ask_teacher(c, f"garbage-{mode}-{zlib.crc32(repr(setting).encode())}", slot, 5000.0)
             assert answer["policy"] == "greedy" and answer["fallback_reason"] == reason, answer
     assert fake_teacher.requests >= before + 3
 
@@ -304,12 +325,16 @@ def test_every_worker_follows_a_new_latest_with_the_model_watch(service, tmp_pat
                   "--policy-mac", "student", "--model-watch-s", "0.2",  # untrained models: guard off, as above
                   env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
 
+    cells = itertools.count()
+
     def versions(k: int) -> set[str]:
-        """The model version of ``k`` decisions, each on a new connection (spread over the workers)."""
+        """The model version of ``k`` decisions, each on a new connection (spread over the workers)
+        and a new cell (a slot sent again would be answered from its stored decision)."""
         out = set()
-        for i in range(k):
+        for _ in range(k):
             with httpx.Client(base_url=svc.url, timeout=10) as c:
-                ans = c.post("/schedule", content=orjson.dumps(mac_body(f"watch-{i}", 0, n=6, r=5))).json()
+                cell = f"watch-{next(cells)}"
+                ans = c.post("/schedule", content=orjson.dumps(mac_body(cell, 0, n=6, r=5))).json()
                 assert ans["policy"] == "student" and ans["fallback"] is None, ans
                 out.add(ans["notes"]["model_version"])
         return out

@@ -139,6 +139,7 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
         raise InvalidSlotError("policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(known_policies))}")
     deadline_ms = _optional(req, "deadline_ms")
     max_resources_per_user = _optional(req, "max_resources_per_user")
+    epoch = _optional(req, "epoch")
     tti_s = _optional(req, "tti_s")
     rb_per_rbg = _optional(req, "rb_per_rbg")
     noise_dbm_hz = _optional(req, "noise_density_dbm_hz")
@@ -171,7 +172,7 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
         cell_id=req.cell_id, slot=req.slot, tti_s=tti_s,
     )
     check_utility_finite(state, rate=rate is not None, utility=weights is not None, names={})
-    return ScheduleArgs(state, policy, deadline_ms, _feedback(req, max_users))
+    return ScheduleArgs(state, policy, deadline_ms, _feedback(req, max_users), epoch)
 
 
 def _feedback(req: pb.SlotRequest, max_users: int) -> dict[int, float] | None:
@@ -216,6 +217,7 @@ def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:
         utility=decision.utility,
         timings_us=decision.timings_us,
         policy_version=decision.policy_version,
+        replayed=decision.replayed,
     )
     if decision.fallback is not None:
         msg.fallback = decision.fallback

@@ -56,7 +56,7 @@ from grpc_reflection.v1alpha import reflection
 from service.api.grpc.convert import decision_to_pb, error_to_pb, request_to_slot
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.core import REQUEST_KINDS, ServiceCore
-from service.errors import GRPC_CODE, ErrorKind, InvalidSlotError, PolicyError, kind_of
+from service.errors import GRPC_CODE, RETRYABLE, ErrorKind, InvalidSlotError, PolicyError, kind_of
 from service.security import (
     BearerAuth,
     check_access,
@@ -119,7 +119,7 @@ class SchedulerService:
         state = dec.state
         try:
             decision = await self.core.decide(state, policy=dec.policy, deadline_ms=dec.deadline_ms,
-                                              feedback=dec.feedback, transport=TRANSPORT)
+                                              feedback=dec.feedback, epoch=dec.epoch, transport=TRANSPORT)
             msg = decision_to_pb(state, decision)
         except Exception as exc:
             kind = kind_of(exc)
@@ -206,6 +206,8 @@ def _field_message(exc: BaseException, kind: ErrorKind) -> tuple[str, str]:
         return "policy", str(exc)
     if kind is ErrorKind.INTERNAL:
         return "", f"internal error: {type(exc).__name__}"
+    if kind in RETRYABLE:  # the slot may be sent again as it is
+        return "slot", f"retry: {exc}"
     if isinstance(exc, PolicyError) and kind is not ErrorKind.DEADLINE:
         return "", f"no decision: {exc}"
     return "", str(exc)

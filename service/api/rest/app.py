@@ -46,6 +46,7 @@ from service.api.rest.openapi import REQUEST_EXAMPLES, ErrorBody, ScheduleReques
 from service.core import ServiceCore
 from service.errors import (
     HTTP_STATUS,
+    RETRYABLE,
     ErrorKind,
     InvalidSlotError,
     kind_of,
@@ -97,11 +98,16 @@ class _Scheduler:
         state = args.state
         try:
             decision = await self.core.decide(state, policy=args.policy, deadline_ms=args.deadline_ms,
-                                              feedback=args.feedback, transport=TRANSPORT)
+                                              feedback=args.feedback, epoch=args.epoch, transport=TRANSPORT)
         except InvalidSlotError as exc:
             return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         except Exception as exc:
             kind = kind_of(exc)
+            if kind in RETRYABLE:  # store unreachable, or lost the write race too often: retry the slot
+                log.warning("slot refused for cell %s slot %s: %s", state.cell_id, state.slot, exc)
+                resp = json_response(HTTP_STATUS[kind], error_body(kind, "slot", f"retry: {exc}"))
+                resp.headers["Retry-After"] = "1"
+                return resp
             log.error("no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
                       exc_info=kind is ErrorKind.INTERNAL)
             return json_response(HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}"))
@@ -246,6 +252,7 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
     async def metrics_endpoint() -> Response:
         """Prometheus text exposition (all workers in multiprocess mode)."""
         metrics.set_store_up(await run_in_threadpool(core.store.ping))
+        metrics.set_cells(*core.store.cell_count())
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

@@ -255,6 +255,7 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
             raise InvalidSlotError("policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(policies))}")
     deadline_ms = _optional(doc, "deadline_ms", _number)
     cap = _optional(doc, "max_resources_per_user", _integer)
+    epoch = _optional(doc, "epoch", _integer)
     tti_s = _optional(doc, "tti_s", _number)
     rb_per_rbg = _optional(doc, "rb_per_rbg", _integer)
     noise_dbm_hz = _optional(doc, "noise_density_dbm_hz", _number)
@@ -314,7 +315,7 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
     )
     check_utility_finite(state, rate=rate_bps is not None, utility=utility is not None,
                          names={"rx_power_dbm": "users.rx_power_dbm", "spectral_efficiency": "users.spectral_efficiency"})
-    return ScheduleArgs(state, policy, deadline_ms, feedback)
+    return ScheduleArgs(state, policy, deadline_ms, feedback, epoch)
 
 
 # ----------------------------------------------------------------------------- response
@@ -348,5 +349,6 @@ def encode_decision(state: SlotState, decision: Decision, *, decode_us: float | 
         "utility": decision.utility,
         "timings_us": timings,
         "notes": decision.notes,
+        "replayed": decision.replayed,
     }
 

@@ -163,6 +163,8 @@ class ScheduleResponse(BaseModel):
     timings_us: dict[str, float] = Field(description="per stage, in µs: serialize, policy, check, repair, total, "
                                                      "decode")
     notes: dict[str, Any] = Field(description="policy notes (e.g. an anytime policy cut at the deadline)")
+    replayed: bool = Field(False, description="true: this (cell, slot) was applied before with the same request and "
+                                              "this is its stored decision (a retry); the cell's state was not touched")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "cell_id": "cell-7", "slot": 1042, "owner": [11, None, 12], "allocation": {"11": [1], "12": [3]},

@@ -25,7 +25,7 @@ class Feedback(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., delivered_bits: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SlotRequest(_message.Message):
-    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "utility", "fading_gain", "feedback")
+    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "utility", "fading_gain", "feedback", "epoch")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class SlotRequest(_message.Message):
     UTILITY_FIELD_NUMBER: _ClassVar[int]
     FADING_GAIN_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     slot: int
     preset: str
@@ -70,7 +71,8 @@ class SlotRequest(_message.Message):
     utility: Matrix
     fading_gain: Matrix
     feedback: Feedback
-    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., utility: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., utility: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("kind", "message")
@@ -101,7 +103,7 @@ class SlotError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SlotDecision(_message.Message):
-    __slots__ = ("cell_id", "slot", "owner", "allocation", "policy", "fallback", "fallback_reason", "valid_before_repair", "violations", "utility", "timings_us", "policy_version", "error")
+    __slots__ = ("cell_id", "slot", "owner", "allocation", "policy", "fallback", "fallback_reason", "valid_before_repair", "violations", "utility", "timings_us", "policy_version", "replayed", "error")
     class TimingsUsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +123,7 @@ class SlotDecision(_message.Message):
     UTILITY_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_US_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     cell_id: str
     slot: int
@@ -134,5 +137,6 @@ class SlotDecision(_message.Message):
     utility: float
     timings_us: _containers.ScalarMap[str, float]
     policy_version: str
+    replayed: bool
     error: SlotError
-    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., owner: _Optional[_Iterable[int]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ..., policy: _Optional[str] = ..., fallback: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., valid_before_repair: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., utility: _Optional[float] = ..., timings_us: _Optional[_Mapping[str, float]] = ..., policy_version: _Optional[str] = ..., error: _Optional[_Union[SlotError, _Mapping]] = ...) -> None: ...
+    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., owner: _Optional[_Iterable[int]] = ..., allocation: _Optional[_Union[Allocation, _Mapping]] = ..., policy: _Optional[str] = ..., fallback: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., valid_before_repair: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., utility: _Optional[float] = ..., timings_us: _Optional[_Mapping[str, float]] = ..., policy_version: _Optional[str] = ..., replayed: _Optional[bool] = ..., error: _Optional[_Union[SlotError, _Mapping]] = ...) -> None: ...
