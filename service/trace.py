@@ -110,7 +110,8 @@ def _users(state: SlotState) -> list[dict[str, Any]]:
 
 
 def rest_request(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
-                 deadline_ms: float | None = None, compact: bool = False, numpy: bool = False) -> dict[str, Any]:
+                 deadline_ms: float | None = None, compact: bool = False, numpy: bool = False,
+                 epoch: int | None = None) -> dict[str, Any]:
     """The ``POST /schedule`` JSON body of ``state`` (+ the previous slot's feedback).
 
     Every field the state has travels: user ids with ``eligible`` and the physical fields
@@ -149,6 +150,8 @@ def rest_request(state: SlotState, feedback: Mapping[int, float] | None = None, 
         body["policy"] = policy
     if deadline_ms is not None:
         body["deadline_ms"] = deadline_ms
+    if epoch is not None:
+        body["epoch"] = epoch
     if feedback:
         body["feedback"] = {"delivered_bits": {str(k): float(v) for k, v in feedback.items()}}
     return body

@@ -22,6 +22,9 @@ from service.errors import ErrorKind, InvalidSlotError
 from service.types import DEFAULT_RB_PER_RBG, DEFAULT_TTI_S, SlotState
 
 INT64_MAX = 2**63 - 1
+#: HTTP header / gRPC metadata key naming the request's cell, for proxies that route a cell's
+#: traffic to one replica by a consistent hash of it (cell affinity); the service does not need it
+CELL_HEADER = "x-gnbsched-cell"
 MAX_CELL_ID_CHARS = 256
 
 Group = Literal["top", "users", "resources", "matrix", "feedback"]

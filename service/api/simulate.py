@@ -36,6 +36,7 @@ import json
 import math
 import ssl
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from service.api.contract import CELL_HEADER
 from service.api.grpc.convert import owner_ids_to_tokens
 from service.sim.base import SlotEnv, StepResult, run_episode
 from service.trace import rest_request
@@ -83,11 +85,11 @@ def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
 
 
 def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
-              deadline_ms: float | None = None) -> dict[str, Any]:
+              deadline_ms: float | None = None, epoch: int | None = None) -> dict[str, Any]:
     """The ``POST /schedule`` JSON body of a slot (the REST contract), utility as ``rate_bps``
     in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)
     (``service.trace.rest_request``: the one place a slot becomes a REST body)."""
-    body = rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms)
+    body = rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms, epoch=epoch)
     if state.preset == "mac" and "rate_bps" in body:  # mac rate_bps is bit/s: the exact matrix is `utility`
         body["utility"] = body.pop("rate_bps")
     return body
@@ -138,11 +140,12 @@ class Access:
 
 @contextlib.contextmanager
 def connect(target: str, *, policy: str | None = None, deadline_ms: float | None = None, stream: bool = False,
-            timeout_s: float = 30.0, access: Access | None = None) -> Iterator[Decider]:
+            timeout_s: float = 30.0, access: Access | None = None, epoch: int | None = None) -> Iterator[Decider]:
     """A decider ``(state, feedback) -> (owner tokens [R], valid_before_repair)`` against
     ``target``: ``inproc``, ``http(s)://host:port`` (POST /schedule) or ``grpc://host:port``
     (unary, or the per-TTI stream with ``stream``), with ``access`` (token, TLS) for a guarded
-    service."""
+    service. ``epoch``: sent with every slot (a run that restarts a cell the service has seen
+    needs a larger epoch than the run before)."""
     access = access or Access()
     if target == "inproc":
         from service.config import Settings
@@ -152,7 +155,7 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
         core = ServiceCore(Settings(), store=MemoryStore())
 
         def decide_inproc(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
-            decision = core.schedule(state, policy=policy, deadline_ms=deadline_ms, feedback=feedback)
+            decision = core.schedule(state, policy=policy, deadline_ms=deadline_ms, feedback=feedback, epoch=epoch)
             return decision.owner, decision.valid_before_repair
 
         try:
@@ -189,7 +192,7 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
                     send = client.schedule_request
 
                 def decide_grpc(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
-                    req = slot_to_request(state, feedback=feedback, policy=policy, deadline_ms=deadline_ms)
+                    req = slot_to_request(state, feedback=feedback, policy=policy, deadline_ms=deadline_ms, epoch=epoch)
                     try:
                         msg = send(req)
                     except grpc.RpcError as exc:
@@ -214,9 +217,10 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
                       headers=headers) as http:
 
         def decide_http(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
-            body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms))
+            body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms, epoch=epoch))
             try:
-                resp = http.post("/schedule", content=body, headers={"content-type": "application/json"})
+                resp = http.post("/schedule", content=body, headers={"content-type": "application/json",
+                                                                      CELL_HEADER: state.cell_id})
             except httpx.HTTPError as exc:
                 raise TargetError(f"slot {state.slot}: {type(exc).__name__}: {exc}") from None
             if resp.status_code != 200:
@@ -230,12 +234,19 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
 
 def simulate(target: str, *, preset: str = "spectrum", scenario: str | None = None, policy: str | None = None,
              slots: int = DEFAULT_SLOTS, seed: int = 0, stream: bool = False, cell_id: str | None = None,
-             deadline_ms: float | None = None, timeout_s: float = 30.0, access: Access | None = None) -> dict[str, float]:
-    """Run one closed-loop episode against ``target`` and return the simulator's KPIs."""
+             deadline_ms: float | None = None, timeout_s: float = 30.0, access: Access | None = None,
+             epoch: int | None = None) -> dict[str, float]:
+    """Run one closed-loop episode against ``target`` and return the simulator's KPIs.
+
+    The episode restarts its cell at slot 0: with a ``cell_id`` of your own the cell may exist
+    already, so the run sends a new ``epoch`` (default: milliseconds since 1970, larger than any
+    earlier run's) and the service starts the cell afresh; a random cell id needs none."""
     env = _RecordValid(make_env(preset, scenario, seed))
     cell = cell_id or f"sim-{preset}-{uuid.uuid4().hex[:12]}"
+    if epoch is None and cell_id is not None:
+        epoch = time.time_ns() // 1_000_000
     with connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
-                 access=access) as decide:
+                 access=access, epoch=epoch) as decide:
 
         def decide_in_cell(state: SlotState, feedback: Mapping[int, float]) -> np.ndarray:
             owner, env.raw_valid = decide(replace(state, cell_id=cell), feedback)
@@ -279,6 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     parser.add_argument("--stream", action="store_true", help="gRPC: one StreamSlots call for the episode")
     parser.add_argument("--cell-id", default=None, help="cell id sent to the service (default sim-<preset>-<random>)")
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="cell epoch sent with every slot (default: a new one per run when --cell-id is given, "
+                             "so the service restarts that cell)")
     parser.add_argument("--deadline-ms", type=float, default=None, help="per-slot policy deadline to ask for")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30 s)")
     parser.add_argument("--token-file", default=None,
@@ -303,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         access = Access.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key)
         kpis = simulate(args.target, preset=args.preset, scenario=scenario, policy=args.policy, slots=args.slots,
                         seed=args.seed, stream=args.stream, cell_id=cell, deadline_ms=args.deadline_ms,
-                        timeout_s=args.timeout_s, access=access)
+                        timeout_s=args.timeout_s, access=access, epoch=args.epoch)
     except (ValueError, KeyError, TargetError) as exc:
         print(f"gnbsched simulate: {exc}", file=sys.stderr)
         return 2

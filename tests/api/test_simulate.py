@@ -54,6 +54,15 @@ def test_remote_closed_loop_equals_inproc(service, preset: str, scenario: str, p
         assert _same_kpis(runs["grpc"], runs["http"]) and _same_kpis(runs["grpc"], runs["grpc-stream"])
 
 
+def test_running_the_same_cell_again_restarts_it(service) -> None:
+    """A second run with the same cell id sends a newer epoch: the service starts the cell afresh
+    and the run's KPIs equal the first run's (without it the replayed slots would be refused)."""
+    for target in (service["http"], service["grpc"]):
+        first = simulate(target, preset="mac", scenario="fixed-5", slots=40, seed=5, cell_id="again")
+        second = simulate(target, preset="mac", scenario="fixed-5", slots=40, seed=5, cell_id="again")
+        assert _same_kpis(first, second), (target, first, second)
+
+
 def test_cli_prints_kpis_and_json(capsys) -> None:
     argv = ["simulate", "--preset", "mac", "--scenario", "fixed-5", "--slots", "40", "--seed", "3", "--cell-id", "cli"]
     assert main(argv) == 0

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.api.contract import CELL_HEADER
 from service.api.grpc.convert import owner_ids_to_tokens, slot_to_request
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2_grpc as pb_grpc
@@ -159,16 +160,21 @@ class SchedulerClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def schedule_request(self, request: pb.SlotRequest) -> pb.SlotDecision:
-        """Unary ``Schedule``; raises ``grpc.RpcError`` (e.g. INVALID_ARGUMENT) on failure."""
-        return self.stub.Schedule(request, timeout=self.timeout_s, metadata=self._metadata or None)
+        """Unary ``Schedule`` (with the cell-affinity metadata ``CELL_HEADER``); raises
+        ``grpc.RpcError`` (e.g. INVALID_ARGUMENT) on failure."""
+        return self.stub.Schedule(request, timeout=self.timeout_s,
+                                  metadata=(*self._metadata, (CELL_HEADER, request.cell_id)))
 
     def schedule(self, state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
                  deadline_ms: float | None = None, include_rate: bool = True) -> pb.SlotDecision:
         return self.schedule_request(slot_to_request(state, feedback=feedback, policy=policy,
                                                      deadline_ms=deadline_ms, include_rate=include_rate))
 
-    def stream(self, timeout_s: float | None = None) -> SlotStream:
-        return SlotStream(self.stub, timeout_s, self._metadata)
+    def stream(self, timeout_s: float | None = None, *, cell_id: str | None = None) -> SlotStream:
+        """A lock-step ``StreamSlots`` call; ``cell_id``: the cell it carries, sent as the
+        cell-affinity metadata ``CELL_HEADER`` (one stream per cell, as a RAN keeps them)."""
+        extra = ((CELL_HEADER, cell_id),) if cell_id else ()
+        return SlotStream(self.stub, timeout_s, (*self._metadata, *extra))
 
     def close(self) -> None:
         self.channel.close()

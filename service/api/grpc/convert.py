@@ -257,7 +257,8 @@ def owner_ids_to_tokens(state: SlotState, owner_ids: np.ndarray) -> np.ndarray:
 
 
 def slot_to_request(state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
-                    deadline_ms: float | None = None, include_rate: bool = True) -> pb.SlotRequest:
+                    deadline_ms: float | None = None, include_rate: bool = True,
+                    epoch: int | None = None) -> pb.SlotRequest:
     """Encode a ``SlotState`` (+ the previous slot's feedback) as a ``SlotRequest``.
 
     With ``include_rate`` the utility matrix [N, R] travels so the service sees exactly the
@@ -293,6 +294,8 @@ def slot_to_request(state: SlotState, *, feedback: Mapping[int, float] | None = 
         req.policy = policy
     if deadline_ms is not None:
         req.deadline_ms = deadline_ms
+    if epoch is not None:
+        req.epoch = epoch
     if feedback:
         req.feedback.user_ids[:] = list(feedback.keys())
         req.feedback.delivered_bits[:] = [float(v) for v in feedback.values()]
