@@ -40,7 +40,7 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
 
     Two requests with the same digest decide the same way from the same state; a retry is
     recognised by it (the deadline is not part of it: a retry may carry a shorter one)."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()  # SHA extensions make it the fastest hashlib digest on current x86 and ARM
     h.update(f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|"
              f"{policy or ''}|".encode())
     for arr in (state.user_ids, state.resource_ids, state.utility, state.resource_available, state.user_eligible,
@@ -52,7 +52,7 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
             h.update(str(arr.shape).encode())
     if feedback:
         h.update(json.dumps(sorted((int(k), float(v)) for k, v in feedback.items())).encode())
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def decision_to_dict(decision: Decision) -> dict[str, Any]:
