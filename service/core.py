@@ -242,7 +242,7 @@ class ServiceCore:
 
     async def decide(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
                      feedback: Mapping[int, float] | None = None, epoch: int | None = None,
-                     transport: str = "inproc") -> Decision:
+                     transport: str = "inproc", timings_us: Mapping[str, float] | None = None) -> Decision:
         """Decide one decoded slot for a transport: ``schedule`` inline or in a worker thread.
 
         Raises what ``schedule`` raises (a ``GnbSchedError`` whose ``kind`` says why, or a bug);
@@ -253,9 +253,10 @@ class ServiceCore:
             async with self._cell_lock(state.cell_id):
                 if self.blocks(name):
                     return await asyncio.to_thread(self.schedule, state, policy=name, deadline_ms=deadline_ms,
-                                                   feedback=feedback, epoch=epoch, transport=transport)
+                                                   feedback=feedback, epoch=epoch, transport=transport,
+                                                   timings_us=timings_us)
                 return self.schedule(state, policy=name, deadline_ms=deadline_ms, feedback=feedback, epoch=epoch,
-                                     transport=transport)
+                                     transport=transport, timings_us=timings_us)
         except Exception as exc:
             if kind_of(exc) in REQUEST_KINDS:
                 self.observer.rejected(transport, state.preset)
@@ -265,7 +266,7 @@ class ServiceCore:
 
     def schedule(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
                  feedback: Mapping[int, float] | None = None, epoch: int | None = None,
-                 transport: str = "inproc") -> Decision:
+                 transport: str = "inproc", timings_us: Mapping[str, float] | None = None) -> Decision:
         """Decide one slot of one cell and advance the cell's state, exactly once.
 
         The slot rule (``CellRecord.admit``): a new slot is decided and written by
@@ -274,7 +275,9 @@ class ServiceCore:
         again returns the stored decision (``replayed``); an older slot, an applied slot with
         other content or an older epoch is refused (``SlotConflictError``); a newer ``epoch``
         starts the cell afresh. A store that cannot be reached refuses the slot
-        (``StateStoreUnavailableError``, retryable): no write goes around it.
+        (``StateStoreUnavailableError``, retryable): no write goes around it. ``timings_us``: the
+        transport's own stage times (REST ``decode``), kept with the decision so a replay
+        answers the very same bytes.
         """
         s = self.settings
         name = policy or s.default_policy(state.preset)
@@ -299,6 +302,8 @@ class ServiceCore:
             run = decide if self.guard is None else self.guard.decide
             decision = run(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
                            deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
+            if timings_us:
+                decision.timings_us.update(timings_us)
             new = record.advance(record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots),
                                  epoch=record.epoch if epoch is None else epoch, slot=state.slot, digest=digest,
                                  decision=decision)

@@ -142,6 +142,23 @@ def test_unary_equals_core_over_slots_with_feedback(served, preset: str) -> None
         feedback = {int(u): float(rng.uniform(0, 2000)) for u in state.user_ids[: len(state.user_ids) // 2]}
 
 
+def test_a_retried_slot_is_answered_from_its_stored_decision(served) -> None:
+    _, client = served
+    rng = np.random.default_rng(4)
+    req = slot_to_request(_mac_slot(rng, "grpc-retried", 7), policy="pf")
+    first = client.schedule_request(req)
+    again = client.schedule_request(req)
+    assert not first.replayed and again.replayed
+    first.replayed = True
+    assert again == first  # the stored decision, field for field
+    older = slot_to_request(_mac_slot(rng, "grpc-retried", 6), policy="pf")
+    with pytest.raises(grpc.RpcError) as info:
+        client.schedule_request(older)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and info.value.details().startswith("slot: ")
+    restarted = slot_to_request(_mac_slot(rng, "grpc-retried", 0), policy="pf", epoch=1)
+    assert not client.schedule_request(restarted).replayed
+
+
 def test_violations_and_fallback_are_reported(served) -> None:
     _, client = served
     ref = _core()

@@ -196,6 +196,24 @@ def test_mac_over_slots_with_feedback_equals_the_in_process_core(client, policy:
     assert len(owners_seen) > 4  # the schedule really rotated over users
 
 
+def test_a_retried_slot_answers_the_same_bytes_marked_replayed(client) -> None:
+    doc = mac_doc("retried", 4, seed=2, policy="pf")
+    first = post(client, doc)
+    again = post(client, doc)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["replayed"] is False and again.json()["replayed"] is True
+    assert again.content == first.content.replace(b'"replayed":false', b'"replayed":true')
+    assert "decode" in first.json()["timings_us"]  # the transport's own stage is kept with the decision
+    older = post(client, mac_doc("retried", 3, seed=2, policy="pf"))
+    assert older.status_code == 409 and older.json()["field"] == "slot", older.text
+    other = post(client, mac_doc("retried", 4, seed=9, policy="pf"))  # slot 4 with other content
+    assert other.status_code == 409 and older.json()["error"] == "slot_conflict", other.text
+    restarted = post(client, mac_doc("retried", 0, seed=2, policy="pf", epoch=1))  # a new epoch
+    assert restarted.status_code == 200 and restarted.json()["replayed"] is False
+    stale = post(client, mac_doc("retried", 9, seed=2, policy="pf", epoch=0))
+    assert stale.status_code == 409 and stale.json()["field"] == "epoch", stale.text
+
+
 def test_rate_matrix_is_the_utility(client) -> None:
     rate = [[4.0e6, 2.0e6, 1.0e6], [3.9e6, 0.5e6, 2.5e6]]
     doc = {"cell_id": "rate", "slot": 0, "preset": "spectrum", "users": [{"id": 1}, {"id": 2}],

@@ -98,7 +98,8 @@ class _Scheduler:
         state = args.state
         try:
             decision = await self.core.decide(state, policy=args.policy, deadline_ms=args.deadline_ms,
-                                              feedback=args.feedback, epoch=args.epoch, transport=TRANSPORT)
+                                              feedback=args.feedback, epoch=args.epoch, transport=TRANSPORT,
+                                              timings_us={"decode": (t1 - t0) * 1e6})
         except InvalidSlotError as exc:
             return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         except Exception as exc:
@@ -111,7 +112,7 @@ class _Scheduler:
             log.error("no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
                       exc_info=kind is ErrorKind.INTERNAL)
             return json_response(HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}"))
-        body = orjson.dumps(encode_decision(state, decision, decode_us=(t1 - t0) * 1e6),
+        body = orjson.dumps(encode_decision(state, decision),
                             option=ORJSON_OPTS, default=str)
         self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
         return Response(body, media_type="application/json")

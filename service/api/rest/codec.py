@@ -321,7 +321,7 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
 # ----------------------------------------------------------------------------- response
 
 
-def encode_decision(state: SlotState, decision: Decision, *, decode_us: float | None = None) -> dict[str, Any]:
+def encode_decision(state: SlotState, decision: Decision) -> dict[str, Any]:
     """The response body of ``POST /schedule`` (ids, not indices; ``owner`` aligned with ``resources``)."""
     owner = decision.owner
     used = owner > 0
@@ -333,8 +333,6 @@ def encode_decision(state: SlotState, decision: Decision, *, decode_us: float | 
     for uid, rid in zip(owner_user[used].tolist(), state.resource_ids[used].tolist(), strict=True):
         alloc.setdefault(str(uid), []).append(rid)
     timings = dict(decision.timings_us)
-    if decode_us is not None:
-        timings["decode"] = decode_us
     return {
         "cell_id": state.cell_id,
         "slot": state.slot,
