@@ -64,7 +64,11 @@ class Rule:
 
     def check_scalar(self, field: str, value: float) -> float:
         """``value`` when it is finite and within the range, else ``InvalidSlotError(field)``."""
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise InvalidSlotError(field, f"must be in {self.bounds()}, got an integer of {len(str(value))} digits") \
+                from None
         lo, hi = self.lo, self.hi
         if not math.isfinite(v) or (lo is not None and (v <= lo if self.lo_open else v < lo)) or \
                 (hi is not None and v > hi):

@@ -200,6 +200,8 @@ def _feedback(doc: Any, max_entries: int) -> dict[int, float] | None:
         return None
     if type(delivered) is not dict:
         raise InvalidSlotError("feedback.delivered_bits", f"expected an object {{user id: bits}}, got {_type_name(delivered)}")
+    if not delivered:  # no entry is no feedback, as an empty gRPC ``Feedback``
+        return None
     if len(delivered) > max_entries:
         raise LimitExceededError("feedback.delivered_bits", f"{len(delivered)} entries exceed the limit of {max_entries}")
     ids: list[int] = []
@@ -292,6 +294,8 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         if list in se_types:
             spectral_efficiency = _matrix(se_col, "users[{i}].spectral_efficiency", n, r,
                                           RULES["users.spectral_efficiency"])
+            if r == 1:  # one value per user either way: [N], as gRPC reads its N = N·R values
+                spectral_efficiency = spectral_efficiency.reshape(n)
         elif se_col:
             spectral_efficiency = _float_column(users, "spectral_efficiency", "users")
     if "fading_gain" in ukeys:
