@@ -43,6 +43,17 @@ _RESOURCE_FIELDS = {"id": "resource_ids", "available": "available"}
 _DOTTED = re.compile(r"^(users|resources)(\[\d+\])?(?:\.(\w+))?(.*)$")
 
 
+def feedback_field(name: str, req: pb.SlotRequest) -> str:
+    """The proto field of a feedback entry named the REST way (``feedback.delivered_bits.<user
+    id>``, as the core names an unknown user): ``feedback.user_ids[i]``; other names unchanged."""
+    prefix = "feedback.delivered_bits."
+    if not name.startswith(prefix) or not name[len(prefix):].lstrip("-").isdigit():
+        return name
+    uid = int(name[len(prefix):])
+    ids = list(req.feedback.user_ids)
+    return f"feedback.user_ids[{ids.index(uid)}]" if uid in ids else "feedback.user_ids"
+
+
 def proto_field(name: str) -> str:
     """Map a ``make_slot`` field path to the proto field: ``users[3].id`` → ``user_ids[3]``,
     ``users.buffer_bits`` → ``buffer_bits``, ``resources`` → ``resource_ids``."""

@@ -53,7 +53,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api.grpc.convert import decision_to_pb, error_to_pb, request_to_slot
+from service.api.grpc.convert import (
+    decision_to_pb,
+    error_to_pb,
+    feedback_field,
+    proto_field,
+    request_to_slot,
+)
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.core import REQUEST_KINDS, ServiceCore
 from service.errors import GRPC_CODE, RETRYABLE, ErrorKind, InvalidSlotError, PolicyError, kind_of
@@ -126,7 +132,10 @@ class SchedulerService:
             if kind not in REQUEST_KINDS:
                 log.error("gRPC: no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
                           exc_info=kind is ErrorKind.INTERNAL)
-            raise _SlotFailure(req, _code(kind), *_field_message(exc, kind)) from exc
+            field, message = _field_message(exc, kind)
+            if req is not None:  # the core names fields the REST way (its state rules): the proto's names
+                field = proto_field(feedback_field(field, req))
+            raise _SlotFailure(req, _code(kind), field, message) from exc
         self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
         return msg
 
@@ -292,6 +301,31 @@ class SchedulerServer(grpc.aio.Server):
         return await self._inner.wait_for_termination(timeout)
 
 
+def connection_limit_options(s: Any) -> list[tuple[str, int]]:
+    """grpc server options bounding what one connection may cost (``Settings``, module doc).
+
+    grpc-python has no limit on the number of connections; what it offers instead: streams per
+    connection (``grpc.max_concurrent_streams``, advertised in HTTP/2 SETTINGS: conforming
+    clients queue calls beyond it), request metadata size (soft and hard limit set alike, so
+    every call above it is refused with RESOURCE_EXHAUSTED, none probabilistically), the
+    handshake deadline (TLS and HTTP/2 preface + SETTINGS, ``header_timeout_s``: a connection that
+    never speaks HTTP/2 is closed), and closing connections idle for long
+    (``grpc.max_connection_idle_ms``, GOAWAY). ``maximum_concurrent_rpcs`` of the server bounds
+    RPCs over all connections (``grpc_max_concurrent_rpcs``).
+    """
+    metadata = int(getattr(s, "grpc_max_metadata_bytes", 16 * 1024))
+    options = [
+        ("grpc.max_concurrent_streams", int(getattr(s, "grpc_max_concurrent_streams", 64))),
+        ("grpc.max_metadata_size", metadata),
+        ("grpc.absolute_max_metadata_size", metadata),
+        ("grpc.server_handshake_timeout_ms", max(1, round(float(getattr(s, "header_timeout_s", 5.0)) * 1e3))),
+    ]
+    idle_s = float(getattr(s, "grpc_max_connection_idle_s", 0.0) or 0.0)
+    if idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", max(1, round(idle_s * 1e3))))
+    return options
+
+
 async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio.Server:
     """Build, bind and start the gRPC server; return it started (a ``SchedulerServer``).
 
@@ -311,6 +345,7 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
     keepalive_timeout_ms = max(1, round(float(s.grpc_keepalive_timeout_s) * 1e3))
     inner = grpc.aio.server(
         options=[
+            *connection_limit_options(s),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
@@ -325,6 +360,8 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
             ("grpc.http2.max_pings_without_data", 0),
         ],
         interceptors=[grpc_auth_interceptor(auth)] if auth.enabled else None,
+        # RPCs in progress over all connections: beyond it RESOURCE_EXHAUSTED at once
+        maximum_concurrent_rpcs=int(getattr(s, "grpc_max_concurrent_rpcs", 0) or 0) or None,
     )
     health_servicer = health.aio.HealthServicer()
     svc = SchedulerService(core)
