@@ -7,7 +7,9 @@ collected in one command used to clash on it).
 
 * ports and polling: ``free_port``, ``port_open``, ``http_ok``, ``wait_until``;
 * real processes: ``ServerProcess`` (any server subprocess), ``ServeProcess`` (``gnbsched serve``
-  on free ports), ``RedisProcess`` (a private ``redis-server``), ``child_env``, ``redis_answers``;
+  on free ports), ``RedisProcess`` (a private ``redis-server``; ``RedisProcess.replica_of`` a
+  replica of one), ``SentinelProcess`` (a Redis Sentinel watching a master), ``RedisClusterNodes``
+  (a Redis Cluster of private nodes), ``child_env``, ``redis_answers``, ``redis_info``;
   every process started and not yet closed is listed by ``live_processes`` (tests/conftest.py adds
   their log tails to the report of a failed test);
 * an in-process server: ``UvicornThread``;
@@ -41,6 +43,10 @@ LOOPBACK = "127.0.0.1"
 PRIVATE_ENV_PREFIXES = ("GNBSCHED_", "PROMETHEUS_", "prometheus_multiproc")
 REDIS_MISSING = ("redis-server is not on PATH: install it (Debian: `apt-get install redis-server`; "
                  "tests/run.sh does this when root)")
+REDIS_CLI_MISSING = ("redis-cli is not on PATH (it creates the test Redis Cluster): install it with redis-server "
+                     "(Debian: `apt-get install redis-server`; tests/run.sh does this when root)")
+#: a master starts a full resync at once (redis-server 7 waits 5 s for more replicas by default)
+REDIS_FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 
 
 # ----------------------------------------------------------------------------- ports and polling
@@ -288,12 +294,32 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def redis_info(port: int, section: str = "", host: str = LOOPBACK, timeout_s: float = 1.0) -> dict[str, str]:
+    """``INFO [section]`` of the Redis server (or Sentinel) on ``host:port`` as {field: value};
+    {} when it does not answer."""
+    import redis
+
+    try:
+        client = redis.Redis(host=host, port=port, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            raw = client.execute_command("INFO", section) if section else client.execute_command("INFO")
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return {}
+    if isinstance(raw, dict):  # redis-py parses INFO (values as str, int or float)
+        return {str(k): str(v) for k, v in raw.items()}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+
 class RedisProcess(ServerProcess):
     """A private ``redis-server`` on a free loopback port (``port``, ``url``), no persistence,
     that a test may stop, kill and ``start()`` again on the same port; ``start()`` returns once
-    it answers PING. ``dir``: its working directory."""
+    it answers PING. ``dir``: its working directory; ``args``: more ``redis-server`` flags."""
 
-    def __init__(self, dir: Path | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, dir: Path | None = None, log_path: Path | None = None, args: Sequence[str] = (),
+                 name: str = "redis-server") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError(REDIS_MISSING)
@@ -302,7 +328,22 @@ class RedisProcess(ServerProcess):
         argv = [binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
         if dir is not None:
             argv += ["--dir", str(dir)]
-        super().__init__(argv, log_path=log_path, name="redis-server")
+        super().__init__([*argv, *args], log_path=log_path, name=name)
+
+    @classmethod
+    def replica_of(cls, master: RedisProcess, dir: Path | None = None, args: Sequence[str] = ()) -> RedisProcess:
+        """A ``redis-server --replicaof`` ``master`` (not started; ``wait_in_sync`` after ``start``)."""
+        return cls(dir=dir, args=[*REDIS_FAST_SYNC, "--replicaof", LOOPBACK, str(master.port), *args],
+                   name=f"redis-replica-of-{master.port}")
+
+    def info(self, section: str = "") -> dict[str, str]:
+        """Its ``INFO [section]`` ({} when it does not answer)."""
+        return redis_info(self.port, section)
+
+    def wait_in_sync(self, timeout_s: float = 15.0) -> RedisProcess:
+        """Wait until this replica's link to its master is up (the initial sync is done)."""
+        return self.wait_for(lambda: self.info("replication").get("master_link_status") == "up", timeout_s,
+                             "master_link_status:up (replica in sync)")
 
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         super().start()
@@ -316,6 +357,151 @@ class RedisProcess(ServerProcess):
         import redis
 
         return redis.Redis.from_url(self.url, socket_timeout=2)
+
+
+class SentinelProcess(ServerProcess):
+    """A private Redis Sentinel (``redis-server <dir>/sentinel-<port>.conf --sentinel``) on a free
+    loopback port, monitoring ``master`` as ``name`` with quorum 1 and fast failure detection
+    (``down_after_ms``, ``failover_timeout_ms``). ``start()`` returns once it answers PING;
+    ``url(**options)`` is the ``redis+sentinel://`` state URL of the monitored master.
+
+    ``down_after_ms`` below about 1 s makes Sentinel flap: it reconnects a link at most once a
+    second, so a freshly promoted master looks down at once and is failed over again (measured
+    with 300 ms: 4 to 5 switches in 10 s; with 1500 ms: one, complete about 4.5 s after a kill)."""
+
+    def __init__(self, master: RedisProcess, dir: Path, name: str = "m", down_after_ms: int = 1500,
+                 failover_timeout_ms: int = 2000) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError(REDIS_MISSING)
+        self.port = free_port()
+        self.master_name = name
+        self.conf = Path(dir) / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: one per process
+        self.conf.write_text(f"port {self.port}\nbind {LOOPBACK}\ndir {dir}\n"
+                             f"sentinel monitor {name} {LOOPBACK} {master.port} 1\n"
+                             f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                             f"sentinel failover-timeout {name} {failover_timeout_ms}\n")
+        super().__init__([binary, str(self.conf), "--sentinel"], name="redis-sentinel")
+
+    def start(self, timeout_s: float = 10.0) -> SentinelProcess:
+        super().start()
+        self.wait_for(lambda: redis_answers(f"redis://{LOOPBACK}:{self.port}", 0.3), timeout_s,
+                      f"PING answered on port {self.port}", interval_s=0.02)
+        return self
+
+    def url(self, **options: object) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"redis+sentinel://{LOOPBACK}:{self.port}/{self.master_name}" + (f"?{query}" if query else "")
+
+    def _ask(self, *command: str) -> Any:
+        import redis
+
+        client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def master_port(self) -> int | None:
+        """The port of the master as this Sentinel reports it now (None: it does not answer)."""
+        try:
+            addr = self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        except Exception:
+            return None
+        return int(addr[1]) if addr else None
+
+    def replica_ports(self) -> list[int]:
+        """Ports of the replicas it knows and sees up."""
+        import redis
+
+        try:
+            replicas = self._ask("SENTINEL", "REPLICAS", self.master_name)
+        except (redis.RedisError, OSError):
+            return []
+        out = []
+        for r in replicas:
+            fields = r if isinstance(r, dict) else dict(zip(r[::2], r[1::2], strict=True))
+            flags = str(fields.get("flags", ""))
+            if "s_down" not in flags and "disconnected" not in flags:
+                out.append(int(fields["port"]))
+        return sorted(out)
+
+    def wait_replicas(self, ports: Sequence[int], timeout_s: float = 15.0) -> SentinelProcess:
+        """Wait until it knows every replica in ``ports`` (up)."""
+        want = set(ports)
+        return self.wait_for(lambda: want <= set(self.replica_ports()), timeout_s,
+                             f"Sentinel knowing the replicas on ports {sorted(want)}")
+
+    def wait_failover(self, old_port: int, timeout_s: float = 20.0) -> int:
+        """Wait until it reports a master other than ``old_port``; returns the new master's port."""
+        self.wait_for(lambda: self.master_port() not in (None, old_port), timeout_s,
+                      f"a failover away from the master on port {old_port}")
+        port = self.master_port()
+        assert port is not None
+        return port
+
+
+class RedisClusterNodes:
+    """A Redis Cluster of ``size`` private primaries (no replicas) under ``dir``: ``start()``
+    starts the nodes (``nodes``, ``RedisProcess``es), joins them with ``redis-cli --cluster
+    create`` and returns once every node reports ``cluster_state:ok``. ``url``: the
+    ``redis+cluster://`` URL of the first node. A context manager: ``close()`` stops them all."""
+
+    def __init__(self, dir: Path, size: int = 3) -> None:
+        self.dir = Path(dir)
+        self.nodes: list[RedisProcess] = []
+        for _ in range(size):
+            node = RedisProcess(dir=self.dir, name="redis-cluster-node")
+            # the bus port on its own free port: port + 10000 (the default) may be taken or above 65535
+            node.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / f"nodes-{node.port}.conf"),
+                          "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000"]
+            self.nodes.append(node)
+        self.url = f"redis+cluster://{LOOPBACK}:{self.nodes[0].port}"
+
+    def start(self, timeout_s: float = 20.0) -> RedisClusterNodes:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise AssertionError(REDIS_CLI_MISSING)
+        for node in self.nodes:
+            node.start()
+        out = subprocess.run([cli, "--cluster", "create", *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
+                              "--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=timeout_s)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+        for node in self.nodes:
+            node.wait_for(lambda n=node: self._ready(n), timeout_s, "cluster_state:ok with every node known")
+        return self
+
+    def cluster_info(self, node: RedisProcess) -> dict[str, str]:
+        """``CLUSTER INFO`` of ``node`` ({} when it does not answer)."""
+        import redis
+
+        try:
+            client = redis.Redis(host=LOOPBACK, port=node.port, socket_timeout=1, decode_responses=True)
+            try:
+                raw = client.execute_command("CLUSTER INFO")
+            finally:
+                client.close()
+        except (redis.RedisError, OSError):
+            return {}
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        return dict(line.split(":", 1) for line in str(raw).splitlines() if ":" in line)
+
+    def _ready(self, node: RedisProcess) -> bool:
+        info = self.cluster_info(node)
+        return info.get("cluster_state") == "ok" and info.get("cluster_known_nodes") == str(len(self.nodes))
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------- in-process server

@@ -17,6 +17,21 @@ URLs:
   * ``redis+cluster://[:password@]host:port[,host:port...]``: Redis Cluster.
 Besides redis-py's own query options each takes ``key_prefix=`` and ``ttl_s=`` (a cell not
 written for that long expires; default 24 h).
+
+Durable acknowledgement (``redis://`` and ``redis+sentinel://``; refused on ``redis+cluster://``,
+where ``WAIT`` has no key to route by):
+  * ``min_replicas=K`` (default 0: off): a write (compare-and-set or restore) counts only once K
+    replicas hold it. The write script and ``WAIT K wait_ms`` go in one pipeline, on the
+    connection that wrote; fewer than K acknowledgements raise ``StateStoreUnavailableError``
+    ("written but not yet replicated"): the slot is refused as retryable, and its retry is
+    answered from the stored decision when the write survived, or decided afresh when a
+    failover lost it. A read is confirmed the same way (``HMGET``, a ``PUBLISH`` on
+    ``<key_prefix>wait`` that moves the connection's replication offset past what it read, then
+    ``WAIT``): a stored decision is never answered while a failover could still lose it. So
+    with fewer than K replicas in reach every slot is refused (give a master at least K + 1
+    replicas to ride out the loss of one node);
+  * ``wait_ms=`` (default 100): how long ``WAIT`` waits for the acknowledgements (the server
+    checks it every 1/hz s, 100 ms by default). The socket timeout grows by it.
 """
 
 from __future__ import annotations
@@ -35,6 +50,11 @@ from service.state.record import CellRecord
 
 DEFAULT_KEY_PREFIX = "gnbsched:rec:"
 DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_WAIT_MS = 100
+#: the query options this store reads itself (the rest go to redis-py)
+STORE_OPTIONS = ("key_prefix", "ttl_s", "min_replicas", "wait_ms")
+#: added to the socket timeout with min_replicas: a WAIT may overrun its timeout by the server's 1/hz
+WAIT_SLACK_S = 0.2
 
 #: KEYS[1] the cell's hash; ARGV: expected version ("0": absent), new version, blob, ttl ms
 _CAS = """
@@ -56,10 +76,10 @@ return 1
 
 
 def _split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Remove this store's own query options (key_prefix, ttl_s) from a redis URL."""
+    """Remove this store's own query options (``STORE_OPTIONS``) from a redis URL."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("key_prefix", "ttl_s")}
+    ours = {k: v for k, v in query if k in STORE_OPTIONS}
     rest = [(k, v) for k, v in query if k not in ours]
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
@@ -70,6 +90,11 @@ def _redacted(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _hosts(netloc: str) -> tuple[list[tuple[str, int]], str | None]:
@@ -113,8 +138,10 @@ class RedisStore(StateStore):
     """``StateStore`` over redis-py (synchronous; the core calls it off the event loop).
 
     key_prefix: keys are ``key_prefix + "{" + cell_id + "}"``. ttl_s: expire a cell's record
-    after this many seconds without a write (0 = never). socket_timeout_s / connect_timeout_s
-    bound each call; retries: immediate reconnect attempts on a connection error.
+    after this many seconds without a write (0 = never). min_replicas / wait_ms: durable
+    acknowledgement (see the module doc). Each defaults to the URL's query option of that name.
+    socket_timeout_s / connect_timeout_s bound each call; retries: immediate reconnect attempts
+    on a connection error.
     """
 
     kind = "redis"
@@ -122,12 +149,28 @@ class RedisStore(StateStore):
     blocking_io = True
 
     def __init__(self, url: str, *, key_prefix: str | None = None, ttl_s: float | None = None,
+                 min_replicas: int | None = None, wait_ms: int | None = None,
                  socket_timeout_s: float = 0.25, connect_timeout_s: float = 0.25, retries: int = 1) -> None:
         clean_url, opts = _split_options(url)
         self.url = _redacted(clean_url)
         self.key_prefix = key_prefix if key_prefix is not None else opts.get("key_prefix", DEFAULT_KEY_PREFIX)
-        ttl = ttl_s if ttl_s is not None else float(opts.get("ttl_s", DEFAULT_TTL_S))
+        try:
+            ttl = ttl_s if ttl_s is not None else float(opts.get("ttl_s", DEFAULT_TTL_S))
+            self.min_replicas = min_replicas if min_replicas is not None else int(opts.get("min_replicas", 0))
+            self.wait_ms = wait_ms if wait_ms is not None else int(opts.get("wait_ms", DEFAULT_WAIT_MS))
+        except ValueError as exc:
+            raise ValueError(f"state_url: {exc} (ttl_s: seconds; min_replicas, wait_ms: integers)") from None
         self.ttl_ms = max(0, round(ttl * 1e3))
+        if self.min_replicas < 0:
+            raise ValueError(f"state_url: min_replicas must be >= 0, got {self.min_replicas}")
+        if self.wait_ms <= 0:  # WAIT 0 would block until the replicas answer, however long
+            raise ValueError(f"state_url: wait_ms must be > 0, got {self.wait_ms}")
+        if self.min_replicas and urlsplit(clean_url).scheme == "redis+cluster":
+            raise ValueError("state_url: min_replicas is not supported with redis+cluster:// (WAIT names no key, "
+                             "so a cluster client cannot send it on the connection of the write); use "
+                             "redis+sentinel:// or redis:// for acknowledged replication, or drop min_replicas")
+        if self.min_replicas:
+            socket_timeout_s += self.wait_ms / 1e3 + WAIT_SLACK_S
         try:
             self._client = connect(clean_url, socket_timeout_s=socket_timeout_s,
                                    connect_timeout_s=connect_timeout_s, retries=retries)
@@ -155,7 +198,10 @@ class RedisStore(StateStore):
         write starts the cell again (from the core's copy when it has one)."""
         key = self.key(cell_id)
         try:
-            version, blob = self._call("load", cell_id, self._client.hmget, key, ["v", "b"])
+            if self.min_replicas:
+                version, blob = self._load_replicated(cell_id)
+            else:
+                version, blob = self._call("load", cell_id, self._client.hmget, key, ["v", "b"])
         except StateStoreError as exc:
             if "WRONGTYPE" not in str(exc):
                 raise
@@ -170,30 +216,75 @@ class RedisStore(StateStore):
             self._quarantine(cell_id, str(exc))
         return record
 
+    def _load_replicated(self, cell_id: str) -> list[Any]:
+        """[v, b] of the cell, once ``min_replicas`` replicas hold them: the PUBLISH (propagated to
+        replicas, it changes nothing) moves this connection's replication offset past the read,
+        so the WAIT covers the writes that made the record, whoever made them."""
+        def run() -> list[Any]:
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self.key(cell_id), ["v", "b"])
+                pipe.publish(self.key_prefix + "wait", "")
+                pipe.wait(self.min_replicas, self.wait_ms)
+                return list(pipe.execute())
+
+        fields, _, acked = self._call("load", cell_id, run)
+        if fields[1] is not None and int(acked) < self.min_replicas:
+            raise StateStoreUnavailableError(
+                f"redis load {cell_id!r} at {self.url}: the record is not yet replicated to {self.min_replicas} "
+                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot")
+        return list(fields)
+
+    def _write(self, op: str, cell_id: str, script: Any, args: list[Any]) -> bool:
+        """Run a write script on the cell; with ``min_replicas``, followed by WAIT on the same
+        connection (one pipeline), and refused when too few replicas acknowledged the write."""
+        keys = [self.key(cell_id)]
+        if not self.min_replicas:
+            return bool(self._call(op, cell_id, script, keys=keys, args=args))
+
+        def run() -> list[Any]:
+            # EVALSHA queued by hand: a Script called on a pipeline costs a SCRIPT EXISTS round trip per call
+            for attempt in (1, 2):
+                with self._client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.wait(self.min_replicas, self.wait_ms)
+                    try:
+                        return list(pipe.execute())
+                    except redis.exceptions.NoScriptError:  # a new master (failover) or a flushed cache
+                        if attempt == 2:
+                            raise
+                script.sha = self._client.script_load(script.script)
+            raise AssertionError("unreachable")
+
+        ok, acked = self._call(op, cell_id, run)
+        if ok and int(acked) < self.min_replicas:
+            raise StateStoreUnavailableError(
+                f"redis {op} {cell_id!r} at {self.url}: written but not yet replicated to {self.min_replicas} "
+                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot")
+        return bool(ok)
+
     def _quarantine(self, cell_id: str, why: str) -> NoReturn:
         key = self.key(cell_id)
         self._call("quarantine", cell_id, self._client.rename, key, key + ":corrupt")
         raise StateCorruptError(f"redis load {cell_id!r}: corrupt cell record set aside as {key}:corrupt ({why})")
 
     def compare_and_set(self, cell_id: str, expected_version: int, record: CellRecord) -> bool:
-        ok = self._call("write", cell_id, self._cas, keys=[self.key(cell_id)],
-                        args=[str(expected_version), str(record.version), record.to_bytes(), self.ttl_ms])
-        return bool(ok)
+        return self._write("write", cell_id, self._cas,
+                           [str(expected_version), str(record.version), record.to_bytes(), self.ttl_ms])
 
     def restore(self, cell_id: str, record: CellRecord) -> bool:
-        ok = self._call("restore", cell_id, self._restore, keys=[self.key(cell_id)],
-                        args=[str(record.version), record.to_bytes(), self.ttl_ms])
-        return bool(ok)
+        return self._write("restore", cell_id, self._restore, [str(record.version), record.to_bytes(), self.ttl_ms])
 
     def delete(self, cell_id: str) -> None:
         """Forget a cell's record."""
         self._call("delete", cell_id, self._client.delete, self.key(cell_id))
 
     def cells(self) -> list[str]:
-        """Cell ids with a stored record (SCAN over the key prefix)."""
-        keys = self._call("scan", "*", lambda: list(self._client.scan_iter(match=self.key_prefix + "*", count=500)))
+        """Cell ids with a stored record (SCAN over the key prefix; on a cluster every primary is
+        scanned). Records set aside as ``<key>:corrupt`` are not cells."""
+        pattern = _glob_escape(self.key_prefix) + "{*}"
+        keys = self._call("scan", "*", lambda: list(self._client.scan_iter(match=pattern, count=500)))
         n = len(self.key_prefix)
-        return sorted((k.decode() if isinstance(k, bytes) else k)[n + 1:-1] for k in keys)
+        return sorted({(k.decode() if isinstance(k, bytes) else k)[n + 1:-1] for k in keys})
 
     def ping(self) -> bool:
         try:
