@@ -93,6 +93,22 @@ class Settings(BaseSettings):
     max_users: int = Field(4096, description="largest N accepted")
     max_resources: int = Field(4096, description="largest R accepted")
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted")
+    # -- hostile and careless connections (service.api.rest.protocol, service.api.grpc.server) -----
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest REST request line + headers; beyond it the client gets 431 and "
+                                        "the connection is closed, before any application work (authentication "
+                                        "included)")
+    header_timeout_s: float = Field(
+        5.0, gt=0, description="a REST request's line and headers must arrive whole within this many seconds (of "
+                               "the connection's accept, or of the request's first byte on a kept-alive "
+                               "connection; over TLS, of the handshake's end): 408 and closed otherwise (slow "
+                               "loris); also the gRPC connection handshake timeout (TLS and HTTP/2 preface)")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="once its headers are in, a REST request's body must arrive whole within this "
+                                "many seconds: 408 and closed otherwise")
+    max_connections: int = Field(
+        1024, ge=1, description="open REST connections per process (each worker of --workers N); a connection "
+                                "beyond it is answered 503 at once and closed")
     preload_policies: list[str] = Field(default_factory=list,
                                         description="policies instantiated at start (readiness waits for them)")
     record_dir: str | None = Field(
@@ -143,6 +159,22 @@ class Settings(BaseSettings):
     grpc_keepalive_s: float = Field(
         30.0, description="gRPC keepalive ping interval; a peer that does not answer is dropped")
     grpc_keepalive_timeout_s: float = Field(10.0, description="gRPC keepalive ping answer timeout")
+    grpc_max_concurrent_streams: int = Field(
+        64, ge=1, description="concurrent RPCs (HTTP/2 streams) one gRPC connection may open "
+                              "(SETTINGS_MAX_CONCURRENT_STREAMS): a conforming client queues calls beyond it until "
+                              "a stream ends; a stream opened regardless is reset (REFUSED_STREAM: UNAVAILABLE, "
+                              "retryable, at the client)")
+    grpc_max_metadata_bytes: int = Field(
+        16 * 1024, ge=1024, description="largest gRPC request metadata (all headers, counted as HPACK does: name "
+                                        "+ value + 32 bytes each); a call with more is refused "
+                                        "(RESOURCE_EXHAUSTED) before its handler runs")
+    grpc_max_concurrent_rpcs: int = Field(
+        1024, ge=0, description="RPCs in progress on the gRPC server, all connections together (grpc has no "
+                                "connection limit: this bounds what connections can hold); beyond it a new call "
+                                "is answered RESOURCE_EXHAUSTED at once; 0 = no limit")
+    grpc_max_connection_idle_s: float = Field(
+        300.0, ge=0, description="a gRPC connection with no RPC for this long is sent GOAWAY and closed (a client "
+                                 "reconnects on its next call); 0 = never")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
     access_log: bool = Field(False, description="log every request (off: it costs latency)")
     grpc_stream_stall_s: float = Field(

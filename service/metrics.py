@@ -22,6 +22,12 @@ gnbsched_guard_engaged_total                counter    cell, preset (slots where
                                                        0 from the cell's first guarded slot)
 gnbsched_student_out_of_range_total         counter    preset, model_version (slots with a
                                                        feature outside the card's ranges)
+gnbsched_client_disconnects_total           counter    transport (a client that went away
+                                                       mid-request: during its headers or
+                                                       body, or before its answer)
+gnbsched_connections_refused_total          counter    transport, reason (header_too_large,
+                                                       header_timeout, body_timeout,
+                                                       too_many_connections)
 ==========================================  =========  =====================================
 
 Several uvicorn workers: ``gnbsched serve --workers N`` points ``PROMETHEUS_MULTIPROC_DIR`` at
@@ -134,6 +140,13 @@ class Metrics:
         self.student_out_of_range = Counter("gnbsched_student_out_of_range",
                                             "Student slots with a serialized feature outside the model card's "
                                             "training ranges.", ("preset", "model_version"), registry=reg)
+        self.client_disconnects = Counter("gnbsched_client_disconnects",
+                                          "Clients that went away mid-request (during the headers or the body, "
+                                          "or before the answer), by transport.", ("transport",), registry=reg)
+        self.connections_refused = Counter("gnbsched_connections_refused",
+                                           "Connections refused and closed by the transport's limits, by reason "
+                                           "(header_too_large, header_timeout, body_timeout, "
+                                           "too_many_connections).", ("transport", "reason"), registry=reg)
         self._lock = threading.Lock()
         self._guard_children: dict[tuple[str, str], Counter] = {}
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
@@ -230,6 +243,14 @@ class Metrics:
             with self._lock:
                 child = self._request_children[transport] = self.request_seconds.labels(transport)
         child.observe(seconds)
+
+    def client_disconnect(self, transport: str) -> None:
+        """A client went away mid-request (a DEBUG line in the log, never an error)."""
+        self.client_disconnects.labels(transport).inc()
+
+    def connection_refused(self, transport: str, reason: str) -> None:
+        """A connection refused by a transport limit (431 / 408 / 503) and closed."""
+        self.connections_refused.labels(transport, reason).inc()
 
     def policy_loaded(self, name: str, version: str) -> None:
         key = (name, str(version))

@@ -13,6 +13,13 @@ bearer token on the scheduling, policy metadata and admin endpoints; ``--admin``
 ``POST /admin/reload``; ``--grpc-tls-cert/--grpc-tls-key`` serve gRPC over TLS and
 ``--grpc-tls-client-ca`` requires client certificates (mTLS). Inconsistent access settings exit 2.
 The token is never printed (``***``) and is not accepted as a flag (flags show in ``ps``).
+
+Hostile and careless connections are refused before they cost anything: REST through
+``service.api.rest.protocol`` (uvicorn's ``http=``: ``--max-header-bytes`` → 431,
+``--header-timeout-s`` / ``--body-timeout-s`` → 408, ``--max-connections`` → 503, each closing
+the connection), gRPC through the server options of ``service.api.grpc.server``
+(``--grpc-max-concurrent-streams``, ``--grpc-max-metadata-bytes``, ``--grpc-max-concurrent-rpcs``,
+``--grpc-max-connection-idle-s``; the handshake within ``--header-timeout-s``).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ NOT_FLAGS = frozenset({"auth_token", "teacher_api_key"})
 _GROUPS = (("listen", ("host", "rest_port", "grpc_port", "workers")),
            ("access", ("auth_", "admin_", "rest_tls", "grpc_tls")),
            ("run-time guard", ("guard_",)), ("recording", ("record_",)),
-           ("limits", ("max_",)), ("gRPC connections", ("grpc_",)), ("logging", ("log_level", "access_log")),
+           ("limits", ("max_", "header_timeout", "body_timeout")), ("gRPC connections", ("grpc_",)), ("logging", ("log_level", "access_log")),
            ("LLM teacher", ("teacher_",)),
            ("decisions", ("",)))
 
@@ -199,9 +206,14 @@ async def grpc_beside(core: ServiceCore) -> AsyncIterator[tuple[str, str | None]
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
-    """The served application: REST over a new core, gRPC beside it when ``grpc_port != 0``."""
+    """The served application: REST over a new core, gRPC beside it when ``grpc_port != 0``.
+    Also sets this process's REST connection limits (``service.api.rest.protocol``)."""
+    from service.api.rest import protocol
+
     core = build_core(settings)
-    return create_app(core, beside=[grpc_beside] if core.settings.grpc_port != 0 else [])
+    app = create_app(core, beside=[grpc_beside] if core.settings.grpc_port != 0 else [])
+    protocol.install(core.settings, app.state.metrics)
+    return app
 
 
 def app_from_env() -> FastAPI:
@@ -270,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from service.api.rest.protocol import PROTOCOL, GuardedHttpProtocol
     from service.security import rest_tls_options
 
     common = dict(host=settings.host, port=settings.rest_port, log_level=settings.log_level,
@@ -277,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
                   **rest_tls_options(settings))
     if settings.workers <= 1:
         app = build_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, **common))
+        # header size / header and body timeouts / connection limit before any application work
+        server = uvicorn.Server(uvicorn.Config(app, http=GuardedHttpProtocol, **common))
         # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal with the
         # handlers it found: let that end the process with status 0 instead of "killed"
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -293,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
                                       else os.environ[MULTIPROC_ENV])
     export_settings(settings)
     try:
-        uvicorn.run("service.api.serve:app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run("service.api.serve:app_from_env", factory=True, workers=settings.workers, http=PROTOCOL,
+                    **common)
     finally:
         if own_dir:
             remove_multiprocess_dir(mp_dir)

@@ -34,6 +34,13 @@ Reliability and access (``service.security``, ``Settings``):
     drop a connection whose client vanished without closing it (host down, process frozen);
   * slow readers: a stream whose answer cannot be written for ``grpc_stream_stall_s`` (the
     client stopped reading, flow control is full) is cancelled, so it holds no memory or task;
+  * hostile and careless connections (``connection_limit_options``): streams per connection
+    (``grpc_max_concurrent_streams``; conforming clients queue calls beyond it), RPCs in progress
+    over all connections (``grpc_max_concurrent_rpcs``: RESOURCE_EXHAUSTED beyond it), request
+    metadata size (``grpc_max_metadata_bytes``: RESOURCE_EXHAUSTED), the connection handshake
+    within ``header_timeout_s``, idle connections closed after ``grpc_max_connection_idle_s``.
+    grpc has no limit on the number of connections itself. A client that cancels or goes away
+    mid-call is a DEBUG line and ``gnbsched_client_disconnects_total{transport="grpc"}``;
   * with a bearer token configured, ``gnbsched.v1.Scheduler`` calls need the ``authorization``
     metadata (``UNAUTHENTICATED`` otherwise; health and reflection stay open); with
     ``grpc_tls_cert`` / ``grpc_tls_key`` the port speaks TLS, with ``grpc_tls_client_ca`` mTLS.
@@ -139,6 +146,17 @@ class SchedulerService:
         self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
         return msg
 
+    def client_gone(self, rpc: str) -> None:
+        """The client cancelled an RPC or went away during it (grpc cancelled the handler): a
+        DEBUG line and ``gnbsched_client_disconnects_total{transport="grpc"}``, never an error.
+        Cancellations by a graceful stop are not counted."""
+        if self.draining:
+            return
+        log.debug("gRPC: the client of a %s call went away before its answer", rpc)
+        count = getattr(self.core.observer, "client_disconnect", None)
+        if count is not None:
+            count(TRANSPORT)
+
     async def schedule(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.SlotDecision:
         """Unary ``Schedule``: the decision, or the failure as the call's status."""
         try:
@@ -146,6 +164,9 @@ class SchedulerService:
         except _SlotFailure as fail:
             await context.abort(fail.code, fail.details())
             raise AssertionError("unreachable: abort raises") from fail
+        except asyncio.CancelledError:
+            self.client_gone("Schedule")
+            raise
 
     async def stream_slots(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         """``StreamSlots``: one answer per request, in order; a failure is answered in place.
@@ -182,6 +203,10 @@ class SchedulerService:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                         f"stream cancelled: the client read no answer for {self.stall_s:g} s")
                 pending[0] = None
+        except asyncio.CancelledError:
+            if pending[0] != _STALLED:
+                self.client_gone("StreamSlots")
+            raise
         finally:
             if task is not None:
                 self.streams.pop(task, None)

@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 import service
@@ -261,6 +262,12 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
         if not auth.enabled:
             log.warning("admin endpoints enabled without a bearer token (loopback bind only)")
         add_admin_routes(app, core, metrics, auth, auth_responses)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client went away mid-body: nothing to answer (the server drops the connection),
+        nothing to log beyond the connection's DEBUG line."""
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
