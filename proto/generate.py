@@ -33,8 +33,15 @@ def generate(out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto
-    argv = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *(str(PROTO_DIR / p) for p in PROTOS)]
+    argv = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(PROTO_DIR / p) for p in PROTOS),
+    ]
     if protoc.main(argv) != 0:
         raise SystemExit(f"protoc failed: {' '.join(argv)}")
     written: list[Path] = []
@@ -66,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
-        stale = [str(f) for f in files
-                 if not (args.out / f).exists() or not filecmp.cmp(Path(tmp) / f, args.out / f, shallow=False)]
+        stale = [
+            str(f)
+            for f in files
+            if not (args.out / f).exists() or not filecmp.cmp(Path(tmp) / f, args.out / f, shallow=False)
+        ]
     if stale:
         print("stale generated code (run python proto/generate.py): " + ", ".join(stale), file=sys.stderr)
         return 1

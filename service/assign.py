@@ -22,8 +22,9 @@ def remaining_bits(state: SlotState, owner: np.ndarray) -> np.ndarray | None:
     if state.preset != "mac" or state.buffer_bits is None:
         return None
     used = owner > 0
-    sched = np.bincount(owner[used] - 1, weights=state.utility[owner[used] - 1, np.flatnonzero(used)],
-                        minlength=state.num_ue)
+    sched = np.bincount(
+        owner[used] - 1, weights=state.utility[owner[used] - 1, np.flatnonzero(used)], minlength=state.num_ue
+    )
     return state.buffer_bits - sched
 
 
@@ -36,8 +37,9 @@ def pf_priority(state: SlotState, avg_served: np.ndarray) -> np.ndarray:
     return state.utility / avg[:, None]
 
 
-def greedy_fill(state: SlotState, score: np.ndarray, owner: np.ndarray | None = None,
-                users: np.ndarray | None = None) -> np.ndarray:
+def greedy_fill(
+    state: SlotState, score: np.ndarray, owner: np.ndarray | None = None, users: np.ndarray | None = None
+) -> np.ndarray:
     """Greedy assignment, highest ``score`` first (ties: lower user, then lower resource index).
 
     Starts from ``owner`` [R] (default: empty) and only fills free available resources, with
@@ -101,9 +103,15 @@ def _greedy_single(sub: np.ndarray, cand_users: np.ndarray, free: np.ndarray, ow
         left -= mutual.size
 
 
-def _greedy_row_constant(state: SlotState, user_score: np.ndarray, cand_users: np.ndarray,
-                         free: np.ndarray, owner: np.ndarray, counts: np.ndarray,
-                         remaining: np.ndarray | None) -> None:
+def _greedy_row_constant(
+    state: SlotState,
+    user_score: np.ndarray,
+    cand_users: np.ndarray,
+    free: np.ndarray,
+    owner: np.ndarray,
+    counts: np.ndarray,
+    remaining: np.ndarray | None,
+) -> None:
     """``greedy_fill`` when a user's score is the same on every free resource (mac: TBS per
     user): users by score (ties: lower index) take the lowest free resources up to their cap
     and, in mac, until their buffer is covered. user_score: [U]; fills ``owner`` in place."""
@@ -130,11 +138,18 @@ def _greedy_row_constant(state: SlotState, user_score: np.ndarray, cand_users: n
         start += take
         if start >= n_free:
             break
-    owner[free[:start]] = np.repeat(np.asarray(users[:len(takes)], np.int64) + 1, takes)
+    owner[free[:start]] = np.repeat(np.asarray(users[: len(takes)], np.int64) + 1, takes)
 
 
-def _greedy_pairs(state: SlotState, sub: np.ndarray, cand_users: np.ndarray, free: np.ndarray,
-                  owner: np.ndarray, counts: np.ndarray, remaining: np.ndarray | None) -> None:
+def _greedy_pairs(
+    state: SlotState,
+    sub: np.ndarray,
+    cand_users: np.ndarray,
+    free: np.ndarray,
+    owner: np.ndarray,
+    counts: np.ndarray,
+    remaining: np.ndarray | None,
+) -> None:
     """``greedy_fill`` in general: visit the pairs in order of score. Fills ``owner`` in place."""
     f = free.size
     neg = -sub.ravel()
@@ -150,10 +165,11 @@ def _greedy_pairs(state: SlotState, sub: np.ndarray, cand_users: np.ndarray, fre
     left_res, left_users = f, cand_users.size
     start, chunk = 0, max(4 * f, 256)  # the pairs are turned into Python values chunk by chunk
     while start < order.size:
-        part = order[start:start + chunk]
+        part = order[start : start + chunk]
         start, chunk = start + chunk, 2 * chunk
-        for u, res, g in zip(cand_users[part // f].tolist(), free[part % f].tolist(),
-                             gain_flat[part].tolist(), strict=True):
+        for u, res, g in zip(
+            cand_users[part // f].tolist(), free[part % f].tolist(), gain_flat[part].tolist(), strict=True
+        ):
             if res in taken or cnt[u] >= cap or (left is not None and left[u] <= 0):
                 continue
             owner[res] = u + 1
@@ -185,8 +201,9 @@ def copies_per_user(state: SlotState) -> np.ndarray:
     return np.where(state.user_eligible, k, 0)
 
 
-def linear_assignment(state: SlotState, score: np.ndarray, users: np.ndarray | None = None,
-                      resources: np.ndarray | None = None) -> np.ndarray:
+def linear_assignment(
+    state: SlotState, score: np.ndarray, users: np.ndarray | None = None, resources: np.ndarray | None = None
+) -> np.ndarray:
     """Exact max-score assignment (Hungarian / Jonker-Volgenant via scipy) with per-user caps.
 
     A user with cap ``k > 1`` is replicated ``k`` times; copy ``j`` of user ``u`` (``j = 0`` for
@@ -198,7 +215,11 @@ def linear_assignment(state: SlotState, score: np.ndarray, users: np.ndarray | N
     """
     owner = np.zeros(state.num_res, np.int64)
     u_sel = np.flatnonzero(state.user_eligible) if users is None else users[state.user_eligible[users]]
-    r_sel = np.flatnonzero(state.resource_available) if resources is None else resources[state.resource_available[resources]]
+    r_sel = (
+        np.flatnonzero(state.resource_available)
+        if resources is None
+        else resources[state.resource_available[resources]]
+    )
     if u_sel.size == 0 or r_sel.size == 0:
         return owner
     copies = copies_per_user(state)[u_sel]

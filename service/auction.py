@@ -61,8 +61,9 @@ def sorted_fill(match: np.ndarray, strength: np.ndarray, width: np.ndarray) -> n
     return out
 
 
-def sampled_bids(cand_cols: np.ndarray, cand_value: np.ndarray, num_channels: int, rounds: int = 3,
-                 taken: np.ndarray | None = None) -> np.ndarray:
+def sampled_bids(
+    cand_cols: np.ndarray, cand_value: np.ndarray, num_channels: int, rounds: int = 3, taken: np.ndarray | None = None
+) -> np.ndarray:
     """Each user bids for its best channel among a few candidates; each channel goes to its
     highest bid (ties: lower user); losers retry on their untaken candidates, ``rounds`` times.
 
@@ -119,8 +120,9 @@ class AuctionResult:
     complete: bool = True
 
 
-def top_lists(value: np.ndarray, prices: np.ndarray, rows: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_lists(
+    value: np.ndarray, prices: np.ndarray, rows: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's ``k`` best channels by reduced value ``value − prices`` and a bound on the rest.
 
     value: float64 [U, F]; prices: float64 [F]; rows: int64 [B] (None = all rows).
@@ -134,18 +136,24 @@ def top_lists(value: np.ndarray, prices: np.ndarray, rows: np.ndarray | None, k:
     bound = np.empty(n_rows)
     step = max(1, _CHUNK_ELEMS // f)
     for s in range(0, n_rows, step):
-        blk = value[s:s + step] if rows is None else value[rows[s:s + step]]  # [b, F]
+        blk = value[s : s + step] if rows is None else value[rows[s : s + step]]  # [b, F]
         red = blk - prices
-        part = np.argpartition(red, f - k, axis=1)[:, f - k:]  # [b, k] the k largest
-        lists[s:s + step] = part
-        vals[s:s + step] = np.take_along_axis(blk, part, 1)
-        bound[s:s + step] = np.take_along_axis(red, part, 1).min(axis=1)
+        part = np.argpartition(red, f - k, axis=1)[:, f - k :]  # [b, k] the k largest
+        lists[s : s + step] = part
+        vals[s : s + step] = np.take_along_axis(blk, part, 1)
+        bound[s : s + step] = np.take_along_axis(red, part, 1).min(axis=1)
     return lists, vals, bound
 
 
-def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, stop_free: int = 0,
-                   stop: Callable[[], bool] | None = None,
-                   lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> AuctionResult:
+def auction_prices(
+    value: np.ndarray,
+    eps_rel: float,
+    *,
+    list_size: int = 32,
+    stop_free: int = 0,
+    stop: Callable[[], bool] | None = None,
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> AuctionResult:
     """Forward Jacobi auction with outside option 0 (maximisation), bounded candidate lists.
 
     value: float64 [U, F] >= 0; the bid increment is ``eps = eps_rel · max(value)``. Every
@@ -165,8 +173,9 @@ def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, st
         bound[:] = -np.inf  # the lists hold every channel
     vmax = float(list_value.max(initial=0.0))  # the lists hold each row's maximum
     eps = eps_rel * vmax if vmax > 0 else 1.0  # all values 0: any increment ends the auction at once
-    res = AuctionResult(prices, np.full(u_n, FREE, np.int64), np.full(f_n, -1, np.int64), cand, list_value,
-                        bound, eps, vmax)
+    res = AuctionResult(
+        prices, np.full(u_n, FREE, np.int64), np.full(f_n, -1, np.int64), cand, list_value, bound, eps, vmax
+    )
     assign, owner = res.assign, res.owner
     free = np.arange(u_n)
     while free.size > stop_free:
@@ -188,12 +197,12 @@ def auction_prices(value: np.ndarray, eps_rel: float, *, list_size: int = 32, st
             res.refreshes += rs.size
             cand[rs], list_value[rs], bound[rs] = top_lists(value, prices, rs, k)
             keep = ~stale
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[:int(keep.sum())]
+            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[: int(keep.sum())]
         out = w1 <= 0.0
         if out.any():
             assign[free[out]] = OUT
             keep = ~out
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[:int(keep.sum())]
+            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[: int(keep.sum())]
         if free.size:
             obj = lf[ar, k1]
             bid = prices[obj] + (w1 - w2) + eps
@@ -230,8 +239,9 @@ def fill_in_order(assign: np.ndarray, num_channels: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- stage 2
 
 
-def candidate_pairs(value: np.ndarray, auc: AuctionResult, slack: float, *, extra: int = 4
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pairs(
+    value: np.ndarray, auc: AuctionResult, slack: float, *, extra: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """Sparse candidate graph from auction prices: (users int64 [E], channels int64 [E]), unique.
 
     * every pair whose reduced value is within ``slack`` of the user's best: from the user's
@@ -254,7 +264,7 @@ def candidate_pairs(value: np.ndarray, auc: AuctionResult, slack: float, *, extr
     risky_rows = np.flatnonzero(risky)
     step = max(1, _CHUNK_ELEMS // f_n)
     for s in range(0, risky_rows.size, step):  # their candidates straight from the dense rows
-        blk = risky_rows[s:s + step]
+        blk = risky_rows[s : s + step]
         r_red = value[blk] - prices  # [b, F]
         r_best = np.maximum(r_red.max(axis=1), 0.0)
         i, j = np.nonzero(r_red >= (r_best - slack)[:, None])
@@ -266,12 +276,12 @@ def candidate_pairs(value: np.ndarray, auc: AuctionResult, slack: float, *, extr
         sub = value[idle_u][:, idle_c]  # [a, b]
         if u_n <= f_n:  # every user must be matched: idle users -> their best idle channels
             m = min(idle_c.size, idle_u.size + extra)
-            top = np.argpartition(sub, idle_c.size - m, axis=1)[:, idle_c.size - m:]  # [a, m]
+            top = np.argpartition(sub, idle_c.size - m, axis=1)[:, idle_c.size - m :]  # [a, m]
             rows.append(np.repeat(idle_u, m))
             cols.append(idle_c[top].ravel())
         else:  # every channel must be matched: idle channels -> their best idle users
             m = min(idle_u.size, idle_c.size + extra)
-            top = np.argpartition(sub, idle_u.size - m, axis=0)[idle_u.size - m:]  # [m, b]
+            top = np.argpartition(sub, idle_u.size - m, axis=0)[idle_u.size - m :]  # [m, b]
             rows.append(idle_u[top].ravel())
             cols.append(np.tile(idle_c, m))
     key = np.unique(np.concatenate(rows) * f_n + np.concatenate(cols))
@@ -305,8 +315,9 @@ def sparse_max_matching(value: np.ndarray, rows: np.ndarray, cols: np.ndarray) -
 # ------------------------------------------------------------------------------- stage 3
 
 
-def _settle(p: np.ndarray, src: np.ndarray, w: np.ndarray, dst: np.ndarray, *, upward: bool, tol: float,
-            max_iter: int) -> bool:
+def _settle(
+    p: np.ndarray, src: np.ndarray, w: np.ndarray, dst: np.ndarray, *, upward: bool, tol: float, max_iter: int
+) -> bool:
     """Bellman–Ford rounds on difference constraints, in place: ``p[dst] >= p[src] + w``
     (``upward``: raise p to the least solution above it) or ``p[dst] <= p[src] + w`` (lower p to
     the greatest solution below it). Edges sorted by dst. Returns False if not settled."""
@@ -324,8 +335,16 @@ def _settle(p: np.ndarray, src: np.ndarray, w: np.ndarray, dst: np.ndarray, *, u
     return False
 
 
-def matching_prices(value: np.ndarray, rows: np.ndarray, cols: np.ndarray, match: np.ndarray, *,
-                    tol: float, max_iter: int, start: np.ndarray | None = None) -> np.ndarray | None:
+def matching_prices(
+    value: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    match: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    start: np.ndarray | None = None,
+) -> np.ndarray | None:
     """Channel prices p [F] that prove ``match`` optimal on the pairs (rows, cols), near ``start``.
 
     ``match`` covers the smaller side of value [U, F] (as ``sparse_max_matching`` returns it).
@@ -358,7 +377,7 @@ def matching_prices(value: np.ndarray, rows: np.ndarray, cols: np.ndarray, match
     p_hi[:f_n][~used] = 0.0
     if not users_side:
         p_hi[match[has]] = value[has, match[has]]  # s_u >= 0
-    order = np.argsort(mu, kind="stable")[int((~matched).sum()):]  # matched users' pairs by m(u)
+    order = np.argsort(mu, kind="stable")[int((~matched).sum()) :]  # matched users' pairs by m(u)
     if not _settle(p_hi, c[order], -w[order], mu[order], upward=False, tol=tol, max_iter=max_iter):
         return None
     if users_side and (p_hi[:f_n] < -tol).any():  # p >= 0 cannot hold
@@ -375,8 +394,7 @@ def matching_prices(value: np.ndarray, rows: np.ndarray, cols: np.ndarray, match
     return p[:f_n]
 
 
-def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float
-               ) -> tuple[np.ndarray, float]:
+def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float) -> tuple[np.ndarray, float]:
     """Check prices [F] against every pair of value [U, F] (one dense pass, row blocks).
 
     A user violates complementary slackness when some channel's reduced value exceeds its
@@ -392,7 +410,7 @@ def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: fl
     best = np.empty(u_n)
     step = max(1, _CHUNK_ELEMS // f_n)
     for s in range(0, u_n, step):
-        best[s:s + step] = (value[s:s + step] - prices).max(axis=1)
+        best[s : s + step] = (value[s : s + step] - prices).max(axis=1)
     viol = np.flatnonzero(best > surplus + tol)
     per_user = best if u_n <= f_n else np.maximum(best, 0.0)
     return viol, float(prices.sum() + per_user.sum())

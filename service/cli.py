@@ -41,8 +41,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             if extra is None:
                 raise
             if name == chosen:
-                parser.exit(2, f"gnbsched {name}: needs {exc.name!r}; install the [{extra}] extra: "
-                               f"pip install -e '.[{extra}]'\n")
+                parser.exit(
+                    2,
+                    f"gnbsched {name}: needs {exc.name!r}; install the [{extra}] extra: pip install -e '.[{extra}]'\n",
+                )
             continue
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -58,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = OPTIONAL.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"gnbsched {args.command}: needs {exc.name!r}; install the [{extra}] extra: "
-              f"pip install -e '.[{extra}]'", file=sys.stderr)
+        print(
+            f"gnbsched {args.command}: needs {exc.name!r}; install the [{extra}] extra: pip install -e '.[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
 
 

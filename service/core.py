@@ -95,18 +95,25 @@ class _NullObserver:
 #: per-cell lock stripes of the async entry (per event loop: REST and gRPC may run on two)
 CELL_LOCK_STRIPES = 64
 #: failures that are the request's fault: counted as rejections, not as service errors
-REQUEST_KINDS = frozenset({ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY,
-                           ErrorKind.SLOT_CONFLICT})
+REQUEST_KINDS = frozenset(
+    {ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY, ErrorKind.SLOT_CONFLICT}
+)
 
 
 def _conflict(verdict: Verdict, slot: int, record: CellRecord, epoch: int | None) -> SlotConflictError:
     if verdict is Verdict.STALE_EPOCH:
         return SlotConflictError("epoch", f"epoch {epoch} is older than the cell's epoch {record.epoch}")
     if verdict is Verdict.SLOT_REUSED:
-        return SlotConflictError("slot", f"slot {slot} was applied with other content; send a new slot, or a "
-                                         f"new epoch (> {record.epoch}) to restart the cell")
-    return SlotConflictError("slot", f"slot {slot} is older than the cell's last applied slot {record.last_slot} "
-                                     f"(epoch {record.epoch}); send a later slot, or a new epoch to restart the cell")
+        return SlotConflictError(
+            "slot",
+            f"slot {slot} was applied with other content; send a new slot, or a "
+            f"new epoch (> {record.epoch}) to restart the cell",
+        )
+    return SlotConflictError(
+        "slot",
+        f"slot {slot} is older than the cell's last applied slot {record.last_slot} "
+        f"(epoch {record.epoch}); send a later slot, or a new epoch to restart the cell",
+    )
 
 
 def _known_feedback(history: CellHistory, feedback: Mapping[int, float]) -> Mapping[int, float]:
@@ -126,16 +133,26 @@ def _known_feedback(history: CellHistory, feedback: Mapping[int, float]) -> Mapp
 class ServiceCore:
     """Settings, policies, the state store and an observer, wired once and shared by transports."""
 
-    def __init__(self, settings: Settings | None = None, *, store: StateStore | None = None,
-                 policies: PolicySet | None = None, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: StateStore | None = None,
+        policies: PolicySet | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         self.settings = settings or Settings()
-        self.store = store if store is not None else open_store(
-            self.settings.state_url, max_cells=self.settings.max_cells, ttl_s=self.settings.cell_ttl_s)
+        self.store = (
+            store
+            if store is not None
+            else open_store(self.settings.state_url, max_cells=self.settings.max_cells, ttl_s=self.settings.cell_ttl_s)
+        )
         self.policies = policies or PolicySet()
         self.observer: Observer = observer or _NullObserver()
         #: this process's last copy of each cell it wrote, to restore a store that lost its data
         self._cache: LRUCache[str, CellRecord] | None = (
-            LRUCache(maxsize=self.settings.max_cells) if self.store.blocking_io else None)
+            LRUCache(maxsize=self.settings.max_cells) if self.store.blocking_io else None
+        )
         self._lock = threading.Lock()
         self.degraded = False
         self.store_errors = 0
@@ -148,8 +165,9 @@ class ServiceCore:
         self.recorder: Recorder | None = Recorder.from_settings(self.settings) if self.settings.record_dir else None
         self._store_blocking = bool(getattr(self.store, "blocking_io", False))
         self._blocking: dict[str, tuple[object, bool]] = {}
-        self._cell_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = \
+        self._cell_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = (
             weakref.WeakKeyDictionary()
+        )
         self._known: frozenset[str] = frozenset()
         self.refresh_known()
 
@@ -182,8 +200,9 @@ class ServiceCore:
                 with self._lock:
                     cached = self._cache.get(cell_id)
                 if cached is not None and self.store.restore(cell_id, cached):
-                    log.warning("state: restored cell %r (version %d) into a store that had lost it",
-                                cell_id, cached.version)
+                    log.warning(
+                        "state: restored cell %r (version %d) into a store that had lost it", cell_id, cached.version
+                    )
                     self.observer.state_event("restored")
                     record = self.store.load(cell_id)
         except StateStoreError as exc:
@@ -240,9 +259,17 @@ class ServiceCore:
             locks = self._cell_locks[loop] = [asyncio.Lock() for _ in range(CELL_LOCK_STRIPES)]
         return locks[hash(cell_id) % CELL_LOCK_STRIPES]
 
-    async def decide(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
-                     feedback: Mapping[int, float] | None = None, epoch: int | None = None,
-                     transport: str = "inproc", timings_us: Mapping[str, float] | None = None) -> Decision:
+    async def decide(
+        self,
+        state: SlotState,
+        *,
+        policy: str | None = None,
+        deadline_ms: float | None = None,
+        feedback: Mapping[int, float] | None = None,
+        epoch: int | None = None,
+        transport: str = "inproc",
+        timings_us: Mapping[str, float] | None = None,
+    ) -> Decision:
         """Decide one decoded slot for a transport: ``schedule`` inline or in a worker thread.
 
         Raises what ``schedule`` raises (a ``GnbSchedError`` whose ``kind`` says why, or a bug);
@@ -252,11 +279,25 @@ class ServiceCore:
         try:
             async with self._cell_lock(state.cell_id):
                 if self.blocks(name):
-                    return await asyncio.to_thread(self.schedule, state, policy=name, deadline_ms=deadline_ms,
-                                                   feedback=feedback, epoch=epoch, transport=transport,
-                                                   timings_us=timings_us)
-                return self.schedule(state, policy=name, deadline_ms=deadline_ms, feedback=feedback, epoch=epoch,
-                                     transport=transport, timings_us=timings_us)
+                    return await asyncio.to_thread(
+                        self.schedule,
+                        state,
+                        policy=name,
+                        deadline_ms=deadline_ms,
+                        feedback=feedback,
+                        epoch=epoch,
+                        transport=transport,
+                        timings_us=timings_us,
+                    )
+                return self.schedule(
+                    state,
+                    policy=name,
+                    deadline_ms=deadline_ms,
+                    feedback=feedback,
+                    epoch=epoch,
+                    transport=transport,
+                    timings_us=timings_us,
+                )
         except Exception as exc:
             if kind_of(exc) in REQUEST_KINDS:
                 self.observer.rejected(transport, state.preset)
@@ -264,9 +305,17 @@ class ServiceCore:
                 self.observer.error(transport, state.preset, name)
             raise
 
-    def schedule(self, state: SlotState, *, policy: str | None = None, deadline_ms: float | None = None,
-                 feedback: Mapping[int, float] | None = None, epoch: int | None = None,
-                 transport: str = "inproc", timings_us: Mapping[str, float] | None = None) -> Decision:
+    def schedule(
+        self,
+        state: SlotState,
+        *,
+        policy: str | None = None,
+        deadline_ms: float | None = None,
+        feedback: Mapping[int, float] | None = None,
+        epoch: int | None = None,
+        transport: str = "inproc",
+        timings_us: Mapping[str, float] | None = None,
+    ) -> Decision:
         """Decide one slot of one cell and advance the cell's state, exactly once.
 
         The slot rule (``CellRecord.admit``): a new slot is decided and written by
@@ -300,23 +349,36 @@ class ServiceCore:
                 history = apply_feedback(history, _known_feedback(history, feedback), ewma_slots=s.ewma_slots)
             dl = deadline_ms if deadline_ms is not None else s.deadline_ms
             run = decide if self.guard is None else self.guard.decide
-            decision = run(state, history, name, policies=self.policies, fallbacks=s.fallbacks,
-                           deadline_s=None if dl is None else dl / 1e3, seed=s.seed)
+            decision = run(
+                state,
+                history,
+                name,
+                policies=self.policies,
+                fallbacks=s.fallbacks,
+                deadline_s=None if dl is None else dl / 1e3,
+                seed=s.seed,
+            )
             if timings_us:
                 decision.timings_us.update(timings_us)
-            new = record.advance(record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots),
-                                 epoch=record.epoch if epoch is None else epoch, slot=state.slot, digest=digest,
-                                 decision=decision)
+            new = record.advance(
+                record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots),
+                epoch=record.epoch if epoch is None else epoch,
+                slot=state.slot,
+                digest=digest,
+                decision=decision,
+            )
             if self._write(state.cell_id, record.version, new):
                 break
             self.observer.state_event("contended")  # another writer won: decide again on its state
         else:
-            raise StateContentionError(f"cell {state.cell_id!r}: {s.state_write_attempts} concurrent writes won "
-                                       "over this slot; retry it")
+            raise StateContentionError(
+                f"cell {state.cell_id!r}: {s.state_write_attempts} concurrent writes won over this slot; retry it"
+            )
         self.observer.decision(transport, state, name, decision)
         if self.recorder is not None:  # never raises: a failed write is logged once and counted
-            self.recorder.record(state, decision, policy=name, deadline_ms=deadline_ms, feedback=feedback,
-                                 transport=transport)
+            self.recorder.record(
+                state, decision, policy=name, deadline_ms=deadline_ms, feedback=feedback, transport=transport
+            )
         return decision
 
     def ready(self) -> tuple[bool, dict[str, object]]:
@@ -328,8 +390,13 @@ class ServiceCore:
         loaded = sorted(self.policies.loaded())
         missing = [p for p in self.settings.preload_policies if p not in loaded]
         ok = store_ok and not missing
-        return ok, {"store": self.store.kind, "store_ok": store_ok, "degraded": self.degraded or not store_ok,
-                    "policies_loaded": loaded, "policies_missing": missing}
+        return ok, {
+            "store": self.store.kind,
+            "store_ok": store_ok,
+            "degraded": self.degraded or not store_ok,
+            "policies_loaded": loaded,
+            "policies_missing": missing,
+        }
 
     def preload(self) -> None:
         """Instantiate the configured policies (load models, open sessions) before serving."""

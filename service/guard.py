@@ -74,8 +74,17 @@ class Verdict:
     why: str | None = None  # "window" | "floor" when engaged
 
 
-def guard_verdict(window_served: float, window_reference: float, slot_served: float, slot_reference: float,
-                  slots: int, *, ratio: float, floor: float, min_slots: int) -> Verdict:
+def guard_verdict(
+    window_served: float,
+    window_reference: float,
+    slot_served: float,
+    slot_reference: float,
+    slots: int,
+    *,
+    ratio: float,
+    floor: float,
+    min_slots: int,
+) -> Verdict:
     """The guard's rule on one slot, given the window sums (this slot included) and its size."""
     w = utility_ratio(window_served, window_reference)
     s = utility_ratio(slot_served, slot_reference)
@@ -141,8 +150,17 @@ class Guard:
         return len(self._windows)
 
     # -- one slot -------------------------------------------------------------------------
-    def decide(self, state: SlotState, history: CellHistory, policy: str, *, policies: PolicySet,
-               fallbacks: Sequence[str] = (), deadline_s: float | None = None, seed: int = 0) -> Decision:
+    def decide(
+        self,
+        state: SlotState,
+        history: CellHistory,
+        policy: str,
+        *,
+        policies: PolicySet,
+        fallbacks: Sequence[str] = (),
+        deadline_s: float | None = None,
+        seed: int = 0,
+    ) -> Decision:
         """``pipeline.decide`` of ``policy``, guarded by the preset's reference (module doc).
 
         Unguarded policies, and slots the guarded policy did not serve itself (it failed and a
@@ -153,8 +171,9 @@ class Guard:
         utilities; when engaged also ``why`` and the guarded policy's own notes) and
         ``timings_us["guard"]`` (the reference and the bookkeeping, also added to ``total``).
         """
-        served = decide(state, history, policy, policies=policies, fallbacks=fallbacks, deadline_s=deadline_s,
-                        seed=seed)
+        served = decide(
+            state, history, policy, policies=policies, fallbacks=fallbacks, deadline_s=deadline_s, seed=seed
+        )
         ref_name = self.reference_for(policy, state.preset)
         if ref_name is None or served.policy != policy:
             return served
@@ -164,11 +183,25 @@ class Guard:
         except Exception:  # the reference is a safety net, never a reason to fail the slot
             return served
         sums = self.window(state.cell_id, state.preset, policy).push(served.utility, ref.utility)
-        v = guard_verdict(sums[0], sums[1], served.utility, ref.utility, sums[2], ratio=self.ratio,
-                          floor=self.floor, min_slots=self.min_slots)
-        info: dict[str, Any] = {"reference": ref_name, "engaged": v.engaged, "window_ratio": round(v.window_ratio, 6),
-                                "slot_ratio": round(v.slot_ratio, 6), "window_slots": v.slots,
-                                "utility": served.utility, "reference_utility": ref.utility}
+        v = guard_verdict(
+            sums[0],
+            sums[1],
+            served.utility,
+            ref.utility,
+            sums[2],
+            ratio=self.ratio,
+            floor=self.floor,
+            min_slots=self.min_slots,
+        )
+        info: dict[str, Any] = {
+            "reference": ref_name,
+            "engaged": v.engaged,
+            "window_ratio": round(v.window_ratio, 6),
+            "slot_ratio": round(v.slot_ratio, 6),
+            "window_slots": v.slots,
+            "utility": served.utility,
+            "reference_utility": ref.utility,
+        }
         guard_us = (time.perf_counter_ns() - t0) / 1e3
         if not v.engaged:
             timings = {**served.timings_us, "guard": guard_us}
@@ -182,5 +215,10 @@ class Guard:
         info["policy_notes"] = dict(served.notes)  # the guarded policy's own notes (e.g. model version)
         timings = {**served.timings_us, "guard": guard_us}
         timings["total"] = timings.get("total", 0.0) + guard_us
-        return replace(ref, fallback=f"{policy}: {REASON}: {text}; {ref_name} served", fallback_reason=REASON,
-                       timings_us=timings, notes={**ref.notes, "guard": info})
+        return replace(
+            ref,
+            fallback=f"{policy}: {REASON}: {text}; {ref_name} served",
+            fallback_reason=REASON,
+            timings_us=timings,
+            notes={**ref.notes, "guard": info},
+        )

@@ -76,19 +76,30 @@ class CellHistory:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CellHistory):
             return NotImplemented
-        return self.last_slot == other.last_slot and self.slots == other.slots and all(
-            np.array_equal(getattr(self, f), getattr(other, f)) for f in _ARRAY_FIELDS
+        return (
+            self.last_slot == other.last_slot
+            and self.slots == other.slots
+            and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in _ARRAY_FIELDS)
         )
 
     def view(self, state: SlotState) -> HistoryView:
         """Align with ``state.user_ids``; unknown users get avg = their mean utility, 0 resources,
         first seen now."""
         if self._same_users(state):  # steady population: the arrays are already aligned
-            return HistoryView(self.avg_served.copy(), self.cum_resources.copy(),
-                               self.last_served_slot.copy(), np.ones(state.num_ue, bool), self.first_seen_slot.copy())
+            return HistoryView(
+                self.avg_served.copy(),
+                self.cum_resources.copy(),
+                self.last_served_slot.copy(),
+                np.ones(state.num_ue, bool),
+                self.first_seen_slot.copy(),
+            )
         idx = np.searchsorted(self.user_ids, state.user_ids)
         idx_c = np.minimum(idx, max(self.user_ids.size - 1, 0))
-        known = (self.user_ids.size > 0) & (self.user_ids[idx_c] == state.user_ids) if self.user_ids.size else np.zeros(state.num_ue, bool)
+        known = (
+            (self.user_ids.size > 0) & (self.user_ids[idx_c] == state.user_ids)
+            if self.user_ids.size
+            else np.zeros(state.num_ue, bool)
+        )
         fresh_avg = _initial_avg(state)
         now = np.full(state.num_ue, state.slot, np.int64)
         if not known.any():
@@ -104,14 +115,33 @@ class CellHistory:
         return self.user_ids.shape == state.user_ids.shape and np.array_equal(self.user_ids, state.user_ids)
 
 
-_ARRAY_FIELDS = ("user_ids", "avg_served", "cum_resources", "cum_served", "last_served_slot",
-                 "last_seen_slot", "first_seen_slot", "last_resource_ids", "last_owner_ids", "last_expected")
+_ARRAY_FIELDS = (
+    "user_ids",
+    "avg_served",
+    "cum_resources",
+    "cum_served",
+    "last_served_slot",
+    "last_seen_slot",
+    "first_seen_slot",
+    "last_resource_ids",
+    "last_owner_ids",
+    "last_expected",
+)
 #: the per-user arrays ([K], aligned with user_ids)
 _USER_FIELDS = tuple(f for f in _ARRAY_FIELDS if f not in ("last_resource_ids", "last_owner_ids"))
 
-_ARRAY_KINDS = {"user_ids": "i", "avg_served": "f", "cum_resources": "f", "cum_served": "f",
-                "last_served_slot": "i", "last_seen_slot": "i", "first_seen_slot": "i", "last_resource_ids": "i",
-                "last_owner_ids": "i", "last_expected": "f"}
+_ARRAY_KINDS = {
+    "user_ids": "i",
+    "avg_served": "f",
+    "cum_resources": "f",
+    "cum_served": "f",
+    "last_served_slot": "i",
+    "last_seen_slot": "i",
+    "first_seen_slot": "i",
+    "last_resource_ids": "i",
+    "last_owner_ids": "i",
+    "last_expected": "f",
+}
 
 
 #: floor of a new user's PF average, relative to the slot's largest utility on an available resource
@@ -133,7 +163,9 @@ def _initial_avg(state: SlotState) -> np.ndarray:
     return np.maximum(util.mean(axis=1) if util.shape[1] else np.ones(state.num_ue), floor)
 
 
-def apply_feedback(history: CellHistory, delivered_bits: Mapping[int, float], *, ewma_slots: float = 100.0) -> CellHistory:
+def apply_feedback(
+    history: CellHistory, delivered_bits: Mapping[int, float], *, ewma_slots: float = 100.0
+) -> CellHistory:
     """Correct the last slot's EWMA step with what was really delivered.
 
     The last update used ``avg_t = (1-a)·avg_{t-1} + a·expected``; with the measured value it
@@ -279,8 +311,10 @@ def from_bytes(blob: bytes) -> CellHistory:
     k = fields["user_ids"].size
     if fmt == 1:
         fields["first_seen_slot"] = np.full(k, max(last_slot - slots + 1, 0), np.int64)
-    if any(fields[f].size != k for f in _USER_FIELDS) or \
-            fields["last_resource_ids"].size != fields["last_owner_ids"].size:
+    if (
+        any(fields[f].size != k for f in _USER_FIELDS)
+        or fields["last_resource_ids"].size != fields["last_owner_ids"].size
+    ):
         raise ValueError("history arrays have inconsistent lengths")
     if (np.diff(fields["user_ids"]) <= 0).any():
         raise ValueError("history user_ids are not sorted and unique")

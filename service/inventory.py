@@ -29,8 +29,12 @@ def policy_metadata(core: ServiceCore) -> list[dict[str, Any]]:
         if pol is not None:
             meta = {**pol.metadata(), "name": name, "loaded": True}
         else:
-            meta = {"name": name, "version": str(getattr(cls, "version", "")),
-                    "presets": list(getattr(cls, "presets", ())), "loaded": False}
+            meta = {
+                "name": name,
+                "version": str(getattr(cls, "version", "")),
+                "presets": list(getattr(cls, "presets", ())),
+                "loaded": False,
+            }
         doc = (getattr(pol or cls, "__doc__", None) or "").strip()
         meta.setdefault("description", " ".join(doc.split("\n\n")[0].split()))
         meta["blocking_io"] = bool(getattr(pol or cls, "blocking_io", False))
@@ -47,6 +51,8 @@ def models_report(core: ServiceCore) -> dict[str, Any]:
         if callable(report):
             for preset, entry in report().items():
                 models.setdefault(preset, {**entry, "policy": name})
-    return {"models": models, "pid": os.getpid(),
-            "note": "counts since this worker started; a model-backed policy appears once loaded "
-                    "(first use or preload)"}
+    return {
+        "models": models,
+        "pid": os.getpid(),
+        "note": "counts since this worker started; a model-backed policy appears once loaded (first use or preload)",
+    }

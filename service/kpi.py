@@ -101,8 +101,7 @@ def valid_action_rate(valid_before_repair: ArrayLike) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def leader_utility(delivered_bits: float, max_bits_per_tti: float, cum_rbgs: ArrayLike,
-                   omega: float = 0.5) -> float:
+def leader_utility(delivered_bits: float, max_bits_per_tti: float, cum_rbgs: ArrayLike, omega: float = 0.5) -> float:
     """Leader (BS) utility of one TTI (Stackelberg eq. 5).
 
     ``U_BS = ω · min(1, bits_t / bits_max) + (1 − ω) · JFI(x)``, where ``bits_t`` is what the BS
@@ -129,8 +128,9 @@ def hamming_similarity(bitmap: ArrayLike, dcm_bitmap: ArrayLike) -> float:
     return float(1.0 - np.count_nonzero(a != b) / a.size)
 
 
-def follower_utility(received_dpdus: float, attempts: float, bitmap: ArrayLike, dcm_bitmap: ArrayLike,
-                     c1: float = 1.0, c2: float = 1.0) -> float:
+def follower_utility(
+    received_dpdus: float, attempts: float, bitmap: ArrayLike, dcm_bitmap: ArrayLike, c1: float = 1.0, c2: float = 1.0
+) -> float:
     """Follower (UE) utility of one TTI (Stackelberg eq. 2).
 
     ``U_u = c1 · received / attempts + c2 · sim(bitmap, DCM bitmap)``; ``attempts`` is the number

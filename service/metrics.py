@@ -96,57 +96,114 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.multiproc_dir = multiprocess_dir()
         if self.multiproc_dir and values.ValueClass is values.MutexValue:
-            raise RuntimeError(f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
-                               "set it before the process imports it (gnbsched serve does)")
+            raise RuntimeError(
+                f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
+                "set it before the process imports it (gnbsched serve does)"
+            )
         self.registry = registry if registry is not None else CollectorRegistry()
         reg = self.registry
-        self.requests = Counter("gnbsched_requests", "Scheduling requests by transport, preset, policy and outcome.",
-                                ("transport", "preset", "policy", "outcome"), registry=reg)
-        self.stage_seconds = Histogram("gnbsched_stage_seconds", "Time per decision stage, seconds.",
-                                       ("transport", "preset", "stage"), buckets=LATENCY_BUCKETS, registry=reg)
-        self.request_seconds = Histogram("gnbsched_request_seconds",
-                                         "Time inside the server per request, decode to encode, seconds.",
-                                         ("transport",), buckets=LATENCY_BUCKETS, registry=reg)
-        self.decisions = Counter("gnbsched_decisions", "Decisions by the policy that served them.",
-                                 ("policy",), registry=reg)
-        self.valid_before_repair = Counter("gnbsched_valid_before_repair",
-                                           "Decisions whose raw policy output passed the PAG checks.",
-                                           ("policy",), registry=reg)
-        self.repairs = Counter("gnbsched_repairs", "Decisions whose raw policy output needed repair.",
-                               ("policy",), registry=reg)
-        self.violations = Counter("gnbsched_violations", "PAG violations of raw policy outputs, by rule.",
-                                  ("kind",), registry=reg)
-        self.fallbacks = Counter("gnbsched_fallbacks", "Requests served by a fallback policy, and why.",
-                                 ("requested", "served", "reason"), registry=reg)
-        self.store_errors = Counter("gnbsched_state_store_errors", "Per-cell state store failures by operation.",
-                                    ("op",), registry=reg)
-        self.state_events = Counter("gnbsched_state_events",
-                                    "Per-cell state events: replayed (a retried slot answered from its stored "
-                                    "decision), stale_slot / slot_reused / stale_epoch (refused, 409), contended "
-                                    "(a write lost to another writer, decided again), restored (a store that lost "
-                                    "a cell got this process's copy back).", ("event",), registry=reg)
-        self.cells_live = Gauge("gnbsched_cells_live", "Cells held in process (memory:// store).",
-                                registry=reg, multiprocess_mode="livesum")
-        self.cells_evicted = Gauge("gnbsched_cells_evicted", "Cells evicted from the in-process store since start "
-                                   "(LRU bound or TTL).", registry=reg, multiprocess_mode="livesum")
-        self.store_up = Gauge("gnbsched_state_store_up", "1 when the per-cell state store answers, else 0.",
-                              registry=reg, multiprocess_mode="livemin")
-        self.policy_info = Gauge("gnbsched_policy_info", "Loaded policies and their (model) version; value 1.",
-                                 ("policy", "version"), registry=reg, multiprocess_mode="max")
-        self.guard_engaged = Counter("gnbsched_guard_engaged",
-                                     "Slots where the run-time guard served the reference policy instead of "
-                                     "the guarded (learned / LLM) one, by cell and preset.",
-                                     ("cell", "preset"), registry=reg)
-        self.student_out_of_range = Counter("gnbsched_student_out_of_range",
-                                            "Student slots with a serialized feature outside the model card's "
-                                            "training ranges.", ("preset", "model_version"), registry=reg)
-        self.client_disconnects = Counter("gnbsched_client_disconnects",
-                                          "Clients that went away mid-request (during the headers or the body, "
-                                          "or before the answer), by transport.", ("transport",), registry=reg)
-        self.connections_refused = Counter("gnbsched_connections_refused",
-                                           "Connections refused and closed by the transport's limits, by reason "
-                                           "(header_too_large, header_timeout, body_timeout, "
-                                           "too_many_connections).", ("transport", "reason"), registry=reg)
+        self.requests = Counter(
+            "gnbsched_requests",
+            "Scheduling requests by transport, preset, policy and outcome.",
+            ("transport", "preset", "policy", "outcome"),
+            registry=reg,
+        )
+        self.stage_seconds = Histogram(
+            "gnbsched_stage_seconds",
+            "Time per decision stage, seconds.",
+            ("transport", "preset", "stage"),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.request_seconds = Histogram(
+            "gnbsched_request_seconds",
+            "Time inside the server per request, decode to encode, seconds.",
+            ("transport",),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.decisions = Counter(
+            "gnbsched_decisions", "Decisions by the policy that served them.", ("policy",), registry=reg
+        )
+        self.valid_before_repair = Counter(
+            "gnbsched_valid_before_repair",
+            "Decisions whose raw policy output passed the PAG checks.",
+            ("policy",),
+            registry=reg,
+        )
+        self.repairs = Counter(
+            "gnbsched_repairs", "Decisions whose raw policy output needed repair.", ("policy",), registry=reg
+        )
+        self.violations = Counter(
+            "gnbsched_violations", "PAG violations of raw policy outputs, by rule.", ("kind",), registry=reg
+        )
+        self.fallbacks = Counter(
+            "gnbsched_fallbacks",
+            "Requests served by a fallback policy, and why.",
+            ("requested", "served", "reason"),
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "gnbsched_state_store_errors", "Per-cell state store failures by operation.", ("op",), registry=reg
+        )
+        self.state_events = Counter(
+            "gnbsched_state_events",
+            "Per-cell state events: replayed (a retried slot answered from its stored "
+            "decision), stale_slot / slot_reused / stale_epoch (refused, 409), contended "
+            "(a write lost to another writer, decided again), restored (a store that lost "
+            "a cell got this process's copy back).",
+            ("event",),
+            registry=reg,
+        )
+        self.cells_live = Gauge(
+            "gnbsched_cells_live", "Cells held in process (memory:// store).", registry=reg, multiprocess_mode="livesum"
+        )
+        self.cells_evicted = Gauge(
+            "gnbsched_cells_evicted",
+            "Cells evicted from the in-process store since start (LRU bound or TTL).",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.store_up = Gauge(
+            "gnbsched_state_store_up",
+            "1 when the per-cell state store answers, else 0.",
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self.policy_info = Gauge(
+            "gnbsched_policy_info",
+            "Loaded policies and their (model) version; value 1.",
+            ("policy", "version"),
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self.guard_engaged = Counter(
+            "gnbsched_guard_engaged",
+            "Slots where the run-time guard served the reference policy instead of "
+            "the guarded (learned / LLM) one, by cell and preset.",
+            ("cell", "preset"),
+            registry=reg,
+        )
+        self.student_out_of_range = Counter(
+            "gnbsched_student_out_of_range",
+            "Student slots with a serialized feature outside the model card's training ranges.",
+            ("preset", "model_version"),
+            registry=reg,
+        )
+        self.client_disconnects = Counter(
+            "gnbsched_client_disconnects",
+            "Clients that went away mid-request (during the headers or the body, or before the answer), by transport.",
+            ("transport",),
+            registry=reg,
+        )
+        self.connections_refused = Counter(
+            "gnbsched_connections_refused",
+            "Connections refused and closed by the transport's limits, by reason "
+            "(header_too_large, header_timeout, body_timeout, "
+            "too_many_connections).",
+            ("transport", "reason"),
+            registry=reg,
+        )
         self._lock = threading.Lock()
         self._guard_children: dict[tuple[str, str], Counter] = {}
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
@@ -170,16 +227,19 @@ class Metrics:
         if children is None:
             with self._lock:
                 children = self._stage_children[key] = tuple(
-                    self.stage_seconds.labels(transport, preset, s) for s in STAGES)
+                    self.stage_seconds.labels(transport, preset, s) for s in STAGES
+                )
         return children
 
     def _policy(self, policy: str) -> tuple[Counter, Counter, Counter]:
         children = self._per_policy.get(policy)
         if children is None:
             with self._lock:
-                children = self._per_policy[policy] = (self.decisions.labels(policy),
-                                                       self.valid_before_repair.labels(policy),
-                                                       self.repairs.labels(policy))
+                children = self._per_policy[policy] = (
+                    self.decisions.labels(policy),
+                    self.valid_before_repair.labels(policy),
+                    self.repairs.labels(policy),
+                )
         return children
 
     # -- Observer protocol (called by ServiceCore.schedule) -----------------------------

@@ -95,4 +95,3 @@ def decide(
             notes=ctx.info,
         )
     raise AssertionError("unreachable: the last policy of the chain either returns or raises")
-

@@ -93,8 +93,10 @@ def check_access(settings: Any) -> str | None:
     """
     token = load_token(settings)
     if getattr(settings, "admin_enabled", False) and token is None and not is_loopback(settings.host):
-        raise AccessConfigError(f"admin_enabled on a non-loopback address ({settings.host}) needs auth_token "
-                                "or auth_token_file: the admin endpoints swap models")
+        raise AccessConfigError(
+            f"admin_enabled on a non-loopback address ({settings.host}) needs auth_token "
+            "or auth_token_file: the admin endpoints swap models"
+        )
     for prefix in ("rest_", "grpc_"):
         cert, key, ca = (getattr(settings, prefix + f, None) for f in ("tls_cert", "tls_key", "tls_client_ca"))
         if bool(cert) != bool(key):
@@ -169,8 +171,12 @@ def grpc_server_credentials(settings: Any):
     return grpc.ssl_server_credentials([pair], root_certificates=roots, require_client_auth=roots is not None)
 
 
-def grpc_channel_credentials(ca_cert: str | Path | bytes | None = None, client_cert: str | Path | bytes | None = None,
-                             client_key: str | Path | bytes | None = None, token: str | None = None):
+def grpc_channel_credentials(
+    ca_cert: str | Path | bytes | None = None,
+    client_cert: str | Path | bytes | None = None,
+    client_key: str | Path | bytes | None = None,
+    token: str | None = None,
+):
     """Client-side ``grpc.ChannelCredentials``: TLS trusting ``ca_cert`` (system roots when None),
     presenting ``client_cert`` / ``client_key`` (mTLS) and sending ``token`` on every call."""
     import grpc

@@ -97,8 +97,10 @@ def _users(state: SlotState) -> list[dict[str, Any]]:
     se = None if state.spectral_efficiency is None else state.spectral_efficiency.tolist()
     buf = None if state.buffer_bits is None else state.buffer_bits.tolist()
     if rx is None and se is not None and buf is not None:
-        return [{"id": i, "eligible": e, "spectral_efficiency": s, "buffer_bits": b}
-                for i, e, s, b in zip(ids, eligible, se, buf, strict=True)]
+        return [
+            {"id": i, "eligible": e, "spectral_efficiency": s, "buffer_bits": b}
+            for i, e, s, b in zip(ids, eligible, se, buf, strict=True)
+        ]
     if rx is not None and se is None and buf is None:
         return [{"id": i, "eligible": e, "rx_power_dbm": p} for i, e, p in zip(ids, eligible, rx, strict=True)]
     users: list[dict[str, Any]] = [{"id": i, "eligible": e} for i, e in zip(ids, eligible, strict=True)]
@@ -109,9 +111,16 @@ def _users(state: SlotState) -> list[dict[str, Any]]:
     return users
 
 
-def rest_request(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
-                 deadline_ms: float | None = None, compact: bool = False, numpy: bool = False,
-                 epoch: int | None = None) -> dict[str, Any]:
+def rest_request(
+    state: SlotState,
+    feedback: Mapping[int, float] | None = None,
+    *,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    compact: bool = False,
+    numpy: bool = False,
+    epoch: int | None = None,
+) -> dict[str, Any]:
     """The ``POST /schedule`` JSON body of ``state`` (+ the previous slot's feedback).
 
     Every field the state has travels: user ids with ``eligible`` and the physical fields
@@ -126,13 +135,20 @@ def rest_request(state: SlotState, feedback: Mapping[int, float] | None = None, 
     the matrix stays a float64 array (for ``orjson.OPT_SERIALIZE_NUMPY``: same text, no
     intermediate Python floats).
     """
-    resources = [{"id": r, "bandwidth_hz": b, "available": a} for r, b, a in
-                 zip(state.resource_ids.tolist(), state.bandwidth_hz.tolist(), state.resource_available.tolist(),
-                     strict=True)]
+    resources = [
+        {"id": r, "bandwidth_hz": b, "available": a}
+        for r, b, a in zip(
+            state.resource_ids.tolist(), state.bandwidth_hz.tolist(), state.resource_available.tolist(), strict=True
+        )
+    ]
     body: dict[str, Any] = {
-        "cell_id": state.cell_id, "slot": state.slot, "preset": state.preset,
-        "max_resources_per_user": state.max_resources_per_user, "tti_s": state.tti_s,
-        "users": _users(state), "resources": resources,
+        "cell_id": state.cell_id,
+        "slot": state.slot,
+        "preset": state.preset,
+        "max_resources_per_user": state.max_resources_per_user,
+        "tti_s": state.tti_s,
+        "users": _users(state),
+        "resources": resources,
     }
     rb = None
     if compact:
@@ -163,17 +179,32 @@ def decision_record(state: SlotState, decision: Decision) -> dict[str, Any]:
     ids: list[int | None] = state.user_ids[np.maximum(owner - 1, 0)].tolist()
     for j in np.flatnonzero(owner <= 0).tolist():
         ids[j] = None
-    return {"owner": ids, "policy": decision.policy, "fallback_reason": decision.fallback_reason,
-            "utility": decision.utility, "valid_before_repair": decision.valid_before_repair}
+    return {
+        "owner": ids,
+        "policy": decision.policy,
+        "fallback_reason": decision.fallback_reason,
+        "utility": decision.utility,
+        "valid_before_repair": decision.valid_before_repair,
+    }
 
 
-def trace_row(state: SlotState, decision: Decision, *, policy: str | None = None, deadline_ms: float | None = None,
-              feedback: Mapping[int, float] | None = None, transport: str = "inproc") -> dict[str, Any]:
+def trace_row(
+    state: SlotState,
+    decision: Decision,
+    *,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    feedback: Mapping[int, float] | None = None,
+    transport: str = "inproc",
+) -> dict[str, Any]:
     """One trace row (``FORMAT``): the request as ``POST /schedule`` takes it, and the decision."""
-    return {"format": FORMAT, "time": time.time(), "transport": transport,
-            "request": rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms, compact=True,
-                                    numpy=True),
-            "decision": decision_record(state, decision)}
+    return {
+        "format": FORMAT,
+        "time": time.time(),
+        "transport": transport,
+        "request": rest_request(state, feedback, policy=policy, deadline_ms=deadline_ms, compact=True, numpy=True),
+        "decision": decision_record(state, decision),
+    }
 
 
 def file_stem(cell_id: str) -> str:
@@ -239,22 +270,36 @@ class Recorder:
             self._warned.add(kind)
             log.warning(message + " (logged once; counted)", *args)
 
-    def record(self, state: SlotState, decision: Decision, *, policy: str | None = None,
-               deadline_ms: float | None = None, feedback: Mapping[int, float] | None = None,
-               transport: str = "inproc") -> None:
+    def record(
+        self,
+        state: SlotState,
+        decision: Decision,
+        *,
+        policy: str | None = None,
+        deadline_ms: float | None = None,
+        feedback: Mapping[int, float] | None = None,
+        transport: str = "inproc",
+    ) -> None:
         """Append the slot's row. Never raises: a failure is logged once and counted."""
         try:
-            line = orjson.dumps(trace_row(state, decision, policy=policy, deadline_ms=deadline_ms,
-                                          feedback=feedback, transport=transport),
-                                option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+            line = (
+                orjson.dumps(
+                    trace_row(
+                        state, decision, policy=policy, deadline_ms=deadline_ms, feedback=feedback, transport=transport
+                    ),
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                )
+                + b"\n"
+            )
         except Exception as exc:
             self.errors += 1
             self._warn_once("encode", "trace: cannot encode slot %s of cell %r: %r", state.slot, state.cell_id, exc)
             return
         if len(line) > self.max_bytes:
             self.dropped += 1
-            self._warn_once("size", "trace: a row of %d bytes exceeds record_max_bytes=%d; dropped",
-                            len(line), self.max_bytes)
+            self._warn_once(
+                "size", "trace: a row of %d bytes exceeds record_max_bytes=%d; dropped", len(line), self.max_bytes
+            )
             return
         with self._lock:
             if self._closed:
@@ -316,5 +361,11 @@ class Recorder:
             self._closed = True
 
     def stats(self) -> dict[str, Any]:
-        return {"dir": str(self.directory), "rows": self.rows, "errors": self.errors, "dropped": self.dropped,
-                "rotations": self.rotations, "max_bytes": self.max_bytes}
+        return {
+            "dir": str(self.directory),
+            "rows": self.rows,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "rotations": self.rotations,
+            "max_bytes": self.max_bytes,
+        }

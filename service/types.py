@@ -198,7 +198,9 @@ def make_slot(
         if (bw <= 0).any():
             i = int(np.flatnonzero(bw <= 0)[0])
             raise InvalidSlotError(f"resources[{i}].bandwidth_hz", f"must be > 0, got {bw[i]}")
-    avail = np.ones(r, bool) if resource_available is None else _as_1d("resources.available", resource_available, bool, r)
+    avail = (
+        np.ones(r, bool) if resource_available is None else _as_1d("resources.available", resource_available, bool, r)
+    )
     elig = np.ones(n, bool) if user_eligible is None else _as_1d("users.eligible", user_eligible, bool, n).copy()
 
     buf = None
@@ -210,8 +212,11 @@ def make_slot(
         if preset == "mac":
             elig &= buf > 0  # nothing to send: owns nothing (SPEC §1)
 
-    cap = (1 if preset == "spectrum" else r) if max_resources_per_user is None \
+    cap = (
+        (1 if preset == "spectrum" else r)
+        if max_resources_per_user is None
         else _as_int("max_resources_per_user", max_resources_per_user)
+    )
     if cap < 1:
         raise InvalidSlotError("max_resources_per_user", f"must be >= 1, got {cap}")
     if _as_int("rb_per_rbg", rb_per_rbg) < 1:
@@ -227,8 +232,10 @@ def make_slot(
     if tti_s <= 0 or not np.isfinite(tti_s):
         raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")
     if rate_bps is not None and utility is not None:
-        raise InvalidSlotError("rate_bps,utility", "give either rate_bps (achievable rates, bit/s) or utility "
-                                                   "(unitless weights used as given), not both")
+        raise InvalidSlotError(
+            "rate_bps,utility",
+            "give either rate_bps (achievable rates, bit/s) or utility (unitless weights used as given), not both",
+        )
     if utility is not None:
         util = _as_2d("utility", utility, ((n, r),))
     elif rate_bps is not None:
@@ -240,29 +247,44 @@ def make_slot(
                 raise InvalidSlotError("rate_bps", "the bits per slot computed from these values are not finite")
     elif preset == "spectrum":
         if p_rx is None:
-            raise InvalidSlotError("users.rx_power_dbm",
-                                   "required for the spectrum preset when rate_bps and utility are absent")
+            raise InvalidSlotError(
+                "users.rx_power_dbm", "required for the spectrum preset when rate_bps and utility are absent"
+            )
         fg = None if fading_gain is None else _as_2d("fading_gain", fading_gain, ((n, r),))
         intf = None if interference_dbm is None else _as_1d("resources.interference_dbm", interference_dbm, float, r)
         with np.errstate(over="ignore"):
-            util = phy.shannon_rate_bps(p_rx, bw, fading_gain=fg, interference_dbm=intf,
-                                        noise_density_dbm_hz=noise_density_dbm_hz)
+            util = phy.shannon_rate_bps(
+                p_rx, bw, fading_gain=fg, interference_dbm=intf, noise_density_dbm_hz=noise_density_dbm_hz
+            )
         if not np.isfinite(util).all():  # finite fields can still overflow (e.g. absurd rx power)
             raise InvalidSlotError("users.rx_power_dbm", "the rate computed from these values is not finite")
     else:
         if se is None:
-            raise InvalidSlotError("users.spectral_efficiency",
-                                   "required for the mac preset when rate_bps and utility are absent")
+            raise InvalidSlotError(
+                "users.spectral_efficiency", "required for the mac preset when rate_bps and utility are absent"
+            )
         with np.errstate(over="ignore"):
             tbs = phy.tbs_bits(se, rb_per_rbg)
         util = np.broadcast_to(tbs[:, None] if tbs.ndim == 1 else tbs, (n, r)).copy()
         if not np.isfinite(util).all():
             raise InvalidSlotError("users.spectral_efficiency", "the TBS computed from these values is not finite")
 
-    return SlotState(preset=preset, user_ids=uids, resource_ids=rids, utility=util,
-                     resource_available=avail, user_eligible=elig, max_resources_per_user=cap,
-                     bandwidth_hz=bw, buffer_bits=buf, rx_power_dbm=p_rx, spectral_efficiency=se,
-                     cell_id=cell_id, slot=int(slot), tti_s=float(tti_s))
+    return SlotState(
+        preset=preset,
+        user_ids=uids,
+        resource_ids=rids,
+        utility=util,
+        resource_available=avail,
+        user_eligible=elig,
+        max_resources_per_user=cap,
+        bandwidth_hz=bw,
+        buffer_bits=buf,
+        rx_power_dbm=p_rx,
+        spectral_efficiency=se,
+        cell_id=cell_id,
+        slot=int(slot),
+        tti_s=float(tti_s),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

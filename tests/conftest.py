@@ -21,10 +21,14 @@ from typing import Any
 import pytest
 from testkit import RedisProcess, ServeProcess, UvicornThread, live_processes, redis_answers
 
-PROMTOOL_HELP = ("promtool not found on PATH: install the Debian package `prometheus` "
-                 "(apt-get install prometheus; tests/run.sh installs it when root)")
-REDIS_HELP = ("a Redis server is needed: install it (Debian: `apt-get install redis-server`; tests/run.sh does "
-              "this when root), or start one on 127.0.0.1:6379, or point $GNBSCHED_TEST_REDIS_URL at one")
+PROMTOOL_HELP = (
+    "promtool not found on PATH: install the Debian package `prometheus` "
+    "(apt-get install prometheus; tests/run.sh installs it when root)"
+)
+REDIS_HELP = (
+    "a Redis server is needed: install it (Debian: `apt-get install redis-server`; tests/run.sh does "
+    "this when root), or start one on 127.0.0.1:6379, or point $GNBSCHED_TEST_REDIS_URL at one"
+)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -35,8 +39,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed:
         for proc in live_processes():
             state = "running" if proc.running else f"exited with {proc.returncode}"
-            report.sections.append((f"{proc.name} (pid {proc.pid}, {state}): end of {proc.log_path}",
-                                    proc.log_tail(3000)))
+            report.sections.append(
+                (f"{proc.name} (pid {proc.pid}, {state}): end of {proc.log_path}", proc.log_tail(3000))
+            )
 
 
 @pytest.fixture(scope="session")

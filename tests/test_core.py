@@ -15,8 +15,16 @@ from service.state.base import StateStore
 
 
 def _settings(**kw) -> Settings:
-    base = {"state_url": "memory://", "default_policy_spectrum": "km", "default_policy_mac": "pf",
-            "fallbacks": ["greedy"], "deadline_ms": None, "seed": 0, "ewma_slots": 100.0, "preload_policies": []}
+    base = {
+        "state_url": "memory://",
+        "default_policy_spectrum": "km",
+        "default_policy_mac": "pf",
+        "fallbacks": ["greedy"],
+        "deadline_ms": None,
+        "seed": 0,
+        "ewma_slots": 100.0,
+        "preload_policies": [],
+    }
     base.update(kw)
     return Settings(**base)
 
@@ -24,8 +32,15 @@ def _settings(**kw) -> Settings:
 def _mac(slot: int, cell: str = "c1"):
     from service.types import make_slot
 
-    return make_slot("mac", [1, 2, 3], [0, 1, 2, 3], spectral_efficiency=[1.1758, 0.6016, 0.2344],
-                     buffer_bits=[2000.0, 2000.0, 2000.0], cell_id=cell, slot=slot)
+    return make_slot(
+        "mac",
+        [1, 2, 3],
+        [0, 1, 2, 3],
+        spectral_efficiency=[1.1758, 0.6016, 0.2344],
+        buffer_bits=[2000.0, 2000.0, 2000.0],
+        cell_id=cell,
+        slot=slot,
+    )
 
 
 class FlakyStore(StateStore):
@@ -93,6 +108,7 @@ def test_schedule_uses_the_requested_policy_and_default_per_preset():
     from service.types import make_slot
 
     core = ServiceCore(_settings(default_policy_spectrum="greedy"), store=MemoryStore())
+
     def spec(slot: int):
         return make_slot("spectrum", [1, 2], [1, 2], rate_bps=[[1.0, 2.0], [3.0, 1.0]], slot=slot)
 

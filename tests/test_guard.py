@@ -38,8 +38,12 @@ N10_M4 = replace(MAC_SCENARIOS["standard"], num_ue=10, num_rbg=4)
 
 def _value(text: str, name: str, **labels: str) -> float | None:
     """Sum of the matching samples, None when there is none."""
-    vals = [s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    vals = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     return sum(vals) if vals else None
 
 
@@ -118,12 +122,17 @@ class Adversary(Policy):
 
 def _core(metrics: Metrics | None = None, **settings: Any) -> ServiceCore:
     s = Settings(grpc_port=0, rest_port=0, fallbacks=[], **{"guard_policies": ["adversary", "student"], **settings})
-    return ServiceCore(s, store=MemoryStore(), policies=PolicySet(factories={"adversary": Adversary}),
-                       observer=metrics)
+    return ServiceCore(s, store=MemoryStore(), policies=PolicySet(factories={"adversary": Adversary}), observer=metrics)
 
 
-def _play(core: ServiceCore, env: MacEnv | SpectrumEnv | WorldEnv, policy: str, slots: int, cell: str,
-          epoch: int | None = None) -> list:
+def _play(
+    core: ServiceCore,
+    env: MacEnv | SpectrumEnv | WorldEnv,
+    policy: str,
+    slots: int,
+    cell: str,
+    epoch: int | None = None,
+) -> list:
     """``slots`` slots of a fresh episode of ``env`` (a new ``epoch`` when the cell played one before)."""
     state = env.reset()
     feedback: dict[int, float] = {}
@@ -179,12 +188,17 @@ def test_the_guard_replaces_a_bad_policy_and_releases_it_when_good_again(preset:
     assert _value(text, "gnbsched_guard_engaged_total", cell=cell, preset=preset) == len(engaged) + released
 
 
-@pytest.mark.parametrize(("label", "cfg", "seed"), [
-    ("u5-c5-b2", SPECTRUM_SCENARIOS["u5-c5-b2"], 1),  # the tightest small scenario in a 3-seed probe
-    ("u15-c20-b8", SPECTRUM_SCENARIOS["u15-c20-b8"], 0),
-    ("u30-c30-b6", SpectrumConfig(num_ue=30, num_channels=30, num_busy=6), 2)])
-def test_the_shipped_student_never_trips_the_guard_on_normal_spectrum_traffic(label: str, cfg: SpectrumConfig,
-                                                                              seed: int) -> None:
+@pytest.mark.parametrize(
+    ("label", "cfg", "seed"),
+    [
+        ("u5-c5-b2", SPECTRUM_SCENARIOS["u5-c5-b2"], 1),  # the tightest small scenario in a 3-seed probe
+        ("u15-c20-b8", SPECTRUM_SCENARIOS["u15-c20-b8"], 0),
+        ("u30-c30-b6", SpectrumConfig(num_ue=30, num_channels=30, num_busy=6), 2),
+    ],
+)
+def test_the_shipped_student_never_trips_the_guard_on_normal_spectrum_traffic(
+    label: str, cfg: SpectrumConfig, seed: int
+) -> None:
     metrics = Metrics()
     core = ServiceCore(Settings(grpc_port=0, rest_port=0), store=MemoryStore(), observer=metrics)
     if core.policies.get("student").model("spectrum") is None:  # type: ignore[attr-defined]
@@ -192,14 +206,15 @@ def test_the_shipped_student_never_trips_the_guard_on_normal_spectrum_traffic(la
     decisions = _play(core, SpectrumEnv(cfg, seed=seed), "student", 200, f"student-{label}")
     assert all(d.policy == "student" and d.fallback is None for d in decisions)
     assert all(d.notes["guard"]["engaged"] is False for d in decisions)
-    assert min(d.notes["guard"]["window_ratio"] for d in decisions[core.settings.guard_min_slots - 1:]) >= RATIO
+    assert min(d.notes["guard"]["window_ratio"] for d in decisions[core.settings.guard_min_slots - 1 :]) >= RATIO
     text = metrics.exposition()[0].decode()
     assert _value(text, "gnbsched_guard_engaged_total", cell=f"student-{label}", preset="spectrum") == 0
 
 
 def test_the_mac_student_is_guarded_by_default_and_exempt_on_request() -> None:
-    state = make_slot("mac", [1, 2, 3], [0, 1, 2, 3], spectral_efficiency=[1.0, 0.5, 0.2],
-                      buffer_bits=[4096.0, 1024.0, 256.0])
+    state = make_slot(
+        "mac", [1, 2, 3], [0, 1, 2, 3], spectral_efficiency=[1.0, 0.5, 0.2], buffer_bits=[4096.0, 1024.0, 256.0]
+    )
     core = ServiceCore(Settings(grpc_port=0, rest_port=0), store=MemoryStore())
     d = core.schedule(state, policy="student")
     assert d.policy == "student" and d.notes["guard"]["reference"] == "pf" and d.timings_us["guard"] > 0
@@ -220,13 +235,16 @@ def _world(family: str, num_ue: int, num_rbg: int, seed: int, **overrides: Any) 
     return WorldEnv(replace(cfg, **overrides), seed=seed)
 
 
-@pytest.mark.parametrize(("label", "make_env"), [
-    ("standard", lambda: MacEnv(MAC_SCENARIOS["standard"], seed=3)),
-    ("n10-m4", lambda: MacEnv(N10_M4, seed=1)),
-    ("rayleigh-mixture-n20", lambda: _world("rayleigh-mixture", 20, 17, 11)),
-    ("los_mix-bernoulli-n50", lambda: _world("los_mix-bernoulli", 50, 33, 12)),
-    ("markov3-bernoulli-n20", lambda: _world("markov3-bernoulli", 20, 17, 13)),
-])
+@pytest.mark.parametrize(
+    ("label", "make_env"),
+    [
+        ("standard", lambda: MacEnv(MAC_SCENARIOS["standard"], seed=3)),
+        ("n10-m4", lambda: MacEnv(N10_M4, seed=1)),
+        ("rayleigh-mixture-n20", lambda: _world("rayleigh-mixture", 20, 17, 11)),
+        ("los_mix-bernoulli-n50", lambda: _world("los_mix-bernoulli", 50, 33, 12)),
+        ("markov3-bernoulli-n20", lambda: _world("markov3-bernoulli", 20, 17, 13)),
+    ],
+)
 def test_the_shipped_mac_student_never_trips_the_guard_on_normal_traffic(label: str, make_env: Any) -> None:
     """The project's simulator and worlds of the training families: the student serves every
     slot and its window ratio to pf's scheduled bits never drops below the guard's ratio."""
@@ -235,19 +253,22 @@ def test_the_shipped_mac_student_never_trips_the_guard_on_normal_traffic(label: 
     decisions = _play(core, make_env(), "student", 200, f"student-{label}")
     assert all(d.policy == "student" and d.fallback is None for d in decisions)
     assert all(d.notes["guard"]["engaged"] is False for d in decisions)
-    assert min(d.notes["guard"]["window_ratio"] for d in decisions[core.settings.guard_min_slots - 1:]) >= RATIO
+    assert min(d.notes["guard"]["window_ratio"] for d in decisions[core.settings.guard_min_slots - 1 :]) >= RATIO
     text = metrics.exposition()[0].decode()
     assert _value(text, "gnbsched_guard_engaged_total", cell=f"student-{label}", preset="mac") == 0
 
 
-@pytest.mark.parametrize(("label", "make_env"), [
-    # a held-out channel model and traffic model (never drawn in training) ...
-    ("rician-periodic-n20", lambda: _world("rician-periodic", 20, 17, 507)),
-    ("rayleigh-bursty-n50", lambda: _world("rayleigh-bursty", 50, 33, 21)),
-    # ... and units three decades beyond the training range (bits as micro- and mega-units)
-    ("scale-1e-6", lambda: _world("rayleigh-mixture", 30, 25, 31, unit_scale=1e-6)),
-    ("scale-1e6", lambda: _world("los_mix-mixture", 30, 25, 32, unit_scale=1e6)),
-])
+@pytest.mark.parametrize(
+    ("label", "make_env"),
+    [
+        # a held-out channel model and traffic model (never drawn in training) ...
+        ("rician-periodic-n20", lambda: _world("rician-periodic", 20, 17, 507)),
+        ("rayleigh-bursty-n50", lambda: _world("rayleigh-bursty", 50, 33, 21)),
+        # ... and units three decades beyond the training range (bits as micro- and mega-units)
+        ("scale-1e-6", lambda: _world("rayleigh-mixture", 30, 25, 31, unit_scale=1e-6)),
+        ("scale-1e6", lambda: _world("los_mix-mixture", 30, 25, 32, unit_scale=1e6)),
+    ],
+)
 def test_on_inputs_outside_training_the_served_utility_keeps_the_ratio(label: str, make_env: Any) -> None:
     """Whatever the student does on worlds it was not trained for, what the cell is served keeps
     at least guard_ratio of the reference's scheduled bits over the run, and every slot the guard
@@ -288,8 +309,9 @@ def test_the_guard_is_the_cores_for_every_transport() -> None:
     """Both transports call ``ServiceCore.schedule``: the guard is there, not in a transport."""
     core = _core()
     assert isinstance(core.guard, Guard)
-    d = core.schedule(make_slot("spectrum", [1, 2], [5, 6, 7], rx_power_dbm=[-70.0, -80.0]), policy="adversary",
-                      transport="grpc")
+    d = core.schedule(
+        make_slot("spectrum", [1, 2], [5, 6, 7], rx_power_dbm=[-70.0, -80.0]), policy="adversary", transport="grpc"
+    )
     assert d.fallback_reason == "guard"
     assert isinstance(core.history("cell-0"), CellHistory)
 

@@ -17,16 +17,22 @@ A = 1.0 / 100.0  # default ewma_slots = 100
 
 def _mac(ids, slot, buffers, se=None):
     n = len(ids)
-    return make_slot("mac", ids, [0, 1, 2], spectral_efficiency=se if se is not None else [1.0] * n,
-                     buffer_bits=buffers, slot=slot)
+    return make_slot(
+        "mac", ids, [0, 1, 2], spectral_efficiency=se if se is not None else [1.0] * n, buffer_bits=buffers, slot=slot
+    )
 
 
 TBS = 4 * 12 * 14 * 1.0  # bits per RBG at SE 1
 
 
 def test_empty_history_view_initialises_users():
-    st_ = make_slot("spectrum", [5, 3], [0, 1, 2], rate_bps=[[1.0, 2.0, 3.0], [4.0, 8.0, 0.0]],
-                    resource_available=[True, True, False])
+    st_ = make_slot(
+        "spectrum",
+        [5, 3],
+        [0, 1, 2],
+        rate_bps=[[1.0, 2.0, 3.0], [4.0, 8.0, 0.0]],
+        resource_available=[True, True, False],
+    )
     view = CellHistory.empty().view(st_)
     assert view.known.tolist() == [False, False]
     assert view.avg_served.tolist() == [1.5, 6.0]  # mean utility on available resources
@@ -50,8 +56,9 @@ def test_record_decision_ewma_counts_and_order():
     s1 = _mac([7, 3], 1, [1e6, 1e6])
     h2 = record_decision(h1, s1, np.array([2, 0, 2]), ewma_slots=10)
     a = 0.1
-    assert h2.avg_served.tolist() == pytest.approx([(1 - a) * h1.avg_served[0] + a * 2 * TBS,
-                                                    (1 - a) * h1.avg_served[1]])
+    assert h2.avg_served.tolist() == pytest.approx(
+        [(1 - a) * h1.avg_served[0] + a * 2 * TBS, (1 - a) * h1.avg_served[1]]
+    )
     assert h2.cum_resources.tolist() == [2.0, 2.0] and h2.last_served_slot.tolist() == [1, 0]
     view = h2.view(s1)
     assert view.known.all() and view.last_served_slot.tolist() == [0, 1]  # aligned with the slot (7, 3)
@@ -70,8 +77,9 @@ def test_feedback_corrects_the_last_step_exactly():
     s1 = _mac([1, 2], 1, [1e6, 1e6])
     h1 = record_decision(h0, s1, np.array([1, 1, 2]))  # expected: 2 TBS and 1 TBS
     fixed = apply_feedback(h1, {1: 0.0, 2: 500.0})
-    assert fixed.avg_served.tolist() == pytest.approx([(1 - A) * h0.avg_served[0] + A * 0.0,
-                                                       (1 - A) * h0.avg_served[1] + A * 500.0])
+    assert fixed.avg_served.tolist() == pytest.approx(
+        [(1 - A) * h0.avg_served[0] + A * 0.0, (1 - A) * h0.avg_served[1] + A * 500.0]
+    )
     assert fixed.cum_served.tolist() == pytest.approx([h0.cum_served[0], h0.cum_served[1] + 500.0])
     assert fixed.last_expected.tolist() == [0.0, 500.0]
     # the same feedback twice changes nothing more; unknown users and empty feedback are ignored
@@ -132,7 +140,7 @@ def test_format_1_blobs_are_still_read():
     for name, dtype, length in header["arrays"]:
         size = np.dtype(dtype).itemsize * length
         if name != "first_seen_slot":
-            kept += body[offset:offset + size]
+            kept += body[offset : offset + size]
         offset += size
     header["format"] = 1
     header["arrays"] = [a for a in header["arrays"] if a[0] != "first_seen_slot"]
@@ -171,12 +179,20 @@ def histories(draw):
         else:
             ids = rng.permutation(h.user_ids)
         r = int(rng.integers(1, 5))
-        state = make_slot("mac", ids, np.arange(r) + 1000, spectral_efficiency=rng.random(ids.size) * 2,
-                          buffer_bits=rng.choice([0.0, 300.0, 1e5], ids.size), slot=slot)
+        state = make_slot(
+            "mac",
+            ids,
+            np.arange(r) + 1000,
+            spectral_efficiency=rng.random(ids.size) * 2,
+            buffer_bits=rng.choice([0.0, 300.0, 1e5], ids.size),
+            slot=slot,
+        )
         owner = rng.integers(0, ids.size + 1, r)  # any DCM: the history records what was decided
         h = record_decision(h, state, owner, forget_after_slots=int(rng.integers(1, 5)))
         if rng.random() < 0.5:
-            h = apply_feedback(h, {int(u): float(rng.random() * 1e3) for u in ids[: int(rng.integers(0, ids.size + 1))]})
+            h = apply_feedback(
+                h, {int(u): float(rng.random() * 1e3) for u in ids[: int(rng.integers(0, ids.size + 1))]}
+            )
     return h
 
 
@@ -196,9 +212,17 @@ def test_from_bytes_rejects_malformed_blobs():
     h = record_decision(CellHistory.empty(), _mac([1, 2], 0, [1e6, 1e6]), np.array([1, 2, 0]))
     blob = to_bytes(h)
     head, body = blob.split(b"\n", 1)
-    bad = [b"", b"not json\n", b"[1, 2]\n", b'{"format": 2}\n' + body, b'{"format": 3}\n' + body, head + b"\n" + body[:-3],
-           head + b"\n" + body + b"extra", head.replace(b'"avg_served"', b'"avg_servd"') + b"\n" + body,
-           head.replace(b"<f8", b"<i8", 1) + b"\n" + body]
+    bad = [
+        b"",
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"format": 2}\n' + body,
+        b'{"format": 3}\n' + body,
+        head + b"\n" + body[:-3],
+        head + b"\n" + body + b"extra",
+        head.replace(b'"avg_served"', b'"avg_servd"') + b"\n" + body,
+        head.replace(b"<f8", b"<i8", 1) + b"\n" + body,
+    ]
     for b in bad:
         with pytest.raises(ValueError):
             from_bytes(b)

@@ -155,6 +155,9 @@ def test_no_import_cycle() -> None:
 @pytest.mark.parametrize("forbidden", ["torch", "trainer"])
 def test_service_never_imports_the_trainer_stack(forbidden: str) -> None:
     graph, external = import_graph()
-    offenders = sorted(m for m in graph if m.startswith("service")
-                       and (forbidden in external[m] or any(t.startswith(forbidden) for t in graph[m])))
+    offenders = sorted(
+        m
+        for m in graph
+        if m.startswith("service") and (forbidden in external[m] or any(t.startswith(forbidden) for t in graph[m]))
+    )
     assert not offenders, f"service modules importing {forbidden}: {offenders}"

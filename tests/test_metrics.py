@@ -51,17 +51,24 @@ EXPECTED = {
 
 def _slot(preset: str = "spectrum", slot: int = 0):
     if preset == "mac":
-        return make_slot("mac", [1, 2, 3], [0, 1], spectral_efficiency=[1.0, 0.5, 0.2], buffer_bits=[512.0, 0, 256],
-                         slot=slot)
+        return make_slot(
+            "mac", [1, 2, 3], [0, 1], spectral_efficiency=[1.0, 0.5, 0.2], buffer_bits=[512.0, 0, 256], slot=slot
+        )
     return make_slot("spectrum", [1, 2], [5, 6, 7], rx_power_dbm=[-70.0, -80.0], slot=slot)
 
 
 def _decision(policy: str = "km", *, fallback: str | None = None, violations: int = 0) -> Decision:
-    return Decision(owner=np.array([1, 0, 2]), policy=policy, valid_before_repair=violations == 0,
-                    violations=[Violation("busy_resource", "r2 is busy")] * violations, utility=1.0,
-                    fallback=fallback, fallback_reason="deadline" if fallback else None,
-                    timings_us={"serialize": 1.0, "policy": 40.0, "check": 5.0, "repair": 2.0, "total": 50.0},
-                    policy_version="3")
+    return Decision(
+        owner=np.array([1, 0, 2]),
+        policy=policy,
+        valid_before_repair=violations == 0,
+        violations=[Violation("busy_resource", "r2 is busy")] * violations,
+        utility=1.0,
+        fallback=fallback,
+        fallback_reason="deadline" if fallback else None,
+        timings_us={"serialize": 1.0, "policy": 40.0, "check": 5.0, "repair": 2.0, "total": 50.0},
+        policy_version="3",
+    )
 
 
 def _record_everything(m: Metrics) -> None:
@@ -82,8 +89,12 @@ def _families(text: str) -> dict:
 
 
 def _value(text: str, name: str, **labels: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_names_types_labels_and_buckets_are_the_dashboard_contract() -> None:
@@ -97,8 +108,11 @@ def test_names_types_labels_and_buckets_are_the_dashboard_contract() -> None:
         for s in fams[name].samples:
             assert set(s.labels) - {"le"} == labels, (name, s.labels)
     assert "gnbsched_requests_total" in text and "gnbsched_valid_before_repair_total" in text
-    buckets = [float(s.labels["le"]) for s in fams["gnbsched_stage_seconds"].samples
-               if s.name.endswith("_bucket") and s.labels["stage"] == "total" and s.labels["transport"] == "rest"]
+    buckets = [
+        float(s.labels["le"])
+        for s in fams["gnbsched_stage_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["stage"] == "total" and s.labels["transport"] == "rest"
+    ]
     assert buckets == [*LATENCY_BUCKETS, float("inf")]
     assert "_created" not in text
 
@@ -109,8 +123,10 @@ def test_decision_outcomes_fallbacks_repairs_and_store_state() -> None:
     text = m.exposition()[0].decode()
     assert _value(text, "gnbsched_requests_total", transport="rest", policy="km", outcome="ok") == 1
     assert _value(text, "gnbsched_requests_total", transport="grpc", policy="student", outcome="fallback") == 1
-    assert _value(text, "gnbsched_requests_total", transport="rest", preset="spectrum", policy="none",
-                  outcome="rejected") == 1
+    assert (
+        _value(text, "gnbsched_requests_total", transport="rest", preset="spectrum", policy="none", outcome="rejected")
+        == 1
+    )
     assert _value(text, "gnbsched_requests_total", transport="grpc", preset="none", outcome="rejected") == 1
     assert _value(text, "gnbsched_requests_total", preset="mac", policy="pf", outcome="error") == 1
     assert _value(text, "gnbsched_decisions_total") == 3
@@ -173,8 +189,17 @@ def test_core_reports_through_the_observer_protocol() -> None:
         core.schedule(_slot(slot=2), policy="pf", transport="inproc")
     core.schedule(_slot(slot=1), policy="busy", transport="inproc")  # a retry: replayed, nothing written
     text = m.exposition()[0].decode()
-    assert _value(text, "gnbsched_requests_total", transport="inproc", preset="spectrum",
-                  policy=settings.default_policy("spectrum"), outcome="ok") == 1
+    assert (
+        _value(
+            text,
+            "gnbsched_requests_total",
+            transport="inproc",
+            preset="spectrum",
+            policy=settings.default_policy("spectrum"),
+            outcome="ok",
+        )
+        == 1
+    )
     assert _value(text, "gnbsched_repairs_total", policy="busy") == 1
     assert _value(text, "gnbsched_violations_total") >= 1
     assert _value(text, "gnbsched_state_store_errors_total", op="write") == 1
@@ -214,8 +239,9 @@ def test_multiprocess_mode_sums_every_process_and_passes_promtool(tmp_path: Path
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
 
     def run(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-c", _WORKER, *args], env=env, cwd=REPO, capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", _WORKER, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 

@@ -27,8 +27,9 @@ def test_rx_power_free_space_reference_and_exponent():
     assert p[0] == pytest.approx(23.0 + 20 * math.log10(lam / (4 * math.pi)))
     assert p[0] == pytest.approx(-20.3291, abs=1e-4)  # by hand: 23 − 43.3291
     assert np.diff(p).tolist() == pytest.approx([-35.0, -35.0])
-    p2 = phy.rx_power_dbm(np.array([100.0]), tx_power_dbm=20.0, tx_gain_dbi=3.0, rx_gain_dbi=2.0,
-                          carrier_hz=2e9, pathloss_exponent=2.0)
+    p2 = phy.rx_power_dbm(
+        np.array([100.0]), tx_power_dbm=20.0, tx_gain_dbi=3.0, rx_gain_dbi=2.0, carrier_hz=2e9, pathloss_exponent=2.0
+    )
     lam2 = phy.SPEED_OF_LIGHT_M_S / 2e9
     assert p2[0] == pytest.approx(25.0 + 20 * math.log10(lam2 / (4 * math.pi)) - 40.0)
 

@@ -34,8 +34,15 @@ REGISTERED = names()
 @pytest.fixture
 def state():
     rng = np.random.default_rng(1)
-    return make_slot("spectrum", [11, 12, 13, 14], [1, 2, 3], rate_bps=rng.random((4, 3)) * 1e6,
-                     resource_available=[True, True, False], cell_id="cell-7", slot=42)
+    return make_slot(
+        "spectrum",
+        [11, 12, 13, 14],
+        [1, 2, 3],
+        rate_bps=rng.random((4, 3)) * 1e6,
+        resource_available=[True, True, False],
+        cell_id="cell-7",
+        slot=42,
+    )
 
 
 class Raising(Policy):

@@ -44,8 +44,20 @@ def test_help_lists_every_setting_with_env_and_default(capsys: pytest.CaptureFix
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GNBSCHED_SEED", "7")
     monkeypatch.setenv("GNBSCHED_EWMA_SLOTS", "50")
-    args = _parser().parse_args(["--seed", "3", "--fallbacks", "pf,greedy", "--no-guard-enabled",
-                                 "--guard-reference", '{"mac": "rr"}', "--policy-mac", "pf", "--admin"])
+    args = _parser().parse_args(
+        [
+            "--seed",
+            "3",
+            "--fallbacks",
+            "pf,greedy",
+            "--no-guard-enabled",
+            "--guard-reference",
+            '{"mac": "rr"}',
+            "--policy-mac",
+            "pf",
+            "--admin",
+        ]
+    )
     s = settings_from_args(args)
     assert s.seed == 3 and s.ewma_slots == 50.0  # flag wins, environment kept where no flag
     assert s.fallbacks == ["pf", "greedy"] and s.guard_enabled is False
@@ -74,8 +86,9 @@ def test_exported_settings_rebuild_the_same_tree(monkeypatch: pytest.MonkeyPatch
 
     for key in [k for k in os.environ if k.startswith("GNBSCHED_")]:
         monkeypatch.delenv(key)
-    s = settings_from_args(_parser().parse_args(["--seed", "5", "--teacher-url", "http://h:1/v1",
-                                                 "--guard-reference", '{"mac": "rr"}']))
+    s = settings_from_args(
+        _parser().parse_args(["--seed", "5", "--teacher-url", "http://h:1/v1", "--guard-reference", '{"mac": "rr"}'])
+    )
     s = s.model_copy(update={"teacher": s.teacher.model_copy(update={"api_key": "k3y"})})
     with monkeypatch.context() as m:
         m.setattr("os.environ", dict(os.environ))

@@ -14,8 +14,9 @@ from service.types import make_slot
 
 
 def _slot(cell: str, slot: int):
-    return make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[1.0, 2.0], buffer_bits=[1e5, 1e5], slot=slot,
-                     cell_id=cell)
+    return make_slot(
+        "mac", [1, 2], [0, 1, 2], spectral_efficiency=[1.0, 2.0], buffer_bits=[1e5, 1e5], slot=slot, cell_id=cell
+    )
 
 
 def _rows(path) -> list[dict]:

@@ -75,8 +75,10 @@ def _spec(**kw):
         ({"rate_bps": None, "rx_power_dbm": [-80.0, 1e300]}, "users.rx_power_dbm"),
         ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "fading_gain": np.ones((2, 2))}, "fading_gain"),
         ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "fading_gain": -np.ones((2, 3))}, "fading_gain"),
-        ({"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "interference_dbm": [-100.0]},
-         "resources.interference_dbm"),
+        (
+            {"rate_bps": None, "rx_power_dbm": [-80.0, -90.0], "interference_dbm": [-100.0]},
+            "resources.interference_dbm",
+        ),
         ({"tti_s": 0.0}, "tti_s"),
         ({"rb_per_rbg": 0}, "rb_per_rbg"),
         ({"rb_per_rbg": 1.5}, "rb_per_rbg"),
@@ -129,16 +131,27 @@ def test_defaults_per_preset():
 
 
 def test_integral_float_and_numpy_ids_are_accepted():
-    st = make_slot("spectrum", np.array([3.0, 1.0]), np.array([7], np.int32), rate_bps=[[1.0], [2.0]],
-                   max_resources_per_user=np.int64(1))
+    st = make_slot(
+        "spectrum",
+        np.array([3.0, 1.0]),
+        np.array([7], np.int32),
+        rate_bps=[[1.0], [2.0]],
+        max_resources_per_user=np.int64(1),
+    )
     assert st.user_ids.tolist() == [3, 1] and st.resource_ids.tolist() == [7]
     mac = make_slot("mac", [1], [0, 1, 2], spectral_efficiency=[1.0], max_resources_per_user=2.0, rb_per_rbg=2.0)
     assert mac.max_resources_per_user == 2 and mac.utility[0, 0] == pytest.approx(2 * 168.0)
 
 
 def test_mac_users_without_data_are_ineligible():
-    st = make_slot("mac", [1, 2, 3], [0, 1], spectral_efficiency=[0.6, 0.6, 0.6], buffer_bits=[100.0, 0.0, 5.0],
-                   user_eligible=[True, True, False])
+    st = make_slot(
+        "mac",
+        [1, 2, 3],
+        [0, 1],
+        spectral_efficiency=[0.6, 0.6, 0.6],
+        buffer_bits=[100.0, 0.0, 5.0],
+        user_eligible=[True, True, False],
+    )
     assert st.user_eligible.tolist() == [True, False, False]
     # spectrum: an empty buffer does not change eligibility
     sp = _spec(buffer_bits=[0.0, 0.0])
@@ -179,8 +192,15 @@ def test_spectrum_rate_from_physical_fields_matches_spec_by_hand():
 def test_spectrum_rate_uses_fading_and_interference():
     p_rx = np.array([-90.0, -80.0])
     g = np.array([[0.5, 2.0], [1.0, 0.0]])
-    st = make_slot("spectrum", [1, 2], [1, 2], rx_power_dbm=p_rx, fading_gain=g,
-                   interference_dbm=[-114.0, -200.0], bandwidth_hz=[1e6, 1e6])
+    st = make_slot(
+        "spectrum",
+        [1, 2],
+        [1, 2],
+        rx_power_dbm=p_rx,
+        fading_gain=g,
+        interference_dbm=[-114.0, -200.0],
+        bandwidth_hz=[1e6, 1e6],
+    )
     noise_w = 10 ** ((-114 - 30) / 10)
     p_w = 10 ** ((p_rx - 30) / 10)
     denom = np.array([2 * noise_w, noise_w + 10 ** ((-200 - 30) / 10)])
@@ -238,8 +258,9 @@ def test_utility_matrix_is_used_as_given(preset):
 def test_rate_bps_and_utility_together_are_refused_naming_both():
     for preset in ("spectrum", "mac"):
         with pytest.raises(InvalidSlotError) as info:
-            make_slot(preset, [1], [0], rate_bps=[[1e6]], utility=[[500.0]], spectral_efficiency=[1.0],
-                      rx_power_dbm=[-80.0])
+            make_slot(
+                preset, [1], [0], rate_bps=[[1e6]], utility=[[500.0]], spectral_efficiency=[1.0], rx_power_dbm=[-80.0]
+            )
         assert info.value.field == "rate_bps,utility"
         assert "rate_bps" in info.value.message and "utility" in info.value.message
 
@@ -264,6 +285,7 @@ def test_mac_served_bits_are_capped_by_the_buffer():
     assert served_bits(st, owner).tolist() == [150.0, 100.0]
     assert slot_utility(st, owner) == 250.0
     # spectrum ignores buffers: the rate is the utility
-    sp = make_slot("spectrum", [1, 2], [0, 1], rate_bps=np.full((2, 2), 100.0), buffer_bits=[1.0, 1.0],
-                   max_resources_per_user=2)
+    sp = make_slot(
+        "spectrum", [1, 2], [0, 1], rate_bps=np.full((2, 2), 100.0), buffer_bits=[1.0, 1.0], max_resources_per_user=2
+    )
     assert slot_utility(sp, np.array([1, 1])) == 200.0

@@ -41,10 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 #: environment a child server never inherits: the developer's settings, Prometheus multiprocess dirs
 PRIVATE_ENV_PREFIXES = ("GNBSCHED_", "PROMETHEUS_", "prometheus_multiproc")
-REDIS_MISSING = ("redis-server is not on PATH: install it (Debian: `apt-get install redis-server`; "
-                 "tests/run.sh does this when root)")
-REDIS_CLI_MISSING = ("redis-cli is not on PATH (it creates the test Redis Cluster): install it with redis-server "
-                     "(Debian: `apt-get install redis-server`; tests/run.sh does this when root)")
+REDIS_MISSING = (
+    "redis-server is not on PATH: install it (Debian: `apt-get install redis-server`; tests/run.sh does this when root)"
+)
+REDIS_CLI_MISSING = (
+    "redis-cli is not on PATH (it creates the test Redis Cluster): install it with redis-server "
+    "(Debian: `apt-get install redis-server`; tests/run.sh does this when root)"
+)
 #: a master starts a full resync at once (redis-server 7 waits 5 s for more replicas by default)
 REDIS_FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 
@@ -114,8 +117,15 @@ class ServerProcess:
     log, appended). A context manager: ``close()`` on exit.
     """
 
-    def __init__(self, argv: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, log_path: Path | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+        name: str | None = None,
+    ) -> None:
         self.argv = [os.fspath(a) for a in argv]
         self.env = env if env is not None else child_env()
         self.cwd = cwd if cwd is not None else REPO
@@ -132,8 +142,15 @@ class ServerProcess:
         if self.running:
             raise RuntimeError(f"{self.name} (pid {self.pid}) is already running")
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if self not in _LIVE:
             _LIVE.append(self)
         return self
@@ -169,8 +186,9 @@ class ServerProcess:
     def _failure(self, what: str) -> str:
         return f"{self.name} {what}; the end of its log ({self.log_path}):\n{self.log_tail()}"
 
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str,
-                 interval_s: float = 0.1) -> ServerProcess:
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+    ) -> ServerProcess:
         """Poll ``predicate`` until it holds; ``RuntimeError`` if the process exits first,
         ``TimeoutError`` after ``timeout_s`` (both with the log's tail)."""
         proc = self._popen()
@@ -251,9 +269,18 @@ class ServeProcess(ServerProcess):
     installed console script, or an image's entry point).
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, rest: bool = True, grpc: bool = False,
-                 rest_verify: Any = None, command: Sequence[str] = SERVE_COMMAND, settings_in_env: bool = False,
-                 log_path: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        rest: bool = True,
+        grpc: bool = False,
+        rest_verify: Any = None,
+        command: Sequence[str] = SERVE_COMMAND,
+        settings_in_env: bool = False,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.rest_port = free_port() if rest else 0
         self.grpc_port = free_port() if grpc else 0
         self.verify = rest_verify if rest_verify is not None else True
@@ -262,8 +289,9 @@ class ServeProcess(ServerProcess):
         full_env = child_env(**(env or {}))
         flags: list[str] = []
         if settings_in_env:
-            full_env.update(GNBSCHED_HOST=LOOPBACK, GNBSCHED_REST_PORT=str(self.rest_port),
-                            GNBSCHED_GRPC_PORT=str(self.grpc_port))
+            full_env.update(
+                GNBSCHED_HOST=LOOPBACK, GNBSCHED_REST_PORT=str(self.rest_port), GNBSCHED_GRPC_PORT=str(self.grpc_port)
+            )
         else:
             flags = ["--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port), "--log-level", "warning"]
         super().__init__([*command, *flags, *args], env=full_env, cwd=cwd, log_path=log_path, name="gnbsched serve")
@@ -318,8 +346,13 @@ class RedisProcess(ServerProcess):
     that a test may stop, kill and ``start()`` again on the same port; ``start()`` returns once
     it answers PING. ``dir``: its working directory; ``args``: more ``redis-server`` flags."""
 
-    def __init__(self, dir: Path | None = None, log_path: Path | None = None, args: Sequence[str] = (),
-                 name: str = "redis-server") -> None:
+    def __init__(
+        self,
+        dir: Path | None = None,
+        log_path: Path | None = None,
+        args: Sequence[str] = (),
+        name: str = "redis-server",
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError(REDIS_MISSING)
@@ -333,8 +366,11 @@ class RedisProcess(ServerProcess):
     @classmethod
     def replica_of(cls, master: RedisProcess, dir: Path | None = None, args: Sequence[str] = ()) -> RedisProcess:
         """A ``redis-server --replicaof`` ``master`` (not started; ``wait_in_sync`` after ``start``)."""
-        return cls(dir=dir, args=[*REDIS_FAST_SYNC, "--replicaof", LOOPBACK, str(master.port), *args],
-                   name=f"redis-replica-of-{master.port}")
+        return cls(
+            dir=dir,
+            args=[*REDIS_FAST_SYNC, "--replicaof", LOOPBACK, str(master.port), *args],
+            name=f"redis-replica-of-{master.port}",
+        )
 
     def info(self, section: str = "") -> dict[str, str]:
         """Its ``INFO [section]`` ({} when it does not answer)."""
@@ -342,8 +378,11 @@ class RedisProcess(ServerProcess):
 
     def wait_in_sync(self, timeout_s: float = 15.0) -> RedisProcess:
         """Wait until this replica's link to its master is up (the initial sync is done)."""
-        return self.wait_for(lambda: self.info("replication").get("master_link_status") == "up", timeout_s,
-                             "master_link_status:up (replica in sync)")
+        return self.wait_for(
+            lambda: self.info("replication").get("master_link_status") == "up",
+            timeout_s,
+            "master_link_status:up (replica in sync)",
+        )
 
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         super().start()
@@ -369,24 +408,36 @@ class SentinelProcess(ServerProcess):
     second, so a freshly promoted master looks down at once and is failed over again (measured
     with 300 ms: 4 to 5 switches in 10 s; with 1500 ms: one, complete about 4.5 s after a kill)."""
 
-    def __init__(self, master: RedisProcess, dir: Path, name: str = "m", down_after_ms: int = 1500,
-                 failover_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        master: RedisProcess,
+        dir: Path,
+        name: str = "m",
+        down_after_ms: int = 1500,
+        failover_timeout_ms: int = 2000,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise AssertionError(REDIS_MISSING)
         self.port = free_port()
         self.master_name = name
         self.conf = Path(dir) / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: one per process
-        self.conf.write_text(f"port {self.port}\nbind {LOOPBACK}\ndir {dir}\n"
-                             f"sentinel monitor {name} {LOOPBACK} {master.port} 1\n"
-                             f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
-                             f"sentinel failover-timeout {name} {failover_timeout_ms}\n")
+        self.conf.write_text(
+            f"port {self.port}\nbind {LOOPBACK}\ndir {dir}\n"
+            f"sentinel monitor {name} {LOOPBACK} {master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+        )
         super().__init__([binary, str(self.conf), "--sentinel"], name="redis-sentinel")
 
     def start(self, timeout_s: float = 10.0) -> SentinelProcess:
         super().start()
-        self.wait_for(lambda: redis_answers(f"redis://{LOOPBACK}:{self.port}", 0.3), timeout_s,
-                      f"PING answered on port {self.port}", interval_s=0.02)
+        self.wait_for(
+            lambda: redis_answers(f"redis://{LOOPBACK}:{self.port}", 0.3),
+            timeout_s,
+            f"PING answered on port {self.port}",
+            interval_s=0.02,
+        )
         return self
 
     def url(self, **options: object) -> str:
@@ -429,13 +480,19 @@ class SentinelProcess(ServerProcess):
     def wait_replicas(self, ports: Sequence[int], timeout_s: float = 15.0) -> SentinelProcess:
         """Wait until it knows every replica in ``ports`` (up)."""
         want = set(ports)
-        return self.wait_for(lambda: want <= set(self.replica_ports()), timeout_s,
-                             f"Sentinel knowing the replicas on ports {sorted(want)}")
+        return self.wait_for(
+            lambda: want <= set(self.replica_ports()),
+            timeout_s,
+            f"Sentinel knowing the replicas on ports {sorted(want)}",
+        )
 
     def wait_failover(self, old_port: int, timeout_s: float = 20.0) -> int:
         """Wait until it reports a master other than ``old_port``; returns the new master's port."""
-        self.wait_for(lambda: self.master_port() not in (None, old_port), timeout_s,
-                      f"a failover away from the master on port {old_port}")
+        self.wait_for(
+            lambda: self.master_port() not in (None, old_port),
+            timeout_s,
+            f"a failover away from the master on port {old_port}",
+        )
         port = self.master_port()
         assert port is not None
         return port
@@ -453,8 +510,16 @@ class RedisClusterNodes:
         for _ in range(size):
             node = RedisProcess(dir=self.dir, name="redis-cluster-node")
             # the bus port on its own free port: port + 10000 (the default) may be taken or above 65535
-            node.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / f"nodes-{node.port}.conf"),
-                          "--cluster-port", str(free_port()), "--cluster-node-timeout", "5000"]
+            node.argv += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.dir / f"nodes-{node.port}.conf"),
+                "--cluster-port",
+                str(free_port()),
+                "--cluster-node-timeout",
+                "5000",
+            ]
             self.nodes.append(node)
         self.url = f"redis+cluster://{LOOPBACK}:{self.nodes[0].port}"
 
@@ -464,9 +529,20 @@ class RedisClusterNodes:
             raise AssertionError(REDIS_CLI_MISSING)
         for node in self.nodes:
             node.start()
-        out = subprocess.run([cli, "--cluster", "create", *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
-                              "--cluster-replicas", "0", "--cluster-yes"],
-                             capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"{LOOPBACK}:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed ({out.returncode}):\n{out.stdout}{out.stderr}")
         for node in self.nodes:

@@ -35,8 +35,9 @@ class Checkpoint:
     feature_ranges: dict[str, Any] | None = None
 
     @staticmethod
-    def new(preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN,
-            kind: str = "") -> Checkpoint:
+    def new(
+        preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN, kind: str = ""
+    ) -> Checkpoint:
         """A fresh network; ``kind`` is the served decode (default: assignment for spectrum,
         capped for mac)."""
         kind = kind or ("assignment" if preset == "spectrum" else "capped")
@@ -50,10 +51,18 @@ class Checkpoint:
     def save(self, directory: str | Path) -> Path:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": self.net.config.as_dict(), "state_dict": self.net.state_dict(), "preset": self.preset,
-                    "decode": self.decode, "stages": self.stages, "feature_version": FEATURE_VERSION,
-                    "feature_ranges": self.feature_ranges},
-                   path / CHECKPOINT_FILE)
+        torch.save(
+            {
+                "config": self.net.config.as_dict(),
+                "state_dict": self.net.state_dict(),
+                "preset": self.preset,
+                "decode": self.decode,
+                "stages": self.stages,
+                "feature_version": FEATURE_VERSION,
+                "feature_ranges": self.feature_ranges,
+            },
+            path / CHECKPOINT_FILE,
+        )
         return path / CHECKPOINT_FILE
 
     @staticmethod
@@ -66,8 +75,9 @@ class Checkpoint:
             raise ValueError(f"{path}: feature version {blob.get('feature_version')} != {FEATURE_VERSION}")
         net = StudentNet(NetConfig(**blob["config"]))
         net.load_state_dict(blob["state_dict"])
-        return Checkpoint(net, blob["preset"], dict(blob["decode"]), list(blob.get("stages", [])),
-                          blob.get("feature_ranges"))
+        return Checkpoint(
+            net, blob["preset"], dict(blob["decode"]), list(blob.get("stages", [])), blob.get("feature_ranges")
+        )
 
     @property
     def surplus_margin(self) -> float:

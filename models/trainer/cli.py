@@ -1,13 +1,13 @@
 """``gnbsched train``: distill, fine-tune and export the ONNX student (needs the ``[train]`` extra).
 
-    gnbsched train all                    # reproduce both shipped models (two processes, one per preset)
-    gnbsched train all --preset mac       # one preset only
-    gnbsched train distill --preset mac --teacher deficit --out runs/mac
-    gnbsched train distill --preset mac --dataset answers.jsonl --out runs/mac-llm
-    gnbsched train grpo --init runs/spectrum --out runs/spectrum-grpo
-    gnbsched train ppo --init runs/mac --out runs/mac-ppo
-    gnbsched train export --checkpoint runs/mac-ppo --version v2
-    gnbsched train record --preset mac --teacher deficit --scenarios standard --out data/mac.jsonl
+gnbsched train all                    # reproduce both shipped models (two processes, one per preset)
+gnbsched train all --preset mac       # one preset only
+gnbsched train distill --preset mac --teacher deficit --out runs/mac
+gnbsched train distill --preset mac --dataset answers.jsonl --out runs/mac-llm
+gnbsched train grpo --init runs/spectrum --out runs/spectrum-grpo
+gnbsched train ppo --init runs/mac --out runs/mac-ppo
+gnbsched train export --checkpoint runs/mac-ppo --version v2
+gnbsched train record --preset mac --teacher deficit --scenarios standard --out data/mac.jsonl
 """
 
 from __future__ import annotations
@@ -29,34 +29,78 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # spectrum: the anchored decode (exact assignment on the utility, the network's weight bounded
     # to 1 ± 0.005) keeps >= 0.990 of the optimum on any input; the network is distilled from km
     "spectrum": [
-        ("distill", {"preset": "spectrum", "teacher": "km", "worlds": "both", "decode": "anchored", "samples": 8000,
-                     "steps": 2500, "batch_size": 32, "learning_rate": 1e-3, "nll_coef": 0.05, "hinge_coef": 1.0,
-                     "weight_decay": 0.01, "hidden": 32, "eval_every": 500, "eval_slots": 20, "seed": 1}),
+        (
+            "distill",
+            {
+                "preset": "spectrum",
+                "teacher": "km",
+                "worlds": "both",
+                "decode": "anchored",
+                "samples": 8000,
+                "steps": 2500,
+                "batch_size": 32,
+                "learning_rate": 1e-3,
+                "nll_coef": 0.05,
+                "hinge_coef": 1.0,
+                "weight_decay": 0.01,
+                "hidden": 32,
+                "eval_every": 500,
+                "eval_slots": 20,
+                "seed": 1,
+            },
+        ),
     ],
     # mac: the pf-anchored decode (pf's priority, the network's tilt bounded to 1 ± 0.05) keeps pf's
     # service (throughput, latency, fairness) on any input; the network is distilled from pf on the
     # project's simulator and every training world family. eq. 5 alone is not its objective (a
     # fine-tuning stage on eq. 5 buys it with latency)
     "mac": [
-        ("distill", {"preset": "mac", "teacher": "pf", "worlds": "both", "decode": "pf_anchored", "samples": 12000,
-                     "dagger_rounds": 2, "steps": 2500, "hidden": 32, "batch_size": 64, "learning_rate": 2e-3,
-                     "eval_every": 0, "eval_slots": 10, "seed": 1}),
+        (
+            "distill",
+            {
+                "preset": "mac",
+                "teacher": "pf",
+                "worlds": "both",
+                "decode": "pf_anchored",
+                "samples": 12000,
+                "dagger_rounds": 2,
+                "steps": 2500,
+                "hidden": 32,
+                "batch_size": 64,
+                "learning_rate": 2e-3,
+                "eval_every": 0,
+                "eval_slots": 10,
+                "seed": 1,
+            },
+        ),
     ],
 }
 QUICK: dict[str, dict[str, Any]] = {
     "distill": {"samples": 300, "steps": 40, "dagger_rounds": 0, "eval_slots": 2, "eval_every": 0},
     "grpo": {"iterations": 3, "states_per_iteration": 4, "group_size": 4, "eval_slots": 2},
-    "ppo": {"total_steps": 512, "num_envs": 4, "num_steps": 32, "eval_ttis": 100, "eval_every": 0,
-            "time_budget_s": 0.0},
+    "ppo": {
+        "total_steps": 512,
+        "num_envs": 4,
+        "num_steps": 32,
+        "eval_ttis": 100,
+        "eval_every": 0,
+        "time_budget_s": 0.0,
+    },
 }
 #: stage -> (script module, its argument dataclass); the modules (and torch) are imported only to run
-SCRIPTS: dict[str, tuple[str, type]] = {"distill": ("trainer.distill", DistillArgs), "grpo": ("trainer.grpo", GrpoArgs),
-                                        "ppo": ("trainer.ppo", PpoArgs), "export": ("trainer.export", ExportArgs)}
+SCRIPTS: dict[str, tuple[str, type]] = {
+    "distill": ("trainer.distill", DistillArgs),
+    "grpo": ("trainer.grpo", GrpoArgs),
+    "ppo": ("trainer.ppo", PpoArgs),
+    "export": ("trainer.export", ExportArgs),
+}
 #: one-line help of each script
-SCRIPT_HELP = {"distill": "distillation from a teacher (km, a policy, deficit / stackelberg / fair_efficient) or a JSONL dataset",
-               "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
-               "ppo": "PPO with GAE on the sequential mac leader utility",
-               "export": "export a checkpoint to ONNX + model card (parity-checked)"}
+SCRIPT_HELP = {
+    "distill": "distillation from a teacher (km, a policy, deficit / stackelberg / fair_efficient) or a JSONL dataset",
+    "grpo": "GRPO fine-tuning on the simulator's utility (spectrum)",
+    "ppo": "PPO with GAE on the sequential mac leader utility",
+    "export": "export a checkpoint to ONNX + model card (parity-checked)",
+}
 #: argv never holds a NUL byte: a parser with this as its only prefix sees every argument as positional
 _NO_PREFIX = "\0"
 #: the held-out metric that decides whether a fine-tuning stage is kept (higher is better)
@@ -71,23 +115,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("all", help="reproduce the shipped student models (distill → fine-tune → export → evaluate)")
     p.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all", help="which model(s) (default: both)")
     p.add_argument("--runs-dir", default="runs/reproduce", help="checkpoints and metrics of every stage")
-    p.add_argument("--models-dir", default="",
-                   help="where to export (default: the model_dir setting, $GNBSCHED_MODEL_DIR, or models/)")
+    p.add_argument(
+        "--models-dir",
+        default="",
+        help="where to export (default: the model_dir setting, $GNBSCHED_MODEL_DIR, or models/)",
+    )
     p.add_argument("--version", default="", help="version to write (default: the next vK)")
     p.add_argument("--quick", action="store_true", help="tiny budgets (smoke test; the model is not useful)")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark that fills the model card's KPIs")
-    p.add_argument("--sequential", action="store_true", help="run the presets one after the other (default: in parallel)")
+    p.add_argument(
+        "--sequential", action="store_true", help="run the presets one after the other (default: in parallel)"
+    )
     p.add_argument("--recorded-command", default="", help=argparse.SUPPRESS)
     for name in SCRIPTS:
         # the script's options (its dataclass) are parsed by tyro in run(): this parser only collects
         # them, --help included (argparse.REMAINDER alone refuses a leading --option)
         sp = sub.add_parser(name, help=SCRIPT_HELP[name], add_help=False, prefix_chars=_NO_PREFIX)
-        sp.add_argument("argv", nargs=argparse.REMAINDER, metavar="OPTIONS",
-                        help=f"the script's options: gnbsched train {name} --help")
+        sp.add_argument(
+            "argv",
+            nargs=argparse.REMAINDER,
+            metavar="OPTIONS",
+            help=f"the script's options: gnbsched train {name} --help",
+        )
     rec = sub.add_parser("record", help="write a JSONL dataset of a teacher's closed-loop (state, decision) rows")
     rec.add_argument("--preset", choices=["spectrum", "mac"], default="mac")
-    rec.add_argument("--teacher", default="deficit",
-                     help="a mac leader ('deficit', 'stackelberg', 'fair_efficient') or a registered policy name")
+    rec.add_argument(
+        "--teacher",
+        default="deficit",
+        help="a mac leader ('deficit', 'stackelberg', 'fair_efficient') or a registered policy name",
+    )
     rec.add_argument("--scenarios", default="standard", help="comma-separated named scenarios of the preset")
     rec.add_argument("--episodes", type=int, default=1)
     rec.add_argument("--slots", type=int, default=200)
@@ -102,8 +158,17 @@ def run(args: argparse.Namespace) -> int:
         from trainer.data import record_rows, write_jsonl
         from trainer.teachers import make_teacher
 
-        n = write_jsonl(record_rows(args.preset, make_teacher(args.teacher), scenarios=args.scenarios.split(","),
-                                    episodes=args.episodes, slots=args.slots, seed=args.seed), args.out)
+        n = write_jsonl(
+            record_rows(
+                args.preset,
+                make_teacher(args.teacher),
+                scenarios=args.scenarios.split(","),
+                episodes=args.episodes,
+                slots=args.slots,
+                seed=args.seed,
+            ),
+            args.out,
+        )
         print(f"recorded {n} rows -> {args.out}")
         return 0
     stage_args = parse_script_args(args.stage, args.argv)  # before torch is imported: --help is quick
@@ -134,7 +199,9 @@ def rejection(preset: str, final: dict[str, float], previous: dict[str, float]) 
     return None
 
 
-def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick: bool, bench: bool, command: str) -> Path:
+def run_preset(
+    preset: str, runs_dir: Path, models_dir: str, version: str, quick: bool, bench: bool, command: str
+) -> Path:
     """Every stage of ``preset``'s recipe, then export and (optionally) the benchmark KPIs."""
     from trainer import export
     from trainer.checkpoint import Checkpoint
@@ -179,8 +246,11 @@ def run_preset(preset: str, runs_dir: Path, models_dir: str, version: str, quick
 def run_all(args: argparse.Namespace) -> int:
     presets = ["spectrum", "mac"] if args.preset == "all" else [args.preset]
     runs_dir = Path(args.runs_dir)
-    command = args.recorded_command or ("gnbsched train all" + (f" --preset {args.preset}" if args.preset != "all" else "")
-                                        + (" --quick" if args.quick else ""))
+    command = args.recorded_command or (
+        "gnbsched train all"
+        + (f" --preset {args.preset}" if args.preset != "all" else "")
+        + (" --quick" if args.quick else "")
+    )
     if len(presets) == 1 or args.sequential:
         for preset in presets:
             run_preset(preset, runs_dir, args.models_dir, args.version, args.quick, not args.no_bench, command)
@@ -188,8 +258,19 @@ def run_all(args: argparse.Namespace) -> int:
     # one process per preset: the two recipes are independent and the budget assumes 2 cores
     procs = []
     for preset in presets:
-        cmd = [sys.executable, "-m", "service.cli", "train", "all", "--preset", preset, "--runs-dir", str(runs_dir),
-               "--recorded-command", command]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "train",
+            "all",
+            "--preset",
+            preset,
+            "--runs-dir",
+            str(runs_dir),
+            "--recorded-command",
+            command,
+        ]
         for flag, value in (("--models-dir", args.models_dir), ("--version", args.version)):
             if value:
                 cmd += [flag, value]

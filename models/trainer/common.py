@@ -40,7 +40,9 @@ class Logger:
     """Namespaced scalar metrics (``losses/…``, ``eval/…``, ``charts/…``) to ``metrics.jsonl`` in
     the run directory, and a progress line on stderr every ``print_every_s`` seconds."""
 
-    def __init__(self, run_dir: str | Path | None, name: str, *, print_every_s: float = 5.0, quiet: bool = False) -> None:
+    def __init__(
+        self, run_dir: str | Path | None, name: str, *, print_every_s: float = 5.0, quiet: bool = False
+    ) -> None:
         self.name = name
         self.path = None
         if run_dir is not None:
@@ -57,7 +59,9 @@ class Logger:
         self.last.update(clean)
         if self.path is not None:
             with self.path.open("a") as fh:
-                fh.write(json.dumps({"script": self.name, "step": step, "time_s": round(self.elapsed(), 3), **clean}) + "\n")
+                fh.write(
+                    json.dumps({"script": self.name, "step": step, "time_s": round(self.elapsed(), 3), **clean}) + "\n"
+                )
         now = time.perf_counter()
         if not self.quiet and (force_print or now - self._last_print >= self.print_every_s):
             self._last_print = now
@@ -103,8 +107,14 @@ class Batch:
         return int(self.user_mask.shape[0])
 
 
-def collate(inputs: Sequence[StudentInputs], needs: Sequence[np.ndarray], caps: Sequence[int], *,
-            num_ue: int | None = None, num_res: int | None = None) -> Batch:
+def collate(
+    inputs: Sequence[StudentInputs],
+    needs: Sequence[np.ndarray],
+    caps: Sequence[int],
+    *,
+    num_ue: int | None = None,
+    num_res: int | None = None,
+) -> Batch:
     """Pad a list of serialized slots to a common (N, R) (at least ``num_ue`` / ``num_res``)."""
     b = len(inputs)
     n = max([x.shape[0] for x in inputs] + [num_ue or 0])
@@ -125,8 +135,16 @@ def collate(inputs: Sequence[StudentInputs], needs: Sequence[np.ndarray], caps: 
         um[i, :ni] = x.user_mask
         rm[i, :ri] = x.res_mask
         nd[i, :ni] = need
-    return Batch(torch.from_numpy(g), torch.from_numpy(uf), torch.from_numpy(rf), torch.from_numpy(pf),
-                 torch.from_numpy(um), torch.from_numpy(rm), torch.from_numpy(nd), torch.as_tensor(np.asarray(caps, np.int64)))
+    return Batch(
+        torch.from_numpy(g),
+        torch.from_numpy(uf),
+        torch.from_numpy(rf),
+        torch.from_numpy(pf),
+        torch.from_numpy(um),
+        torch.from_numpy(rm),
+        torch.from_numpy(nd),
+        torch.as_tensor(np.asarray(caps, np.int64)),
+    )
 
 
 def pad_tokens(tokens: Sequence[np.ndarray], num_res: int) -> torch.Tensor:
@@ -157,8 +175,9 @@ def canonical_pass1(tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
     return torch.where(first, tokens, torch.zeros_like(tokens))
 
 
-def row_logprobs(logits: torch.Tensor, tokens: torch.Tensor, batch: Batch, surplus_margin: float,
-                 pass1: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def row_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, batch: Batch, surplus_margin: float, pass1: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of a trajectory of the two-pass process, per resource row.
 
     logits [B, R, N+1]; tokens [B, R] the final DCM; pass1 [B, R] the pass-1 draws (a user, or 0
@@ -196,8 +215,13 @@ def row_logprobs(logits: torch.Tensor, tokens: torch.Tensor, batch: Batch, surpl
 
 
 @torch.no_grad()
-def sample_tokens(logits: torch.Tensor, batch: Batch, surplus_margin: float, generator: torch.Generator | None = None,
-                  greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(
+    logits: torch.Tensor,
+    batch: Batch,
+    surplus_margin: float,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw trajectories of the two-pass process (``greedy``: argmax, the served decode).
 
     Returns (DCMs [B, R], pass-1 draws [B, R]) — pass both to ``row_logprobs``.
@@ -227,7 +251,9 @@ def sample_tokens(logits: torch.Tensor, batch: Batch, surplus_margin: float, gen
         if not rows.any():
             continue
         allowed = adm[:, i] & (counts[:, 1:] < batch.caps.unsqueeze(1))
-        scores = torch.cat([logits[:, i, :1] + surplus_margin, logits[:, i, 1:].masked_fill(~allowed, float("-inf"))], dim=-1)
+        scores = torch.cat(
+            [logits[:, i, :1] + surplus_margin, logits[:, i, 1:].masked_fill(~allowed, float("-inf"))], dim=-1
+        )
         if greedy:  # the served rule: a user only if it beats unused + margin
             k = scores.argmax(-1)
         else:

@@ -57,33 +57,66 @@ class Sample:
 
 
 def make_sample(state: SlotState, view: HistoryView | None, tokens: np.ndarray, *, keep_state: bool = False) -> Sample:
-    return Sample(serialize(state, view), user_needs(state), int(state.max_resources_per_user),
-                  np.asarray(tokens, np.int64), state if keep_state else None)
+    return Sample(
+        serialize(state, view),
+        user_needs(state),
+        int(state.max_resources_per_user),
+        np.asarray(tokens, np.int64),
+        state if keep_state else None,
+    )
 
 
 # ----------------------------------------------------------------------------- spectrum
 
 
-def random_spectrum_config(rng: np.random.Generator, *, min_size: int = 2, max_ue: int = 120, max_res: int = 120,
-                           max_busy_fraction: float = 0.5, flat_fraction: float = 0.1) -> SpectrumConfig:
+def random_spectrum_config(
+    rng: np.random.Generator,
+    *,
+    min_size: int = 2,
+    max_ue: int = 120,
+    max_res: int = 120,
+    max_busy_fraction: float = 0.5,
+    flat_fraction: float = 0.1,
+) -> SpectrumConfig:
     """A random LSA scenario: N and R log-uniform, a busy fraction, Rayleigh fading (or flat)."""
     n = int(np.exp(rng.uniform(np.log(min_size), np.log(max_ue + 1))))
     r = int(np.exp(rng.uniform(np.log(min_size), np.log(max_res + 1))))
     busy = int(rng.uniform(0.0, max_busy_fraction) * r)
-    return SpectrumConfig(num_ue=max(n, 1), num_channels=max(r, 1), num_busy=min(busy, r - 1),
-                          fading="flat" if rng.random() < flat_fraction else "rayleigh")
+    return SpectrumConfig(
+        num_ue=max(n, 1),
+        num_channels=max(r, 1),
+        num_busy=min(busy, r - 1),
+        fading="flat" if rng.random() < flat_fraction else "rayleigh",
+    )
 
 
-def spectrum_rollout(teacher: Teacher, *, slots: int, seed: int, slots_per_episode: int = 4, max_ue: int = 120,
-                     max_res: int = 120, behaviour: Behaviour | None = None, keep_state: bool = False) -> list[Sample]:
+def spectrum_rollout(
+    teacher: Teacher,
+    *,
+    slots: int,
+    seed: int,
+    slots_per_episode: int = 4,
+    max_ue: int = 120,
+    max_res: int = 120,
+    behaviour: Behaviour | None = None,
+    keep_state: bool = False,
+) -> list[Sample]:
     """``slots`` samples from random spectrum scenarios (a new topology every episode)."""
     rng = np.random.default_rng(seed)
     out: list[Sample] = []
     while len(out) < slots:
         cfg = random_spectrum_config(rng, max_ue=max_ue, max_res=max_res)
         env = SpectrumEnv(cfg, seed=int(rng.integers(2**31)))
-        out += labelled_episode(env, env.reset(), teacher, behaviour, rng, min(slots_per_episode, slots - len(out)),
-                                usable_only=False, keep_state=keep_state)
+        out += labelled_episode(
+            env,
+            env.reset(),
+            teacher,
+            behaviour,
+            rng,
+            min(slots_per_episode, slots - len(out)),
+            usable_only=False,
+            keep_state=keep_state,
+        )
     return out
 
 
@@ -117,9 +150,15 @@ def make_mac_env(scenario: str, overrides: dict[str, Any], seed: int, episode_tt
     return MacEnv(cfg, seed=seed)
 
 
-def mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_tti: int = 400,
-                scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_TRAIN_SCENARIOS,
-                behaviour: Behaviour | None = None) -> list[Sample]:
+def mac_rollout(
+    teacher: Teacher,
+    *,
+    slots: int,
+    seed: int,
+    episode_tti: int = 400,
+    scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_TRAIN_SCENARIOS,
+    behaviour: Behaviour | None = None,
+) -> list[Sample]:
     """``slots`` teacher-labelled samples from closed-loop mac episodes (scenarios in turn).
 
     ``behaviour`` (default: the teacher) plays the slots — DAgger passes the student here so the
@@ -136,9 +175,17 @@ def mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_tti: int = 4
     return out
 
 
-def labelled_episode(env: SlotEnv, state: SlotState, teacher: Teacher, behaviour: Behaviour | None,
-                     rng: np.random.Generator, slots: int, *, usable_only: bool = True,
-                     keep_state: bool = False) -> list[Sample]:
+def labelled_episode(
+    env: SlotEnv,
+    state: SlotState,
+    teacher: Teacher,
+    behaviour: Behaviour | None,
+    rng: np.random.Generator,
+    slots: int,
+    *,
+    usable_only: bool = True,
+    keep_state: bool = False,
+) -> list[Sample]:
     """One closed-loop episode of ``slots`` slots from ``state``: the teacher labels every slot
     (with ``usable_only``, every slot some user can use: a slot nobody can use teaches nothing,
     and in mac a user without data is ineligible), ``behaviour`` (default: the teacher) plays
@@ -162,8 +209,15 @@ def labelled_episode(env: SlotEnv, state: SlotState, teacher: Teacher, behaviour
 # ----------------------------------------------------------------------------- world families
 
 
-def world_mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_slots: int = 300,
-                      families: Sequence[str] | None = None, behaviour: Behaviour | None = None) -> list[Sample]:
+def world_mac_rollout(
+    teacher: Teacher,
+    *,
+    slots: int,
+    seed: int,
+    episode_slots: int = 300,
+    families: Sequence[str] | None = None,
+    behaviour: Behaviour | None = None,
+) -> list[Sample]:
     """``slots`` teacher-labelled samples from closed-loop episodes of mac worlds
     (``service.sim.worlds``): each episode a random world of the next training family (the
     held-out families are never drawn), N in [2, 128], R in [4, 69], load, numerology and unit
@@ -180,8 +234,15 @@ def world_mac_rollout(teacher: Teacher, *, slots: int, seed: int, episode_slots:
     return out
 
 
-def world_spectrum_rollout(teacher: Teacher, *, slots: int, seed: int, max_ue: int = 120, max_res: int = 120,
-                           families: Sequence[str] | None = None) -> list[Sample]:
+def world_spectrum_rollout(
+    teacher: Teacher,
+    *,
+    slots: int,
+    seed: int,
+    max_ue: int = 120,
+    max_res: int = 120,
+    families: Sequence[str] | None = None,
+) -> list[Sample]:
     """``slots`` teacher-labelled single slots of the spectrum training families (N, R
     log-uniform in [2, max], busy share and unit scale drawn per slot)."""
     fams = tuple(families or training_families("spectrum"))
@@ -199,6 +260,7 @@ def world_spectrum_rollout(teacher: Teacher, *, slots: int, seed: int, max_ue: i
 def feature_ranges(samples: Sequence[Sample]) -> dict[str, dict[str, list[float]]]:
     """Per block (global, user, resource, pair), the min and max of every feature over the
     training samples (users: eligible rows only), as the model card's ``feature_ranges``."""
+
     def block(rows: Iterable[np.ndarray]) -> dict[str, list[float]]:
         mats = [r for r in rows if r.size]
         if not mats:
@@ -220,8 +282,12 @@ def feature_ranges(samples: Sequence[Sample]) -> dict[str, dict[str, list[float]
 
 
 def history_to_dict(view: HistoryView) -> dict[str, list]:
-    out = {"avg_served": view.avg_served.tolist(), "cum_resources": view.cum_resources.tolist(),
-           "last_served_slot": view.last_served_slot.tolist(), "known": view.known.tolist()}
+    out = {
+        "avg_served": view.avg_served.tolist(),
+        "cum_resources": view.cum_resources.tolist(),
+        "last_served_slot": view.last_served_slot.tolist(),
+        "known": view.known.tolist(),
+    }
     if view.first_seen_slot is not None:
         out["first_seen_slot"] = view.first_seen_slot.tolist()
     return out
@@ -230,11 +296,20 @@ def history_to_dict(view: HistoryView) -> dict[str, list]:
 def history_from_dict(d: dict[str, Any] | None, num_ue: int) -> HistoryView | None:
     if not d:
         return None
-    view = HistoryView(np.asarray(d["avg_served"], np.float64), np.asarray(d["cum_resources"], np.float64),
-                       np.asarray(d["last_served_slot"], np.int64), np.asarray(d.get("known", [True] * num_ue), bool),
-                       None if d.get("first_seen_slot") is None else np.asarray(d["first_seen_slot"], np.int64))
-    arrays = (view.avg_served, view.cum_resources, view.last_served_slot, view.known,
-              *(() if view.first_seen_slot is None else (view.first_seen_slot,)))
+    view = HistoryView(
+        np.asarray(d["avg_served"], np.float64),
+        np.asarray(d["cum_resources"], np.float64),
+        np.asarray(d["last_served_slot"], np.int64),
+        np.asarray(d.get("known", [True] * num_ue), bool),
+        None if d.get("first_seen_slot") is None else np.asarray(d["first_seen_slot"], np.int64),
+    )
+    arrays = (
+        view.avg_served,
+        view.cum_resources,
+        view.last_served_slot,
+        view.known,
+        *(() if view.first_seen_slot is None else (view.first_seen_slot,)),
+    )
     if any(a.shape != (num_ue,) for a in arrays):
         raise ValueError(f"history arrays must have {num_ue} entries")
     return view
@@ -244,8 +319,9 @@ def owner_to_ids(state: SlotState, owner: np.ndarray) -> list[int | None]:
     return [None if k == 0 else int(state.user_ids[k - 1]) for k in owner.tolist()]
 
 
-def record_rows(preset: str, teacher: Teacher, *, scenarios: Sequence[str], episodes: int, slots: int,
-                seed: int) -> Iterator[dict[str, Any]]:
+def record_rows(
+    preset: str, teacher: Teacher, *, scenarios: Sequence[str], episodes: int, slots: int, seed: int
+) -> Iterator[dict[str, Any]]:
     """JSONL rows of the teacher's closed-loop decisions on named scenarios of ``preset``."""
     from service.sim.spectrum import make_spectrum_env
 
@@ -253,15 +329,28 @@ def record_rows(preset: str, teacher: Teacher, *, scenarios: Sequence[str], epis
     for scenario in scenarios:
         for ep in range(episodes):
             env_seed = seed + 1000 * ep
-            env = make_spectrum_env(scenario, seed=env_seed) if preset == "spectrum" else make_mac_env(scenario, {}, env_seed)
+            env = (
+                make_spectrum_env(scenario, seed=env_seed)
+                if preset == "spectrum"
+                else make_mac_env(scenario, {}, env_seed)
+            )
             state = env.reset(seed=env_seed)
             history = CellHistory.empty()
             for _ in range(slots):
                 view = history.view(state)
                 owner = teacher(state, view, rng)
-                yield {"state": slot_to_dict(state), "history": history_to_dict(view), "owner": owner_to_ids(state, owner),
-                       "meta": {"preset": preset, "scenario": scenario, "episode": ep, "slot": state.slot,
-                                "teacher": teacher.name}}
+                yield {
+                    "state": slot_to_dict(state),
+                    "history": history_to_dict(view),
+                    "owner": owner_to_ids(state, owner),
+                    "meta": {
+                        "preset": preset,
+                        "scenario": scenario,
+                        "episode": ep,
+                        "slot": state.slot,
+                        "teacher": teacher.name,
+                    },
+                }
                 history = record_decision(history, state, owner)
                 res = env.step(owner)
                 history = apply_feedback(history, res.feedback)
@@ -287,7 +376,9 @@ def _answer_text(row: dict[str, Any]) -> str | None:
     if value is None:
         return None
     if isinstance(value, list):  # chat: the last assistant message
-        texts = [m.get("content", "") for m in value if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        texts = [
+            m.get("content", "") for m in value if isinstance(m, dict) and m.get("role", "assistant") == "assistant"
+        ]
         return texts[-1] if texts else None
     return str(value)
 
@@ -300,8 +391,9 @@ class JsonlStats:
     dropped: int = 0
 
 
-def read_jsonl(path: str | Path, *, preset: str | None = None, drop_invalid: bool = False,
-               keep_state: bool = False) -> tuple[list[Sample], JsonlStats]:
+def read_jsonl(
+    path: str | Path, *, preset: str | None = None, drop_invalid: bool = False, keep_state: bool = False
+) -> tuple[list[Sample], JsonlStats]:
     """Samples from a JSONL file of (state, decision) rows (module doc).
 
     A decision that violates the PAG (typical of LLM answers) is repaired (SPEC §4) or, with

@@ -47,7 +47,7 @@ from trainer.teachers import make_teacher
 def make_batches(samples: list[Sample], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
     """Index batches of similar (N, R) (little padding), in random order."""
     order = sorted(range(len(samples)), key=lambda i: (samples[i].shape[0] * samples[i].shape[1], rng.random()))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -58,7 +58,9 @@ def to_batch(samples: list[Sample], idx: list[int]) -> tuple[Batch, torch.Tensor
     return batch, pad_tokens([s.tokens for s in chosen], batch.res_mask.shape[1])
 
 
-def nll_loss(ckpt: Checkpoint, batch: Batch, tokens: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nll_loss(
+    ckpt: Checkpoint, batch: Batch, tokens: torch.Tensor, logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean negative log-likelihood per resource row, and the rate of rows whose target has p > 1/2."""
     logp, _ = row_logprobs(logits, tokens, batch, ckpt.surplus_margin)
     valid = batch.res_mask > 0
@@ -113,8 +115,14 @@ def collect(args: Args, teacher, round_index: int, behaviour) -> list[Sample]:
     out: list[Sample] = []
     if args.samples - n_fam:
         if args.preset == "spectrum":
-            out += spectrum_rollout(teacher, slots=args.samples - n_fam, seed=seed, max_ue=args.max_ue,
-                                    max_res=args.max_res, behaviour=behaviour)
+            out += spectrum_rollout(
+                teacher,
+                slots=args.samples - n_fam,
+                seed=seed,
+                max_ue=args.max_ue,
+                max_res=args.max_res,
+                behaviour=behaviour,
+            )
         else:
             out += mac_rollout(teacher, slots=args.samples - n_fam, seed=seed, behaviour=behaviour)
     if n_fam:
@@ -131,9 +139,16 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     logger = logger or Logger(args.out, "distill")
     if args.preset not in ("spectrum", "mac"):
         raise ValueError(f"unknown preset {args.preset!r}")
-    ckpt = Checkpoint.load(args.init) if args.init else Checkpoint.new(
-        args.preset, NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine), args.surplus_margin,
-        args.decode)
+    ckpt = (
+        Checkpoint.load(args.init)
+        if args.init
+        else Checkpoint.new(
+            args.preset,
+            NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine),
+            args.surplus_margin,
+            args.decode,
+        )
+    )
     student = TorchStudent(ckpt)
     teacher_name = args.teacher or ("km" if args.preset == "spectrum" else "deficit")
     teacher = None if args.dataset else make_teacher(teacher_name)
@@ -159,9 +174,13 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             raise ValueError("no training samples")
         skip = [p for n, p in ckpt.net.named_parameters() if n == "utility_skip"]
         rest = [p for n, p in ckpt.net.named_parameters() if n != "utility_skip"]
-        opt = torch.optim.AdamW([{"params": rest, "weight_decay": args.weight_decay},
-                                 {"params": skip, "weight_decay": 0.0}], lr=args.learning_rate)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s / max(args.steps, 1), 1.0))))
+        opt = torch.optim.AdamW(
+            [{"params": rest, "weight_decay": args.weight_decay}, {"params": skip, "weight_decay": 0.0}],
+            lr=args.learning_rate,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s / max(args.steps, 1), 1.0)))
+        )
         batches: list[list[int]] = []
         ckpt.net.train()
         for step in range(args.steps):
@@ -182,8 +201,15 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             opt.step()
             sched.step()
             global_step += 1
-            logger.log(global_step, {**metrics, "losses/total": loss.item(), "charts/row_match": match.item(),
-                                     "charts/learning_rate": float(sched.get_last_lr()[0])})
+            logger.log(
+                global_step,
+                {
+                    **metrics,
+                    "losses/total": loss.item(),
+                    "charts/row_match": match.item(),
+                    "charts/learning_rate": float(sched.get_last_lr()[0]),
+                },
+            )
             if args.eval_every and global_step % args.eval_every == 0 and step + 1 < args.steps:
                 metrics = evaluate(args, student, mac_base)
                 logger.log(global_step, metrics, force_print=True)
@@ -200,8 +226,15 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     if args.worlds != "project":
         data_info["families"] = list(training_families(args.preset))
         data_info["held_out_families"] = list(HELD_OUT[args.preset])
-    ckpt.stages.append({"script": "distill", "args": dataclasses.asdict(args), "data": data_info,
-                        "wall_time_s": round(time.perf_counter() - t0, 1), "final": metrics})
+    ckpt.stages.append(
+        {
+            "script": "distill",
+            "args": dataclasses.asdict(args),
+            "data": data_info,
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "final": metrics,
+        }
+    )
     ckpt.save(args.out)
     logger.info(f"saved {args.out}")
     return ckpt

@@ -31,12 +31,27 @@ EVAL_SEED = 12345
 Decider = Callable[[SlotState, HistoryView, np.random.Generator], np.ndarray]
 
 #: held-out spectrum scenarios of the training evaluation (N, R, busy)
-SPECTRUM_EVAL: tuple[tuple[int, int, int], ...] = ((5, 5, 1), (7, 10, 2), (10, 15, 3), (15, 20, 4), (5, 5, 2), (8, 10, 4),
-                                                  (12, 15, 6), (15, 20, 8), (50, 50, 10), (100, 100, 20))
+SPECTRUM_EVAL: tuple[tuple[int, int, int], ...] = (
+    (5, 5, 1),
+    (7, 10, 2),
+    (10, 15, 3),
+    (15, 20, 4),
+    (5, 5, 2),
+    (8, 10, 4),
+    (12, 15, 6),
+    (15, 20, 8),
+    (50, 50, 10),
+    (100, 100, 20),
+)
 
 
-def evaluate_spectrum(student: TorchStudent, *, slots: int = 20, seed: int = 12345,
-                      scenarios: Sequence[tuple[int, int, int]] = SPECTRUM_EVAL) -> dict[str, float]:
+def evaluate_spectrum(
+    student: TorchStudent,
+    *,
+    slots: int = 20,
+    seed: int = 12345,
+    scenarios: Sequence[tuple[int, int, int]] = SPECTRUM_EVAL,
+) -> dict[str, float]:
     """Ratios to KM per scenario and their minimum: ``eval/ratio_km_min`` (served decode),
     ``eval/greedy_ratio_km_min`` (PAG greedy decode), ``eval/random_ratio_km_mean``."""
     out: dict[str, float] = {}
@@ -53,9 +68,12 @@ def evaluate_spectrum(student: TorchStudent, *, slots: int = 20, seed: int = 123
             opt = np.asarray(km(state, PolicyContext(view, rng)), np.int64)
             logits = student.logits(state, view)
             own = student(state, view)
-            tot += [slot_utility(state, opt), slot_utility(state, own),
-                    slot_utility(state, decode_capped(state, logits, surplus_margin=student.ckpt.surplus_margin)),
-                    slot_utility(state, random_valid(state, rng))]
+            tot += [
+                slot_utility(state, opt),
+                slot_utility(state, own),
+                slot_utility(state, decode_capped(state, logits, surplus_margin=student.ckpt.surplus_margin)),
+                slot_utility(state, random_valid(state, rng)),
+            ]
             history = record_decision(history, state, own)
             res = env.step(own)
             history = apply_feedback(history, res.feedback)
@@ -72,8 +90,15 @@ def evaluate_spectrum(student: TorchStudent, *, slots: int = 20, seed: int = 123
     return out
 
 
-def mac_episode(decider: Decider | str, scenario: str, overrides: dict[str, Any], *, seed: int, ttis: int,
-                policies: PolicySet | None = None) -> dict[str, float]:
+def mac_episode(
+    decider: Decider | str,
+    scenario: str,
+    overrides: dict[str, Any],
+    *,
+    seed: int,
+    ttis: int,
+    policies: PolicySet | None = None,
+) -> dict[str, float]:
     """One closed-loop mac episode: KPIs of ``decider`` (a callable, or a registered policy name)."""
     env = make_mac_env(scenario, overrides, seed)
     state = env.reset()
@@ -97,20 +122,34 @@ def mac_episode(decider: Decider | str, scenario: str, overrides: dict[str, Any]
 
 #: scenarios of the training-time mac evaluation (N <= 10 except the two generalisation runs)
 MAC_EVAL: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("standard", {}), ("standard", {"num_ue": 10, "num_rbg": 4}), ("case4", {"num_rbg": 4}),
-    ("standard", {"num_ue": 20}), ("standard", {"num_ue": 50}))
+    ("standard", {}),
+    ("standard", {"num_ue": 10, "num_rbg": 4}),
+    ("case4", {"num_rbg": 4}),
+    ("standard", {"num_ue": 20}),
+    ("standard", {"num_ue": 50}),
+)
 BASELINES = ("pf", "max_weight", "rr")
 
 
-def baseline_utilities(*, ttis: int, seed: int, scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_EVAL) -> list[float]:
+def baseline_utilities(
+    *, ttis: int, seed: int, scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_EVAL
+) -> list[float]:
     """Best baseline leader utility per scenario (computed once per training run)."""
     pset = PolicySet()
-    return [max(mac_episode(b, s, o, seed=seed, ttis=ttis, policies=pset)["leader_utility"] for b in BASELINES)
-            for s, o in scenarios]
+    return [
+        max(mac_episode(b, s, o, seed=seed, ttis=ttis, policies=pset)["leader_utility"] for b in BASELINES)
+        for s, o in scenarios
+    ]
 
 
-def evaluate_mac(student: Decider, best_baseline: Sequence[float], *, ttis: int, seed: int,
-                 scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_EVAL) -> dict[str, float]:
+def evaluate_mac(
+    student: Decider,
+    best_baseline: Sequence[float],
+    *,
+    ttis: int,
+    seed: int,
+    scenarios: Sequence[tuple[str, dict[str, Any]]] = MAC_EVAL,
+) -> dict[str, float]:
     """Leader-utility ratio to the best baseline per scenario, the minimum and the mean Jain."""
     out: dict[str, float] = {}
     ratios, jain = [], []

@@ -51,8 +51,12 @@ OPSET = 17
 #: the repository's models/ (this package lives in models/trainer)
 REPO_MODELS = Path(__file__).resolve().parents[1]
 DYNAMIC_AXES = {
-    "user_feats": {0: "num_ue"}, "res_feats": {0: "num_res"}, "pair_feats": {1: "num_res", 2: "num_ue"},
-    "user_mask": {0: "num_ue"}, "res_mask": {0: "num_res"}, OUTPUT_NAME: {0: "num_res", 1: "num_ue_plus_1"},
+    "user_feats": {0: "num_ue"},
+    "res_feats": {0: "num_res"},
+    "pair_feats": {1: "num_res", 2: "num_ue"},
+    "user_mask": {0: "num_ue"},
+    "res_mask": {0: "num_res"},
+    OUTPUT_NAME: {0: "num_res", 1: "num_ue_plus_1"},
 }
 
 
@@ -62,11 +66,16 @@ def probe_slots(preset: str, seed: int) -> list[SlotState]:
     out: list[SlotState] = []
     if preset == "spectrum":
         for n, r in ((1, 1), (3, 7), (12, 5), (40, 60), (60, 33)):
-            env = SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))), seed=int(rng.integers(10**6)))
+            env = SpectrumEnv(
+                SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))),
+                seed=int(rng.integers(10**6)),
+            )
             out.append(env.reset())
     else:
         for n, m in ((1, 1), (3, 8), (10, 4), (25, 17), (50, 8)):
-            mac_env = MacEnv(MacConfig(num_ue=n, num_rbg=m, full_buffer=bool(rng.integers(2))), seed=int(rng.integers(10**6)))
+            mac_env = MacEnv(
+                MacConfig(num_ue=n, num_rbg=m, full_buffer=bool(rng.integers(2))), seed=int(rng.integers(10**6))
+            )
             state = mac_env.reset()
             for _ in range(int(rng.integers(3, 20))):
                 state = mac_env.step(np.zeros(state.num_res, np.int64)).state
@@ -81,8 +90,17 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> None:
     ckpt.net.train(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(ckpt.net, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            ckpt.net,
+            args,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
@@ -131,15 +149,22 @@ def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float,
         "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "feature_version": FEATURE_VERSION,
         "features": feature_spec(),
-        "architecture": {"class": "trainer.net.StudentNet", **ckpt.net.config.as_dict(),
-                         "parameters": count_parameters(ckpt.net)},
+        "architecture": {
+            "class": "trainer.net.StudentNet",
+            **ckpt.net.config.as_dict(),
+            "parameters": count_parameters(ckpt.net),
+        },
         "decode": dict(ckpt.decode),
-        "training": {"command": command, "families": families, "held_out_families": held_out,
-                     "stages": ckpt.stages},
+        "training": {"command": command, "families": families, "held_out_families": held_out, "stages": ckpt.stages},
         "data": data,
         "evaluation": {},
-        "onnx": {"opset": OPSET, "ir_version": int(proto.ir_version), "torch": torch.__version__,
-                 "onnxruntime": ort.__version__, "parity_max_rel_diff": max_diff},
+        "onnx": {
+            "opset": OPSET,
+            "ir_version": int(proto.ir_version),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "parity_max_rel_diff": max_diff,
+        },
         "size_bytes": onnx_path.stat().st_size,
         "sha256": sha256_file(onnx_path),
     }
@@ -174,8 +199,10 @@ def main(args: Args) -> Path:
         tmp_latest = root / ".latest.tmp"
         tmp_latest.write_text(version + "\n")
         os.replace(tmp_latest, root / "latest")
-    print(f"exported {ckpt.preset} student {version} -> {target} ({card['size_bytes']} bytes, "
-          f"{card['architecture']['parameters']} parameters, parity {max_diff:.1e})")
+    print(
+        f"exported {ckpt.preset} student {version} -> {target} ({card['size_bytes']} bytes, "
+        f"{card['architecture']['parameters']} parameters, parity {max_diff:.1e})"
+    )
     return target
 
 
@@ -185,7 +212,9 @@ def update_evaluation(version_dir: str | Path, evaluation: dict[str, Any]) -> No
     card = json.loads(path.read_text())
     card["evaluation"] = evaluation
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n")
+    tmp.write_text(
+        json.dumps(card, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n"
+    )
     os.replace(tmp, path)
 
 

@@ -52,8 +52,15 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     t0 = time.perf_counter()
     b, g = args.states_per_iteration, args.group_size
     for it in range(1, args.iterations + 1):
-        slots = spectrum_rollout(km, slots=b, seed=args.seed * 100_003 + it, slots_per_episode=1,
-                                 max_ue=args.max_ue, max_res=args.max_res, keep_state=True)
+        slots = spectrum_rollout(
+            km,
+            slots=b,
+            seed=args.seed * 100_003 + it,
+            slots_per_episode=1,
+            max_ue=args.max_ue,
+            max_res=args.max_res,
+            keep_state=True,
+        )
         # one shape per group batch: pad all B slots together, repeat each G times
         batch = collate([s.inputs for s in slots], [s.needs for s in slots], [s.cap for s in slots])
         rep = torch.arange(b).repeat_interleave(g)
@@ -71,8 +78,9 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             owner = tokens[i, : s.state.num_res].numpy()
             rewards[i] = slot_utility(s.state, owner) / max(slot_utility(s.state, s.tokens), 1e-12)
         r = rewards.reshape(b, g)
-        adv = torch.as_tensor(((r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + args.adv_eps)).reshape(-1),
-                              dtype=torch.float32)
+        adv = torch.as_tensor(
+            ((r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + args.adv_eps)).reshape(-1), dtype=torch.float32
+        )
         valid = (big.res_mask > 0).float()
         ckpt.net.train(True)
         for _ in range(args.update_epochs):
@@ -90,19 +98,33 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             torch.nn.utils.clip_grad_norm_(ckpt.net.parameters(), 1.0)
             opt.step()
         clipped = ((ratio - 1).abs() > args.clip_coef).float()
-        logger.log(it, {"losses/policy": pg_loss.item(), "losses/kl": kl_loss.item(), "losses/total": loss.item(),
-                        "charts/reward_mean": float(rewards.mean()), "charts/reward_max": float(r.max(1).mean()),
-                        "charts/entropy": float((entropy.detach() * valid).sum() / valid.sum()),
-                        "charts/clip_fraction": float((clipped * valid).sum() / valid.sum())})
+        logger.log(
+            it,
+            {
+                "losses/policy": pg_loss.item(),
+                "losses/kl": kl_loss.item(),
+                "losses/total": loss.item(),
+                "charts/reward_mean": float(rewards.mean()),
+                "charts/reward_max": float(r.max(1).mean()),
+                "charts/entropy": float((entropy.detach() * valid).sum() / valid.sum()),
+                "charts/clip_fraction": float((clipped * valid).sum() / valid.sum()),
+            },
+        )
         if args.eval_every and it % args.eval_every == 0 and it < args.iterations:
             ckpt.net.train(False)
             logger.log(it, evaluate_spectrum(student, slots=args.eval_slots, seed=EVAL_SEED), force_print=True)
     ckpt.net.train(False)
     metrics = evaluate_spectrum(student, slots=args.eval_slots, seed=EVAL_SEED)
     logger.log(args.iterations, metrics, force_print=True)
-    ckpt.stages.append({"script": "grpo", "args": dataclasses.asdict(args),
-                        "data": {"slots": args.iterations * b, "group_size": g, "reward": "sum-rate / KM sum-rate"},
-                        "wall_time_s": round(time.perf_counter() - t0, 1), "final": metrics})
+    ckpt.stages.append(
+        {
+            "script": "grpo",
+            "args": dataclasses.asdict(args),
+            "data": {"slots": args.iterations * b, "group_size": g, "reward": "sum-rate / KM sum-rate"},
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "final": metrics,
+        }
+    )
     ckpt.save(args.out)
     logger.info(f"saved {args.out}")
     return ckpt

@@ -88,8 +88,11 @@ class StudentNet(nn.Module):
         # s += a · utility / slot max, a learned scalar shared by every pair: the exact optimum of a
         # sum-rate assignment is this term alone, so the gates only learn corrections to it
         self.utility_skip = nn.Parameter(torch.tensor(4.0))
-        self.register_buffer("skip_channel", torch.nn.functional.one_hot(torch.tensor(0), NUM_PAIR).float().unsqueeze(-1),
-                             persistent=False)  # [Fp, 1]: e_0
+        self.register_buffer(
+            "skip_channel",
+            torch.nn.functional.one_hot(torch.tensor(0), NUM_PAIR).float().unsqueeze(-1),
+            persistent=False,
+        )  # [Fp, 1]: e_0
         if p > 0:
             self.user_to_pair = nn.Linear(h, p)
             self.ctx_to_pair = nn.Linear(h, p, bias=False)
@@ -104,8 +107,14 @@ class StudentNet(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def encode(self, global_feats: torch.Tensor, user_feats: torch.Tensor, res_feats: torch.Tensor,
-               user_mask: torch.Tensor, res_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        global_feats: torch.Tensor,
+        user_feats: torch.Tensor,
+        res_feats: torch.Tensor,
+        user_mask: torch.Tensor,
+        res_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings h_u [..., N, H], h_r [..., R, H] and the pooled context ctx [..., H]."""
         h_u = self.user_enc(user_feats)
         h_r = self.res_enc(res_feats)
@@ -113,8 +122,15 @@ class StudentNet(nn.Module):
         ctx = self.ctx_enc(pooled)
         return h_u, h_r, ctx
 
-    def pair_scores(self, pair_feats: torch.Tensor, h_u: torch.Tensor, h_r: torch.Tensor,
-                    ctx: torch.Tensor, user_mask: torch.Tensor, res_mask: torch.Tensor) -> torch.Tensor:
+    def pair_scores(
+        self,
+        pair_feats: torch.Tensor,
+        h_u: torch.Tensor,
+        h_r: torch.Tensor,
+        ctx: torch.Tensor,
+        user_mask: torch.Tensor,
+        res_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Scores s [..., R, N] of every (resource, user) pair."""
         g_u = (self.user_gate(h_u) + self.ctx_gate(ctx).unsqueeze(-2)).transpose(-1, -2)  # [..., Fp, N]
         g_u = g_u + self.utility_skip * self.skip_channel  # a on the utility channel
@@ -123,7 +139,7 @@ class StudentNet(nn.Module):
         # which onnxruntime runs several times slower (same values, same weights)
         s = self.res_bias(h_r)  # [..., R, 1]
         for k in range(NUM_PAIR):
-            s = s + pair_feats[..., k, :, :] * g_u[..., k:k + 1, :]  # [..., R, N]
+            s = s + pair_feats[..., k, :, :] * g_u[..., k : k + 1, :]  # [..., R, N]
         if self.config.pair_hidden > 0:
             a = (self.user_to_pair(h_u) + self.ctx_to_pair(ctx).unsqueeze(-2)).transpose(-1, -2)  # [..., P, N]
             c = self.res_to_pair(h_r).transpose(-1, -2)  # [..., P, R]
@@ -149,9 +165,15 @@ class StudentNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward_with_context(self, global_feats: torch.Tensor, user_feats: torch.Tensor, res_feats: torch.Tensor,
-                             pair_feats: torch.Tensor, user_mask: torch.Tensor,
-                             res_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_context(
+        self,
+        global_feats: torch.Tensor,
+        user_feats: torch.Tensor,
+        res_feats: torch.Tensor,
+        pair_feats: torch.Tensor,
+        user_mask: torch.Tensor,
+        res_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [..., R, N+1], ctx [..., H]) — the context feeds a critic in PPO."""
         h_u, h_r, ctx = self.encode(global_feats, user_feats, res_feats, user_mask, res_mask)
         s = self.pair_scores(pair_feats, h_u, h_r, ctx, user_mask, res_mask)  # [..., R, N]
@@ -161,8 +183,15 @@ class StudentNet(nn.Module):
         # applies the mask itself, and the graph stays a few operations shorter
         return torch.cat([unused, s], dim=-1), ctx  # [..., R, N+1]
 
-    def forward(self, global_feats: torch.Tensor, user_feats: torch.Tensor, res_feats: torch.Tensor,
-                pair_feats: torch.Tensor, user_mask: torch.Tensor, res_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        global_feats: torch.Tensor,
+        user_feats: torch.Tensor,
+        res_feats: torch.Tensor,
+        pair_feats: torch.Tensor,
+        user_mask: torch.Tensor,
+        res_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """logits [..., R, N+1]."""
         return self.forward_with_context(global_feats, user_feats, res_feats, pair_feats, user_mask, res_mask)[0]
 

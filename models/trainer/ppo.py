@@ -51,7 +51,9 @@ class Critic(nn.Module):
         self.head = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        _, _, ctx = self.encoder.encode(batch.global_feats, batch.user_feats, batch.res_feats, batch.user_mask, batch.res_mask)
+        _, _, ctx = self.encoder.encode(
+            batch.global_feats, batch.user_feats, batch.res_feats, batch.user_mask, batch.res_mask
+        )
         return self.head(ctx).squeeze(-1)
 
 
@@ -119,8 +121,13 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     for p in reference.parameters():
         p.requires_grad_(False)
     critic = Critic(actor)
-    opt = torch.optim.Adam([{"params": actor.parameters(), "lr": args.learning_rate},
-                            {"params": critic.parameters(), "lr": args.critic_learning_rate}], eps=1e-5)
+    opt = torch.optim.Adam(
+        [
+            {"params": actor.parameters(), "lr": args.learning_rate},
+            {"params": critic.parameters(), "lr": args.critic_learning_rate},
+        ],
+        eps=1e-5,
+    )
     gen = torch.Generator().manual_seed(args.seed)
     envs = VecMac(args.num_envs, args.episode_tti, args.seed)
     student = TorchStudent(ckpt)
@@ -179,7 +186,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
         for _ in range(args.update_epochs):
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, mb):
-                idx = perm[start:start + mb]
+                idx = perm[start : start + mb]
                 sub = flat.index(idx)
                 logits = actor(*sub.inputs())
                 rows_lp, rows_ent = row_logprobs(logits, b_tokens[idx], sub, margin, b_pass1[idx])
@@ -210,12 +217,15 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
                 stats["ent"].append(ent.item())
                 stats["kl_ref"].append(kl_ref.item())
         metrics: dict[str, float] = {
-                   "losses/policy": float(np.mean(stats["pg"])), "losses/value": float(np.mean(stats["v"])),
-                   "losses/entropy": float(np.mean(stats["ent"])), "losses/kl_ref": float(np.mean(stats["kl_ref"])),
-                   "losses/approx_kl": float(np.mean(stats["approx_kl"])),
-                   "charts/clip_fraction": float(np.mean(stats["clip"])),
-                   "charts/reward_mean": float(rewards_t.mean() / (1 - args.gamma)),
-                   "charts/sps": global_step / (time.perf_counter() - t0)}
+            "losses/policy": float(np.mean(stats["pg"])),
+            "losses/value": float(np.mean(stats["v"])),
+            "losses/entropy": float(np.mean(stats["ent"])),
+            "losses/kl_ref": float(np.mean(stats["kl_ref"])),
+            "losses/approx_kl": float(np.mean(stats["approx_kl"])),
+            "charts/clip_fraction": float(np.mean(stats["clip"])),
+            "charts/reward_mean": float(rewards_t.mean() / (1 - args.gamma)),
+            "charts/sps": global_step / (time.perf_counter() - t0),
+        }
         if envs.finished:
             metrics["charts/episode_utility"] = float(np.mean([u for _, u in envs.finished]))
             envs.finished.clear()
@@ -229,10 +239,19 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     actor.train(False)
     final = evaluate_mac(student, base, ttis=args.eval_ttis, seed=EVAL_SEED)
     logger.log(global_step, final, force_print=True)
-    ckpt.stages.append({"script": "ppo", "args": dataclasses.asdict(args),
-                        "data": {"env_steps": global_step, "iterations": it,
-                                 "scenarios": [f"{s}{o or ''}" for s, o in MAC_TRAIN_SCENARIOS]},
-                        "wall_time_s": round(time.perf_counter() - t0, 1), "final": final})
+    ckpt.stages.append(
+        {
+            "script": "ppo",
+            "args": dataclasses.asdict(args),
+            "data": {
+                "env_steps": global_step,
+                "iterations": it,
+                "scenarios": [f"{s}{o or ''}" for s, o in MAC_TRAIN_SCENARIOS],
+            },
+            "wall_time_s": round(time.perf_counter() - t0, 1),
+            "final": final,
+        }
+    )
     ckpt.save(args.out)
     logger.info(f"saved {args.out}")
     return ckpt

@@ -55,7 +55,9 @@ def jain(x: np.ndarray) -> float:
     return 1.0 if q == 0.0 else float(x.sum() ** 2 / (x.size * q))
 
 
-def agentic_use(granted: int, tbs_bits: float, buffer_bits: float, num_rbg: int, c1: float = 1.0, c2: float = 1.0) -> int:
+def agentic_use(
+    granted: int, tbs_bits: float, buffer_bits: float, num_rbg: int, c1: float = 1.0, c2: float = 1.0
+) -> int:
     """How many of ``granted`` RBGs an agentic follower transmits on: its eq. 2 best response,
     predicted from the base station's view (reported channel and buffer)."""
     return agentic_rbg_count(granted, tbs_bits, buffer_bits, num_rbg=num_rbg, dpdu_bits=DPDU_BITS, c1=c1, c2=c2)
@@ -71,7 +73,7 @@ def fill_in_order(state: SlotState, order: np.ndarray, needs: np.ndarray) -> np.
         if i >= free.size:
             break
         k = int(min(needs[u], free.size - i)) if state.user_eligible[u] else 0
-        owner[free[i:i + k]] = u + 1
+        owner[free[i : i + k]] = u + 1
         i += k
     return owner
 
@@ -118,14 +120,18 @@ class StackelbergTeacher:
         heavy = (x > x.mean()) & (age < self.defer_tti)
         eff_need = np.where(heavy, np.floor(buf / tbs + 1e-9).astype(np.int64), ceil_need)
         ar = np.arange(n)
-        orders = (np.lexsort((ar, -(util.max(axis=1) * np.minimum(buf, 1e12)))),  # max-weight
-                  np.lexsort((ar, x)),  # fewest RBGs first
-                  np.lexsort((ar, -(tbs / np.maximum(view.avg_served, 1e-9)))))  # proportional fair
+        orders = (
+            np.lexsort((ar, -(util.max(axis=1) * np.minimum(buf, 1e12)))),  # max-weight
+            np.lexsort((ar, x)),  # fewest RBGs first
+            np.lexsort((ar, -(tbs / np.maximum(view.avg_served, 1e-9)))),
+        )  # proportional fair
         best_owner, best_value = np.zeros(m, np.int64), -np.inf
 
         def value(use: np.ndarray) -> float:
             bits = float(np.minimum(use * tbs, buf).sum())
-            return self.omega * min(1.0, bits / max_bits) + (1 - self.omega) * (1 + self.fairness_horizon) * jain(x + use)
+            return self.omega * min(1.0, bits / max_bits) + (1 - self.omega) * (1 + self.fairness_horizon) * jain(
+                x + use
+            )
 
         seen: set[bytes] = set()
         for order in orders:
@@ -244,8 +250,12 @@ class DeficitTeacher:
         mean_rate = float(rate[state.user_eligible].mean())
         age = np.where(view.last_served_slot >= 0, state.slot - view.last_served_slot, 1 << 30)
         over = rate >= mean_rate
-        waits = over & (tbs < 0.99 * self.best_tbs_bits) & (buf < self.urgent_fill * self.buffer_bits_max) \
+        waits = (
+            over
+            & (tbs < 0.99 * self.best_tbs_bits)
+            & (buf < self.urgent_fill * self.buffer_bits_max)
             & (age < self.max_wait_tti)
+        )
         if self.poor_wait_tti > 0:
             waits |= ~over & (tbs > 1.01 * self.poor_tbs_bits) & (buf < self.hold_bits) & (age < self.poor_wait_tti)
         needs = np.where(elig & ~waits, np.minimum(np.ceil(buf / tbs - 1e-9), state.max_resources_per_user), 0)

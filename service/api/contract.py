@@ -59,19 +59,26 @@ class Rule:
         """Why ``value`` (out of range) is refused, for an error message."""
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be finite and in {self.bounds()}, got {value}"
-        return f"must be in {self.bounds()}, got {value:g}" if self.kind == "float" else \
-            f"must be in {self.bounds()}, got {value}"
+        return (
+            f"must be in {self.bounds()}, got {value:g}"
+            if self.kind == "float"
+            else f"must be in {self.bounds()}, got {value}"
+        )
 
     def check_scalar(self, field: str, value: float) -> float:
         """``value`` when it is finite and within the range, else ``InvalidSlotError(field)``."""
         try:
             v = float(value)
         except OverflowError:  # an integer beyond the float range
-            raise InvalidSlotError(field, f"must be in {self.bounds()}, got an integer of {len(str(value))} digits") \
-                from None
+            raise InvalidSlotError(
+                field, f"must be in {self.bounds()}, got an integer of {len(str(value))} digits"
+            ) from None
         lo, hi = self.lo, self.hi
-        if not math.isfinite(v) or (lo is not None and (v <= lo if self.lo_open else v < lo)) or \
-                (hi is not None and v > hi):
+        if (
+            not math.isfinite(v)
+            or (lo is not None and (v <= lo if self.lo_open else v < lo))
+            or (hi is not None and v > hi)
+        ):
             raise InvalidSlotError(field, self.problem(value))
         return v
 
@@ -94,53 +101,206 @@ class Rule:
 _R = Rule
 #: every field of a scheduling request, by REST name (per-entry fields as ``users.<name>`` /
 #: ``resources.<name>``)
-RULES: dict[str, Rule] = {f"{r.group}.{r.name}" if r.group in ("users", "resources") else r.name: r for r in (
-    _R("cell_id", "top", "cell_id", "str", 1, MAX_CELL_ID_CHARS, unit="characters",
-       doc="the cell; keys the per-cell state"),
-    _R("slot", "top", "slot", "int", 0, INT64_MAX, unit="unitless", doc="slot (TTI) number, increasing per cell"),
-    _R("preset", "top", "preset", "str", doc="spectrum (LSA channels) or mac (UDTS RBGs)"),
-    _R("policy", "top", "policy", "str", doc="registered policy name; absent: the service's default for the preset"),
-    _R("deadline_ms", "top", "deadline_ms", "float", 0.0, 60_000.0, lo_open=True, unit="ms",
-       doc="policy deadline; on overrun the fallback chain serves; absent: the service default"),
-    _R("max_resources_per_user", "top", "max_resources_per_user", "int", 1, INT64_MAX, unit="unitless",
-       doc="cap per user, a count of resources (default 1 spectrum, R mac)"),
-    _R("tti_s", "top", "tti_s", "float", 0.0, 1.0, lo_open=True, default=DEFAULT_TTI_S, unit="s",
-       doc="TTI (slot) length (mac); the mac utility from rate_bps is rate_bps · tti_s bits"),
-    _R("rb_per_rbg", "top", "rb_per_rbg", "int", 1, 275, default=DEFAULT_RB_PER_RBG, unit="unitless",
-       doc="resource blocks per RBG (mac TBS; 275 PRBs is the widest NR carrier, TS 38.101-1)"),
-    _R("epoch", "top", "epoch", "int", 0, INT64_MAX, unit="unitless",
-       doc="the cell's epoch: a larger one than the cell's starts the cell afresh (a simulator restart); a "
-           "smaller one is refused (409); absent: the cell's current epoch"),
-    _R("noise_density_dbm_hz", "top", "noise_density_dbm_hz", "float", -200.0, -100.0, default=-174.0,
-       unit="dBm/Hz", doc="thermal noise density N0 (spectrum Shannon rate)"),
-    _R("id", "users", "user_ids", "int", 0, INT64_MAX, unit="unitless", doc="user id, unique in the slot"),
-    _R("rx_power_dbm", "users", "rx_power_dbm", "float", -300.0, 100.0, unit="dBm",
-       doc="received power (spectrum preset; every user or none)"),
-    _R("spectral_efficiency", "users", "spectral_efficiency", "float", 0.0, 64.0, unit="bit/s/Hz",
-       doc="spectral efficiency, one value or one per resource (mac preset; every user or none)"),
-    _R("buffer_bits", "users", "buffer_bits", "float", 0.0, 1e18, unit="bit",
-       doc="queued data; a mac user with 0 owns nothing (every user or none: none = full buffers)"),
-    _R("eligible", "users", "eligible", "bool", default=True, doc="false: the user may own nothing this slot"),
-    _R("fading_gain", "users", "fading_gain", "matrix", 0.0, 1e12, unit="unitless",
-       doc="small-scale power gain per resource, linear (spectrum; every user or none)"),
-    _R("id", "resources", "resource_ids", "int", 0, INT64_MAX, unit="unitless",
-       doc="resource id, unique in the slot"),
-    _R("bandwidth_hz", "resources", "bandwidth_hz", "float", 0.0, 1e12, lo_open=True, unit="Hz",
-       doc="bandwidth (default 1 MHz spectrum; one RBG mac: rb_per_rbg × 12 × 30 kHz)"),
-    _R("available", "resources", "available", "bool", default=True,
-       doc="false: a primary user is present / not in this cell's pool"),
-    _R("interference_dbm", "resources", "interference_dbm", "float", -300.0, 100.0, unit="dBm",
-       doc="interference power on the channel (spectrum; default none)"),
-    _R("rate_bps", "matrix", "rate_bps", "matrix", 0.0, 1e18, unit="bit/s",
-       doc="N×R achievable rates; the utility is the rate (spectrum) or rate_bps · tti_s bits per RBG per "
-           "slot (mac); the physical fields are then not needed. Not together with utility"),
-    _R("utility", "matrix", "utility", "matrix", 0.0, 1e18, unit="unitless",
-       doc="N×R utility weights used as the slot's utility as given; in mac buffer_bits and feedback are "
-           "compared with them in the same unit. Not together with rate_bps"),
-    _R("delivered_bits", "feedback", "feedback.delivered_bits", "float", 0.0, 1e18, unit="bit",
-       doc="user id -> what the previous slot really delivered: bits (mac), bit/s (spectrum); in the "
-           "utility's unit when the request gave a unitless utility matrix"),
-)}
+RULES: dict[str, Rule] = {
+    f"{r.group}.{r.name}" if r.group in ("users", "resources") else r.name: r
+    for r in (
+        _R(
+            "cell_id",
+            "top",
+            "cell_id",
+            "str",
+            1,
+            MAX_CELL_ID_CHARS,
+            unit="characters",
+            doc="the cell; keys the per-cell state",
+        ),
+        _R("slot", "top", "slot", "int", 0, INT64_MAX, unit="unitless", doc="slot (TTI) number, increasing per cell"),
+        _R("preset", "top", "preset", "str", doc="spectrum (LSA channels) or mac (UDTS RBGs)"),
+        _R(
+            "policy", "top", "policy", "str", doc="registered policy name; absent: the service's default for the preset"
+        ),
+        _R(
+            "deadline_ms",
+            "top",
+            "deadline_ms",
+            "float",
+            0.0,
+            60_000.0,
+            lo_open=True,
+            unit="ms",
+            doc="policy deadline; on overrun the fallback chain serves; absent: the service default",
+        ),
+        _R(
+            "max_resources_per_user",
+            "top",
+            "max_resources_per_user",
+            "int",
+            1,
+            INT64_MAX,
+            unit="unitless",
+            doc="cap per user, a count of resources (default 1 spectrum, R mac)",
+        ),
+        _R(
+            "tti_s",
+            "top",
+            "tti_s",
+            "float",
+            0.0,
+            1.0,
+            lo_open=True,
+            default=DEFAULT_TTI_S,
+            unit="s",
+            doc="TTI (slot) length (mac); the mac utility from rate_bps is rate_bps · tti_s bits",
+        ),
+        _R(
+            "rb_per_rbg",
+            "top",
+            "rb_per_rbg",
+            "int",
+            1,
+            275,
+            default=DEFAULT_RB_PER_RBG,
+            unit="unitless",
+            doc="resource blocks per RBG (mac TBS; 275 PRBs is the widest NR carrier, TS 38.101-1)",
+        ),
+        _R(
+            "epoch",
+            "top",
+            "epoch",
+            "int",
+            0,
+            INT64_MAX,
+            unit="unitless",
+            doc="the cell's epoch: a larger one than the cell's starts the cell afresh (a simulator restart); a "
+            "smaller one is refused (409); absent: the cell's current epoch",
+        ),
+        _R(
+            "noise_density_dbm_hz",
+            "top",
+            "noise_density_dbm_hz",
+            "float",
+            -200.0,
+            -100.0,
+            default=-174.0,
+            unit="dBm/Hz",
+            doc="thermal noise density N0 (spectrum Shannon rate)",
+        ),
+        _R("id", "users", "user_ids", "int", 0, INT64_MAX, unit="unitless", doc="user id, unique in the slot"),
+        _R(
+            "rx_power_dbm",
+            "users",
+            "rx_power_dbm",
+            "float",
+            -300.0,
+            100.0,
+            unit="dBm",
+            doc="received power (spectrum preset; every user or none)",
+        ),
+        _R(
+            "spectral_efficiency",
+            "users",
+            "spectral_efficiency",
+            "float",
+            0.0,
+            64.0,
+            unit="bit/s/Hz",
+            doc="spectral efficiency, one value or one per resource (mac preset; every user or none)",
+        ),
+        _R(
+            "buffer_bits",
+            "users",
+            "buffer_bits",
+            "float",
+            0.0,
+            1e18,
+            unit="bit",
+            doc="queued data; a mac user with 0 owns nothing (every user or none: none = full buffers)",
+        ),
+        _R("eligible", "users", "eligible", "bool", default=True, doc="false: the user may own nothing this slot"),
+        _R(
+            "fading_gain",
+            "users",
+            "fading_gain",
+            "matrix",
+            0.0,
+            1e12,
+            unit="unitless",
+            doc="small-scale power gain per resource, linear (spectrum; every user or none)",
+        ),
+        _R(
+            "id",
+            "resources",
+            "resource_ids",
+            "int",
+            0,
+            INT64_MAX,
+            unit="unitless",
+            doc="resource id, unique in the slot",
+        ),
+        _R(
+            "bandwidth_hz",
+            "resources",
+            "bandwidth_hz",
+            "float",
+            0.0,
+            1e12,
+            lo_open=True,
+            unit="Hz",
+            doc="bandwidth (default 1 MHz spectrum; one RBG mac: rb_per_rbg × 12 × 30 kHz)",
+        ),
+        _R(
+            "available",
+            "resources",
+            "available",
+            "bool",
+            default=True,
+            doc="false: a primary user is present / not in this cell's pool",
+        ),
+        _R(
+            "interference_dbm",
+            "resources",
+            "interference_dbm",
+            "float",
+            -300.0,
+            100.0,
+            unit="dBm",
+            doc="interference power on the channel (spectrum; default none)",
+        ),
+        _R(
+            "rate_bps",
+            "matrix",
+            "rate_bps",
+            "matrix",
+            0.0,
+            1e18,
+            unit="bit/s",
+            doc="N×R achievable rates; the utility is the rate (spectrum) or rate_bps · tti_s bits per RBG per "
+            "slot (mac); the physical fields are then not needed. Not together with utility",
+        ),
+        _R(
+            "utility",
+            "matrix",
+            "utility",
+            "matrix",
+            0.0,
+            1e18,
+            unit="unitless",
+            doc="N×R utility weights used as the slot's utility as given; in mac buffer_bits and feedback are "
+            "compared with them in the same unit. Not together with rate_bps",
+        ),
+        _R(
+            "delivered_bits",
+            "feedback",
+            "feedback.delivered_bits",
+            "float",
+            0.0,
+            1e18,
+            unit="bit",
+            doc="user id -> what the previous slot really delivered: bits (mac), bit/s (spectrum); in the "
+            "utility's unit when the request gave a unitless utility matrix",
+        ),
+    )
+}
 
 #: a channel without ``interference_dbm`` when others have one: 1e-33 W, negligible against the
 #: thermal noise N0·B of any channel (relative change < 1e-12 for B >= 1 kHz at N0 >= -200 dBm/Hz)
@@ -189,8 +349,9 @@ def check_feedback(user_ids: np.ndarray, bits: np.ndarray, field: str, id_field:
         dup = np.flatnonzero(user_ids[order][1:] == user_ids[order][:-1])
         if dup.size:
             i = int(order[dup[0] + 1])
-            raise InvalidSlotError((id_field or field).format(i=i, key=int(user_ids[i])),
-                                   f"duplicate user id {int(user_ids[i])}")
+            raise InvalidSlotError(
+                (id_field or field).format(i=i, key=int(user_ids[i])), f"duplicate user id {int(user_ids[i])}"
+            )
     return dict(zip(user_ids.tolist(), bits.tolist(), strict=True))
 
 
@@ -199,8 +360,13 @@ def check_utility_finite(state: SlotState, *, rate: bool, utility: bool, names: 
     field (``names`` maps the REST name to the transport's)."""
     if np.isfinite(state.utility).all():
         return
-    source = "utility" if utility else "rate_bps" if rate else (
-        "rx_power_dbm" if state.preset == "spectrum" else "spectral_efficiency")
+    source = (
+        "utility"
+        if utility
+        else "rate_bps"
+        if rate
+        else ("rx_power_dbm" if state.preset == "spectrum" else "spectral_efficiency")
+    )
     raise InvalidSlotError(names.get(source, source), "the utility computed from these values is not finite")
 
 

@@ -51,18 +51,26 @@ log = logging.getLogger("gnbsched.serve")
 
 #: the shorter flag each of these settings is also known by
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {
-    "default_policy_spectrum": ("--policy-spectrum",), "default_policy_mac": ("--policy-mac",),
-    "preload_policies": ("--preload",), "admin_enabled": ("--admin",), "record_dir": ("--record",),
+    "default_policy_spectrum": ("--policy-spectrum",),
+    "default_policy_mac": ("--policy-mac",),
+    "preload_policies": ("--preload",),
+    "admin_enabled": ("--admin",),
+    "record_dir": ("--record",),
 }
 #: settings that are never flags (a secret would show in ``ps``): environment or file only
 NOT_FLAGS = frozenset({"auth_token", "teacher_api_key"})
 #: flag groups of ``--help``, by the settings' name prefix (first match wins)
-_GROUPS = (("listen", ("host", "rest_port", "grpc_port", "workers")),
-           ("access", ("auth_", "admin_", "rest_tls", "grpc_tls")),
-           ("run-time guard", ("guard_",)), ("recording", ("record_",)),
-           ("limits", ("max_", "header_timeout", "body_timeout")), ("gRPC connections", ("grpc_",)), ("logging", ("log_level", "access_log")),
-           ("LLM teacher", ("teacher_",)),
-           ("decisions", ("",)))
+_GROUPS = (
+    ("listen", ("host", "rest_port", "grpc_port", "workers")),
+    ("access", ("auth_", "admin_", "rest_tls", "grpc_tls")),
+    ("run-time guard", ("guard_",)),
+    ("recording", ("record_",)),
+    ("limits", ("max_", "header_timeout", "body_timeout")),
+    ("gRPC connections", ("grpc_",)),
+    ("logging", ("log_level", "access_log")),
+    ("LLM teacher", ("teacher_",)),
+    ("decisions", ("",)),
+)
 
 
 def _csv(text: str) -> list[str]:
@@ -79,8 +87,9 @@ def _json_object(text: str) -> dict[str, Any]:
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
     """(argparse type, extra add_argument options) of a settings field's annotation."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 \
-        else annotation
+    base = (
+        args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    )
     origin = typing.get_origin(base)
     if base is bool:
         return None, {"action": argparse.BooleanOptionalAction}
@@ -120,13 +129,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         ftype, extra = _flag_type(field.annotation)
         default = field.get_default(call_default_factory=True)
-        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict) \
+        shown = (
+            ",".join(default)
+            if isinstance(default, list)
+            else json.dumps(default)
+            if isinstance(default, dict)
             else default
+        )
         help_text = f"{field.description or ''} (env {prefix}{name.upper()}; default {shown})".replace("%", "%%")
         title = next(t for t, prefixes in _GROUPS if any(name.startswith(p) for p in prefixes))
         flags = ["--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ())]
-        groups[title].add_argument(*flags, dest=name, default=None, help=help_text,
-                                   **({"type": ftype} if ftype is not None else {}), **extra)
+        groups[title].add_argument(
+            *flags, dest=name, default=None, help=help_text, **({"type": ftype} if ftype is not None else {}), **extra
+        )
     parser.add_argument("--policy", help="default policy of both presets (sets --policy-spectrum and --policy-mac)")
 
 
@@ -273,9 +288,12 @@ def run(args: argparse.Namespace) -> int:
     shown["state_url"] = redact_url(str(shown.get("state_url", "")))
     print("gnbsched serve: " + json.dumps(shown, sort_keys=True), flush=True)
     if settings.workers > 1 and settings.state_url.startswith("memory"):
-        print("gnbsched serve: warning: --workers > 1 with in-process state: each worker keeps its own "
-              "per-cell history, so a cell served by different workers diverges; use --state-url redis://...",
-              file=sys.stderr, flush=True)
+        print(
+            "gnbsched serve: warning: --workers > 1 with in-process state: each worker keeps its own "
+            "per-cell history, so a cell served by different workers diverges; use --state-url redis://...",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if settings.rest_port == 0:
         return asyncio.run(_serve_grpc_only(settings))
@@ -285,9 +303,15 @@ def run(args: argparse.Namespace) -> int:
     from service.api.rest.protocol import PROTOCOL, GuardedHttpProtocol
     from service.security import rest_tls_options
 
-    common = dict(host=settings.host, port=settings.rest_port, log_level=settings.log_level,
-                  access_log=settings.access_log, lifespan="on", timeout_graceful_shutdown=10,
-                  **rest_tls_options(settings))
+    common = dict(
+        host=settings.host,
+        port=settings.rest_port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        **rest_tls_options(settings),
+    )
     if settings.workers <= 1:
         app = build_app(settings)
         # header size / header and body timeouts / connection limit before any application work
@@ -303,12 +327,12 @@ def run(args: argparse.Namespace) -> int:
     from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir, remove_multiprocess_dir
 
     own_dir = not os.environ.get(MULTIPROC_ENV)
-    mp_dir = prepare_multiprocess_dir(tempfile.mkdtemp(prefix="gnbsched-metrics-") if own_dir
-                                      else os.environ[MULTIPROC_ENV])
+    mp_dir = prepare_multiprocess_dir(
+        tempfile.mkdtemp(prefix="gnbsched-metrics-") if own_dir else os.environ[MULTIPROC_ENV]
+    )
     export_settings(settings)
     try:
-        uvicorn.run("service.api.serve:app_from_env", factory=True, workers=settings.workers, http=PROTOCOL,
-                    **common)
+        uvicorn.run("service.api.serve:app_from_env", factory=True, workers=settings.workers, http=PROTOCOL, **common)
     finally:
         if own_dir:
             remove_multiprocess_dir(mp_dir)

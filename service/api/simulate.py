@@ -84,8 +84,14 @@ def make_env(preset: str, scenario: str | None, seed: int) -> SlotEnv:
 # ------------------------------------------------------------------------------- transports
 
 
-def rest_body(state: SlotState, feedback: Mapping[int, float] | None = None, *, policy: str | None = None,
-              deadline_ms: float | None = None, epoch: int | None = None) -> dict[str, Any]:
+def rest_body(
+    state: SlotState,
+    feedback: Mapping[int, float] | None = None,
+    *,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    epoch: int | None = None,
+) -> dict[str, Any]:
     """The ``POST /schedule`` JSON body of a slot (the REST contract), utility as ``rate_bps``
     in spectrum (bit/s) and as ``utility`` in mac (bits per RBG per slot, used as given)
     (``service.trace.rest_request``: the one place a slot becomes a REST body)."""
@@ -117,8 +123,12 @@ class Access:
         return self.tls_ca is not None or self.tls_cert is not None
 
     @staticmethod
-    def from_files(token_file: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                   tls_key: str | None = None) -> Access:
+    def from_files(
+        token_file: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+    ) -> Access:
         """Read the token (first line of ``token_file``); check the PEM files exist. ValueError names
         the file that is missing or unusable."""
         if (tls_cert is None) != (tls_key is None):
@@ -139,8 +149,16 @@ class Access:
 
 
 @contextlib.contextmanager
-def connect(target: str, *, policy: str | None = None, deadline_ms: float | None = None, stream: bool = False,
-            timeout_s: float = 30.0, access: Access | None = None, epoch: int | None = None) -> Iterator[Decider]:
+def connect(
+    target: str,
+    *,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    stream: bool = False,
+    timeout_s: float = 30.0,
+    access: Access | None = None,
+    epoch: int | None = None,
+) -> Iterator[Decider]:
     """A decider ``(state, feedback) -> (owner tokens [R], valid_before_repair)`` against
     ``target``: ``inproc``, ``http(s)://host:port`` (POST /schedule) or ``grpc://host:port``
     (unary, or the per-TTI stream with ``stream``), with ``access`` (token, TLS) for a guarded
@@ -176,13 +194,22 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
         from service.api.grpc.client import SchedulerClient, owner_tokens
         from service.api.grpc.convert import slot_to_request
 
-        with SchedulerClient(url.netloc, timeout_s=timeout_s, token=access.token, tls_ca=access.tls_ca,
-                             tls_cert=access.tls_cert, tls_key=access.tls_key) as client:
+        with SchedulerClient(
+            url.netloc,
+            timeout_s=timeout_s,
+            token=access.token,
+            tls_ca=access.tls_ca,
+            tls_cert=access.tls_cert,
+            tls_key=access.tls_key,
+        ) as client:
             try:
                 client.wait_ready(timeout_s)
             except grpc.FutureTimeoutError:
-                hint = (" or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)" if access.tls
-                        else " (a TLS-only service needs --tls-ca)")
+                hint = (
+                    " or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)"
+                    if access.tls
+                    else " (a TLS-only service needs --tls-ca)"
+                )
                 raise TargetError(f"no gRPC service at {url.netloc}{hint}") from None
             send: Callable[[Any], Any]
             with contextlib.ExitStack() as stack:
@@ -213,14 +240,16 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
         if access.tls_cert is not None:
             verify.load_cert_chain(access.tls_cert, access.tls_key)
     headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
-    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify,
-                      headers=headers) as http:
+    with httpx.Client(
+        base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify, headers=headers
+    ) as http:
 
         def decide_http(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
             body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms, epoch=epoch))
             try:
-                resp = http.post("/schedule", content=body, headers={"content-type": "application/json",
-                                                                      CELL_HEADER: state.cell_id})
+                resp = http.post(
+                    "/schedule", content=body, headers={"content-type": "application/json", CELL_HEADER: state.cell_id}
+                )
             except httpx.HTTPError as exc:
                 raise TargetError(f"slot {state.slot}: {type(exc).__name__}: {exc}") from None
             if resp.status_code != 200:
@@ -232,10 +261,21 @@ def connect(target: str, *, policy: str | None = None, deadline_ms: float | None
         yield decide_http
 
 
-def simulate(target: str, *, preset: str = "spectrum", scenario: str | None = None, policy: str | None = None,
-             slots: int = DEFAULT_SLOTS, seed: int = 0, stream: bool = False, cell_id: str | None = None,
-             deadline_ms: float | None = None, timeout_s: float = 30.0, access: Access | None = None,
-             epoch: int | None = None) -> dict[str, float]:
+def simulate(
+    target: str,
+    *,
+    preset: str = "spectrum",
+    scenario: str | None = None,
+    policy: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    seed: int = 0,
+    stream: bool = False,
+    cell_id: str | None = None,
+    deadline_ms: float | None = None,
+    timeout_s: float = 30.0,
+    access: Access | None = None,
+    epoch: int | None = None,
+) -> dict[str, float]:
     """Run one closed-loop episode against ``target`` and return the simulator's KPIs.
 
     The episode restarts its cell at slot 0: with a ``cell_id`` of your own the cell may exist
@@ -245,8 +285,9 @@ def simulate(target: str, *, preset: str = "spectrum", scenario: str | None = No
     cell = cell_id or f"sim-{preset}-{uuid.uuid4().hex[:12]}"
     if epoch is None and cell_id is not None:
         epoch = time.time_ns() // 1_000_000
-    with connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
-                 access=access, epoch=epoch) as decide:
+    with connect(
+        target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s, access=access, epoch=epoch
+    ) as decide:
 
         def decide_in_cell(state: SlotState, feedback: Mapping[int, float]) -> np.ndarray:
             owner, env.raw_valid = decide(replace(state, cell_id=cell), feedback)
@@ -281,8 +322,9 @@ class _RecordValid(SlotEnv):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="inproc",
-                        help="inproc (default), http(s)://host:port (REST) or grpc://host:port")
+    parser.add_argument(
+        "--target", default="inproc", help="inproc (default), http(s)://host:port (REST) or grpc://host:port"
+    )
     parser.add_argument("--preset", choices=PRESETS, default="spectrum", help="simulator (default spectrum)")
     parser.add_argument("--scenario", default=None, help="scenario of the preset's simulator (default: its first)")
     parser.add_argument("--policy", default=None, help="policy to ask for (default: the service's for the preset)")
@@ -290,13 +332,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     parser.add_argument("--stream", action="store_true", help="gRPC: one StreamSlots call for the episode")
     parser.add_argument("--cell-id", default=None, help="cell id sent to the service (default sim-<preset>-<random>)")
-    parser.add_argument("--epoch", type=int, default=None,
-                        help="cell epoch sent with every slot (default: a new one per run when --cell-id is given, "
-                             "so the service restarts that cell)")
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="cell epoch sent with every slot (default: a new one per run when --cell-id is given, "
+        "so the service restarts that cell)",
+    )
     parser.add_argument("--deadline-ms", type=float, default=None, help="per-slot policy deadline to ask for")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default 30 s)")
-    parser.add_argument("--token-file", default=None,
-                        help="file whose first line is the service's bearer token (serve --auth-token-file)")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="file whose first line is the service's bearer token (serve --auth-token-file)",
+    )
     parser.add_argument("--tls-ca", default=None, help="PEM: CA of the server's certificate (gRPC TLS, https)")
     parser.add_argument("--tls-cert", default=None, help="PEM: client certificate (mTLS), with --tls-key")
     parser.add_argument("--tls-key", default=None, help="PEM: the client certificate's key")
@@ -315,14 +364,33 @@ def run(args: argparse.Namespace) -> int:
     cell = args.cell_id or f"sim-{args.preset}-{uuid.uuid4().hex[:12]}"
     try:
         access = Access.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key)
-        kpis = simulate(args.target, preset=args.preset, scenario=scenario, policy=args.policy, slots=args.slots,
-                        seed=args.seed, stream=args.stream, cell_id=cell, deadline_ms=args.deadline_ms,
-                        timeout_s=args.timeout_s, access=access, epoch=args.epoch)
+        kpis = simulate(
+            args.target,
+            preset=args.preset,
+            scenario=scenario,
+            policy=args.policy,
+            slots=args.slots,
+            seed=args.seed,
+            stream=args.stream,
+            cell_id=cell,
+            deadline_ms=args.deadline_ms,
+            timeout_s=args.timeout_s,
+            access=access,
+            epoch=args.epoch,
+        )
     except (ValueError, KeyError, TargetError) as exc:
         print(f"gnbsched simulate: {exc}", file=sys.stderr)
         return 2
-    header = {"target": args.target, "preset": args.preset, "scenario": scenario, "policy": args.policy or "default",
-              "slots": args.slots, "seed": args.seed, "stream": args.stream, "cell_id": cell}
+    header = {
+        "target": args.target,
+        "preset": args.preset,
+        "scenario": scenario,
+        "policy": args.policy or "default",
+        "slots": args.slots,
+        "seed": args.seed,
+        "stream": args.stream,
+        "cell_id": cell,
+    }
     if args.json:
         clean = {k: float(v) if math.isfinite(v) else None for k, v in kpis.items()}  # NaN is not JSON
         print(json.dumps({**header, "kpis": clean}, sort_keys=True))

@@ -33,15 +33,20 @@ SUITES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", nargs="?", choices=["quality", "student", "teacher", "perf", "validate", "soak"],
-                        default="quality", help="which benchmark (default: quality)")
-    parser.add_argument("--preset", choices=["spectrum", "mac", "all"], default="all",
-                        help="which quality suite to run (default: both)")
+    parser.add_argument(
+        "suite",
+        nargs="?",
+        choices=["quality", "student", "teacher", "perf", "validate", "soak"],
+        default="quality",
+        help="which benchmark (default: quality)",
+    )
+    parser.add_argument(
+        "--preset", choices=["spectrum", "mac", "all"], default="all", help="which quality suite to run (default: both)"
+    )
     parser.add_argument("--out", default="bench-out", help="directory for CSV/JSON/PNG outputs")
     parser.add_argument("--quick", action="store_true", help="a small, fast subset (smoke runs, CI)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every simulator and policy")
-    parser.add_argument("--policies", default=None,
-                        help="comma-separated policy names (default: the suite's own list)")
+    parser.add_argument("--policies", default=None, help="comma-separated policy names (default: the suite's own list)")
     parser.add_argument("--slots", type=int, default=None, help="slots per run (default: the suite's own)")
     for suite in ("student", "teacher", "perf", "soak"):  # suite-specific options, if any
         extra = getattr(importlib.import_module(SUITES[suite]), "add_arguments", None)

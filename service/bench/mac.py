@@ -93,9 +93,18 @@ class Plan:
 
 
 DEFAULT_PLAN = Plan()
-QUICK_PLAN = Plan(standard_slots=300, slots=200, multicell_slots=200, llm4mac_episodes=4, n_sweep=(2, 6, 10),
-                  m_sweep=(3, 8), cases=("case1", "case6"), mixes=("mix-5a", "mix-5l"), cells=(2,),
-                  llm4mac_n=(2, 5))
+QUICK_PLAN = Plan(
+    standard_slots=300,
+    slots=200,
+    multicell_slots=200,
+    llm4mac_episodes=4,
+    n_sweep=(2, 6, 10),
+    m_sweep=(3, 8),
+    cases=("case1", "case6"),
+    mixes=("mix-5a", "mix-5l"),
+    cells=(2,),
+    llm4mac_n=(2, 5),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,12 +211,17 @@ def run_llm4mac(job: Job, policies: PolicySet | None = None) -> dict[str, float]
             res = env.step(d.owner, raw_valid=d.valid_before_repair)
             state, feedback, done = res.state, res.feedback, res.done
         per_ep.append(env.kpis())
-    return {k: float(np.nanmean([e[k] for e in per_ep])) if any(np.isfinite(e[k]) for e in per_ep) else math.nan
-            for k in per_ep[0]}
+    return {
+        k: float(np.nanmean([e[k] for e in per_ep])) if any(np.isfinite(e[k]) for e in per_ep) else math.nan
+        for k in per_ep[0]
+    }
 
 
-_RUNNERS: dict[str, Callable[[Job], dict[str, float]]] = {"single": run_single, "multi": run_multi,
-                                                           "llm4mac": run_llm4mac}
+_RUNNERS: dict[str, Callable[[Job], dict[str, float]]] = {
+    "single": run_single,
+    "multi": run_multi,
+    "llm4mac": run_llm4mac,
+}
 
 
 def _work(job: Job) -> tuple[Job, dict[str, float], float]:
@@ -229,23 +243,57 @@ def build_jobs(policies: Sequence[str], plan: Plan, seed: int, slots: int | None
     for p in policies:
         jobs.append(Job("standard", "N 2..10, M=8", p, "single", s_std, seed, "standard"))
         for n in plan.n_sweep:
-            jobs.append(Job("n-sweep", f"N={n} M={N_SWEEP_NUM_RBG}", p, "single", s, seed, "fixed-5",
-                            {"num_ue": n, "num_rbg": N_SWEEP_NUM_RBG}, float(n)))
+            jobs.append(
+                Job(
+                    "n-sweep",
+                    f"N={n} M={N_SWEEP_NUM_RBG}",
+                    p,
+                    "single",
+                    s,
+                    seed,
+                    "fixed-5",
+                    {"num_ue": n, "num_rbg": N_SWEEP_NUM_RBG},
+                    float(n),
+                )
+            )
         for m in plan.m_sweep:
-            jobs.append(Job("m-sweep", f"M={m} N={M_SWEEP_NUM_UE}", p, "single", s, seed, "fixed-5",
-                            {"num_ue": M_SWEEP_NUM_UE, "num_rbg": m}, float(m)))
+            jobs.append(
+                Job(
+                    "m-sweep",
+                    f"M={m} N={M_SWEEP_NUM_UE}",
+                    p,
+                    "single",
+                    s,
+                    seed,
+                    "fixed-5",
+                    {"num_ue": M_SWEEP_NUM_UE, "num_rbg": m},
+                    float(m),
+                )
+            )
         for i, case in enumerate(plan.cases):
             jobs.append(Job("traffic", case, p, "single", s, seed, case, {"num_rbg": CASES_NUM_RBG}, float(i)))
         jobs.append(Job("omega", "stress 5 UE", p, "single", s, seed, "omega-stress"))
         for n in plan.llm4mac_n:
-            jobs.append(Job("llm4mac", f"N={n}", p, "llm4mac", plan.llm4mac_episodes, seed, "", {"num_ue": n},
-                            float(n)))
+            jobs.append(
+                Job("llm4mac", f"N={n}", p, "llm4mac", plan.llm4mac_episodes, seed, "", {"num_ue": n}, float(n))
+            )
     for i, mix in enumerate(plan.mixes):
         jobs.append(Job("followers", mix, fixed, "single", s, seed, mix, {}, float(i)))
     for c in plan.cells:
         for strat in PARTITION_STRATEGIES:
-            jobs.append(Job("multicell", f"{c} cells/{strat}", fixed, "multi", s_mc, seed, "",
-                            {"num_cells": c, "partition": strat}, float(c)))
+            jobs.append(
+                Job(
+                    "multicell",
+                    f"{c} cells/{strat}",
+                    fixed,
+                    "multi",
+                    s_mc,
+                    seed,
+                    "",
+                    {"num_cells": c, "partition": strat},
+                    float(c),
+                )
+            )
     return jobs
 
 
@@ -257,7 +305,9 @@ def _cost(job: Job) -> float:
     return float(job.slots)
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int, log: Callable[[str], None]) -> list[tuple[Job, dict[str, float], float]]:
+def run_jobs(
+    jobs: Sequence[Job], *, workers: int, log: Callable[[str], None]
+) -> list[tuple[Job, dict[str, float], float]]:
     """Run every job (in ``workers`` processes when > 1), longest first; results in job order."""
     order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
     results: dict[int, tuple[Job, dict[str, float], float]] = {}
@@ -293,34 +343,54 @@ class Column:
 
 
 SINGLE_COLUMNS = [
-    Column("throughput_mbps", "Mbps/UE", "{:.4f}"), Column("fairness_jfi", "JFI", "{:.3f}"),
-    Column("resource_efficiency", "RE", "{:.3f}"), Column("packet_success_rate", "PSR", "{:.4f}"),
-    Column("latency_avg_slots", "lat avg", "{:.2f}"), Column("latency_p95_slots", "lat p95", "{:.1f}"),
-    Column("queue_avg_dpdu", "q avg", "{:.2f}"), Column("queue_max_dpdu", "q max", "{:.1f}"),
-    Column("overflow_drops", "drops", "{:.0f}"), Column("valid_action_rate", "valid", "{:.2f}"),
-    Column("leader_utility", "U_BS", "{:.4f}"), Column("utility_vs_km", "U/km", "{:.3f}"),
-    Column("utility_vs_random", "U/rand", "{:.3f}"), Column("bits_vs_km", "bits/km", "{:.3f}"),
+    Column("throughput_mbps", "Mbps/UE", "{:.4f}"),
+    Column("fairness_jfi", "JFI", "{:.3f}"),
+    Column("resource_efficiency", "RE", "{:.3f}"),
+    Column("packet_success_rate", "PSR", "{:.4f}"),
+    Column("latency_avg_slots", "lat avg", "{:.2f}"),
+    Column("latency_p95_slots", "lat p95", "{:.1f}"),
+    Column("queue_avg_dpdu", "q avg", "{:.2f}"),
+    Column("queue_max_dpdu", "q max", "{:.1f}"),
+    Column("overflow_drops", "drops", "{:.0f}"),
+    Column("valid_action_rate", "valid", "{:.2f}"),
+    Column("leader_utility", "U_BS", "{:.4f}"),
+    Column("utility_vs_km", "U/km", "{:.3f}"),
+    Column("utility_vs_random", "U/rand", "{:.3f}"),
+    Column("bits_vs_km", "bits/km", "{:.3f}"),
 ]
 FOLLOWER_COLUMNS = [
-    Column("throughput_mbps", "Mbps/UE", "{:.4f}"), Column("fairness_jfi", "JFI", "{:.3f}"),
-    Column("resource_efficiency", "RE", "{:.3f}"), Column("packet_success_rate", "PSR", "{:.4f}"),
-    Column("collision_rate", "coll", "{:.3f}"), Column("latency_avg_slots", "lat avg", "{:.2f}"),
-    Column("latency_p95_slots", "lat p95", "{:.1f}"), Column("declined_rbgs_per_tti", "declined/TTI", "{:.3f}"),
-    Column("padding_rbgs_per_tti", "padding/TTI", "{:.3f}"), Column("follower_utility", "U_UE", "{:.3f}"),
+    Column("throughput_mbps", "Mbps/UE", "{:.4f}"),
+    Column("fairness_jfi", "JFI", "{:.3f}"),
+    Column("resource_efficiency", "RE", "{:.3f}"),
+    Column("packet_success_rate", "PSR", "{:.4f}"),
+    Column("collision_rate", "coll", "{:.3f}"),
+    Column("latency_avg_slots", "lat avg", "{:.2f}"),
+    Column("latency_p95_slots", "lat p95", "{:.1f}"),
+    Column("declined_rbgs_per_tti", "declined/TTI", "{:.3f}"),
+    Column("padding_rbgs_per_tti", "padding/TTI", "{:.3f}"),
+    Column("follower_utility", "U_UE", "{:.3f}"),
     Column("leader_utility", "U_BS", "{:.4f}"),
 ]
 MULTI_COLUMNS = [
-    Column("cell_throughput_mbps", "net Mbps", "{:.3f}"), Column("throughput_mbps", "Mbps/UE", "{:.4f}"),
-    Column("offered_load_mbps", "offered", "{:.3f}"), Column("fairness_jfi", "JFI", "{:.3f}"),
-    Column("latency_avg_slots", "lat avg", "{:.2f}"), Column("latency_p95_slots", "lat p95", "{:.1f}"),
-    Column("queue_max_dpdu", "q max", "{:.1f}"), Column("overflow_drops", "drops", "{:.0f}"),
+    Column("cell_throughput_mbps", "net Mbps", "{:.3f}"),
+    Column("throughput_mbps", "Mbps/UE", "{:.4f}"),
+    Column("offered_load_mbps", "offered", "{:.3f}"),
+    Column("fairness_jfi", "JFI", "{:.3f}"),
+    Column("latency_avg_slots", "lat avg", "{:.2f}"),
+    Column("latency_p95_slots", "lat p95", "{:.1f}"),
+    Column("queue_max_dpdu", "q max", "{:.1f}"),
+    Column("overflow_drops", "drops", "{:.0f}"),
     Column("leader_utility", "U_BS", "{:.4f}"),
 ]
 LLM4MAC_COLUMNS = [
-    Column("throughput_dpdu_per_tti", "S dPDU/TTI", "{:.3f}"), Column("episode_return", "return", "{:.2f}"),
-    Column("offered_dpdu_per_tti", "offered", "{:.3f}"), Column("latency_avg_slots", "lat avg", "{:.2f}"),
-    Column("idle_rate", "idle", "{:.3f}"), Column("collision_rate", "coll", "{:.3f}"),
-    Column("queue_avg_dpdu", "q avg", "{:.2f}"), Column("overflow_drops", "drops", "{:.1f}"),
+    Column("throughput_dpdu_per_tti", "S dPDU/TTI", "{:.3f}"),
+    Column("episode_return", "return", "{:.2f}"),
+    Column("offered_dpdu_per_tti", "offered", "{:.3f}"),
+    Column("latency_avg_slots", "lat avg", "{:.2f}"),
+    Column("idle_rate", "idle", "{:.3f}"),
+    Column("collision_rate", "coll", "{:.3f}"),
+    Column("queue_avg_dpdu", "q avg", "{:.2f}"),
+    Column("overflow_drops", "drops", "{:.1f}"),
 ]
 TABLE_TITLES = {
     "standard": "MAC standard setting (N cycling 2..10, M = 8, Bernoulli p_a 0.2/0.5/0.8)",
@@ -371,8 +441,14 @@ def omega_table(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, list[
     for r in records:
         u = [w * r["throughput_scaled"] + (1 - w) * r["leader_jfi"] for w in OMEGAS]
         curves[r["policy"]] = u
-        rows.append([r["policy"], _fmt(r["throughput_mbps"], "{:.4f}"), _fmt(r["fairness_jfi"], "{:.3f}"),
-                     *[_fmt(v, "{:.3f}") for v in u]])
+        rows.append(
+            [
+                r["policy"],
+                _fmt(r["throughput_mbps"], "{:.4f}"),
+                _fmt(r["fairness_jfi"], "{:.3f}"),
+                *[_fmt(v, "{:.3f}") for v in u],
+            ]
+        )
     if rows:
         best = ["best", "", ""]
         for i in range(len(OMEGAS)):
@@ -388,8 +464,18 @@ def omega_table(records: Sequence[dict[str, Any]]) -> tuple[str, dict[str, list[
 def _records(results: Sequence[tuple[Job, dict[str, float], float]]) -> list[dict[str, Any]]:
     recs: list[dict[str, Any]] = []
     for job, k, dt in results:
-        recs.append({"table": job.table, "label": job.label, "policy": job.policy, "x": job.x, "slots": job.slots,
-                     "seed": job.seed, "wall_s": dt, **{key: float(v) for key, v in k.items()}})
+        recs.append(
+            {
+                "table": job.table,
+                "label": job.label,
+                "policy": job.policy,
+                "x": job.x,
+                "slots": job.slots,
+                "seed": job.seed,
+                "wall_s": dt,
+                **{key: float(v) for key, v in k.items()},
+            }
+        )
     # leader-utility ratios to the km and random runs of the same row
     by_row: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in recs:
@@ -436,59 +522,120 @@ def _plots(out_dir: Path, recs: list[dict[str, Any]], omega_curves: dict[str, li
             out.setdefault(r["policy"], [math.nan] * len(xs))[xs.index(r["x"])] = r.get(key, math.nan)
         return xs, out
 
-    for table, xl, what, noun in (("n-sweep", f"number of UEs N (M = {N_SWEEP_NUM_RBG})", "num_ue", "UEs"),
-                                  ("m-sweep", f"number of RBGs M (N = {M_SWEEP_NUM_UE})", "num_rbg", "RBGs")):
-        for key, yl, name, logy in (("throughput_mbps", "throughput per UE (Mbps)", "throughput", False),
-                                    ("fairness_jfi", "Jain fairness (RBG usage)", "fairness", False),
-                                    ("latency_p95_slots", "95% latency (slots)", "latency_p95", True)):
+    for table, xl, what, noun in (
+        ("n-sweep", f"number of UEs N (M = {N_SWEEP_NUM_RBG})", "num_ue", "UEs"),
+        ("m-sweep", f"number of RBGs M (N = {M_SWEEP_NUM_UE})", "num_rbg", "RBGs"),
+    ):
+        for key, yl, name, logy in (
+            ("throughput_mbps", "throughput per UE (Mbps)", "throughput", False),
+            ("fairness_jfi", "Jain fairness (RBG usage)", "fairness", False),
+            ("latency_p95_slots", "95% latency (slots)", "latency_p95", True),
+        ):
             xs, ser = series(table, key)
             if xs:
-                paths.append(save_line_plot(out_dir / f"{name}_vs_{what}.png", xs, ser, xlabel=xl, ylabel=yl,
-                                            title=f"MAC: {yl} vs number of {noun}", logy=logy))
+                paths.append(
+                    save_line_plot(
+                        out_dir / f"{name}_vs_{what}.png",
+                        xs,
+                        ser,
+                        xlabel=xl,
+                        ylabel=yl,
+                        title=f"MAC: {yl} vs number of {noun}",
+                        logy=logy,
+                    )
+                )
     cases = sorted({(r["x"], r["label"]) for r in recs if r["table"] == "traffic"})
     if cases:
         labels = [c[1] for c in cases]
         ticks = [f"{c} ({TRAFFIC_CASES.get(c, '?')})" for c in labels]
-        for key, yl, name in (("latency_p95_slots", "95% latency (slots)", "traffic_latency_p95"),
-                              ("queue_avg_dpdu", "average queue (dPDUs)", "traffic_queue_avg")):
+        for key, yl, name in (
+            ("latency_p95_slots", "95% latency (slots)", "traffic_latency_p95"),
+            ("queue_avg_dpdu", "average queue (dPDUs)", "traffic_queue_avg"),
+        ):
             bars: dict[str, list[float]] = {}
             for r in recs:
                 if r["table"] == "traffic":
-                    bars.setdefault(r["policy"], [math.nan] * len(labels))[labels.index(r["label"])] = r.get(key, math.nan)
-            paths.append(save_bar_plot(out_dir / f"{name}.png", ticks, bars, xlabel="Table III traffic case",
-                                       ylabel=yl, title=f"MAC traffic cases: {yl} (log scale)", logy=True))
+                    bars.setdefault(r["policy"], [math.nan] * len(labels))[labels.index(r["label"])] = r.get(
+                        key, math.nan
+                    )
+            paths.append(
+                save_bar_plot(
+                    out_dir / f"{name}.png",
+                    ticks,
+                    bars,
+                    xlabel="Table III traffic case",
+                    ylabel=yl,
+                    title=f"MAC traffic cases: {yl} (log scale)",
+                    logy=True,
+                )
+            )
     if omega_curves:
-        paths.append(save_line_plot(out_dir / "omega_sweep.png", list(OMEGAS), omega_curves, xlabel="ω (eq. 5)",
-                                    ylabel="leader utility U_BS", title="Table VIII stress test: U_BS vs ω"))
+        paths.append(
+            save_line_plot(
+                out_dir / "omega_sweep.png",
+                list(OMEGAS),
+                omega_curves,
+                xlabel="ω (eq. 5)",
+                ylabel="leader utility U_BS",
+                title="Table VIII stress test: U_BS vs ω",
+            )
+        )
     mixes = [r for r in recs if r["table"] == "followers"]
     if mixes:
         labels = [r["label"] for r in mixes]
-        paths.append(save_bar_plot(out_dir / "followers_mix.png", labels,
-                                   {"throughput (Mbps/UE)": [r["throughput_mbps"] for r in mixes],
-                                    "JFI": [r["fairness_jfi"] for r in mixes],
-                                    "resource efficiency / 2": [r["resource_efficiency"] / 2 for r in mixes]},
-                                   xlabel="followers (a: agentic, l: legacy)", ylabel="value",
-                                   title=f"Table VII mixes (policy {FIXED_POLICY})"))
+        paths.append(
+            save_bar_plot(
+                out_dir / "followers_mix.png",
+                labels,
+                {
+                    "throughput (Mbps/UE)": [r["throughput_mbps"] for r in mixes],
+                    "JFI": [r["fairness_jfi"] for r in mixes],
+                    "resource efficiency / 2": [r["resource_efficiency"] / 2 for r in mixes],
+                },
+                xlabel="followers (a: agentic, l: legacy)",
+                ylabel="value",
+                title=f"Table VII mixes (policy {FIXED_POLICY})",
+            )
+        )
     multi = [r for r in recs if r["table"] == "multicell"]
     if multi:
         cells = sorted({int(r["x"]) for r in multi})
         labels = [f"{c} cells" for c in cells]
-        for key, yl, name in (("cell_throughput_mbps", "network throughput (Mbps)", "multicell_throughput"),
-                              ("latency_p95_slots", "95% latency (slots)", "multicell_latency_p95")):
+        for key, yl, name in (
+            ("cell_throughput_mbps", "network throughput (Mbps)", "multicell_throughput"),
+            ("latency_p95_slots", "95% latency (slots)", "multicell_latency_p95"),
+        ):
             by_strategy = {s: [math.nan] * len(cells) for s in PARTITION_STRATEGIES}
             for r in multi:
                 by_strategy[r["label"].split("/")[1]][cells.index(int(r["x"]))] = r.get(key, math.nan)
-            paths.append(save_bar_plot(out_dir / f"{name}.png", labels, by_strategy, xlabel="data cells",
-                                       ylabel=yl, title=f"Table IV tier-0 partitioning: {yl}"))
+            paths.append(
+                save_bar_plot(
+                    out_dir / f"{name}.png",
+                    labels,
+                    by_strategy,
+                    xlabel="data cells",
+                    ylabel=yl,
+                    title=f"Table IV tier-0 partitioning: {yl}",
+                )
+            )
     xs, ser = series("llm4mac", "throughput_dpdu_per_tti")
     if xs:
-        paths.append(save_line_plot(out_dir / "llm4mac_throughput.png", xs, ser, xlabel="number of UEs N",
-                                    ylabel="throughput (dPDUs per TTI)", title="LLM4MAC single channel"))
+        paths.append(
+            save_line_plot(
+                out_dir / "llm4mac_throughput.png",
+                xs,
+                ser,
+                xlabel="number of UEs N",
+                ylabel="throughput (dPDUs per TTI)",
+                title="LLM4MAC single channel",
+            )
+        )
     return paths
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the suite, print the tables, write ``<out>/mac/``. Returns the exit code."""
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -507,8 +654,10 @@ def run(args: argparse.Namespace) -> int:
     log(f"[mac] {len(jobs)} runs on {workers} worker(s) ({'quick' if args.quick else 'default'} plan)")
     results = run_jobs(jobs, workers=workers, log=log)
     rank = {p: i for i, p in enumerate(policies)}
-    recs = sorted(_records(results), key=lambda r: (r["x"] if math.isfinite(r["x"]) else -1.0, r["label"],
-                                                    rank.get(r["policy"], len(rank))))
+    recs = sorted(
+        _records(results),
+        key=lambda r: (r["x"] if math.isfinite(r["x"]) else -1.0, r["label"], rank.get(r["policy"], len(rank))),
+    )
 
     out_dir = Path(args.out) / "mac"
     print()
@@ -531,11 +680,20 @@ def run(args: argparse.Namespace) -> int:
             print(_table(rows, cols))
             print()
     wall = time.perf_counter() - t0
-    meta = {"suite": "mac", "quick": bool(args.quick), "seed": args.seed, "policies": policies,
-            "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(plan).items()},
-            "slots_override": args.slots, "workers": workers, "wall_s": wall}
+    meta = {
+        "suite": "mac",
+        "quick": bool(args.quick),
+        "seed": args.seed,
+        "policies": policies,
+        "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(plan).items()},
+        "slots_override": args.slots,
+        "workers": workers,
+        "wall_s": wall,
+    }
     _write(out_dir, recs, meta)
     pngs = _plots(out_dir, recs, curves)
-    print(f"mac: {len(jobs)} runs in {wall:.1f} s on {workers} worker(s); wrote {out_dir}/results.csv, "
-          f"results.json and {len(pngs)} PNG figures")
+    print(
+        f"mac: {len(jobs)} runs in {wall:.1f} s on {workers} worker(s); wrote {out_dir}/results.csv, "
+        f"results.json and {len(pngs)} PNG figures"
+    )
     return 0

@@ -19,8 +19,18 @@ from matplotlib.figure import Figure
 _MARKERS = "osD^v<>pPX*h"
 
 
-def _finish(fig: Figure, ax, path: str | Path, *, title: str | None, xlabel: str, ylabel: str,
-            hline: float | None, legend: bool, legend_outside: bool = False) -> Path:
+def _finish(
+    fig: Figure,
+    ax,
+    path: str | Path,
+    *,
+    title: str | None,
+    xlabel: str,
+    ylabel: str,
+    hline: float | None,
+    legend: bool,
+    legend_outside: bool = False,
+) -> Path:
     if hline is not None:
         ax.axhline(hline, color="0.3", linestyle="--", linewidth=0.8, zorder=0)
     ax.set_xlabel(xlabel)
@@ -31,8 +41,9 @@ def _finish(fig: Figure, ax, path: str | Path, *, title: str | None, xlabel: str
     if legend and legend_outside:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     elif legend:
-        ax.legend(fontsize="small", ncol=2 if len(ax.get_legend_handles_labels()[1]) > 6 else 1,
-                  loc="best", framealpha=0.85)
+        ax.legend(
+            fontsize="small", ncol=2 if len(ax.get_legend_handles_labels()[1]) > 6 else 1, loc="best", framealpha=0.85
+        )
     return save_figure(fig, path)
 
 
@@ -80,8 +91,15 @@ def save_line_plot(
         ok = np.isfinite(y)
         if not ok.any():
             continue
-        ax.plot(xs[ok], y[ok], marker=_MARKERS[i % len(_MARKERS)], markersize=4, linewidth=1.2, label=label,
-                color=(colors or {}).get(label))
+        ax.plot(
+            xs[ok],
+            y[ok],
+            marker=_MARKERS[i % len(_MARKERS)],
+            markersize=4,
+            linewidth=1.2,
+            label=label,
+            color=(colors or {}).get(label),
+        )
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -122,11 +140,13 @@ def save_bar_plot(
     # rotate the labels only when their longest line does not fit the group's width
     longest = max((len(line) for c in categories for line in str(c).splitlines()), default=0)
     rotate = longest * 5.0 > fig.get_figwidth() * 72 * 0.8 / max(n_cat, 1)
-    ax.set_xticklabels(list(categories), fontsize="small", rotation=30 if rotate else 0,
-                       ha="right" if rotate else "center")
+    ax.set_xticklabels(
+        list(categories), fontsize="small", rotation=30 if rotate else 0, ha="right" if rotate else "center"
+    )
     if logy:
         ax.set_yscale("log")
     if ylim is not None:
         ax.set_ylim(*ylim)
-    return _finish(fig, ax, path, title=title, xlabel=xlabel, ylabel=ylabel, hline=hline, legend=bool(series),
-                   legend_outside=True)
+    return _finish(
+        fig, ax, path, title=title, xlabel=xlabel, ylabel=ylabel, hline=hline, legend=bool(series), legend_outside=True
+    )

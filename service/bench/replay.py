@@ -104,8 +104,10 @@ def trace_files(path: str | Path) -> list[Path]:
     p = Path(path)
     if not p.is_dir():
         return [p]
-    return sorted(p.glob("*.jsonl"), key=lambda f: (f.name.removesuffix(".jsonl").removesuffix(".1"),
-                                                     not f.name.endswith(".1.jsonl")))
+    return sorted(
+        p.glob("*.jsonl"),
+        key=lambda f: (f.name.removesuffix(".jsonl").removesuffix(".1"), not f.name.endswith(".1.jsonl")),
+    )
 
 
 def _parse(doc: Any) -> tuple[ScheduleArgs, dict[str, Any] | None]:
@@ -148,8 +150,15 @@ def read_trace(path: str | Path) -> Trace:
 # ----------------------------------------------------------------------------- replay
 
 
-def replay_cell(rows: Sequence[TraceRow], policy: str, *, policies: PolicySet, seed: int = 0,
-                ewma_slots: float = 100.0, fallbacks: Sequence[str] = ("greedy",)) -> Iterator[Decision]:
+def replay_cell(
+    rows: Sequence[TraceRow],
+    policy: str,
+    *,
+    policies: PolicySet,
+    seed: int = 0,
+    ewma_slots: float = 100.0,
+    fallbacks: Sequence[str] = ("greedy",),
+) -> Iterator[Decision]:
     """Decisions of ``policy`` on one cell's rows (in order) from a fresh history, as
     ``ServiceCore.schedule`` makes them (feedback applied first, the decision recorded after)."""
     history = CellHistory.empty()
@@ -180,13 +189,26 @@ def _usable(policies: PolicySet, name: str, preset: str) -> str | None:
     return None
 
 
-def _replay_preset(cells: dict[str, list[TraceRow]], names: Sequence[str], *, policies: PolicySet, seed: int,
-                   ewma_slots: float, fallbacks: Sequence[str], preset: str) -> dict[str, Any]:
+def _replay_preset(
+    cells: dict[str, list[TraceRow]],
+    names: Sequence[str],
+    *,
+    policies: PolicySet,
+    seed: int,
+    ewma_slots: float,
+    fallbacks: Sequence[str],
+    preset: str,
+) -> dict[str, Any]:
     slots = {row.args.state.slot for rows in cells.values() for row in rows}
     n_rows = sum(len(rows) for rows in cells.values())
-    out: dict[str, Any] = {"cells": len(cells), "rows": n_rows, "slots": len(slots),
-                           "unit": "bits/slot" if preset == "mac" else "bit/s (sum-rate) per slot",
-                           "policies": {}, "skipped": {}}
+    out: dict[str, Any] = {
+        "cells": len(cells),
+        "rows": n_rows,
+        "slots": len(slots),
+        "unit": "bits/slot" if preset == "mac" else "bit/s (sum-rate) per slot",
+        "policies": {},
+        "skipped": {},
+    }
     for name in names:
         why = _usable(policies, name, preset)
         if why is not None:
@@ -204,8 +226,11 @@ def _replay_preset(cells: dict[str, list[TraceRow]], names: Sequence[str], *, po
             # served history, hence the decisions, differ by construction)
             served = {r.recorded.get("policy") if r.recorded is not None else None for r in rows}
             compare = served == {name}
-            for row, d in zip(rows, replay_cell(rows, name, policies=policies, seed=seed, ewma_slots=ewma_slots,
-                                                fallbacks=fallbacks), strict=True):
+            for row, d in zip(
+                rows,
+                replay_cell(rows, name, policies=policies, seed=seed, ewma_slots=ewma_slots, fallbacks=fallbacks),
+                strict=True,
+            ):
                 state = row.args.state
                 digest.update(np.ascontiguousarray(d.owner, dtype="<i8").tobytes())
                 bits = served_bits(state, d.owner)
@@ -245,9 +270,15 @@ def _replay_preset(cells: dict[str, list[TraceRow]], names: Sequence[str], *, po
     return out
 
 
-def run_trace(path: str | Path, policies: Sequence[str] = DEFAULT_POLICIES, seed: int = 0, *,
-              ewma_slots: float = 100.0, fallbacks: Sequence[str] = ("greedy",),
-              policy_set: PolicySet | None = None) -> dict[str, Any]:
+def run_trace(
+    path: str | Path,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    seed: int = 0,
+    *,
+    ewma_slots: float = 100.0,
+    fallbacks: Sequence[str] = ("greedy",),
+    policy_set: PolicySet | None = None,
+) -> dict[str, Any]:
     """Replay the trace at ``path`` through every policy of ``policies`` (the ratio's reference
     policies are added: pf / max_weight / rr for mac, km for spectrum). See the module docstring."""
     trace = read_trace(path)
@@ -256,12 +287,29 @@ def run_trace(path: str | Path, policies: Sequence[str] = DEFAULT_POLICIES, seed
     for preset in sorted({r.args.state.preset for r in trace.rows}):
         refs = MAC_REFERENCE if preset == "mac" else (SPECTRUM_REFERENCE,)
         names = list(dict.fromkeys([*policies, *refs]))
-        presets[preset] = _replay_preset(trace.cells(preset), names, policies=pset, seed=seed,
-                                         ewma_slots=ewma_slots, fallbacks=fallbacks, preset=preset)
-    return {"bench": "service.bench.replay", "trace": str(path), "seed": seed, "ewma_slots": ewma_slots,
-            "fallbacks": list(fallbacks), "open_loop": True, "rows": len(trace.rows),
-            "cells": len({r.args.state.cell_id for r in trace.rows}), "bad_lines": trace.bad_lines,
-            "blank_lines": trace.blank_lines, "errors": trace.errors, "presets": presets}
+        presets[preset] = _replay_preset(
+            trace.cells(preset),
+            names,
+            policies=pset,
+            seed=seed,
+            ewma_slots=ewma_slots,
+            fallbacks=fallbacks,
+            preset=preset,
+        )
+    return {
+        "bench": "service.bench.replay",
+        "trace": str(path),
+        "seed": seed,
+        "ewma_slots": ewma_slots,
+        "fallbacks": list(fallbacks),
+        "open_loop": True,
+        "rows": len(trace.rows),
+        "cells": len({r.args.state.cell_id for r in trace.rows}),
+        "bad_lines": trace.bad_lines,
+        "blank_lines": trace.blank_lines,
+        "errors": trace.errors,
+        "presets": presets,
+    }
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -272,16 +320,30 @@ def format_table(result: dict[str, Any]) -> str:
     lines: list[str] = []
     head = ("policy", "per slot", "ratio", "jain", "valid", "fallbacks", "match", "hash")
     for preset, p in result["presets"].items():
-        lines.append(f"\nreplay — {preset}: {p['rows']} rows, {p['cells']} cells, {p['slots']} slot numbers "
-                     f"(open loop; per slot = {p['unit']}; ratio to {p['reference']})")
+        lines.append(
+            f"\nreplay — {preset}: {p['rows']} rows, {p['cells']} cells, {p['slots']} slot numbers "
+            f"(open loop; per slot = {p['unit']}; ratio to {p['reference']})"
+        )
         cells = [list(head)]
         for name, v in p["policies"].items():
             match = f"{v['recorded_match']}/{v['recorded_compared']}" if v["recorded_compared"] else "-"
-            cells.append([name, f"{v['utility_per_slot']:.6g}", f"{v['ratio']:.4f}", f"{v['jain']:.3f}",
-                          f"{v['valid_before_repair']:.3f}", str(v["fallbacks"]), match, v["decision_hash"][:12]])
+            cells.append(
+                [
+                    name,
+                    f"{v['utility_per_slot']:.6g}",
+                    f"{v['ratio']:.4f}",
+                    f"{v['jain']:.3f}",
+                    f"{v['valid_before_repair']:.3f}",
+                    str(v["fallbacks"]),
+                    match,
+                    v["decision_hash"][:12],
+                ]
+            )
         w = [max(len(c[i]) for c in cells) for i in range(len(head))]
-        lines += ["  ".join(c[i].ljust(w[i]) if i in (0, 7) else c[i].rjust(w[i]) for i in range(len(head))).rstrip()
-                  for c in cells]
+        lines += [
+            "  ".join(c[i].ljust(w[i]) if i in (0, 7) else c[i].rjust(w[i]) for i in range(len(head))).rstrip()
+            for c in cells
+        ]
         for name, why in p["skipped"].items():
             lines.append(f"skipped {name}: {why}")
     return "\n".join(lines)
@@ -303,8 +365,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{err['file']}:{err['line']}: skipped: {err['message']}", file=sys.stderr)
     if result["bad_lines"] > len(result["errors"]):
         print(f"... {result['bad_lines'] - len(result['errors'])} more bad lines", file=sys.stderr)
-    print(f"replay {path}: {result['rows']} rows, {result['cells']} cells, {result['bad_lines']} bad lines skipped, "
-          f"seed {result['seed']}")
+    print(
+        f"replay {path}: {result['rows']} rows, {result['cells']} cells, {result['bad_lines']} bad lines skipped, "
+        f"seed {result['seed']}"
+    )
     print(format_table(result))
     out = Path(getattr(args, "out", "bench-out")) / "student"
     out.mkdir(parents=True, exist_ok=True)
@@ -313,8 +377,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result["rows"] else 1
 
 
-def replayed_owner_ids(path: str | Path, policy: str, *, seed: int = 0,
-                       policy_set: PolicySet | None = None) -> dict[tuple[str, int, int], list[int | None]]:
+def replayed_owner_ids(
+    path: str | Path, policy: str, *, seed: int = 0, policy_set: PolicySet | None = None
+) -> dict[tuple[str, int, int], list[int | None]]:
     """{(file, line, slot): owner ids} of ``policy``'s replay — to compare with recorded decisions."""
     trace = read_trace(path)
     pset = policy_set or PolicySet()

@@ -89,21 +89,26 @@ class SoakResult:
 
     def summary(self) -> str:
         def line(name: str, s: TransportStats) -> str:
-            return (f"  {name:5s} {s.requests:8d} req  {s.throughput_per_s:8.1f}/s  errors {s.errors}  "
-                    f"p50 {s.p50_us:8.1f} µs  p99 {s.p99_us:8.1f} µs  p99.9 {s.p999_us:8.1f} µs  max {s.max_us:9.1f} µs")
+            return (
+                f"  {name:5s} {s.requests:8d} req  {s.throughput_per_s:8.1f}/s  errors {s.errors}  "
+                f"p50 {s.p50_us:8.1f} µs  p99 {s.p99_us:8.1f} µs  p99.9 {s.p999_us:8.1f} µs  max {s.max_us:9.1f} µs"
+            )
 
-        return "\n".join([
-            f"soak: {self.duration_s:.1f} s, {self.config['connections']} REST connections + "
-            f"{self.config['grpc_streams']} gRPC streams, {self.config['preset']} N={self.config['num_ue']} "
-            f"R={self.config['num_res']}, {self.config['rate_per_conn'] or 'max'} slots/s per connection",
-            line("rest", self.rest), line("grpc", self.grpc),
-            f"  errors {self.errors}  (PAG-checked {self.checked} answers)",
-            f"  CPU: server {self.server_cpu:.2f} cores, load generator {self.client_cpu:.2f} cores (2-core "
-            "machine: a saturated server or client inflates the latencies)",
-            f"  server RSS {self.rss_start_kib / 1024:.1f} MiB -> {self.rss_end_kib / 1024:.1f} MiB after warm-up: "
-            f"drift {self.rss_drift * 100:+.2f} %   fds {self.fds_start} -> {self.fds_end}   "
-            f"threads {self.threads_start} -> {self.threads_end}",
-        ])
+        return "\n".join(
+            [
+                f"soak: {self.duration_s:.1f} s, {self.config['connections']} REST connections + "
+                f"{self.config['grpc_streams']} gRPC streams, {self.config['preset']} N={self.config['num_ue']} "
+                f"R={self.config['num_res']}, {self.config['rate_per_conn'] or 'max'} slots/s per connection",
+                line("rest", self.rest),
+                line("grpc", self.grpc),
+                f"  errors {self.errors}  (PAG-checked {self.checked} answers)",
+                f"  CPU: server {self.server_cpu:.2f} cores, load generator {self.client_cpu:.2f} cores (2-core "
+                "machine: a saturated server or client inflates the latencies)",
+                f"  server RSS {self.rss_start_kib / 1024:.1f} MiB -> {self.rss_end_kib / 1024:.1f} MiB after warm-up: "
+                f"drift {self.rss_drift * 100:+.2f} %   fds {self.fds_start} -> {self.fds_end}   "
+                f"threads {self.threads_start} -> {self.threads_end}",
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------- /proc
@@ -155,9 +160,25 @@ class ServeProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="gnbsched-soak-", suffix=".log", delete=False)
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--rest-port", str(self.rest_port),
-             "--grpc-port", str(self.grpc_port), "--log-level", "warning", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--rest-port",
+                str(self.rest_port),
+                "--grpc-port",
+                str(self.grpc_port),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         import httpx
@@ -194,14 +215,18 @@ class ServeProcess:
 # ----------------------------------------------------------------------------- load
 
 
-def _slot_body(cfg: SoakConfig, cell: str, slot: int, rng: np.random.Generator,
-               feedback: dict[int, float] | None) -> dict[str, Any]:
+def _slot_body(
+    cfg: SoakConfig, cell: str, slot: int, rng: np.random.Generator, feedback: dict[int, float] | None
+) -> dict[str, Any]:
     """One slot of ``cell``: N users with fresh channel values, R resources (SPEC §2 / §3 fields)."""
     n, r = cfg.num_ue, cfg.num_res
     if cfg.preset == "mac":
-        users = [{"id": 1 + i, "spectral_efficiency": float(se), "buffer_bits": float(b)}
-                 for i, (se, b) in enumerate(zip(rng.uniform(0.15, 5.5, n).round(4),
-                                                 rng.integers(0, 60_000, n), strict=True))]
+        users = [
+            {"id": 1 + i, "spectral_efficiency": float(se), "buffer_bits": float(b)}
+            for i, (se, b) in enumerate(
+                zip(rng.uniform(0.15, 5.5, n).round(4), rng.integers(0, 60_000, n), strict=True)
+            )
+        ]
         resources = [{"id": j, "bandwidth_hz": 1.44e6} for j in range(r)]
     else:
         users = [{"id": 1 + i, "rx_power_dbm": float(p)} for i, p in enumerate(rng.uniform(-110, -60, n).round(3))]
@@ -280,8 +305,10 @@ class _HttpConnection:
     async def post(self, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         try:
             self.writer.write(head + body)
             return await asyncio.wait_for(self._response(), timeout_s)
@@ -369,10 +396,14 @@ async def _grpc_stream(cfg: SoakConfig, target: str, idx: int, end: float, rec: 
                 if period:
                     next_t = await _pace(next_t, period)
                 body = _slot_body(cfg, cell, slot, rng, feedback)
-                req = pb.SlotRequest(cell_id=cell, slot=slot, preset=cfg.preset,
-                                     user_ids=[u["id"] for u in body["users"]],
-                                     resource_ids=[x["id"] for x in body["resources"]],
-                                     bandwidth_hz=[x["bandwidth_hz"] for x in body["resources"]])
+                req = pb.SlotRequest(
+                    cell_id=cell,
+                    slot=slot,
+                    preset=cfg.preset,
+                    user_ids=[u["id"] for u in body["users"]],
+                    resource_ids=[x["id"] for x in body["resources"]],
+                    bandwidth_hz=[x["bandwidth_hz"] for x in body["resources"]],
+                )
                 if cfg.preset == "mac":
                     req.spectral_efficiency[:] = [u["spectral_efficiency"] for u in body["users"]]
                     req.buffer_bits[:] = [u["buffer_bits"] for u in body["users"]]
@@ -415,8 +446,11 @@ async def _sample_rss(pid: int, end: float, interval: float, t_start: float, out
 
 def _stats(rec: _Recorder, transport: str, seconds: float) -> TransportStats:
     lat = np.asarray(rec.lat[transport])
-    s = TransportStats(requests=rec.requests[transport], errors=rec.errors[transport],
-                       throughput_per_s=rec.requests[transport] / max(seconds, 1e-9))
+    s = TransportStats(
+        requests=rec.requests[transport],
+        errors=rec.errors[transport],
+        throughput_per_s=rec.requests[transport] / max(seconds, 1e-9),
+    )
     if lat.size:
         s.p50_us, s.p99_us, s.p999_us = (float(v) for v in np.percentile(lat, [50, 99, 99.9]))
         s.max_us = float(lat.max())
@@ -443,15 +477,29 @@ async def _drive(cfg: SoakConfig, url: str, grpc_target: str | None, pid: int) -
     w = max(1, min(cfg.rss_window, len(after) // 3 or 1))
     first, last = statistics.median(after[:w]), statistics.median(after[-w:])
     return SoakResult(
-        config=asdict(cfg), duration_s=elapsed, rest=_stats(rec, "rest", elapsed), grpc=_stats(rec, "grpc", elapsed),
-        errors=sum(rec.errors.values()), error_samples=rec.samples, checked=rec.checked, rss_kib=rss,
-        rss_start_kib=float(first), rss_end_kib=float(last), rss_drift=(last - first) / first,
-        fds_start=fds0, fds_end=_fds(pid), threads_start=threads0, threads_end=_threads(pid),
-        server_cpu=server_cpu, client_cpu=client_cpu)
+        config=asdict(cfg),
+        duration_s=elapsed,
+        rest=_stats(rec, "rest", elapsed),
+        grpc=_stats(rec, "grpc", elapsed),
+        errors=sum(rec.errors.values()),
+        error_samples=rec.samples,
+        checked=rec.checked,
+        rss_kib=rss,
+        rss_start_kib=float(first),
+        rss_end_kib=float(last),
+        rss_drift=(last - first) / first,
+        fds_start=fds0,
+        fds_end=_fds(pid),
+        threads_start=threads0,
+        threads_end=_threads(pid),
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
+    )
 
 
-def run_soak(cfg: SoakConfig, *, url: str | None = None, grpc_target: str | None = None,
-             pid: int | None = None) -> SoakResult:
+def run_soak(
+    cfg: SoakConfig, *, url: str | None = None, grpc_target: str | None = None, pid: int | None = None
+) -> SoakResult:
     """Run the soak. Without ``url`` a ``gnbsched serve`` process is started (and stopped) for it;
     with ``url`` the running service at ``url`` (and ``grpc_target``) is driven and ``pid`` names
     the server process whose memory is sampled."""
@@ -475,11 +523,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Soak flags (the ``--out`` / ``--seed`` / ``--quick`` of ``gnbsched bench`` are reused when present)."""
     d = SoakConfig()
     g = parser.add_argument_group("soak")
-    g.add_argument("--duration-s", type=float, default=None, help=f"load duration (default {d.duration_s:g}; --quick 15)")
-    g.add_argument("--warmup-s", type=float, default=None, help=f"excluded from latency and memory (default {d.warmup_s:g})")
+    g.add_argument(
+        "--duration-s", type=float, default=None, help=f"load duration (default {d.duration_s:g}; --quick 15)"
+    )
+    g.add_argument(
+        "--warmup-s", type=float, default=None, help=f"excluded from latency and memory (default {d.warmup_s:g})"
+    )
     g.add_argument("--connections", type=int, default=d.connections, help="REST keep-alive connections")
     g.add_argument("--grpc-streams", type=int, default=d.grpc_streams, help="gRPC StreamSlots streams (0: none)")
-    g.add_argument("--rate-per-conn", type=float, default=d.rate_per_conn, help="slots/s per connection (0: closed loop)")
+    g.add_argument(
+        "--rate-per-conn", type=float, default=d.rate_per_conn, help="slots/s per connection (0: closed loop)"
+    )
     g.add_argument("--soak-preset", choices=["spectrum", "mac"], default=d.preset, help="slot preset")
     g.add_argument("--users", type=int, default=d.num_ue, help="users N per slot")
     g.add_argument("--resources", type=int, default=d.num_res, help="resources R per slot")
@@ -492,10 +546,19 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(getattr(args, "quick", False))
     duration = args.duration_s if args.duration_s is not None else (15.0 if quick else 60.0)
     warmup = args.warmup_s if args.warmup_s is not None else min(10.0, duration / 4)
-    cfg = SoakConfig(duration_s=duration, warmup_s=warmup, connections=args.connections,
-                     grpc_streams=args.grpc_streams, rate_per_conn=args.rate_per_conn, preset=args.soak_preset,
-                     num_ue=args.users, num_res=args.resources, policy=args.soak_policy,
-                     seed=int(getattr(args, "seed", 0) or 0), serve_args=list(args.serve_arg))
+    cfg = SoakConfig(
+        duration_s=duration,
+        warmup_s=warmup,
+        connections=args.connections,
+        grpc_streams=args.grpc_streams,
+        rate_per_conn=args.rate_per_conn,
+        preset=args.soak_preset,
+        num_ue=args.users,
+        num_res=args.resources,
+        policy=args.soak_policy,
+        seed=int(getattr(args, "seed", 0) or 0),
+        serve_args=list(args.serve_arg),
+    )
     result = run_soak(cfg)
     print(result.summary(), flush=True)
     out = getattr(args, "out", None)
@@ -506,8 +569,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"soak: wrote {path / 'soak.json'}")
     ok = result.errors == 0 and abs(result.rss_drift) <= args.rss_tolerance
     if not ok:
-        print(f"soak: FAILED (errors {result.errors}: {result.error_samples}; RSS drift {result.rss_drift:+.2%} "
-              f"vs tolerance {args.rss_tolerance:.0%})", file=sys.stderr)
+        print(
+            f"soak: FAILED (errors {result.errors}: {result.error_samples}; RSS drift {result.rss_drift:+.2%} "
+            f"vs tolerance {args.rss_tolerance:.0%})",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 

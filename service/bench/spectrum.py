@@ -37,21 +37,37 @@ from service.sim.spectrum import (
 )
 
 #: policies compared by default (LSA baselines + the classical schedulers)
-DEFAULT_POLICIES: tuple[str, ...] = ("km", "auction", "student", "grouped_km", "greedy", "pf", "rr", "max_weight", "random", "de", "exhaustive")
+DEFAULT_POLICIES: tuple[str, ...] = (
+    "km",
+    "auction",
+    "student",
+    "grouped_km",
+    "greedy",
+    "pf",
+    "rr",
+    "max_weight",
+    "random",
+    "de",
+    "exhaustive",
+)
 #: always run: the ratios are taken against them
 REFERENCES: tuple[str, ...] = ("km", "random")
 #: (seeds, slots per seed) per scenario on a default run, and on --quick (small grid only). Every
 #: policy plays the same slots; ``de`` (~0.05–0.8 s per small decision) bounds the small grid.
 DEFAULT_PLAN: dict[str, tuple[int, int]] = {
     **{name: (3, 10) for name in PAPER_GRID},
-    "scale-I": (1, 10), "scale-II": (1, 5), "scale-III": (1, 3),
+    "scale-I": (1, 10),
+    "scale-II": (1, 5),
+    "scale-III": (1, 3),
 }
 QUICK_PLAN: dict[str, tuple[int, int]] = {name: (1, 3) for name in PAPER_GRID}
 #: exhaustive search runs where its worst-case candidate count (N+1)^(R−busy) stays below this
 EXHAUSTIVE_MAX_CANDIDATES = 20_000
 #: policies that are hopeless on the ultra-dense grid (>= DENSE_NUM_UE users), and why
-DENSE_SKIP = {"de": "differential evolution over 400..1600 integer genes needs ~10^5 repaired evaluations per slot",
-              "exhaustive": "(N+1)^(R-busy) candidates"}
+DENSE_SKIP = {
+    "de": "differential evolution over 400..1600 integer genes needs ~10^5 repaired evaluations per slot",
+    "exhaustive": "(N+1)^(R-busy) candidates",
+}
 DENSE_NUM_UE = 100
 
 
@@ -138,16 +154,32 @@ def _row(scenario: str, cfg: SpectrumConfig, policy: str, run: _Run, km: _Run | 
     util = np.fromiter(run.utility_bps.values(), np.float64)
     t = np.asarray(run.time_ms)
     return Row(
-        scenario=scenario, num_ue=int(cfg.num_ue or 0), num_channels=cfg.num_channels, num_busy=int(cfg.num_busy or 0),
-        policy=policy, decisions=int(util.size), throughput_mbps=float(util.mean() / 1e6),
-        ratio_to_km=_ratio(run, km), ratio_to_random=_ratio(run, rnd),
-        valid_before_repair_rate=float(np.mean(run.valid)), time_mean_ms=float(t.mean()),
-        time_p95_ms=float(np.percentile(t, 95)), jain_fairness=float(np.mean(run.jain)),
-        resource_utilisation=run.used / run.free if run.free else math.nan)
+        scenario=scenario,
+        num_ue=int(cfg.num_ue or 0),
+        num_channels=cfg.num_channels,
+        num_busy=int(cfg.num_busy or 0),
+        policy=policy,
+        decisions=int(util.size),
+        throughput_mbps=float(util.mean() / 1e6),
+        ratio_to_km=_ratio(run, km),
+        ratio_to_random=_ratio(run, rnd),
+        valid_before_repair_rate=float(np.mean(run.valid)),
+        time_mean_ms=float(t.mean()),
+        time_p95_ms=float(np.percentile(t, 95)),
+        jain_fairness=float(np.mean(run.jain)),
+        resource_utilisation=run.used / run.free if run.free else math.nan,
+    )
 
 
-def run_grid(scenarios: Sequence[str], policies: Sequence[str], plan: dict[str, tuple[int, int]], *,
-             seed: int, slots_override: int | None, log=None) -> tuple[list[Row], list[str]]:
+def run_grid(
+    scenarios: Sequence[str],
+    policies: Sequence[str],
+    plan: dict[str, tuple[int, int]],
+    *,
+    seed: int,
+    slots_override: int | None,
+    log=None,
+) -> tuple[list[Row], list[str]]:
     """Every policy on every scenario (all on the same slots). Returns the table rows and the
     notes (skipped or failed policies, one line per reason with its scenarios)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -173,18 +205,28 @@ def run_grid(scenarios: Sequence[str], policies: Sequence[str], plan: dict[str, 
             except GnbSchedError as exc:
                 notes.setdefault(f"{policy}: failed: {exc}", []).append(scenario)
         rows.extend(_row(scenario, cfg, p, r, runs.get("km"), runs.get("random")) for p, r in runs.items())
-        log(f"[spectrum] {i + 1}/{len(scenarios)} {scenario}: {len(runs)} policies × {len(seeds)} seed(s) × "
-            f"{slots} slots in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"[spectrum] {i + 1}/{len(scenarios)} {scenario}: {len(runs)} policies × {len(seeds)} seed(s) × "
+            f"{slots} slots in {time.perf_counter() - t0:.1f} s"
+        )
     return rows, [f"{why} — {', '.join(scen)}" for why, scen in notes.items()]
 
 
 # ------------------------------------------------------------------------------ output
 
-_COLUMNS = [("scenario", "scenario", "{}"), ("policy", "policy", "{}"), ("decisions", "n", "{}"),
-            ("throughput_mbps", "Mbps", "{:.2f}"), ("ratio_to_km", "/km", "{:.4f}"),
-            ("ratio_to_random", "/random", "{:.3f}"), ("valid_before_repair_rate", "valid", "{:.2f}"),
-            ("time_mean_ms", "ms mean", "{:.3f}"), ("time_p95_ms", "ms p95", "{:.3f}"),
-            ("jain_fairness", "jain", "{:.3f}"), ("resource_utilisation", "util", "{:.3f}")]
+_COLUMNS = [
+    ("scenario", "scenario", "{}"),
+    ("policy", "policy", "{}"),
+    ("decisions", "n", "{}"),
+    ("throughput_mbps", "Mbps", "{:.2f}"),
+    ("ratio_to_km", "/km", "{:.4f}"),
+    ("ratio_to_random", "/random", "{:.3f}"),
+    ("valid_before_repair_rate", "valid", "{:.2f}"),
+    ("time_mean_ms", "ms mean", "{:.3f}"),
+    ("time_p95_ms", "ms p95", "{:.3f}"),
+    ("jain_fairness", "jain", "{:.3f}"),
+    ("resource_utilisation", "util", "{:.3f}"),
+]
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -192,8 +234,9 @@ def format_table(rows: Sequence[Row]) -> str:
     cells = [[h for _, h, _ in _COLUMNS]]
     for r in rows:
         d = asdict(r)
-        cells.append([fmt.format(d[k]) if not (isinstance(d[k], float) and math.isnan(d[k])) else "-"
-                      for k, _, fmt in _COLUMNS])
+        cells.append(
+            [fmt.format(d[k]) if not (isinstance(d[k], float) and math.isnan(d[k])) else "-" for k, _, fmt in _COLUMNS]
+        )
     widths = [max(len(c[j]) for c in cells) for j in range(len(_COLUMNS))]
 
     def line(c: list[str]) -> str:
@@ -224,8 +267,12 @@ def write_outputs(out_dir: Path, rows: Sequence[Row], notes: Sequence[str], meta
     def clean(v: object) -> object:
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
-    json_path.write_text(json.dumps({**meta, "notes": list(notes),
-                                     "rows": [{k: clean(v) for k, v in asdict(r).items()} for r in rows]}, indent=2))
+    json_path.write_text(
+        json.dumps(
+            {**meta, "notes": list(notes), "rows": [{k: clean(v) for k, v in asdict(r).items()} for r in rows]},
+            indent=2,
+        )
+    )
     return [csv_path, json_path, *plot(out_dir, rows)]
 
 
@@ -250,21 +297,41 @@ def plot(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
     by = {(r.scenario, r.policy): r for r in rows}
 
     def series(attr: str, scen: Sequence[str], skip: Sequence[str] = ()) -> dict[str, list[float]]:
-        return {p: [getattr(by[(s, p)], attr) if (s, p) in by else math.nan for s in scen]
-                for p in policies if p not in skip}
+        return {
+            p: [getattr(by[(s, p)], attr) if (s, p) in by else math.nan for s in scen]
+            for p in policies
+            if p not in skip
+        }
 
     xlabel = "scenario (users, channels, busy channels)"
-    paths = [save_bar_plot(out_dir / "ratio_to_km.png", [scenario_label(s) for s in scenarios],
-                           series("ratio_to_km", scenarios, skip=("km",)), xlabel=xlabel,
-                           ylabel="sum-rate / KM optimum", hline=1.0, ylim=(0.0, 1.05), colors=colors,
-                           title="Spectrum access: throughput relative to the KM optimum (same slots)")]
+    paths = [
+        save_bar_plot(
+            out_dir / "ratio_to_km.png",
+            [scenario_label(s) for s in scenarios],
+            series("ratio_to_km", scenarios, skip=("km",)),
+            xlabel=xlabel,
+            ylabel="sum-rate / KM optimum",
+            hline=1.0,
+            ylim=(0.0, 1.05),
+            colors=colors,
+            title="Spectrum access: throughput relative to the KM optimum (same slots)",
+        )
+    ]
     small = [s for s in scenarios if s in PAPER_GRID]
     dense = [s for s in scenarios if s not in PAPER_GRID]
     for tag, scen, table in (("small", small, "LSA Table III grid"), ("dense", dense, "LSA Table V grid")):
         if scen:
-            paths.append(save_bar_plot(out_dir / f"throughput_{tag}.png", [scenario_label(s) for s in scen],
-                                       series("throughput_mbps", scen), xlabel=xlabel, ylabel="mean sum-rate (Mbps)",
-                                       title=f"Aggregate throughput per slot ({table})", colors=colors))
+            paths.append(
+                save_bar_plot(
+                    out_dir / f"throughput_{tag}.png",
+                    [scenario_label(s) for s in scen],
+                    series("throughput_mbps", scen),
+                    xlabel=xlabel,
+                    ylabel="mean sum-rate (Mbps)",
+                    title=f"Aggregate throughput per slot ({table})",
+                    colors=colors,
+                )
+            )
     # time per decision vs problem size N·R (scenarios of one size averaged)
     size = {s: SPECTRUM_SCENARIOS[s].num_channels * (SPECTRUM_SCENARIOS[s].num_ue or 0) for s in scenarios}
     sizes = sorted(set(size.values()))
@@ -275,10 +342,19 @@ def plot(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
             v = [by[(s, p)].time_mean_ms for s in scenarios if (s, p) in by and size[s] == z]
             ys.append(float(np.mean(v)) if v else math.nan)
         times[p] = ys
-    paths.append(save_line_plot(out_dir / "time_per_decision.png", sizes, times,
-                                xlabel="problem size N·R (users × channels)", ylabel="mean time per decision (ms)",
-                                title="Decision time vs scale (pipeline: policy + check + repair)",
-                                logx=True, logy=True, colors=colors))
+    paths.append(
+        save_line_plot(
+            out_dir / "time_per_decision.png",
+            sizes,
+            times,
+            xlabel="problem size N·R (users × channels)",
+            ylabel="mean time per decision (ms)",
+            title="Decision time vs scale (pipeline: policy + check + repair)",
+            logx=True,
+            logy=True,
+            colors=colors,
+        )
+    )
     return paths
 
 
@@ -295,17 +371,27 @@ def run(args: argparse.Namespace) -> int:
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
     rows, notes = run_grid(scenarios, policies, plan, seed=args.seed, slots_override=args.slots)
     wall_s = time.perf_counter() - wall0
-    print(f"\nSpectrum access (SPEC §2), seed {args.seed}, Rayleigh fading, bursty users; "
-          f"ratios are Σ sum-rate / Σ reference sum-rate on the same slots; times per decision include check + repair")
+    print(
+        f"\nSpectrum access (SPEC §2), seed {args.seed}, Rayleigh fading, bursty users; "
+        f"ratios are Σ sum-rate / Σ reference sum-rate on the same slots; times per decision include check + repair"
+    )
     print(format_table(rows))
     if notes:
         print("\nNotes:")
         for n in notes:
             print(f"  - {n}")
-    meta = {"preset": "spectrum", "seed": args.seed, "quick": bool(args.quick), "slots_override": args.slots,
-            "policies": policies, "wall_s": round(wall_s, 2),
-            "scenarios": {s: {**asdict(SPECTRUM_SCENARIOS[s]), "seeds": plan[s][0], "slots": args.slots or plan[s][1]}
-                          for s in scenarios}}
+    meta = {
+        "preset": "spectrum",
+        "seed": args.seed,
+        "quick": bool(args.quick),
+        "slots_override": args.slots,
+        "policies": policies,
+        "wall_s": round(wall_s, 2),
+        "scenarios": {
+            s: {**asdict(SPECTRUM_SCENARIOS[s]), "seeds": plan[s][0], "slots": args.slots or plan[s][1]}
+            for s in scenarios
+        },
+    }
     paths = write_outputs(Path(args.out) / "spectrum", rows, notes, meta)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     print(f"wall time {time.perf_counter() - wall0:.1f} s (policies {wall_s:.1f} s)")

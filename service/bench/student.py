@@ -115,9 +115,13 @@ EVALUATE = Budget(mac_seeds=2, mac_slots=500, mac_sizes=MAC_SIZES, instances=16,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gnbsched bench`` apply (``--quick``, ``--seed``, ``--slots``, ``--out``)."""
-    parser.add_argument("--trace", default=None, metavar="FILE",
-                        help="student: replay a recorded trace (serve --record) or a file of POST /schedule "
-                             "bodies through every policy (--policies) instead (service.bench.replay)")
+    parser.add_argument(
+        "--trace",
+        default=None,
+        metavar="FILE",
+        help="student: replay a recorded trace (serve --record) or a file of POST /schedule "
+        "bodies through every policy (--policies) instead (service.bench.replay)",
+    )
 
 
 def _student_set(student: StudentPolicy) -> PolicySet:
@@ -169,17 +173,30 @@ def mac_row(family: str, num_ue: int, num_rbg: int, per: dict[str, list[dict[str
     applies = not math.isnan(p95["pf"])
     # the student completing no packet where pf does is the worst latency there is
     lat_ratio = (p95["student"] / p95["pf"] if not math.isnan(p95["student"]) else math.inf) if applies else math.nan
-    return {"family": family, "held_out": family in HELD_OUT["mac"], "num_ue": num_ue, "num_rbg": num_rbg,
-            "seeds": len(per["student"]), "slots": int(sum(k["slots"] for k in per["student"])),
-            **{f"{p}_utility": util[p] for p in MAC_POLICIES},
-            "best_baseline": best, "utility_ratio": util["student"] / util[best] if util[best] > 0 else math.nan,
-            "student_throughput_mbps": tput["student"] / 1e6, "pf_throughput_mbps": tput["pf"] / 1e6,
-            "throughput_ratio": tput["student"] / tput["pf"] if tput["pf"] > 0 else math.nan,
-            "student_latency_p95_slots": p95["student"], "pf_latency_p95_slots": p95["pf"],
-            "latency_target_applies": applies, "latency_ratio": lat_ratio,
-            "student_jain": jain["student"], "pf_jain": jain["pf"], "jain_minus_pf": jain["student"] - jain["pf"],
-            "student_bler": mean("student", "bler"), "student_dropped_share": mean("student", "dropped_share"),
-            "valid_before_repair": mean("student", "valid_before_repair")}
+    return {
+        "family": family,
+        "held_out": family in HELD_OUT["mac"],
+        "num_ue": num_ue,
+        "num_rbg": num_rbg,
+        "seeds": len(per["student"]),
+        "slots": int(sum(k["slots"] for k in per["student"])),
+        **{f"{p}_utility": util[p] for p in MAC_POLICIES},
+        "best_baseline": best,
+        "utility_ratio": util["student"] / util[best] if util[best] > 0 else math.nan,
+        "student_throughput_mbps": tput["student"] / 1e6,
+        "pf_throughput_mbps": tput["pf"] / 1e6,
+        "throughput_ratio": tput["student"] / tput["pf"] if tput["pf"] > 0 else math.nan,
+        "student_latency_p95_slots": p95["student"],
+        "pf_latency_p95_slots": p95["pf"],
+        "latency_target_applies": applies,
+        "latency_ratio": lat_ratio,
+        "student_jain": jain["student"],
+        "pf_jain": jain["pf"],
+        "jain_minus_pf": jain["student"] - jain["pf"],
+        "student_bler": mean("student", "bler"),
+        "student_dropped_share": mean("student", "dropped_share"),
+        "valid_before_repair": mean("student", "valid_before_repair"),
+    }
 
 
 def bench_mac(student: StudentPolicy, budget: Budget, *, seed: int, slots: int | None = None) -> list[dict[str, Any]]:
@@ -231,12 +248,20 @@ def bench_spectrum(student: StudentPolicy, budget: Budget, *, seed: int) -> list
                     alone.append(slot_utility(state, greedy) / km if km > 0 else 1.0)
                 valid.append(d.valid_before_repair)
                 t_us.append(d.timings_us["serialize"] + d.timings_us["policy"])
-            rows.append({"family": family, "held_out": family in HELD_OUT["spectrum"], "num_ue": n, "num_res": r,
-                         "instances": len(ratios), "ratio_to_km_min": float(min(ratios)),
-                         "ratio_to_km_mean": float(np.mean(ratios)),
-                         "net_alone_ratio_mean": float(np.mean(alone)) if alone else math.nan,
-                         "valid_before_repair": float(np.mean(valid)),
-                         "time_us_median": float(np.median(t_us))})
+            rows.append(
+                {
+                    "family": family,
+                    "held_out": family in HELD_OUT["spectrum"],
+                    "num_ue": n,
+                    "num_res": r,
+                    "instances": len(ratios),
+                    "ratio_to_km_min": float(min(ratios)),
+                    "ratio_to_km_mean": float(np.mean(ratios)),
+                    "net_alone_ratio_mean": float(np.mean(alone)) if alone else math.nan,
+                    "valid_before_repair": float(np.mean(valid)),
+                    "time_us_median": float(np.median(t_us)),
+                }
+            )
     return rows
 
 
@@ -259,8 +284,14 @@ def _judge(rows: Sequence[dict[str, Any]], targets: Sequence[tuple[str, str, str
         vals = [float(r[key]) for r in rows if _finite_or_inf(r.get(key))]
         worst = (min(vals) if op == ">=" else max(vals)) if vals else None
         met = worst is None or (worst >= target if op == ">=" else worst <= target)
-        out[key] = {"label": label, "op": op, "target": target, "worst": worst, "met": bool(met),
-                    "n_applicable": len(vals)}
+        out[key] = {
+            "label": label,
+            "op": op,
+            "target": target,
+            "worst": worst,
+            "met": bool(met),
+            "n_applicable": len(vals),
+        }
     out["met"] = all(v["met"] for k, v in out.items() if isinstance(v, dict))
     return out
 
@@ -274,8 +305,9 @@ def summarize(mac_rows: Sequence[dict[str, Any]] = (), spectrum_rows: Sequence[d
     """
     summary: dict[str, Any] = {}
     for section, rows, targets in (("mac", mac_rows, MAC_TARGETS), ("spectrum", spectrum_rows, SPECTRUM_TARGETS)):
-        groups = {g: _judge(sel, targets) for g, held in GROUPS
-                  if (sel := [r for r in rows if bool(r["held_out"]) == held])}
+        groups = {
+            g: _judge(sel, targets) for g, held in GROUPS if (sel := [r for r in rows if bool(r["held_out"]) == held])
+        }
         if groups:
             summary[section] = groups
     summary["met"] = all(g["met"] for sec in summary.values() for g in sec.values())
@@ -297,8 +329,9 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
                     lines.append(f"{v['label']} ({group}): n/a in all {judged['rows']} rows {tgt} PASS")
                     continue
                 note = f", n/a in {skipped} of {judged['rows']} rows" if skipped else ""
-                lines.append(f"{v['label']} ({group}): {word} {v['worst']:.4f}{note} {tgt} "
-                             f"{'PASS' if v['met'] else 'FAIL'}")
+                lines.append(
+                    f"{v['label']} ({group}): {word} {v['worst']:.4f}{note} {tgt} {'PASS' if v['met'] else 'FAIL'}"
+                )
     return lines
 
 
@@ -315,11 +348,21 @@ def bench_latency(student: StudentPolicy, *, repeats: int = 2000) -> dict[str, d
         if student.model(preset) is None:
             continue
         if preset == "spectrum":
-            state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rng.exponential(5e6, (n, r)),
-                              user_eligible=rng.random(n) < 0.7)
+            state = make_slot(
+                "spectrum",
+                np.arange(n),
+                np.arange(r),
+                rate_bps=rng.exponential(5e6, (n, r)),
+                user_eligible=rng.random(n) < 0.7,
+            )
         else:
-            state = make_slot("mac", np.arange(n), np.arange(r), spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], n),
-                              buffer_bits=rng.integers(0, 20, n) * 256.0)
+            state = make_slot(
+                "mac",
+                np.arange(n),
+                np.arange(r),
+                spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], n),
+                buffer_bits=rng.integers(0, 20, n) * 256.0,
+            )
         history = CellHistory.empty()
         ser, pol = [], []
         for _ in range(repeats):
@@ -333,10 +376,14 @@ def bench_latency(student: StudentPolicy, *, repeats: int = 2000) -> dict[str, d
         binding, _ = model.bind(student.serialize(state, _ctx(history, state)))
         onnx_us = _median_us(partial(model.session.run_with_iobinding, binding), repeats)
         decode_us = _median_us(partial(decode, state, logits, model.decode_spec), repeats)
-        out[preset] = {"serialize_us_median": float(np.median(ser)), "policy_us_median": float(np.median(pol)),
-                       "policy_us_p95": float(np.percentile(pol, 95)),
-                       "onnx_run_us_median": onnx_us, "decode_us_median": decode_us,
-                       "serialize_plus_policy_us_median": float(np.median(np.add(ser, pol)))}
+        out[preset] = {
+            "serialize_us_median": float(np.median(ser)),
+            "policy_us_median": float(np.median(pol)),
+            "policy_us_p95": float(np.percentile(pol, 95)),
+            "onnx_run_us_median": onnx_us,
+            "decode_us_median": decode_us,
+            "serialize_plus_policy_us_median": float(np.median(np.add(ser, pol))),
+        }
     return out
 
 
@@ -387,21 +434,34 @@ def _group(row: dict[str, Any]) -> str:
 
 
 MAC_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("family", "family", "{}"), ("group", "group", "{}"), ("num_ue", "N", "{}"), ("num_rbg", "R", "{}"),
-    ("student_utility", "U student", "{:.4f}"), ("pf_utility", "U pf", "{:.4f}"),
-    ("max_weight_utility", "U mw", "{:.4f}"), ("rr_utility", "U rr", "{:.4f}"),
+    ("family", "family", "{}"),
+    ("group", "group", "{}"),
+    ("num_ue", "N", "{}"),
+    ("num_rbg", "R", "{}"),
+    ("student_utility", "U student", "{:.4f}"),
+    ("pf_utility", "U pf", "{:.4f}"),
+    ("max_weight_utility", "U mw", "{:.4f}"),
+    ("rr_utility", "U rr", "{:.4f}"),
     ("utility_ratio", "U/best", "{:.3f}"),
-    ("student_throughput_mbps", "Mbit/s", "{:.2f}"), ("pf_throughput_mbps", "pf Mbit/s", "{:.2f}"),
+    ("student_throughput_mbps", "Mbit/s", "{:.2f}"),
+    ("pf_throughput_mbps", "pf Mbit/s", "{:.2f}"),
     ("throughput_ratio", "tput/pf", "{:.3f}"),
-    ("student_latency_p95_slots", "p95", "{:.1f}"), ("pf_latency_p95_slots", "pf p95", "{:.1f}"),
+    ("student_latency_p95_slots", "p95", "{:.1f}"),
+    ("pf_latency_p95_slots", "pf p95", "{:.1f}"),
     ("latency_ratio", "p95/pf", "{:.3f}"),
-    ("student_jain", "Jain", "{:.3f}"), ("pf_jain", "pf Jain", "{:.3f}"),
+    ("student_jain", "Jain", "{:.3f}"),
+    ("pf_jain", "pf Jain", "{:.3f}"),
     ("valid_before_repair", "valid", "{:.3f}"),
 )
 SPECTRUM_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("family", "family", "{}"), ("group", "group", "{}"), ("num_ue", "N", "{}"), ("num_res", "R", "{}"),
-    ("instances", "n", "{}"), ("ratio_to_km_min", "min student/km", "{:.4f}"),
-    ("ratio_to_km_mean", "mean student/km", "{:.4f}"), ("net_alone_ratio_mean", "net alone/km", "{:.4f}"),
+    ("family", "family", "{}"),
+    ("group", "group", "{}"),
+    ("num_ue", "N", "{}"),
+    ("num_res", "R", "{}"),
+    ("instances", "n", "{}"),
+    ("ratio_to_km_min", "min student/km", "{:.4f}"),
+    ("ratio_to_km_mean", "mean student/km", "{:.4f}"),
+    ("net_alone_ratio_mean", "net alone/km", "{:.4f}"),
     ("valid_before_repair", "valid", "{:.3f}"),
     ("time_us_median", "µs", "{:.0f}"),
 )
@@ -440,8 +500,9 @@ def plot_targets(out: dict[str, Any], path: Path) -> Path | None:
         from service.bench.plotting import save_figure, stacked_axes
     except ImportError:  # matplotlib (the bench extra) is not installed
         return None
-    panels = [(p, "mac") for p in _FIGURE_PANELS if mac] + ([(("ratio_to_km_min", "spectrum sum-rate / km (min)",
-                                                                0.99, ">="), "spectrum")] if spec else [])
+    panels = [(p, "mac") for p in _FIGURE_PANELS if mac] + (
+        [(("ratio_to_km_min", "spectrum sum-rate / km (min)", 0.99, ">="), "spectrum")] if spec else []
+    )
     fig, axes = stacked_axes(len(panels), figsize=(11, 2.6 * len(panels)))
     for ax, ((key, title, target, op), preset) in zip(axes, panels, strict=True):
         rows = mac if preset == "mac" else spec
@@ -471,27 +532,40 @@ def markdown_report(out: dict[str, Any], command: str, figure: str | None = None
     latency."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     loaded = out.get("models", {})
-    models = ", ".join(f"{m.get('preset')} {m.get('version')} ({m.get('decode', {}).get('kind')} decode)"
-                       for m in (loaded.values() if isinstance(loaded, dict) else loaded) if isinstance(m, dict))
+    models = ", ".join(
+        f"{m.get('preset')} {m.get('version')} ({m.get('decode', {}).get('kind')} decode)"
+        for m in (loaded.values() if isinstance(loaded, dict) else loaded)
+        if isinstance(m, dict)
+    )
     by = Producer("student", command, int(out["seed"]), bool(out["quick"]))
-    extra = (f" on {when} in {out.get('wall_time_s', 0):.0f} s; models: {models}. Families and the held-out ones: "
-             "`service/sim/worlds.py`; raw rows in `docs/bench/student.json`.")
+    extra = (
+        f" on {when} in {out.get('wall_time_s', 0):.0f} s; models: {models}. Families and the held-out ones: "
+        "`service/sim/worlds.py`; raw rows in `docs/bench/student.json`."
+    )
     lines: list[str] = []
     if out.get("mac"):
-        lines += ["**mac** (means over seeds; U = leader utility, SPEC eq. 5; best of pf / max_weight / rr on "
-                  "the same worlds and seeds; p95 = packet latency in slots; Jain of the users' throughputs)", ""]
+        lines += [
+            "**mac** (means over seeds; U = leader utility, SPEC eq. 5; best of pf / max_weight / rr on "
+            "the same worlds and seeds; p95 = packet latency in slots; Jain of the users' throughputs)",
+            "",
+        ]
         lines += [*_md_table([{**r, "group": _group(r)} for r in out["mac"]], MAC_COLUMNS), ""]
     if out.get("spectrum"):
-        lines += ["**spectrum** (sum-rate / the KM optimum on the same slots; *net alone* = the network's "
-                  "margins through the plain PAG greedy decode, without the served anchored decode)", ""]
+        lines += [
+            "**spectrum** (sum-rate / the KM optimum on the same slots; *net alone* = the network's "
+            "margins through the plain PAG greedy decode, without the served anchored decode)",
+            "",
+        ]
         lines += [*_md_table([{**r, "group": _group(r)} for r in out["spectrum"]], SPECTRUM_COLUMNS), ""]
     if figure:
         lines += [f"![the student's ratios per family against the targets]({figure})", ""]
     lines += ["**Targets**", "", *[f"- {v}" for v in verdict_lines(out["summary"])], ""]
     for preset, v in out.get("latency_n100_r69", {}).items():
-        lines.append(f"- latency {preset} N = 100, R = 69 (one core, medians): serialize "
-                     f"{v['serialize_us_median']:.0f} µs + policy {v['policy_us_median']:.0f} µs (onnxruntime alone "
-                     f"{v['onnx_run_us_median']:.0f} µs, decode alone {v['decode_us_median']:.0f} µs)")
+        lines.append(
+            f"- latency {preset} N = 100, R = 69 (one core, medians): serialize "
+            f"{v['serialize_us_median']:.0f} µs + policy {v['policy_us_median']:.0f} µs (onnxruntime alone "
+            f"{v['onnx_run_us_median']:.0f} µs, decode alone {v['decode_us_median']:.0f} µs)"
+        )
     return by.section("The student on world families", lines, extra=extra)
 
 
@@ -510,8 +584,10 @@ def write_report(out_dir: Path, out: dict[str, Any], command: str) -> Path:
 
 def print_tables(mac_rows: Sequence[dict[str, Any]], spectrum_rows: Sequence[dict[str, Any]]) -> None:
     if mac_rows:
-        print("\nstudent - mac on world families (KPI means over seeds; U = leader utility, SPEC §3 eq. 5; "
-              "best of pf / max_weight / rr on the same worlds and seeds)")
+        print(
+            "\nstudent - mac on world families (KPI means over seeds; U = leader utility, SPEC §3 eq. 5; "
+            "best of pf / max_weight / rr on the same worlds and seeds)"
+        )
         print(_fmt_rows([{**r, "group": _group(r)} for r in mac_rows], MAC_COLUMNS))
     if spectrum_rows:
         print("\nstudent - spectrum on world families (sum-rate / the KM optimum on the same slots)")
@@ -533,8 +609,16 @@ def evaluate_model(preset: str, version_dir: str | Path, *, quick: bool = False,
     else:
         rows = bench_mac(student, budget, seed=seed)
         summary = summarize(mac_rows=rows)
-    return _strict({"bench": "service.bench.student", "seed": seed, "quick": quick, "summary": summary, "rows": rows,
-                    "latency_n100_r69": bench_latency(student, repeats=200 if quick else 2000).get(preset, {})})
+    return _strict(
+        {
+            "bench": "service.bench.student",
+            "seed": seed,
+            "quick": quick,
+            "summary": summary,
+            "rows": rows,
+            "latency_n100_r69": bench_latency(student, repeats=200 if quick else 2000).get(preset, {}),
+        }
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -558,9 +642,11 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     out["latency_n100_r69"] = lat = bench_latency(student, repeats=300 if quick else 2000)
     for preset, v in lat.items():
-        print(f"latency {preset} N=100 R=69: serialize {v['serialize_us_median']:.0f} µs + policy "
-              f"{v['policy_us_median']:.0f} µs (p95 {v['policy_us_p95']:.0f} µs), median; policy parts alone: "
-              f"onnxruntime {v['onnx_run_us_median']:.0f} µs, decode {v['decode_us_median']:.0f} µs")
+        print(
+            f"latency {preset} N=100 R=69: serialize {v['serialize_us_median']:.0f} µs + policy "
+            f"{v['policy_us_median']:.0f} µs (p95 {v['policy_us_p95']:.0f} µs), median; policy parts alone: "
+            f"onnxruntime {v['onnx_run_us_median']:.0f} µs, decode {v['decode_us_median']:.0f} µs"
+        )
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     out_dir = Path(getattr(args, "out", "bench-out"))
     raw = out_dir / RESULTS_FILE

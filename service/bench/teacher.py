@@ -37,8 +37,10 @@ from service.rng import slot_rng
 from service.types import slot_utility
 
 #: scenarios per preset: default run, and --quick
-SCENARIOS = {"spectrum": ("u5-c5-b1", "u10-c15-b3", "u15-c20-b4", "u15-c20-b8", "scale-I"),
-             "mac": ("standard", "fixed-5", "mix-4a1l")}
+SCENARIOS = {
+    "spectrum": ("u5-c5-b1", "u10-c15-b3", "u15-c20-b4", "u15-c20-b8", "scale-I"),
+    "mac": ("standard", "fixed-5", "mix-4a1l"),
+}
 QUICK_SCENARIOS = {"spectrum": ("u5-c5-b1", "u15-c20-b4"), "mac": ("fixed-5",)}
 DEFAULT_SLOTS, QUICK_SLOTS = 20, 4
 
@@ -112,21 +114,55 @@ def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed:
             break
     lat = np.asarray(latency_ms) if latency_ms else np.zeros(1)
     return TeacherRow(
-        preset=preset, scenario=scenario, slots=answered + sum(failures.values()), answered=answered,
-        failed=sum(failures.values()), valid_before_repair_rate=valid / answered if answered else 0.0,
-        unparsable=unparsable, latency_ms_mean=float(lat.mean()), latency_ms_p95=float(np.percentile(lat, 95)),
-        prompt_tokens_mean=float(np.mean(tokens)) if tokens else 0.0, token_source="/".join(sorted(sources)),
-        ratio_to_km=util / util_km if util_km > 0 else 0.0, ratio_to_random=util / util_rand if util_rand > 0 else 0.0,
-        failures=", ".join(f"{k}: {v}" for k, v in sorted(failures.items())))
+        preset=preset,
+        scenario=scenario,
+        slots=answered + sum(failures.values()),
+        answered=answered,
+        failed=sum(failures.values()),
+        valid_before_repair_rate=valid / answered if answered else 0.0,
+        unparsable=unparsable,
+        latency_ms_mean=float(lat.mean()),
+        latency_ms_p95=float(np.percentile(lat, 95)),
+        prompt_tokens_mean=float(np.mean(tokens)) if tokens else 0.0,
+        token_source="/".join(sorted(sources)),
+        ratio_to_km=util / util_km if util_km > 0 else 0.0,
+        ratio_to_random=util / util_rand if util_rand > 0 else 0.0,
+        failures=", ".join(f"{k}: {v}" for k, v in sorted(failures.items())),
+    )
 
 
 def table(rows: list[TeacherRow]) -> str:
-    head = ("preset", "scenario", "slots", "answered", "valid_raw", "unparsable", "lat_ms", "p95_ms", "tokens",
-            "vs_km", "vs_rand", "failures")
-    cells = [head] + [(r.preset, r.scenario, str(r.slots), str(r.answered), f"{r.valid_before_repair_rate:.2f}",
-                       str(r.unparsable), f"{r.latency_ms_mean:.0f}", f"{r.latency_ms_p95:.0f}",
-                       f"{r.prompt_tokens_mean:.0f} {r.token_source}", f"{r.ratio_to_km:.3f}",
-                       f"{r.ratio_to_random:.2f}", r.failures or "-") for r in rows]
+    head = (
+        "preset",
+        "scenario",
+        "slots",
+        "answered",
+        "valid_raw",
+        "unparsable",
+        "lat_ms",
+        "p95_ms",
+        "tokens",
+        "vs_km",
+        "vs_rand",
+        "failures",
+    )
+    cells = [head] + [
+        (
+            r.preset,
+            r.scenario,
+            str(r.slots),
+            str(r.answered),
+            f"{r.valid_before_repair_rate:.2f}",
+            str(r.unparsable),
+            f"{r.latency_ms_mean:.0f}",
+            f"{r.latency_ms_p95:.0f}",
+            f"{r.prompt_tokens_mean:.0f} {r.token_source}",
+            f"{r.ratio_to_km:.3f}",
+            f"{r.ratio_to_random:.2f}",
+            r.failures or "-",
+        )
+        for r in rows
+    ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(head))) for c in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -161,8 +197,14 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(asdict(rows[0])) if rows else ["preset"])
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    meta: dict[str, Any] = {"endpoint": cfg.url, "model": cfg.model, "dialect": cfg.dialect,
-                            "budget_tokens": cfg.budget_tokens, "slots": slots, "seed": seed}
+    meta: dict[str, Any] = {
+        "endpoint": cfg.url,
+        "model": cfg.model,
+        "dialect": cfg.dialect,
+        "budget_tokens": cfg.budget_tokens,
+        "slots": slots,
+        "seed": seed,
+    }
     (out_dir / "results.json").write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"LLM teacher {cfg.model} at {cfg.url} (dialect {cfg.dialect}): raw answers, valid before repair")
     print(table(rows))

@@ -95,22 +95,28 @@ def validators() -> dict[str, Callable[[bytes], Any]]:
     from service.api.rest.openapi import ScheduleRequest
 
     adapter = TypeAdapter(ScheduleRequest)
-    return {"column": lambda raw: decode_schedule(orjson.loads(raw)),
-            "pydantic": ScheduleRequest.model_validate_json,
-            "pydantic-typeadapter": adapter.validate_json,
-            "orjson.loads": orjson.loads}
+    return {
+        "column": lambda raw: decode_schedule(orjson.loads(raw)),
+        "pydantic": ScheduleRequest.model_validate_json,
+        "pydantic-typeadapter": adapter.validate_json,
+        "orjson.loads": orjson.loads,
+    }
 
 
 def check(calls: dict[str, Callable[[bytes], Any]], raw: bytes, num_ue: int) -> None:
     """Every validator accepts ``raw`` and sees its ``num_ue`` users (else ValueError)."""
-    seen = {"column": calls["column"](raw).state.num_ue, "pydantic": len(calls["pydantic"](raw).users),
-            "pydantic-typeadapter": len(calls["pydantic-typeadapter"](raw).users)}
+    seen = {
+        "column": calls["column"](raw).state.num_ue,
+        "pydantic": len(calls["pydantic"](raw).users),
+        "pydantic-typeadapter": len(calls["pydantic-typeadapter"](raw).users),
+    }
     if set(seen.values()) != {num_ue}:
         raise ValueError(f"the validators disagree on the body of N = {num_ue}: {seen}")
 
 
-def time_rounds(calls: dict[str, Callable[[bytes], Any]], raw: bytes, rounds: int, warmup: int
-                ) -> dict[str, np.ndarray]:
+def time_rounds(
+    calls: dict[str, Callable[[bytes], Any]], raw: bytes, rounds: int, warmup: int
+) -> dict[str, np.ndarray]:
     """Per name, the µs of ``rounds`` calls on ``raw``, one call of each per round (the order
     rotating every round), after ``warmup`` untimed rounds. The garbage collector stays on, with
     the objects that exist before the rounds frozen out of it (``gc.freeze``): a collection then
@@ -145,30 +151,56 @@ def measure(budget: Budget, seed: int) -> list[Row]:
         med = {k: float(np.median(v)) for k, v in us.items()}
         p99 = {k: float(np.percentile(v, 99)) for k, v in us.items()}
         for name in [*VALIDATORS, *PARTS]:
-            rows.append(Row(n, NUM_RBG, len(raw), name, budget.rounds, med[name], p99[name],
-                            med[name] / med["column"], p99[name] / p99["column"]))
+            rows.append(
+                Row(
+                    n,
+                    NUM_RBG,
+                    len(raw),
+                    name,
+                    budget.rounds,
+                    med[name],
+                    p99[name],
+                    med[name] / med["column"],
+                    p99[name] / p99["column"],
+                )
+            )
         print(f"[validate] N={n}: {budget.rounds} rounds in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return rows
 
 
 #: the table's name of each validator and part
-LABELS = {"column": "(a) column: orjson.loads + decode_schedule, builds the slot",
-          "pydantic": "(b) pydantic: ScheduleRequest.model_validate_json",
-          "pydantic-typeadapter": "(c) pydantic: TypeAdapter(ScheduleRequest).validate_json",
-          "orjson.loads": "orjson.loads alone (the parsing part of (a))"}
+LABELS = {
+    "column": "(a) column: orjson.loads + decode_schedule, builds the slot",
+    "pydantic": "(b) pydantic: ScheduleRequest.model_validate_json",
+    "pydantic-typeadapter": "(c) pydantic: TypeAdapter(ScheduleRequest).validate_json",
+    "orjson.loads": "orjson.loads alone (the parsing part of (a))",
+}
 HEADER = ("N", "R", "body (KiB)", "validator", "median (µs)", "p99 (µs)", "median / (a)", "p99 / (a)")
 
 
 def table_rows(rows: list[Row]) -> list[list[str]]:
-    return [[str(r.num_ue), str(r.num_res), f"{r.body_bytes / 1024:.1f}", LABELS[r.validator], f"{r.median_us:.1f}",
-             f"{r.p99_us:.1f}", f"{r.median_ratio_to_column:.2f}×", f"{r.p99_ratio_to_column:.2f}×"] for r in rows]
+    return [
+        [
+            str(r.num_ue),
+            str(r.num_res),
+            f"{r.body_bytes / 1024:.1f}",
+            LABELS[r.validator],
+            f"{r.median_us:.1f}",
+            f"{r.p99_us:.1f}",
+            f"{r.median_ratio_to_column:.2f}×",
+            f"{r.p99_ratio_to_column:.2f}×",
+        ]
+        for r in rows
+    ]
 
 
 def print_table(rows: list[Row], budget: Budget) -> None:
     cells = [list(HEADER), *table_rows(rows)]
     width = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
-    print(f"\ngnbsched bench validate — POST /schedule body validation, mac, R = {NUM_RBG} "
-          f"({budget.rounds} interleaved runs of each after {budget.warmup} warm-up rounds)")
+    print(
+        f"\ngnbsched bench validate — POST /schedule body validation, mac, R = {NUM_RBG} "
+        f"({budget.rounds} interleaved runs of each after {budget.warmup} warm-up rounds)"
+    )
     for c in cells:
         print("  ".join(x.ljust(width[i]) if i == 3 else x.rjust(width[i]) for i, x in enumerate(c)))
 
@@ -188,16 +220,22 @@ def section(rows: list[Row], budget: Budget, by: Producer, meta: dict[str, Any])
         "",
         md_table(HEADER, table_rows(rows)),
     ]
-    extra = (f" on {meta['date']} in {meta['wall_s']:.0f} s; pydantic {meta['pydantic']}, orjson {meta['orjson']}; "
-             f"machine: {meta['machine']}, load average at start {meta['load_start']}. Raw figures in "
-             f"`{RESULTS_FILE.as_posix()}`.")
+    extra = (
+        f" on {meta['date']} in {meta['wall_s']:.0f} s; pydantic {meta['pydantic']}, orjson {meta['orjson']}; "
+        f"machine: {meta['machine']}, load average at start {meta['load_start']}. Raw figures in "
+        f"`{RESULTS_FILE.as_posix()}`."
+    )
     return by.section("Request validation: the column validator against pydantic", body, extra=extra)
 
 
 def command_line(args: argparse.Namespace) -> str:
     seed = int(getattr(args, "seed", 0) or 0)
-    return ("gnbsched bench validate" + (" --quick" if args.quick else "") + f" --out {args.out}"
-            + (f" --seed {seed}" if seed else ""))
+    return (
+        "gnbsched bench validate"
+        + (" --quick" if args.quick else "")
+        + f" --out {args.out}"
+        + (f" --seed {seed}" if seed else "")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,14 +249,27 @@ def run(args: argparse.Namespace) -> int:
     load_start = load_average()
     rows = measure(budget, seed)
     meta: dict[str, Any] = {
-        "command": command_line(args), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seed": seed,
-        "quick": quick, "rounds": budget.rounds, "warmup": budget.warmup, "num_res": NUM_RBG,
-        "pydantic": pydantic.VERSION, "orjson": orjson.__version__,
-        "machine": machine(), "load_start": load_start, "wall_s": time.perf_counter() - wall0}
+        "command": command_line(args),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seed": seed,
+        "quick": quick,
+        "rounds": budget.rounds,
+        "warmup": budget.warmup,
+        "num_res": NUM_RBG,
+        "pydantic": pydantic.VERSION,
+        "orjson": orjson.__version__,
+        "machine": machine(),
+        "load_start": load_start,
+        "wall_s": time.perf_counter() - wall0,
+    }
     raw = out / RESULTS_FILE
     raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps({"meta": meta, "validators": VALIDATORS, "parts": PARTS,
-                               "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    raw.write_text(
+        json.dumps(
+            {"meta": meta, "validators": VALIDATORS, "parts": PARTS, "rows": [asdict(r) for r in rows]}, indent=1
+        )
+        + "\n"
+    )
     by = Producer("validate", meta["command"], seed, quick)
     report = benchmarks_md.update(out / benchmarks_md.REPORT_NAME, "validate", [section(rows, budget, by, meta)])
     print_table(rows, budget)

@@ -124,9 +124,15 @@ def build_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
                     row["completion"] = [{"role": "assistant", "content": answer}] if spec.format == "chat" else answer
                 row["state"] = json.dumps(slot_to_dict(state), separators=(",", ":"))
                 row["meta"] = {
-                    "preset": spec.preset, "scenario": scenario, "episode": ep, "slot": state.slot,
-                    "num_ue": state.num_ue, "num_res": state.num_res, "prompt_tokens": prompt.tokens,
-                    "answer_form": prompt.answer_form, "solver": spec.solver,
+                    "preset": spec.preset,
+                    "scenario": scenario,
+                    "episode": ep,
+                    "slot": state.slot,
+                    "num_ue": state.num_ue,
+                    "num_res": state.num_res,
+                    "prompt_tokens": prompt.tokens,
+                    "answer_form": prompt.answer_form,
+                    "solver": spec.solver,
                     "solver_utility": slot_utility(state, owner),
                     "random_utility": random_reference(state, RewardConfig(seed=spec.seed)),
                 }
@@ -149,5 +155,8 @@ def write_jsonl(rows: Iterator[dict[str, Any]], path: str | Path) -> dict[str, f
             fh.write(json.dumps(row, separators=(",", ":")) + "\n")
             n += 1
             tokens.append(int(row["meta"]["prompt_tokens"]))
-    return {"rows": float(n), "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0,
-            "prompt_tokens_max": float(max(tokens)) if tokens else 0.0}
+    return {
+        "rows": float(n),
+        "prompt_tokens_mean": float(np.mean(tokens)) if tokens else 0.0,
+        "prompt_tokens_max": float(max(tokens)) if tokens else 0.0,
+    }

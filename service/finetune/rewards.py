@@ -145,8 +145,9 @@ def raw_owner(state: SlotState, result: CheckResult) -> np.ndarray:
     return owner
 
 
-def struct_reward(state: SlotState, text: str, config: RewardConfig | None = None,
-                  result: CheckResult | None = None) -> float:
+def struct_reward(
+    state: SlotState, text: str, config: RewardConfig | None = None, result: CheckResult | None = None
+) -> float:
     """R_struct in ``[malformed_penalty, 1.2]`` (module doc)."""
     cfg = config or RewardConfig()
     result = result if result is not None else check(state, text)
@@ -175,8 +176,13 @@ def random_reference(state: SlotState, config: RewardConfig | None = None) -> fl
     return float(np.mean(draws))
 
 
-def perf_reward(state: SlotState, text: str, config: RewardConfig | None = None,
-                result: CheckResult | None = None, t_rand: float | None = None) -> float:
+def perf_reward(
+    state: SlotState,
+    text: str,
+    config: RewardConfig | None = None,
+    result: CheckResult | None = None,
+    t_rand: float | None = None,
+) -> float:
     """R_perf = κ·(T(a) − T(a_rand)) / T(a_rand), clipped to [−κ, perf_clip·κ]; 0 when the slot
     admits no pair at all."""
     cfg = config or RewardConfig()
@@ -197,8 +203,9 @@ def depth_reward(num_tokens: int, config: RewardConfig | None = None) -> float:
     return -cfg.eta * min(1.0, (cfg.min_tokens - num_tokens) / cfg.min_tokens)
 
 
-def reward_terms(state: SlotState, text: str, config: RewardConfig | None = None,
-                 num_tokens: int | None = None) -> dict[str, float]:
+def reward_terms(
+    state: SlotState, text: str, config: RewardConfig | None = None, num_tokens: int | None = None
+) -> dict[str, float]:
     """All terms and the composite: {"struct", "perf", "depth", "total"}."""
     cfg = config or RewardConfig()
     result = check(state, text)
@@ -209,8 +216,9 @@ def reward_terms(state: SlotState, text: str, config: RewardConfig | None = None
     return {"struct": s, "perf": p, "depth": d, "total": total}
 
 
-def composite_reward(state: SlotState, text: str, config: RewardConfig | None = None,
-                     num_tokens: int | None = None) -> float:
+def composite_reward(
+    state: SlotState, text: str, config: RewardConfig | None = None, num_tokens: int | None = None
+) -> float:
     """R = λ1·R_struct + λ2·R_perf + λ3·R_depth of one completion."""
     return reward_terms(state, text, config, num_tokens)["total"]
 
@@ -282,28 +290,34 @@ class _StateCache:
         return refs
 
 
-def reward_funcs(config: RewardConfig | None = None,
-                 count_tokens: Callable[[str], int] | None = None) -> list[Callable[..., list[float]]]:
+def reward_funcs(
+    config: RewardConfig | None = None, count_tokens: Callable[[str], int] | None = None
+) -> list[Callable[..., list[float]]]:
     """[struct, perf, depth] as TRL reward functions; pass ``reward_weights=[λ1, λ2, λ3]`` to
     ``GRPOConfig`` (or use ``composite_reward_func``). Lengths come from TRL's ``completion_ids``
     when given, else ``count_tokens`` (e.g. the policy's tokenizer), else ``estimate_tokens``."""
     cfg = config or RewardConfig()
     cache = _StateCache(cfg)
 
-    def r_struct(prompts: Any = None, completions: Sequence[Any] = (), state: Sequence[Any] | None = None,
-                 **kwargs: Any) -> list[float]:
+    def r_struct(
+        prompts: Any = None, completions: Sequence[Any] = (), state: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float]:
         states = cache.states(state, len(completions))
         return [struct_reward(st, completion_text(c), cfg) for st, c in zip(states, completions, strict=True)]
 
-    def r_perf(prompts: Any = None, completions: Sequence[Any] = (), state: Sequence[Any] | None = None,
-               **kwargs: Any) -> list[float]:
+    def r_perf(
+        prompts: Any = None, completions: Sequence[Any] = (), state: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float]:
         states = cache.states(state, len(completions))
         refs = cache.reference(state or [], states)
-        return [perf_reward(st, completion_text(c), cfg, t_rand=t)
-                for st, c, t in zip(states, completions, refs, strict=True)]
+        return [
+            perf_reward(st, completion_text(c), cfg, t_rand=t)
+            for st, c, t in zip(states, completions, refs, strict=True)
+        ]
 
-    def r_depth(prompts: Any = None, completions: Sequence[Any] = (), completion_ids: Sequence[Any] | None = None,
-                **kwargs: Any) -> list[float]:
+    def r_depth(
+        prompts: Any = None, completions: Sequence[Any] = (), completion_ids: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float]:
         if completion_ids is not None:
             lengths = [len(ids) for ids in completion_ids]
         else:
@@ -315,15 +329,22 @@ def reward_funcs(config: RewardConfig | None = None,
     return [r_struct, r_perf, r_depth]
 
 
-def composite_reward_func(config: RewardConfig | None = None,
-                          count_tokens: Callable[[str], int] | None = None) -> Callable[..., list[float]]:
+def composite_reward_func(
+    config: RewardConfig | None = None, count_tokens: Callable[[str], int] | None = None
+) -> Callable[..., list[float]]:
     """One TRL reward function returning λ1·R_struct + λ2·R_perf + λ3·R_depth per completion."""
     cfg = config or RewardConfig()
     fs, fp, fd = reward_funcs(cfg, count_tokens)
 
     def r_composite(prompts: Any = None, completions: Sequence[Any] = (), **kwargs: Any) -> list[float]:
-        s, p, d = fs(prompts, completions, **kwargs), fp(prompts, completions, **kwargs), fd(prompts, completions, **kwargs)
-        return [cfg.lambda_struct * a + cfg.lambda_perf * b + cfg.lambda_depth * c for a, b, c in zip(s, p, d, strict=True)]
+        s, p, d = (
+            fs(prompts, completions, **kwargs),
+            fp(prompts, completions, **kwargs),
+            fd(prompts, completions, **kwargs),
+        )
+        return [
+            cfg.lambda_struct * a + cfg.lambda_perf * b + cfg.lambda_depth * c for a, b, c in zip(s, p, d, strict=True)
+        ]
 
     r_composite.__name__ = "r_composite"
     return r_composite

@@ -32,8 +32,7 @@ BUSY_RESOURCE = "busy_resource"
 INELIGIBLE_USER = "ineligible_user"
 CAP_EXCEEDED = "cap_exceeded"
 CONTENTION = "contention"
-VIOLATION_KINDS = (UNPARSABLE, WRONG_LENGTH, OUT_OF_DOMAIN, BUSY_RESOURCE, INELIGIBLE_USER,
-                   CAP_EXCEEDED, CONTENTION)
+VIOLATION_KINDS = (UNPARSABLE, WRONG_LENGTH, OUT_OF_DOMAIN, BUSY_RESOURCE, INELIGIBLE_USER, CAP_EXCEEDED, CONTENTION)
 
 
 @dataclass(slots=True)
@@ -70,9 +69,13 @@ def rule_domain(state: SlotState, pu: np.ndarray, pr: np.ndarray) -> list[Violat
     """Every pair names a user in 1..N (index 0..N-1) and a resource in 0..R-1."""
     bad = (pu < 0) | (pu >= state.num_ue) | (pr < 0) | (pr >= state.num_res)
     return [
-        Violation(OUT_OF_DOMAIN, f"pair {i}: token {int(pu[i]) + 1} is outside the domain 0..{state.num_ue}"
-                  if not (0 <= pu[i] < state.num_ue) else f"pair {i}: resource index {int(pr[i])} is outside 0..{state.num_res - 1}",
-                  resource=int(pr[i]) if 0 <= pr[i] < state.num_res else None)
+        Violation(
+            OUT_OF_DOMAIN,
+            f"pair {i}: token {int(pu[i]) + 1} is outside the domain 0..{state.num_ue}"
+            if not (0 <= pu[i] < state.num_ue)
+            else f"pair {i}: resource index {int(pr[i])} is outside 0..{state.num_res - 1}",
+            resource=int(pr[i]) if 0 <= pr[i] < state.num_res else None,
+        )
         for i in np.flatnonzero(bad).tolist()
     ]
 
@@ -81,16 +84,30 @@ def rule_busy(state: SlotState, pu: np.ndarray, pr: np.ndarray, in_domain: np.nd
     """No user on an unavailable resource (primary user present / RBG outside the pool)."""
     bad = np.flatnonzero(in_domain & ~state.resource_available[np.where(in_domain, pr, 0)])
     rid, uid = state.resource_ids, state.user_ids
-    return [Violation(BUSY_RESOURCE, f"resource {int(rid[pr[i]])} is busy but granted to user {int(uid[pu[i]])}",
-                      resource=int(pr[i]), user=int(pu[i])) for i in bad.tolist()]
+    return [
+        Violation(
+            BUSY_RESOURCE,
+            f"resource {int(rid[pr[i]])} is busy but granted to user {int(uid[pu[i]])}",
+            resource=int(pr[i]),
+            user=int(pu[i]),
+        )
+        for i in bad.tolist()
+    ]
 
 
 def rule_eligible(state: SlotState, pu: np.ndarray, pr: np.ndarray, in_domain: np.ndarray) -> list[Violation]:
     """No resource for an ineligible user (inactive, or nothing to send)."""
     bad = np.flatnonzero(in_domain & ~state.user_eligible[np.where(in_domain, pu, 0)])
     rid, uid = state.resource_ids, state.user_ids
-    return [Violation(INELIGIBLE_USER, f"user {int(uid[pu[i]])} is not eligible but gets resource {int(rid[pr[i]])}",
-                      resource=int(pr[i]), user=int(pu[i])) for i in bad.tolist()]
+    return [
+        Violation(
+            INELIGIBLE_USER,
+            f"user {int(uid[pu[i]])} is not eligible but gets resource {int(rid[pr[i]])}",
+            resource=int(pr[i]),
+            user=int(pu[i]),
+        )
+        for i in bad.tolist()
+    ]
 
 
 def rule_cap(state: SlotState, pu: np.ndarray, legal: np.ndarray) -> list[Violation]:
@@ -98,16 +115,24 @@ def rule_cap(state: SlotState, pu: np.ndarray, legal: np.ndarray) -> list[Violat
     counts = np.bincount(pu[legal], minlength=state.num_ue)
     over = np.flatnonzero(counts > state.max_resources_per_user)
     uid = state.user_ids
-    return [Violation(CAP_EXCEEDED, f"user {int(uid[u])} holds {int(counts[u])} resources, cap is {state.max_resources_per_user}",
-                      user=int(u)) for u in over.tolist()]
+    return [
+        Violation(
+            CAP_EXCEEDED,
+            f"user {int(uid[u])} holds {int(counts[u])} resources, cap is {state.max_resources_per_user}",
+            user=int(u),
+        )
+        for u in over.tolist()
+    ]
 
 
 def rule_contention(state: SlotState, pr: np.ndarray, legal: np.ndarray) -> list[Violation]:
     """No resource claimed by several users (only possible in user→resource form)."""
     counts = np.bincount(pr[legal], minlength=state.num_res)
     rid = state.resource_ids
-    return [Violation(CONTENTION, f"resource {int(rid[r])} is claimed by {int(counts[r])} users", resource=int(r))
-            for r in np.flatnonzero(counts > 1).tolist()]
+    return [
+        Violation(CONTENTION, f"resource {int(rid[r])} is claimed by {int(counts[r])} users", resource=int(r))
+        for r in np.flatnonzero(counts > 1).tolist()
+    ]
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -129,7 +154,9 @@ def _as_id(v: Any) -> int | None:
     return None
 
 
-def _pairs_from_mapping(state: SlotState, mapping: Mapping[Any, Any], violations: list[Violation]) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_from_mapping(
+    state: SlotState, mapping: Mapping[Any, Any], violations: list[Violation]
+) -> tuple[np.ndarray, np.ndarray]:
     """{user_id: resource_id | [resource_id]} (ids) -> index pairs; unknown ids -> out_of_domain."""
     uindex = {int(u): i for i, u in enumerate(state.user_ids.tolist())}
     rindex = {int(r): i for i, r in enumerate(state.resource_ids.tolist())}
@@ -250,14 +277,20 @@ def check_dcm(state: SlotState, tokens: np.ndarray) -> CheckResult:
             tokens = tokens.astype(np.float64)
         except (TypeError, ValueError):
             empty = np.zeros(0, np.int64)
-            return CheckResult(empty, empty, np.zeros(0, bool),
-                               [Violation(UNPARSABLE, f"tokens of type {tokens.dtype} are not numbers")])
+            return CheckResult(
+                empty,
+                empty,
+                np.zeros(0, bool),
+                [Violation(UNPARSABLE, f"tokens of type {tokens.dtype} are not numbers")],
+            )
     raw = tokens.reshape(-1)
     if raw.dtype.kind == "f":
         integral = np.isfinite(raw) & (raw == np.round(raw)) & (np.abs(raw) < 2.0**62)
         # a token that is not an integer names no user: reported, then read as 0 (unused)
-        violations += [Violation(OUT_OF_DOMAIN, f"position {r}: token {float(raw[r])} is not an integer", resource=r)
-                       for r in np.flatnonzero(~integral[: state.num_res]).tolist()]
+        violations += [
+            Violation(OUT_OF_DOMAIN, f"position {r}: token {float(raw[r])} is not an integer", resource=r)
+            for r in np.flatnonzero(~integral[: state.num_res]).tolist()
+        ]
         flat = np.where(integral, raw, 0.0).astype(np.int64)
     else:
         flat = raw.astype(np.int64, copy=False)
@@ -276,14 +309,17 @@ def _valid_dcm_pairs(state: SlotState, flat: np.ndarray) -> CheckResult | None:
     pu = flat[pr] - 1
     if not (state.resource_available[pr].all() and state.user_eligible[pu].all()):
         return None
-    if pu.size > state.max_resources_per_user and \
-            np.bincount(pu, minlength=state.num_ue).max() > state.max_resources_per_user:
+    if (
+        pu.size > state.max_resources_per_user
+        and np.bincount(pu, minlength=state.num_ue).max() > state.max_resources_per_user
+    ):
         return None
     return CheckResult(pu, pr, np.ones(pu.size, bool), [], flat)
 
 
-def _check_pairs(state: SlotState, pu: np.ndarray, pr: np.ndarray, violations: list[Violation],
-                 dcm: np.ndarray | None = None) -> CheckResult:
+def _check_pairs(
+    state: SlotState, pu: np.ndarray, pr: np.ndarray, violations: list[Violation], dcm: np.ndarray | None = None
+) -> CheckResult:
     in_domain = (pu >= 0) & (pu < state.num_ue) & (pr >= 0) & (pr < state.num_res)
     if not in_domain.all():
         violations += rule_domain(state, pu, pr)
@@ -329,7 +365,9 @@ def check(state: SlotState, raw: RawAction) -> CheckResult:
         if tokens is not None and tokens.dtype.kind in "biuf":
             return check_dcm(state, tokens)
     empty = np.zeros(0, np.int64)
-    return CheckResult(empty, empty, np.zeros(0, bool), [Violation(UNPARSABLE, f"unsupported output type {type(raw).__name__}")])
+    return CheckResult(
+        empty, empty, np.zeros(0, bool), [Violation(UNPARSABLE, f"unsupported output type {type(raw).__name__}")]
+    )
 
 
 def is_valid(state: SlotState, owner: np.ndarray) -> bool:

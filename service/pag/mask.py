@@ -48,7 +48,7 @@ def masked_decode(
     owner = np.zeros(r, np.int64)
     counts = np.zeros(n1, np.int64)
     blocked = np.zeros(n1, bool)
-    for pos in (range(r) if order is None else order.tolist()):
+    for pos in range(r) if order is None else order.tolist():
         row = np.where(blocked, -np.inf, masked[pos])
         if rng is None:
             k = int(row.argmax())

@@ -49,7 +49,8 @@ class Exhaustive(Policy):
         if total > self.max_candidates:
             raise ProblemTooLargeError(
                 f"exhaustive search over {total} candidates exceeds max_candidates={self.max_candidates}; "
-                "use km for instances larger than a few users and resources")
+                "use km for instances larger than a few users and resources"
+            )
         cands = np.array(list(itertools.product(*choices)), np.int64).reshape(-1, state.num_res)  # [C, R]
         counts = np.zeros((cands.shape[0], state.num_ue + 1), np.int64)
         np.add.at(counts, (np.repeat(np.arange(cands.shape[0]), state.num_res), cands.ravel()), 1)
@@ -82,8 +83,11 @@ class GroupedKM(Policy):
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         blocks = max(1, -(-max(state.num_ue, state.num_res) // self.group_size))
         owner = np.zeros(state.num_res, np.int64)
-        for ub, rb in zip(np.array_split(np.arange(state.num_ue), blocks),
-                          np.array_split(np.arange(state.num_res), blocks), strict=True):
+        for ub, rb in zip(
+            np.array_split(np.arange(state.num_ue), blocks),
+            np.array_split(np.arange(state.num_res), blocks),
+            strict=True,
+        ):
             part = linear_assignment(state, state.utility, users=ub, resources=rb)
             owner[rb] = part[rb]
         return owner
@@ -153,7 +157,15 @@ class DifferentialEvolution(Policy):
             return -slot_utility(state, decode(x))
 
         seed = int(ctx.rng.integers(2**31))
-        res = differential_evolution(cost, bounds=[(0, n + 1 - 1e-9)] * r, maxiter=self.maxiter,
-                                     popsize=self.popsize, seed=seed, polish=False, tol=0.0,
-                                     init="latinhypercube", updating="deferred")
+        res = differential_evolution(
+            cost,
+            bounds=[(0, n + 1 - 1e-9)] * r,
+            maxiter=self.maxiter,
+            popsize=self.popsize,
+            seed=seed,
+            polish=False,
+            tol=0.0,
+            init="latinhypercube",
+            updating="deferred",
+        )
         return decode(res.x)

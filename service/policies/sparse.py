@@ -90,9 +90,18 @@ class Auction(Policy):
     name = "auction"
     presets = ("spectrum",)
 
-    def __init__(self, eps_rel: float = 1e-3, list_size: int = 32, stop_fraction: float = 0.01,
-                 candidate_slack: float = 6.0, max_repairs: int = 3, dense_below: int = 160_000,
-                 reserve_s: float = 1e-3, stage_cost_s: dict[str, float] | None = None, samples: int = 32) -> None:
+    def __init__(
+        self,
+        eps_rel: float = 1e-3,
+        list_size: int = 32,
+        stop_fraction: float = 0.01,
+        candidate_slack: float = 6.0,
+        max_repairs: int = 3,
+        dense_below: int = 160_000,
+        reserve_s: float = 1e-3,
+        stage_cost_s: dict[str, float] | None = None,
+        samples: int = 32,
+    ) -> None:
         if not eps_rel > 0 or list_size < 2 or not 0 <= stop_fraction < 1 or candidate_slack < 1:
             raise ValueError("need eps_rel > 0, list_size >= 2, 0 <= stop_fraction < 1, candidate_slack >= 1")
         self.eps_rel, self.list_size, self.stop_fraction = eps_rel, list_size, stop_fraction
@@ -114,8 +123,11 @@ class Auction(Policy):
             info["stage"] = "dense_exact"
             return linear_assignment(state, state.utility)
         # stage 0, before touching the dense matrix: strongest users on the widest channels
-        strength = state.utility[users, res[np.argmax(state.bandwidth_hz[res])]] if state.rx_power_dbm is None \
+        strength = (
+            state.utility[users, res[np.argmax(state.bandwidth_hz[res])]]
+            if state.rx_power_dbm is None
             else state.rx_power_dbm[users]
+        )
         width = state.bandwidth_hz[res]
         info["stage"] = "sorted"
         match = sorted_fill(np.full(users.size, FREE, np.int64), strength, width)
@@ -147,8 +159,15 @@ class Auction(Policy):
         """Predicted seconds of ``stage`` on ``pairs`` (user, channel) pairs, with a safety margin."""
         return 1.5 * self._cost[stage] * pairs
 
-    def solve(self, value: np.ndarray, ctx: PolicyContext, *, strength: np.ndarray | None = None,
-              width: np.ndarray | None = None, start: np.ndarray | None = None) -> np.ndarray:
+    def solve(
+        self,
+        value: np.ndarray,
+        ctx: PolicyContext,
+        *,
+        strength: np.ndarray | None = None,
+        width: np.ndarray | None = None,
+        start: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Channel-of-user int64 [U] (-1 = none) for value [U, F] >= 0; notes go to ``ctx.info``.
 
         strength [U] / width [F] order the O(n log n) completion of partial matchings (default:
@@ -183,8 +202,9 @@ class Auction(Policy):
         ta = time.perf_counter()
         self._observe("lists", ta - t0, pairs)
         stop = None if ctx.deadline is None else _RoundClock(ctx.deadline - self.reserve_s)
-        auc = auction_prices(value, self.eps_rel, list_size=k, stop_free=int(self.stop_fraction * u_n),
-                             stop=stop, lists=lists)
+        auc = auction_prices(
+            value, self.eps_rel, list_size=k, stop_free=int(self.stop_fraction * u_n), stop=stop, lists=lists
+        )
         t1 = time.perf_counter()
         stages["auction"] = (t1 - t0) * 1e3
         info["auction_rounds"] = auc.rounds

@@ -63,8 +63,14 @@ class StudentPolicy(Policy):
     name = "student"
     presets = ("spectrum", "mac")
 
-    def __init__(self, model_dir: str | Path | None = None, *, presets: tuple[str, ...] = ("spectrum", "mac"),
-                 providers: list[str] | None = None, versions: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        presets: tuple[str, ...] = ("spectrum", "mac"),
+        providers: list[str] | None = None,
+        versions: dict[str, str] | None = None,
+    ) -> None:
         """Load the newest (or ``versions[preset]``) model of each preset found under ``model_dir``.
 
         A preset without a model is unavailable (``act`` raises ``PolicyUnavailableError`` so the
@@ -107,10 +113,16 @@ class StudentPolicy(Policy):
             counts = {p: c.as_dict() for p, c in self._range_counts.items()}
         out = {}
         for preset, m in sorted(dict(self._models).items()):
-            out[preset] = {"policy": self.name, "version": m.version, "sha256": m.sha256,
-                           "feature_version": m.card.get("feature_version"), "path": str(m.path),
-                           "held_out_families": m.held_out_families, "feature_ranges": m.ranges is not None,
-                           "out_of_range": counts.get(preset, RangeCounts().as_dict())}
+            out[preset] = {
+                "policy": self.name,
+                "version": m.version,
+                "sha256": m.sha256,
+                "feature_version": m.card.get("feature_version"),
+                "path": str(m.path),
+                "held_out_families": m.held_out_families,
+                "feature_ranges": m.ranges is not None,
+                "out_of_range": counts.get(preset, RangeCounts().as_dict()),
+            }
         return out
 
     def _count_ranges(self, preset: str, names: list[str]) -> None:
@@ -132,8 +144,10 @@ class StudentPolicy(Policy):
         with self._lock:
             target = Path(path) if path is not None else locate_model(self.model_dir, preset, version)
             if target is None:
-                raise ModelInvalidError(f"no {model_name(preset)} model under {self.model_dir}"
-                                        + (f" with version {version!r}" if version else ""))
+                raise ModelInvalidError(
+                    f"no {model_name(preset)} model under {self.model_dir}"
+                    + (f" with version {version!r}" if version else "")
+                )
             model = load_model(target, preset, self.providers)
             self._models[preset] = model  # a single reference assignment: atomic for readers
             return model

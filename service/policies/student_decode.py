@@ -68,8 +68,9 @@ def user_needs(state: SlotState) -> np.ndarray:
     return np.where(state.user_eligible, need, 0)
 
 
-def _capped_argmax(masked: np.ndarray, rows: np.ndarray, remaining: np.ndarray, owner: np.ndarray,
-                   threshold: np.ndarray | None = None) -> None:
+def _capped_argmax(
+    masked: np.ndarray, rows: np.ndarray, remaining: np.ndarray, owner: np.ndarray, threshold: np.ndarray | None = None
+) -> None:
     """Sequential argmax decode of ``rows`` (in order) with per-user budgets, in place.
 
     masked: float [R, N+1] logits with −inf where inadmissible; column 0 = unused (only a
@@ -100,13 +101,14 @@ def _capped_argmax(masked: np.ndarray, rows: np.ndarray, remaining: np.ndarray, 
             return
         # accept the rows before the first one at which some user's budget would be exceeded
         first = min(int(np.flatnonzero(best == u)[remaining[u]]) for u in over.tolist())
-        owner[rows[start:start + first]] = best[:first]
+        owner[rows[start : start + first]] = best[:first]
         remaining -= np.bincount(best[:first], minlength=remaining.size)
         start += first
 
 
-def _fill_identical(scores: np.ndarray, rows: np.ndarray, remaining: np.ndarray, owner: np.ndarray,
-                    threshold: float | None) -> None:
+def _fill_identical(
+    scores: np.ndarray, rows: np.ndarray, remaining: np.ndarray, owner: np.ndarray, threshold: float | None
+) -> None:
     """``_capped_argmax`` when every row has the same logits [N+1] (e.g. frequency-flat RBGs):
     the rows go, in order, to the users by decreasing logit (ties: lower index), each taking its
     budget, while the user beats "unused" (``scores[0]``, or ``threshold`` in pass 2)."""
@@ -138,8 +140,13 @@ def _pag_masked(state: SlotState, logits: np.ndarray) -> np.ndarray:
     return masked
 
 
-def decode_capped(state: SlotState, logits: np.ndarray, *, needs: np.ndarray | None = None,
-                  surplus_margin: float = DEFAULT_SURPLUS_MARGIN) -> np.ndarray:
+def decode_capped(
+    state: SlotState,
+    logits: np.ndarray,
+    *,
+    needs: np.ndarray | None = None,
+    surplus_margin: float = DEFAULT_SURPLUS_MARGIN,
+) -> np.ndarray:
     """Two-pass PAG decode of logits [R, N+1] (module doc). Returns the DCM int64 [R].
 
     Valid by construction: tokens only where ``pag_mask`` allows, no user above the cap.
@@ -227,8 +234,9 @@ def decode_anchored(state: SlotState, logits: np.ndarray, bound: float = DEFAULT
     return owner
 
 
-def decode_pf_anchored(state: SlotState, logits: np.ndarray, avg_served: np.ndarray,
-                       bound: float = DEFAULT_PF_ANCHOR_BOUND) -> np.ndarray:
+def decode_pf_anchored(
+    state: SlotState, logits: np.ndarray, avg_served: np.ndarray, bound: float = DEFAULT_PF_ANCHOR_BOUND
+) -> np.ndarray:
     """Greedy (``assign.greedy_fill``) on ``pf_priority · (1 + bound · tanh(m))`` with the pair
     margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. avg_served: float64 [N], the
     cell history's PF averages of the slot's users. Valid by construction."""
@@ -241,8 +249,9 @@ def decode_pf_anchored(state: SlotState, logits: np.ndarray, avg_served: np.ndar
     return greedy_fill(state, pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin)))
 
 
-def decode(state: SlotState, logits: np.ndarray, spec: dict[str, Any],
-           history: HistoryView | None = None) -> np.ndarray:
+def decode(
+    state: SlotState, logits: np.ndarray, spec: dict[str, Any], history: HistoryView | None = None
+) -> np.ndarray:
     """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``,
     ``bound``); ``pf_anchored`` reads the PF averages of ``history`` (a new cell's when None)."""
     kind = spec.get("kind", "capped")

@@ -152,10 +152,18 @@ class LoadedModel:
         return binding, out
 
     def describe(self) -> dict[str, Any]:
-        return {"preset": self.preset, "version": self.version, "path": str(self.path), "sha256": self.sha256,
-                "feature_version": self.card.get("feature_version"), "decode": self.decode_spec,
-                "providers": self.providers, "parameters": self.card.get("architecture", {}).get("parameters"),
-                "feature_ranges": self.ranges is not None, "held_out_families": self.held_out_families}
+        return {
+            "preset": self.preset,
+            "version": self.version,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "feature_version": self.card.get("feature_version"),
+            "decode": self.decode_spec,
+            "providers": self.providers,
+            "parameters": self.card.get("architecture", {}).get("parameters"),
+            "feature_ranges": self.ranges is not None,
+            "held_out_families": self.held_out_families,
+        }
 
 
 def session_options() -> Any:
@@ -184,8 +192,14 @@ def default_providers() -> list[str]:
 def _probe_slot(preset: str) -> SlotState:
     """A tiny deterministic slot (3 users, 4 resources, one busy) to smoke-test a session."""
     util = np.array([[3.0, 1.0, 2.0, 0.5], [1.0, 2.5, 0.5, 1.5], [0.2, 0.4, 0.6, 0.8]]) * 1e6
-    return make_slot(preset, [1, 2, 3], [1, 2, 3, 4], utility=util, resource_available=[True, True, False, True],
-                     buffer_bits=[2e6, 1e6, 4e6] if preset == "mac" else None)
+    return make_slot(
+        preset,
+        [1, 2, 3],
+        [1, 2, 3, 4],
+        utility=util,
+        resource_available=[True, True, False, True],
+        buffer_bits=[2e6, 1e6, 4e6] if preset == "mac" else None,
+    )
 
 
 def load_model(path: Path | str, preset: str, providers: list[str] | None = None) -> LoadedModel:
@@ -209,15 +223,19 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     if card.get("preset") != preset:
         raise ModelInvalidError(f"{card_path}: model is for preset {card.get('preset')!r}, not {preset!r}")
     if card.get("feature_version") != FEATURE_VERSION:
-        raise ModelInvalidError(f"{card_path}: feature version {card.get('feature_version')!r} does not match "
-                                f"the serializer's {FEATURE_VERSION!r}")
+        raise ModelInvalidError(
+            f"{card_path}: feature version {card.get('feature_version')!r} does not match "
+            f"the serializer's {FEATURE_VERSION!r}"
+        )
     kind = card.get("decode", {}).get("kind", "capped")
     if kind not in DECODE_KINDS:
         raise ModelInvalidError(f"{card_path}: unknown decode kind {kind!r}")
     digest = sha256_file(onnx_path)
     if card.get("sha256") != digest:
-        raise ModelInvalidError(f"{onnx_path}: sha256 {digest[:12]}… does not match the card's "
-                                f"{str(card.get('sha256'))[:12]}… (corrupt or replaced file)")
+        raise ModelInvalidError(
+            f"{onnx_path}: sha256 {digest[:12]}… does not match the card's "
+            f"{str(card.get('sha256'))[:12]}… (corrupt or replaced file)"
+        )
     try:
         import onnxruntime as ort
 
@@ -228,32 +246,46 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     _check_signature(sess, onnx_path)
     spec = card.get("decode", {})
     ranges = FeatureRanges.from_card(card["feature_ranges"], str(card_path)) if "feature_ranges" in card else None
-    model = LoadedModel(preset=preset, version=str(card.get("version", path.name)), path=path, sha256=digest,
-                        card=card, session=sess, providers=list(sess.get_providers()), decode_kind=kind,
-                        surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)), ranges=ranges)
+    model = LoadedModel(
+        preset=preset,
+        version=str(card.get("version", path.name)),
+        path=path,
+        sha256=digest,
+        card=card,
+        session=sess,
+        providers=list(sess.get_providers()),
+        decode_kind=kind,
+        surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)),
+        ranges=ranges,
+    )
     probe = _probe_slot(preset)
     try:
         out = model.logits(serialize(probe))
     except Exception as exc:
         raise ModelInvalidError(f"{onnx_path}: inference on a probe slot failed: {exc}") from None
     if out.shape != (probe.num_res, probe.num_ue + 1) or not np.isfinite(out).all():
-        raise ModelInvalidError(f"{onnx_path}: probe logits have shape {out.shape} (expected "
-                                f"{(probe.num_res, probe.num_ue + 1)}) or are not finite")
+        raise ModelInvalidError(
+            f"{onnx_path}: probe logits have shape {out.shape} (expected "
+            f"{(probe.num_res, probe.num_ue + 1)}) or are not finite"
+        )
     return model
 
 
 def _check_signature(sess: Any, onnx_path: Path) -> None:
     inputs = {i.name: i for i in sess.get_inputs()}
     if set(inputs) != set(INPUT_NAMES):
-        raise ModelInvalidError(f"{onnx_path}: inputs {sorted(inputs)} do not match the serializer's {list(INPUT_NAMES)}")
+        raise ModelInvalidError(
+            f"{onnx_path}: inputs {sorted(inputs)} do not match the serializer's {list(INPUT_NAMES)}"
+        )
     for name, expected in _INPUT_SHAPES.items():
         shape = inputs[name].shape
         if len(shape) != len(expected):
             raise ModelInvalidError(f"{onnx_path}: input {name} has rank {len(shape)}, expected {len(expected)}")
         for got, want in zip(shape, expected, strict=True):
             if want is not None and got != want:
-                raise ModelInvalidError(f"{onnx_path}: input {name} has shape {shape}, expected {expected} "
-                                        "(feature width mismatch)")
+                raise ModelInvalidError(
+                    f"{onnx_path}: input {name} has shape {shape}, expected {expected} (feature width mismatch)"
+                )
         if inputs[name].type != "tensor(float)":
             raise ModelInvalidError(f"{onnx_path}: input {name} is {inputs[name].type}, expected tensor(float)")
     outputs = [o.name for o in sess.get_outputs()]

@@ -32,7 +32,11 @@ from service.serialize.tensors import (
 
 #: card block name -> (feature names, width); the blocks of ``service.serialize.tensors``
 RANGE_BLOCKS: dict[str, tuple[str, ...]] = {
-    "global": GLOBAL_FEATURES, "user": USER_FEATURES, "resource": RESOURCE_FEATURES, "pair": PAIR_FEATURES}
+    "global": GLOBAL_FEATURES,
+    "user": USER_FEATURES,
+    "resource": RESOURCE_FEATURES,
+    "pair": PAIR_FEATURES,
+}
 #: relative tolerance of the range check (of max(|bound|, 1): absolute below 1)
 RANGE_TOLERANCE = 1e-6
 #: at most this many feature names in a slot's ``out_of_range_features`` note
@@ -71,15 +75,16 @@ class FeatureRanges:
             except (TypeError, KeyError, ValueError):
                 raise ModelInvalidError(f"{where}: feature_ranges.{block} needs numeric min and max lists") from None
             if mn.shape != (len(feats),) or mx.shape != (len(feats),):
-                raise ModelInvalidError(f"{where}: feature_ranges.{block} has {mn.shape} / {mx.shape} entries, "
-                                        f"the serializer has {len(feats)} {block} features")
+                raise ModelInvalidError(
+                    f"{where}: feature_ranges.{block} has {mn.shape} / {mx.shape} entries, "
+                    f"the serializer has {len(feats)} {block} features"
+                )
             if not (np.isfinite(mn).all() and np.isfinite(mx).all() and (mn <= mx).all()):
                 raise ModelInvalidError(f"{where}: feature_ranges.{block}: bounds must be finite with min <= max")
             lo.append(mn - RANGE_TOLERANCE * np.maximum(np.abs(mn), 1.0))
             hi.append(mx + RANGE_TOLERANCE * np.maximum(np.abs(mx), 1.0))
             names += [f"{block}.{f}" for f in feats]
-        return FeatureRanges(_f32_bound(np.concatenate(lo), True), _f32_bound(np.concatenate(hi), False),
-                             tuple(names))
+        return FeatureRanges(_f32_bound(np.concatenate(lo), True), _f32_bound(np.concatenate(hi), False), tuple(names))
 
     def check(self, inputs: StudentInputs) -> list[str]:
         """Names (``block.feature``) of the features of ``inputs`` outside the ranges; [] when none.
@@ -119,5 +124,8 @@ class RangeCounts:
     features: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"slots_checked": self.slots_checked, "slots_out_of_range": self.slots_out_of_range,
-                "features": dict(sorted(self.features.items()))}
+        return {
+            "slots_checked": self.slots_checked,
+            "slots_out_of_range": self.slots_out_of_range,
+            "features": dict(sorted(self.features.items())),
+        }

@@ -71,10 +71,20 @@ def request_body(cfg: TeacherSettings, prompt: Prompt, seed: int | None = None) 
         options: dict[str, Any] = {"temperature": cfg.temperature, "num_predict": cfg.max_tokens}
         if seed is not None:
             options["seed"] = seed
-        return {"model": cfg.model, "messages": prompt.messages, "stream": False, "format": prompt.schema,
-                "options": options}
-    body: dict[str, Any] = {"model": cfg.model, "messages": prompt.messages, "max_tokens": cfg.max_tokens,
-                            "temperature": cfg.temperature, "stream": False}
+        return {
+            "model": cfg.model,
+            "messages": prompt.messages,
+            "stream": False,
+            "format": prompt.schema,
+            "options": options,
+        }
+    body: dict[str, Any] = {
+        "model": cfg.model,
+        "messages": prompt.messages,
+        "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature,
+        "stream": False,
+    }
     if seed is not None:
         body["seed"] = seed
     d = cfg.dialect
@@ -83,8 +93,10 @@ def request_body(cfg: TeacherSettings, prompt: Prompt, seed: int | None = None) 
     elif d == "llamacpp_grammar":
         body["grammar"] = prompt.grammar
     elif d == "json_schema":
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "dcm", "schema": prompt.schema, "strict": True}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "dcm", "schema": prompt.schema, "strict": True},
+        }
     elif d == "vllm":
         body["structured_outputs"] = {"json": prompt.schema}
     elif d == "vllm_legacy":
@@ -124,8 +136,9 @@ class Teacher(Policy):
     #: act() does network I/O: transports run it in a worker thread
     blocking_io: ClassVar[bool] = True
 
-    def __init__(self, config: TeacherSettings | None = None, *, transport: httpx.BaseTransport | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, config: TeacherSettings | None = None, *, transport: httpx.BaseTransport | None = None, **overrides: Any
+    ) -> None:
         cfg = config or Settings().teacher
         self.config = cfg.model_copy(update=overrides) if overrides else cfg
         if self.config.max_concurrency < 1:
@@ -151,8 +164,12 @@ class Teacher(Policy):
                 if self.config.api_key is not None:
                     headers["Authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
                 n = self.config.max_concurrency
-                self._client = httpx.Client(headers=headers, transport=self._transport, verify=_ssl_context(),
-                                            limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1))
+                self._client = httpx.Client(
+                    headers=headers,
+                    transport=self._transport,
+                    verify=_ssl_context(),
+                    limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1),
+                )
             return self._client
 
     def close(self) -> None:
@@ -163,8 +180,12 @@ class Teacher(Policy):
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
-        meta.update(endpoint=self.config.url, dialect=self.config.dialect, model=self.config.model,
-                    budget_tokens=self.config.budget_tokens)
+        meta.update(
+            endpoint=self.config.url,
+            dialect=self.config.dialect,
+            model=self.config.model,
+            budget_tokens=self.config.budget_tokens,
+        )
         return meta
 
     def _timeout(self, ctx: PolicyContext | None) -> tuple[float, bool]:
@@ -187,7 +208,9 @@ class Teacher(Policy):
 
         def post(path: str, body: dict[str, Any]) -> Any:
             t, _ = self._timeout(ctx)
-            r = self._http().post(root + path, json=body, timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t)))
+            r = self._http().post(
+                root + path, json=body, timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t))
+            )
             r.raise_for_status()
             return r.json()
 
@@ -229,8 +252,9 @@ class Teacher(Policy):
 
         try:
             try:
-                prompt = serialize_prompt(state, ctx.history, self.options,
-                                          count_tokens=safe_count if count else None, scale=self._scale)
+                prompt = serialize_prompt(
+                    state, ctx.history, self.options, count_tokens=safe_count if count else None, scale=self._scale
+                )
             except _TokenizerFailed:
                 prompt = serialize_prompt(state, ctx.history, self.options, scale=1.0)
         except ValueError as exc:  # the budget cannot hold the fixed blocks
@@ -245,8 +269,11 @@ class Teacher(Policy):
         if not cfg.url:
             raise TeacherUnavailableError("teacher: no endpoint configured (set GNBSCHED_TEACHER_URL)")
         prompt: Prompt = obs if isinstance(obs, Prompt) else self.serialize(state, ctx)
-        ctx.info.update(teacher_prompt_tokens=prompt.tokens, teacher_token_source=prompt.token_source,
-                        teacher_answer_form=prompt.answer_form)
+        ctx.info.update(
+            teacher_prompt_tokens=prompt.tokens,
+            teacher_token_source=prompt.token_source,
+            teacher_answer_form=prompt.answer_form,
+        )
         if cfg.cache_size > 0:
             with self._cache_lock:
                 hit = self._cache.get(prompt.key)  # a hit counts as a use
@@ -258,8 +285,12 @@ class Teacher(Policy):
         text = self._complete(prompt, ctx)
         # one parse of the answer serves the unparsable test and the completion
         result = check(state, text) if cfg.fallback_on_unparsable or cfg.fill_unused else None
-        if cfg.fallback_on_unparsable and result is not None and result.violations \
-                and result.violations[0].kind == UNPARSABLE:
+        if (
+            cfg.fallback_on_unparsable
+            and result is not None
+            and result.violations
+            and result.violations[0].kind == UNPARSABLE
+        ):
             raise TeacherAnswerError(f"teacher answer is not JSON ({result.violations[0].message}): {text[:120]!r}")
         if cfg.cache_size > 0:
             with self._cache_lock:
@@ -292,16 +323,21 @@ class Teacher(Policy):
             body = request_body(cfg, prompt, seed=int(ctx.rng.integers(2**31)))
             self.stats["requests"] += 1
             try:
-                resp = self._http().post(cfg.chat_url(), json=body,
-                                         timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t)))
+                resp = self._http().post(
+                    cfg.chat_url(), json=body, timeout=httpx.Timeout(t, connect=min(cfg.connect_timeout_s, t))
+                )
             except httpx.TimeoutException as exc:
                 self.stats["errors"] += 1
                 if by_deadline:
-                    raise DeadlineExceededError(f"teacher: no answer within the slot's deadline ({t * 1e3:.0f} ms)") from exc
+                    raise DeadlineExceededError(
+                        f"teacher: no answer within the slot's deadline ({t * 1e3:.0f} ms)"
+                    ) from exc
                 raise TeacherUnavailableError(f"teacher: timed out after {t:.1f} s ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
                 self.stats["errors"] += 1
-                raise TeacherUnavailableError(f"teacher: {cfg.chat_url()} unreachable ({type(exc).__name__}: {exc})") from exc
+                raise TeacherUnavailableError(
+                    f"teacher: {cfg.chat_url()} unreachable ({type(exc).__name__}: {exc})"
+                ) from exc
         finally:
             self._slots.release()
         if resp.status_code != 200:
@@ -323,9 +359,14 @@ class Teacher(Policy):
         result = check(state, text)
         owner = repair(state, result)
         line = {
-            "kind": "teacher", "model": self.config.model, "time": time.time(),
-            "state": slot_to_dict(state), "messages": prompt.messages, "answer_form": prompt.answer_form,
-            "answer": text, "valid_before_repair": result.valid,
+            "kind": "teacher",
+            "model": self.config.model,
+            "time": time.time(),
+            "state": slot_to_dict(state),
+            "messages": prompt.messages,
+            "answer_form": prompt.answer_form,
+            "answer": text,
+            "valid_before_repair": result.valid,
             "violations": [v.kind for v in result.violations],
             "owner": np.asarray(owner, np.int64).tolist(),
         }

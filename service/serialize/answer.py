@@ -39,8 +39,7 @@ def owner_schema(state: SlotState) -> dict[str, Any]:
     r = state.num_res
     return {
         "type": "object",
-        "properties": {"owner": {"type": "array", "prefixItems": items, "items": False,
-                                 "minItems": r, "maxItems": r}},
+        "properties": {"owner": {"type": "array", "prefixItems": items, "items": False, "minItems": r, "maxItems": r}},
         "required": ["owner"],
         "additionalProperties": False,
         "$defs": {"user": {"enum": [*uids, None]}},
@@ -57,9 +56,13 @@ def allocation_schema(state: SlotState, users: np.ndarray, resources: np.ndarray
     res_def: dict[str, Any] = {"type": "array", "items": {"enum": rids}, "maxItems": cap, "uniqueItems": True}
     return {
         "type": "object",
-        "properties": {"allocation": {"type": "object",
-                                      "properties": {str(u): {"$ref": "#/$defs/resources"} for u in uids},
-                                      "additionalProperties": False}},
+        "properties": {
+            "allocation": {
+                "type": "object",
+                "properties": {str(u): {"$ref": "#/$defs/resources"} for u in uids},
+                "additionalProperties": False,
+            }
+        },
         "required": ["allocation"],
         "additionalProperties": False,
         "$defs": {"resources": res_def},
@@ -70,13 +73,27 @@ def compact_schema(state: SlotState, form: str) -> dict[str, Any]:
     """Structure of the answer without the id enumerations (shown when the exact one does not fit)."""
     if form == "owner":
         r = state.num_res
-        return {"type": "object", "properties": {"owner": {"type": "array", "minItems": r, "maxItems": r,
-                                                          "items": {"type": ["integer", "null"]}}},
-                "required": ["owner"]}
-    return {"type": "object", "properties": {"allocation": {
-        "type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"},
-                                                   "maxItems": state.max_resources_per_user}}},
-            "required": ["allocation"]}
+        return {
+            "type": "object",
+            "properties": {
+                "owner": {"type": "array", "minItems": r, "maxItems": r, "items": {"type": ["integer", "null"]}}
+            },
+            "required": ["owner"],
+        }
+    return {
+        "type": "object",
+        "properties": {
+            "allocation": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "maxItems": state.max_resources_per_user,
+                },
+            }
+        },
+        "required": ["allocation"],
+    }
 
 
 def _gbnf_alt(values: list[str]) -> str:
@@ -93,7 +110,7 @@ def gbnf_grammar(state: SlotState, form: str, users: np.ndarray, resources: np.n
     lines: list[str] = []
     if form == "owner":
         uids = [str(int(state.user_ids[u])) for u in np.flatnonzero(state.user_eligible)]
-        cells = ['item' if a else '"null"' for a in state.resource_available.tolist()]
+        cells = ["item" if a else '"null"' for a in state.resource_available.tolist()]
         body = ' "," ws '.join(cells)
         lines.append(f'root ::= "{{" ws "\\"owner\\"" ws ":" ws "[" ws {body} ws "]" ws "}}"')
         lines.append(f"item ::= {_gbnf_alt([*uids, 'null'])}")
@@ -123,7 +140,7 @@ def output_block(state: SlotState, form: str, schema: dict[str, Any], exact: boo
         order = " ".join(str(int(r)) for r in state.resource_ids)
         busy = [str(int(r)) for r in state.resource_ids[~state.resource_available]]
         pag = (
-            f"{marker}DCM: a list \"owner\" of exactly {state.num_res} entries, entry i for {res_word} id "
+            f'{marker}DCM: a list "owner" of exactly {state.num_res} entries, entry i for {res_word} id '
             f"number i of: {order}. Each entry is the id of an active user (the most critical are "
             f"listed above) or null "
             f"(null = {res_word} unused). Busy {res_word}s must be null"
@@ -132,7 +149,7 @@ def output_block(state: SlotState, form: str, schema: dict[str, Any], exact: boo
         )
     else:
         pag = (
-            f"{marker}DCM as a mapping \"allocation\": user id (string key) -> list of {res_word} ids. "
+            f'{marker}DCM as a mapping "allocation": user id (string key) -> list of {res_word} ids. '
             f"Use only active users and available {res_word}s listed above; each {res_word} at most "
             f"once over all users; at most {cap} {res_word}{'s' if cap > 1 else ''} per user; users "
             f"left out get nothing."

@@ -66,8 +66,9 @@ class _Layout:
     form: str
 
 
-def _render(layout: _Layout, rows: list[tuple[str, int, str]], state: SlotState, output: str,
-            opts: PromptOptions) -> list[dict[str, str]]:
+def _render(
+    layout: _Layout, rows: list[tuple[str, int, str]], state: SlotState, output: str, opts: PromptOptions
+) -> list[dict[str, str]]:
     users = [t for kind, _, t in rows if kind == "u"]
     res = [t for kind, _, t in rows if kind == "r"]
     flat_ids = [t for kind, _, t in rows if kind == "R"]
@@ -79,16 +80,17 @@ def _render(layout: _Layout, rows: list[tuple[str, int, str]], state: SlotState,
         head += "bit/RBG" if flat_ids else "best RBG=bits"
         parts.append(head + "; RBGs needed to empty the buffer; TTIs since last served")
     else:
-        parts.append(f"users ({len(users)} of {n_elig} active, strongest first): "
-                     f"id: rx power; best channel=Mbit/s")
+        parts.append(f"users ({len(users)} of {n_elig} active, strongest first): id: rx power; best channel=Mbit/s")
     parts.extend(users)
     if flat_ids:
         n_ids = sum(len(t.split()) for t in flat_ids)
         parts.append(f"available {res_word} ({n_ids} of {n_avail}; same rate on every {res_word[:-1]}):")
         parts.extend(flat_ids)
     else:
-        parts.append(f"available {res_word} ({len(res)} of {n_avail}, best first): id: bandwidth; "
-                     f"best user={'Mbit/s' if state.preset == 'spectrum' else 'bits'}")
+        parts.append(
+            f"available {res_word} ({len(res)} of {n_avail}, best first): id: bandwidth; "
+            f"best user={'Mbit/s' if state.preset == 'spectrum' else 'bits'}"
+        )
         parts.extend(res)
     parts.append(output)
     return _messages(layout.system, "\n".join(parts), opts)
@@ -99,13 +101,19 @@ def _subset(rows: list[tuple[str, int, str]], state: SlotState, resources: np.nd
     res: list[int] = [i for kind, i, _ in rows if kind == "r"]
     for kind, lo, text in rows:
         if kind == "R":
-            res.extend(int(r) for r in resources[lo:lo + len(text.split())])
+            res.extend(int(r) for r in resources[lo : lo + len(text.split())])
     return users, np.array(res, np.int64)
 
 
-def _fit(state: SlotState, layout: _Layout, all_rows: Iterator[tuple[str, int, str]],
-         resources: np.ndarray, opts: PromptOptions, row_budget: float, scale: float
-         ) -> tuple[list[tuple[str, int, str]], bool]:
+def _fit(
+    state: SlotState,
+    layout: _Layout,
+    all_rows: Iterator[tuple[str, int, str]],
+    resources: np.ndarray,
+    opts: PromptOptions,
+    row_budget: float,
+    scale: float,
+) -> tuple[list[tuple[str, int, str]], bool]:
     """Take rows in priority order while their (scaled) estimated cost fits ``row_budget``.
     Returns (rows, complete) where complete = every row was taken."""
     taken: list[tuple[str, int, str]] = []
@@ -151,7 +159,9 @@ def serialize_prompt(
     def est(msgs: list[dict[str, str]]) -> int:
         return estimate_tokens(text_of(msgs)) + overhead
 
-    def build(form: str, rows: list[tuple[str, int, str]]) -> tuple[list[dict[str, str]], dict, bool, np.ndarray, np.ndarray]:
+    def build(
+        form: str, rows: list[tuple[str, int, str]]
+    ) -> tuple[list[dict[str, str]], dict, bool, np.ndarray, np.ndarray]:
         u_sel, r_sel = _subset(rows, state, resources)
         exact = owner_schema(state) if form == "owner" else allocation_schema(state, u_sel, r_sel)
         msgs = _render(layout, rows, state, output_block(state, form, exact, True), opts)
@@ -164,8 +174,15 @@ def serialize_prompt(
         base = est(_render(layout, [], state, output_block(state, form, compact_schema(state, form), False), opts))
         if base * sc > budget:
             raise ValueError(f"the fixed prompt blocks need ~{base} tokens, over the budget of {budget}")
-        rows, _ = _fit(state, layout, detail_rows(state, view, opts, users, resources, flat), resources, opts,
-                       budget - base * sc, sc)
+        rows, _ = _fit(
+            state,
+            layout,
+            detail_rows(state, view, opts, users, resources, flat),
+            resources,
+            opts,
+            budget - base * sc,
+            sc,
+        )
         return rows
 
     # answer form: the owner form lists every resource position; its answer has R entries
@@ -210,6 +227,17 @@ def serialize_prompt(
 
     grammar = gbnf_grammar(state, form, u_sel, r_sel)
     key = hashlib.sha256((compact_json(msgs) + "\x00" + compact_json(schema)).encode()).hexdigest()
-    return Prompt(messages=msgs, schema=schema, grammar=grammar, answer_form=form, tokens=tokens,
-                  token_source=source, estimated_tokens=estimated, budget_tokens=budget, users=u_sel,
-                  resources=r_sel, exact_schema_in_prompt=exact, key=key)
+    return Prompt(
+        messages=msgs,
+        schema=schema,
+        grammar=grammar,
+        answer_form=form,
+        tokens=tokens,
+        token_source=source,
+        estimated_tokens=estimated,
+        budget_tokens=budget,
+        users=u_sel,
+        resources=r_sel,
+        exact_schema_in_prompt=exact,
+        key=key,
+    )

@@ -111,8 +111,14 @@ def statistics_block(state: SlotState, view: HistoryView | None, opts: PromptOpt
         rx = state.rx_power_dbm[elig]
         lines.append(f"received power (dBm) of active users: {_stats(rx)}")
         # SNR[u,c] = rx[u] - noise[c] over the product set: moments in closed form, O(N + R)
-        snr = "none" if rx.size == 0 else (f"max {_num(rx.max() - noise_dbm.min())}, min {_num(rx.min() - noise_dbm.max())}, "
-               f"mean {_num(rx.mean() - noise_dbm.mean())}, std {_num(float(np.sqrt(rx.var() + noise_dbm.var())))}")
+        snr = (
+            "none"
+            if rx.size == 0
+            else (
+                f"max {_num(rx.max() - noise_dbm.min())}, min {_num(rx.min() - noise_dbm.max())}, "
+                f"mean {_num(rx.mean() - noise_dbm.mean())}, std {_num(float(np.sqrt(rx.var() + noise_dbm.var())))}"
+            )
+        )
         lines.append(f"mean SNR (dB, before fading) over active pairs: {snr}")
     if state.spectral_efficiency is not None:
         se = state.spectral_efficiency
@@ -146,8 +152,11 @@ def user_priority(state: SlotState, view: HistoryView | None) -> np.ndarray:
         cap = min(state.max_resources_per_user, max(int(state.resource_available.sum()), 1))
         top = -np.sort(-np.where(np.isfinite(util), util, 0.0), axis=1)[:, :cap].sum(axis=1)
         key = top if state.buffer_bits is None else np.minimum(state.buffer_bits[users], top)
-        stale = np.zeros(users.size) if view is None else np.where(
-            view.last_served_slot[users] < 0, np.inf, state.slot - view.last_served_slot[users])
+        stale = (
+            np.zeros(users.size)
+            if view is None
+            else np.where(view.last_served_slot[users] < 0, np.inf, state.slot - view.last_served_slot[users])
+        )
         order = np.lexsort((users, -stale, -key))
     else:
         order = np.lexsort((users, -best))
@@ -207,8 +216,14 @@ def _resource_row(state: SlotState, r: int, opts: PromptOptions) -> str:
     return f"{rid}: " + "; ".join(parts)
 
 
-def detail_rows(state: SlotState, view: HistoryView | None, opts: PromptOptions,
-          users: np.ndarray, resources: np.ndarray, flat: bool) -> Iterator[tuple[str, int, str]]:
+def detail_rows(
+    state: SlotState,
+    view: HistoryView | None,
+    opts: PromptOptions,
+    users: np.ndarray,
+    resources: np.ndarray,
+    flat: bool,
+) -> Iterator[tuple[str, int, str]]:
     """Detail rows in priority order: ("u"|"r", index, text) interleaved so that both lists
     advance in proportion to their lengths. In the flat case resources need no row of their own
     (their ids are listed in chunks)."""
@@ -219,10 +234,10 @@ def detail_rows(state: SlotState, view: HistoryView | None, opts: PromptOptions,
                 yield "u", int(users[i]), _user_row(state, int(users[i]), view, opts, flat)
             lo = i * chunk
             if lo < resources.size:
-                ids = resources[lo:lo + chunk]
+                ids = resources[lo : lo + chunk]
                 yield "R", lo, " ".join(str(int(state.resource_ids[r])) for r in ids)
         for lo in range((max(users.size, 1)) * chunk, resources.size, chunk):
-            ids = resources[lo:lo + chunk]
+            ids = resources[lo : lo + chunk]
             yield "R", lo, " ".join(str(int(state.resource_ids[r])) for r in ids)
         return
     nu, nr = users.size, resources.size

@@ -16,13 +16,18 @@ from service.types import SlotState
 
 SLOT_FORMAT = 1
 
+
 def _arr(a: np.ndarray | None) -> Any:
     """Small arrays as lists; large float arrays (the utility matrix) as base64 float64 (exact)."""
     if a is None:
         return None
     a = np.asarray(a)
     if a.dtype == np.float64 and a.size > 64:
-        return {"dtype": "float64", "shape": list(a.shape), "b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()}
+        return {
+            "dtype": "float64",
+            "shape": list(a.shape),
+            "b64": base64.b64encode(np.ascontiguousarray(a).tobytes()).decode(),
+        }
     return a.tolist()
 
 
@@ -44,13 +49,20 @@ def slot_to_dict(state: SlotState) -> dict[str, Any]:
     same utility back bit for bit."""
     return {
         "format": SLOT_FORMAT,
-        "preset": state.preset, "cell_id": state.cell_id, "slot": state.slot, "tti_s": state.tti_s,
-        "user_ids": state.user_ids.tolist(), "resource_ids": state.resource_ids.tolist(),
+        "preset": state.preset,
+        "cell_id": state.cell_id,
+        "slot": state.slot,
+        "tti_s": state.tti_s,
+        "user_ids": state.user_ids.tolist(),
+        "resource_ids": state.resource_ids.tolist(),
         "utility": _arr(state.utility),
-        "resource_available": state.resource_available.tolist(), "user_eligible": state.user_eligible.tolist(),
+        "resource_available": state.resource_available.tolist(),
+        "user_eligible": state.user_eligible.tolist(),
         "max_resources_per_user": state.max_resources_per_user,
-        "bandwidth_hz": _arr(state.bandwidth_hz), "buffer_bits": _arr(state.buffer_bits),
-        "rx_power_dbm": _arr(state.rx_power_dbm), "spectral_efficiency": _arr(state.spectral_efficiency),
+        "bandwidth_hz": _arr(state.bandwidth_hz),
+        "buffer_bits": _arr(state.buffer_bits),
+        "rx_power_dbm": _arr(state.rx_power_dbm),
+        "spectral_efficiency": _arr(state.spectral_efficiency),
     }
 
 
@@ -66,10 +78,18 @@ def slot_from_dict(d: dict[str, Any]) -> SlotState:
         raise ValueError("slot record without utility or bandwidth_hz")
     util = util.reshape(uids.size, rids.size)
     return SlotState(
-        preset=d["preset"], user_ids=uids, resource_ids=rids, utility=util,
-        resource_available=np.asarray(d["resource_available"], bool), user_eligible=np.asarray(d["user_eligible"], bool),
+        preset=d["preset"],
+        user_ids=uids,
+        resource_ids=rids,
+        utility=util,
+        resource_available=np.asarray(d["resource_available"], bool),
+        user_eligible=np.asarray(d["user_eligible"], bool),
         max_resources_per_user=int(d["max_resources_per_user"]),
-        bandwidth_hz=bw, buffer_bits=_unarr(d.get("buffer_bits"), np.float64),
+        bandwidth_hz=bw,
+        buffer_bits=_unarr(d.get("buffer_bits"), np.float64),
         rx_power_dbm=_unarr(d.get("rx_power_dbm"), np.float64),
         spectral_efficiency=_unarr(d.get("spectral_efficiency"), np.float64),
-        cell_id=str(d.get("cell_id", "cell-0")), slot=int(d.get("slot", 0)), tti_s=float(d.get("tti_s", 0.0005)))
+        cell_id=str(d.get("cell_id", "cell-0")),
+        slot=int(d.get("slot", 0)),
+        tti_s=float(d.get("tti_s", 0.0005)),
+    )

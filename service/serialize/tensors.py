@@ -99,7 +99,12 @@ INPUT_NAMES: tuple[str, ...] = ("global_feats", "user_feats", "res_feats", "pair
 #: ONNX output name: logits [B, R, N+1] (column 0 = leave the resource unused)
 OUTPUT_NAME = "logits"
 
-NUM_GLOBAL, NUM_USER, NUM_RES, NUM_PAIR = len(GLOBAL_FEATURES), len(USER_FEATURES), len(RESOURCE_FEATURES), len(PAIR_FEATURES)
+NUM_GLOBAL, NUM_USER, NUM_RES, NUM_PAIR = (
+    len(GLOBAL_FEATURES),
+    len(USER_FEATURES),
+    len(RESOURCE_FEATURES),
+    len(PAIR_FEATURES),
+)
 
 _LOG_MAX_COUNT = float(np.log1p(4096.0))
 _LOG_STALE = float(np.log1p(1000.0))

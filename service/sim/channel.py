@@ -107,8 +107,7 @@ class UeChannel:
 
     __slots__ = ("_cdf", "_lo", "_span", "_u", "next_change_s", "state")
 
-    def __init__(self, cfg: ChannelConfig, u: UniformStream, t0_s: float, *,
-                 fixed_state: int | None = None) -> None:
+    def __init__(self, cfg: ChannelConfig, u: UniformStream, t0_s: float, *, fixed_state: int | None = None) -> None:
         self._u = u
         self._cdf = np.cumsum(np.asarray(cfg.transition, dtype=np.float64), axis=1)
         self._lo, hi = cfg.change_interval_s

@@ -140,9 +140,18 @@ class Llm4MacEnv(SlotEnv):
         unrec = np.array([u.unreceived() for u in self.ues], dtype=np.float64)
         elig = np.array([u.kind != "legacy" and not u.acked for u in self.ues]) & (unrec > 0)
         buf = np.where([u.kind != "legacy" for u in self.ues], unrec * cfg.dpdu_bits, 0.0)
-        return make_slot("mac", np.arange(1, n + 1), [0], utility=np.full((n, 1), float(cfg.dpdu_bits)),
-                         buffer_bits=buf, user_eligible=elig, max_resources_per_user=1,
-                         cell_id=cfg.cell_id, slot=self.tti, tti_s=cfg.tti_s)
+        return make_slot(
+            "mac",
+            np.arange(1, n + 1),
+            [0],
+            utility=np.full((n, 1), float(cfg.dpdu_bits)),
+            buffer_bits=buf,
+            user_eligible=elig,
+            max_resources_per_user=1,
+            cell_id=cfg.cell_id,
+            slot=self.tti,
+            tti_s=cfg.tti_s,
+        )
 
     def reset(self, seed: int | None = None) -> SlotState:
         """New episode. ``reset(seed=s)`` restarts episode 0 of seed ``s`` (same seed ⇒ same
@@ -190,7 +199,8 @@ class Llm4MacEnv(SlotEnv):
             if u.acked:
                 actions.append("delete")
             elif u.unreceived() > 0 and (
-                    (u.kind != "legacy" and granted == i + 1) or (u.kind == "legacy" and a_draw < u.aloha_p)):
+                (u.kind != "legacy" and granted == i + 1) or (u.kind == "legacy" and a_draw < u.aloha_p)
+            ):
                 actions.append("transmit")
             else:
                 actions.append("idle")
@@ -229,8 +239,13 @@ class Llm4MacEnv(SlotEnv):
         self.tti += 1
         self._done = self.tti >= cfg.episode_tti
         self._state = self._observe()
-        info: dict[str, Any] = {"actions": actions, "collision": len(tx) > 1, "idle": not tx, "drops": drops,
-                                "delivered_bits": delivered}
+        info: dict[str, Any] = {
+            "actions": actions,
+            "collision": len(tx) > 1,
+            "idle": not tx,
+            "drops": drops,
+            "delivered_bits": delivered,
+        }
         return StepResult(self._state, feedback, reward, self._done, info)
 
     def kpis(self) -> dict[str, float]:

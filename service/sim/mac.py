@@ -59,11 +59,19 @@ class MacEnv(SlotEnv):
         k = self._next_index
         self._next_index += 1
         ue_id = k + 1
-        fixed = None if cfg.fixed_channel_states is None else cfg.fixed_channel_states[k % len(cfg.fixed_channel_states)]
+        fixed = (
+            None if cfg.fixed_channel_states is None else cfg.fixed_channel_states[k % len(cfg.fixed_channel_states)]
+        )
         ch = UeChannel(cfg.channel, stream(self.seed, STREAM_CHANNEL, ue_id), self.tti * cfg.tti_s, fixed_state=fixed)
-        return MacUe(ue_id, cfg.followers[k % len(cfg.followers)], cfg.traffic[k % len(cfg.traffic)], ch,
-                     seed=self.seed, joined_tti=self.tti,
-                     initial_dpdu=cfg.buffer_dpdu if cfg.full_buffer else 0)
+        return MacUe(
+            ue_id,
+            cfg.followers[k % len(cfg.followers)],
+            cfg.traffic[k % len(cfg.traffic)],
+            ch,
+            seed=self.seed,
+            joined_tti=self.tti,
+            initial_dpdu=cfg.buffer_dpdu if cfg.full_buffer else 0,
+        )
 
     def _target_num_ue(self) -> int:
         cfg = self.cfg

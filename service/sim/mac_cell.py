@@ -55,8 +55,9 @@ def partition_max_bits(cfg: MacConfig, num_available: int) -> float:
     return num_available * cfg.max_bits_per_rbg
 
 
-def observe_cell(cfg: MacConfig, ues: list[MacUe], pool: np.ndarray, tti: int, cell_id: str,
-                 rbg_ids: np.ndarray | None = None) -> SlotState:
+def observe_cell(
+    cfg: MacConfig, ues: list[MacUe], pool: np.ndarray, tti: int, cell_id: str, rbg_ids: np.ndarray | None = None
+) -> SlotState:
     """The base station's view at the start of TTI ``tti`` (see module doc, step 1).
 
     ues: the UEs attached to the cell, sorted by id; pool: bool [R], RBGs this cell may use.
@@ -68,13 +69,24 @@ def observe_cell(cfg: MacConfig, ues: list[MacUe], pool: np.ndarray, tti: int, c
     elig = np.array([u.schedulable for u in ues], dtype=bool) & (buf > 0)
     ids = np.array([u.ue_id for u in ues], dtype=np.int64)
     rids = np.arange(pool.size, dtype=np.int64) if rbg_ids is None else rbg_ids
-    return make_slot("mac", ids, rids, spectral_efficiency=se, buffer_bits=buf, user_eligible=elig,
-                     resource_available=pool, rb_per_rbg=cfg.rb_per_rbg, cell_id=cell_id, slot=tti,
-                     tti_s=cfg.tti_s)
+    return make_slot(
+        "mac",
+        ids,
+        rids,
+        spectral_efficiency=se,
+        buffer_bits=buf,
+        user_eligible=elig,
+        resource_available=pool,
+        rb_per_rbg=cfg.rb_per_rbg,
+        cell_id=cell_id,
+        slot=tti,
+        tti_s=cfg.tti_s,
+    )
 
 
-def play_cell_tti(cfg: MacConfig, ues: list[MacUe], owner: np.ndarray, pool: np.ndarray, tti: int,
-                  stats: MacStats) -> tuple[dict[int, float], dict[str, Any], float]:
+def play_cell_tti(
+    cfg: MacConfig, ues: list[MacUe], owner: np.ndarray, pool: np.ndarray, tti: int, stats: MacStats
+) -> tuple[dict[int, float], dict[str, Any], float]:
     """Play TTI ``tti`` of one cell under DCM ``owner`` [R] (steps 3–6 of the module doc).
 
     ues: the UEs the DCM's tokens refer to (token k = ues[k-1]); pool: bool [R].
@@ -131,8 +143,11 @@ def play_cell_tti(cfg: MacConfig, ues: list[MacUe], owner: np.ndarray, pool: np.
         elif u.kind == "dictator":
             tx = g
         else:
-            tx = g[:agentic_rbg_count(len(g), tbs, buf, num_rbg=num_res, dpdu_bits=dpdu, c1=cfg.c1, c2=cfg.c2,
-                                      tbler=cfg.tbler)]
+            tx = g[
+                : agentic_rbg_count(
+                    len(g), tbs, buf, num_rbg=num_res, dpdu_bits=dpdu, c1=cfg.c1, c2=cfg.c2, tbler=cfg.tbler
+                )
+            ]
         if u.schedulable:
             stats.granted_rbgs += len(g)
             declined += len(g) - len(tx)
@@ -210,7 +225,16 @@ def play_cell_tti(cfg: MacConfig, ues: list[MacUe], owner: np.ndarray, pool: np.
     stats.utility_t.append(utility)
     stats.thr_scaled_t.append(thr_scaled)
     stats.jfi_t.append(jfi)
-    info = {"delivered_bits": delivered_total, "used_rbgs": used, "collided_rbgs": n_clash,
-            "collisions": n_collided_tbs, "erasures": n_erased, "drops": dropped, "declined_rbgs": declined,
-            "num_ue": len(ues), "throughput_scaled": thr_scaled, "jfi": jfi}
+    info = {
+        "delivered_bits": delivered_total,
+        "used_rbgs": used,
+        "collided_rbgs": n_clash,
+        "collisions": n_collided_tbs,
+        "erasures": n_erased,
+        "drops": dropped,
+        "declined_rbgs": declined,
+        "num_ue": len(ues),
+        "throughput_scaled": thr_scaled,
+        "jfi": jfi,
+    }
     return feedback, info, utility

@@ -63,9 +63,24 @@ class MacStats:
             setattr(out, name, list(np.sum([getattr(c, name) for c in cells], axis=0)))
         for name in ("utility_t", "thr_scaled_t", "jfi_t"):
             setattr(out, name, list(np.mean([getattr(c, name) for c in cells], axis=0)))
-        for name in ("tx_tbs", "ok_tbs", "collided_tbs", "erased_tbs", "collided_rbgs", "granted_rbgs",
-                     "declined_rbgs", "padding_rbgs", "arrived_dpdus", "completed_dpdus", "dropped_dpdus",
-                     "departed_dpdus", "queue_sum", "queue_n", "follower_utility_sum", "follower_utility_n"):
+        for name in (
+            "tx_tbs",
+            "ok_tbs",
+            "collided_tbs",
+            "erased_tbs",
+            "collided_rbgs",
+            "granted_rbgs",
+            "declined_rbgs",
+            "padding_rbgs",
+            "arrived_dpdus",
+            "completed_dpdus",
+            "dropped_dpdus",
+            "departed_dpdus",
+            "queue_sum",
+            "queue_n",
+            "follower_utility_sum",
+            "follower_utility_n",
+        ):
             setattr(out, name, sum(getattr(c, name) for c in cells))
         out.queue_max = max(c.queue_max for c in cells)
         out.latencies = [x for c in cells for x in c.latencies]
@@ -109,8 +124,9 @@ class MacStats:
             "erasure_rate": kpi.packet_success_rate(self.erased_tbs, non_collided),
             "declined_rbgs_per_tti": self.declined_rbgs / ttis if ttis else math.nan,
             "padding_rbgs_per_tti": self.padding_rbgs / ttis if ttis else math.nan,
-            "follower_utility": (self.follower_utility_sum / self.follower_utility_n
-                                 if self.follower_utility_n else math.nan),
+            "follower_utility": (
+                self.follower_utility_sum / self.follower_utility_n if self.follower_utility_n else math.nan
+            ),
             "delivered_dpdus": float(self.completed_dpdus),
             "arrived_dpdus": float(self.arrived_dpdus),
             "departed_dpdus": float(self.departed_dpdus),

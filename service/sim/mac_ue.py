@@ -23,8 +23,17 @@ from service.sim.traffic import TrafficSpec
 STREAM_CHANNEL, STREAM_TRAFFIC, STREAM_ERASURE, STREAM_ALOHA, STREAM_PHASE, STREAM_POPULATION = range(6)
 
 
-def agentic_rbg_count(granted: int, tbs_per_rbg: float, buffer_bits: float, *, num_rbg: int,
-                      dpdu_bits: float, c1: float, c2: float, tbler: float = 0.0) -> int:
+def agentic_rbg_count(
+    granted: int,
+    tbs_per_rbg: float,
+    buffer_bits: float,
+    *,
+    num_rbg: int,
+    dpdu_bits: float,
+    c1: float,
+    c2: float,
+    tbler: float = 0.0,
+) -> int:
     """Agentic follower's response to a grant of ``granted`` RBGs: how many of them to use.
 
     The UE never withholds data the grant can carry (it would only defer it: its long-run
@@ -49,11 +58,35 @@ def agentic_rbg_count(granted: int, tbs_per_rbg: float, buffer_bits: float, *, n
 class MacUe:
     """One UE: FIFO of dPDU generation TTIs, channel, traffic and follower state."""
 
-    __slots__ = ("aloha_p", "channel", "cum_rbgs", "delivered_bits", "fifo", "hol_sent_bits", "joined_tti",
-                 "kind", "phase", "present_ttis", "spec", "u_aloha", "u_erasure", "u_traffic", "ue_id")
+    __slots__ = (
+        "aloha_p",
+        "channel",
+        "cum_rbgs",
+        "delivered_bits",
+        "fifo",
+        "hol_sent_bits",
+        "joined_tti",
+        "kind",
+        "phase",
+        "present_ttis",
+        "spec",
+        "u_aloha",
+        "u_erasure",
+        "u_traffic",
+        "ue_id",
+    )
 
-    def __init__(self, ue_id: int, kind: str, spec: TrafficSpec, channel: UeChannel, *, seed: int,
-                 joined_tti: int, initial_dpdu: int = 0) -> None:
+    def __init__(
+        self,
+        ue_id: int,
+        kind: str,
+        spec: TrafficSpec,
+        channel: UeChannel,
+        *,
+        seed: int,
+        joined_tti: int,
+        initial_dpdu: int = 0,
+    ) -> None:
         self.ue_id = ue_id
         self.kind = kind
         self.spec = spec

@@ -48,8 +48,15 @@ PARTITION_STRATEGIES: tuple[str, ...] = ("equal", "proportional", "random")
 _P_PARTITION, _P_HANDOVER, _P_MC_CHANNEL = 10, 11, 12
 
 
-def partition_rbgs(strategy: str, num_rbg: int, num_cells: int, *, demand: np.ndarray | None = None,
-                   uniform: np.ndarray | None = None, min_rbg_per_cell: int = 1) -> np.ndarray:
+def partition_rbgs(
+    strategy: str,
+    num_rbg: int,
+    num_cells: int,
+    *,
+    demand: np.ndarray | None = None,
+    uniform: np.ndarray | None = None,
+    min_rbg_per_cell: int = 1,
+) -> np.ndarray:
     """Tier-0 partition of a pool of ``num_rbg`` RBGs among ``num_cells`` cells.
 
     demand: float [C] (proportional); uniform: float [R] U(0,1) draws (random).
@@ -152,15 +159,27 @@ class MultiCellEnv:
         self._u_handover: dict[int, UniformStream] = {}
         k = 0
         creations: list[tuple[int, tuple[int, int] | None]] = [
-            (c, None) for c in range(cfg.num_cells) for _ in range(cfg.local_ue_per_cell)]
+            (c, None) for c in range(cfg.num_cells) for _ in range(cfg.local_ue_per_cell)
+        ]
         if cfg.num_cells >= 2:
             creations += [(c, (c, (c + 1) % cfg.num_cells)) for c in range(cfg.num_cells)]
         for home, pair in creations:
             ue_id = k + 1
-            fixed = None if cell.fixed_channel_states is None else cell.fixed_channel_states[k % len(cell.fixed_channel_states)]
+            fixed = (
+                None
+                if cell.fixed_channel_states is None
+                else cell.fixed_channel_states[k % len(cell.fixed_channel_states)]
+            )
             ch = UeChannel(cell.channel, stream(seed, _P_MC_CHANNEL, ue_id), 0.0, fixed_state=fixed)
-            ue = MacUe(ue_id, cell.followers[k % len(cell.followers)], cell.traffic[k % len(cell.traffic)], ch,
-                       seed=seed, joined_tti=0, initial_dpdu=cell.buffer_dpdu if cell.full_buffer else 0)
+            ue = MacUe(
+                ue_id,
+                cell.followers[k % len(cell.followers)],
+                cell.traffic[k % len(cell.traffic)],
+                ch,
+                seed=seed,
+                joined_tti=0,
+                initial_dpdu=cell.buffer_dpdu if cell.full_buffer else 0,
+            )
             self.ues.append(ue)
             self.serving[ue_id] = home
             if pair is not None:
@@ -183,8 +202,14 @@ class MultiCellEnv:
     def _partition(self) -> np.ndarray:
         cfg = self.cfg
         u = np.array([self._u_part.next() for _ in range(cfg.num_rbg)])  # drawn for every strategy
-        return partition_rbgs(cfg.partition, cfg.num_rbg, cfg.num_cells, demand=self.demand_bits(),
-                              uniform=u, min_rbg_per_cell=cfg.min_rbg_per_cell)
+        return partition_rbgs(
+            cfg.partition,
+            cfg.num_rbg,
+            cfg.num_cells,
+            demand=self.demand_bits(),
+            uniform=u,
+            min_rbg_per_cell=cfg.min_rbg_per_cell,
+        )
 
     def cell_ues(self, c: int) -> list[MacUe]:
         """UEs attached to cell ``c``, sorted by id (the order of its SlotState's users)."""
@@ -193,8 +218,10 @@ class MultiCellEnv:
     def _observe(self) -> list[SlotState]:
         rids = np.arange(self.cfg.num_rbg, dtype=np.int64)
         self._cell_ues = [self.cell_ues(c) for c in range(self.cfg.num_cells)]
-        return [observe_cell(self.cfg.cell, self._cell_ues[c], self.partition == c, self.tti, f"cell-{c}", rids)
-                for c in range(self.cfg.num_cells)]
+        return [
+            observe_cell(self.cfg.cell, self._cell_ues[c], self.partition == c, self.tti, f"cell-{c}", rids)
+            for c in range(self.cfg.num_cells)
+        ]
 
     # -- env -----------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> list[SlotState]:
@@ -215,8 +242,11 @@ class MultiCellEnv:
             if raw_valid is not None:
                 self.stats[c].valid.append(bool(raw_valid[c]))
             before = self.stats[c].arrived_dpdus
-            results.append(play_cell_tti(cfg.cell, self._cell_ues[c], np.asarray(owners[c]), self.partition == c,
-                                         self.tti, self.stats[c]))
+            results.append(
+                play_cell_tti(
+                    cfg.cell, self._cell_ues[c], np.asarray(owners[c]), self.partition == c, self.tti, self.stats[c]
+                )
+            )
             self._arrived_bits[c] += (self.stats[c].arrived_dpdus - before) * cfg.cell.dpdu_bits
         self.tti += 1
         for uid, (a, b) in self.edge_pair.items():  # hand-overs at the TTI boundary
@@ -227,8 +257,7 @@ class MultiCellEnv:
             self._arrived_bits[:] = 0.0
         self._states = self._observe()
         self._done = cfg.cell.episode_tti is not None and self.tti >= cfg.cell.episode_tti
-        steps = [StepResult(self._states[c], fb, util, self._done, info)
-                 for c, (fb, info, util) in enumerate(results)]
+        steps = [StepResult(self._states[c], fb, util, self._done, info) for c, (fb, info, util) in enumerate(results)]
         return MultiStepResult(steps, float(np.mean([r[2] for r in results])), self.partition.copy(), self._done)
 
     @property

@@ -164,8 +164,9 @@ def make_spectrum_env(name: str, seed: int = 0, **overrides: Any) -> SpectrumEnv
 # --------------------------------------------------------------------------------- kernels
 
 
-def sample_user_distances(rng: np.random.Generator, num_ue: int, cell_radius_m: float,
-                          min_distance_m: float) -> np.ndarray:
+def sample_user_distances(
+    rng: np.random.Generator, num_ue: int, cell_radius_m: float, min_distance_m: float
+) -> np.ndarray:
     """Distances [num_ue] (m) of points uniform in the annulus ``[min_distance_m, cell_radius_m]``.
 
     Uniform in area: ``d = sqrt(U·(R² − r0²) + r0²)``, U ~ U[0, 1).
@@ -200,8 +201,9 @@ def sample_occupancy(rng: np.random.Generator, cfg: SpectrumConfig) -> np.ndarra
     return busy
 
 
-def step_activity(rng: np.random.Generator, active: np.ndarray, activation_prob: float,
-                  deactivation_prob: float) -> np.ndarray:
+def step_activity(
+    rng: np.random.Generator, active: np.ndarray, activation_prob: float, deactivation_prob: float
+) -> np.ndarray:
     """One slot of the per-user ON/OFF Markov chain. active: bool [N] -> bool [N]."""
     u = rng.random(active.shape[0])
     return np.where(active, u >= deactivation_prob, u < activation_prob)
@@ -282,15 +284,22 @@ class SpectrumEnv(SlotEnv):
         self.distance_m = np.hypot(self.positions_m[:, 0], self.positions_m[:, 1])  # [N]
         self.bandwidth_hz = topo.uniform(cfg.min_bandwidth_hz, cfg.max_bandwidth_hz, cfg.num_channels)  # [R]
         self.rx_power_dbm = phy.rx_power_dbm(
-            self.distance_m, tx_power_dbm=cfg.tx_power_dbm, tx_gain_dbi=cfg.tx_gain_dbi,
-            rx_gain_dbi=cfg.rx_gain_dbi, carrier_hz=cfg.carrier_hz, pathloss_exponent=cfg.pathloss_exponent)
+            self.distance_m,
+            tx_power_dbm=cfg.tx_power_dbm,
+            tx_gain_dbi=cfg.tx_gain_dbi,
+            rx_gain_dbi=cfg.rx_gain_dbi,
+            carrier_hz=cfg.carrier_hz,
+            pathloss_exponent=cfg.pathloss_exponent,
+        )
         n = self.num_ue
         self.user_ids = np.arange(1, n + 1, dtype=np.int64)
         self.channel_ids = np.arange(1, cfg.num_channels + 1, dtype=np.int64)
         if cfg.interference_dbm is None:
             self.interference_dbm = None
         else:
-            self.interference_dbm = np.broadcast_to(np.asarray(cfg.interference_dbm, np.float64), (cfg.num_channels,)).copy()
+            self.interference_dbm = np.broadcast_to(
+                np.asarray(cfg.interference_dbm, np.float64), (cfg.num_channels,)
+            ).copy()
         # activity starts from the chain's stationary distribution
         self.active = (act.random(n) < cfg.stationary_active_prob) if cfg.bursty else np.ones(n, bool)
         self._slot = 0
@@ -317,11 +326,20 @@ class SpectrumEnv(SlotEnv):
             fading = self._rng_fading.exponential(1.0, size=(self.num_ue, cfg.num_channels))  # [N, R]
         self.fading_gain = fading  # the slot's g[u, c] (None = flat), kept for inspection
         return make_slot(
-            "spectrum", self.user_ids, self.channel_ids,
-            bandwidth_hz=self.bandwidth_hz, resource_available=~busy, user_eligible=self.active,
-            max_resources_per_user=cfg.max_channels_per_user, rx_power_dbm=self.rx_power_dbm,
-            fading_gain=fading, interference_dbm=self.interference_dbm,
-            noise_density_dbm_hz=cfg.noise_density_dbm_hz, cell_id=cfg.cell_id, slot=self._slot)
+            "spectrum",
+            self.user_ids,
+            self.channel_ids,
+            bandwidth_hz=self.bandwidth_hz,
+            resource_available=~busy,
+            user_eligible=self.active,
+            max_resources_per_user=cfg.max_channels_per_user,
+            rx_power_dbm=self.rx_power_dbm,
+            fading_gain=fading,
+            interference_dbm=self.interference_dbm,
+            noise_density_dbm_hz=cfg.noise_density_dbm_hz,
+            cell_id=cfg.cell_id,
+            slot=self._slot,
+        )
 
     def step(self, owner: np.ndarray) -> StepResult:
         state = self.state
@@ -340,8 +358,11 @@ class SpectrumEnv(SlotEnv):
         t.active_user_slots += int(state.user_eligible.sum())
         t.per_user_bits += served_bps * self.slot_s
         t.ever_active |= state.user_eligible
-        info: dict[str, Any] = {"violations": violations, "active_users": int(state.user_eligible.sum()),
-                                "free_channels": int(free.sum())}
+        info: dict[str, Any] = {
+            "violations": violations,
+            "active_users": int(state.user_eligible.sum()),
+            "free_channels": int(free.sum()),
+        }
         if self.config.references:
             km_bps, rand_bps = self.reference_utilities(state)
             t.km_bps += km_bps

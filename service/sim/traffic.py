@@ -95,9 +95,16 @@ def bursty_arrivals(tti: int, cycle_tti: np.ndarray, batch_dpdu: np.ndarray, pha
     return np.where(hit, np.asarray(batch_dpdu, dtype=np.int64), 0)
 
 
-def arrivals(tti: int, kind: np.ndarray, p_arrival: np.ndarray, period_tti: np.ndarray,
-             batch_dpdu: np.ndarray, cycle_tti: np.ndarray, phase: np.ndarray,
-             uniform: np.ndarray) -> np.ndarray:
+def arrivals(
+    tti: int,
+    kind: np.ndarray,
+    p_arrival: np.ndarray,
+    period_tti: np.ndarray,
+    batch_dpdu: np.ndarray,
+    cycle_tti: np.ndarray,
+    phase: np.ndarray,
+    uniform: np.ndarray,
+) -> np.ndarray:
     """dPDUs arriving at each UE in TTI ``tti`` for a mixed population.
 
     kind: int [N] codes of ``KIND_CODES``; the other arrays [N] hold each UE's parameters
@@ -112,8 +119,14 @@ def arrivals(tti: int, kind: np.ndarray, p_arrival: np.ndarray, period_tti: np.n
 _MIX_RE = re.compile(r"^(\d+)([BPO])$")
 
 
-def parse_mix(mix: str, *, p_arrival: tuple[float, ...] = DEFAULT_P_ARRIVAL, period_tti: int = 2,
-              batch_dpdu: int = 8, cycle_tti: int = 16) -> tuple[TrafficSpec, ...]:
+def parse_mix(
+    mix: str,
+    *,
+    p_arrival: tuple[float, ...] = DEFAULT_P_ARRIVAL,
+    period_tti: int = 2,
+    batch_dpdu: int = 8,
+    cycle_tti: int = 16,
+) -> tuple[TrafficSpec, ...]:
     """Traffic composition in the notation of Table III -> one spec per UE.
 
     ``"3B/1P/1O"`` = 3 Bernoulli UEs (``p_a`` cycling over ``p_arrival``), 1 periodic, 1 bursty

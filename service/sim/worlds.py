@@ -152,17 +152,20 @@ class Family:
 
 
 #: mac families (name -> Family); ``HELD_OUT`` names those never drawn in training
-MAC_FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("markov3-bernoulli", "markov3", "bernoulli"),
-    Family("rayleigh-full_buffer", "rayleigh", "full_buffer", (1.0, 1.0)),
-    Family("rayleigh-periodic", "rayleigh", "periodic"),
-    Family("rayleigh-mixture", "rayleigh", "mixture"),
-    Family("los_mix-bernoulli", "los_mix", "bernoulli"),
-    Family("los_mix-mixture", "los_mix", "mixture"),
-    # held out: a channel model and a traffic model that training never sees
-    Family("rician-periodic", "rician", "periodic"),
-    Family("rayleigh-bursty", "rayleigh", "bursty"),
-)}
+MAC_FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("markov3-bernoulli", "markov3", "bernoulli"),
+        Family("rayleigh-full_buffer", "rayleigh", "full_buffer", (1.0, 1.0)),
+        Family("rayleigh-periodic", "rayleigh", "periodic"),
+        Family("rayleigh-mixture", "rayleigh", "mixture"),
+        Family("los_mix-bernoulli", "los_mix", "bernoulli"),
+        Family("los_mix-mixture", "los_mix", "mixture"),
+        # held out: a channel model and a traffic model that training never sees
+        Family("rician-periodic", "rician", "periodic"),
+        Family("rayleigh-bursty", "rayleigh", "bursty"),
+    )
+}
 #: spectrum families (name -> description); see ``spectrum_instance``
 SPECTRUM_FAMILIES: dict[str, str] = {
     "lsa-disc": "LSA disc: PPP users, log-distance pathloss (α = 3.5), Rayleigh fading, bandwidths U[1, 10] MHz",
@@ -186,9 +189,16 @@ def training_families(preset: str) -> tuple[str, ...]:
     return tuple(f for f in fams if f not in HELD_OUT[preset])
 
 
-def random_world(family: str, rng: np.random.Generator, *, num_ue: int | None = None, num_rbg: int | None = None,
-                 load: float | None = None, unit_scale: float | None = None,
-                 episode_slots: int | None = None) -> WorldConfig:
+def random_world(
+    family: str,
+    rng: np.random.Generator,
+    *,
+    num_ue: int | None = None,
+    num_rbg: int | None = None,
+    load: float | None = None,
+    unit_scale: float | None = None,
+    episode_slots: int | None = None,
+) -> WorldConfig:
     """A world of ``family`` with the free parameters drawn from their training ranges:
     N log-uniform in [2, 128], R uniform in [4, 69], load uniform in the family's range,
     numerology 15 / 30 kHz, RBG of 2-16 PRBs, unit scale log-uniform over six decades."""
@@ -196,16 +206,26 @@ def random_world(family: str, rng: np.random.Generator, *, num_ue: int | None = 
     n = num_ue if num_ue is not None else round(math.exp(rng.uniform(math.log(2), math.log(128))))
     r = num_rbg if num_rbg is not None else int(rng.integers(4, 70))
     return WorldConfig(
-        channel=fam.channel, traffic=fam.traffic, num_ue=n, num_rbg=r,
+        channel=fam.channel,
+        traffic=fam.traffic,
+        num_ue=n,
+        num_rbg=r,
         load=load if load is not None else float(rng.uniform(*fam.load)),
-        prb_per_rbg=int(rng.choice([2, 4, 8, 16])), scs_hz=float(rng.choice([15e3, 30e3])),
+        prb_per_rbg=int(rng.choice([2, 4, 8, 16])),
+        scs_hz=float(rng.choice([15e3, 30e3])),
         unit_scale=unit_scale if unit_scale is not None else float(10 ** rng.uniform(-3, 3)),
         packet_bits=float(rng.choice([1_500.0, 12_000.0, 48_000.0])),
-        rician_k_db=float(rng.uniform(3, 10)), rho=float(1.0 - 10 ** rng.uniform(-4, -2)),
-        coherence_rbg=int(rng.choice([1, 2, 4])), shadowing_db=float(rng.uniform(4, 10)),
-        tx_power_dbm_per_rbg=43.0 - 10 * math.log10(r), cell_radius_m=float(rng.uniform(150, 600)),
-        report_se=bool(rng.random() < 0.5), busy_fraction=float(rng.uniform(0.0, 0.4)) if rng.random() < 0.5 else 0.0,
-        episode_slots=episode_slots, cell_id=f"{family}-{n}x{r}")
+        rician_k_db=float(rng.uniform(3, 10)),
+        rho=float(1.0 - 10 ** rng.uniform(-4, -2)),
+        coherence_rbg=int(rng.choice([1, 2, 4])),
+        shadowing_db=float(rng.uniform(4, 10)),
+        tx_power_dbm_per_rbg=43.0 - 10 * math.log10(r),
+        cell_radius_m=float(rng.uniform(150, 600)),
+        report_se=bool(rng.random() < 0.5),
+        busy_fraction=float(rng.uniform(0.0, 0.4)) if rng.random() < 0.5 else 0.0,
+        episode_slots=episode_slots,
+        cell_id=f"{family}-{n}x{r}",
+    )
 
 
 # ----------------------------------------------------------------------------- channel
@@ -278,8 +298,7 @@ class _Traffic:
     def __init__(self, cfg: WorldConfig, rng: np.random.Generator, bits_per_rbg: np.ndarray) -> None:
         n = cfg.num_ue
         self.cfg, self.rng = cfg, rng
-        kinds = (rng.choice(_ATOMIC_TRAFFIC, n) if cfg.traffic == "mixture"
-                 else np.full(n, cfg.traffic))
+        kinds = rng.choice(_ATOMIC_TRAFFIC, n) if cfg.traffic == "mixture" else np.full(n, cfg.traffic)
         share = rng.dirichlet(np.full(n, 2.0))
         self.kind = kinds
         #: mean packets per slot of each user: load · time share · R · its mean bits per RBG
@@ -377,12 +396,21 @@ class WorldEnv(SlotEnv):
         cfg = self.cfg
         se_rep = self.reports[0]
         rate = se_rep * cfg.rbg_bandwidth_hz * cfg.unit_scale
-        return make_slot("mac", np.arange(cfg.num_ue), np.arange(cfg.num_rbg),
-                         bandwidth_hz=np.full(cfg.num_rbg, cfg.rbg_bandwidth_hz), rate_bps=rate,
-                         resource_available=self.available,
-                         buffer_bits=self.queue_bits * cfg.unit_scale, cell_id=cfg.cell_id, slot=self.t,
-                         spectral_efficiency=se_rep if cfg.report_se else None,
-                         tti_s=cfg.tti_s, max_resources_per_user=cfg.num_rbg, rb_per_rbg=cfg.prb_per_rbg)
+        return make_slot(
+            "mac",
+            np.arange(cfg.num_ue),
+            np.arange(cfg.num_rbg),
+            bandwidth_hz=np.full(cfg.num_rbg, cfg.rbg_bandwidth_hz),
+            rate_bps=rate,
+            resource_available=self.available,
+            buffer_bits=self.queue_bits * cfg.unit_scale,
+            cell_id=cfg.cell_id,
+            slot=self.t,
+            spectral_efficiency=se_rep if cfg.report_se else None,
+            tti_s=cfg.tti_s,
+            max_resources_per_user=cfg.num_rbg,
+            rb_per_rbg=cfg.prb_per_rbg,
+        )
 
     # -- dynamics ----------------------------------------------------------------------------
     def _arrive(self) -> None:
@@ -490,9 +518,16 @@ class WorldEnv(SlotEnv):
 # ----------------------------------------------------------------------------- spectrum
 
 
-def spectrum_instance(family: str, num_ue: int, num_res: int, rng: np.random.Generator, *,
-                      busy_fraction: float | None = None, unit_scale: float | None = None,
-                      cell_id: str = "world") -> SlotState:
+def spectrum_instance(
+    family: str,
+    num_ue: int,
+    num_res: int,
+    rng: np.random.Generator,
+    *,
+    busy_fraction: float | None = None,
+    unit_scale: float | None = None,
+    cell_id: str = "world",
+) -> SlotState:
     """One spectrum slot of ``family`` (``SPECTRUM_FAMILIES``): ``rate_bps`` [N, R] in bit/s
     (times ``unit_scale``, default log-uniform over six decades), a busy share of the channels
     (default uniform in [0, 0.5]), every user eligible."""
@@ -517,11 +552,11 @@ def spectrum_instance(family: str, num_ue: int, num_res: int, rng: np.random.Gen
         elif family == "los_mix":
             bw = rng.uniform(5e6, 40e6, r)
             los = rng.random(n) < los_probability(d)
-            k = np.where(los, 10 ** 0.9, 0.0)
+            k = np.where(los, 10**0.9, 0.0)
         else:
             bw = 10 ** rng.uniform(np.log10(0.2e6), np.log10(100e6), r)
             los = np.zeros(n, bool)
-            k = np.full(n, 10 ** 0.6)
+            k = np.full(n, 10**0.6)
         pl = _pathloss_db(d, los) + rng.normal(0.0, 8.0, n)
         h = (rng.normal(size=(n, r)) + 1j * rng.normal(size=(n, r))) / np.sqrt(2)
         amp = np.sqrt(k / (k + 1))[:, None] * np.exp(1j * rng.uniform(0, 2 * np.pi, (n, r)))
@@ -540,5 +575,12 @@ def spectrum_instance(family: str, num_ue: int, num_res: int, rng: np.random.Gen
     avail = np.ones(r, bool)
     nb = min(int(busy_fraction * r), r - 1)
     avail[rng.choice(r, nb, replace=False)] = False
-    return make_slot("spectrum", np.arange(n), np.arange(r), bandwidth_hz=bw, resource_available=avail,
-                     rate_bps=np.maximum(rate, 0.0) * scale, cell_id=cell_id)
+    return make_slot(
+        "spectrum",
+        np.arange(n),
+        np.arange(r),
+        bandwidth_hz=bw,
+        resource_available=avail,
+        rate_bps=np.maximum(rate, 0.0) * scale,
+        cell_id=cell_id,
+    )

@@ -41,10 +41,19 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
     Two requests with the same digest decide the same way from the same state; a retry is
     recognised by it (the deadline is not part of it: a retry may carry a shorter one)."""
     h = hashlib.sha256()  # SHA extensions make it the fastest hashlib digest on current x86 and ARM
-    h.update(f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|"
-             f"{policy or ''}|".encode())
-    for arr in (state.user_ids, state.resource_ids, state.utility, state.resource_available, state.user_eligible,
-                state.buffer_bits, state.bandwidth_hz):
+    h.update(
+        f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|"
+        f"{policy or ''}|".encode()
+    )
+    for arr in (
+        state.user_ids,
+        state.resource_ids,
+        state.utility,
+        state.resource_available,
+        state.user_eligible,
+        state.buffer_bits,
+        state.bandwidth_hz,
+    ):
         if arr is None:
             h.update(b"-")
         else:
@@ -58,22 +67,32 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
 def decision_to_dict(decision: Decision) -> dict[str, Any]:
     """A JSON-able copy of a decision (owner as a list of DCM tokens)."""
     return {
-        "owner": np.asarray(decision.owner, np.int64).tolist(), "policy": decision.policy,
+        "owner": np.asarray(decision.owner, np.int64).tolist(),
+        "policy": decision.policy,
         "valid_before_repair": decision.valid_before_repair,
         "violations": [[v.kind, v.message, v.resource, v.user] for v in decision.violations],
-        "utility": decision.utility, "fallback": decision.fallback, "fallback_reason": decision.fallback_reason,
-        "timings_us": decision.timings_us, "policy_version": decision.policy_version, "notes": decision.notes,
+        "utility": decision.utility,
+        "fallback": decision.fallback,
+        "fallback_reason": decision.fallback_reason,
+        "timings_us": decision.timings_us,
+        "policy_version": decision.policy_version,
+        "notes": decision.notes,
     }
 
 
 def decision_from_dict(d: Mapping[str, Any]) -> Decision:
     return Decision(
-        owner=np.asarray(d["owner"], np.int64), policy=str(d["policy"]),
+        owner=np.asarray(d["owner"], np.int64),
+        policy=str(d["policy"]),
         valid_before_repair=bool(d["valid_before_repair"]),
         violations=[Violation(k, m, r, u) for k, m, r, u in d.get("violations", [])],
-        utility=float(d["utility"]), fallback=d.get("fallback"), fallback_reason=d.get("fallback_reason"),
-        timings_us=dict(d.get("timings_us", {})), policy_version=str(d.get("policy_version", "")),
-        notes=dict(d.get("notes", {})))
+        utility=float(d["utility"]),
+        fallback=d.get("fallback"),
+        fallback_reason=d.get("fallback_reason"),
+        timings_us=dict(d.get("timings_us", {})),
+        policy_version=str(d.get("policy_version", "")),
+        notes=dict(d.get("notes", {})),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +148,24 @@ class CellRecord:
     def advance(self, history: CellHistory, *, epoch: int, slot: int, digest: str, decision: Decision) -> CellRecord:
         """The record after applying ``slot``: the new history, one more write, the decision kept."""
         stored = StoredDecision(slot, digest, decision_to_dict(decision))
-        recent = (*[d for d in self.recent if d.slot != slot][-(RECENT_DECISIONS - 1):], stored)
+        recent = (*[d for d in self.recent if d.slot != slot][-(RECENT_DECISIONS - 1) :], stored)
         return replace(self, history=history, epoch=epoch, version=self.version + 1, recent=recent)
 
     # -- bytes ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """``_MAGIC``, a JSON header line (epoch, version, recent decisions), the history blob."""
-        head = {"format": RECORD_FORMAT, "epoch": self.epoch, "version": self.version,
-                "recent": [[d.slot, d.digest, d.decision] for d in self.recent]}
-        return _MAGIC + json.dumps(head, separators=(",", ":"), default=_json_default).encode() + b"\n" + \
-            to_bytes(self.history)
+        head = {
+            "format": RECORD_FORMAT,
+            "epoch": self.epoch,
+            "version": self.version,
+            "recent": [[d.slot, d.digest, d.decision] for d in self.recent],
+        }
+        return (
+            _MAGIC
+            + json.dumps(head, separators=(",", ":"), default=_json_default).encode()
+            + b"\n"
+            + to_bytes(self.history)
+        )
 
     @staticmethod
     def from_bytes(blob: bytes) -> CellRecord:
@@ -147,7 +174,7 @@ class CellRecord:
         if not blob.startswith(_MAGIC):
             history = from_bytes(blob)
             return CellRecord(history, 0, 1 if history.slots else 0, ())
-        head, sep, rest = blob[len(_MAGIC):].partition(b"\n")
+        head, sep, rest = blob[len(_MAGIC) :].partition(b"\n")
         if not sep:
             raise ValueError("truncated cell record")
         try:

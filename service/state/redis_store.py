@@ -112,8 +112,12 @@ def _hosts(netloc: str) -> tuple[list[tuple[str, int]], str | None]:
 
 def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retries: int) -> Any:
     """A redis-py client for ``url`` (plain, Sentinel master, or Cluster)."""
-    common: dict[str, Any] = dict(socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
-                                  retry=Retry(NoBackoff(), retries), retry_on_timeout=False)
+    common: dict[str, Any] = dict(
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        retry=Retry(NoBackoff(), retries),
+        retry_on_timeout=False,
+    )
     parts = urlsplit(url)
     if parts.scheme == "redis+sentinel":
         from redis.sentinel import Sentinel
@@ -129,8 +133,12 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, retr
         from redis.cluster import ClusterNode, RedisCluster
 
         hosts, password = _hosts(parts.netloc)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], password=password,
-                            socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in hosts],
+            password=password,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+        )
     return redis.Redis.from_url(url, health_check_interval=0, **common)
 
 
@@ -148,9 +156,18 @@ class RedisStore(StateStore):
     #: calls block on the network: the core runs them off the event loop
     blocking_io = True
 
-    def __init__(self, url: str, *, key_prefix: str | None = None, ttl_s: float | None = None,
-                 min_replicas: int | None = None, wait_ms: int | None = None,
-                 socket_timeout_s: float = 0.25, connect_timeout_s: float = 0.25, retries: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str | None = None,
+        ttl_s: float | None = None,
+        min_replicas: int | None = None,
+        wait_ms: int | None = None,
+        socket_timeout_s: float = 0.25,
+        connect_timeout_s: float = 0.25,
+        retries: int = 1,
+    ) -> None:
         clean_url, opts = _split_options(url)
         self.url = _redacted(clean_url)
         self.key_prefix = key_prefix if key_prefix is not None else opts.get("key_prefix", DEFAULT_KEY_PREFIX)
@@ -166,14 +183,17 @@ class RedisStore(StateStore):
         if self.wait_ms <= 0:  # WAIT 0 would block until the replicas answer, however long
             raise ValueError(f"state_url: wait_ms must be > 0, got {self.wait_ms}")
         if self.min_replicas and urlsplit(clean_url).scheme == "redis+cluster":
-            raise ValueError("state_url: min_replicas is not supported with redis+cluster:// (WAIT names no key, "
-                             "so a cluster client cannot send it on the connection of the write); use "
-                             "redis+sentinel:// or redis:// for acknowledged replication, or drop min_replicas")
+            raise ValueError(
+                "state_url: min_replicas is not supported with redis+cluster:// (WAIT names no key, "
+                "so a cluster client cannot send it on the connection of the write); use "
+                "redis+sentinel:// or redis:// for acknowledged replication, or drop min_replicas"
+            )
         if self.min_replicas:
             socket_timeout_s += self.wait_ms / 1e3 + WAIT_SLACK_S
         try:
-            self._client = connect(clean_url, socket_timeout_s=socket_timeout_s,
-                                   connect_timeout_s=connect_timeout_s, retries=retries)
+            self._client = connect(
+                clean_url, socket_timeout_s=socket_timeout_s, connect_timeout_s=connect_timeout_s, retries=retries
+            )
         except ValueError as exc:
             raise ValueError(f"state_url: {exc}") from None
         self._cas = self._client.register_script(_CAS)
@@ -220,6 +240,7 @@ class RedisStore(StateStore):
         """[v, b] of the cell, once ``min_replicas`` replicas hold them: the PUBLISH (propagated to
         replicas, it changes nothing) moves this connection's replication offset past the read,
         so the WAIT covers the writes that made the record, whoever made them."""
+
         def run() -> list[Any]:
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.hmget(self.key(cell_id), ["v", "b"])
@@ -231,7 +252,8 @@ class RedisStore(StateStore):
         if fields[1] is not None and int(acked) < self.min_replicas:
             raise StateStoreUnavailableError(
                 f"redis load {cell_id!r} at {self.url}: the record is not yet replicated to {self.min_replicas} "
-                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot")
+                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot"
+            )
         return list(fields)
 
     def _write(self, op: str, cell_id: str, script: Any, args: list[Any]) -> bool:
@@ -259,7 +281,8 @@ class RedisStore(StateStore):
         if ok and int(acked) < self.min_replicas:
             raise StateStoreUnavailableError(
                 f"redis {op} {cell_id!r} at {self.url}: written but not yet replicated to {self.min_replicas} "
-                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot")
+                f"replica(s) ({acked} acknowledged within {self.wait_ms} ms); retry the slot"
+            )
         return bool(ok)
 
     def _quarantine(self, cell_id: str, why: str) -> NoReturn:
@@ -268,8 +291,9 @@ class RedisStore(StateStore):
         raise StateCorruptError(f"redis load {cell_id!r}: corrupt cell record set aside as {key}:corrupt ({why})")
 
     def compare_and_set(self, cell_id: str, expected_version: int, record: CellRecord) -> bool:
-        return self._write("write", cell_id, self._cas,
-                           [str(expected_version), str(record.version), record.to_bytes(), self.ttl_ms])
+        return self._write(
+            "write", cell_id, self._cas, [str(expected_version), str(record.version), record.to_bytes(), self.ttl_ms]
+        )
 
     def restore(self, cell_id: str, record: CellRecord) -> bool:
         return self._write("restore", cell_id, self._restore, [str(record.version), record.to_bytes(), self.ttl_ms])
@@ -284,7 +308,7 @@ class RedisStore(StateStore):
         pattern = _glob_escape(self.key_prefix) + "{*}"
         keys = self._call("scan", "*", lambda: list(self._client.scan_iter(match=pattern, count=500)))
         n = len(self.key_prefix)
-        return sorted({(k.decode() if isinstance(k, bytes) else k)[n + 1:-1] for k in keys})
+        return sorted({(k.decode() if isinstance(k, bytes) else k)[n + 1 : -1] for k in keys})
 
     def ping(self) -> bool:
         try:

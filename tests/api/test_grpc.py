@@ -58,8 +58,14 @@ class _InlineProbe(_ThreadProbe):
 
 
 def _policies() -> PolicySet:
-    return PolicySet(factories={"all_to_first": AllToFirst, "broken": Broken,
-                                "blocking_probe": _BlockingProbe, "inline_probe": _InlineProbe})
+    return PolicySet(
+        factories={
+            "all_to_first": AllToFirst,
+            "broken": Broken,
+            "blocking_probe": _BlockingProbe,
+            "inline_probe": _InlineProbe,
+        }
+    )
 
 
 def _core() -> ServiceCore:
@@ -77,19 +83,34 @@ def served():
     srv.stop()
 
 
-def _spectrum_slot(rng: np.random.Generator, cell: str, slot: int, n: int = 7, r: int = 10,
-                   fading_gain: np.ndarray | None = None) -> SlotState:
-    return make_slot("spectrum", np.arange(n) + 100, np.arange(r) + 1,
-                     bandwidth_hz=rng.uniform(1e6, 10e6, r), resource_available=rng.random(r) > 0.2,
-                     user_eligible=rng.random(n) > 0.1, rx_power_dbm=rng.uniform(-110, -60, n),
-                     interference_dbm=np.full(r, INTERFERENCE_DBM), fading_gain=fading_gain,
-                     cell_id=cell, slot=slot)
+def _spectrum_slot(
+    rng: np.random.Generator, cell: str, slot: int, n: int = 7, r: int = 10, fading_gain: np.ndarray | None = None
+) -> SlotState:
+    return make_slot(
+        "spectrum",
+        np.arange(n) + 100,
+        np.arange(r) + 1,
+        bandwidth_hz=rng.uniform(1e6, 10e6, r),
+        resource_available=rng.random(r) > 0.2,
+        user_eligible=rng.random(n) > 0.1,
+        rx_power_dbm=rng.uniform(-110, -60, n),
+        interference_dbm=np.full(r, INTERFERENCE_DBM),
+        fading_gain=fading_gain,
+        cell_id=cell,
+        slot=slot,
+    )
 
 
 def _mac_slot(rng: np.random.Generator, cell: str, slot: int, n: int = 10, r: int = 8) -> SlotState:
-    return make_slot("mac", rng.permutation(50)[:n] + 1, np.arange(r),
-                     spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], n),
-                     buffer_bits=rng.integers(0, 8, n) * 256.0, cell_id=cell, slot=slot)
+    return make_slot(
+        "mac",
+        rng.permutation(50)[:n] + 1,
+        np.arange(r),
+        spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], n),
+        buffer_bits=rng.integers(0, 8, n) * 256.0,
+        cell_id=cell,
+        slot=slot,
+    )
 
 
 def _assert_same(msg: pb.SlotDecision, state: SlotState, ref) -> None:
@@ -115,8 +136,9 @@ def _assert_same(msg: pb.SlotDecision, state: SlotState, ref) -> None:
 
 
 def test_generated_code_is_current() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "proto" / "generate.py"), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -129,7 +151,9 @@ def test_unary_equals_core_over_slots_with_feedback(served, preset: str) -> None
     feedback: dict[int, float] = {}
     for slot in range(12):
         fading = rng.exponential(1.0, (7, 10))
-        state = _spectrum_slot(rng, cell, slot, fading_gain=fading) if preset == "spectrum" else _mac_slot(rng, cell, slot)
+        state = (
+            _spectrum_slot(rng, cell, slot, fading_gain=fading) if preset == "spectrum" else _mac_slot(rng, cell, slot)
+        )
         # physical fields only (no rate_bps): the server recomputes the utility itself
         req = slot_to_request(state, feedback=feedback, include_rate=False)
         if preset == "spectrum":
@@ -204,11 +228,16 @@ def test_stream_bad_message_is_answered_in_place_and_the_stream_goes_on(served) 
     s0, s1, s2 = (_mac_slot(rng, "stream-bad", s) for s in range(3))
     bad = slot_to_request(s1)
     bad.buffer_bits[3] = float("nan")
-    raw = [slot_to_request(s0).SerializeToString(), bad.SerializeToString(), b"\x0a\xff\xff",
-           slot_to_request(s2).SerializeToString()]
+    raw = [
+        slot_to_request(s0).SerializeToString(),
+        bad.SerializeToString(),
+        b"\x0a\xff\xff",
+        slot_to_request(s2).SerializeToString(),
+    ]
     # a raw-bytes stream, so that undecodable bytes reach the server too
-    call = client.channel.stream_stream("/gnbsched.v1.Scheduler/StreamSlots",
-                                        response_deserializer=pb.SlotDecision.FromString)
+    call = client.channel.stream_stream(
+        "/gnbsched.v1.Scheduler/StreamSlots", response_deserializer=pb.SlotDecision.FromString
+    )
     a0, a1, a2, a3 = list(call(iter(raw), timeout=10))
     _assert_same(a0, s0, ref.schedule(s0))
     assert a1.error.code == "INVALID_ARGUMENT" and a1.error.field == "buffer_bits[3]"
@@ -230,6 +259,7 @@ def _edit(**fields):
                 getattr(req, name)[:] = value
             else:
                 setattr(req, name, value)
+
     return apply
 
 
@@ -237,6 +267,7 @@ def _set_rate(rows: int, cols: int, values: list[float]):
     def apply(req: pb.SlotRequest) -> None:
         req.rate_bps.rows, req.rate_bps.cols = rows, cols
         req.rate_bps.values[:] = values
+
     return apply
 
 
@@ -244,6 +275,7 @@ def _set_utility(rows: int, cols: int, values: list[float]):
     def apply(req: pb.SlotRequest) -> None:
         req.utility.rows, req.utility.cols = rows, cols
         req.utility.values[:] = values
+
     return apply
 
 
@@ -256,6 +288,7 @@ def _fading(rows: int, cols: int, values: list[float]):
     def apply(req: pb.SlotRequest) -> None:
         req.fading_gain.rows, req.fading_gain.cols = rows, cols
         req.fading_gain.values[:] = values
+
     return apply
 
 
@@ -263,6 +296,7 @@ def _set_feedback(ids: list[int], bits: list[float]):
     def apply(req: pb.SlotRequest) -> None:
         req.feedback.user_ids[:] = ids
         req.feedback.delivered_bits[:] = bits
+
     return apply
 
 
@@ -271,47 +305,51 @@ def _many_users(n: int):
         req.user_ids[:] = list(range(n))
         req.rx_power_dbm[:] = [-80.0] * n
         req.eligible[:] = []
+
     return apply
 
 
-@pytest.mark.parametrize(("edit", "field"), [
-    (_edit(user_ids=[100, 100, 102, 103, 104, 105, 106]), "user_ids[1]"),
-    (_edit(rx_power_dbm=[float("nan")] * 7), "rx_power_dbm[0]"),
-    (_edit(bandwidth_hz=[1e6, 1e6, -5.0] + [1e6] * 7), "bandwidth_hz[2]"),
-    (_edit(eligible=[True, False]), "eligible"),
-    (_edit(preset="lte"), "preset"),
-    (_edit(policy="no-such-policy"), "policy"),
-    (_edit(cell_id=""), "cell_id"),
-    (_edit(deadline_ms=-1.0), "deadline_ms"),
-    (_edit(max_resources_per_user=0), "max_resources_per_user"),
-    (_edit(tti_s=0.0), "tti_s"),
-    (_edit(resource_ids=[]), "resource_ids"),
-    (_set_rate(7, 9, [1.0] * 63), "rate_bps"),
-    (_set_rate(7, 10, [1.0] * 69), "rate_bps.values"),
-    (_set_rate(7, 10, [float("inf")] * 70), "rate_bps[0][0]"),
-    (_set_both, "rate_bps,utility"),
-    (_set_utility(7, 9, [1.0] * 63), "utility"),
-    (_set_utility(7, 10, [1.0] * 69 + [-1.0]), "utility[6][9]"),
-    (_set_utility(7, 10, [float("nan")] * 70), "utility[0][0]"),
-    (_set_feedback([100, 101], [1.0]), "feedback.delivered_bits"),
-    (_set_feedback([100, 101], [1.0, float("nan")]), "feedback.delivered_bits[1]"),
-    (_set_feedback([100, 100], [1.0, 2.0]), "feedback.user_ids[1]"),
-    (_many_users(LIMITS["max_users"] + 1), "user_ids"),
-    (_edit(slot=-1), "slot"),
-    (_edit(cell_id="c" * 257), "cell_id"),
-    (_edit(deadline_ms=1e9), "deadline_ms"),
-    (_edit(rb_per_rbg=0), "rb_per_rbg"),
-    (_edit(noise_density_dbm_hz=float("nan")), "noise_density_dbm_hz"),
-    (_edit(rx_power_dbm=[-80.0] * 6 + [500.0]), "rx_power_dbm[6]"),
-    (_edit(spectral_efficiency=[1.0] * 5), "spectral_efficiency"),
-    (_edit(spectral_efficiency=[1.0] * 6 + [99.0]), "spectral_efficiency[6]"),
-    (_edit(interference_dbm=[-100.0] * 3), "interference_dbm"),
-    (_edit(available=[True] * 11), "available"),
-    (_edit(buffer_bits=[-1.0] * 7), "buffer_bits[0]"),
-    (_edit(resource_ids=[1, 2, 3, 4, 5, 6, 7, 8, 9, 9]), "resource_ids[9]"),
-    (_fading(7, 10, [1.0] * 69 + [-1.0]), "fading_gain[6][9]"),
-    (_fading(10, 7, [1.0] * 70), "fading_gain"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (_edit(user_ids=[100, 100, 102, 103, 104, 105, 106]), "user_ids[1]"),
+        (_edit(rx_power_dbm=[float("nan")] * 7), "rx_power_dbm[0]"),
+        (_edit(bandwidth_hz=[1e6, 1e6, -5.0] + [1e6] * 7), "bandwidth_hz[2]"),
+        (_edit(eligible=[True, False]), "eligible"),
+        (_edit(preset="lte"), "preset"),
+        (_edit(policy="no-such-policy"), "policy"),
+        (_edit(cell_id=""), "cell_id"),
+        (_edit(deadline_ms=-1.0), "deadline_ms"),
+        (_edit(max_resources_per_user=0), "max_resources_per_user"),
+        (_edit(tti_s=0.0), "tti_s"),
+        (_edit(resource_ids=[]), "resource_ids"),
+        (_set_rate(7, 9, [1.0] * 63), "rate_bps"),
+        (_set_rate(7, 10, [1.0] * 69), "rate_bps.values"),
+        (_set_rate(7, 10, [float("inf")] * 70), "rate_bps[0][0]"),
+        (_set_both, "rate_bps,utility"),
+        (_set_utility(7, 9, [1.0] * 63), "utility"),
+        (_set_utility(7, 10, [1.0] * 69 + [-1.0]), "utility[6][9]"),
+        (_set_utility(7, 10, [float("nan")] * 70), "utility[0][0]"),
+        (_set_feedback([100, 101], [1.0]), "feedback.delivered_bits"),
+        (_set_feedback([100, 101], [1.0, float("nan")]), "feedback.delivered_bits[1]"),
+        (_set_feedback([100, 100], [1.0, 2.0]), "feedback.user_ids[1]"),
+        (_many_users(LIMITS["max_users"] + 1), "user_ids"),
+        (_edit(slot=-1), "slot"),
+        (_edit(cell_id="c" * 257), "cell_id"),
+        (_edit(deadline_ms=1e9), "deadline_ms"),
+        (_edit(rb_per_rbg=0), "rb_per_rbg"),
+        (_edit(noise_density_dbm_hz=float("nan")), "noise_density_dbm_hz"),
+        (_edit(rx_power_dbm=[-80.0] * 6 + [500.0]), "rx_power_dbm[6]"),
+        (_edit(spectral_efficiency=[1.0] * 5), "spectral_efficiency"),
+        (_edit(spectral_efficiency=[1.0] * 6 + [99.0]), "spectral_efficiency[6]"),
+        (_edit(interference_dbm=[-100.0] * 3), "interference_dbm"),
+        (_edit(available=[True] * 11), "available"),
+        (_edit(buffer_bits=[-1.0] * 7), "buffer_bits[0]"),
+        (_edit(resource_ids=[1, 2, 3, 4, 5, 6, 7, 8, 9, 9]), "resource_ids[9]"),
+        (_fading(7, 10, [1.0] * 69 + [-1.0]), "fading_gain[6][9]"),
+        (_fading(10, 7, [1.0] * 70), "fading_gain"),
+    ],
+)
 def test_bad_input_is_invalid_argument_naming_the_field(served, edit, field: str) -> None:
     _, client = served
     req = _valid_request()
@@ -332,8 +370,16 @@ def test_mac_rate_bps_is_bit_per_second_and_utility_is_used_as_given(served) -> 
     rate = [0.87e6, 0.87e6, 0.34e6, 1.69e6, 1.52e6, 1.69e6]  # 2 users × 3 RBGs, Mbit/s-scale
 
     def request(cell: str, *, rate_bps=None, utility=None, tti_s: float = 0.0005) -> pb.SlotRequest:
-        req = pb.SlotRequest(cell_id=cell, slot=0, preset="mac", policy="pf", tti_s=tti_s, user_ids=[1, 2],
-                             buffer_bits=[2048.0, 512.0], resource_ids=[0, 1, 2])
+        req = pb.SlotRequest(
+            cell_id=cell,
+            slot=0,
+            preset="mac",
+            policy="pf",
+            tti_s=tti_s,
+            user_ids=[1, 2],
+            buffer_bits=[2048.0, 512.0],
+            resource_ids=[0, 1, 2],
+        )
         for name, values in (("rate_bps", rate_bps), ("utility", utility)):
             if values is not None:
                 m = getattr(req, name)
@@ -388,8 +434,9 @@ def test_mac_without_physical_fields_names_spectral_efficiency(served) -> None:
 
 def test_undecodable_bytes_and_oversized_messages_do_not_break_the_server(served) -> None:
     _, client = served
-    raw_call = client.channel.unary_unary("/gnbsched.v1.Scheduler/Schedule",
-                                          response_deserializer=pb.SlotDecision.FromString)
+    raw_call = client.channel.unary_unary(
+        "/gnbsched.v1.Scheduler/Schedule", response_deserializer=pb.SlotDecision.FromString
+    )
     with pytest.raises(grpc.RpcError) as info:
         raw_call(b"\x0a\xff\xff", timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -423,8 +470,10 @@ def test_health_and_reflection_answer(served) -> None:
     assert {"gnbsched.v1.Scheduler", "grpc.health.v1.Health"} <= set(db.get_services())
     service = descriptor_pool.DescriptorPool(db).FindServiceByName("gnbsched.v1.Scheduler")
     methods = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in service.methods}
-    assert methods == {"Schedule": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision"),
-                       "StreamSlots": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision")}
+    assert methods == {
+        "Schedule": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision"),
+        "StreamSlots": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision"),
+    }
 
 
 class _FlakyStore(MemoryStore):
@@ -462,33 +511,61 @@ def test_health_follows_readiness_and_graceful_stop(monkeypatch) -> None:
 def test_request_round_trip_keeps_the_slot() -> None:
     """slot_to_request → request_to_slot reproduces every field the policies read."""
     rng = np.random.default_rng(8)
-    se_per_rbg = make_slot("mac", [5, 3, 9], [0, 1], spectral_efficiency=rng.uniform(0.2, 1.2, (3, 2)),
-                           buffer_bits=[512.0, 0.0, 256.0], cell_id="rt", slot=5)
+    se_per_rbg = make_slot(
+        "mac",
+        [5, 3, 9],
+        [0, 1],
+        spectral_efficiency=rng.uniform(0.2, 1.2, (3, 2)),
+        buffer_bits=[512.0, 0.0, 256.0],
+        cell_id="rt",
+        slot=5,
+    )
     for state in (_spectrum_slot(rng, "rt", 3), _mac_slot(rng, "rt", 4), se_per_rbg):
-        req = pb.SlotRequest.FromString(slot_to_request(state, feedback={int(state.user_ids[0]): 5.0},
-                                                        policy="greedy", include_rate=state is not se_per_rbg
-                                                        ).SerializeToString())
+        req = pb.SlotRequest.FromString(
+            slot_to_request(
+                state, feedback={int(state.user_ids[0]): 5.0}, policy="greedy", include_rate=state is not se_per_rbg
+            ).SerializeToString()
+        )
         dec = request_to_slot(req, max_users=4096, max_resources=4096)
         back = dec.state
-        for name in ("user_ids", "resource_ids", "utility", "resource_available", "user_eligible",
-                     "bandwidth_hz", "buffer_bits", "rx_power_dbm", "spectral_efficiency"):
+        for name in (
+            "user_ids",
+            "resource_ids",
+            "utility",
+            "resource_available",
+            "user_eligible",
+            "bandwidth_hz",
+            "buffer_bits",
+            "rx_power_dbm",
+            "spectral_efficiency",
+        ):
             a, b = getattr(state, name), getattr(back, name)
             assert (a is None and b is None) or np.array_equal(a, b), name
-        assert (back.preset, back.cell_id, back.slot, back.tti_s, back.max_resources_per_user) == \
-            (state.preset, state.cell_id, state.slot, state.tti_s, state.max_resources_per_user)
+        assert (back.preset, back.cell_id, back.slot, back.tti_s, back.max_resources_per_user) == (
+            state.preset,
+            state.cell_id,
+            state.slot,
+            state.tti_s,
+            state.max_resources_per_user,
+        )
         assert dec.policy == "greedy" and dec.feedback == {int(state.user_ids[0]): 5.0}
 
 
 def test_failed_chain_is_unavailable_and_the_stream_goes_on() -> None:
-    with GrpcServerThread(ServiceCore(Settings(fallbacks=[]), store=MemoryStore(), policies=_policies())) as srv, \
-            SchedulerClient(srv.target) as client:
+    with (
+        GrpcServerThread(ServiceCore(Settings(fallbacks=[]), store=MemoryStore(), policies=_policies())) as srv,
+        SchedulerClient(srv.target) as client,
+    ):
         rng = np.random.default_rng(9)
         s0, s1 = _spectrum_slot(rng, "no-chain", 0), _spectrum_slot(rng, "no-chain", 1)
         with pytest.raises(grpc.RpcError) as info:
             client.schedule(s0, policy="broken")
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "model exploded" in info.value.details()
-        answers = list(client.stub.StreamSlots(iter([slot_to_request(s0, policy="broken"),
-                                                     slot_to_request(s1, policy="greedy")]), timeout=10))
+        answers = list(
+            client.stub.StreamSlots(
+                iter([slot_to_request(s0, policy="broken"), slot_to_request(s1, policy="greedy")]), timeout=10
+            )
+        )
         assert answers[0].error.code == "UNAVAILABLE" and len(answers[0].owner) == 0
         assert answers[1].policy == "greedy" and len(answers[1].owner) == s1.num_res
 
@@ -508,7 +585,7 @@ def _rest_body(req: pb.SlotRequest) -> dict:
             row["spectral_efficiency"] = v
     if req.HasField("fading_gain"):
         for i, row in enumerate(users):
-            row["fading_gain"] = list(req.fading_gain.values[i * r:(i + 1) * r])
+            row["fading_gain"] = list(req.fading_gain.values[i * r : (i + 1) * r])
     resources = [{"id": int(x)} for x in req.resource_ids]
     for name in ("bandwidth_hz", "available", "interference_dbm"):
         for row, v in zip(resources, getattr(req, name), strict=False):
@@ -520,10 +597,13 @@ def _rest_body(req: pb.SlotRequest) -> dict:
     for name in ("rate_bps", "utility"):
         if req.HasField(name):
             vals = list(getattr(req, name).values)
-            body[name] = [vals[i * r:(i + 1) * r] for i in range(n)]
+            body[name] = [vals[i * r : (i + 1) * r] for i in range(n)]
     if req.HasField("feedback"):
-        body["feedback"] = {"delivered_bits": {str(u): b for u, b in zip(req.feedback.user_ids,
-                                                                          req.feedback.delivered_bits, strict=True)}}
+        body["feedback"] = {
+            "delivered_bits": {
+                str(u): b for u, b in zip(req.feedback.user_ids, req.feedback.delivered_bits, strict=True)
+            }
+        }
     return body
 
 
@@ -533,8 +613,11 @@ def test_same_request_same_decision_over_rest_and_grpc(uvicorn_server) -> None:
     from service.api.rest.app import create_app
 
     rest = uvicorn_server(create_app(_core()))
-    with GrpcServerThread(_core()) as srv, SchedulerClient(srv.target) as client, \
-            httpx.Client(base_url=rest.url, timeout=10) as http:
+    with (
+        GrpcServerThread(_core()) as srv,
+        SchedulerClient(srv.target) as client,
+        httpx.Client(base_url=rest.url, timeout=10) as http,
+    ):
         rng = np.random.default_rng(10)
         fb_s: dict[int, float] = {}
         fb_m: dict[int, float] = {}
@@ -592,12 +675,18 @@ def test_grpc_requests_are_counted_in_the_metrics() -> None:
         with pytest.raises(grpc.RpcError):
             client.schedule_request(bad)
     body, _ = metrics.exposition()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(body.decode())
+        for s in fam.samples
+    }
 
     def requests(**labels: str) -> float:
-        return sum(v for (name, lab), v in samples.items()
-                   if name == "gnbsched_requests_total" and labels.items() <= dict(lab).items())
+        return sum(
+            v
+            for (name, lab), v in samples.items()
+            if name == "gnbsched_requests_total" and labels.items() <= dict(lab).items()
+        )
 
     default_mac = Settings(**LIMITS).default_policy("mac")  # the request names no policy
     assert requests(transport="grpc", preset="mac", policy=default_mac, outcome="ok") == 1

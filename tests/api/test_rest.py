@@ -35,8 +35,16 @@ from service.state.redis_store import RedisStore
 from service.types import SlotState
 
 LIMITS = dict(grpc_port=0, max_users=64, max_resources=32, max_body_bytes=200_000, fallbacks=["greedy"])
-CONTRACT_KEYS = {"owner", "allocation", "policy", "fallback", "valid_before_repair", "violations", "utility",
-                 "timings_us"}
+CONTRACT_KEYS = {
+    "owner",
+    "allocation",
+    "policy",
+    "fallback",
+    "valid_before_repair",
+    "violations",
+    "utility",
+    "timings_us",
+}
 STAGES = {"serialize", "policy", "check", "repair", "total"}
 
 
@@ -71,13 +79,21 @@ class _InlineProbe(_ThreadProbe):
 
 
 def _policies() -> PolicySet:
-    return PolicySet(factories={"all_to_first": AllToFirst, "broken": Broken, "slow": _Slow,
-                                "blocking_probe": _BlockingProbe, "inline_probe": _InlineProbe})
+    return PolicySet(
+        factories={
+            "all_to_first": AllToFirst,
+            "broken": Broken,
+            "slow": _Slow,
+            "blocking_probe": _BlockingProbe,
+            "inline_probe": _InlineProbe,
+        }
+    )
 
 
 def _core(store=None, **overrides: Any) -> ServiceCore:
-    return ServiceCore(Settings(**{**LIMITS, **overrides}), store=store or MemoryStore(), policies=_policies(),
-                       observer=Metrics())
+    return ServiceCore(
+        Settings(**{**LIMITS, **overrides}), store=store or MemoryStore(), policies=_policies(), observer=Metrics()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +115,29 @@ def spectrum_doc(cell: str, slot: int = 0, n: int = 7, r: int = 10, seed: int = 
     rng = np.random.default_rng(seed + 1000 * slot)
     users = [{"id": 100 + i, "rx_power_dbm": float(rng.uniform(-110, -60))} for i in range(n)]
     users[-1]["eligible"] = False
-    resources = [{"id": 1 + j, "bandwidth_hz": float(rng.uniform(1e6, 1e7)), "available": bool(j % 4 != 1),
-                  "interference_dbm": -105.0} for j in range(r)]
+    resources = [
+        {
+            "id": 1 + j,
+            "bandwidth_hz": float(rng.uniform(1e6, 1e7)),
+            "available": bool(j % 4 != 1),
+            "interference_dbm": -105.0,
+        }
+        for j in range(r)
+    ]
     return {"cell_id": cell, "slot": slot, "preset": "spectrum", "users": users, "resources": resources, **extra}
 
 
 def mac_doc(cell: str, slot: int = 0, n: int = 8, r: int = 6, seed: int = 0, **extra: Any) -> dict[str, Any]:
     rng = np.random.default_rng(seed + 1000 * slot)
     ids = rng.permutation(12)[:n] + 1  # the population changes from slot to slot
-    users = [{"id": int(u), "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-              "buffer_bits": float(rng.integers(0, 10) * 256)} for u in ids]
+    users = [
+        {
+            "id": int(u),
+            "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
+            "buffer_bits": float(rng.integers(0, 10) * 256),
+        }
+        for u in ids
+    ]
     resources = [{"id": j, "bandwidth_hz": 1.44e6} for j in range(r)]
     return {"cell_id": cell, "slot": slot, "preset": "mac", "users": users, "resources": resources, **extra}
 
@@ -191,8 +220,10 @@ def test_mac_over_slots_with_feedback_equals_the_in_process_core(client, policy:
         for j, k in enumerate(want.owner.tolist()):
             if k:
                 served[str(state.user_ids[k - 1])] += float(util[k - 1, j])
-        feedback = {uid: min(bits, float(doc["users"][i]["buffer_bits"])) * (0.5 if i % 2 else 1.0)
-                    for i, (uid, bits) in enumerate(served.items())}
+        feedback = {
+            uid: min(bits, float(doc["users"][i]["buffer_bits"])) * (0.5 if i % 2 else 1.0)
+            for i, (uid, bits) in enumerate(served.items())
+        }
     assert len(owners_seen) > 4  # the schedule really rotated over users
 
 
@@ -216,8 +247,15 @@ def test_a_retried_slot_answers_the_same_bytes_marked_replayed(client) -> None:
 
 def test_rate_matrix_is_the_utility(client) -> None:
     rate = [[4.0e6, 2.0e6, 1.0e6], [3.9e6, 0.5e6, 2.5e6]]
-    doc = {"cell_id": "rate", "slot": 0, "preset": "spectrum", "users": [{"id": 1}, {"id": 2}],
-           "resources": [{"id": 10}, {"id": 20}, {"id": 30}], "rate_bps": rate, "policy": "km"}
+    doc = {
+        "cell_id": "rate",
+        "slot": 0,
+        "preset": "spectrum",
+        "users": [{"id": 1}, {"id": 2}],
+        "resources": [{"id": 10}, {"id": 20}, {"id": 30}],
+        "rate_bps": rate,
+        "policy": "km",
+    }
     body = post(client, doc).json()
     assert body["owner"] == [1, None, 2]
     assert body["utility"] == pytest.approx(4.0e6 + 2.5e6)
@@ -254,8 +292,10 @@ def test_mac_rate_bps_is_bit_per_second_and_utility_is_used_as_given(client) -> 
 
 def test_default_policy_per_preset_and_fallback_is_reported(client) -> None:
     defaults = Settings(**LIMITS)  # the configured per-preset defaults serve, without falling back
-    for preset, body in (("spectrum", post(client, spectrum_doc("default-s")).json()),
-                         ("mac", post(client, mac_doc("default-m")).json())):
+    for preset, body in (
+        ("spectrum", post(client, spectrum_doc("default-s")).json()),
+        ("mac", post(client, mac_doc("default-m")).json()),
+    ):
         assert body["policy"] == defaults.default_policy(preset) and body["fallback"] is None, body
     body = post(client, spectrum_doc("fallback", policy="broken")).json()
     assert body["policy"] == "greedy"
@@ -397,12 +437,24 @@ REJECTIONS: list[tuple[str, Any, int, str]] = [
     ("available as string", _set("resources.0.available", "yes"), 422, "resources[0].available"),
     ("eligible null", _set("users.0.eligible", None), 422, "users[0].eligible"),
     ("interference as list", _set("resources.2.interference_dbm", [1]), 422, "resources[2].interference_dbm"),
-    ("fading gain too short", lambda d: _set("users.2.fading_gain", [1.0, 2.0])(_fading(d)), 422,
-     "users[2].fading_gain"),
-    ("fading gain for some users only", lambda d: _drop("users.3.fading_gain")(_fading(d)), 422,
-     "users[3].fading_gain"),
-    ("spectrum without powers or rates", lambda d: [u.pop("rx_power_dbm") for u in d["users"]] and d, 422,
-     "users.rx_power_dbm"),
+    (
+        "fading gain too short",
+        lambda d: _set("users.2.fading_gain", [1.0, 2.0])(_fading(d)),
+        422,
+        "users[2].fading_gain",
+    ),
+    (
+        "fading gain for some users only",
+        lambda d: _drop("users.3.fading_gain")(_fading(d)),
+        422,
+        "users[3].fading_gain",
+    ),
+    (
+        "spectrum without powers or rates",
+        lambda d: [u.pop("rx_power_dbm") for u in d["users"]] and d,
+        422,
+        "users.rx_power_dbm",
+    ),
     ("rate_bps not a list", _rate({"a": 1}), 422, "rate_bps"),
     ("rate_bps missing a row", _rate(GOOD_RATE[:-1]), 422, "rate_bps"),
     ("rate_bps short row", _rate([*GOOD_RATE[:1], [1e6] * 9, *GOOD_RATE[2:]]), 422, "rate_bps[1]"),
@@ -411,25 +463,43 @@ REJECTIONS: list[tuple[str, Any, int, str]] = [
     ("rate_bps boolean", _rate([GOOD_RATE[0], [True, *[1e6] * 9], *GOOD_RATE[2:]]), 422, "rate_bps[1][0]"),
     ("rate_bps string", _rate([*GOOD_RATE[:6], [*[1e6] * 9, "1e6"]]), 422, "rate_bps[6][9]"),
     ("rate_bps and utility", lambda d: {**_rate(GOOD_RATE)(d), "utility": [[1.0] * 10] * 7}, 422, "rate_bps,utility"),
-    ("mac rate_bps and utility", _mac(lambda d: {**d, "rate_bps": [[1.7e6] * 6] * 8, "utility": [[850.0] * 6] * 8}),
-     422, "rate_bps,utility"),
+    (
+        "mac rate_bps and utility",
+        _mac(lambda d: {**d, "rate_bps": [[1.7e6] * 6] * 8, "utility": [[850.0] * 6] * 8}),
+        422,
+        "rate_bps,utility",
+    ),
     ("utility missing a row", lambda d: {**d, "utility": [[1.0] * 10] * 6}, 422, "utility"),
     ("utility negative", lambda d: {**d, "utility": [[1.0] * 10] * 6 + [[1.0] * 9 + [-0.5]]}, 422, "utility[6][9]"),
     ("utility string", lambda d: {**d, "utility": [["1"] + [1.0] * 9] + [[1.0] * 10] * 6}, 422, "utility[0][0]"),
-    ("mac without spectral efficiency", _mac(lambda d: [u.pop("spectral_efficiency") for u in d["users"]] and d),
-     422, "users.spectral_efficiency"),
+    (
+        "mac without spectral efficiency",
+        _mac(lambda d: [u.pop("spectral_efficiency") for u in d["users"]] and d),
+        422,
+        "users.spectral_efficiency",
+    ),
     ("mac negative buffer", _mac(_set("users.0.buffer_bits", -1)), 422, "users[0].buffer_bits"),
-    ("mac spectral efficiency mixes forms", _mac(_set("users.1.spectral_efficiency", [1.0] * 6)), 422,
-     "users[1].spectral_efficiency"),
-    ("mac spectral efficiency row too long", _mac(lambda d: [u.update(spectral_efficiency=[1.0] * (7 if i == 4 else 6))
-                                                             for i, u in enumerate(d["users"])] and d), 422,
-     "users[4].spectral_efficiency"),
+    (
+        "mac spectral efficiency mixes forms",
+        _mac(_set("users.1.spectral_efficiency", [1.0] * 6)),
+        422,
+        "users[1].spectral_efficiency",
+    ),
+    (
+        "mac spectral efficiency row too long",
+        _mac(
+            lambda d: (
+                [u.update(spectral_efficiency=[1.0] * (7 if i == 4 else 6)) for i, u in enumerate(d["users"])] and d
+            )
+        ),
+        422,
+        "users[4].spectral_efficiency",
+    ),
     ("feedback not an object", _set("feedback", [1]), 422, "feedback"),
     ("feedback unknown field", _set("feedback", {"acks": {}}), 422, "feedback.acks"),
     ("feedback key not an id", _set("feedback", {"delivered_bits": {"abc": 5}}), 422, "feedback.delivered_bits.abc"),
     ("feedback negative bits", _set("feedback", {"delivered_bits": {"101": -5}}), 422, "feedback.delivered_bits.101"),
-    ("feedback bits as string", _set("feedback", {"delivered_bits": {"101": "5"}}), 422,
-     "feedback.delivered_bits.101"),
+    ("feedback bits as string", _set("feedback", {"delivered_bits": {"101": "5"}}), 422, "feedback.delivered_bits.101"),
     ("too many users", lambda d: spectrum_doc("big", n=65), 413, "users"),
     ("too many resources", lambda d: spectrum_doc("big", r=33), 413, "resources"),
     ("body too large", lambda d: {**d, "cell_id": "x" * 250_000}, 413, "body"),
@@ -569,18 +639,43 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-_PATHS = [*(k for k in ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s",
-                        "rb_per_rbg", "noise_density_dbm_hz", "users", "resources", "rate_bps", "utility",
-                        "feedback")),
-          *(f"users.{i}.{f}" for i in (0, 3) for f in ("id", "rx_power_dbm", "eligible", "buffer_bits",
-                                                       "spectral_efficiency", "fading_gain")),
-          *(f"resources.{j}.{f}" for j in (0, 5) for f in ("id", "bandwidth_hz", "available", "interference_dbm")),
-          "users.2", "resources.1", "feedback.delivered_bits"]
+_PATHS = [
+    *(
+        k
+        for k in (
+            "cell_id",
+            "slot",
+            "preset",
+            "policy",
+            "deadline_ms",
+            "max_resources_per_user",
+            "tti_s",
+            "rb_per_rbg",
+            "noise_density_dbm_hz",
+            "users",
+            "resources",
+            "rate_bps",
+            "utility",
+            "feedback",
+        )
+    ),
+    *(
+        f"users.{i}.{f}"
+        for i in (0, 3)
+        for f in ("id", "rx_power_dbm", "eligible", "buffer_bits", "spectral_efficiency", "fading_gain")
+    ),
+    *(f"resources.{j}.{f}" for j in (0, 5) for f in ("id", "bandwidth_hz", "available", "interference_dbm")),
+    "users.2",
+    "resources.1",
+    "feedback.delivered_bits",
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _json_values), min_size=1, max_size=3),
-       preset=st.sampled_from(["spectrum", "mac"]))
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(_PATHS), _json_values), min_size=1, max_size=3),
+    preset=st.sampled_from(["spectrum", "mac"]),
+)
 def test_decoder_only_ever_accepts_or_names_the_field(edits, preset: str) -> None:
     """Any value anywhere: a valid slot with finite utility, or InvalidSlotError naming a field."""
     doc = spectrum_doc("fuzz") if preset == "spectrum" else mac_doc("fuzz")
@@ -600,6 +695,7 @@ def test_decoder_only_ever_accepts_or_names_the_field(edits, preset: str) -> Non
         assert exc.field and exc.message
         return
     assert np.isfinite(args.state.utility).all() and (args.state.utility >= 0).all()
-    decision = decide(args.state, CellHistory.empty(), args.policy or "greedy", policies=PolicySet(),
-                      fallbacks=["greedy"])
+    decision = decide(
+        args.state, CellHistory.empty(), args.policy or "greedy", policies=PolicySet(), fallbacks=["greedy"]
+    )
     assert decision.owner.shape == (args.state.num_res,)

@@ -20,9 +20,13 @@ from service.api import serve
 from service.cli import build_parser
 from service.config import Settings
 
-DOC = {"cell_id": "serve", "slot": 0, "preset": "spectrum",
-       "users": [{"id": 1, "rx_power_dbm": -70.0}, {"id": 2, "rx_power_dbm": -90.0}],
-       "resources": [{"id": 10, "bandwidth_hz": 5e6}, {"id": 11, "bandwidth_hz": 1e6, "available": False}]}
+DOC = {
+    "cell_id": "serve",
+    "slot": 0,
+    "preset": "spectrum",
+    "users": [{"id": 1, "rx_power_dbm": -70.0}, {"id": 2, "rx_power_dbm": -90.0}],
+    "resources": [{"id": 10, "bandwidth_hz": 5e6}, {"id": 11, "bandwidth_hz": 1e6, "available": False}],
+}
 
 
 @pytest.fixture
@@ -43,16 +47,33 @@ def test_no_arguments_serve_the_embedded_defaults(clean_env) -> None:
     assert s.state_url == "memory://"
     embedded = {name: f.default for name, f in Settings.model_fields.items()}
     assert (s.default_policy("spectrum"), s.default_policy("mac")) == (
-        embedded["default_policy_spectrum"], embedded["default_policy_mac"])
+        embedded["default_policy_spectrum"],
+        embedded["default_policy_mac"],
+    )
 
 
 def test_flags_override_the_environment(clean_env) -> None:
     clean_env.setenv("GNBSCHED_REST_PORT", "9000")
     clean_env.setenv("GNBSCHED_SEED", "7")
     clean_env.setenv("GNBSCHED_FALLBACKS", '["rr"]')
-    s = serve.settings_from_args(_args("--rest-port", "9100", "--policy", "rr", "--fallbacks", "greedy, km",
-                                       "--state-url", "redis://10.0.0.1:6379/2", "--deadline-ms", "2.5",
-                                       "--max-users", "100", "--preload", "km"))
+    s = serve.settings_from_args(
+        _args(
+            "--rest-port",
+            "9100",
+            "--policy",
+            "rr",
+            "--fallbacks",
+            "greedy, km",
+            "--state-url",
+            "redis://10.0.0.1:6379/2",
+            "--deadline-ms",
+            "2.5",
+            "--max-users",
+            "100",
+            "--preload",
+            "km",
+        )
+    )
     assert s.rest_port == 9100 and s.seed == 7
     assert s.fallbacks == ["greedy", "km"]
     assert (s.default_policy_spectrum, s.default_policy_mac) == ("rr", "rr")
@@ -62,8 +83,20 @@ def test_flags_override_the_environment(clean_env) -> None:
 
 
 def test_exported_settings_rebuild_the_same_settings_in_a_worker(clean_env) -> None:
-    s = serve.settings_from_args(_args("--rest-port", "9200", "--fallbacks", "greedy,rr", "--deadline-ms", "3",
-                                       "--preload", "km,pf", "--workers", "2"))
+    s = serve.settings_from_args(
+        _args(
+            "--rest-port",
+            "9200",
+            "--fallbacks",
+            "greedy,rr",
+            "--deadline-ms",
+            "3",
+            "--preload",
+            "km,pf",
+            "--workers",
+            "2",
+        )
+    )
     serve.export_settings(s)
     try:
         assert Settings() == s
@@ -109,8 +142,12 @@ def test_serve_prints_settings_once_serves_rest_and_grpc_and_stops_on_sigterm(se
 
 
 def _total(text: str, name: str, **labels: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def test_two_workers_share_one_metrics_view(serve_process, promtool_check) -> None:
@@ -150,8 +187,7 @@ def test_grpc_only_when_rest_is_disabled(serve_process) -> None:
         assert proc.proc.poll() is None, proc.stop()
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                                    timeout=1)
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             except grpc.RpcError:
                 return False
             return reply.status == health_pb2.HealthCheckResponse.SERVING

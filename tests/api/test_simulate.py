@@ -28,26 +28,40 @@ def service():
 
 
 def _same_kpis(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a.keys() == b.keys() and all(
-        a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
-@pytest.mark.parametrize(("preset", "scenario", "policy"), [
-    ("spectrum", "u10-c15-b3", None),  # the service default (km)
-    ("spectrum", "u7-c10-b2", "random"),  # random draws are seeded by (seed, cell, slot)
-    ("mac", "fixed-5", None),  # the service default (pf): per-cell history + feedback matter
-    ("mac", "standard", "random"),
-])
+@pytest.mark.parametrize(
+    ("preset", "scenario", "policy"),
+    [
+        ("spectrum", "u10-c15-b3", None),  # the service default (km)
+        ("spectrum", "u7-c10-b2", "random"),  # random draws are seeded by (seed, cell, slot)
+        ("mac", "fixed-5", None),  # the service default (pf): per-cell history + feedback matter
+        ("mac", "standard", "random"),
+    ],
+)
 def test_remote_closed_loop_equals_inproc(service, preset: str, scenario: str, policy: str | None) -> None:
     cell = f"eq-{preset}-{scenario}-{policy}"
     runs = {}
-    for name, target, stream in (("grpc", service["grpc"], False), ("grpc-stream", service["grpc"], True),
-                                 ("http", service["http"], False)):
+    for name, target, stream in (
+        ("grpc", service["grpc"], False),
+        ("grpc-stream", service["grpc"], True),
+        ("http", service["http"], False),
+    ):
         cell_id = f"{cell}-{name}"  # a fresh cell per run: its history starts empty
-        runs[name] = simulate(target, preset=preset, scenario=scenario, policy=policy, slots=SLOTS, seed=11,
-                              stream=stream, cell_id=cell_id)
-        inproc = simulate("inproc", preset=preset, scenario=scenario, policy=policy, slots=SLOTS, seed=11,
-                          cell_id=cell_id)
+        runs[name] = simulate(
+            target,
+            preset=preset,
+            scenario=scenario,
+            policy=policy,
+            slots=SLOTS,
+            seed=11,
+            stream=stream,
+            cell_id=cell_id,
+        )
+        inproc = simulate(
+            "inproc", preset=preset, scenario=scenario, policy=policy, slots=SLOTS, seed=11, cell_id=cell_id
+        )
         assert _same_kpis(runs[name], inproc), (name, runs[name], inproc)
     assert runs["grpc"]["slots" if preset == "spectrum" else "ttis"] == SLOTS
     if policy is None:  # deterministic policies do not depend on the cell id: all transports agree
@@ -76,14 +90,17 @@ def test_cli_prints_kpis_and_json(capsys) -> None:
     assert doc["cell_id"] == "cli" and doc["slots"] == 40
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--target", "ftp://127.0.0.1:1"], "--target must be"),
-    (["--target", "http://127.0.0.1:1", "--stream"], "--stream needs a grpc://"),
-    (["--target", "grpc://127.0.0.1:1", "--timeout-s", "0.3"], "no gRPC service at 127.0.0.1:1"),
-    (["--target", "http://127.0.0.1:1", "--timeout-s", "0.3"], "slot 0: ConnectError"),
-    (["--scenario", "no-such-scenario"], "unknown"),
-    (["--slots", "0"], "--slots must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "ftp://127.0.0.1:1"], "--target must be"),
+        (["--target", "http://127.0.0.1:1", "--stream"], "--stream needs a grpc://"),
+        (["--target", "grpc://127.0.0.1:1", "--timeout-s", "0.3"], "no gRPC service at 127.0.0.1:1"),
+        (["--target", "http://127.0.0.1:1", "--timeout-s", "0.3"], "slot 0: ConnectError"),
+        (["--scenario", "no-such-scenario"], "unknown"),
+        (["--slots", "0"], "--slots must be >= 1"),
+    ],
+)
 def test_cli_reports_bad_targets_and_arguments(capsys, args: list[str], message: str) -> None:
     assert main(["simulate", "--slots", "3", *args]) == 2
     assert message in capsys.readouterr().err

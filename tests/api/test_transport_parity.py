@@ -67,25 +67,51 @@ def down(x: float) -> float:
 
 # ----------------------------------------------------------------------------- the base slots
 
-TOP = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg",
-       "epoch", "noise_density_dbm_hz")
+TOP = (
+    "cell_id",
+    "slot",
+    "preset",
+    "policy",
+    "deadline_ms",
+    "max_resources_per_user",
+    "tti_s",
+    "rb_per_rbg",
+    "epoch",
+    "noise_density_dbm_hz",
+)
 USER_COLUMNS = ("rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "fading_gain")
 RESOURCE_COLUMNS = ("bandwidth_hz", "available", "interference_dbm")
 MATRICES = ("rate_bps", "utility")
 
 MAC: dict[str, Any] = {
-    "cell_id": "parity-mac", "slot": 41, "preset": "mac", "policy": "pf", "max_resources_per_user": 2,
-    "tti_s": 0.0005, "rb_per_rbg": 4,
-    "user_ids": [3, 11, 5], "spectral_efficiency": [1.5, 3.25, 0.75], "buffer_bits": [4000.0, 2.5e5, 9e5],
+    "cell_id": "parity-mac",
+    "slot": 41,
+    "preset": "mac",
+    "policy": "pf",
+    "max_resources_per_user": 2,
+    "tti_s": 0.0005,
+    "rb_per_rbg": 4,
+    "user_ids": [3, 11, 5],
+    "spectral_efficiency": [1.5, 3.25, 0.75],
+    "buffer_bits": [4000.0, 2.5e5, 9e5],
     "eligible": [True, True, False],
-    "resource_ids": [8, 1, 2, 9], "available": [True, False, True, True],
+    "resource_ids": [8, 1, 2, 9],
+    "available": [True, False, True, True],
     "feedback": [(3, 1000.0), (5, 0.0)],
 }
 SPECTRUM: dict[str, Any] = {
-    "cell_id": "parity-spectrum", "slot": 7, "preset": "spectrum", "policy": "km", "noise_density_dbm_hz": -174.0,
-    "user_ids": [0, 42, 17], "rx_power_dbm": [-60.0, -72.5, -55.25], "eligible": [True, True, True],
+    "cell_id": "parity-spectrum",
+    "slot": 7,
+    "preset": "spectrum",
+    "policy": "km",
+    "noise_density_dbm_hz": -174.0,
+    "user_ids": [0, 42, 17],
+    "rx_power_dbm": [-60.0, -72.5, -55.25],
+    "eligible": [True, True, True],
     "fading_gain": [[1.0, 0.5, 2.0, 0.25], [0.75, 1.25, 0.1, 3.0], [2.5, 0.05, 1.0, 1.5]],
-    "resource_ids": [4, 5, 6, 7], "bandwidth_hz": [1e6, 2e6, 1e6, 5e5], "available": [True, True, False, True],
+    "resource_ids": [4, 5, 6, 7],
+    "bandwidth_hz": [1e6, 2e6, 1e6, 5e5],
+    "available": [True, True, False, True],
     "interference_dbm": [-100.0, -95.0, -300.0, -90.0],
     "feedback": [(42, 1.5e6)],
 }
@@ -133,7 +159,7 @@ class Case(NamedTuple):
 
     @property
     def wire(self) -> str:
-        """"both", "rest" or "grpc": where the mutation can be expressed."""
+        """ "both", "rest" or "grpc": where the mutation can be expressed."""
         return self.mutation[0] if self.mutation and self.mutation[0] in ("rest", "grpc") else "both"
 
     @property
@@ -218,8 +244,11 @@ def _bound_cases() -> list[Case]:
                 cases.append(C(base, field, [1.44e6, 1.44e6, value, 1.44e6], expect=OK if ok else f"{canon}[2]"))
             elif index is None:
                 too_wide = rule.kind == "int" and (value > (INT32_MAX if key == "rb_per_rbg" else INT64_MAX))
-                cases.append(C(base, "rest", (field,), value, expect=expect) if too_wide else
-                             C(base, field, value, expect=expect))
+                cases.append(
+                    C(base, "rest", (field,), value, expect=expect)
+                    if too_wide
+                    else C(base, field, value, expect=expect)
+                )
             elif rule.kind == "int" and value > INT64_MAX:  # an id beyond int64: JSON only
                 group = "users" if key.startswith("users") else "resources"
                 cases.append(C(base, "rest", (group, index, "id"), value, expect=expect))
@@ -345,9 +374,24 @@ HOSTILE: list[Case] = [
     C("mac", "feedback", FB16),
     C("mac", "feedback", FB17, expect="feedback"),
     # --- JSON only: non-canonical feedback keys, types, values beyond the proto's integers
-    *(C("mac", "rest", ("feedback", "delivered_bits"), {key: 5.0}, expect="feedback[0]")
-      for key in ("01", "+1", "-1", " 1", "1 ", "", "1.0", "0x1", "00", "１", "1e3", "9223372036854775808",
-                  "99999999999999999999")),
+    *(
+        C("mac", "rest", ("feedback", "delivered_bits"), {key: 5.0}, expect="feedback[0]")
+        for key in (
+            "01",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "",
+            "1.0",
+            "0x1",
+            "00",
+            "１",
+            "1e3",
+            "9223372036854775808",
+            "99999999999999999999",
+        )
+    ),
     C("mac", "rest", ("feedback", "delivered_bits"), {"3": 1.0, "0": 2.0, "9223372036854775807": 3.0}),
     C("mac", "rest", ("feedback", "delivered_bits"), {"3": "5"}, expect="feedback[0]"),
     C("mac", "rest", ("feedback", "delivered_bits"), {"3": None}, expect="feedback[0]"),
@@ -499,9 +543,12 @@ def render(case: Case) -> Wire:
 _ELEMENT = re.compile(r"(users|resources)\[(\d+)\](?:\.(\w+))?((?:\[\d+\])*)")
 _INDEXED = re.compile(r"(.+?)((?:\[\d+\])*)")
 #: gRPC field -> canonical (REST rule) name
-GRPC_NAMES = {"user_ids": "users.id", "resource_ids": "resources.id",
-              **{name: f"users.{name}" for name in USER_COLUMNS},
-              **{name: f"resources.{name}" for name in RESOURCE_COLUMNS}}
+GRPC_NAMES = {
+    "user_ids": "users.id",
+    "resource_ids": "resources.id",
+    **{name: f"users.{name}" for name in USER_COLUMNS},
+    **{name: f"resources.{name}" for name in RESOURCE_COLUMNS},
+}
 
 Canon = tuple[str, tuple[int, ...]]
 
@@ -598,8 +645,9 @@ def assert_same_args(a: ScheduleArgs, b: ScheduleArgs) -> None:
         assert np.array(list(a.feedback.values())).tobytes() == np.array(list(b.feedback.values())).tobytes()
 
 
-def _check_refusal(exc: InvalidSlotError | ScheduleArgs, canon: Callable[[str, Ctx], Canon], ctx: Ctx,
-                   case: Case) -> Canon:
+def _check_refusal(
+    exc: InvalidSlotError | ScheduleArgs, canon: Callable[[str, Ctx], Canon], ctx: Ctx, case: Case
+) -> Canon:
     assert isinstance(exc, InvalidSlotError), f"accepted, expected a refusal naming {case.expect}"
     got = canon(exc.field, ctx)
     assert names_expected(got, case.expect), f"refused naming {exc.field!r} ({got}), expected {case.expect}: {exc}"
@@ -644,8 +692,7 @@ def test_one_slot_renders_to_two_wire_forms_that_decode_to_it(case: Case) -> Non
     assert isinstance(first, ScheduleArgs)
     state, feedback = first.state, first.feedback
     rest = decode_rest(rest_request(state, feedback, policy=first.policy, deadline_ms=first.deadline_ms))
-    grpc_ = decode_grpc(slot_to_request(state, feedback=feedback, policy=first.policy,
-                                        deadline_ms=first.deadline_ms))
+    grpc_ = decode_grpc(slot_to_request(state, feedback=feedback, policy=first.policy, deadline_ms=first.deadline_ms))
     for got in (rest, grpc_):
         assert isinstance(got, ScheduleArgs), got
         assert_same_slot(got.state, state)
@@ -692,7 +739,7 @@ def _unique_cell(cell_id: Any, tag: str) -> Any:
     """A cell id of the same length (so the cell_id cases keep their verdict) unique per run."""
     if type(cell_id) is not str or len(cell_id) <= 1:
         return cell_id if type(cell_id) is not str or not cell_id else tag[-1]
-    return (tag + cell_id[len(tag):]) if len(cell_id) >= len(tag) else tag
+    return (tag + cell_id[len(tag) :]) if len(cell_id) >= len(tag) else tag
 
 
 def _grpc_outcome(stub: Any, req: pb.SlotRequest) -> tuple[str, Any]:
@@ -718,7 +765,11 @@ def _compare_answers(case: Case, ctx: Ctx, rest: httpx.Response | None, code: st
             body = rest.json()
             owner = [-1 if o is None else o for o in body["owner"]]
             assert owner == list(answer.owner), where
-            assert (body["policy"], body["utility"], body["replayed"]) == (answer.policy, answer.utility, answer.replayed), where
+            assert (body["policy"], body["utility"], body["replayed"]) == (
+                answer.policy,
+                answer.utility,
+                answer.replayed,
+            ), where
         return
     names = []
     if rest is not None:
@@ -744,8 +795,14 @@ def test_real_servers_agree(serve_process) -> None:
     """The same cases through one ``gnbsched serve`` (REST and gRPC over one core): REST 200 ⇔ gRPC
     OK with the same owners, REST 4xx ⇔ gRPC INVALID_ARGUMENT naming the same field; then the
     per-cell state rules: 409 ⇔ FAILED_PRECONDITION."""
-    proc = serve_process("--policy-mac", "pf", "--policy-spectrum", "km", grpc=True,
-                         env={"GNBSCHED_MAX_USERS": str(MAX_USERS), "GNBSCHED_MAX_RESOURCES": str(MAX_RESOURCES)})
+    proc = serve_process(
+        "--policy-mac",
+        "pf",
+        "--policy-spectrum",
+        "km",
+        grpc=True,
+        env={"GNBSCHED_MAX_USERS": str(MAX_USERS), "GNBSCHED_MAX_RESOURCES": str(MAX_RESOURCES)},
+    )
     proc.wait_ready()
     with httpx.Client(base_url=proc.url, timeout=10) as http, grpc.insecure_channel(proc.grpc_target) as channel:
         stub = pb_grpc.SchedulerStub(channel)
@@ -792,7 +849,8 @@ def test_real_servers_agree(serve_process) -> None:
             body = resp.json()
             kind = ErrorKind(body["error"])
             assert resp.status_code == HTTP_STATUS[kind] and code == GRPC_CODE[kind], where
-            assert (resp.status_code, code) == ((422, "INVALID_ARGUMENT") if expect.startswith("feedback")
-                                                else (409, "FAILED_PRECONDITION")), where
+            assert (resp.status_code, code) == (
+                (422, "INVALID_ARGUMENT") if expect.startswith("feedback") else (409, "FAILED_PRECONDITION")
+            ), where
             a, b = rest_canonical(body["field"], ctx), grpc_canonical(answer.split(": ", 1)[0], ctx)
             assert a == b == parse_canonical(expect), where

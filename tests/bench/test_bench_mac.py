@@ -13,8 +13,16 @@ def test_quick_run_writes_tables_csv_json_and_plots(tmp_path, capsys):
     args = argparse.Namespace(out=str(tmp_path), quick=True, seed=3, policies="pf,s-aloha", slots=40)
     assert mac.run(args) == 0
     out = capsys.readouterr().out
-    for title in ("standard setting", "N sweep", "M sweep", "Table III", "Table VIII", "Table VII", "Table IV",
-                  "LLM4MAC"):
+    for title in (
+        "standard setting",
+        "N sweep",
+        "M sweep",
+        "Table III",
+        "Table VIII",
+        "Table VII",
+        "Table IV",
+        "LLM4MAC",
+    ):
         assert title in out, title
     d = tmp_path / "mac"
     rows = list(csv.DictReader(open(d / "results.csv")))

@@ -26,9 +26,16 @@ def test_quick_run_writes_report_json_and_figures(quick_run):
     rc, out, stdout, stderr = quick_run
     assert rc == 0, stderr
     report = (out / perf.REPORT_NAME).read_text()
-    for section in ("## Targets", "## Our policies against the exact Hungarian solver", "## Per-stage times",
-                    "## End to end through the real service", "## Decisions per second",
-                    "## Peak memory", "## The papers' figures beside ours", "## Figures"):
+    for section in (
+        "## Targets",
+        "## Our policies against the exact Hungarian solver",
+        "## Per-stage times",
+        "## End to end through the real service",
+        "## Decisions per second",
+        "## Peak memory",
+        "## The papers' figures beside ours",
+        "## Figures",
+    ):
         assert section in report, section
     assert "7.2–7.8 s" in report and "96.6%" in report and "12.85 ms" in report and "15.5 ms" in report
     command = f"gnbsched bench perf --quick --out {out} --seed 2"
@@ -77,15 +84,20 @@ def _scale_row(ratio: float, p50: float) -> perf.ScaleRow:
 
 
 def _e2e_rows(stream_p99: float, rest_p50: float) -> list[perf.E2ERow]:
-    return [perf.E2ERow("mac", "pf", 100, 69, "grpc-stream", 10, stream_p99 / 2, stream_p99),
-            perf.E2ERow("mac", "pf", 100, 69, "rest", 10, rest_p50, 2 * rest_p50, 0.1)]
+    return [
+        perf.E2ERow("mac", "pf", 100, 69, "grpc-stream", 10, stream_p99 / 2, stream_p99),
+        perf.E2ERow("mac", "pf", 100, 69, "rest", 10, rest_p50, 2 * rest_p50, 0.1),
+    ]
 
 
-@pytest.mark.parametrize(("ratio", "p50", "stream_p99", "rest_p50", "met"), [
-    (0.9999, 20.0, 0.8, 0.7, [True, True, True]),
-    (0.990, 20.0, 0.8, 0.7, [False, True, True]),  # quality below 99.5 %
-    (0.9999, 80.0, 1.5, 1.2, [False, False, False]),  # too slow everywhere
-])
+@pytest.mark.parametrize(
+    ("ratio", "p50", "stream_p99", "rest_p50", "met"),
+    [
+        (0.9999, 20.0, 0.8, 0.7, [True, True, True]),
+        (0.990, 20.0, 0.8, 0.7, [False, True, True]),  # quality below 99.5 %
+        (0.9999, 80.0, 1.5, 1.2, [False, False, False]),  # too slow everywhere
+    ],
+)
 def test_target_lines_say_met_or_missed_from_the_figures(ratio, p50, stream_p99, rest_p50, met):
     res = perf.Results(meta={}, scale=[_scale_row(ratio, p50)], e2e=_e2e_rows(stream_p99, rest_p50))
     lines = perf.target_lines(res)

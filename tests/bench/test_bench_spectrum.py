@@ -75,8 +75,9 @@ def test_quick_run_json_and_pngs(quick_run):
 
 
 def test_policy_subset_slots_and_unknown_policy(tmp_path, capsys):
-    rc = main(["bench", "--preset", "spectrum", "--quick", "--out", str(tmp_path), "--policies", "greedy",
-               "--slots", "2"])
+    rc = main(
+        ["bench", "--preset", "spectrum", "--quick", "--out", str(tmp_path), "--policies", "greedy", "--slots", "2"]
+    )
     assert rc == 0
     rows = list(csv.DictReader((tmp_path / "spectrum" / "results.csv").open()))
     assert {r["policy"] for r in rows} == {"km", "random", "greedy"}  # references always run
@@ -94,10 +95,23 @@ def test_skip_rules():
 
 
 def test_plot_helpers(tmp_path):
-    p = save_line_plot(tmp_path / "a" / "line.png", [1, 10, 100], {"x": [1.0, 2.0, float("nan")], "y": [3, 2, 1]},
-                       xlabel="n", ylabel="ms", logx=True, logy=True)
-    b = save_bar_plot(tmp_path / "bar.png", ["s1", "s2"], {"p": [0.5, 1.0], "q": [float("nan"), 0.9]},
-                      xlabel="scenario", ylabel="ratio", hline=1.0)
+    p = save_line_plot(
+        tmp_path / "a" / "line.png",
+        [1, 10, 100],
+        {"x": [1.0, 2.0, float("nan")], "y": [3, 2, 1]},
+        xlabel="n",
+        ylabel="ms",
+        logx=True,
+        logy=True,
+    )
+    b = save_bar_plot(
+        tmp_path / "bar.png",
+        ["s1", "s2"],
+        {"p": [0.5, 1.0], "q": [float("nan"), 0.9]},
+        xlabel="scenario",
+        ylabel="ratio",
+        hline=1.0,
+    )
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b.stat().st_size > 1000
     with pytest.raises(ValueError, match="series 'p'"):
         save_bar_plot(tmp_path / "bad.png", ["s1"], {"p": [1.0, 2.0]}, xlabel="", ylabel="")

@@ -14,8 +14,15 @@ from service.sim.worlds import HELD_OUT, MAC_FAMILIES, SPECTRUM_FAMILIES
 
 def _mac(held_out: bool = False, **figures: float) -> dict:
     """A mac row that meets every target unless ``figures`` says otherwise."""
-    return {"held_out": held_out, "utility_ratio": 1.02, "throughput_ratio": 1.0, "latency_ratio": 1.1,
-            "jain_minus_pf": 0.0, "valid_before_repair": 1.0, **figures}
+    return {
+        "held_out": held_out,
+        "utility_ratio": 1.02,
+        "throughput_ratio": 1.0,
+        "latency_ratio": 1.1,
+        "jain_minus_pf": 0.0,
+        "valid_before_repair": 1.0,
+        **figures,
+    }
 
 
 def _spectrum(held_out: bool = False, **figures: float) -> dict:
@@ -28,8 +35,12 @@ def _line(lines: list[str], prefix: str) -> str:
 
 
 def test_every_target_is_judged_on_the_worst_row_of_its_group():
-    rows = [_mac(), _mac(utility_ratio=1.0, throughput_ratio=0.991, latency_ratio=1.2, jain_minus_pf=-0.01),
-            _mac(True), _mac(True)]
+    rows = [
+        _mac(),
+        _mac(utility_ratio=1.0, throughput_ratio=0.991, latency_ratio=1.2, jain_minus_pf=-0.01),
+        _mac(True),
+        _mac(True),
+    ]
     s = bench.summarize(rows, [_spectrum(), _spectrum(ratio_to_km_min=0.99), _spectrum(True)])
     assert s["met"] and set(s) == {"mac", "spectrum", "met"}
     assert set(s["mac"]) == set(s["spectrum"]) == {"training", "held-out"}
@@ -40,13 +51,21 @@ def test_every_target_is_judged_on_the_worst_row_of_its_group():
     assert train["latency_ratio"]["worst"] == pytest.approx(1.2)  # a "<=" target: the worst is the largest
     assert s["spectrum"]["training"]["ratio_to_km_min"]["worst"] == pytest.approx(0.99)
     # each figure just past its target fails that target alone
-    for key, bad in (("utility_ratio", 0.999), ("throughput_ratio", 0.987), ("latency_ratio", 1.21),
-                     ("jain_minus_pf", -0.011), ("valid_before_repair", 0.999)):
+    for key, bad in (
+        ("utility_ratio", 0.999),
+        ("throughput_ratio", 0.987),
+        ("latency_ratio", 1.21),
+        ("jain_minus_pf", -0.011),
+        ("valid_before_repair", 0.999),
+    ):
         judged = bench.summarize([*rows, _mac(**{key: bad})])["mac"]["training"]
         assert not judged["met"] and not judged[key]["met"], key
         assert [k for k, v in judged.items() if isinstance(v, dict) and not v["met"]] == [key]
     lines = bench.verdict_lines(bench.summarize([*rows, _mac(throughput_ratio=0.987)]))
-    assert _line(lines, "mac throughput / pf (training)") == "mac throughput / pf (training): min 0.9870 (target >= 0.99) FAIL"
+    assert (
+        _line(lines, "mac throughput / pf (training)")
+        == "mac throughput / pf (training): min 0.9870 (target >= 0.99) FAIL"
+    )
     assert _line(lines, "mac throughput / pf (held-out)").endswith("PASS")
     assert _line(lines, "mac p95 latency / pf (training)").startswith("mac p95 latency / pf (training): max 1.2000")
     assert not bench.summarize(spectrum_rows=[_spectrum(), _spectrum(ratio_to_km_min=0.9899)])["met"]
@@ -70,17 +89,33 @@ def test_latency_is_na_where_pf_has_no_p95_and_a_failure_where_only_the_student_
     # full-buffer traffic: no packet latency at all, the latency target does not apply to that row
     s = bench.summarize([_mac(latency_ratio=math.nan), _mac(latency_ratio=1.15), _mac(True, latency_ratio=None)])
     assert s["met"]
-    assert s["mac"]["training"]["latency_ratio"] == {**s["mac"]["training"]["latency_ratio"], "worst": 1.15,
-                                                     "n_applicable": 1, "met": True}
+    assert s["mac"]["training"]["latency_ratio"] == {
+        **s["mac"]["training"]["latency_ratio"],
+        "worst": 1.15,
+        "n_applicable": 1,
+        "met": True,
+    }
     assert s["mac"]["held-out"]["latency_ratio"]["worst"] is None
     lines = bench.verdict_lines(s)
-    assert _line(lines, "mac p95 latency / pf (training)") == \
-        "mac p95 latency / pf (training): max 1.1500, n/a in 1 of 2 rows (target <= 1.2) PASS"
-    assert _line(lines, "mac p95 latency / pf (held-out)") == \
-        "mac p95 latency / pf (held-out): n/a in all 1 rows (target <= 1.2) PASS"
+    assert (
+        _line(lines, "mac p95 latency / pf (training)")
+        == "mac p95 latency / pf (training): max 1.1500, n/a in 1 of 2 rows (target <= 1.2) PASS"
+    )
+    assert (
+        _line(lines, "mac p95 latency / pf (held-out)")
+        == "mac p95 latency / pf (held-out): n/a in all 1 rows (target <= 1.2) PASS"
+    )
     # the row builder: pf's p95 NaN -> n/a; the student completing no packet where pf does -> inf (FAIL)
-    kpis = {"slots": 10.0, "leader_utility": 0.5, "cell_throughput_bps": 2e6, "latency_p95_slots": math.nan,
-            "jain_throughput": 0.8, "bler": 0.0, "dropped_share": 0.0, "valid_before_repair": 1.0}
+    kpis = {
+        "slots": 10.0,
+        "leader_utility": 0.5,
+        "cell_throughput_bps": 2e6,
+        "latency_p95_slots": math.nan,
+        "jain_throughput": 0.8,
+        "bler": 0.0,
+        "dropped_share": 0.0,
+        "valid_before_repair": 1.0,
+    }
     per = {p: [dict(kpis)] for p in bench.MAC_POLICIES}
     per["rr"][0]["leader_utility"] = 0.4
     row = bench.mac_row("rayleigh-full_buffer", 20, 17, per)
@@ -124,11 +159,14 @@ def test_quick_run_of_the_shipped_models_reports_every_family(tmp_path, capsys):
         assert r["utility_ratio"] == pytest.approx(r["student_utility"] / base[r["best_baseline"]])
         assert r["throughput_ratio"] == pytest.approx(r["student_throughput_mbps"] / r["pf_throughput_mbps"])
         assert r["valid_before_repair"] == 1.0
-        assert (r["latency_ratio"] is None) == (not r["latency_target_applies"] or r["student_latency_p95_slots"] is None)
+        assert (r["latency_ratio"] is None) == (
+            not r["latency_target_applies"] or r["student_latency_p95_slots"] is None
+        )
     fb = next(r for r in mac if r["family"] == "rayleigh-full_buffer")
     assert fb["pf_latency_p95_slots"] is None and not fb["latency_target_applies"]
     assert {(r["family"], r["num_ue"], r["num_res"]) for r in spectrum} == {
-        (f, n, m) for f in SPECTRUM_FAMILIES for n, m in bench.QUICK.spectrum_sizes}
+        (f, n, m) for f in SPECTRUM_FAMILIES for n, m in bench.QUICK.spectrum_sizes
+    }
     for r in spectrum:
         assert 0.0 < r["ratio_to_km_min"] <= r["ratio_to_km_mean"] <= 1.0 + 1e-9  # KM is optimal
         assert r["valid_before_repair"] == 1.0 and r["instances"] == bench.QUICK.instances
@@ -177,8 +215,14 @@ def test_benchmarks_md_gets_one_student_section_and_bench_perf_keeps_it(tmp_path
         columns = {k: 1.0 for k, _, _ in (*bench.MAC_COLUMNS, *bench.SPECTRUM_COLUMNS)}
         return {**columns, "family": "fam", "num_ue": 20, "num_rbg": 17, "num_res": 17, "instances": 2, **figures}
 
-    out = {"models": {}, "seed": 3, "quick": True, "wall_time_s": 1.0, "mac": [row(_mac()), row(_mac(True))],
-           "spectrum": [row(_spectrum())]}
+    out = {
+        "models": {},
+        "seed": 3,
+        "quick": True,
+        "wall_time_s": 1.0,
+        "mac": [row(_mac()), row(_mac(True))],
+        "spectrum": [row(_spectrum())],
+    }
     out["summary"] = bench.summarize(out["mac"], out["spectrum"])
     command = "gnbsched bench student --quick --seed 3 --out ."
     for _ in range(2):
@@ -187,15 +231,25 @@ def test_benchmarks_md_gets_one_student_section_and_bench_perf_keeps_it(tmp_path
     assert text.startswith(TITLE)
     _, sections = split_sections(text)
     assert [owner for owner, _ in sections] == ["student"]
-    assert sections[0][1].startswith(f"<!-- generated by: {command} (seed 3, quick=True) -->\n"
-                                     "## The student on world families\n\n"
-                                     f"Produced by `{command}` (seed 3, quick subset) on ")
+    assert sections[0][1].startswith(
+        f"<!-- generated by: {command} (seed 3, quick=True) -->\n"
+        "## The student on world families\n\n"
+        f"Produced by `{command}` (seed 3, quick subset) on "
+    )
     assert "](docs/bench/student_targets.png)" in text  # relative to BENCHMARKS.md
     assert "](student_targets.png)" in (tmp_path / bench.REPORT_FILE).read_text()  # relative to student.md
     with pytest.raises(ValueError, match="gnbsched bench student"):
         bench.write_report(tmp_path, out, "cmd")
-    meta = {"command": "gnbsched bench perf --out .", "date": "today", "quick": True, "seed": 0, "wall_s": 1.0,
-            "machine": "test", "load_start": "0", "load_end": "0"}
+    meta = {
+        "command": "gnbsched bench perf --out .",
+        "date": "today",
+        "quick": True,
+        "seed": 0,
+        "wall_s": 1.0,
+        "machine": "test",
+        "load_start": "0",
+        "load_end": "0",
+    }
     report = perf.write_report(tmp_path, perf.Results(meta=meta), [])
     _, after = split_sections(Path(report).read_text())
     assert [owner for owner, _ in after] == ["perf", "perf", "student"]  # targets, the papers' table; student kept

@@ -64,7 +64,10 @@ def test_each_suite_replaces_its_own_sections_and_keeps_the_others(tmp_path, cap
     head, sections = benchmarks_md.split_sections(text)
     assert head.strip() == benchmarks_md.TITLE.strip()
     assert [(owner, sec.splitlines()[1]) for owner, sec in sections] == [
-        ("perf", "## Targets"), ("validate", "## Validation"), ("student", "## Student")]  # SUITE_ORDER
+        ("perf", "## Targets"),
+        ("validate", "## Validation"),
+        ("student", "## Student"),
+    ]  # SUITE_ORDER
     assert "new" in sections[0][1] and "Scale" not in text
     assert capsys.readouterr().err == ""  # nothing by hand left to drop
     lines = text.splitlines()

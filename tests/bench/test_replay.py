@@ -32,21 +32,30 @@ SLOTS = 16  # per cell; even slots over REST, odd ones over gRPC
 
 
 def _same_slot(a: SlotState, b: SlotState) -> bool:
-    same = all(np.array_equal(getattr(a, f), getattr(b, f)) for f in (
-        "user_ids", "resource_ids", "utility", "resource_available", "user_eligible", "bandwidth_hz"))
+    same = all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("user_ids", "resource_ids", "utility", "resource_available", "user_eligible", "bandwidth_hz")
+    )
     for f in ("buffer_bits", "rx_power_dbm", "spectral_efficiency"):
         x, y = getattr(a, f), getattr(b, f)
         same &= (x is None) == (y is None) and (x is None or np.array_equal(x, y))
-    return bool(same and a.max_resources_per_user == b.max_resources_per_user and a.tti_s == b.tti_s
-                and a.cell_id == b.cell_id and a.slot == b.slot and a.preset == b.preset)
+    return bool(
+        same
+        and a.max_resources_per_user == b.max_resources_per_user
+        and a.tti_s == b.tti_s
+        and a.cell_id == b.cell_id
+        and a.slot == b.slot
+        and a.preset == b.preset
+    )
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _drive(cell: str, preset: str, scenario: str, policy: str, http: httpx.Client, grpc_client: SchedulerClient,
-           seed: int) -> list[tuple[SlotState, list[int | None]]]:
+def _drive(
+    cell: str, preset: str, scenario: str, policy: str, http: httpx.Client, grpc_client: SchedulerClient, seed: int
+) -> list[tuple[SlotState, list[int | None]]]:
     """Closed loop of one cell against the served service, alternating REST and gRPC."""
     env = make_env(preset, scenario, seed)
     state = replace(env.reset(seed=seed), cell_id=cell)
@@ -68,7 +77,8 @@ def _drive(cell: str, preset: str, scenario: str, policy: str, http: httpx.Clien
 
 
 def test_served_rest_and_grpc_slots_are_recorded_once_and_replay_to_the_served_decisions(
-        serve_process, uvicorn_server, tmp_path) -> None:
+    serve_process, uvicorn_server, tmp_path
+) -> None:
     record = tmp_path / "rec"
     proc = serve_process("--record", str(record), grpc=True).wait_ready()
     cells = {"mac/cell.1": ("mac", "standard", "pf"), "spec-cell": ("spectrum", "u7-c10-b2", "km")}
@@ -123,8 +133,15 @@ def test_served_rest_and_grpc_slots_are_recorded_once_and_replay_to_the_served_d
 
 def _mac_state(slot: int, cell: str = "rot") -> SlotState:
     rng = np.random.default_rng(slot)
-    return make_slot("mac", np.arange(1, 9), np.arange(12), spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], 8),
-                     buffer_bits=rng.integers(0, 20, 8) * 256.0, cell_id=cell, slot=slot)
+    return make_slot(
+        "mac",
+        np.arange(1, 9),
+        np.arange(12),
+        spectral_efficiency=rng.choice([0.2344, 0.6016, 1.1758], 8),
+        buffer_bits=rng.integers(0, 20, 8) * 256.0,
+        cell_id=cell,
+        slot=slot,
+    )
 
 
 def test_rotation_keeps_one_old_file_within_the_bound(tmp_path) -> None:
@@ -171,11 +188,22 @@ def test_a_failing_write_never_fails_a_slot_and_is_logged_once(tmp_path, caplog)
 
 def test_request_format_is_exact_and_compact_when_the_physical_fields_reproduce_the_utility() -> None:
     rng = np.random.default_rng(0)
-    mac = make_slot("mac", np.arange(5), np.arange(7), spectral_efficiency=rng.random(5) * 5,
-                    buffer_bits=rng.random(5) * 1e4, rb_per_rbg=8)
+    mac = make_slot(
+        "mac",
+        np.arange(5),
+        np.arange(7),
+        spectral_efficiency=rng.random(5) * 5,
+        buffer_bits=rng.random(5) * 1e4,
+        rb_per_rbg=8,
+    )
     flat = make_slot("spectrum", np.arange(5), np.arange(7), rx_power_dbm=rng.uniform(-100, -60, 5))
-    faded = make_slot("spectrum", np.arange(5), np.arange(7), rx_power_dbm=rng.uniform(-100, -60, 5),
-                      fading_gain=rng.exponential(1.0, (5, 7)))
+    faded = make_slot(
+        "spectrum",
+        np.arange(5),
+        np.arange(7),
+        rx_power_dbm=rng.uniform(-100, -60, 5),
+        fading_gain=rng.exponential(1.0, (5, 7)),
+    )
     matrix = make_slot("mac", np.arange(5), np.arange(7), utility=rng.exponential(300, (5, 7)))
     for state, matrix_key in ((mac, None), (flat, None), (faded, "rate_bps"), (matrix, "utility")):
         body = rest_request(state, {1: 2.5}, policy="pf", compact=True)
@@ -215,7 +243,9 @@ def test_plain_request_bodies_replay_and_broken_lines_are_reported_and_skipped(t
     result = replay.run_trace(path, policies=("pf", "max_weight", "rr", "greedy"), seed=0)
     assert result["rows"] == 11 and result["bad_lines"] == 2 and result["blank_lines"] == 1
     assert [(e["line"], e["message"].split(":")[0]) for e in result["errors"]] == [
-        (4, "users[0].buffer_bits"), (9, "invalid JSON")]
+        (4, "users[0].buffer_bits"),
+        (9, "invalid JSON"),
+    ]
     mac = result["presets"]["mac"]
     assert mac["rows"] == 11 and mac["slots"] == 11 and mac["reference"].endswith(")")
     best = max(("pf", "max_weight", "rr"), key=lambda p: mac["policies"][p]["utility_per_slot"])
@@ -223,11 +253,14 @@ def test_plain_request_bodies_replay_and_broken_lines_are_reported_and_skipped(t
     for v in mac["policies"].values():
         assert v["decisions"] == 11 and v["valid_before_repair"] == 1.0 and v["fallbacks"] == 0
         assert v["recorded_compared"] == 0 and 0 < v["jain"] <= 1 and len(v["decision_hash"]) == 64
-    assert replay.run_trace(path, policies=("pf",), seed=0)["presets"]["mac"]["policies"]["pf"]["decision_hash"] \
+    assert (
+        replay.run_trace(path, policies=("pf",), seed=0)["presets"]["mac"]["policies"]["pf"]["decision_hash"]
         == mac["policies"]["pf"]["decision_hash"]
+    )
 
-    args = argparse.Namespace(trace=str(path), out=str(tmp_path / "out"), seed=0, quick=False, slots=None,
-                              policies="student,pf")
+    args = argparse.Namespace(
+        trace=str(path), out=str(tmp_path / "out"), seed=0, quick=False, slots=None, policies="student,pf"
+    )
     assert bench_student.run(args) == 0
     captured = capsys.readouterr()
     assert f"{path}:4: skipped: users[0].buffer_bits" in captured.err and f"{path}:9: skipped" in captured.err

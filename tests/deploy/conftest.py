@@ -60,8 +60,14 @@ def live_service() -> Iterator[LiveService]:
             GNBSCHED_TEACHER_TIMEOUT_S="10",
         )
         # the installed console script, configured through the environment only (host and ports too)
-        proc = ServeProcess(env=env, grpc=True, command=[tool("gnbsched"), "serve"], settings_in_env=True,
-                            log_path=tmp / "gnbsched.log", cwd=tmp)
+        proc = ServeProcess(
+            env=env,
+            grpc=True,
+            command=[tool("gnbsched"), "serve"],
+            settings_in_env=True,
+            log_path=tmp / "gnbsched.log",
+            cwd=tmp,
+        )
         try:
             base = proc.url
             proc.wait_ready(path="/readyz")
@@ -86,8 +92,7 @@ def live_service() -> Iterator[LiveService]:
                 post_schedule(base, mac_request("cell-mac", slot), expect=503)
             text = scrape(base)
             samples, families = parse_exposition(text)
-            yield LiveService(base, proc.rest_port, proc.grpc_port, text, samples, families, proc.log_path,
-                              proc.proc)
+            yield LiveService(base, proc.rest_port, proc.grpc_port, text, samples, families, proc.log_path, proc.proc)
         finally:
             proc.close(timeout_s=35)
             redis.close(timeout_s=5)
@@ -112,17 +117,28 @@ def prometheus(live_service: LiveService) -> Iterator[str]:
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = ServerProcess([tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                          "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-                         log_path=tmp / "prometheus.log", cwd=tmp).start()
+    proc = ServerProcess(
+        [
+            tool("prometheus"),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        log_path=tmp / "prometheus.log",
+        cwd=tmp,
+    ).start()
     try:
         proc.wait_http(f"{base}/-/ready", timeout_s=30)
         deadline = time.monotonic() + 30
         while not query(base, "gnbsched_decisions_total"):
             if time.monotonic() > deadline:
-                pytest.fail(f"Prometheus scraped no gnbsched_decisions_total within 30 s:\n"
-                            f"{(tmp / 'prometheus.log').read_text()[-2000:]}", pytrace=False)
+                pytest.fail(
+                    f"Prometheus scraped no gnbsched_decisions_total within 30 s:\n"
+                    f"{(tmp / 'prometheus.log').read_text()[-2000:]}",
+                    pytrace=False,
+                )
             time.sleep(0.5)
         yield base
     finally:

@@ -50,13 +50,16 @@ def tool(name: str) -> str:
     return found
 
 
-def run(cmd: list[str], *, timeout: float = 60, cwd: Path | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], *, timeout: float = 60, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command; on a non-zero exit, fail with its output."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}",
+            pytrace=False,
+        )
     return proc
 
 
@@ -100,10 +103,17 @@ class _FakeTeacher(BaseHTTPRequestHandler):
         if not self.path.endswith("/chat/completions"):
             self.send_error(404)
             return
-        body = json.dumps({"id": "fake", "object": "chat.completion", "model": "fake-teacher",
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": TEACHER_ANSWER}}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+        body = json.dumps(
+            {
+                "id": "fake",
+                "object": "chat.completion",
+                "model": "fake-teacher",
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": TEACHER_ANSWER}}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -131,19 +141,32 @@ def fake_teacher() -> Iterator[str]:
 def mac_request(cell_id: str, slot: int, **extra: object) -> dict:
     """An uplink RBG slot (SPEC §3): 4 UEs, 8 RBGs, per-RBG spectral efficiency."""
     se = ((0.2344, 0.6016, 1.1758), (1.1758, 0.2344, 0.6016), (0.6016, 1.1758, 0.2344), (0.6016, 0.6016, 1.1758))
-    users = [{"id": 100 + i, "buffer_bits": 2048.0 * (i + 1),
-              "spectral_efficiency": [se[i][(j + slot) % 3] for j in range(8)]} for i in range(4)]
-    return {"cell_id": cell_id, "slot": slot, "preset": "mac", "users": users,
-            "resources": [{"id": j} for j in range(8)], **extra}
+    users = [
+        {
+            "id": 100 + i,
+            "buffer_bits": 2048.0 * (i + 1),
+            "spectral_efficiency": [se[i][(j + slot) % 3] for j in range(8)],
+        }
+        for i in range(4)
+    ]
+    return {
+        "cell_id": cell_id,
+        "slot": slot,
+        "preset": "mac",
+        "users": users,
+        "resources": [{"id": j} for j in range(8)],
+        **extra,
+    }
 
 
 def spectrum_request(cell_id: str, slot: int, **extra: object) -> dict:
     """A spectrum-access slot (SPEC §2): 3 users, 4 channels, the first one busy."""
     users = [{"id": u, "rx_power_dbm": -70.0 - 5.0 * k} for k, u in enumerate(TEACHER_USERS)]
-    resources = [{"id": c, "bandwidth_hz": 1e6, "available": k != 0, "interference_dbm": -110.0}
-                 for k, c in enumerate(TEACHER_CHANNELS)]
-    return {"cell_id": cell_id, "slot": slot, "preset": "spectrum", "users": users, "resources": resources,
-            **extra}
+    resources = [
+        {"id": c, "bandwidth_hz": 1e6, "available": k != 0, "interference_dbm": -110.0}
+        for k, c in enumerate(TEACHER_CHANNELS)
+    ]
+    return {"cell_id": cell_id, "slot": slot, "preset": "spectrum", "users": users, "resources": resources, **extra}
 
 
 def post_schedule(base: str, body: dict, expect: int = 200) -> dict:
@@ -163,9 +186,15 @@ def grpc_schedule(target: str, body: dict) -> None:
 
     users, res = body["users"], body["resources"]
     se = [v for u in users for v in u["spectral_efficiency"]]
-    req = pb.SlotRequest(cell_id=body["cell_id"], slot=body["slot"], preset="mac",
-                         user_ids=[u["id"] for u in users], buffer_bits=[u["buffer_bits"] for u in users],
-                         spectral_efficiency=se, resource_ids=[r["id"] for r in res])
+    req = pb.SlotRequest(
+        cell_id=body["cell_id"],
+        slot=body["slot"],
+        preset="mac",
+        user_ids=[u["id"] for u in users],
+        buffer_bits=[u["buffer_bits"] for u in users],
+        spectral_efficiency=se,
+        resource_ids=[r["id"] for r in res],
+    )
     with grpc.insecure_channel(target) as channel:
         msg = pb_grpc.SchedulerStub(channel).Schedule(req, timeout=30.0)
     assert not msg.HasField("error"), msg.error
@@ -252,5 +281,3 @@ class LiveService:
     families: dict[str, str]  # family name (counters without _total) -> type
     log_path: Path
     proc: subprocess.Popen = field(repr=False)
-
-

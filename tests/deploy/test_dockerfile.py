@@ -221,7 +221,9 @@ def test_stages_targets_and_non_root_user(dockerfile):
         user = last(stages, target, "USER")
         assert user is not None, f"{target}: no USER (the image would run as root)"
         uid = user.args.split(":")[0]
-        assert uid.isdigit() and int(uid) > 0, f"{target}: USER must be a numeric non-root uid (runAsNonRoot), got {uid}"
+        assert uid.isdigit() and int(uid) > 0, (
+            f"{target}: USER must be a numeric non-root uid (runAsNonRoot), got {uid}"
+        )
         # the uid the Kubernetes Deployment runs as is the image's user
         for overlay in ("dev", "prod"):
             dep = next(d for d in render(overlay) if d["kind"] == "Deployment")
@@ -250,8 +252,9 @@ def test_final_images_hold_no_compiler(dockerfile):
 
 def test_gpu_target_swaps_onnxruntime_for_onnxruntime_gpu(dockerfile):
     _, stages = dockerfile
-    gpu_venv_stage = next(i.flags()[0]["from"] for i in chain(stages, "runtime-gpu")[0].all("COPY")
-                          if "from" in i.flags()[0])
+    gpu_venv_stage = next(
+        i.flags()[0]["from"] for i in chain(stages, "runtime-gpu")[0].all("COPY") if "from" in i.flags()[0]
+    )
     runs = " ".join(i.args for s in chain(stages, gpu_venv_stage) for i in s.all("RUN"))
     arg_defaults = " ".join(i.args for s in chain(stages, gpu_venv_stage) for i in s.all("ARG"))
     assert "pip uninstall -y onnxruntime" in runs
@@ -267,7 +270,9 @@ def test_env_ports_entrypoint_and_healthcheck(dockerfile):
     env = env_of(stages, "runtime")
     assert env["GNBSCHED_HOST"] == "0.0.0.0", "inside a container the server must bind all interfaces"
     exposed = {int(p.split("/")[0]) for i in chain(stages, "runtime")[-1].all("EXPOSE") for p in i.args.split()}
-    exposed |= {int(p.split("/")[0]) for st in chain(stages, "runtime") for i in st.all("EXPOSE") for p in i.args.split()}
+    exposed |= {
+        int(p.split("/")[0]) for st in chain(stages, "runtime") for i in st.all("EXPOSE") for p in i.args.split()
+    }
     assert {int(env["GNBSCHED_REST_PORT"]), int(env["GNBSCHED_GRPC_PORT"])} <= exposed
     assert last(stages, "runtime", "ENTRYPOINT").exec_form() == ["gnbsched"]
     assert last(stages, "runtime", "CMD").exec_form() == ["serve"]
@@ -286,8 +291,12 @@ def test_env_ports_entrypoint_and_healthcheck(dockerfile):
 def test_models_dir_is_shipped_where_the_service_looks(dockerfile, context):
     _, stages = dockerfile
     env = env_of(stages, "runtime")
-    model_copies = [(src, dst) for st in chain(stages, "runtime") for src, dst in copies(st)
-                    if any(s.rstrip("/") == "models" for s in src)]
+    model_copies = [
+        (src, dst)
+        for st in chain(stages, "runtime")
+        for src, dst in copies(st)
+        if any(s.rstrip("/") == "models" for s in src)
+    ]
     assert model_copies, "the runtime image must COPY models/"
     assert {dst.rstrip("/") for _, dst in model_copies} == {env["GNBSCHED_MODEL_DIR"].rstrip("/")}
     models = shipped_models()
@@ -329,12 +338,28 @@ def test_build_stage_files_build_the_package(dockerfile, tmp_path):
             rel = src.rstrip("/")
             files = [f for f in ctx if f == rel or f.startswith(rel + "/")]
             for f in files:
-                target = stage_dir / (f if dst in ("./", ".") or dst.rstrip("/") == rel else
-                                      Path(dst.rstrip("/")) / Path(f).relative_to(rel))
+                target = stage_dir / (
+                    f
+                    if dst in ("./", ".") or dst.rstrip("/") == rel
+                    else Path(dst.rstrip("/")) / Path(f).relative_to(rel)
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / f, target)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(stage_dir)], timeout=120)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(stage_dir),
+        ],
+        timeout=120,
+    )
     wheel = next((tmp_path / "dist").glob("gnbsched-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
@@ -349,7 +374,7 @@ def healthcheck_argv(dockerfile) -> list[str]:
     hc = last(stages, "runtime", "HEALTHCHECK")
     _opts, words = hc.flags()
     assert words[0] == "CMD"
-    cmd = hc.args[hc.args.index("CMD") + 3:].strip()
+    cmd = hc.args[hc.args.index("CMD") + 3 :].strip()
     return json.loads(cmd) if cmd.startswith("[") else ["/bin/sh", "-c", cmd]
 
 
@@ -373,8 +398,14 @@ def test_serve_with_the_image_environment(dockerfile, tmp_path):
     settings = {k: v for k, v in image_env.items() if k.startswith(("GNBSCHED_", "PYTHON"))}
     argv = [tool(last(stages, "runtime", "ENTRYPOINT").exec_form()[0]), *last(stages, "runtime", "CMD").exec_form()]
     # host and ports in GNBSCHED_HOST / _REST_PORT / _GRPC_PORT (loopback, free ports), as the image's ENV sets them
-    serve = ServeProcess(env={**settings, "GNBSCHED_MODEL_DIR": str(model_dir)}, grpc=True, command=argv,
-                         settings_in_env=True, log_path=tmp_path / "serve.log", cwd=tmp_path)
+    serve = ServeProcess(
+        env={**settings, "GNBSCHED_MODEL_DIR": str(model_dir)},
+        grpc=True,
+        command=argv,
+        settings_in_env=True,
+        log_path=tmp_path / "serve.log",
+        cwd=tmp_path,
+    )
     proc, rest_port, grpc_port = serve.proc, serve.rest_port, serve.grpc_port
     hc_env = dict(serve.env, PATH=f"{Path(sys.executable).parent}:{serve.env.get('PATH', '')}")
     try:
@@ -444,7 +475,8 @@ def test_compose_runs_the_image_as_the_manifests_do(dockerfile, monkeypatch):
     assert "healthcheck" in compose["services"][host]
     published = {p.split(":")[-1] for p in svc["ports"]}
     assert published == {str(s.rest_port), str(s.grpc_port)}
-    assert all(p.startswith("127.0.0.1:") for name in compose["services"]
-               for p in compose["services"][name].get("ports", [])), "publish on loopback only"
+    assert all(
+        p.startswith("127.0.0.1:") for name in compose["services"] for p in compose["services"][name].get("ports", [])
+    ), "publish on loopback only"
     grace = svc["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) >= 30

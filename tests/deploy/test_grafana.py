@@ -44,6 +44,7 @@ def targets(dash: dict) -> Iterator[tuple[dict, dict]]:
 def to_promql(expr: str) -> str:
     """A panel expression with Grafana's variables replaced: intervals by a duration, template
     variables (used only inside regex label matchers) by ``.*``."""
+
     def sub(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         return INTERVAL_VARS.get(name, ".*")
@@ -58,8 +59,9 @@ def walk(expr: str) -> tuple[list[tuple[str, dict[str, str | None]]], list[list[
 
     def visit(node: object) -> None:
         if isinstance(node, promql_parser.VectorSelector):
-            matchers = {m.name: (m.value if m.op == promql_parser.MatchOp.Equal else None)
-                        for m in node.matchers.matchers}
+            matchers = {
+                m.name: (m.value if m.op == promql_parser.MatchOp.Equal else None) for m in node.matchers.matchers
+            }
             sels.append((node.name or matchers.pop("__name__"), matchers))
         elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
             by.append(list(node.modifier.labels))
@@ -125,6 +127,7 @@ def test_every_query_parses_and_variables_stay_in_matchers(dash):
 def test_dashboard_shows_the_required_views(dash):
     """Latency p50/p99 per stage and transport against the TTI budget, decisions/s by policy,
     valid-before-repair ratio, repairs, fallbacks by reason, state-store errors, model version."""
+
     def find(pred) -> list[dict]:
         return [p for p in panels(dash["panels"]) if p["type"] != "row" and pred(p)]
 
@@ -154,16 +157,28 @@ def test_dashboard_shows_the_required_views(dash):
     def metrics(p: dict) -> set[str]:
         return {n for e in exprs(p) for n, _ in walk(e)[0]}
 
-    assert find(lambda p: metrics(p) == {"gnbsched_decisions_total"} and "policy" in by_labels(p)
-                and p["fieldConfig"]["defaults"]["unit"] in ("ops", "reqps")), "decisions/s by policy"
-    assert find(lambda p: metrics(p) == {"gnbsched_valid_before_repair_total", "gnbsched_decisions_total"}
-                and p["fieldConfig"]["defaults"]["unit"] == "percentunit"), "valid-before-repair ratio"
+    assert find(
+        lambda p: (
+            metrics(p) == {"gnbsched_decisions_total"}
+            and "policy" in by_labels(p)
+            and p["fieldConfig"]["defaults"]["unit"] in ("ops", "reqps")
+        )
+    ), "decisions/s by policy"
+    assert find(
+        lambda p: (
+            metrics(p) == {"gnbsched_valid_before_repair_total", "gnbsched_decisions_total"}
+            and p["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        )
+    ), "valid-before-repair ratio"
     assert find(lambda p: "gnbsched_repairs_total" in metrics(p)), "repairs"
-    assert find(lambda p: metrics(p) == {"gnbsched_fallbacks_total"} and "reason" in by_labels(p)), "fallbacks by reason"
+    assert find(lambda p: metrics(p) == {"gnbsched_fallbacks_total"} and "reason" in by_labels(p)), (
+        "fallbacks by reason"
+    )
     assert find(lambda p: "gnbsched_state_store_errors_total" in metrics(p)), "state-store errors"
     model = find(lambda p: "gnbsched_policy_info" in metrics(p))
     assert model and {"policy", "version"} <= by_labels(model[0]) | set(
-        model[0].get("transformations", [{}])[0].get("options", {}).get("indexByName", {})), "model version"
+        model[0].get("transformations", [{}])[0].get("options", {}).get("indexByName", {})
+    ), "model version"
 
 
 # ----------------------------------------------------------------------------- against the service
@@ -219,8 +234,11 @@ def test_provisioning_matches_the_dashboard_and_compose():
             assert (REPO / m_src).exists(), m_src
     assert mounts["/etc/grafana/provisioning/datasources"] == "./deploy/grafana/provisioning/datasources"
     assert mounts["/etc/grafana/provisioning/dashboards"] == "./deploy/grafana/provisioning/dashboards"
-    providers = [p for f in sorted((GRAFANA / "provisioning" / "dashboards").glob("*.y*ml"))
-                 for p in yaml.safe_load(f.read_text())["providers"]]
+    providers = [
+        p
+        for f in sorted((GRAFANA / "provisioning" / "dashboards").glob("*.y*ml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
     assert providers
     for prov in providers:
         src = mounts.get(prov["options"]["path"])

@@ -89,12 +89,17 @@ def test_validator_rejects_an_unknown_field(tmp_path):
     import yaml
 
     dep = json.loads(json.dumps(one(render("dev"), "Deployment", "gnbsched")))
-    dep["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = dep["spec"]["template"]["spec"][
-        "containers"][0].pop("readinessProbe")
+    dep["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = dep["spec"]["template"]["spec"]["containers"][
+        0
+    ].pop("readinessProbe")
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(dep))
-    proc = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0, proc.stdout
 
 
@@ -248,7 +253,9 @@ def test_service_monitor_scrapes_the_scheduler_service():
     sm = one(docs, "ServiceMonitor")
     assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(sm["spec"]) <= {"jobLabel", "selector", "endpoints", "namespaceSelector", "targetLabels"}
-    matched = [s for s in kinds(docs, "Service") if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    matched = [
+        s for s in kinds(docs, "Service") if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert [s["metadata"]["name"] for s in matched] == ["gnbsched"], "scrape each pod once, through one Service"
     port_names = {p["name"] for p in matched[0]["spec"]["ports"]}
     for ep in sm["spec"]["endpoints"]:

@@ -36,8 +36,9 @@ def selectors(expr: str) -> list[tuple[str, dict[str, str | None]]]:
 
     def visit(node: object) -> None:
         if isinstance(node, promql_parser.VectorSelector):
-            matchers = {m.name: (m.value if m.op == promql_parser.MatchOp.Equal else None)
-                        for m in node.matchers.matchers}
+            matchers = {
+                m.name: (m.value if m.op == promql_parser.MatchOp.Equal else None) for m in node.matchers.matchers
+            }
             name = node.name or matchers.pop("__name__", None)
             assert name, f"selector without a metric name in {expr!r}"
             out.append((name, matchers))
@@ -59,8 +60,11 @@ def test_alert_rule_unit_tests():
     a healthy one, with the exact labels and annotations."""
     out = run([tool("promtool"), "test", "rules", str(PROM / "alerts_test.yml")], timeout=60).stdout
     assert "SUCCESS" in out, out
-    tested = {t["alertname"] for case in yaml.safe_load((PROM / "alerts_test.yml").read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load((PROM / "alerts_test.yml").read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+    }
     assert tested == {r["alert"] for r in rules()}, "every alert has a unit test"
 
 
@@ -136,7 +140,8 @@ def test_live_service_exports_the_whole_contract(live_service):
     infos = [lbl for lbl in live_service.samples["gnbsched_policy_info"] if lbl["policy"] == "student"]
     for preset, version in shipped_students():
         assert any(f"{preset}={version}" in lbl["version"] or lbl["version"] == version for lbl in infos), (
-            f"model version {preset}/{version} not in gnbsched_policy_info: {infos}")
+            f"model version {preset}/{version} not in gnbsched_policy_info: {infos}"
+        )
     assert live_service.samples["gnbsched_state_store_up"] == [{}]
     assert "gnbsched_state_store_up 0.0" in live_service.metrics_text, "Redis was stopped"
 
@@ -144,8 +149,12 @@ def test_live_service_exports_the_whole_contract(live_service):
 def test_alert_rules_use_exported_metrics(live_service):
     """Every selector of every rule names a metric the running service exports (suffixes as
     scraped), with labels it carries and values it takes."""
-    problems = [f"{rule['alert']}: {p}" for rule in rules() for name, matchers in selectors(rule["expr"])
-                for p in selector_problems(name, matchers, live_service.samples)]
+    problems = [
+        f"{rule['alert']}: {p}"
+        for rule in rules()
+        for name, matchers in selectors(rule["expr"])
+        for p in selector_problems(name, matchers, live_service.samples)
+    ]
     assert not problems, "\n".join(problems)
 
 

@@ -26,8 +26,15 @@ from service.types import make_slot
 def state():
     """3 users (ids 11, 12, 13; 13 ineligible), 4 resources (ids 101..104; 103 busy), cap 2."""
     util = np.array([[5.0, 1.0, 1.0, 2.0], [4.0, 6.0, 1.0, 1.0], [9.0, 9.0, 9.0, 9.0]])
-    return make_slot("mac", [11, 12, 13], [101, 102, 103, 104], utility=util, max_resources_per_user=2,
-                     resource_available=[True, True, False, True], user_eligible=[True, True, False])
+    return make_slot(
+        "mac",
+        [11, 12, 13],
+        [101, 102, 103, 104],
+        utility=util,
+        max_resources_per_user=2,
+        resource_available=[True, True, False, True],
+        user_eligible=[True, True, False],
+    )
 
 
 def kinds(result):
@@ -175,9 +182,24 @@ def test_user_id_zero_is_a_user_when_it_exists():
 
 
 def test_check_never_raises_on_content(state):
-    junk = [None, 3, 2.5, "", "{", "[[[", '{"owner": "x"}', '{"owner": [[1]]}', [1, [2]], {None: None},
-            {11: {"a": 1}}, np.zeros((0,)), np.zeros((2, 2)), np.array([2**62, -(2**62), 0, 0]),
-            np.array([1e300, -1e300, 0, 0]), np.array([True, False, True, False])]
+    junk = [
+        None,
+        3,
+        2.5,
+        "",
+        "{",
+        "[[[",
+        '{"owner": "x"}',
+        '{"owner": [[1]]}',
+        [1, [2]],
+        {None: None},
+        {11: {"a": 1}},
+        np.zeros((0,)),
+        np.zeros((2, 2)),
+        np.array([2**62, -(2**62), 0, 0]),
+        np.array([1e300, -1e300, 0, 0]),
+        np.array([True, False, True, False]),
+    ]
     for raw in junk:
         res = check(state, raw)
         assert isinstance(res.valid, bool)

@@ -12,31 +12,54 @@ from service.types import make_slot
 
 
 def _slot(rng, n, r, preset="mac", cap=None, buffers=False):
-    return make_slot(preset, np.arange(n) + 1, np.arange(r), utility=rng.random((n, r)),
-                     resource_available=rng.random(r) < 0.7, user_eligible=rng.random(n) < 0.8,
-                     max_resources_per_user=cap,
-                     buffer_bits=rng.choice([0.0, 100.0], n) if buffers else None)
+    return make_slot(
+        preset,
+        np.arange(n) + 1,
+        np.arange(r),
+        utility=rng.random((n, r)),
+        resource_available=rng.random(r) < 0.7,
+        user_eligible=rng.random(n) < 0.8,
+        max_resources_per_user=cap,
+        buffer_bits=rng.choice([0.0, 100.0], n) if buffers else None,
+    )
 
 
 def test_mask_admits_only_free_resources_and_eligible_users():
-    st_ = make_slot("spectrum", [1, 2, 3], [10, 20], rate_bps=np.ones((3, 2)),
-                    resource_available=[True, False], user_eligible=[True, False, True])
+    st_ = make_slot(
+        "spectrum",
+        [1, 2, 3],
+        [10, 20],
+        rate_bps=np.ones((3, 2)),
+        resource_available=[True, False],
+        user_eligible=[True, False, True],
+    )
     mask = pag_mask(st_)
     assert mask.shape == (2, 4) and mask.dtype == bool
     assert mask.tolist() == [[True, True, False, True], [True, False, False, False]]
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 8), r=st.integers(1, 9),
-       preset=st.sampled_from(["spectrum", "mac"]), sample=st.booleans(),
-       scale=st.sampled_from([0.01, 1.0, 30.0]), temperature=st.sampled_from([0.3, 1.0, 5.0]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 8),
+    r=st.integers(1, 9),
+    preset=st.sampled_from(["spectrum", "mac"]),
+    sample=st.booleans(),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    temperature=st.sampled_from([0.3, 1.0, 5.0]),
+)
 def test_decode_is_valid_by_construction(seed, n, r, preset, sample, scale, temperature):
     rng = np.random.default_rng(seed)
     cap = int(rng.integers(1, r + 1))
     state = _slot(rng, n, r, preset, cap=cap, buffers=preset == "mac")
     logits = rng.normal(size=(r, n + 1)) * scale
-    owner = masked_decode(state, logits, rng=rng if sample else None, temperature=temperature,
-                          order=rng.permutation(r) if rng.random() < 0.5 else None)
+    owner = masked_decode(
+        state,
+        logits,
+        rng=rng if sample else None,
+        temperature=temperature,
+        order=rng.permutation(r) if rng.random() < 0.5 else None,
+    )
     assert owner.dtype == np.int64 and owner.shape == (r,)
     assert is_valid(state, owner)
 
@@ -73,8 +96,14 @@ def test_sampling_respects_caps_and_is_seeded():
 
 
 def test_masked_tokens_are_never_sampled():
-    state = make_slot("spectrum", [1, 2], [0, 1], rate_bps=np.ones((2, 2)),
-                      resource_available=[True, False], user_eligible=[False, True])
+    state = make_slot(
+        "spectrum",
+        [1, 2],
+        [0, 1],
+        rate_bps=np.ones((2, 2)),
+        resource_available=[True, False],
+        user_eligible=[False, True],
+    )
     logits = np.array([[-50.0, 50.0, 0.0], [-50.0, 50.0, 50.0]])  # favour the masked tokens
     for seed in range(20):
         assert masked_decode(state, logits, rng=np.random.default_rng(seed)).tolist() == [2, 0]

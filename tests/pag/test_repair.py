@@ -15,8 +15,9 @@ from service.types import SlotState, make_slot, owner_ids, slot_utility
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-_utility = st.one_of(st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False),
-                     st.sampled_from([0.0, 1.0, 2.0, 100.0]))  # small set: ties
+_utility = st.one_of(
+    st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 1.0, 2.0, 100.0])
+)  # small set: ties
 
 
 @st.composite
@@ -39,13 +40,27 @@ def slots(draw, preset=None, admissible=False):
     if preset == "mac" and draw(st.booleans()):  # in units of the user's best RBG, so that it binds
         factors = [0.5, 1.0, 1.5, 2.5, 1e3] if admissible else [0.0, 0.5, 1.0, 1.5, 2.5, 1e3]
         buf = np.maximum(util.max(axis=1), 1.0) * draw(arrays(np.float64, n, elements=st.sampled_from(factors)))
-    return make_slot(preset, user_ids, res_ids, utility=util, resource_available=avail, user_eligible=elig,
-                     max_resources_per_user=cap, buffer_bits=buf)
+    return make_slot(
+        preset,
+        user_ids,
+        res_ids,
+        utility=util,
+        resource_available=avail,
+        user_eligible=elig,
+        max_resources_per_user=cap,
+        buffer_bits=buf,
+    )
 
 
 def _id_or_junk(ids):
-    return st.one_of(st.sampled_from(ids), st.integers(-3, 60), st.floats(allow_nan=True), st.text(max_size=3),
-                     st.none(), st.booleans())
+    return st.one_of(
+        st.sampled_from(ids),
+        st.integers(-3, 60),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.none(),
+        st.booleans(),
+    )
 
 
 @st.composite
@@ -55,8 +70,9 @@ def raw_outputs(draw, state):
     uids, rids = state.user_ids.tolist(), state.resource_ids.tolist()
     dcm = arrays(np.int64, st.integers(0, r + 2), elements=st.integers(-2, n + 2))
     res_value = st.one_of(_id_or_junk(rids), st.lists(_id_or_junk(rids), max_size=r + 2))
-    mapping = st.dictionaries(st.one_of(st.sampled_from(uids), st.integers(-3, 60), st.text(max_size=2)),
-                              res_value, max_size=n + 2)
+    mapping = st.dictionaries(
+        st.one_of(st.sampled_from(uids), st.integers(-3, 60), st.text(max_size=2)), res_value, max_size=n + 2
+    )
     id_list = st.lists(st.one_of(st.sampled_from(uids), st.none(), st.integers(-3, 60)), max_size=r + 2)
     kind = draw(st.sampled_from(["dcm", "mapping", "text", "json_owner", "json_map", "list"]))
     if kind == "dcm":
@@ -191,8 +207,14 @@ def test_mac_fill_only_while_the_user_has_data(data):
 
 def test_repair_steps_by_example():
     util = np.array([[5.0, 3.0, 8.0, 1.0], [6.0, 2.0, 7.0, 4.0], [1.0, 1.0, 1.0, 9.0]])
-    state = make_slot("spectrum", [1, 2, 3], [10, 20, 30, 40], rate_bps=util,
-                      resource_available=[True, True, True, False], user_eligible=[True, True, True])
+    state = make_slot(
+        "spectrum",
+        [1, 2, 3],
+        [10, 20, 30, 40],
+        rate_bps=util,
+        resource_available=[True, True, True, False],
+        user_eligible=[True, True, True],
+    )
     # 1 and 2 contend for 10 (2 wins: 6 > 5); 3 asks for busy 40 (dropped); fill: 1 -> 30 (8), 3 -> 20
     raw = {1: 10, 2: 10, 3: 40}
     owner = _fixed(state, raw)
@@ -236,8 +258,10 @@ def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, us
     counts = np.bincount(owner, minlength=n + 1)[1:].tolist()
     left = None
     if state.preset == "mac" and state.buffer_bits is not None:
-        left = [float(state.buffer_bits[u]) - sum(float(state.utility[u, c]) for c in range(r) if owner[c] == u + 1)
-                for u in range(n)]
+        left = [
+            float(state.buffer_bits[u]) - sum(float(state.utility[u, c]) for c in range(r) if owner[c] == u + 1)
+            for u in range(n)
+        ]
     pairs = sorted((-float(score[u, c]), u, c) for u in range(n) for c in range(r))
     for _, u, c in pairs:
         if owner[c] or not state.resource_available[c] or not state.user_eligible[u]:
@@ -245,7 +269,8 @@ def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, us
         if users is not None and u not in set(users.tolist()):
             continue
         if counts[u] >= state.max_resources_per_user or (
-                left is not None and left[u] <= NEED_TOLERANCE * float(state.utility[u].max(initial=0.0))):
+            left is not None and left[u] <= NEED_TOLERANCE * float(state.utility[u].max(initial=0.0))
+        ):
             continue
         owner[c] = u + 1
         counts[u] += 1
@@ -292,10 +317,16 @@ def test_greedy_fill_matches_the_reference_on_larger_instances():
         else:
             se = rng.choice([0.2344, 0.6016, 1.1758], (n, 1) if i % 4 == 0 else (n, r))
             util = np.broadcast_to(se * 672.0, (n, r))
-        state = make_slot(preset, np.arange(n), np.arange(r), utility=util,
-                          max_resources_per_user=int(rng.integers(1, r + 1)) if i % 3 else None,
-                          buffer_bits=rng.integers(0, 4000, n).astype(float) if preset == "mac" else None,
-                          resource_available=rng.random(r) < 0.85, user_eligible=rng.random(n) < 0.9)
+        state = make_slot(
+            preset,
+            np.arange(n),
+            np.arange(r),
+            utility=util,
+            max_resources_per_user=int(rng.integers(1, r + 1)) if i % 3 else None,
+            buffer_bits=rng.integers(0, 4000, n).astype(float) if preset == "mac" else None,
+            resource_available=rng.random(r) < 0.85,
+            user_eligible=rng.random(n) < 0.9,
+        )
         score = state.utility / rng.uniform(1, 10, (n, 1))
         empty = np.zeros(r, np.int64)
         assert np.array_equal(greedy_fill(state, score), _reference_greedy(state, score, empty, None))

@@ -63,18 +63,36 @@ class Instance:
 def _spectrum(rng: np.random.Generator, n: int, r: int, slot: int) -> SlotState:
     """LSA-like slot from physical fields: distances in a 500 m disc, Rayleigh fading, busy channels."""
     dist = np.sqrt(rng.uniform(10.0**2, 500.0**2, n))
-    return make_slot("spectrum", rng.choice(1000, n, replace=False), np.arange(r) + 1,
-                     rx_power_dbm=phy.rx_power_dbm(dist), bandwidth_hz=rng.uniform(1e6, 10e6, r),
-                     fading_gain=rng.exponential(size=(n, r)), resource_available=rng.random(r) > 0.2,
-                     user_eligible=rng.random(n) > 0.15, cell_id="contract", slot=slot)
+    return make_slot(
+        "spectrum",
+        rng.choice(1000, n, replace=False),
+        np.arange(r) + 1,
+        rx_power_dbm=phy.rx_power_dbm(dist),
+        bandwidth_hz=rng.uniform(1e6, 10e6, r),
+        fading_gain=rng.exponential(size=(n, r)),
+        resource_available=rng.random(r) > 0.2,
+        user_eligible=rng.random(n) > 0.15,
+        cell_id="contract",
+        slot=slot,
+    )
 
 
-def _mac(rng: np.random.Generator, n: int, r: int, slot: int, per_rbg: bool = False, cap: int | None = None) -> SlotState:
+def _mac(
+    rng: np.random.Generator, n: int, r: int, slot: int, per_rbg: bool = False, cap: int | None = None
+) -> SlotState:
     """UDTS-like slot: SE from the 3-state channel, 256-bit dPDU buffers (some empty)."""
     se = rng.choice(phy.MAC_SE_LEVELS, (n, r) if per_rbg else n)
-    return make_slot("mac", np.arange(n) + 1, np.arange(r), spectral_efficiency=se,
-                     buffer_bits=256.0 * rng.choice([0, 1, 2, 5, 20], n), max_resources_per_user=cap,
-                     resource_available=rng.random(r) > 0.1, cell_id="contract", slot=slot)
+    return make_slot(
+        "mac",
+        np.arange(n) + 1,
+        np.arange(r),
+        spectral_efficiency=se,
+        buffer_bits=256.0 * rng.choice([0, 1, 2, 5, 20], n),
+        max_resources_per_user=cap,
+        resource_available=rng.random(r) > 0.1,
+        cell_id="contract",
+        slot=slot,
+    )
 
 
 def _with_history(state: SlotState, rng: np.random.Generator) -> CellHistory:
@@ -92,7 +110,9 @@ def _instances() -> list[Instance]:
     for i, (n, r) in enumerate([(3, 3), (5, 4), (4, 6), (6, 5)]):
         s = _spectrum(rng, n, r, slot=10 + i)
         out.append(Instance(f"spectrum-{n}x{r}", s, _with_history(s, rng)))
-    for i, (n, r, per_rbg, cap) in enumerate([(3, 4, False, None), (5, 5, False, 2), (4, 6, True, None), (2, 3, False, 1)]):
+    for i, (n, r, per_rbg, cap) in enumerate(
+        [(3, 4, False, None), (5, 5, False, 2), (4, 6, True, None), (2, 3, False, 1)]
+    ):
         s = _mac(rng, n, r, slot=20 + i, per_rbg=per_rbg, cap=cap)
         out.append(Instance(f"mac-{n}x{r}{'-rbg' if per_rbg else ''}", s, _with_history(s, rng)))
     # corner cases: nothing available / nobody eligible

@@ -60,8 +60,12 @@ def _model_copy(tmp_path: Path, ranges: dict | None, **card: Any) -> Path:
 def _serve(root: Path, slots: int = SLOTS, **settings: Any) -> tuple[ServiceCore, Metrics, list]:
     metrics = Metrics()
     student = StudentPolicy(root, presets=("mac",))
-    core = ServiceCore(Settings(grpc_port=0, rest_port=0, fallbacks=[], **settings), store=MemoryStore(),
-                       policies=PolicySet(factories={"student": lambda: student}), observer=metrics)
+    core = ServiceCore(
+        Settings(grpc_port=0, rest_port=0, fallbacks=[], **settings),
+        store=MemoryStore(),
+        policies=PolicySet(factories={"student": lambda: student}),
+        observer=metrics,
+    )
     env = MacEnv(replace(MAC_SCENARIOS["standard"], num_ue=10, num_rbg=4), seed=1)
     state, feedback, out = env.reset(), {}, []
     for _ in range(slots):
@@ -75,13 +79,18 @@ def _serve(root: Path, slots: int = SLOTS, **settings: Any) -> tuple[ServiceCore
 
 def _counter(metrics: Metrics, **labels: str) -> float | None:
     text = metrics.exposition()[0].decode()
-    vals = [s.value for f in text_string_to_metric_families(text) for s in f.samples
-            if s.name == "gnbsched_student_out_of_range_total" and all(s.labels.get(k) == v for k, v in labels.items())]
+    vals = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "gnbsched_student_out_of_range_total" and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     return sum(vals) if vals else None
 
 
 def _models(core: ServiceCore, headers: dict[str, str] | None = None) -> httpx.Response:
     """``GET /models`` of the REST app over ``core``, in process (ASGI, no lifespan)."""
+
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=create_app(core))
         async with httpx.AsyncClient(transport=transport, base_url="http://gnbsched") as client:
@@ -112,8 +121,12 @@ def test_check_eligible_users_only_and_the_tolerance() -> None:
     inputs.global_feats[NUM_GLOBAL - 1] = -1.5
     inputs.pair_feats[0, 1, 2] = 3.0
     inputs.res_feats[0, 1] = -7.0
-    assert fr.check(inputs) == ["global.log_mean_cum_resources", "user.buffer_log", "resource.bandwidth_rel",
-                                "pair.utility"]
+    assert fr.check(inputs) == [
+        "global.log_mean_cum_resources",
+        "user.buffer_log",
+        "resource.bandwidth_rel",
+        "pair.utility",
+    ]
 
 
 def test_malformed_ranges_refuse_the_model(tmp_path: Path) -> None:
@@ -143,7 +156,9 @@ def test_tight_ranges_count_every_slot_and_models_reports_them(tmp_path: Path) -
     mac = r.json()["models"]["mac"]
     path = locate_model(root, "mac")
     assert path is not None
-    assert mac["policy"] == "student" and mac["version"] == version and mac["sha256"] == sha256_file(path / "model.onnx")
+    assert (
+        mac["policy"] == "student" and mac["version"] == version and mac["sha256"] == sha256_file(path / "model.onnx")
+    )
     assert mac["feature_version"] == json.loads((path / CARD_FILE).read_text())["feature_version"]
     assert mac["held_out_families"] == ["case7", "n50"] and mac["feature_ranges"] is True
     counts = mac["out_of_range"]

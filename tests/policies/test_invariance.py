@@ -78,8 +78,7 @@ class Draw:
     delivery: np.ndarray  # [N] fraction of the scheduled bits really delivered (HARQ losses)
 
 
-def _draw(rng: np.random.Generator, preset: str, n: int, r: int, ties: bool = True,
-          multiples: bool = False) -> Draw:
+def _draw(rng: np.random.Generator, preset: str, n: int, r: int, ties: bool = True, multiples: bool = False) -> Draw:
     """Continuous random fields: frequency-selective log-normal rates around a log-normal user
     mean, empty buffers, ineligible users and busy resources; with ``ties``, also zero-rate pairs
     (5 %) and users without any rate (5 % each).
@@ -117,24 +116,44 @@ def _draw(rng: np.random.Generator, preset: str, n: int, r: int, ties: bool = Tr
     return Draw(rate, buf, elig, avail, bw, rng.uniform(0.5, 1.0, n))
 
 
-def _slot(preset: str, d: Draw, uids: np.ndarray, rids: np.ndarray, t: int, c: float = 1.0,
-          pu: np.ndarray | None = None, pr: np.ndarray | None = None) -> SlotState:
+def _slot(
+    preset: str,
+    d: Draw,
+    uids: np.ndarray,
+    rids: np.ndarray,
+    t: int,
+    c: float = 1.0,
+    pu: np.ndarray | None = None,
+    pr: np.ndarray | None = None,
+) -> SlotState:
     """The request of draw ``d`` with bit quantities times ``c``; users / resources reordered by
     the index permutations ``pu`` / ``pr`` when given."""
     pu = np.arange(uids.size) if pu is None else pu
     pr = np.arange(rids.size) if pr is None else pr
-    return make_slot(preset, uids[pu], rids[pr], rate_bps=d.rate_bps[np.ix_(pu, pr)] * c,
-                     buffer_bits=None if d.buffer_bits is None else d.buffer_bits[pu] * c,
-                     user_eligible=d.user_eligible[pu], resource_available=d.resource_available[pr],
-                     bandwidth_hz=d.bandwidth_hz[pr], tti_s=TTI_S, cell_id="inv", slot=t)
+    return make_slot(
+        preset,
+        uids[pu],
+        rids[pr],
+        rate_bps=d.rate_bps[np.ix_(pu, pr)] * c,
+        buffer_bits=None if d.buffer_bits is None else d.buffer_bits[pu] * c,
+        user_eligible=d.user_eligible[pu],
+        resource_available=d.resource_available[pr],
+        bandwidth_hz=d.bandwidth_hz[pr],
+        tti_s=TTI_S,
+        cell_id="inv",
+        slot=t,
+    )
 
 
 Feedback = dict[int, float]
 
 
-def _run(make_state: Callable[[int], SlotState], slots: int,
-         feedback: Callable[[int, SlotState, np.ndarray], Feedback],
-         features: list[tuple[np.ndarray, ...]] | None = None) -> list[tuple[SlotState, np.ndarray]]:
+def _run(
+    make_state: Callable[[int], SlotState],
+    slots: int,
+    feedback: Callable[[int, SlotState, np.ndarray], Feedback],
+    features: list[tuple[np.ndarray, ...]] | None = None,
+) -> list[tuple[SlotState, np.ndarray]]:
     """A closed loop as ``ServiceCore.schedule`` runs it: apply the previous slot's feedback,
     decide, record. ``feedback(t, state, owner)`` gives the delivered bits of slot ``t``.
     ``features``: filled with each slot's serialized student inputs (what the network saw)."""
@@ -162,8 +181,9 @@ def _delivered(state: SlotState, owner: np.ndarray, delivery: np.ndarray) -> np.
 # ----------------------------------------------------------------------------- scale invariance
 
 
-def _scale_check(preset: str, seed: int, n: int, r: int, sorted_ids: bool, features: bool = False,
-                 multiples: bool = False) -> None:
+def _scale_check(
+    preset: str, seed: int, n: int, r: int, sorted_ids: bool, features: bool = False, multiples: bool = False
+) -> None:
     """Base run and one run per scale c in {1e-6, 1e6, one log-uniform draw in [1e-6, 1e6]}: the
     same decisions in every slot (``features``: and bit-identical student inputs). The draw of c
     comes from the seed (hypothesis would mostly try c ≈ 1 and subnormal exponents)."""
@@ -184,7 +204,7 @@ def _scale_check(preset: str, seed: int, n: int, r: int, sorted_ids: bool, featu
     base_x: list[tuple[np.ndarray, ...]] | None = [] if features else None
     base = _run(lambda t: _slot(preset, draws[t], uids, rids, t), SLOTS, base_feedback, base_x)
     for e in log_scales:
-        c = 10.0 ** e
+        c = 10.0**e
 
         def scaled_feedback(t: int, state: SlotState, owner: np.ndarray, c: float = c) -> Feedback:
             return {int(u): float(b) * c for u, b in zip(uids, base_fb[t], strict=True)}
@@ -197,7 +217,9 @@ def _scale_check(preset: str, seed: int, n: int, r: int, sorted_ids: bool, featu
         for t, ((_, a), (_, b)) in enumerate(zip(base, scaled, strict=True)):
             if base_x is not None and scaled_x is not None:
                 for name, x, y in zip(INPUT_NAMES, base_x[t], scaled_x[t], strict=True):
-                    assert np.array_equal(x, y), f"slot {t}: c = {c!r} changed {name} (max |diff| {np.abs(x - y).max()})"
+                    assert np.array_equal(x, y), (
+                        f"slot {t}: c = {c!r} changed {name} (max |diff| {np.abs(x - y).max()})"
+                    )
             assert np.array_equal(a, b), f"slot {t}: c = {c!r} changed the decision\n{a}\n{b}"
 
 
@@ -245,8 +267,15 @@ def test_a_user_without_rate_starts_with_a_pf_average_relative_to_the_slot():
     rate = np.array([[3e6, 1e6, 2e6], [0.0, 0.0, 5e6], [4e5, 2e6, 1e6]])
     views = []
     for c in (1e-6, 1.0, 1e6):
-        state = make_slot("mac", [4, 8, 9], [0, 1, 2], rate_bps=rate * c, buffer_bits=[1e3 * c] * 3,
-                          resource_available=[True, True, False], tti_s=TTI_S)
+        state = make_slot(
+            "mac",
+            [4, 8, 9],
+            [0, 1, 2],
+            rate_bps=rate * c,
+            buffer_bits=[1e3 * c] * 3,
+            resource_available=[True, True, False],
+            tti_s=TTI_S,
+        )
         views.append(CellHistory.empty().view(state).avg_served / c)
     assert views[1][1] > 0
     for v in views:
@@ -268,8 +297,9 @@ def _perm_check(preset: str, seed: int, n: int, r: int, permute_resources: bool,
     rng = np.random.default_rng(seed)
     draws = [_draw(rng, preset, n, r, ties=False) for _ in range(SLOTS)]
     if full_buffers:
-        draws = [Draw(d.rate_bps, None, d.user_eligible, d.resource_available, d.bandwidth_hz, d.delivery)
-                 for d in draws]
+        draws = [
+            Draw(d.rate_bps, None, d.user_eligible, d.resource_available, d.bandwidth_hz, d.delivery) for d in draws
+        ]
     uids = rng.choice(100_000, n, replace=False).astype(np.int64)
     rids = rng.choice(1_000, r, replace=False).astype(np.int64)
     pu = rng.permutation(n)

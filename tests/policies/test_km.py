@@ -33,7 +33,9 @@ def _utility(rng: np.random.Generator, n: int, r: int) -> np.ndarray:
     if kind == 1:
         return rng.integers(0, 4, (n, r)).astype(float)  # ties and zeros
     dist = rng.uniform(10, 500, n)  # physical: strong users dominate every channel
-    return phy.shannon_rate_bps(phy.rx_power_dbm(dist), rng.uniform(1e6, 1e7, r), fading_gain=rng.exponential(size=(n, r)))
+    return phy.shannon_rate_bps(
+        phy.rx_power_dbm(dist), rng.uniform(1e6, 1e7, r), fading_gain=rng.exponential(size=(n, r))
+    )
 
 
 def _spectrum_instances(count: int, seed: int) -> list[SlotState]:
@@ -41,8 +43,17 @@ def _spectrum_instances(count: int, seed: int) -> list[SlotState]:
     out = []
     for i in range(count):
         n, r = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        out.append(make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=_utility(rng, n, r),
-                             resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.9, slot=i))
+        out.append(
+            make_slot(
+                "spectrum",
+                np.arange(n),
+                np.arange(r),
+                rate_bps=_utility(rng, n, r),
+                resource_available=rng.random(r) < 0.8,
+                user_eligible=rng.random(n) < 0.9,
+                slot=i,
+            )
+        )
     return out
 
 
@@ -56,9 +67,18 @@ def _mac_instances(count: int, seed: int) -> list[SlotState]:
         tbs = phy.tbs_bits(se)
         # buffers: whole and fractional RBGs' worth, empty, or full buffers (None)
         buf = None if rng.random() < 0.2 else np.round(tbs * rng.choice([0.0, 0.5, 1.0, 1.7, 2.0, 3.2, 10.0], n))
-        out.append(make_slot("mac", np.arange(n), np.arange(r), spectral_efficiency=se, buffer_bits=buf,
-                             max_resources_per_user=int(rng.integers(1, r + 1)),
-                             resource_available=rng.random(r) < 0.85, slot=i))
+        out.append(
+            make_slot(
+                "mac",
+                np.arange(n),
+                np.arange(r),
+                spectral_efficiency=se,
+                buffer_bits=buf,
+                max_resources_per_user=int(rng.integers(1, r + 1)),
+                resource_available=rng.random(r) < 0.85,
+                slot=i,
+            )
+        )
     return out
 
 
@@ -74,7 +94,12 @@ def test_km_equals_exhaustive_on_mac_instances_with_caps_and_buffers():
         km, ex = _both(state)
         assert is_valid(state, km) and is_valid(state, ex)
         assert slot_utility(state, km) == pytest.approx(slot_utility(state, ex), rel=1e-9, abs=1e-9), (
-            state.utility[:, 0], state.buffer_bits, state.max_resources_per_user, km, ex)
+            state.utility[:, 0],
+            state.buffer_bits,
+            state.max_resources_per_user,
+            km,
+            ex,
+        )
 
 
 def test_km_is_not_beaten_by_any_policy():

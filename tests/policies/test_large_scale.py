@@ -49,26 +49,36 @@ def _lsa_value(value: np.ndarray) -> float:
     return float(value[r, c].sum())
 
 
-def _spectrum_slot(rng: np.random.Generator, n: int, r: int, *, busy: float = 0.2, inactive: float = 0.2,
-                   fading: bool = True) -> SlotState:
+def _spectrum_slot(
+    rng: np.random.Generator, n: int, r: int, *, busy: float = 0.2, inactive: float = 0.2, fading: bool = True
+) -> SlotState:
     """SPEC §2 slot: users uniform in a 500 m disc, B_c ~ U[1, 10] MHz, Rayleigh fading."""
     dist = np.sqrt(rng.uniform(10.0**2, 500.0**2, n))
-    return make_slot("spectrum", np.arange(n) + 1, np.arange(r) + 1, rx_power_dbm=phy.rx_power_dbm(dist),
-                     bandwidth_hz=rng.uniform(1e6, 10e6, r),
-                     fading_gain=rng.exponential(size=(n, r)) if fading else None,
-                     resource_available=rng.random(r) >= busy, user_eligible=rng.random(n) >= inactive)
+    return make_slot(
+        "spectrum",
+        np.arange(n) + 1,
+        np.arange(r) + 1,
+        rx_power_dbm=phy.rx_power_dbm(dist),
+        bandwidth_hz=rng.uniform(1e6, 10e6, r),
+        fading_gain=rng.exponential(size=(n, r)) if fading else None,
+        resource_available=rng.random(r) >= busy,
+        user_eligible=rng.random(n) >= inactive,
+    )
 
 
 def _cases() -> list[tuple[str, SlotState]]:
     rng = np.random.default_rng(11)
-    cases = [(f"fading-{n}x{r}", _spectrum_slot(rng, n, r)) for n, r in
-             [(8, 12), (12, 8), (40, 50), (50, 40), (120, 150), (150, 120), (200, 200)]]
+    cases = [
+        (f"fading-{n}x{r}", _spectrum_slot(rng, n, r))
+        for n, r in [(8, 12), (12, 8), (40, 50), (50, 40), (120, 150), (150, 120), (200, 200)]
+    ]
     cases.append(("flat-fading-60x80", _spectrum_slot(rng, 60, 80, fading=False)))  # many ties in structure
     cases.append(("all-eligible-70x70", _spectrum_slot(rng, 70, 70, busy=0.0, inactive=0.0)))
     ints = rng.integers(0, 4, size=(45, 35)).astype(np.float64)  # heavy ties and zero values
     cases.append(("integer-ties-45x35", make_slot("spectrum", np.arange(45), np.arange(35), rate_bps=ints)))
-    cases.append(("uniform-random-90x60", make_slot("spectrum", np.arange(90), np.arange(60),
-                                                    rate_bps=rng.random((90, 60)))))
+    cases.append(
+        ("uniform-random-90x60", make_slot("spectrum", np.arange(90), np.arange(60), rate_bps=rng.random((90, 60))))
+    )
     cases.append(("one-channel", make_slot("spectrum", np.arange(5), [7], rate_bps=rng.random((5, 1)))))
     return cases
 

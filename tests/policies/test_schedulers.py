@@ -18,8 +18,12 @@ def _ctx(history: CellHistory, state: SlotState) -> PolicyContext:
 
 
 def _view(n: int, avg=None, last=None) -> HistoryView:
-    return HistoryView(np.asarray(avg if avg is not None else np.ones(n), float), np.zeros(n),
-                       np.asarray(last if last is not None else np.full(n, -1), np.int64), np.ones(n, bool))
+    return HistoryView(
+        np.asarray(avg if avg is not None else np.ones(n), float),
+        np.zeros(n),
+        np.asarray(last if last is not None else np.full(n, -1), np.int64),
+        np.ones(n, bool),
+    )
 
 
 def _jain(x: np.ndarray) -> float:
@@ -81,8 +85,14 @@ def test_rr_is_fair_over_a_long_run():
 
 def test_rr_gives_one_rbg_per_user_per_round_within_caps_and_data():
     tbs = phy.tbs_bits(1.0)
-    state = make_slot("mac", [1, 2, 3, 4], np.arange(7), spectral_efficiency=[1.0] * 4,
-                      buffer_bits=[10 * tbs, 1 * tbs, 10 * tbs, 0.0], max_resources_per_user=3)
+    state = make_slot(
+        "mac",
+        [1, 2, 3, 4],
+        np.arange(7),
+        spectral_efficiency=[1.0] * 4,
+        buffer_bits=[10 * tbs, 1 * tbs, 10 * tbs, 0.0],
+        max_resources_per_user=3,
+    )
     owner = RR(state, PolicyContext(_view(4), np.random.default_rng(0)))
     # user 4 has no data; user 2 is emptied by one RBG; users 1 and 3 stop at the cap of 3
     assert owner.tolist() == [1, 2, 3, 1, 3, 1, 3]
@@ -126,8 +136,9 @@ def test_max_weight_prefers_the_longer_queue():
 
 def test_max_weight_drains_the_long_queue_first_over_rbgs():
     tbs = phy.tbs_bits(0.6016)
-    state = make_slot("mac", [1, 2], np.arange(4), spectral_efficiency=[0.6016, 0.6016],
-                      buffer_bits=[1 * tbs, 2.5 * tbs])
+    state = make_slot(
+        "mac", [1, 2], np.arange(4), spectral_efficiency=[0.6016, 0.6016], buffer_bits=[1 * tbs, 2.5 * tbs]
+    )
     owner = MW(state, PolicyContext(_view(2), np.random.default_rng(0)))
     assert owner.tolist() == [2, 2, 2, 1]  # user 2 needs 3 RBGs for 2.5 TBS, user 1 the last one
 
@@ -148,16 +159,33 @@ def test_pf_decision_is_the_same_when_mac_rates_and_buffers_scale_together():
     arrivals = rng.integers(0, 4, (slots, n)) * 512.0
 
     def loop(scale: float, *, as_utility: bool = False) -> list[list[int]]:
-        core = ServiceCore(Settings(state_url="memory://", default_policy_mac="pf", fallbacks=["greedy"],
-                                    deadline_ms=None, seed=0, preload_policies=[]), store=MemoryStore())
+        core = ServiceCore(
+            Settings(
+                state_url="memory://",
+                default_policy_mac="pf",
+                fallbacks=["greedy"],
+                deadline_ms=None,
+                seed=0,
+                preload_policies=[],
+            ),
+            store=MemoryStore(),
+        )
         queue = np.full(n, 1500.0)
         feedback: dict[int, float] = {}
         owners = []
         for t in range(slots):
             queue = queue + arrivals[t]
             matrix = {"utility": rates[t] * 0.0005} if as_utility else {"rate_bps": rates[t] * scale}
-            state = make_slot("mac", np.arange(n) + 1, np.arange(r), buffer_bits=queue * scale, tti_s=0.0005,
-                              cell_id="pf-scale", slot=t, **matrix)
+            state = make_slot(
+                "mac",
+                np.arange(n) + 1,
+                np.arange(r),
+                buffer_bits=queue * scale,
+                tti_s=0.0005,
+                cell_id="pf-scale",
+                slot=t,
+                **matrix,
+            )
             d = core.schedule(state, feedback=feedback)
             assert d.policy == "pf" and d.fallback is None
             got = served_bits(state, d.owner)

@@ -42,10 +42,16 @@ def _random_slot(rng: np.random.Generator):
     mac = rng.random() < 0.7
     flat = rng.random() < 0.5
     util = np.repeat(rng.random((n, 1)), r, 1) if flat else rng.random((n, r))
-    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), utility=util * 1e3,
-                     resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.8,
-                     buffer_bits=rng.integers(0, 6, n) * 300.0 if mac else None,
-                     max_resources_per_user=int(rng.integers(1, 5)) if mac else None)
+    return make_slot(
+        "mac" if mac else "spectrum",
+        np.arange(n),
+        np.arange(r),
+        utility=util * 1e3,
+        resource_available=rng.random(r) < 0.8,
+        user_eligible=rng.random(n) < 0.8,
+        buffer_bits=rng.integers(0, 6, n) * 300.0 if mac else None,
+        max_resources_per_user=int(rng.integers(1, 5)) if mac else None,
+    )
 
 
 def _sequential_reference(state, logits, margin):
@@ -76,7 +82,11 @@ def test_capped_decode_equals_the_sequential_rule_and_is_valid():
     for _ in range(1500):
         state = _random_slot(rng)
         shape = (state.num_res, state.num_ue + 1)
-        logits = np.repeat(rng.normal(size=(1, shape[1])) * 3, shape[0], 0) if rng.random() < 0.5 else rng.normal(size=shape) * 3
+        logits = (
+            np.repeat(rng.normal(size=(1, shape[1])) * 3, shape[0], 0)
+            if rng.random() < 0.5
+            else rng.normal(size=shape) * 3
+        )
         if rng.random() < 0.3:
             logits = np.round(logits)  # ties
         owner = decode_capped(state, logits, surplus_margin=2.0)
@@ -112,8 +122,14 @@ def test_anchored_decode_keeps_its_bound_of_the_optimum_whatever_the_logits():
         for _ in range(150):
             n, r = int(rng.integers(1, 25)), int(rng.integers(1, 25))
             util = rng.exponential(1.0, (n, r)) * (rng.random((n, r)) < 0.8) * 10 ** rng.uniform(-6, 9)
-            state = make_slot("spectrum", np.arange(n), np.arange(r), utility=util,
-                              resource_available=rng.random(r) < 0.85, user_eligible=rng.random(n) < 0.9)
+            state = make_slot(
+                "spectrum",
+                np.arange(n),
+                np.arange(r),
+                utility=util,
+                resource_available=rng.random(r) < 0.85,
+                user_eligible=rng.random(n) < 0.9,
+            )
             best = slot_utility(state, linear_assignment(state, state.utility))
             adversarial = np.zeros((r, n + 1))
             adversarial[:, 1:] = np.where(util.T > np.median(util), -50.0, 50.0)
@@ -148,19 +164,31 @@ def test_assignment_decode_maximises_the_margins():
     rng = np.random.default_rng(5)
     for _ in range(50):
         n, r = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-        state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rng.random((n, r)) + 0.1,
-                          resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.9)
+        state = make_slot(
+            "spectrum",
+            np.arange(n),
+            np.arange(r),
+            rate_bps=rng.random((n, r)) + 0.1,
+            resource_available=rng.random(r) < 0.8,
+            user_eligible=rng.random(n) < 0.9,
+        )
         logits = rng.normal(size=(r, n + 1))
         owner = decode_assignment(state, logits)
         assert is_valid(state, owner)
-        margin = (logits[:, 1:] - logits[:, :1])
+        margin = logits[:, 1:] - logits[:, :1]
         value = sum(margin[i, k - 1] for i, k in enumerate(owner) if k)
         # brute force over every valid cap-1 assignment
         from service.policies.assignment import Exhaustive
         from service.policies.base import PolicyContext
 
-        fake = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=np.clip(margin.T, 0, None) + 1e-12,
-                         resource_available=state.resource_available, user_eligible=state.user_eligible)
+        fake = make_slot(
+            "spectrum",
+            np.arange(n),
+            np.arange(r),
+            rate_bps=np.clip(margin.T, 0, None) + 1e-12,
+            resource_available=state.resource_available,
+            user_eligible=state.user_eligible,
+        )
         best = Exhaustive()(fake, PolicyContext(CellHistory.empty().view(fake), rng))
         best_value = sum(margin[i, k - 1] for i, k in enumerate(best) if k and margin[i, k - 1] > 0)
         assert value >= best_value - 1e-9
@@ -173,9 +201,14 @@ def test_assignment_decode_reaches_the_general_kernels_optimum_on_large_slots():
     rng = np.random.default_rng(9)
     for _ in range(40):
         n, r = int(rng.integers(20, 120)), int(rng.integers(20, 90))
-        state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rng.random((n, r)) + 0.1,
-                          resource_available=rng.random(r) < rng.uniform(0.5, 1.0),
-                          user_eligible=rng.random(n) < rng.uniform(0.3, 1.0))
+        state = make_slot(
+            "spectrum",
+            np.arange(n),
+            np.arange(r),
+            rate_bps=rng.random((n, r)) + 0.1,
+            resource_available=rng.random(r) < rng.uniform(0.5, 1.0),
+            user_eligible=rng.random(n) < rng.uniform(0.3, 1.0),
+        )
         logits = rng.normal(size=(r, n + 1)).astype(np.float32)
         owner = decode_assignment(state, logits)
         assert is_valid(state, owner)
@@ -254,7 +287,8 @@ def test_model_dir_from_the_environment(models: Path, monkeypatch: pytest.Monkey
     assert student.model("spectrum") is not None and student.model("mac") is not None
     meta = student.metadata()
     assert meta["models"]["mac"]["version"] == "v1" and meta["models"]["mac"]["sha256"] == sha256_file(
-        models / "student-mac" / "v1" / MODEL_FILE)
+        models / "student-mac" / "v1" / MODEL_FILE
+    )
 
 
 def test_missing_preset_is_unavailable_and_the_pipeline_falls_back(models: Path, tmp_path: Path):
@@ -315,12 +349,20 @@ def test_corrupt_file_is_refused_and_the_old_model_keeps_serving(models: Path, t
 
 def _wrong_width_model(path: Path) -> None:
     """A valid ONNX graph whose user features are one column wider than the serializer's."""
-    dims = {"global_feats": [NUM_GLOBAL], "user_feats": ["N", NUM_USER + 1], "res_feats": ["R", NUM_RES],
-            "pair_feats": [NUM_PAIR, "R", "N"], "user_mask": ["N"], "res_mask": ["R"]}
+    dims = {
+        "global_feats": [NUM_GLOBAL],
+        "user_feats": ["N", NUM_USER + 1],
+        "res_feats": ["R", NUM_RES],
+        "pair_feats": [NUM_PAIR, "R", "N"],
+        "user_mask": ["N"],
+        "res_mask": ["R"],
+    }
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims[n]) for n in INPUT_NAMES]
     out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["R", "N1"])
     node = helper.make_node("Identity", ["res_feats"], ["logits"])
-    model = helper.make_model(helper.make_graph([node], "wrong", inputs, [out]), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([node], "wrong", inputs, [out]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
 

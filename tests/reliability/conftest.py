@@ -35,8 +35,11 @@ def fake_teacher() -> Iterator[FakeTeacher]:
 
 
 #: the teacher's settings in the tests: no tokenizer probes, a small concurrency limit
-TEACHER_ENV = {"GNBSCHED_TEACHER_TOKENIZER": "estimate", "GNBSCHED_TEACHER_TIMEOUT_S": "30",
-               "GNBSCHED_TEACHER_MAX_CONCURRENCY": "2"}
+TEACHER_ENV = {
+    "GNBSCHED_TEACHER_TOKENIZER": "estimate",
+    "GNBSCHED_TEACHER_TIMEOUT_S": "30",
+    "GNBSCHED_TEACHER_MAX_CONCURRENCY": "2",
+}
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +47,9 @@ def teacher_stack() -> Iterator[tuple[FakeTeacher, ServeProcess]]:
     """(fake teacher, service using it with the greedy fallback), shared by the tests that switch
     the fake's behaviour; each test resets it with ``reset_teacher``."""
     fake = FakeTeacher()
-    svc = ServeProcess("--grpc-port", "0", "--fallbacks", "greedy", env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake.url})
+    svc = ServeProcess(
+        "--grpc-port", "0", "--fallbacks", "greedy", env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake.url}
+    )
     try:
         svc.wait_ready()
         yield fake, svc

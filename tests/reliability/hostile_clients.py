@@ -52,8 +52,9 @@ def _statuses(data: bytes) -> list[int]:
     return out
 
 
-def read_until_closed(sock: socket.socket, out: Outcome, t0: float, deadline: float,
-                      received: bytearray | None = None) -> Outcome:
+def read_until_closed(
+    sock: socket.socket, out: Outcome, t0: float, deadline: float, received: bytearray | None = None
+) -> Outcome:
     """Read what the server sends until it closes the connection (``out.closed``) or ``deadline``."""
     buf = received if received is not None else bytearray()
     while True:
@@ -91,8 +92,9 @@ def _poll_closed(sock: socket.socket, buf: bytearray) -> bool:
     return False
 
 
-def send_then_read(port: int, kind: str, head: bytes, payload_bytes: int, chunk: bytes, *, pause_s: float = 0.0,
-                   max_s: float = 15.0) -> Outcome:
+def send_then_read(
+    port: int, kind: str, head: bytes, payload_bytes: int, chunk: bytes, *, pause_s: float = 0.0, max_s: float = 15.0
+) -> Outcome:
     """Send ``head``, then ``chunk`` repeatedly up to ``payload_bytes`` (every ``pause_s``) until the
     server stops it, then read its answer until it closes."""
     t0 = time.monotonic()
@@ -139,12 +141,14 @@ def header_lines_flood(port: int, total: int = 48 * MIB) -> Outcome:
 def slow_header_flood(port: int) -> Outcome:
     """Headers growing by 4 KiB every 50 ms (80 KiB/s): too large before too slow."""
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-    return send_then_read(port, "slow_header_flood", head, 48 * MIB, (b"X-Slow: " + b"c" * 4086 + b"\r\n"),
-                          pause_s=0.05)
+    return send_then_read(
+        port, "slow_header_flood", head, 48 * MIB, (b"X-Slow: " + b"c" * 4086 + b"\r\n"), pause_s=0.05
+    )
 
 
-def slow_loris(port: int, conns: int, interval_s: float = 1.0, max_s: float = 15.0,
-               started: threading.Event | None = None) -> list[Outcome]:
+def slow_loris(
+    port: int, conns: int, interval_s: float = 1.0, max_s: float = 15.0, started: threading.Event | None = None
+) -> list[Outcome]:
     """``conns`` connections that send a request line, then one header byte every ``interval_s``."""
     t0 = time.monotonic()
     socks: list[tuple[socket.socket, Outcome, bytearray, float]] = []
@@ -190,7 +194,7 @@ def slow_loris(port: int, conns: int, interval_s: float = 1.0, max_s: float = 15
 def overlong_body(port: int) -> Outcome:
     """Declares a 10-byte body, then sends 1 MiB more (read as garbage requests)."""
     head = b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
-    return send_then_read(port, "overlong_body", head + b"{" * 10, MIB, b"{\"junk\": 1}" * 4096)
+    return send_then_read(port, "overlong_body", head + b"{" * 10, MIB, b'{"junk": 1}' * 4096)
 
 
 def chunked_flood(port: int, total: int = 48 * MIB) -> Outcome:
@@ -202,8 +206,9 @@ def chunked_flood(port: int, total: int = 48 * MIB) -> Outcome:
 
 def declared_huge_body(port: int) -> Outcome:
     """Declares 100 MiB and starts sending it."""
-    head = (b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % (100 * MIB))
+    head = b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+        100 * MIB
+    )
     return send_then_read(port, "declared_huge_body", head, 100 * MIB, b" " * (256 * 1024))
 
 
@@ -217,18 +222,26 @@ def disconnect_mid_body(port: int) -> Outcome:
     """Declares 1000 bytes, sends 100, waits for the server to start reading, goes away."""
     out = Outcome("disconnect_mid_body")
     with contextlib.closing(connect(port)) as sock:
-        sock.sendall(b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n" + b"{\"cell_id\": " + b" " * 88)
+        sock.sendall(
+            b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"cell_id": ' + b" " * 88
+        )
         out.sent = 100
         time.sleep(0.2)
     out.closed = True
     return out
 
 
-ATTACKS = {"header_flood": header_flood, "header_lines_flood": header_lines_flood,
-           "slow_header_flood": slow_header_flood, "overlong_body": overlong_body, "chunked_flood": chunked_flood,
-           "declared_huge_body": declared_huge_body, "slow_body": slow_body,
-           "disconnect_mid_body": disconnect_mid_body}
+ATTACKS = {
+    "header_flood": header_flood,
+    "header_lines_flood": header_lines_flood,
+    "slow_header_flood": slow_header_flood,
+    "overlong_body": overlong_body,
+    "chunked_flood": chunked_flood,
+    "declared_huge_body": declared_huge_body,
+    "slow_body": slow_body,
+    "disconnect_mid_body": disconnect_mid_body,
+}
 
 
 def run(port: int, plan: dict[str, float]) -> list[Outcome]:

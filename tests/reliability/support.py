@@ -124,10 +124,15 @@ class FakeTeacher:
                     return self._send(fake.status, b'{"error": {"message": "fake failure"}}')
                 if fake.mode == "raw":
                     return self._send(200, fake.raw)
-                payload = {"id": "x", "object": "chat.completion", "model": "fake",
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": fake.text}}],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+                payload = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": "fake",
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": fake.text}}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+                }
                 return self._send(200, json.dumps(payload).encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -178,35 +183,64 @@ def make_pki(directory: Path) -> Pki:
 
     def ca(cn: str):
         k = key()
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn)).public_key(k.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                             content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                             key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-                .sign(k, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(name(cn))
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(k, hashes.SHA256())
+        )
         return k, cert
 
     def leaf(cn: str, issuer_key, issuer_cert, server: bool):
         k = key()
-        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer_cert.subject)
-             .public_key(k.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(issuer_cert.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+        )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return k, b.sign(issuer_key, hashes.SHA256())
 
     def write(stem: str, k, cert) -> tuple[Path, Path]:
         cp, kp = directory / f"{stem}.crt", directory / f"{stem}.key"
         cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        kp.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+        kp.write_bytes(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
         return cp, kp
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -238,8 +272,14 @@ def student_onnx_bytes(*, user_width: int | None = None, scale: float = 1.0) -> 
         OUTPUT_NAME,
     )
 
-    shapes = {"global_feats": [NUM_GLOBAL], "user_feats": ["N", user_width or NUM_USER], "res_feats": ["R", NUM_RES],
-              "pair_feats": [NUM_PAIR, "R", "N"], "user_mask": ["N"], "res_mask": ["R"]}
+    shapes = {
+        "global_feats": [NUM_GLOBAL],
+        "user_feats": ["N", user_width or NUM_USER],
+        "res_feats": ["R", NUM_RES],
+        "pair_feats": [NUM_PAIR, "R", "N"],
+        "user_mask": ["N"],
+        "res_mask": ["R"],
+    }
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n]) for n in INPUT_NAMES]
     out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["R", "M"])
     consts = [
@@ -263,8 +303,15 @@ def student_onnx_bytes(*, user_width: int | None = None, scale: float = 1.0) -> 
     return model.SerializeToString()
 
 
-def write_student(model_dir: Path, preset: str, version: str, *, onnx_bytes: bytes | None = None,
-                  card: dict[str, Any] | None = None, sha256: str | None = None) -> Path:
+def write_student(
+    model_dir: Path,
+    preset: str,
+    version: str,
+    *,
+    onnx_bytes: bytes | None = None,
+    card: dict[str, Any] | None = None,
+    sha256: str | None = None,
+) -> Path:
     """Write ``<model_dir>/student-<preset>/<version>/{model.onnx, model.json}``; the card's
     sha256 is the file's unless ``sha256`` overrides it; ``card`` entries override the defaults."""
     from service.serialize.tensors import FEATURE_VERSION
@@ -273,9 +320,14 @@ def write_student(model_dir: Path, preset: str, version: str, *, onnx_bytes: byt
     path = model_dir / f"student-{preset}" / version
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.onnx").write_bytes(data)
-    doc = {"preset": preset, "version": version, "feature_version": FEATURE_VERSION,
-           "sha256": sha256 or hashlib.sha256(data).hexdigest(), "decode": {"kind": "capped", "surplus_margin": 4.0},
-           "architecture": {"parameters": 0}}
+    doc = {
+        "preset": preset,
+        "version": version,
+        "feature_version": FEATURE_VERSION,
+        "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+        "decode": {"kind": "capped", "surplus_margin": 4.0},
+        "architecture": {"parameters": 0},
+    }
     doc.update(card or {})
     (path / "model.json").write_text(json.dumps(doc))
     return path
@@ -287,18 +339,40 @@ def write_student(model_dir: Path, preset: str, version: str, *, onnx_bytes: byt
 def spectrum_body(cell: str, slot: int, n: int = 6, r: int = 8, seed: int = 0, **extra: Any) -> dict[str, Any]:
     rng = np.random.default_rng([seed, slot])
     users = [{"id": 100 + i, "rx_power_dbm": round(float(rng.uniform(-110, -60)), 3)} for i in range(n)]
-    resources = [{"id": 1 + j, "bandwidth_hz": round(float(rng.uniform(1e6, 1e7)), 1), "available": bool(j % 4 != 1)}
-                 for j in range(r)]
+    resources = [
+        {"id": 1 + j, "bandwidth_hz": round(float(rng.uniform(1e6, 1e7)), 1), "available": bool(j % 4 != 1)}
+        for j in range(r)
+    ]
     return {"cell_id": cell, "slot": slot, "preset": "spectrum", "users": users, "resources": resources, **extra}
 
 
-def mac_body(cell: str, slot: int, n: int = 8, r: int = 6, seed: int = 0, *, feedback: dict[int, float] | None = None,
-             **extra: Any) -> dict[str, Any]:
+def mac_body(
+    cell: str,
+    slot: int,
+    n: int = 8,
+    r: int = 6,
+    seed: int = 0,
+    *,
+    feedback: dict[int, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     rng = np.random.default_rng([seed, slot, 1])
-    users = [{"id": 1 + i, "spectral_efficiency": round(float(rng.uniform(0.1, 5.0)), 4),
-              "buffer_bits": float(rng.integers(0, 40_000))} for i in range(n)]
-    body = {"cell_id": cell, "slot": slot, "preset": "mac", "users": users,
-            "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(r)], **extra}
+    users = [
+        {
+            "id": 1 + i,
+            "spectral_efficiency": round(float(rng.uniform(0.1, 5.0)), 4),
+            "buffer_bits": float(rng.integers(0, 40_000)),
+        }
+        for i in range(n)
+    ]
+    body = {
+        "cell_id": cell,
+        "slot": slot,
+        "preset": "mac",
+        "users": users,
+        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(r)],
+        **extra,
+    }
     if feedback:
         body["feedback"] = {"delivered_bits": {str(k): float(v) for k, v in feedback.items()}}
     return body
@@ -354,5 +428,3 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
-
-

@@ -51,8 +51,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, token_file: Path):
 
     models = tmp_path_factory.mktemp("models")
     write_student(models, "mac", "v1")
-    svc = ServeProcess("--auth-token-file", str(token_file), "--admin", *LIMITS,
-                       env={"GNBSCHED_MODEL_DIR": str(models)})
+    svc = ServeProcess(
+        "--auth-token-file", str(token_file), "--admin", *LIMITS, env={"GNBSCHED_MODEL_DIR": str(models)}
+    )
     try:
         yield svc.wait_ready()
     finally:
@@ -69,11 +70,20 @@ def _auth(token: str) -> dict[str, str]:
 def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, token: str) -> None:
     body = orjson.dumps(mac_body("acc-1", 0))
     with httpx.Client(base_url=guarded.url, timeout=10) as c:
-        for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"},
-                        {"Authorization": f"Basic {token}"}, {"Authorization": token},
-                        {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": f"Bearer {token}x"}):
-            for method, path, content in (("POST", "/schedule", body), ("GET", "/v1/policies", None),
-                                          ("GET", "/models", None), ("POST", "/admin/reload", b'{"policy": "student"}')):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-of-some-length"},
+            {"Authorization": f"Basic {token}"},
+            {"Authorization": token},
+            {"Authorization": f"Bearer {token[:-1]}"},
+            {"Authorization": f"Bearer {token}x"},
+        ):
+            for method, path, content in (
+                ("POST", "/schedule", body),
+                ("GET", "/v1/policies", None),
+                ("GET", "/models", None),
+                ("POST", "/admin/reload", b'{"policy": "student"}'),
+            ):
                 r = c.request(method, path, content=content, headers=headers)
                 assert r.status_code == 401, (method, path, headers, r.text)
                 assert r.json()["field"] == "authorization" and r.json()["error"] == "unauthorized"
@@ -150,14 +160,18 @@ def test_token_from_the_environment_on_rest_and_grpc_admin_off(service, token: s
 
 def test_admin_reload_validates_its_request(guarded, token: str) -> None:
     with httpx.Client(base_url=guarded.url, timeout=20, headers=_auth(token)) as c:
-        cases = [(b"{", 400, "body"), (b"[]", 422, "body"), (b'{"policy": "nope"}', 422, "policy"),
-                 (b'{"policy": "student", "preset": "lte"}', 422, "preset"),
-                 (b'{"policy": "student", "version": "v1"}', 422, "preset"),
-                 (b'{"policy": "student", "preset": "mac", "version": "../../etc"}', 422, "version"),
-                 (b'{"policy": "student", "path": "/etc/passwd"}', 422, "path"),
-                 (b'{"policy": "km"}', 422, "policy"),
-                 (b'{"policy": "student", "preset": "spectrum"}', 422, "preset"),  # no spectrum model here
-                 (b'{"policy": "' + b"x" * 5000 + b'"}', 413, "body")]
+        cases = [
+            (b"{", 400, "body"),
+            (b"[]", 422, "body"),
+            (b'{"policy": "nope"}', 422, "policy"),
+            (b'{"policy": "student", "preset": "lte"}', 422, "preset"),
+            (b'{"policy": "student", "version": "v1"}', 422, "preset"),
+            (b'{"policy": "student", "preset": "mac", "version": "../../etc"}', 422, "version"),
+            (b'{"policy": "student", "path": "/etc/passwd"}', 422, "path"),
+            (b'{"policy": "km"}', 422, "policy"),
+            (b'{"policy": "student", "preset": "spectrum"}', 422, "preset"),  # no spectrum model here
+            (b'{"policy": "' + b"x" * 5000 + b'"}', 413, "body"),
+        ]
         for content, status, field in cases:
             r = c.post("/admin/reload", content=content)
             assert (r.status_code, r.json()["field"]) == (status, field), (content[:60], r.text)
@@ -166,8 +180,9 @@ def test_admin_reload_validates_its_request(guarded, token: str) -> None:
         assert r.json()["reloaded"] == {"mac": "v1"}
 
 
-def test_admin_without_token_is_refused_off_loopback(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_without_token_is_refused_off_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key in [k for k in os.environ if k.startswith("GNBSCHED_")]:
         monkeypatch.delenv(key)
     parser = argparse.ArgumentParser()
@@ -214,8 +229,21 @@ def test_limits_on_body_size_users_resources_feedback_and_cell_id(guarded, token
         (mac_body("lim", 0, n=4, r=13), 413, "resources"),
         (mac_body("lim", 0, n=4, r=4, feedback={i: 1.0 for i in range(17)}), 413, "feedback.delivered_bits"),
         (mac_body("x" * 257, 0, n=4, r=4), 422, "cell_id"),
-        (mac_body("lim", 0, n=16, r=12, rate_bps=[[1e6] * 12] * 16, tti_s=0.0005,
-                  max_resources_per_user=2, policy="greedy") | {"pad": "p" * 20_000}, 413, "body"),
+        (
+            mac_body(
+                "lim",
+                0,
+                n=16,
+                r=12,
+                rate_bps=[[1e6] * 12] * 16,
+                tti_s=0.0005,
+                max_resources_per_user=2,
+                policy="greedy",
+            )
+            | {"pad": "p" * 20_000},
+            413,
+            "body",
+        ),
     ]
     with httpx.Client(base_url=guarded.url, timeout=10, headers=_auth(token)) as c:
         for body, status, field in cases:
@@ -225,8 +253,10 @@ def test_limits_on_body_size_users_resources_feedback_and_cell_id(guarded, token
         # a declared length above the limit is refused at once, without waiting for the body
         port = int(guarded.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(f"POST /schedule HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                      "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{".encode())
+            s.sendall(
+                f"POST /schedule HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{".encode()
+            )
             head = s.recv(4096).decode(errors="replace")
         assert head.startswith("HTTP/1.1 413"), head
         ok = mac_body("lim", 1, n=16, r=12)
@@ -242,7 +272,7 @@ HOSTILE = [
     "__import__('os').system('touch {sentinel}')",
     "```python\nimport os; open('{sentinel}', 'w').write('pwned')\n```",
     '{{"owner": [__import__("os").system("touch {sentinel}")]}}',
-    '{{"owner": ["__import__(\'os\').system(\'touch {sentinel}\')", 101, null]}}',
+    "{{\"owner\": [\"__import__('os').system('touch {sentinel}')\", 101, null]}}",
     '{{"allocation": {{"101": "eval(compile(\'open(\\"{sentinel}\\", \\"w\\")\', \'x\', \'exec\'))"}}}}',
     "```js\nrequire('fs').writeFileSync('{sentinel}', 'x'); process.exit(1)\n```",
     '{{"__class__": {{"__init__": {{"__globals__": "os"}}}}, "owner": {{"$where": "sleep(1)"}}}}',
@@ -264,8 +294,21 @@ class _Parrot(Policy):
 class _Audit:
     """Records the audit events of code execution while ``active`` (hooks cannot be removed)."""
 
-    EVENTS = frozenset({"exec", "compile", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-                        "subprocess.Popen", "ctypes.dlopen", "pickle.find_class", "marshal.loads"})
+    EVENTS = frozenset(
+        {
+            "exec",
+            "compile",
+            "os.system",
+            "os.exec",
+            "os.posix_spawn",
+            "os.spawn",
+            "os.fork",
+            "subprocess.Popen",
+            "ctypes.dlopen",
+            "pickle.find_class",
+            "marshal.loads",
+        }
+    )
 
     def __init__(self) -> None:
         self.active = False
@@ -373,8 +416,10 @@ def _grpc_call(channel, metadata=()) -> tuple[Any, Any]:
 
     stub = pb_grpc.SchedulerStub(channel)
     out = []
-    for call in (lambda: stub.Schedule(_grpc_request(), timeout=10, metadata=metadata),
-                 lambda: next(iter(stub.StreamSlots(iter([_grpc_request()]), timeout=10, metadata=metadata)))):
+    for call in (
+        lambda: stub.Schedule(_grpc_request(), timeout=10, metadata=metadata),
+        lambda: next(iter(stub.StreamSlots(iter([_grpc_request()]), timeout=10, metadata=metadata))),
+    ):
         try:
             out.append(call())
         except grpc.RpcError as exc:
@@ -387,8 +432,11 @@ def _health(channel, metadata=()) -> Any:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10,
-                                                         metadata=metadata).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=""), timeout=10, metadata=metadata)
+            .status
+        )
     except grpc.RpcError as exc:
         return exc.code()
 
@@ -402,9 +450,17 @@ def test_grpc_mutual_tls_and_token(service, pki, token_file: Path, token: str) -
 
     from service.security import grpc_channel_credentials
 
-    svc = service("--auth-token-file", str(token_file), "--grpc-tls-cert", str(pki.server_cert),
-                  "--grpc-tls-key", str(pki.server_key), "--grpc-tls-client-ca", str(pki.ca_cert),
-                  grpc=True).wait_ready()
+    svc = service(
+        "--auth-token-file",
+        str(token_file),
+        "--grpc-tls-cert",
+        str(pki.server_cert),
+        "--grpc-tls-key",
+        str(pki.server_key),
+        "--grpc-tls-client-ca",
+        str(pki.ca_cert),
+        grpc=True,
+    ).wait_ready()
     target = svc.grpc_target
     unavailable = (grpc.StatusCode.UNAVAILABLE,) * 2
     with grpc.insecure_channel(target) as ch:
@@ -436,8 +492,9 @@ def test_grpc_server_tls_without_client_certificates_and_grpc_limits(service, pk
     from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2_grpc as pb_grpc
     from service.security import grpc_channel_credentials
 
-    svc = service("--grpc-tls-cert", str(pki.server_cert), "--grpc-tls-key", str(pki.server_key), *LIMITS,
-                  grpc=True).wait_ready()
+    svc = service(
+        "--grpc-tls-cert", str(pki.server_cert), "--grpc-tls-key", str(pki.server_key), *LIMITS, grpc=True
+    ).wait_ready()
     with grpc.insecure_channel(svc.grpc_target) as ch:
         assert _grpc_call(ch) == (grpc.StatusCode.UNAVAILABLE,) * 2
     with grpc.secure_channel(svc.grpc_target, grpc_channel_credentials(pki.ca_cert)) as ch:
@@ -461,8 +518,13 @@ def test_workers_get_the_token_and_access_settings(monkeypatch: pytest.MonkeyPat
     the access settings survive the trip (the token only there, never in the printed settings)."""
     for key in [k for k in os.environ if k.startswith("GNBSCHED_")]:
         monkeypatch.delenv(key)
-    settings = Settings(auth_token=token, admin_enabled=True, grpc_tls_cert=str(tmp_path / "c"),
-                        grpc_tls_key=str(tmp_path / "k"), grpc_stream_stall_s=7.0)
+    settings = Settings(
+        auth_token=token,
+        admin_enabled=True,
+        grpc_tls_cert=str(tmp_path / "c"),
+        grpc_tls_key=str(tmp_path / "k"),
+        grpc_stream_stall_s=7.0,
+    )
     try:
         serve.export_settings(settings)
         assert os.environ["GNBSCHED_AUTH_TOKEN"] == token
@@ -477,17 +539,26 @@ def test_workers_get_the_token_and_access_settings(monkeypatch: pytest.MonkeyPat
 # ----------------------------------------------------------------------------- simulate against a guarded service
 
 
-def test_simulate_reaches_a_guarded_service_over_grpc_mtls_and_rest(service, pki, token_file: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_reaches_a_guarded_service_over_grpc_mtls_and_rest(
+    service, pki, token_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``gnbsched simulate`` with the token file and the PKI: the KPIs of the in-process loop over
     gRPC mTLS (unary and stream) and over REST; without the token, or without the CA, it stops
     with exit 2 and a message naming what failed."""
     from service.api.simulate import Access, simulate
     from service.cli import main
 
-    svc = service("--auth-token-file", str(token_file), "--grpc-tls-cert", str(pki.server_cert),
-                  "--grpc-tls-key", str(pki.server_key), "--grpc-tls-client-ca", str(pki.ca_cert),
-                  grpc=True).wait_ready()
+    svc = service(
+        "--auth-token-file",
+        str(token_file),
+        "--grpc-tls-cert",
+        str(pki.server_cert),
+        "--grpc-tls-key",
+        str(pki.server_key),
+        "--grpc-tls-client-ca",
+        str(pki.ca_cert),
+        grpc=True,
+    ).wait_ready()
     access = Access.from_files(str(token_file), str(pki.ca_cert), str(pki.client_cert), str(pki.client_key))
     kw = {"preset": "mac", "scenario": "fixed-5", "slots": 30, "seed": 4, "cell_id": "guarded"}
     expected = simulate("inproc", **kw)
@@ -518,12 +589,16 @@ def test_simulate_trusts_the_given_ca_for_an_https_front(uvicorn_server, pki, tm
     from service.api.rest.app import create_app
     from service.api.simulate import Access, TargetError, simulate
 
-    front = uvicorn_server(create_app(ServiceCore(Settings(), store=MemoryStore())),
-                           ssl_certfile=str(pki.server_cert), ssl_keyfile=str(pki.server_key))
+    front = uvicorn_server(
+        create_app(ServiceCore(Settings(), store=MemoryStore())),
+        ssl_certfile=str(pki.server_cert),
+        ssl_keyfile=str(pki.server_key),
+    )
     assert front.url.startswith("https://")
     kw = {"preset": "spectrum", "slots": 5, "seed": 2, "cell_id": "https-front"}
     assert simulate(front.url, access=Access(tls_ca=str(pki.ca_cert)), **kw) == pytest.approx(
-        simulate("inproc", **kw), nan_ok=True)
+        simulate("inproc", **kw), nan_ok=True
+    )
     with pytest.raises(TargetError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         simulate(front.url, **{**kw, "cell_id": "https-untrusted"})
 
@@ -558,8 +633,14 @@ def test_rest_over_tls_and_mutual_tls(service, pki, token_file: Path, token: str
     got = simulate(svc.url, access=Access(token=token, tls_ca=str(pki.ca_cert)), cell_id="tls-sim", **kw)
     assert got == pytest.approx(simulate("inproc", cell_id="tls-sim", **kw), nan_ok=True)
 
-    mtls = service("--grpc-port", "0", *tls, "--rest-tls-client-ca", str(pki.ca_cert),
-                   rest_verify=ctx(pki.client_cert, pki.client_key)).wait_ready()
+    mtls = service(
+        "--grpc-port",
+        "0",
+        *tls,
+        "--rest-tls-client-ca",
+        str(pki.ca_cert),
+        rest_verify=ctx(pki.client_cert, pki.client_key),
+    ).wait_ready()
     for bad in (ctx(), ctx(pki.rogue_cert, pki.rogue_key)):
         with pytest.raises(httpx.HTTPError):
             httpx.post(mtls.url + "/schedule", content=body, verify=bad, timeout=3)

@@ -62,8 +62,9 @@ def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
     that is decided equals the uninterrupted in-process core's decision for it, from the first
     slot after recovery on (reconverged after 0 slots: the service gives the empty Redis its own
     copy back). A newer record written by another replica wins; corrupt records are set aside."""
-    svc = service("--state-url", private_redis.url, "--policy-mac", "pf", "--seed", str(SEED),
-                  "--fallbacks", "greedy", grpc=True).wait_ready()
+    svc = service(
+        "--state-url", private_redis.url, "--policy-mac", "pf", "--seed", str(SEED), "--fallbacks", "greedy", grpc=True
+    ).wait_ready()
     ref = _reference()
     kill_at, refused_before_restart, end = 12, 4, 30
     rest_cell, grpc_cell = "redis-rest", "redis-grpc"
@@ -73,6 +74,7 @@ def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
     with httpx.Client(base_url=svc.url, timeout=10) as http, SchedulerClient(svc.grpc_target) as grpc_client:
         grpc_client.wait_ready()
         with grpc_client.stream(timeout_s=120) as stream:
+
             def refusal(transport: str) -> None:
                 refused[transport] += 1
                 if sum(refused.values()) == 2:
@@ -116,7 +118,9 @@ def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
 
         metrics = http.get("/metrics").text
         assert refused["grpc"] >= 1 and sum(refused.values()) >= refused_before_restart, refused
-        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == refused["rest"] + refused["grpc"]
+        assert (
+            metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == refused["rest"] + refused["grpc"]
+        )
         assert metric_value(metrics, "gnbsched_state_store_up") == 1
         assert metric_value(metrics, "gnbsched_state_events_total", event="restored") == 2
 
@@ -141,8 +145,11 @@ def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
         # a corrupt record in Redis (truncated, forged header, pickle bytes, another key type) is
         # set aside as <key>:corrupt and counted, never a crash: the cell starts afresh
         client = private_redis.client()
-        blobs = [b'{"format": 1, "last_slot": 3', b'GNBREC1\n{"format": 1, "epoch": 0}\n',
-                 b"\x80\x04\x95cos\nsystem\n."]
+        blobs = [
+            b'{"format": 1, "last_slot": 3',
+            b'GNBREC1\n{"format": 1, "epoch": 0}\n',
+            b"\x80\x04\x95cos\nsystem\n.",
+        ]
         for k, blob in enumerate(blobs):
             client.hset(store.key(f"corrupt-{k}"), mapping={"v": "1", "b": blob})
         client.set(store.key("corrupt-3"), b"a string, not a hash")
@@ -154,8 +161,10 @@ def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
             assert client.exists(store.key(f"corrupt-{k}") + ":corrupt") == 1
             assert store.load(f"corrupt-{k}").version == 1
         metrics = http.get("/metrics").text
-        assert metric_value(metrics, "gnbsched_state_store_errors_total", op="load") == \
-            refused["rest"] + refused["grpc"] + 4
+        assert (
+            metric_value(metrics, "gnbsched_state_store_errors_total", op="load")
+            == refused["rest"] + refused["grpc"] + 4
+        )
         client.close()
     assert "Traceback" not in svc.output()
 
@@ -219,8 +228,10 @@ def test_two_replicas_through_a_redis_kill_with_persistence(service, tmp_path: P
                     fb_grpc = delivered(gbody, {"owner": [None if o < 0 else int(o) for o in msg.owner]})
         for c in clients:
             c.close()
-        print(f"two replicas through a Redis kill: {refused} refused attempts, reconverged after "
-              f"{first_equal_after_recovery} slots")
+        print(
+            f"two replicas through a Redis kill: {refused} refused attempts, reconverged after "
+            f"{first_equal_after_recovery} slots"
+        )
         assert refused >= refused_before_restart and first_equal_after_recovery == 0
         store = RedisStore(redis.url)
         for cell in ("durable-rest", "durable-grpc"):
@@ -272,20 +283,34 @@ def test_hanging_teacher_falls_back_inside_the_deadline(teacher_stack) -> None:
     assert "Traceback" not in svc.output()
 
 
-@pytest.mark.parametrize(("mode", "setting", "reason"), [
-    ("raw", b"<html>502 Bad Gateway</html>", "error"),
-    ("raw", b'{"choices": []}', "error"),
-    ("raw", b'{"choices": [{"message": {"content": 42}}]}', "error"),
-    ("text", "Sure! User 101 should get channel 3 because it is the best.", "error"),
-    ("text", "\x00\xff\ufffd" * 300, "error"),
-    ("status", 500, "unavailable"),
-    ("status", 429, "unavailable"),
-    ("reset", None, "unavailable"),
-])
+@pytest.mark.parametrize(
+    ("mode", "setting", "reason"),
+    [
+        ("raw", b"<html>502 Bad Gateway</html>", "error"),
+        ("raw", b'{"choices": []}', "error"),
+        ("raw", b'{"choices": [{"message": {"content": 42}}]}', "error"),
+        ("text", "Sure! User 101 should get channel 3 because it is the best.", "error"),
+        ("text", "\x00\xff\ufffd" * 300, "error"),
+        ("status", 500, "unavailable"),
+        ("status", 429, "unavailable"),
+        ("reset", None, "unavailable"),
+    ],
+)
 def test_garbage_teacher_answers_fall_back(teacher_stack, mode: str, setting: Any, reason: str) -> None:
     fake_teacher, svc = teacher_stack
-    reset_teacher(fake_teacher, mode=mode, **({"raw": setting} if mode == "raw" else {"text": setting}
-                                              if mode == "text" else {"status": setting} if mode == "status" else {}))
+    reset_teacher(
+        fake_teacher,
+        mode=mode,
+        **(
+            {"raw": setting}
+            if mode == "raw"
+            else {"text": setting}
+            if mode == "text"
+            else {"status": setting}
+            if mode == "status"
+            else {}
+        ),
+    )
     before = fake_teacher.requests
     with httpx.Client(base_url=svc.url, timeout=30) as c:
         for slot in range(3):
@@ -315,8 +340,16 @@ def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(se
     write_student(models, "mac", "v1")
     # the synthetic models here are untrained: the run-time guard would (rightly) serve pf instead,
     # and what is tested is the reload itself
-    svc = service("--grpc-port", "0", "--admin", "--preload", "student", "--policy-mac", "student",
-                  env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
+    svc = service(
+        "--grpc-port",
+        "0",
+        "--admin",
+        "--preload",
+        "student",
+        "--policy-mac",
+        "student",
+        env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"},
+    ).wait_ready()
     good = student_onnx_bytes(scale=-1.0)
     # broken candidates, each refused
     write_student(models, "mac", "v2-corrupt", onnx_bytes=good, sha256="0" * 64)  # checksum mismatch
@@ -340,8 +373,9 @@ def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(se
                 body = mac_body("reload-bg", slot, n=6, r=5)
                 r = c.post("/schedule", content=orjson.dumps(body))
                 ans = r.json()
-                seen.append((r.status_code, ans.get("policy"), ans.get("notes", {}).get("model_version"),
-                             ans.get("fallback")))
+                seen.append(
+                    (r.status_code, ans.get("policy"), ans.get("notes", {}).get("model_version"), ans.get("fallback"))
+                )
                 if r.status_code == 200:
                     assert_pag_valid(body, ans)
                 slot += 1
@@ -357,8 +391,19 @@ def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(se
     try:
         with httpx.Client(base_url=svc.url, timeout=30) as c:
             assert served_version(c, 0) == "v1"
-            for k, version in enumerate(("v2-corrupt", "v3-features", "v4-preset", "v5-signature",
-                                         "v6-truncated", "v7-garbage", "v8-nocard", "v-missing"), start=1):
+            for k, version in enumerate(
+                (
+                    "v2-corrupt",
+                    "v3-features",
+                    "v4-preset",
+                    "v5-signature",
+                    "v6-truncated",
+                    "v7-garbage",
+                    "v8-nocard",
+                    "v-missing",
+                ),
+                start=1,
+            ):
                 r = c.post("/admin/reload", json={"policy": "student", "preset": "mac", "version": version})
                 assert r.status_code == 422, (version, r.text)
                 assert r.json()["error"] == "model_invalid" and r.json()["field"] == "version", r.text
@@ -392,9 +437,21 @@ def test_every_worker_follows_a_new_latest_with_the_model_watch(service, tmp_pat
     models = tmp_path / "models"
     write_student(models, "mac", "v1")
     (models / "student-mac" / "latest").write_text("v1\n")
-    svc = service("--grpc-port", "0", "--workers", "2", "--state-url", "memory://", "--preload", "student",
-                  "--policy-mac", "student", "--model-watch-s", "0.2",  # untrained models: guard off, as above
-                  env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
+    svc = service(
+        "--grpc-port",
+        "0",
+        "--workers",
+        "2",
+        "--state-url",
+        "memory://",
+        "--preload",
+        "student",
+        "--policy-mac",
+        "student",
+        "--model-watch-s",
+        "0.2",  # untrained models: guard off, as above
+        env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_GUARD_ENABLED": "false"},
+    ).wait_ready()
 
     cells = itertools.count()
 
@@ -434,8 +491,9 @@ class _StreamDriver(threading.Thread):
     """A lock-step StreamSlots client in a thread: sends mac slots until the call ends (or
     ``max_s``); records every answer and the final status."""
 
-    def __init__(self, target: str, cell: str, *, policy: str = "pf", max_s: float = 60.0,
-                 pause_s: float = 0.0) -> None:
+    def __init__(
+        self, target: str, cell: str, *, policy: str = "pf", max_s: float = 60.0, pause_s: float = 0.0
+    ) -> None:
         super().__init__(daemon=True)
         self.target, self.cell, self.policy, self.max_s, self.pause_s = target, cell, policy, max_s, pause_s
         self.answers = 0
@@ -483,9 +541,12 @@ def test_sigterm_during_grpc_streams_answers_in_flight_slots_then_exits_0(servic
     fake_teacher.delay_s = 3.0
     # the fake teacher's answers are not meant to be good: the run-time guard would serve greedy
     # instead, and what is tested is the shutdown
-    svc = service("--fallbacks", "greedy", grpc=True,
-                  env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake_teacher.url,
-                       "GNBSCHED_GUARD_ENABLED": "false"}).wait_ready()
+    svc = service(
+        "--fallbacks",
+        "greedy",
+        grpc=True,
+        env={**TEACHER_ENV, "GNBSCHED_TEACHER_URL": fake_teacher.url, "GNBSCHED_GUARD_ENABLED": "false"},
+    ).wait_ready()
     busy = [_StreamDriver(svc.grpc_target, f"term-{i}") for i in range(3)]
     for d in busy:
         d.start()
@@ -564,8 +625,12 @@ def _spawn_client(target: str, cell: str) -> subprocess.Popen:
 
     from .support import REPO
 
-    proc = subprocess.Popen([sys.executable, "-c", _CLIENT.format(repo=str(REPO), target=target, cell=cell)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLIENT.format(repo=str(REPO), target=target, cell=cell)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     line = proc.stdout.readline() if proc.stdout else ""
     assert line.strip() == "streaming", line + (proc.stdout.read() if proc.stdout else "")
     return proc
@@ -582,9 +647,16 @@ def test_slow_and_vanished_stream_clients(service) -> None:
 
     from .support import open_fds, rss_kib, tcp_connections_to
 
-    svc = service("--fallbacks", "greedy", grpc=True,
-                  env={"GNBSCHED_GRPC_KEEPALIVE_S": "1", "GNBSCHED_GRPC_KEEPALIVE_TIMEOUT_S": "1",
-                       "GNBSCHED_GRPC_STREAM_STALL_S": "2"}).wait_ready()
+    svc = service(
+        "--fallbacks",
+        "greedy",
+        grpc=True,
+        env={
+            "GNBSCHED_GRPC_KEEPALIVE_S": "1",
+            "GNBSCHED_GRPC_KEEPALIVE_TIMEOUT_S": "1",
+            "GNBSCHED_GRPC_STREAM_STALL_S": "2",
+        },
+    ).wait_ready()
     healthy = _StreamDriver(svc.grpc_target, "healthy", max_s=120, pause_s=0.002)
     healthy.start()
     wait_until_answers = time.monotonic() + 20
@@ -600,8 +672,10 @@ def test_slow_and_vanished_stream_clients(service) -> None:
             if tcp_connections_to(svc.grpc_port) == base_conns and open_fds(svc.pid) <= base_fds:
                 return
             time.sleep(0.1)
-        raise AssertionError(f"after {what}: {tcp_connections_to(svc.grpc_port)} connections, "
-                             f"{open_fds(svc.pid)} fds (baseline {base_conns}, {base_fds})")
+        raise AssertionError(
+            f"after {what}: {tcp_connections_to(svc.grpc_port)} connections, "
+            f"{open_fds(svc.pid)} fds (baseline {base_conns}, {base_fds})"
+        )
 
     # vanished: killed mid-stream, three rounds
     for round_ in range(3):
@@ -624,8 +698,15 @@ def test_slow_and_vanished_stream_clients(service) -> None:
 
     # slow reader: sends large slots and never reads; flow control fills, the write stalls
     n_res = 2048
-    req = pb.SlotRequest(cell_id="slow", preset="spectrum", user_ids=[1, 2, 3, 4], rx_power_dbm=[-70, -80, -90, -75],
-                         resource_ids=list(range(n_res)), policy="greedy", max_resources_per_user=n_res)
+    req = pb.SlotRequest(
+        cell_id="slow",
+        preset="spectrum",
+        user_ids=[1, 2, 3, 4],
+        rx_power_dbm=[-70, -80, -90, -75],
+        resource_ids=list(range(n_res)),
+        policy="greedy",
+        max_resources_per_user=n_res,
+    )
 
     def flood() -> Iterator[Any]:
         for slot in range(3000):
@@ -633,9 +714,11 @@ def test_slow_and_vanished_stream_clients(service) -> None:
             yield req
 
     channel = grpc.insecure_channel(svc.grpc_target)
-    stub_call = channel.stream_stream("/gnbsched.v1.Scheduler/StreamSlots",
-                                      request_serializer=pb.SlotRequest.SerializeToString,
-                                      response_deserializer=pb.SlotDecision.FromString)
+    stub_call = channel.stream_stream(
+        "/gnbsched.v1.Scheduler/StreamSlots",
+        request_serializer=pb.SlotRequest.SerializeToString,
+        response_deserializer=pb.SlotDecision.FromString,
+    )
     call = stub_call(flood(), timeout=120)
     before = healthy.answers
     end = time.monotonic() + 30

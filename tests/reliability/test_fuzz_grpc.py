@@ -42,8 +42,14 @@ STREAM = "/gnbsched.v1.Scheduler/StreamSlots"
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=max(1, round(n * SCALE)), deadline=None, database=None, derandomize=not RANDOM,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=max(1, round(n * SCALE)),
+        deadline=None,
+        database=None,
+        derandomize=not RANDOM,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 # ----------------------------------------------------------------------------- generators
@@ -67,8 +73,9 @@ def valid_requests(draw: st.DrawFn) -> pb.SlotRequest:
     r = draw(st.integers(1, MAX_RESOURCES if draw(st.integers(0, 4)) == 0 else 8))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     edges = draw(st.booleans())
-    req = pb.SlotRequest(cell_id=draw(st.text(min_size=1, max_size=30)), slot=draw(st.integers(0, 2**63 - 1)),
-                         preset=preset)
+    req = pb.SlotRequest(
+        cell_id=draw(st.text(min_size=1, max_size=30)), slot=draw(st.integers(0, 2**63 - 1)), preset=preset
+    )
     if draw(st.booleans()):
         req.user_ids[:] = draw(st.lists(_i64, min_size=n, max_size=n, unique=True))
         req.resource_ids[:] = draw(st.lists(_i64, min_size=r, max_size=r, unique=True))
@@ -112,26 +119,53 @@ def valid_requests(draw: st.DrawFn) -> pb.SlotRequest:
     return req
 
 
-_REPEATED = {"user_ids": _i64, "resource_ids": _i64, "rx_power_dbm": _any_float, "spectral_efficiency": _any_float,
-             "buffer_bits": _any_float, "eligible": st.booleans(), "bandwidth_hz": _any_float,
-             "available": st.booleans(), "interference_dbm": _any_float}
+_REPEATED = {
+    "user_ids": _i64,
+    "resource_ids": _i64,
+    "rx_power_dbm": _any_float,
+    "spectral_efficiency": _any_float,
+    "buffer_bits": _any_float,
+    "eligible": st.booleans(),
+    "bandwidth_hz": _any_float,
+    "available": st.booleans(),
+    "interference_dbm": _any_float,
+}
 
 
 @st.composite
 def mutated_requests(draw: st.DrawFn) -> bytes:
     """The bytes of one request: a valid one, one field broken, or bytes that are barely a request."""
     req = draw(valid_requests())
-    kind = draw(st.sampled_from(["none", "repeated", "scalar", "matrix", "feedback", "dup", "bytes", "flip",
-                                 "truncate"]))
+    kind = draw(
+        st.sampled_from(["none", "repeated", "scalar", "matrix", "feedback", "dup", "bytes", "flip", "truncate"])
+    )
     if kind == "repeated":
         name = draw(st.sampled_from(sorted(_REPEATED)))
         getattr(req, name)[:] = draw(st.lists(_REPEATED[name], max_size=MAX_USERS + 3))
     elif kind == "scalar":
-        name = draw(st.sampled_from(["cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user",
-                                     "tti_s", "rb_per_rbg", "noise_density_dbm_hz"]))
-        value = {"cell_id": st.text(max_size=300), "slot": _i64, "preset": st.text(max_size=10),
-                 "policy": st.text(max_size=10), "max_resources_per_user": _i64,
-                 "rb_per_rbg": st.integers(-(2**31), 2**31 - 1)}.get(name, _any_float)
+        name = draw(
+            st.sampled_from(
+                [
+                    "cell_id",
+                    "slot",
+                    "preset",
+                    "policy",
+                    "deadline_ms",
+                    "max_resources_per_user",
+                    "tti_s",
+                    "rb_per_rbg",
+                    "noise_density_dbm_hz",
+                ]
+            )
+        )
+        value = {
+            "cell_id": st.text(max_size=300),
+            "slot": _i64,
+            "preset": st.text(max_size=10),
+            "policy": st.text(max_size=10),
+            "max_resources_per_user": _i64,
+            "rb_per_rbg": st.integers(-(2**31), 2**31 - 1),
+        }.get(name, _any_float)
         setattr(req, name, draw(value))
     elif kind == "matrix":
         m = req.rate_bps if draw(st.booleans()) else req.fading_gain
@@ -148,7 +182,7 @@ def mutated_requests(draw: st.DrawFn) -> bytes:
         return draw(st.binary(max_size=200))
     if kind == "flip" and data:
         pos = draw(st.integers(0, len(data) - 1))
-        return data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1:]
+        return data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
     if kind == "truncate" and data:
         return data[: draw(st.integers(0, len(data) - 1))]
     return data
@@ -215,8 +249,18 @@ def test_request_decoding_raises_only_invalid_slot_errors(raw: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def grpc_target() -> Iterator[str]:
-    svc = ServeProcess("--max-users", str(MAX_USERS), "--max-resources", str(MAX_RESOURCES), "--max-body-bytes",
-                       str(MAX_BODY), "--fallbacks", "greedy", grpc=True, env={"GNBSCHED_TEACHER_TIMEOUT_S": "1"})
+    svc = ServeProcess(
+        "--max-users",
+        str(MAX_USERS),
+        "--max-resources",
+        str(MAX_RESOURCES),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--fallbacks",
+        "greedy",
+        grpc=True,
+        env={"GNBSCHED_TEACHER_TIMEOUT_S": "1"},
+    )
     try:
         svc.wait_ready()
         yield svc.grpc_target
@@ -272,7 +316,9 @@ def test_one_stream_survives_every_bad_slot(grpc_target: str) -> None:
                     return
                 yield raw
 
-        stream = channel.stream_stream(STREAM, request_serializer=None, response_deserializer=pb.SlotDecision.FromString)
+        stream = channel.stream_stream(
+            STREAM, request_serializer=None, response_deserializer=pb.SlotDecision.FromString
+        )
         answers = stream(source(), timeout=600)
 
         def send(raw: bytes) -> pb.SlotDecision:

@@ -61,18 +61,34 @@ def _n(base: int) -> int:
 
 
 def _settings(n: int) -> settings:
-    return settings(max_examples=_n(n), deadline=None, database=None, derandomize=not RANDOM,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=_n(n),
+        deadline=None,
+        database=None,
+        derandomize=not RANDOM,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory, token_file: Path, token: str):
     models = tmp_path_factory.mktemp("fuzz-models")
     write_student(models, "mac", "v1")
-    svc = ServeProcess("--auth-token-file", str(token_file), "--admin", "--max-users", str(MAX_USERS),
-                       "--max-resources", str(MAX_RESOURCES), "--max-body-bytes", str(MAX_BODY),
-                       "--fallbacks", ",".join(FALLBACKS),
-                       env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_TEACHER_TIMEOUT_S": "1"})
+    svc = ServeProcess(
+        "--auth-token-file",
+        str(token_file),
+        "--admin",
+        "--max-users",
+        str(MAX_USERS),
+        "--max-resources",
+        str(MAX_RESOURCES),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--fallbacks",
+        ",".join(FALLBACKS),
+        env={"GNBSCHED_MODEL_DIR": str(models), "GNBSCHED_TEACHER_TIMEOUT_S": "1"},
+    )
     try:
         svc.wait_ready()
         yield svc
@@ -90,8 +106,9 @@ def schema(target):
     from schemathesis.config import SchemathesisConfig
 
     # the service's documented rejections: 400 malformed JSON, 401 token, 413 limits, 422 a field
-    config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-        "expected-statuses": ["400", "401", "413", "422"]}}})
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "413", "422"]}}}
+    )
     return schemathesis.openapi.from_url(target.url + "/openapi.json", config=config)
 
 
@@ -179,12 +196,19 @@ def test_schedule_from_the_openapi_document(schema, target, session, mode: str, 
         assert outcomes["accepted"] > 0
 
 
-@pytest.mark.parametrize(("path", "method", "modes", "examples"), [
-    ("/healthz", "GET", ("positive",), 5), ("/readyz", "GET", ("positive",), 5),
-    ("/v1/policies", "GET", ("positive",), 5), ("/metrics", "GET", ("positive",), 5),
-    ("/admin/reload", "POST", ("positive", "negative"), 150)])
-def test_other_operations_from_the_openapi_document(schema, target, session, path: str, method: str,
-                                                     modes: tuple[str, ...], examples: int) -> None:
+@pytest.mark.parametrize(
+    ("path", "method", "modes", "examples"),
+    [
+        ("/healthz", "GET", ("positive",), 5),
+        ("/readyz", "GET", ("positive",), 5),
+        ("/v1/policies", "GET", ("positive",), 5),
+        ("/metrics", "GET", ("positive",), 5),
+        ("/admin/reload", "POST", ("positive", "negative"), 150),
+    ],
+)
+def test_other_operations_from_the_openapi_document(
+    schema, target, session, path: str, method: str, modes: tuple[str, ...], examples: int
+) -> None:
     """The operations without a request body have no negative space (no parameters to break)."""
     from schemathesis import GenerationMode
 
@@ -243,8 +267,13 @@ def valid_slots(draw: st.DrawFn) -> dict[str, Any]:
         res_ids = rng.permutation(10 * r).tolist()[:r]
     users: list[dict[str, Any]] = [{"id": u} for u in user_ids]
     resources: list[dict[str, Any]] = [{"id": j} for j in res_ids]
-    doc: dict[str, Any] = {"cell_id": draw(st.text(min_size=1, max_size=40)), "slot": draw(st.integers(0, 2**63 - 1)),
-                           "preset": preset, "users": users, "resources": resources}
+    doc: dict[str, Any] = {
+        "cell_id": draw(st.text(min_size=1, max_size=40)),
+        "slot": draw(st.integers(0, 2**63 - 1)),
+        "preset": preset,
+        "users": users,
+        "resources": resources,
+    }
 
     def column(rows: list[dict[str, Any]], key: str, lo: float, hi: float) -> None:
         for row, v in zip(rows, _edge(rng, lo, hi, len(rows), edges), strict=True):
@@ -291,15 +320,19 @@ def valid_slots(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 2)) == 0:
         known = [u for u in user_ids if rng.random() < 0.5]
         other = draw(st.lists(_ids, max_size=3))
-        doc["feedback"] = {"delivered_bits": dict(zip(map(str, [*known, *other]),
-                                                      _edge(rng, 0.0, 1e18, len(known) + len(other), edges),
-                                                      strict=True))}
+        doc["feedback"] = {
+            "delivered_bits": dict(
+                zip(map(str, [*known, *other]), _edge(rng, 0.0, 1e18, len(known) + len(other), edges), strict=True)
+            )
+        }
     return doc
 
 
-_junk = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _finite | st.text(max_size=6),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                     max_leaves=6)
+_junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _finite | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 def _paths(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -334,8 +367,11 @@ def _dumps(doc: Any) -> bytes:
 def mutated_slots(draw: st.DrawFn) -> tuple[Any, bytes]:
     """(document or None, the bytes sent): a valid slot with one mutation applied."""
     doc = draw(valid_slots())
-    kind = draw(st.sampled_from(["none", "replace", "delete", "add", "nonfinite", "huge", "dup", "shape", "raw",
-                                 "deep", "utf8", "toplevel"]))
+    kind = draw(
+        st.sampled_from(
+            ["none", "replace", "delete", "add", "nonfinite", "huge", "dup", "shape", "raw", "deep", "utf8", "toplevel"]
+        )
+    )
     if kind == "none":
         return doc, _dumps(doc)
     if kind in ("replace", "delete", "add"):
@@ -386,8 +422,11 @@ def mutated_slots(draw: st.DrawFn) -> tuple[Any, bytes]:
 
 def test_schedule_with_targeted_strategies(target, token: str) -> None:
     outcomes = {"accepted": 0, "rejected": 0, "conflict": 0}
-    with httpx.Client(base_url=target.url, timeout=60, headers={"Authorization": f"Bearer {token}",
-                                                                 "content-type": "application/json"}) as client:
+    with httpx.Client(
+        base_url=target.url,
+        timeout=60,
+        headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+    ) as client:
 
         @_settings(1500)
         @given(sent=mutated_slots())
@@ -414,12 +453,26 @@ def test_json_edge_numbers_never_reach_a_decision_as_non_finite(target, token: s
     named rejection (``users.rx_power_dbm`` / ``rate_bps``), never a 5xx."""
     docs = []
     for rx in (-300.0, 100.0, -0.0):
-        docs.append({"cell_id": "edge", "slot": 0, "preset": "spectrum",
-                     "users": [{"id": 1, "rx_power_dbm": rx}, {"id": 2, "rx_power_dbm": rx}],
-                     "resources": [{"id": 1, "bandwidth_hz": 1e12}, {"id": 2, "bandwidth_hz": math.ulp(0.0)}]})
-    docs.append({"cell_id": "edge", "slot": 1, "preset": "mac", "tti_s": 1e-300, "rb_per_rbg": 275,
-                 "users": [{"id": 1, "spectral_efficiency": 64.0, "buffer_bits": 1e18}],
-                 "resources": [{"id": 1, "bandwidth_hz": 1e12}]})
+        docs.append(
+            {
+                "cell_id": "edge",
+                "slot": 0,
+                "preset": "spectrum",
+                "users": [{"id": 1, "rx_power_dbm": rx}, {"id": 2, "rx_power_dbm": rx}],
+                "resources": [{"id": 1, "bandwidth_hz": 1e12}, {"id": 2, "bandwidth_hz": math.ulp(0.0)}],
+            }
+        )
+    docs.append(
+        {
+            "cell_id": "edge",
+            "slot": 1,
+            "preset": "mac",
+            "tti_s": 1e-300,
+            "rb_per_rbg": 275,
+            "users": [{"id": 1, "spectral_efficiency": 64.0, "buffer_bits": 1e18}],
+            "resources": [{"id": 1, "bandwidth_hz": 1e12}],
+        }
+    )
     with httpx.Client(base_url=target.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
         for doc in docs:
             r = client.post("/schedule", content=orjson.dumps(doc))

@@ -18,9 +18,19 @@ def test_soak_zero_errors_and_flat_memory() -> None:
     # the served (default) mac policy is loaded before the run: a model policy's one-time load
     # (onnxruntime session, its files and thread) is not a descriptor or thread left behind
     default_mac = Settings().default_policy("mac")  # the server inherits this environment
-    cfg = SoakConfig(duration_s=14.0, warmup_s=4.0, connections=16, grpc_streams=4, rate_per_conn=25.0,
-                     num_ue=20, num_res=17, rss_interval_s=0.25, rss_window=8, check_every=5,
-                     serve_args=["--preload", default_mac])
+    cfg = SoakConfig(
+        duration_s=14.0,
+        warmup_s=4.0,
+        connections=16,
+        grpc_streams=4,
+        rate_per_conn=25.0,
+        num_ue=20,
+        num_res=17,
+        rss_interval_s=0.25,
+        rss_window=8,
+        check_every=5,
+        serve_args=["--preload", default_mac],
+    )
     result = run_soak(cfg)
     print("\n" + result.summary())
     assert result.errors == 0, result.error_samples

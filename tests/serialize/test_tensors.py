@@ -53,11 +53,19 @@ def test_scale_free_in_the_utility_unit():
     state, view = _mac_with_history()
     x = serialize(state, view)
     # the same slot in another utility unit (utility given, so the SE channel is 0 there: skip it)
-    scaled = make_slot("mac", state.user_ids, state.resource_ids, utility=state.utility * 1000.0,
-                       buffer_bits=state.buffer_bits * 1000.0, resource_available=state.resource_available,
-                       user_eligible=state.user_eligible, slot=state.slot)
-    view_scaled = type(view)(view.avg_served * 1000.0, view.cum_resources, view.last_served_slot, view.known,
-                             view.first_seen_slot)
+    scaled = make_slot(
+        "mac",
+        state.user_ids,
+        state.resource_ids,
+        utility=state.utility * 1000.0,
+        buffer_bits=state.buffer_bits * 1000.0,
+        resource_available=state.resource_available,
+        user_eligible=state.user_eligible,
+        slot=state.slot,
+    )
+    view_scaled = type(view)(
+        view.avg_served * 1000.0, view.cum_resources, view.last_served_slot, view.known, view.first_seen_slot
+    )
     se_col = USER_FEATURES.index("spectral_efficiency")
     x.user_feats[:, se_col] = 0.0
     y = serialize(scaled, view_scaled)
@@ -70,11 +78,19 @@ def test_permuting_users_and_resources_permutes_the_tensors():
     rng = np.random.default_rng(1)
     pu, pr = rng.permutation(state.num_ue), rng.permutation(state.num_res)
     se = state.spectral_efficiency if state.spectral_efficiency.ndim == 1 else state.spectral_efficiency[:, pr]
-    perm = make_slot("mac", state.user_ids[pu], state.resource_ids[pr], spectral_efficiency=se[pu],
-                     buffer_bits=state.buffer_bits[pu], resource_available=state.resource_available[pr],
-                     user_eligible=state.user_eligible[pu], slot=state.slot)
-    pview = type(view)(view.avg_served[pu], view.cum_resources[pu], view.last_served_slot[pu], view.known[pu],
-                       view.first_seen_slot[pu])
+    perm = make_slot(
+        "mac",
+        state.user_ids[pu],
+        state.resource_ids[pr],
+        spectral_efficiency=se[pu],
+        buffer_bits=state.buffer_bits[pu],
+        resource_available=state.resource_available[pr],
+        user_eligible=state.user_eligible[pu],
+        slot=state.slot,
+    )
+    pview = type(view)(
+        view.avg_served[pu], view.cum_resources[pu], view.last_served_slot[pu], view.known[pu], view.first_seen_slot[pu]
+    )
     x, y = serialize(state, view), serialize(perm, pview)
     np.testing.assert_allclose(y.global_feats, x.global_feats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y.user_feats, x.user_feats[pu], rtol=1e-5, atol=1e-6)
@@ -87,8 +103,14 @@ def test_degenerate_slots_stay_finite_and_buffers_are_reused():
         make_slot("spectrum", [1], [1], rate_bps=[[0.0]]),  # one user, one channel, zero rate
         make_slot("spectrum", [1, 2], [1, 2, 3], rate_bps=np.ones((2, 3)), user_eligible=[False, False]),
         make_slot("mac", [1, 2], [1, 2], spectral_efficiency=[0.2, 0.6], buffer_bits=[0.0, 0.0]),
-        make_slot("mac", [1, 2, 3], [1, 2], spectral_efficiency=[0.2, 0.6, 1.1], buffer_bits=[1e3, 0.0, 5e3],
-                  resource_available=[False, False]),
+        make_slot(
+            "mac",
+            [1, 2, 3],
+            [1, 2],
+            spectral_efficiency=[0.2, 0.6, 1.1],
+            buffer_bits=[1e3, 0.0, 5e3],
+            resource_available=[False, False],
+        ),
     ]
     for state in cases:
         x = serialize(state)
@@ -105,19 +127,29 @@ def test_degenerate_slots_stay_finite_and_buffers_are_reused():
 
 def test_resource_rate_uses_the_time_each_user_has_been_present():
     """Two users with the same cumulative RBGs: the one that joined later has the higher rate."""
-    state = make_slot("mac", [1, 2, 3], [0, 1, 2, 3], spectral_efficiency=[0.2344, 0.6016, 1.1758],
-                      buffer_bits=[512.0, 512.0, 512.0], slot=100)
-    view = HistoryView(np.ones(3), np.array([10.0, 10.0, 20.0]), np.full(3, 90), np.ones(3, bool),
-                       np.array([0, 50, 0]))  # present 101, 51 and 101 slots
+    state = make_slot(
+        "mac",
+        [1, 2, 3],
+        [0, 1, 2, 3],
+        spectral_efficiency=[0.2344, 0.6016, 1.1758],
+        buffer_bits=[512.0, 512.0, 512.0],
+        slot=100,
+    )
+    view = HistoryView(
+        np.ones(3), np.array([10.0, 10.0, 20.0]), np.full(3, 90), np.ones(3, bool), np.array([0, 50, 0])
+    )  # present 101, 51 and 101 slots
     x = serialize(state, view)
     rate = np.array([10 / 101, 10 / 51, 20 / 101])
     col = USER_FEATURES.index("resource_rate_rel")
     np.testing.assert_allclose(x.user_feats[:, col], rate / rate.mean() - 1.0, rtol=1e-5)
     # the x_u feature itself does not see presence
-    np.testing.assert_allclose(x.user_feats[:, USER_FEATURES.index("cum_resources_rel")], [-0.25, -0.25, 0.5], rtol=1e-5)
+    np.testing.assert_allclose(
+        x.user_feats[:, USER_FEATURES.index("cum_resources_rel")], [-0.25, -0.25, 0.5], rtol=1e-5
+    )
     # reported spectral efficiency, in units of 8 bit/s/Hz
-    np.testing.assert_allclose(x.user_feats[:, USER_FEATURES.index("spectral_efficiency")],
-                               np.array([0.2344, 0.6016, 1.1758]) / 8.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        x.user_feats[:, USER_FEATURES.index("spectral_efficiency")], np.array([0.2344, 0.6016, 1.1758]) / 8.0, rtol=1e-6
+    )
     # without presence (a view that does not carry it) the rate is x_u itself
     y = serialize(state, HistoryView(view.avg_served, view.cum_resources, view.last_served_slot, view.known))
     np.testing.assert_allclose(y.user_feats[:, col], [-0.25, -0.25, 0.5], rtol=1e-5)

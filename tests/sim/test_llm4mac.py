@@ -78,5 +78,4 @@ def test_same_seed_same_episode():
 
 def same_kpis(x: dict, y: dict) -> bool:
     """Equal KPI dicts, NaN == NaN (e.g. the valid action rate when no policy reported)."""
-    return x.keys() == y.keys() and all(
-        (math.isnan(x[k]) and math.isnan(y[k])) or x[k] == y[k] for k in x)
+    return x.keys() == y.keys() and all((math.isnan(x[k]) and math.isnan(y[k])) or x[k] == y[k] for k in x)

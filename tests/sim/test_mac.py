@@ -14,9 +14,19 @@ from service.sim.mac_config import MAC_SCENARIOS, MacConfig
 from service.sim.mac_ue import agentic_rbg_count
 from service.sim.traffic import TrafficSpec
 
-SPEC_KPIS = ("throughput_mbps", "fairness_jfi", "resource_efficiency", "packet_success_rate",
-             "latency_avg_slots", "latency_p95_slots", "queue_avg_dpdu", "queue_max_dpdu", "overflow_drops",
-             "valid_action_rate", "leader_utility")
+SPEC_KPIS = (
+    "throughput_mbps",
+    "fairness_jfi",
+    "resource_efficiency",
+    "packet_success_rate",
+    "latency_avg_slots",
+    "latency_p95_slots",
+    "queue_avg_dpdu",
+    "queue_max_dpdu",
+    "overflow_drops",
+    "valid_action_rate",
+    "leader_utility",
+)
 
 
 def grant_all(env: MacEnv, slots: int, *, owner_fn=None) -> list:
@@ -47,8 +57,16 @@ def pipeline_rollout(env: MacEnv, policy: str, slots: int, seed: int):
         d = decide(state, history, policy, policies=ps, seed=seed)
         history = record_decision(history, state, d.owner)
         res = env.step(d.owner, raw_valid=d.valid_before_repair)
-        trace.append((state.user_ids.tolist(), state.buffer_bits.tolist(), state.spectral_efficiency.tolist(),
-                       d.owner.tolist(), sorted(res.feedback.items()), res.reward))
+        trace.append(
+            (
+                state.user_ids.tolist(),
+                state.buffer_bits.tolist(),
+                state.spectral_efficiency.tolist(),
+                d.owner.tolist(),
+                sorted(res.feedback.items()),
+                res.reward,
+            )
+        )
         state, feedback = res.state, res.feedback
     return trace, env.kpis()
 
@@ -67,8 +85,9 @@ def test_single_ue_below_capacity_delivers_its_offered_load():
 
 
 def test_two_legacy_ues_on_one_rbg_collide():
-    always = MacConfig(num_ue=2, num_rbg=1, followers=("legacy",), full_buffer=True, aloha_p0=1.0,
-                       aloha_p_min=1.0, tbler=0.0)
+    always = MacConfig(
+        num_ue=2, num_rbg=1, followers=("legacy",), full_buffer=True, aloha_p0=1.0, aloha_p_min=1.0, tbler=0.0
+    )
     env = MacEnv(always, seed=0)
     res = grant_all(env, 50, owner_fn=lambda s: np.zeros(s.num_res, np.int64))
     assert all(r.info["collisions"] == 2 and r.info["collided_rbgs"] == 1 for r in res)
@@ -83,8 +102,9 @@ def test_two_legacy_ues_on_one_rbg_collide():
 
 
 def test_legacy_ue_collides_in_the_air_with_a_scheduled_ue():
-    cfg = MacConfig(num_ue=2, num_rbg=1, followers=("agentic", "legacy"), full_buffer=True, aloha_p0=1.0,
-                    aloha_p_min=1.0, tbler=0.0)
+    cfg = MacConfig(
+        num_ue=2, num_rbg=1, followers=("agentic", "legacy"), full_buffer=True, aloha_p0=1.0, aloha_p_min=1.0, tbler=0.0
+    )
     env = MacEnv(cfg, seed=0)
     state = env.reset()
     assert state.user_eligible.tolist() == [True, False]  # legacy: present, never schedulable

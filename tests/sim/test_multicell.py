@@ -17,8 +17,7 @@ from service.sim.multicell import (
 @pytest.mark.parametrize(("num_rbg", "num_cells"), [(8, 2), (12, 3), (13, 4), (3, 3), (16, 4)])
 def test_partitions_are_disjoint_and_cover_the_pool(strategy, num_rbg, num_cells):
     rng = np.random.default_rng(num_rbg * 10 + num_cells)
-    part = partition_rbgs(strategy, num_rbg, num_cells, demand=rng.random(num_cells) * 1e4,
-                          uniform=rng.random(num_rbg))
+    part = partition_rbgs(strategy, num_rbg, num_cells, demand=rng.random(num_cells) * 1e4, uniform=rng.random(num_rbg))
     sets = [set(np.flatnonzero(part == c).tolist()) for c in range(num_cells)]
     assert set().union(*sets) == set(range(num_rbg))
     assert sum(len(s) for s in sets) == num_rbg  # pairwise disjoint

@@ -51,8 +51,10 @@ def test_same_seed_same_rollout_different_seed_differs():
         assert np.array_equal(sa.user_eligible, sb.user_eligible)
         assert np.array_equal(oa, ob) and ra == rb and fa == fb
     c = _rollout(make_spectrum_env("poisson"), seed=8, slots=15)
-    assert any(sa.utility.shape != sc.utility.shape or not np.array_equal(sa.utility, sc.utility)
-               for (sa, *_), (sc, *_) in zip(a, c, strict=True))
+    assert any(
+        sa.utility.shape != sc.utility.shape or not np.array_equal(sa.utility, sc.utility)
+        for (sa, *_), (sc, *_) in zip(a, c, strict=True)
+    )
 
 
 def test_slot_sequence_does_not_depend_on_the_decisions():
@@ -110,8 +112,17 @@ def test_fixed_user_count_and_env_positions():
 
 def test_path_loss_and_rate_values():
     """P_rx = P_t·G_t·G_r·(λ/4π)²·d^−α: 23 dBm at 100 m, 3.5 GHz, α = 3.5 -> −90.33 dBm."""
-    cfg = SpectrumConfig(num_ue=1, num_channels=1, fading="flat", bursty=False, num_busy=0,
-                         min_distance_m=99.999, cell_radius_m=100.001, min_bandwidth_hz=1e6, max_bandwidth_hz=1e6)
+    cfg = SpectrumConfig(
+        num_ue=1,
+        num_channels=1,
+        fading="flat",
+        bursty=False,
+        num_busy=0,
+        min_distance_m=99.999,
+        cell_radius_m=100.001,
+        min_bandwidth_hz=1e6,
+        max_bandwidth_hz=1e6,
+    )
     env = SpectrumEnv(cfg)
     state = env.reset(seed=0)
     d = float(env.distance_m[0])
@@ -146,8 +157,9 @@ def test_rayleigh_fading_redrawn_per_slot_and_enters_the_rate():
 
 
 def test_interference_lowers_rates():
-    base = SpectrumConfig(num_ue=4, num_channels=3, num_busy=0, fading="flat", bursty=False,
-                          min_bandwidth_hz=5e6, max_bandwidth_hz=5e6)
+    base = SpectrumConfig(
+        num_ue=4, num_channels=3, num_busy=0, fading="flat", bursty=False, min_bandwidth_hz=5e6, max_bandwidth_hz=5e6
+    )
     s_clean = SpectrumEnv(base).reset(seed=1)
     s_intf = SpectrumEnv(replace(base, interference_dbm=(-100.0, -200.0, -90.0))).reset(seed=1)
     assert (s_intf.utility[:, 0] < s_clean.utility[:, 0]).all()
@@ -188,10 +200,22 @@ def test_busy_count_fixed_per_scenario(name):
 
 
 def test_paper_grid_names_and_unknown_scenario():
-    assert [(SPECTRUM_SCENARIOS[n].num_ue, SPECTRUM_SCENARIOS[n].num_channels, SPECTRUM_SCENARIOS[n].num_busy)
-            for n in (*PAPER_GRID, *SCALE_GRID)] == [
-        (5, 5, 1), (7, 10, 2), (10, 15, 3), (15, 20, 4), (5, 5, 2), (8, 10, 4), (12, 15, 6), (15, 20, 8),
-        (500, 500, 100), (1000, 1000, 200), (2000, 2000, 400)]
+    assert [
+        (SPECTRUM_SCENARIOS[n].num_ue, SPECTRUM_SCENARIOS[n].num_channels, SPECTRUM_SCENARIOS[n].num_busy)
+        for n in (*PAPER_GRID, *SCALE_GRID)
+    ] == [
+        (5, 5, 1),
+        (7, 10, 2),
+        (10, 15, 3),
+        (15, 20, 4),
+        (5, 5, 2),
+        (8, 10, 4),
+        (12, 15, 6),
+        (15, 20, 8),
+        (500, 500, 100),
+        (1000, 1000, 200),
+        (2000, 2000, 400),
+    ]
     with pytest.raises(KeyError, match="unknown spectrum scenario"):
         make_spectrum_env("u3-c3-b0")
 
@@ -299,11 +323,19 @@ def test_fairness_kpi_is_jain_of_cumulative_user_throughput():
     assert env.kpis()["resource_utilisation"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"num_ue": 0}, {"num_channels": 0}, {"num_channels": 4, "num_busy": 5}, {"pu_occupancy_prob": 1.5},
-    {"min_distance_m": 600.0}, {"fading": "rician"}, {"num_channels": 3, "interference_dbm": (-90.0,)},
-    {"min_bandwidth_hz": 5e6, "max_bandwidth_hz": 1e6},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_ue": 0},
+        {"num_channels": 0},
+        {"num_channels": 4, "num_busy": 5},
+        {"pu_occupancy_prob": 1.5},
+        {"min_distance_m": 600.0},
+        {"fading": "rician"},
+        {"num_channels": 3, "interference_dbm": (-90.0,)},
+        {"min_bandwidth_hz": 5e6, "max_bandwidth_hz": 1e6},
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         SpectrumConfig(**kwargs)

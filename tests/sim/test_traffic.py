@@ -32,8 +32,16 @@ def test_periodic_and_bursty_patterns_are_exact():
 def test_mixed_kernel_matches_the_single_kernels():
     kind = np.array([0, 1, 2])
     u = np.array([0.1, 0.9, 0.9])
-    out = arrivals(8, kind, np.array([0.5, 0, 0]), np.array([1, 4, 1]), np.array([0, 0, 3]),
-                   np.array([1, 1, 8]), np.array([0, 0, 0]), u)
+    out = arrivals(
+        8,
+        kind,
+        np.array([0.5, 0, 0]),
+        np.array([1, 4, 1]),
+        np.array([0, 0, 3]),
+        np.array([1, 1, 8]),
+        np.array([0, 0, 0]),
+        u,
+    )
     assert list(out) == [1, 1, 3]
 
 

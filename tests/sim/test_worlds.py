@@ -60,8 +60,9 @@ def test_same_seed_same_rollout_and_valid_states(family: str) -> None:
 def test_the_exogenous_processes_do_not_depend_on_the_policy() -> None:
     """Channels and arrivals of one seed are the same whatever is scheduled: the offered load and
     the channel reports match between an idle cell and pf."""
-    cfg = replace(random_world("rayleigh-mixture", np.random.default_rng(8), num_ue=10, num_rbg=8, load=0.8),
-                  busy_fraction=0.3)
+    cfg = replace(
+        random_world("rayleigh-mixture", np.random.default_rng(8), num_ue=10, num_rbg=8, load=0.8), busy_fraction=0.3
+    )
     busy, _ = _rollout(cfg, "pf", 80)
     idle = WorldEnv(cfg, seed=4)
     for _ in range(80):
@@ -74,8 +75,7 @@ def test_the_exogenous_processes_do_not_depend_on_the_policy() -> None:
 def test_unit_scale_changes_the_numbers_not_the_physics() -> None:
     """The same world in another unit: pf (scale-free) decides the same, so every KPI is equal,
     while the state's rates and buffers are scaled."""
-    cfg = random_world("los_mix-bernoulli", np.random.default_rng(2), num_ue=15, num_rbg=11, load=1.0,
-                       unit_scale=1.0)
+    cfg = random_world("los_mix-bernoulli", np.random.default_rng(2), num_ue=15, num_rbg=11, load=1.0, unit_scale=1.0)
     base, owners = _rollout(cfg, "pf", 80)
     for c in (1e-4, 1e5):
         other, owners_c = _rollout(replace(cfg, unit_scale=c), "pf", 80)

@@ -40,16 +40,26 @@ def _doc(slot: int) -> dict:
     """The request of ``slot`` (the same bytes every time it is sent)."""
     rng = np.random.default_rng(5000 + slot)
     ids = rng.permutation(24)[:10] + 1
-    return {"cell_id": CELL, "slot": slot, "preset": "mac", "policy": "pf",
-            "users": [{"id": int(u), "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-                       "buffer_bits": float(rng.integers(0, 12) * 256)} for u in ids],
-            "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(8)]}
+    return {
+        "cell_id": CELL,
+        "slot": slot,
+        "preset": "mac",
+        "policy": "pf",
+        "users": [
+            {
+                "id": int(u),
+                "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
+                "buffer_bits": float(rng.integers(0, 12) * 256),
+            }
+            for u in ids
+        ],
+        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(8)],
+    }
 
 
 def test_replicas_hammering_one_cell_lose_nothing_and_apply_nothing_twice(redis_url: str, serve_process) -> None:
     url = f"{redis_url}{'&' if '?' in redis_url else '?'}key_prefix=test:{uuid.uuid4().hex[:10]}:"
-    procs = [serve_process("--grpc-port", "0", "--state-url", url, "--log-level", "warning")
-             for _ in range(REPLICAS)]
+    procs = [serve_process("--grpc-port", "0", "--state-url", url, "--log-level", "warning") for _ in range(REPLICAS)]
     for p in procs:
         p.wait_ready()
     next_slot = [0]

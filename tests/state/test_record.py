@@ -18,15 +18,30 @@ from service.types import Decision, Violation, make_slot
 
 
 def _state(slot: int, buffers=(2000.0, 512.0)):
-    return make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[1.1758, 0.6016], buffer_bits=list(buffers),
-                     cell_id="c", slot=slot)
+    return make_slot(
+        "mac",
+        [1, 2],
+        [0, 1, 2],
+        spectral_efficiency=[1.1758, 0.6016],
+        buffer_bits=list(buffers),
+        cell_id="c",
+        slot=slot,
+    )
 
 
 def _decision(slot: int) -> Decision:
-    return Decision(owner=np.array([1, 2, 0]), policy="pf", valid_before_repair=False,
-                    violations=[Violation("busy_resource", "r2 busy", 2, None)], utility=float(slot),
-                    fallback="student: deadline", fallback_reason="deadline", timings_us={"total": 12.5},
-                    policy_version="1", notes={"k": [1, 2]})
+    return Decision(
+        owner=np.array([1, 2, 0]),
+        policy="pf",
+        valid_before_repair=False,
+        violations=[Violation("busy_resource", "r2 busy", 2, None)],
+        utility=float(slot),
+        fallback="student: deadline",
+        fallback_reason="deadline",
+        timings_us={"total": 12.5},
+        policy_version="1",
+        notes={"k": [1, 2]},
+    )
 
 
 def _applied(slots: range, epoch: int = 0) -> CellRecord:
@@ -68,13 +83,18 @@ def test_bytes_round_trip_and_the_kept_decision() -> None:
     assert plain.history == rec.history and plain.version == 1 and plain.recent == ()
 
 
-@pytest.mark.parametrize("blob", [
-    b"GNBREC1\n", b"GNBREC1\nnot json\n", b'GNBREC1\n{"format": 2, "epoch": 0, "version": 1, "recent": []}\n',
-    b'GNBREC1\n{"format": 1, "epoch": -1, "version": 1, "recent": []}\n',
-    b'GNBREC1\n{"format": 1, "epoch": 0, "version": 1, "recent": [[1]]}\n',
-    b'GNBREC1\n{"format": 1, "epoch": 0, "version": 1, "recent": []}\ntruncated history',
-    b"\x80\x04\x95cos\nsystem\n.",
-])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"GNBREC1\n",
+        b"GNBREC1\nnot json\n",
+        b'GNBREC1\n{"format": 2, "epoch": 0, "version": 1, "recent": []}\n',
+        b'GNBREC1\n{"format": 1, "epoch": -1, "version": 1, "recent": []}\n',
+        b'GNBREC1\n{"format": 1, "epoch": 0, "version": 1, "recent": [[1]]}\n',
+        b'GNBREC1\n{"format": 1, "epoch": 0, "version": 1, "recent": []}\ntruncated history',
+        b"\x80\x04\x95cos\nsystem\n.",
+    ],
+)
 def test_malformed_records_raise_value_error(blob: bytes) -> None:
     with pytest.raises(ValueError):
         CellRecord.from_bytes(blob)

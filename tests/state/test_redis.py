@@ -32,8 +32,14 @@ def _history(slots: int = 5) -> CellHistory:
     h = CellHistory.empty()
     for t in range(slots):
         ids = rng.permutation(20)[:6] + 1
-        st = make_slot("mac", ids, np.arange(4), spectral_efficiency=rng.choice([0.2344, 1.1758], 6),
-                       buffer_bits=rng.integers(0, 9, 6) * 256.0, slot=t)
+        st = make_slot(
+            "mac",
+            ids,
+            np.arange(4),
+            spectral_efficiency=rng.choice([0.2344, 1.1758], 6),
+            buffer_bits=rng.integers(0, 9, 6) * 256.0,
+            slot=t,
+        )
         h = record_decision(h, st, rng.integers(0, 7, 4))
     return h
 
@@ -107,10 +113,21 @@ def test_unreachable_redis_is_unavailable_not_a_redis_exception() -> None:
 def _mac_doc(cell: str, slot: int, policy: str) -> dict:
     rng = np.random.default_rng(1000 + slot)
     ids = rng.permutation(14)[:9] + 1
-    return {"cell_id": cell, "slot": slot, "preset": "mac", "policy": policy,
-            "users": [{"id": int(u), "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-                       "buffer_bits": float(rng.integers(0, 12) * 256)} for u in ids],
-            "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)]}
+    return {
+        "cell_id": cell,
+        "slot": slot,
+        "preset": "mac",
+        "policy": policy,
+        "users": [
+            {
+                "id": int(u),
+                "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
+                "buffer_bits": float(rng.integers(0, 12) * 256),
+            }
+            for u in ids
+        ],
+        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)],
+    }
 
 
 def _feedback(doc: dict, owner: list) -> dict:
@@ -161,7 +178,8 @@ def test_two_cores_sharing_redis_decide_as_one(redis_url: str) -> None:
 
 
 def test_two_serve_processes_sharing_redis_serve_one_cell_alternately_as_one_process(
-        redis_url: str, serve_process) -> None:
+    redis_url: str, serve_process
+) -> None:
     """Real ``gnbsched serve`` processes on their own ports, one Redis, one cell, alternating."""
     url = f"{redis_url}{'&' if '?' in redis_url else '?'}key_prefix={_prefix()}"
     procs = [serve_process("--grpc-port", "0", "--state-url", url) for _ in range(2)]

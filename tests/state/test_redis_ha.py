@@ -60,10 +60,21 @@ def _prefix() -> str:
 def _mac_doc(cell: str, slot: int) -> dict:
     rng = np.random.default_rng(1000 + slot)
     ids = rng.permutation(14)[:9] + 1
-    return {"cell_id": cell, "slot": slot, "preset": "mac", "policy": POLICY,
-            "users": [{"id": int(u), "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-                       "buffer_bits": float(rng.integers(0, 12) * 256)} for u in ids],
-            "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)]}
+    return {
+        "cell_id": cell,
+        "slot": slot,
+        "preset": "mac",
+        "policy": POLICY,
+        "users": [
+            {
+                "id": int(u),
+                "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
+                "buffer_bits": float(rng.integers(0, 12) * 256),
+            }
+            for u in ids
+        ],
+        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)],
+    }
 
 
 def _feedback(doc: dict, owner: list) -> dict:
@@ -194,7 +205,8 @@ def test_sentinel_failover_with_min_replicas_serves_one_cell_exactly_once(sentin
                     since = time.monotonic() - first_refused
                     assert since < FAILOVER_BOUND_S, (
                         f"slot {t} still refused {since:.1f} s after its first refusal "
-                        f"(Sentinel reports master port {sentinel.master_port()}): {exc}")
+                        f"(Sentinel reports master port {sentinel.master_port()}): {exc}"
+                    )
                     time.sleep(RESEND_PAUSE_S)
             if killed_at is not None and recovered_at is None:
                 recovered_at = time.monotonic()
@@ -207,9 +219,11 @@ def test_sentinel_failover_with_min_replicas_serves_one_cell_exactly_once(sentin
 
     assert killed_at is not None and recovered_at is not None
     new_port = sentinel.master_port()
-    print(f"failover: slots answered again {recovered_at - killed_at:.2f} s after the SIGKILL; "
-          f"{sum(refused.values())} refusals ({dict(why)}) over slots {sorted(refused)}; replayed slots "
-          f"{replayed}; master :{master.port} -> :{new_port}")
+    print(
+        f"failover: slots answered again {recovered_at - killed_at:.2f} s after the SIGKILL; "
+        f"{sum(refused.values())} refusals ({dict(why)}) over slots {sorted(refused)}; replayed slots "
+        f"{replayed}; master :{master.port} -> :{new_port}"
+    )
     assert sum(n for t, n in refused.items() if t >= KILL_AFTER) >= 1, "no slot refused after the SIGKILL"
     assert new_port in [r.port for r in replicas]
     assert owners == want  # every decision, refused and resent or not, is the uninterrupted run's
@@ -273,8 +287,10 @@ def test_sentinel_failover_losing_an_unreplicated_write_decides_the_slot_afresh(
             for r in replicas:
                 os.kill(r.pid, signal.SIGCONT)
         owner, was_replayed, refusals = _resend(send, _doc(cell, cut, owners), bound_s=FAILOVER_BOUND_S)
-        print(f"lost write: slot {cut} decided afresh {time.monotonic() - killed_at:.2f} s after the SIGKILL, "
-              f"{refusals} refusals; master :{master.port} -> :{sentinel.master_port()}")
+        print(
+            f"lost write: slot {cut} decided afresh {time.monotonic() - killed_at:.2f} s after the SIGKILL, "
+            f"{refusals} refusals; master :{master.port} -> :{sentinel.master_port()}"
+        )
         assert not was_replayed and owner == want[cut]  # the write was lost: decided again, the same way
         owners.append(owner)
         for t in range(cut + 1, 20):
@@ -335,8 +351,11 @@ def test_min_replicas_url_options(redis_url: str) -> None:
     assert plain.compare_and_set(f"c-{uuid.uuid4().hex}", 0, CellRecord(CellHistory.empty(), version=1))
     with pytest.raises(ValueError, match="min_replicas is not supported with redis\\+cluster"):
         RedisStore("redis+cluster://127.0.0.1:7000?min_replicas=1")
-    for bad, why in (("min_replicas=-1", "min_replicas must be >= 0"), ("wait_ms=0", "wait_ms must be > 0"),
-                     ("min_replicas=x", "integers")):
+    for bad, why in (
+        ("min_replicas=-1", "min_replicas must be >= 0"),
+        ("wait_ms=0", "wait_ms must be > 0"),
+        ("min_replicas=x", "integers"),
+    ):
         with pytest.raises(ValueError, match=why):
             RedisStore(f"{redis_url}{sep}{bad}")
 
@@ -355,8 +374,14 @@ def _history(slots: int, seed: int) -> CellHistory:
     h = CellHistory.empty()
     for t in range(slots):
         ids = rng.permutation(20)[:6] + 1
-        st = make_slot("mac", ids, np.arange(4), spectral_efficiency=rng.choice([0.2344, 1.1758], 6),
-                       buffer_bits=rng.integers(0, 9, 6) * 256.0, slot=t)
+        st = make_slot(
+            "mac",
+            ids,
+            np.arange(4),
+            spectral_efficiency=rng.choice([0.2344, 1.1758], 6),
+            buffer_bits=rng.integers(0, 9, 6) * 256.0,
+            slot=t,
+        )
         h = record_decision(h, st, rng.integers(0, 7, 4))
     return h
 

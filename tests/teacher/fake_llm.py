@@ -74,14 +74,28 @@ class FakeLLM:
                         return self._send(fake.status, {"error": {"message": "fake failure"}})
                     text = fake.reply(body)
                     if self.path == "/api/chat":
-                        return self._send(200, {"model": body.get("model"), "done": True,
-                                                "message": {"role": "assistant", "content": text},
-                                                "prompt_eval_count": 10, "eval_count": 5})
-                    return self._send(200, {
-                        "id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+                        return self._send(
+                            200,
+                            {
+                                "model": body.get("model"),
+                                "done": True,
+                                "message": {"role": "assistant", "content": text},
+                                "prompt_eval_count": 10,
+                                "eval_count": 5,
+                            },
+                        )
+                    return self._send(
+                        200,
+                        {
+                            "id": "chatcmpl-fake",
+                            "object": "chat.completion",
+                            "model": body.get("model"),
+                            "choices": [
+                                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                            ],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                        },
+                    )
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
@@ -90,8 +104,7 @@ class FakeLLM:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     def chats(self) -> list[dict[str, Any]]:

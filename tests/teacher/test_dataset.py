@@ -28,7 +28,12 @@ def assert_same_slot(a: SlotState, b: SlotState) -> None:
         x, y = getattr(a, f), getattr(b, f)
         assert (x is None and y is None) or np.array_equal(x, y), f
     assert (a.preset, a.cell_id, a.slot, a.max_resources_per_user, a.tti_s) == (
-        b.preset, b.cell_id, b.slot, b.max_resources_per_user, b.tti_s)
+        b.preset,
+        b.cell_id,
+        b.slot,
+        b.max_resources_per_user,
+        b.tti_s,
+    )
 
 
 def test_slot_record_round_trip_is_exact() -> None:
@@ -53,14 +58,26 @@ def test_slot_record_keeps_the_utility_of_a_mac_slot_built_from_bit_per_second()
         record = json.loads(json.dumps(slot_to_dict(state)))
         back = slot_from_dict(record)
         assert_same_slot(state, back)
-        rebuilt = make_slot("mac", record["user_ids"], record["resource_ids"], utility=back.utility,
-                            buffer_bits=back.buffer_bits, tti_s=record["tti_s"])
+        rebuilt = make_slot(
+            "mac",
+            record["user_ids"],
+            record["resource_ids"],
+            utility=back.utility,
+            buffer_bits=back.buffer_bits,
+            tti_s=record["tti_s"],
+        )
         np.testing.assert_array_equal(rebuilt.utility, state.utility)
 
 
 def test_sft_rows_carry_the_exact_solver_decision() -> None:
-    spec = DatasetSpec(preset="spectrum", kind="sft", scenarios=("u7-c10-b2", "scale-I"), episodes=1, slots=2,
-                       options=PromptOptions(budget_tokens=2048))
+    spec = DatasetSpec(
+        preset="spectrum",
+        kind="sft",
+        scenarios=("u7-c10-b2", "scale-I"),
+        episodes=1,
+        slots=2,
+        options=PromptOptions(budget_tokens=2048),
+    )
     rows = list(build_rows(spec))
     assert len(rows) == 4
     for row in rows:
@@ -93,8 +110,25 @@ def test_grpo_rows_are_prompt_only_and_deterministic() -> None:
 
 def test_cli_writes_jsonl(tmp_path, capsys) -> None:
     out = tmp_path / "sft.jsonl"
-    rc = main(["dataset", "--preset", "spectrum", "--kind", "sft", "--scenarios", "u5-c5-b1", "--episodes", "1",
-               "--slots", "3", "--format", "text", "--out", str(out)])
+    rc = main(
+        [
+            "dataset",
+            "--preset",
+            "spectrum",
+            "--kind",
+            "sft",
+            "--scenarios",
+            "u5-c5-b1",
+            "--episodes",
+            "1",
+            "--slots",
+            "3",
+            "--format",
+            "text",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert len(rows) == 3 and isinstance(rows[0]["prompt"], str) and isinstance(rows[0]["completion"], str)

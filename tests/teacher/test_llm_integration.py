@@ -25,22 +25,44 @@ from service.types import SlotState, make_slot
 
 from .conftest import MODEL_ALIAS
 
-USERS = [{"id": 11, "rx_power_dbm": -80.0}, {"id": 12, "rx_power_dbm": -95.0},
-         {"id": 13, "rx_power_dbm": -100.0}, {"id": 14, "rx_power_dbm": -90.0}]
-RESOURCES = [{"id": 1, "bandwidth_hz": 5e6}, {"id": 2, "bandwidth_hz": 2e6, "available": False},
-             {"id": 3, "bandwidth_hz": 10e6}, {"id": 4, "bandwidth_hz": 1e6}, {"id": 5, "bandwidth_hz": 3e6}]
+USERS = [
+    {"id": 11, "rx_power_dbm": -80.0},
+    {"id": 12, "rx_power_dbm": -95.0},
+    {"id": 13, "rx_power_dbm": -100.0},
+    {"id": 14, "rx_power_dbm": -90.0},
+]
+RESOURCES = [
+    {"id": 1, "bandwidth_hz": 5e6},
+    {"id": 2, "bandwidth_hz": 2e6, "available": False},
+    {"id": 3, "bandwidth_hz": 10e6},
+    {"id": 4, "bandwidth_hz": 1e6},
+    {"id": 5, "bandwidth_hz": 3e6},
+]
 
 
 def request(slot: int, deadline_ms: float) -> dict:
-    return {"cell_id": "cell-llm", "slot": slot, "preset": "spectrum", "policy": "teacher",
-            "deadline_ms": deadline_ms, "users": USERS, "resources": RESOURCES}
+    return {
+        "cell_id": "cell-llm",
+        "slot": slot,
+        "preset": "spectrum",
+        "policy": "teacher",
+        "deadline_ms": deadline_ms,
+        "users": USERS,
+        "resources": RESOURCES,
+    }
 
 
 def slot_state(slot: int) -> SlotState:
-    return make_slot("spectrum", [u["id"] for u in USERS], [r["id"] for r in RESOURCES],
-                     bandwidth_hz=[r["bandwidth_hz"] for r in RESOURCES],
-                     resource_available=[r.get("available", True) for r in RESOURCES],
-                     rx_power_dbm=[u["rx_power_dbm"] for u in USERS], cell_id="cell-llm", slot=slot)
+    return make_slot(
+        "spectrum",
+        [u["id"] for u in USERS],
+        [r["id"] for r in RESOURCES],
+        bandwidth_hz=[r["bandwidth_hz"] for r in RESOURCES],
+        resource_available=[r.get("available", True) for r in RESOURCES],
+        rx_power_dbm=[u["rx_power_dbm"] for u in USERS],
+        cell_id="cell-llm",
+        slot=slot,
+    )
 
 
 def owner_tokens(state: SlotState, owner_ids: list[int | None]) -> np.ndarray:
@@ -52,11 +74,15 @@ def owner_tokens(state: SlotState, owner_ids: list[int | None]) -> np.ndarray:
 def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_server) -> None:
     llm = llama_server()
     # Gemma's chat format has no system role: the system block goes into the user turn
-    teacher = Teacher(TeacherSettings(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp", system_role=False,
-                                    max_tokens=96, timeout_s=120.0))
+    teacher = Teacher(
+        TeacherSettings(
+            url=llm.url, model=MODEL_ALIAS, dialect="llamacpp", system_role=False, max_tokens=96, timeout_s=120.0
+        )
+    )
     fallbacks = ["student", "greedy"] if "student" in names() else ["greedy"]
-    core = ServiceCore(Settings(fallbacks=fallbacks, grpc_port=0),
-                       policies=PolicySet(factories={"teacher": lambda: teacher}))
+    core = ServiceCore(
+        Settings(fallbacks=fallbacks, grpc_port=0), policies=PolicySet(factories={"teacher": lambda: teacher})
+    )
     rest = uvicorn_server(create_app(core))
 
     # 1. the real LLM answers under a PAG constraint (llama.cpp json_object + schema)
@@ -73,8 +99,16 @@ def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_ser
     assert doc["owner"][1] is None  # channel 2 is busy
 
     # 2. the GBNF dialect on the same server, straight through the policy: parsable, checkable
-    gbnf = Teacher(TeacherSettings(url=llm.url, model=MODEL_ALIAS, dialect="llamacpp_grammar", system_role=False,
-                                 max_tokens=96, timeout_s=120.0))
+    gbnf = Teacher(
+        TeacherSettings(
+            url=llm.url,
+            model=MODEL_ALIAS,
+            dialect="llamacpp_grammar",
+            system_role=False,
+            max_tokens=96,
+            timeout_s=120.0,
+        )
+    )
     ctx = PolicyContext(CellHistory.empty().view(state), slot_rng(0, state.cell_id, state.slot))
     raw = gbnf(state, ctx)
     result = check(state, raw)
@@ -83,8 +117,14 @@ def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_ser
     # 3. the prompt of an ultra-dense slot fits the budget by the endpoint's own tokenizer
     rng = np.random.default_rng(0)
     n = 2000
-    big = make_slot("spectrum", np.arange(n), np.arange(n), rx_power_dbm=rng.uniform(-115, -85, n),
-                    fading_gain=rng.exponential(1.0, (n, n)), resource_available=rng.random(n) > 0.2)
+    big = make_slot(
+        "spectrum",
+        np.arange(n),
+        np.arange(n),
+        rx_power_dbm=rng.uniform(-115, -85, n),
+        fading_gain=rng.exponential(1.0, (n, n)),
+        resource_available=rng.random(n) > 0.2,
+    )
     prompt = teacher.serialize(big, PolicyContext(CellHistory.empty().view(big), slot_rng(0, big.cell_id, 0)))
     assert prompt.token_source == "endpoint" and prompt.tokens <= 2048 and prompt.answer_form == "allocation"
 
@@ -120,11 +160,22 @@ def test_gbnf_grammars_compile_in_llama_cpp(gemma_gguf) -> None:
 
     assert not compiles("root ::= undefined-rule")  # the check can fail
     nobody = mac_slot(4, 8, seed=0)
-    nobody = make_slot("mac", nobody.user_ids, nobody.resource_ids, spectral_efficiency=nobody.spectral_efficiency,
-                       buffer_bits=np.zeros(4))
-    cases = [(spectrum_slot(5), "auto"), (spectrum_slot(300), "auto"), (mac_slot(30, 8), "allocation"),
-             (mac_slot(30, 40, per_rbg=True), "allocation"), (mac_slot(6, 8), "owner"),
-             (nobody, "owner"), (nobody, "allocation")]
+    nobody = make_slot(
+        "mac",
+        nobody.user_ids,
+        nobody.resource_ids,
+        spectral_efficiency=nobody.spectral_efficiency,
+        buffer_bits=np.zeros(4),
+    )
+    cases = [
+        (spectrum_slot(5), "auto"),
+        (spectrum_slot(300), "auto"),
+        (mac_slot(30, 8), "allocation"),
+        (mac_slot(30, 40, per_rbg=True), "allocation"),
+        (mac_slot(6, 8), "owner"),
+        (nobody, "owner"),
+        (nobody, "allocation"),
+    ]
     for state, form in cases:
         prompt = serialize_prompt(state, options=PromptOptions(answer_form=form))
         assert compiles(prompt.grammar), prompt.grammar

@@ -24,18 +24,31 @@ def spectrum_slot(n: int, r: int | None = None, busy_frac: float = 0.2, seed: in
     rng = np.random.default_rng(seed)
     busy = np.zeros(r, bool)
     busy[rng.choice(r, int(busy_frac * r), replace=False)] = True
-    return make_slot("spectrum", np.arange(100, 100 + n), np.arange(1, r + 1),
-                     bandwidth_hz=rng.uniform(1e6, 10e6, r), resource_available=~busy,
-                     user_eligible=rng.random(n) < 0.85, rx_power_dbm=rng.uniform(-115, -85, n),
-                     fading_gain=rng.exponential(1.0, (n, r)), slot=7)
+    return make_slot(
+        "spectrum",
+        np.arange(100, 100 + n),
+        np.arange(1, r + 1),
+        bandwidth_hz=rng.uniform(1e6, 10e6, r),
+        resource_available=~busy,
+        user_eligible=rng.random(n) < 0.85,
+        rx_power_dbm=rng.uniform(-115, -85, n),
+        fading_gain=rng.exponential(1.0, (n, r)),
+        slot=7,
+    )
 
 
 def mac_slot(n: int, r: int = 8, seed: int = 0, per_rbg: bool = False) -> SlotState:
     rng = np.random.default_rng(seed)
     se_levels = np.array([0.2344, 0.6016, 1.1758])
     se = rng.choice(se_levels, (n, r) if per_rbg else n)
-    return make_slot("mac", np.arange(1, n + 1), np.arange(r), spectral_efficiency=se,
-                     buffer_bits=rng.integers(0, 12, n) * 256.0, slot=3)
+    return make_slot(
+        "mac",
+        np.arange(1, n + 1),
+        np.arange(r),
+        spectral_efficiency=se,
+        buffer_bits=rng.integers(0, 12, n) * 256.0,
+        slot=3,
+    )
 
 
 def km_owner(state: SlotState) -> np.ndarray:
@@ -104,14 +117,18 @@ def test_critical_users_are_the_strongest() -> None:
     # the allocation schema enumerates exactly the detailed ids
     props = prompt.schema["properties"]["allocation"]["properties"]
     assert sorted(int(k) for k in props) == sorted(state.user_ids[prompt.users].tolist())
-    assert sorted(prompt.schema["$defs"]["resources"]["items"]["enum"]) == sorted(state.resource_ids[prompt.resources].tolist())
+    assert sorted(prompt.schema["$defs"]["resources"]["items"]["enum"]) == sorted(
+        state.resource_ids[prompt.resources].tolist()
+    )
 
 
 def test_km_answer_in_either_form_is_pag_valid() -> None:
-    for state, opts in [(spectrum_slot(8, 10, seed=2), PromptOptions()),
-                        (spectrum_slot(300, 300, seed=2), PromptOptions()),
-                        (mac_slot(30, 8, seed=2), PromptOptions(answer_form="allocation")),
-                        (mac_slot(6, 8, seed=4), PromptOptions())]:
+    for state, opts in [
+        (spectrum_slot(8, 10, seed=2), PromptOptions()),
+        (spectrum_slot(300, 300, seed=2), PromptOptions()),
+        (mac_slot(30, 8, seed=2), PromptOptions(answer_form="allocation")),
+        (mac_slot(6, 8, seed=4), PromptOptions()),
+    ]:
         owner = km_owner(state)
         prompt = serialize_prompt(state, options=opts)
         result = check(state, answer_text(state, owner, prompt))
@@ -124,8 +141,14 @@ def test_mac_prompt_has_sie_markers_and_history() -> None:
     state = mac_slot(6, 8, seed=1)
     history = record_decision(CellHistory.empty(), state, km_owner(state))
     nxt = mac_slot(6, 8, seed=2)
-    nxt = make_slot("mac", nxt.user_ids, nxt.resource_ids, spectral_efficiency=nxt.spectral_efficiency,
-                    buffer_bits=nxt.buffer_bits, slot=state.slot + 4)
+    nxt = make_slot(
+        "mac",
+        nxt.user_ids,
+        nxt.resource_ids,
+        spectral_efficiency=nxt.spectral_efficiency,
+        buffer_bits=nxt.buffer_bits,
+        slot=state.slot + 4,
+    )
     text = serialize_prompt(nxt, history.view(nxt)).text
     assert "<Role>" in text and "<Target>" in text and "<Action candidate>" in text
     assert "<UE " in text and "stale " in text and "JFI" in text
@@ -177,7 +200,8 @@ def test_grammar_encodes_the_pag() -> None:
     assert cells == ['"null"' if not a else "item" for a in state.resource_available]
     item = next(ln for ln in g.splitlines() if ln.startswith("item ::="))
     assert sorted(item.split("::=")[1].replace('"', "").replace("|", " ").split()) == sorted(
-        [*map(str, state.user_ids[state.user_eligible].tolist()), "null"])
+        [*map(str, state.user_ids[state.user_eligible].tolist()), "null"]
+    )
     g2 = serialize_prompt(spectrum_slot(300, seed=6)).grammar
     assert "pair ::=" in g2 and "{0," not in g2  # cap 1: exactly one resource per pair
 

@@ -30,10 +30,17 @@ from service.types import SlotState, make_slot, slot_utility
 def slot() -> SlotState:
     """6 users (one inactive), 6 channels (one busy), frequency-selective fading."""
     rng = np.random.default_rng(42)
-    return make_slot("spectrum", [21, 22, 23, 24, 25, 26], [1, 2, 3, 4, 5, 6],
-                     bandwidth_hz=rng.uniform(1e6, 1e7, 6), resource_available=[1, 1, 0, 1, 1, 1],
-                     user_eligible=[1, 1, 1, 1, 1, 0], rx_power_dbm=rng.uniform(-110, -80, 6),
-                     fading_gain=rng.exponential(1.0, (6, 6)), slot=12)
+    return make_slot(
+        "spectrum",
+        [21, 22, 23, 24, 25, 26],
+        [1, 2, 3, 4, 5, 6],
+        bandwidth_hz=rng.uniform(1e6, 1e7, 6),
+        resource_available=[1, 1, 0, 1, 1, 1],
+        user_eligible=[1, 1, 1, 1, 1, 0],
+        rx_power_dbm=rng.uniform(-110, -80, 6),
+        fading_gain=rng.exponential(1.0, (6, 6)),
+        slot=12,
+    )
 
 
 def owner_json(state: SlotState, owner: np.ndarray) -> str:

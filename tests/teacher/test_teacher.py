@@ -31,9 +31,16 @@ from .fake_llm import FakeLLM
 
 def small_slot(slot: int = 0) -> SlotState:
     rng = np.random.default_rng(slot)
-    return make_slot("spectrum", [11, 12, 13, 14], [1, 2, 3, 4, 5], bandwidth_hz=rng.uniform(1e6, 1e7, 5),
-                     resource_available=[True, False, True, True, True], rx_power_dbm=[-80, -95, -100, -90],
-                     fading_gain=rng.exponential(1.0, (4, 5)), slot=slot)
+    return make_slot(
+        "spectrum",
+        [11, 12, 13, 14],
+        [1, 2, 3, 4, 5],
+        bandwidth_hz=rng.uniform(1e6, 1e7, 5),
+        resource_available=[True, False, True, True, True],
+        rx_power_dbm=[-80, -95, -100, -90],
+        fading_gain=rng.exponential(1.0, (4, 5)),
+        slot=slot,
+    )
 
 
 def km_answer(state: SlotState) -> str:
@@ -62,8 +69,9 @@ def teacher(fake: FakeLLM, **kw) -> Teacher:
 def serve(state: SlotState, pol: Teacher, deadline_s: float | None = None, fallbacks=("greedy",)):
     policies = PolicySet()
     policies.put("teacher", pol)
-    return decide(state, CellHistory.empty(), "teacher", policies=policies, fallbacks=fallbacks,
-                  deadline_s=deadline_s, seed=0)
+    return decide(
+        state, CellHistory.empty(), "teacher", policies=policies, fallbacks=fallbacks, deadline_s=deadline_s, seed=0
+    )
 
 
 def test_registered_blocking_and_versioned_by_model() -> None:
@@ -87,8 +95,9 @@ def test_valid_answer_served_by_teacher(fake: FakeLLM) -> None:
     assert d.notes["teacher_answer_form"] == "owner" and d.notes["teacher_completion_tokens"] == 5
 
 
-@pytest.mark.parametrize("dialect", ["llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy",
-                                     "ollama", "plain"])
+@pytest.mark.parametrize(
+    "dialect", ["llamacpp", "llamacpp_grammar", "json_schema", "vllm", "vllm_legacy", "ollama", "plain"]
+)
 def test_dialects_send_the_pag_their_way(fake: FakeLLM, dialect: str) -> None:
     state = small_slot()
     fake.reply = lambda body: km_answer(state)
@@ -134,8 +143,7 @@ def test_prompt_tokens_from_the_endpoint_tokenizer(fake: FakeLLM, kind: str | No
     if kind is None:
         assert len(probes) == 3  # probed once (all candidates), then the estimate without asking again
     else:
-        assert all(p == ("/extras/tokenize/count" if kind == "llama_cpp_python" else "/tokenize")
-                   for p in probes[1:])
+        assert all(p == ("/extras/tokenize/count" if kind == "llama_cpp_python" else "/tokenize") for p in probes[1:])
 
 
 def test_endpoint_down_falls_back() -> None:
@@ -306,8 +314,13 @@ def test_config_from_environment(monkeypatch) -> None:
 def test_allocation_form_answer_for_large_slot(fake: FakeLLM) -> None:
     rng = np.random.default_rng(1)
     n = 300
-    state = make_slot("spectrum", np.arange(n), np.arange(n), rx_power_dbm=rng.uniform(-110, -80, n),
-                      fading_gain=rng.exponential(1.0, (n, n)))
+    state = make_slot(
+        "spectrum",
+        np.arange(n),
+        np.arange(n),
+        rx_power_dbm=rng.uniform(-110, -80, n),
+        fading_gain=rng.exponential(1.0, (n, n)),
+    )
     pol = teacher(fake)
     prompt = pol.serialize(state, ctx_for(state))
     assert prompt.answer_form == "allocation"

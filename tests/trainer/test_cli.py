@@ -31,7 +31,7 @@ def _options(help_text: str) -> dict[str, tuple[str, str]]:
     """``--flag`` -> (help text, default shown) of a tyro ``--help`` page."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", help_text)
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
-    text = text[text.index("show this help message and exit") + len("show this help message and exit"):]
+    text = text[text.index("show this help message and exit") + len("show this help message and exit") :]
     parts = re.split(rf"(?:^| )(--[a-z][a-z0-9-]*)(?:, --no-[a-z0-9-]+)?{_METAVAR} ", text.strip())
     assert parts[0] == "", parts[0]
     out = {}
@@ -73,15 +73,41 @@ def test_options_reach_the_script(monkeypatch):
     got: list[object] = []
     for module in MODULES.values():
         monkeypatch.setattr(module, "main", got.append)
-    assert gnbsched(["train", "distill", "--preset", "mac", "--teacher", "pf", "--dagger-rounds", "2", "--refine",
-                     "--learning-rate", "1e-3", "--dataset", "d.jsonl", "--out=runs/x"]) == 0
+    assert (
+        gnbsched(
+            [
+                "train",
+                "distill",
+                "--preset",
+                "mac",
+                "--teacher",
+                "pf",
+                "--dagger-rounds",
+                "2",
+                "--refine",
+                "--learning-rate",
+                "1e-3",
+                "--dataset",
+                "d.jsonl",
+                "--out=runs/x",
+            ]
+        )
+        == 0
+    )
     assert gnbsched(["train", "grpo", "--init", "runs/sp", "--kl-coef", "0.1"]) == 0
     assert gnbsched(["train", "ppo", "--time-budget-s", "720", "--total-steps", "1000"]) == 0
     assert gnbsched(["train", "export", "--checkpoint", "runs/mac", "--no-set-latest", "--models-dir", "m"]) == 0
     assert gnbsched(["train", "distill"]) == 0
     assert got == [
-        DistillArgs(preset="mac", teacher="pf", dagger_rounds=2, refine=True, learning_rate=1e-3, dataset="d.jsonl",
-                    out="runs/x"),
+        DistillArgs(
+            preset="mac",
+            teacher="pf",
+            dagger_rounds=2,
+            refine=True,
+            learning_rate=1e-3,
+            dataset="d.jsonl",
+            out="runs/x",
+        ),
         GrpoArgs(init="runs/sp", kl_coef=0.1),
         PpoArgs(time_budget_s=720.0, total_steps=1000),
         ExportArgs(checkpoint="runs/mac", set_latest=False, models_dir="m"),
@@ -100,8 +126,13 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
     """(script, options) of every ``gnbsched train <script> …`` / ``python -m trainer.<script> …``
     example in the docs and the scripts' docstrings."""
     found = []
-    docs = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "models" / "README.md",
-            *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "models" / "trainer").glob("*.py"))]
+    docs = [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        REPO / "models" / "README.md",
+        *sorted((REPO / "docs").rglob("*.md")),
+        *sorted((REPO / "models" / "trainer").glob("*.py")),
+    ]
     pattern = re.compile(r"(?:gnbsched train|python -m trainer\.)\s*(distill|grpo|ppo|export)\b([^`\n#]*)")
     for path in docs:
         for m in pattern.finditer(path.read_text()):
@@ -125,7 +156,13 @@ def test_export_writes_to_the_service_model_dir_setting_by_default(monkeypatch, 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_each_script_runs_as_a_module(script: str):
-    out = subprocess.run([sys.executable, "-m", f"trainer.{script}", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "400"})
+    out = subprocess.run(
+        [sys.executable, "-m", f"trainer.{script}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "400"},
+    )
     assert out.returncode == 0, out.stderr
     assert set(_options(out.stdout)) == {_flag(f) for f in dataclasses.fields(SCRIPTS[script][1])}

@@ -14,15 +14,22 @@ from service.types import make_slot
 
 
 def _slot(rng: np.random.Generator, n: int, r: int, mac: bool):
-    return make_slot("mac" if mac else "spectrum", np.arange(n), np.arange(r), utility=rng.random((n, r)) * 1e3 + 1,
-                     resource_available=rng.random(r) < 0.8, user_eligible=rng.random(n) < 0.85,
-                     buffer_bits=rng.integers(0, 4, n) * 700.0 if mac else None,
-                     max_resources_per_user=int(rng.integers(1, 4)) if mac else None)
+    return make_slot(
+        "mac" if mac else "spectrum",
+        np.arange(n),
+        np.arange(r),
+        utility=rng.random((n, r)) * 1e3 + 1,
+        resource_available=rng.random(r) < 0.8,
+        user_eligible=rng.random(n) < 0.85,
+        buffer_bits=rng.integers(0, 4, n) * 700.0 if mac else None,
+        max_resources_per_user=int(rng.integers(1, 4)) if mac else None,
+    )
 
 
 def _batch(states):
-    return collate([serialize(s) for s in states], [user_needs(s) for s in states],
-                   [s.max_resources_per_user for s in states])
+    return collate(
+        [serialize(s) for s in states], [user_needs(s) for s in states], [s.max_resources_per_user for s in states]
+    )
 
 
 def test_the_probabilities_of_all_trajectories_sum_to_one():

@@ -34,8 +34,17 @@ def _improved(rows: list[dict], key: str, k: int = 5) -> bool:
 
 
 def test_spectrum_distill_beats_random_then_grpo_and_export(tmp_path: Path):
-    args = distill.Args(preset="spectrum", samples=400, steps=80, batch_size=16, max_ue=30, max_res=30, eval_slots=4,
-                        eval_every=0, out=str(tmp_path / "d"))
+    args = distill.Args(
+        preset="spectrum",
+        samples=400,
+        steps=80,
+        batch_size=16,
+        max_ue=30,
+        max_res=30,
+        eval_slots=4,
+        eval_every=0,
+        out=str(tmp_path / "d"),
+    )
     ckpt = distill.main(args, Logger(args.out, "distill", quiet=True))
     final = ckpt.stages[-1]["final"]
     # the network alone (plain PAG greedy decode, no exact assignment) beats a random valid assignment
@@ -44,8 +53,16 @@ def test_spectrum_distill_beats_random_then_grpo_and_export(tmp_path: Path):
     assert {"losses/nll", "losses/assignment_hinge", "charts/row_match"} <= set(logged[0])
     assert _improved(logged, "losses/nll")
 
-    g = grpo.Args(init=str(tmp_path / "d"), iterations=2, states_per_iteration=4, group_size=4, max_ue=20, max_res=20,
-                  eval_slots=2, out=str(tmp_path / "g"))
+    g = grpo.Args(
+        init=str(tmp_path / "d"),
+        iterations=2,
+        states_per_iteration=4,
+        group_size=4,
+        max_ue=20,
+        max_res=20,
+        eval_slots=2,
+        out=str(tmp_path / "g"),
+    )
     tuned = grpo.main(g, Logger(g.out, "grpo", quiet=True))
     assert [s["script"] for s in tuned.stages] == ["distill", "grpo"]
     assert {"losses/policy", "losses/kl", "charts/reward_mean"} <= set(_metrics(tmp_path / "g")[0])
@@ -74,23 +91,45 @@ def test_mac_distill_from_a_recorded_dataset_then_ppo(tmp_path: Path):
     _, strict = read_jsonl(path, preset="mac", drop_invalid=True)
     assert strict.dropped >= 1
 
-    args = distill.Args(preset="mac", dataset=str(path), steps=60, batch_size=16, eval_slots=1, eval_every=0,
-                        out=str(tmp_path / "d"))
+    args = distill.Args(
+        preset="mac", dataset=str(path), steps=60, batch_size=16, eval_slots=1, eval_every=0, out=str(tmp_path / "d")
+    )
     ckpt = distill.main(args, Logger(args.out, "distill", quiet=True))
     logged = _metrics(tmp_path / "d")
     assert _improved(logged, "losses/nll")  # it learned the recorded decisions
     assert ckpt.stages[-1]["data"]["dataset"] == str(path)
 
-    p = ppo.Args(init=str(tmp_path / "d"), total_steps=256, num_envs=4, num_steps=32, eval_ttis=50, eval_every=0,
-                 out=str(tmp_path / "p"))
+    p = ppo.Args(
+        init=str(tmp_path / "d"),
+        total_steps=256,
+        num_envs=4,
+        num_steps=32,
+        eval_ttis=50,
+        eval_every=0,
+        out=str(tmp_path / "p"),
+    )
     tuned = ppo.main(p, Logger(p.out, "ppo", quiet=True))
     assert {"losses/policy", "losses/value", "losses/approx_kl", "charts/sps"} <= set(_metrics(tmp_path / "p")[0])
     assert Checkpoint.load(tmp_path / "p").stages[-1]["script"] == "ppo" == tuned.stages[-1]["script"]
 
 
 def test_train_all_quick_reproduces_a_loadable_model(tmp_path: Path):
-    code = gnbsched(["train", "all", "--preset", "mac", "--quick", "--no-bench", "--runs-dir", str(tmp_path / "runs"),
-                     "--models-dir", str(tmp_path / "models"), "--version", "v1"])
+    code = gnbsched(
+        [
+            "train",
+            "all",
+            "--preset",
+            "mac",
+            "--quick",
+            "--no-bench",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--version",
+            "v1",
+        ]
+    )
     assert code == 0
     card = json.loads((tmp_path / "models" / "student-mac" / "v1" / "model.json").read_text())
     assert card["training"]["command"] == "gnbsched train all --preset mac --quick"
@@ -118,8 +157,18 @@ def test_mac_distill_on_the_world_families_records_them_and_serves(tmp_path: Pat
     )
     from service.sim.worlds import HELD_OUT, WorldEnv, random_world, training_families
 
-    args = distill.Args(preset="mac", teacher="pf", worlds="families", decode="pf_anchored", samples=300, steps=40,
-                        batch_size=16, eval_slots=1, eval_every=0, out=str(tmp_path / "d"))
+    args = distill.Args(
+        preset="mac",
+        teacher="pf",
+        worlds="families",
+        decode="pf_anchored",
+        samples=300,
+        steps=40,
+        batch_size=16,
+        eval_slots=1,
+        eval_every=0,
+        out=str(tmp_path / "d"),
+    )
     ckpt = distill.main(args, Logger(args.out, "distill", quiet=True))
     assert ckpt.decode["kind"] == "pf_anchored" and 0 < ckpt.decode["bound"] < 1
     assert _improved(_metrics(tmp_path / "d"), "losses/nll")

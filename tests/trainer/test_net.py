@@ -20,8 +20,10 @@ from service.types import SlotState
 
 
 def _slots() -> list[SlotState]:
-    out = [SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=b), seed=s).reset()
-           for n, r, b, s in ((1, 1, 0, 1), (7, 10, 2, 2), (33, 21, 5, 3), (64, 90, 18, 4))]
+    out = [
+        SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=b), seed=s).reset()
+        for n, r, b, s in ((1, 1, 0, 1), (7, 10, 2, 2), (33, 21, 5, 3), (64, 90, 18, 4))
+    ]
     for n, m, s in ((1, 2, 5), (6, 8, 6), (40, 17, 7)):
         env = MacEnv(MacConfig(num_ue=n, num_rbg=m), seed=s)
         state = env.reset()
@@ -36,8 +38,11 @@ def _torch(net: StudentNet, x: StudentInputs) -> np.ndarray:
         return net(*(torch.from_numpy(a) for a in x.arrays())).numpy()
 
 
-@pytest.mark.parametrize("config", [NetConfig(hidden=16), NetConfig(hidden=24, pair_hidden=8, refine=True)],
-                         ids=["gated-linear", "pair-hidden+refine"])
+@pytest.mark.parametrize(
+    "config",
+    [NetConfig(hidden=16), NetConfig(hidden=24, pair_hidden=8, refine=True)],
+    ids=["gated-linear", "pair-hidden+refine"],
+)
 def test_onnx_matches_pytorch(tmp_path: Path, config: NetConfig):
     torch.manual_seed(0)
     ckpt = Checkpoint.new("spectrum", config)
@@ -57,12 +62,21 @@ def test_onnx_matches_pytorch(tmp_path: Path, config: NetConfig):
 
 
 def _permute(x: StudentInputs, pu: np.ndarray, pr: np.ndarray) -> StudentInputs:
-    return StudentInputs(x.global_feats.copy(), x.user_feats[pu], x.res_feats[pr], x.pair_feats[:, pr][:, :, pu],
-                         x.user_mask[pu], x.res_mask[pr])
+    return StudentInputs(
+        x.global_feats.copy(),
+        x.user_feats[pu],
+        x.res_feats[pr],
+        x.pair_feats[:, pr][:, :, pu],
+        x.user_mask[pu],
+        x.res_mask[pr],
+    )
 
 
-@pytest.mark.parametrize("config", [NetConfig(hidden=16), NetConfig(hidden=16, pair_hidden=8, refine=True)],
-                         ids=["gated-linear", "pair-hidden+refine"])
+@pytest.mark.parametrize(
+    "config",
+    [NetConfig(hidden=16), NetConfig(hidden=16, pair_hidden=8, refine=True)],
+    ids=["gated-linear", "pair-hidden+refine"],
+)
 def test_permuting_users_and_resources_permutes_the_logits(config: NetConfig):
     torch.manual_seed(1)
     net = StudentNet(config).train(False)
@@ -77,7 +91,9 @@ def test_permuting_users_and_resources_permutes_the_logits(config: NetConfig):
 
 
 def test_onnx_model_is_equivariant_too(model_dir: Path):
-    sess = ort.InferenceSession(str(model_dir / "student-mac" / "v1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(model_dir / "student-mac" / "v1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(2)
     for state in _slots():
         x = serialize(state)

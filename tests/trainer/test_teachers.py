@@ -19,15 +19,25 @@ TBS = {se: 4 * 12 * 14 * se for se in (POOR, MEDIUM, GOOD)}
 
 def _slot(se, buffer_dpdu, slot=100, num_rbg=8):
     n = len(se)
-    return make_slot("mac", np.arange(1, n + 1), np.arange(num_rbg), spectral_efficiency=se,
-                     buffer_bits=np.asarray(buffer_dpdu, float) * DPDU_BITS, slot=slot)
+    return make_slot(
+        "mac",
+        np.arange(1, n + 1),
+        np.arange(num_rbg),
+        spectral_efficiency=se,
+        buffer_bits=np.asarray(buffer_dpdu, float) * DPDU_BITS,
+        slot=slot,
+    )
 
 
 def _view(cum_rbgs, first_seen=None, last_served=None):
     n = len(cum_rbgs)
-    return HistoryView(np.ones(n), np.asarray(cum_rbgs, float),
-                       np.asarray(last_served if last_served is not None else [99] * n, np.int64), np.ones(n, bool),
-                       None if first_seen is None else np.asarray(first_seen, np.int64))
+    return HistoryView(
+        np.ones(n),
+        np.asarray(cum_rbgs, float),
+        np.asarray(last_served if last_served is not None else [99] * n, np.int64),
+        np.ones(n, bool),
+        None if first_seen is None else np.asarray(first_seen, np.int64),
+    )
 
 
 def _rbgs(owner, n):

@@ -42,8 +42,7 @@ _DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def _options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
+    return [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
 
 
 class StreamSlotError(GnbSchedError):
@@ -69,7 +68,7 @@ def decision_as_dict(msg: pb.SlotDecision) -> dict[str, Any]:
     rids = list(msg.allocation.resource_ids)
     start = 0
     for uid, count in zip(msg.allocation.user_ids, msg.allocation.resource_counts, strict=True):
-        alloc[int(uid)] = rids[start:start + count]
+        alloc[int(uid)] = rids[start : start + count]
         start += count
     return {
         "cell_id": msg.cell_id,
@@ -96,11 +95,13 @@ class SlotStream:
 
     _END = object()
 
-    def __init__(self, stub: pb_grpc.SchedulerStub, timeout_s: float | None,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self, stub: pb_grpc.SchedulerStub, timeout_s: float | None, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._responses: Iterator[pb.SlotDecision] = stub.StreamSlots(iter(self._q.get, self._END), timeout=timeout_s,
-                                                                     metadata=metadata or None)
+        self._responses: Iterator[pb.SlotDecision] = stub.StreamSlots(
+            iter(self._q.get, self._END), timeout=timeout_s, metadata=metadata or None
+        )
         self._lock = threading.Lock()
 
     def send(self, request: pb.SlotRequest) -> pb.SlotDecision:
@@ -108,8 +109,14 @@ class SlotStream:
             self._q.put(request)
             return next(self._responses)
 
-    def decide(self, state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
-               deadline_ms: float | None = None) -> pb.SlotDecision:
+    def decide(
+        self,
+        state: SlotState,
+        *,
+        feedback: Mapping[int, float] | None = None,
+        policy: str | None = None,
+        deadline_ms: float | None = None,
+    ) -> pb.SlotDecision:
         msg = self.send(slot_to_request(state, feedback=feedback, policy=policy, deadline_ms=deadline_ms))
         if msg.HasField("error"):
             raise StreamSlotError(msg.error)
@@ -141,10 +148,17 @@ class SchedulerClient:
     credentials over TLS, as plain metadata otherwise).
     """
 
-    def __init__(self, target: str, *, timeout_s: float | None = 10.0,
-                 max_message_bytes: int = _DEFAULT_MAX_MESSAGE, token: str | None = None,
-                 tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-                 tls_key: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float | None = 10.0,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self._metadata: tuple[tuple[str, str], ...] = ()
@@ -162,13 +176,22 @@ class SchedulerClient:
     def schedule_request(self, request: pb.SlotRequest) -> pb.SlotDecision:
         """Unary ``Schedule`` (with the cell-affinity metadata ``CELL_HEADER``); raises
         ``grpc.RpcError`` (e.g. INVALID_ARGUMENT) on failure."""
-        return self.stub.Schedule(request, timeout=self.timeout_s,
-                                  metadata=(*self._metadata, (CELL_HEADER, request.cell_id)))
+        return self.stub.Schedule(
+            request, timeout=self.timeout_s, metadata=(*self._metadata, (CELL_HEADER, request.cell_id))
+        )
 
-    def schedule(self, state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
-                 deadline_ms: float | None = None, include_rate: bool = True) -> pb.SlotDecision:
-        return self.schedule_request(slot_to_request(state, feedback=feedback, policy=policy,
-                                                     deadline_ms=deadline_ms, include_rate=include_rate))
+    def schedule(
+        self,
+        state: SlotState,
+        *,
+        feedback: Mapping[int, float] | None = None,
+        policy: str | None = None,
+        deadline_ms: float | None = None,
+        include_rate: bool = True,
+    ) -> pb.SlotDecision:
+        return self.schedule_request(
+            slot_to_request(state, feedback=feedback, policy=policy, deadline_ms=deadline_ms, include_rate=include_rate)
+        )
 
     def stream(self, timeout_s: float | None = None, *, cell_id: str | None = None) -> SlotStream:
         """A lock-step ``StreamSlots`` call; ``cell_id``: the cell it carries, sent as the
@@ -186,8 +209,9 @@ class SchedulerClient:
         self.close()
 
 
-async def stream_latency_us(target: str, requests: Sequence[pb.SlotRequest], *, warmup: int = 100,
-                            max_message_bytes: int = _DEFAULT_MAX_MESSAGE) -> np.ndarray:
+async def stream_latency_us(
+    target: str, requests: Sequence[pb.SlotRequest], *, warmup: int = 100, max_message_bytes: int = _DEFAULT_MAX_MESSAGE
+) -> np.ndarray:
     """End-to-end latency (µs) of each request over one ``StreamSlots`` call, lock-step.
 
     Sends ``warmup`` requests first (not timed, cycling ``requests``), then each of

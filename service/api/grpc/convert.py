@@ -47,9 +47,9 @@ def feedback_field(name: str, req: pb.SlotRequest) -> str:
     """The proto field of a feedback entry named the REST way (``feedback.delivered_bits.<user
     id>``, as the core names an unknown user): ``feedback.user_ids[i]``; other names unchanged."""
     prefix = "feedback.delivered_bits."
-    if not name.startswith(prefix) or not name[len(prefix):].lstrip("-").isdigit():
+    if not name.startswith(prefix) or not name[len(prefix) :].lstrip("-").isdigit():
         return name
-    uid = int(name[len(prefix):])
+    uid = int(name[len(prefix) :])
     ids = list(req.feedback.user_ids)
     return f"feedback.user_ids[{ids.index(uid)}]" if uid in ids else "feedback.user_ids"
 
@@ -107,8 +107,9 @@ def _optional(req: pb.SlotRequest, name: str) -> Any:
     return rule.check_int(name, value) if rule.kind == "int" else rule.check_scalar(name, value)
 
 
-def request_to_slot(req: pb.SlotRequest, *, max_users: int, max_resources: int,
-                    known_policies: frozenset[str] | None = None) -> ScheduleArgs:
+def request_to_slot(
+    req: pb.SlotRequest, *, max_users: int, max_resources: int, known_policies: frozenset[str] | None = None
+) -> ScheduleArgs:
     """Validate and decode one ``SlotRequest`` with the rules of ``service.api.contract`` (the
     table ``POST /schedule`` uses).
 
@@ -128,8 +129,9 @@ def request_to_slot(req: pb.SlotRequest, *, max_users: int, max_resources: int,
         raise InvalidSlotError(field, exc.message) from None
 
 
-def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
-            known_policies: frozenset[str] | None) -> ScheduleArgs:
+def _decode(
+    req: pb.SlotRequest, max_users: int, max_resources: int, known_policies: frozenset[str] | None
+) -> ScheduleArgs:
     n, r = len(req.user_ids), len(req.resource_ids)
     if n > max_users:
         raise LimitExceededError("user_ids", f"{n} users exceed the configured limit of {max_users}")
@@ -147,7 +149,9 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
 
     policy = req.policy if req.HasField("policy") else None
     if policy is not None and known_policies is not None and policy not in known_policies:
-        raise InvalidSlotError("policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(known_policies))}")
+        raise InvalidSlotError(
+            "policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(known_policies))}"
+        )
     deadline_ms = _optional(req, "deadline_ms")
     max_resources_per_user = _optional(req, "max_resources_per_user")
     epoch = _optional(req, "epoch")
@@ -166,7 +170,9 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
     interference_dbm = _floats("resources.interference_dbm", req.interference_dbm, r)
     k = len(req.spectral_efficiency)
     if k not in (0, n, n * r):
-        raise InvalidSlotError("spectral_efficiency", f"expected {n} (per user) or {n * r} (N·R row-major) values, got {k}")
+        raise InvalidSlotError(
+            "spectral_efficiency", f"expected {n} (per user) or {n * r} (N·R row-major) values, got {k}"
+        )
     se = _floats("users.spectral_efficiency", req.spectral_efficiency, k)
     if se is not None and k != n:
         se = se.reshape(n, r)  # [N, R]
@@ -175,12 +181,25 @@ def _decode(req: pb.SlotRequest, max_users: int, max_resources: int,
     fading = _matrix("users.fading_gain", req.fading_gain, n, r) if req.HasField("fading_gain") else None
 
     state = make_slot(
-        req.preset, user_ids, resource_ids,
-        bandwidth_hz=bandwidth_hz, resource_available=available, user_eligible=eligible,
+        req.preset,
+        user_ids,
+        resource_ids,
+        bandwidth_hz=bandwidth_hz,
+        resource_available=available,
+        user_eligible=eligible,
         max_resources_per_user=max_resources_per_user,
-        rate_bps=rate, utility=weights, rx_power_dbm=rx_power_dbm, fading_gain=fading, interference_dbm=interference_dbm,
-        spectral_efficiency=se, buffer_bits=buffer_bits, rb_per_rbg=rb_per_rbg, noise_density_dbm_hz=noise_dbm_hz,
-        cell_id=req.cell_id, slot=req.slot, tti_s=tti_s,
+        rate_bps=rate,
+        utility=weights,
+        rx_power_dbm=rx_power_dbm,
+        fading_gain=fading,
+        interference_dbm=interference_dbm,
+        spectral_efficiency=se,
+        buffer_bits=buffer_bits,
+        rb_per_rbg=rb_per_rbg,
+        noise_density_dbm_hz=noise_dbm_hz,
+        cell_id=req.cell_id,
+        slot=req.slot,
+        tti_s=tti_s,
     )
     check_utility_finite(state, rate=rate is not None, utility=weights is not None, names={})
     return ScheduleArgs(state, policy, deadline_ms, _feedback(req, max_users), epoch)
@@ -193,14 +212,17 @@ def _feedback(req: pb.SlotRequest, max_users: int) -> dict[int, float] | None:
     fb = req.feedback
     k = len(fb.user_ids)
     if len(fb.delivered_bits) != k:
-        raise InvalidSlotError("feedback.delivered_bits", f"expected {k} values (one per feedback.user_ids), got {len(fb.delivered_bits)}")
+        raise InvalidSlotError(
+            "feedback.delivered_bits", f"expected {k} values (one per feedback.user_ids), got {len(fb.delivered_bits)}"
+        )
     if k == 0:
         return None
     if k > max_users:
         raise LimitExceededError("feedback.user_ids", f"{k} entries exceed the limit of {max_users}")
     ids = check_ids(np.asarray(fb.user_ids, dtype=np.int64), "feedback.user_ids[{i}]")
-    return check_feedback(ids, np.asarray(fb.delivered_bits, dtype=np.float64), "feedback.delivered_bits[{i}]",
-                          "feedback.user_ids[{i}]")
+    return check_feedback(
+        ids, np.asarray(fb.delivered_bits, dtype=np.float64), "feedback.delivered_bits[{i}]", "feedback.user_ids[{i}]"
+    )
 
 
 def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:
@@ -221,8 +243,11 @@ def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:
         cell_id=state.cell_id,
         slot=state.slot,
         owner=owner_ids.tolist(),
-        allocation=pb.Allocation(user_ids=uids[holders].tolist(), resource_counts=counts[holders].tolist(),
-                                 resource_ids=state.resource_ids[granted][order].tolist()),
+        allocation=pb.Allocation(
+            user_ids=uids[holders].tolist(),
+            resource_counts=counts[holders].tolist(),
+            resource_ids=state.resource_ids[granted][order].tolist(),
+        ),
         policy=decision.policy,
         valid_before_repair=decision.valid_before_repair,
         utility=decision.utility,
@@ -241,8 +266,11 @@ def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:
 
 def error_to_pb(req: pb.SlotRequest | None, code: str, field: str, message: str) -> pb.SlotDecision:
     """A stream answer for a request that could not be decided (no owner, ``error`` set)."""
-    return pb.SlotDecision(cell_id=req.cell_id if req is not None else "", slot=req.slot if req is not None else 0,
-                           error=pb.SlotError(code=code, field=field, message=message))
+    return pb.SlotDecision(
+        cell_id=req.cell_id if req is not None else "",
+        slot=req.slot if req is not None else 0,
+        error=pb.SlotError(code=code, field=field, message=message),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +283,9 @@ def owner_ids_to_tokens(state: SlotState, owner_ids: np.ndarray) -> np.ndarray:
     a user id that is not in the slot."""
     ids = np.asarray(owner_ids, dtype=np.int64)
     if ids.shape != (state.num_res,):
-        raise ValueError(f"decision has {ids.shape[0] if ids.ndim == 1 else ids.shape} owners for {state.num_res} resources")
+        raise ValueError(
+            f"decision has {ids.shape[0] if ids.ndim == 1 else ids.shape} owners for {state.num_res} resources"
+        )
     order = np.argsort(state.user_ids, kind="stable")
     sorted_ids = state.user_ids[order]
     granted = ids >= 0
@@ -267,9 +297,15 @@ def owner_ids_to_tokens(state: SlotState, owner_ids: np.ndarray) -> np.ndarray:
     return tok
 
 
-def slot_to_request(state: SlotState, *, feedback: Mapping[int, float] | None = None, policy: str | None = None,
-                    deadline_ms: float | None = None, include_rate: bool = True,
-                    epoch: int | None = None) -> pb.SlotRequest:
+def slot_to_request(
+    state: SlotState,
+    *,
+    feedback: Mapping[int, float] | None = None,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    include_rate: bool = True,
+    epoch: int | None = None,
+) -> pb.SlotRequest:
     """Encode a ``SlotState`` (+ the previous slot's feedback) as a ``SlotRequest``.
 
     With ``include_rate`` the utility matrix [N, R] travels so the service sees exactly the

@@ -124,21 +124,31 @@ class SchedulerService:
             except DecodeError as exc:
                 raise InvalidSlotError("request", f"not a valid gnbsched.v1.SlotRequest: {exc}") from None
             known = self.core.known_policies(req.policy if req.HasField("policy") else None)
-            dec = request_to_slot(req, max_users=self.max_users, max_resources=self.max_resources,
-                                  known_policies=known)
+            dec = request_to_slot(req, max_users=self.max_users, max_resources=self.max_resources, known_policies=known)
         except InvalidSlotError as exc:
             self.core.observer.rejected(TRANSPORT, req.preset if req is not None else None)
             raise _SlotFailure(req, _code(exc.kind), exc.field, exc.message) from None
         state = dec.state
         try:
-            decision = await self.core.decide(state, policy=dec.policy, deadline_ms=dec.deadline_ms,
-                                              feedback=dec.feedback, epoch=dec.epoch, transport=TRANSPORT)
+            decision = await self.core.decide(
+                state,
+                policy=dec.policy,
+                deadline_ms=dec.deadline_ms,
+                feedback=dec.feedback,
+                epoch=dec.epoch,
+                transport=TRANSPORT,
+            )
             msg = decision_to_pb(state, decision)
         except Exception as exc:
             kind = kind_of(exc)
             if kind not in REQUEST_KINDS:
-                log.error("gRPC: no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
-                          exc_info=kind is ErrorKind.INTERNAL)
+                log.error(
+                    "gRPC: no decision for cell %s slot %s: %r",
+                    state.cell_id,
+                    state.slot,
+                    exc,
+                    exc_info=kind is ErrorKind.INTERNAL,
+                )
             field, message = _field_message(exc, kind)
             if req is not None:  # the core names fields the REST way (its state rules): the proto's names
                 field = proto_field(feedback_field(field, req))
@@ -183,8 +193,9 @@ class SchedulerService:
         try:
             while True:
                 if self.draining:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                        "server shutting down: every slot read was answered; reconnect")
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "server shutting down: every slot read was answered; reconnect"
+                    )
                 raw = await context.read()
                 if raw is grpc.aio.EOF:
                     return
@@ -200,8 +211,10 @@ class SchedulerService:
                 except asyncio.CancelledError:
                     if pending[0] != _STALLED:
                         raise  # the client went away: grpc cancelled the RPC
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        f"stream cancelled: the client read no answer for {self.stall_s:g} s")
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"stream cancelled: the client read no answer for {self.stall_s:g} s",
+                    )
                 pending[0] = None
         except asyncio.CancelledError:
             if pending[0] != _STALLED:
@@ -221,8 +234,7 @@ class SchedulerService:
             for task, pending in list(self.streams.items()):
                 since = pending[0]
                 if since is not None and now - since > self.stall_s and not task.done():
-                    log.warning("gRPC: cancelling a stream whose client has not read an answer for %.1f s",
-                                now - since)
+                    log.warning("gRPC: cancelling a stream whose client has not read an answer for %.1f s", now - since)
                     pending[0] = _STALLED
                     task.cancel()
 
@@ -262,8 +274,9 @@ class SchedulerServer(grpc.aio.Server):
     ``grace`` seconds. ``port`` is the bound TCP port.
     """
 
-    def __init__(self, inner: grpc.aio.Server, core: ServiceCore, health_servicer: Any,
-                 service: SchedulerService | None = None) -> None:
+    def __init__(
+        self, inner: grpc.aio.Server, core: ServiceCore, health_servicer: Any, service: SchedulerService | None = None
+    ) -> None:
         self._inner = inner
         self._core = core
         self.health = health_servicer
@@ -393,27 +406,37 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
     server = SchedulerServer(inner, core, health_servicer, svc)
     handlers = {
         "Schedule": grpc.unary_unary_rpc_method_handler(
-            svc.schedule, response_serializer=pb.SlotDecision.SerializeToString),
+            svc.schedule, response_serializer=pb.SlotDecision.SerializeToString
+        ),
         "StreamSlots": grpc.stream_stream_rpc_method_handler(
-            svc.stream_slots, response_serializer=pb.SlotDecision.SerializeToString),
+            svc.stream_slots, response_serializer=pb.SlotDecision.SerializeToString
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
     try:
         address = f"{host}:{port}"
-        server.port = (server.add_secure_port(address, credentials) if credentials is not None
-                       else server.add_insecure_port(address))
+        server.port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...")
         raise OSError(f"gRPC: cannot bind {host}:{port} (in use, or not a local address): {exc}") from None
     if server.port == 0:
         raise OSError(f"gRPC: cannot bind {host}:{port}")
     await server.start()
-    log.info("gRPC serving %s on %s:%d (%s%s)", SERVICE_NAME, host, server.port,
-             "mTLS" if s.grpc_tls_client_ca else ("TLS" if credentials is not None else "plaintext"),
-             ", bearer token" if auth.enabled else "")
+    log.info(
+        "gRPC serving %s on %s:%d (%s%s)",
+        SERVICE_NAME,
+        host,
+        server.port,
+        "mTLS" if s.grpc_tls_client_ca else ("TLS" if credentials is not None else "plaintext"),
+        ", bearer token" if auth.enabled else "",
+    )
     return server
 
 
@@ -435,7 +458,9 @@ class GrpcServerThread:
             client = SchedulerClient(f"127.0.0.1:{srv.port}")
     """
 
-    def __init__(self, core: ServiceCore, host: str = "127.0.0.1", port: int = 0, *, start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, core: ServiceCore, host: str = "127.0.0.1", port: int = 0, *, start_timeout_s: float = 10.0
+    ) -> None:
         self.core = core
         self.host = host
         self.loop = asyncio.new_event_loop()

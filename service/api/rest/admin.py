@@ -42,14 +42,23 @@ _VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 class ReloadRequest(BaseModel):
     """Reload a policy's model from the model directory (validated off the serving path)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"policy": "student", "preset": "mac", "version": "v3"}, {"policy": "student"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"policy": "student", "preset": "mac", "version": "v3"}, {"policy": "student"}]
+        },
+    )
     policy: str = Field(description="a loaded or registered policy with a model (e.g. student)")
     preset: Literal["spectrum", "mac"] | None = Field(
-        None, description="the preset's model to reload; absent: every preset whose newest model changed")
-    version: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$",
-                                description="version directory under the model directory (needs preset); "
-                                            "absent: the newest / `latest`")
+        None, description="the preset's model to reload; absent: every preset whose newest model changed"
+    )
+    version: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._+-]+$",
+        description="version directory under the model directory (needs preset); absent: the newest / `latest`",
+    )
 
 
 def decode_reload(raw: bytes, known: frozenset[str]) -> tuple[str, str | None, str | None]:
@@ -69,8 +78,12 @@ def decode_reload(raw: bytes, known: frozenset[str]) -> tuple[str, str | None, s
     if preset is not None and (type(preset) is not str or preset not in PRESETS):
         raise InvalidSlotError("preset", f"expected one of {list(PRESETS)}, got {str(preset)[:64]!r}")
     if version is not None:
-        if type(version) is not str or not 0 < len(version) <= 64 or not set(version) <= _VERSION_CHARS \
-                or version in (".", ".."):
+        if (
+            type(version) is not str
+            or not 0 < len(version) <= 64
+            or not set(version) <= _VERSION_CHARS
+            or version in (".", "..")
+        ):
             raise InvalidSlotError("version", "expected a version directory name ([A-Za-z0-9._+-], at most 64)")
         if preset is None:
             raise InvalidSlotError("preset", "required with version")
@@ -102,20 +115,34 @@ def reload_policy(core: ServiceCore, name: str, preset: str | None, version: str
     return {"policy": name, "reloaded": reloaded, "version": policy.version, "metadata": policy.metadata()}
 
 
-def add_admin_routes(app: FastAPI, core: ServiceCore, metrics: Metrics, auth: BearerAuth,
-                     auth_responses: dict[int | str, dict[str, Any]]) -> None:
+def add_admin_routes(
+    app: FastAPI, core: ServiceCore, metrics: Metrics, auth: BearerAuth, auth_responses: dict[int | str, dict[str, Any]]
+) -> None:
     """Register ``POST /admin/reload`` on ``app``."""
 
-    @app.post("/admin/reload", tags=["admin"], summary="Reload a policy's model",
-              response_class=Response,
-              responses={200: {"description": "the reloaded versions and the policy's metadata"},
-                         400: {"model": ErrorBody, "description": "malformed JSON"},
-                         413: {"model": ErrorBody, "description": "body above 4 KiB"},
-                         422: {"model": ErrorBody, "description": "bad field, or model refused "
-                               "(`model_invalid`: corrupt or mismatched; the old model keeps serving)"},
-                         **auth_responses},
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/ReloadRequest"}}}}})
+    @app.post(
+        "/admin/reload",
+        tags=["admin"],
+        summary="Reload a policy's model",
+        response_class=Response,
+        responses={
+            200: {"description": "the reloaded versions and the policy's metadata"},
+            400: {"model": ErrorBody, "description": "malformed JSON"},
+            413: {"model": ErrorBody, "description": "body above 4 KiB"},
+            422: {
+                "model": ErrorBody,
+                "description": "bad field, or model refused "
+                "(`model_invalid`: corrupt or mismatched; the old model keeps serving)",
+            },
+            **auth_responses,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReloadRequest"}}},
+            }
+        },
+    )
     async def admin_reload(request: Request) -> Response:
         """Validate the new model off the serving path, then swap it in atomically."""
         denied = unauthorized(auth, request)
@@ -124,8 +151,9 @@ def add_admin_routes(app: FastAPI, core: ServiceCore, metrics: Metrics, auth: Be
         try:
             raw = await read_body(request, ADMIN_MAX_BODY_BYTES)
         except BodyTooLarge as exc:
-            return json_response(HTTP_STATUS[ErrorKind.BODY_TOO_LARGE],
-                                 error_body(ErrorKind.BODY_TOO_LARGE, "body", str(exc)))
+            return json_response(
+                HTTP_STATUS[ErrorKind.BODY_TOO_LARGE], error_body(ErrorKind.BODY_TOO_LARGE, "body", str(exc))
+            )
         try:
             name, preset, version = decode_reload(raw, core.refresh_known())
             result = await run_in_threadpool(reload_policy, core, name, preset, version)
@@ -144,4 +172,3 @@ def add_admin_routes(app: FastAPI, core: ServiceCore, metrics: Metrics, auth: Be
         core.refresh_known()
         log.info("admin reload: %s %s", name, result["reloaded"])
         return json_response(200, result)
-

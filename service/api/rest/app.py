@@ -98,9 +98,15 @@ class _Scheduler:
         t1 = time.perf_counter()
         state = args.state
         try:
-            decision = await self.core.decide(state, policy=args.policy, deadline_ms=args.deadline_ms,
-                                              feedback=args.feedback, epoch=args.epoch, transport=TRANSPORT,
-                                              timings_us={"decode": (t1 - t0) * 1e6})
+            decision = await self.core.decide(
+                state,
+                policy=args.policy,
+                deadline_ms=args.deadline_ms,
+                feedback=args.feedback,
+                epoch=args.epoch,
+                transport=TRANSPORT,
+                timings_us={"decode": (t1 - t0) * 1e6},
+            )
         except InvalidSlotError as exc:
             return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         except Exception as exc:
@@ -110,11 +116,17 @@ class _Scheduler:
                 resp = json_response(HTTP_STATUS[kind], error_body(kind, "slot", f"retry: {exc}"))
                 resp.headers["Retry-After"] = "1"
                 return resp
-            log.error("no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
-                      exc_info=kind is ErrorKind.INTERNAL)
-            return json_response(HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}"))
-        body = orjson.dumps(encode_decision(state, decision),
-                            option=ORJSON_OPTS, default=str)
+            log.error(
+                "no decision for cell %s slot %s: %r",
+                state.cell_id,
+                state.slot,
+                exc,
+                exc_info=kind is ErrorKind.INTERNAL,
+            )
+            return json_response(
+                HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}")
+            )
+        body = orjson.dumps(encode_decision(state, decision), option=ORJSON_OPTS, default=str)
         self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
         return Response(body, media_type="application/json")
 
@@ -181,10 +193,12 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
         422: {"model": ErrorBody, "description": "a field breaks the contract (named in `field`)"},
     }
     auth_responses: dict[int | str, dict[str, Any]] = (
-        {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}} if auth.enabled else {})
+        {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}} if auth.enabled else {}
+    )
     error_responses.update(auth_responses)
 
     if auth.enabled:
+
         async def schedule(request: Request) -> Response:
             """Decide one slot: serialize → policy → PAG check → repair; per-cell state advances."""
             denied = unauthorized(auth, request)
@@ -193,6 +207,7 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
                 return denied
             return await handler(request)
     else:
+
         async def schedule(request: Request) -> Response:
             """Decide one slot: serialize → policy → PAG check → repair; per-cell state advances."""
             return await handler(request)
@@ -204,8 +219,17 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
         summary="Decide one slot of one cell",
         response_class=Response,
         responses={200: {"model": ScheduleResponse, "description": "the decision"}, **error_responses},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/ScheduleRequest"}, "examples": REQUEST_EXAMPLES}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ScheduleRequest"},
+                        "examples": REQUEST_EXAMPLES,
+                    }
+                },
+            }
+        },
         tags=["scheduling"],
     )(schedule)
     app.router.routes.insert(0, Route("/schedule", schedule, methods=["POST"], include_in_schema=False))
@@ -215,32 +239,45 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
         """Liveness: the process serves HTTP."""
         return json_response(200, {"status": "ok", "pid": os.getpid(), "uptime_s": time.time() - core.started})
 
-    @app.get("/readyz", tags=["operations"], summary="Readiness",
-             responses={503: {"description": "not ready (policies not loaded, state store down)"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Readiness",
+        responses={503: {"description": "not ready (policies not loaded, state store down)"}},
+    )
     async def readyz() -> Response:
         """Ready once the policies are loaded and the state store answers; says when degraded."""
         ok, details = await run_in_threadpool(core.ready)
         metrics.set_store_up(bool(details.get("store_ok")))
         ready = ok and status["started"] and status["preload_error"] is None
-        body = {"ready": ready, **details, "started": status["started"], "preload_error": status["preload_error"],
-                "grpc": status["grpc"], "store_errors": core.store_errors}
+        body = {
+            "ready": ready,
+            **details,
+            "started": status["started"],
+            "preload_error": status["preload_error"],
+            "grpc": status["grpc"],
+            "store_errors": core.store_errors,
+        }
         return json_response(200 if ready else 503, body)
 
-    @app.get("/v1/policies", tags=["operations"], summary="Policies and model versions",
-             responses=auth_responses)
+    @app.get("/v1/policies", tags=["operations"], summary="Policies and model versions", responses=auth_responses)
     async def policies(request: Request) -> Response:
         """Registered policies with name, version, presets and whether they are loaded."""
         denied = unauthorized(auth, request)
         if denied is not None:
             return denied
-        return json_response(200, {
-            "default": {"spectrum": settings.default_policy_spectrum, "mac": settings.default_policy_mac},
-            "fallbacks": list(settings.fallbacks),
-            "policies": policy_metadata(core),
-        })
+        return json_response(
+            200,
+            {
+                "default": {"spectrum": settings.default_policy_spectrum, "mac": settings.default_policy_mac},
+                "fallbacks": list(settings.fallbacks),
+                "policies": policy_metadata(core),
+            },
+        )
 
-    @app.get("/models", tags=["operations"], summary="Loaded models and their feature-range counts",
-             responses=auth_responses)
+    @app.get(
+        "/models", tags=["operations"], summary="Loaded models and their feature-range counts", responses=auth_responses
+    )
     async def models(request: Request) -> Response:
         """Per preset: the loaded student model (version, sha256, feature version, held-out
         families of its card) and, when its card has feature ranges, the slots checked, the slots
@@ -272,8 +309,9 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body(ErrorKind.INTERNAL, "body", type(exc).__name__),
-                            status_code=HTTP_STATUS[ErrorKind.INTERNAL])
+        return JSONResponse(
+            error_body(ErrorKind.INTERNAL, "body", type(exc).__name__), status_code=HTTP_STATUS[ErrorKind.INTERNAL]
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -42,8 +42,11 @@ from service.types import PRESETS, Decision, SlotState, make_slot
 
 __all__ = ["decode_schedule", "encode_decision", "field_path"]
 
-TOP_FIELDS = frozenset(name for name, rule in RULES.items() if rule.group in ("top", "matrix")) | {"users", "resources",
-                                                                                                   "feedback"}
+TOP_FIELDS = frozenset(name for name, rule in RULES.items() if rule.group in ("top", "matrix")) | {
+    "users",
+    "resources",
+    "feedback",
+}
 USER_FIELDS = frozenset(rule.name for rule in RULES.values() if rule.group == "users")
 RESOURCE_FIELDS = frozenset(rule.name for rule in RULES.values() if rule.group == "resources")
 FEEDBACK_FIELDS = frozenset(rule.name for rule in RULES.values() if rule.group == "feedback")
@@ -63,8 +66,15 @@ def field_path(parent: str, name: str) -> str:
 
 
 def _type_name(x: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
-            float: "number", _NONE: "null"}.get(type(x), type(x).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        _NONE: "null",
+    }.get(type(x), type(x).__name__)
 
 
 def _number(field: str, x: Any, rule: Rule) -> float:
@@ -93,8 +103,7 @@ def _first_bad(col: list, ok: frozenset[type]) -> int:
     return next(i for i, x in enumerate(col) if type(x) not in ok)
 
 
-def _column(rows: list[dict], key: str, group: str, ok: frozenset[type], what: str,
-            default: Any = None) -> list | None:
+def _column(rows: list[dict], key: str, group: str, ok: frozenset[type], what: str, default: Any = None) -> list | None:
     """``[row[key] for row in rows]`` with every value's type in ``ok``; None when no row has it.
 
     An entry without the key takes ``default``; with no default the field is all-or-none.
@@ -151,7 +160,9 @@ def _matrix(rows: Any, field: str, n: int, r: int, rule: Rule) -> np.ndarray:
     """
     if type(rows) is not list or len(rows) != n:
         got = f"{len(rows)} rows" if type(rows) is list else _type_name(rows)
-        raise InvalidSlotError(field.replace("[{i}]", ""), f"expected {n} rows of {r} numbers (users × resources), got {got}")
+        raise InvalidSlotError(
+            field.replace("[{i}]", ""), f"expected {n} rows of {r} numbers (users × resources), got {got}"
+        )
     if set(map(type, rows)) != {list}:
         i = next(i for i, row in enumerate(rows) if type(row) is not list)
         raise InvalidSlotError(field.format(i=i), f"expected an array of {r} numbers, got {_type_name(rows[i])}")
@@ -194,16 +205,22 @@ def _feedback(doc: Any, max_entries: int) -> dict[int, float] | None:
         raise InvalidSlotError("feedback", f"expected an object, got {_type_name(doc)}")
     extra = set(doc) - FEEDBACK_FIELDS
     if extra:
-        raise InvalidSlotError(field_path("feedback", min(extra)), f"unknown field; expected one of {sorted(FEEDBACK_FIELDS)}")
+        raise InvalidSlotError(
+            field_path("feedback", min(extra)), f"unknown field; expected one of {sorted(FEEDBACK_FIELDS)}"
+        )
     delivered = doc.get("delivered_bits")
     if delivered is None:
         return None
     if type(delivered) is not dict:
-        raise InvalidSlotError("feedback.delivered_bits", f"expected an object {{user id: bits}}, got {_type_name(delivered)}")
+        raise InvalidSlotError(
+            "feedback.delivered_bits", f"expected an object {{user id: bits}}, got {_type_name(delivered)}"
+        )
     if not delivered:  # no entry is no feedback, as an empty gRPC ``Feedback``
         return None
     if len(delivered) > max_entries:
-        raise LimitExceededError("feedback.delivered_bits", f"{len(delivered)} entries exceed the limit of {max_entries}")
+        raise LimitExceededError(
+            "feedback.delivered_bits", f"{len(delivered)} entries exceed the limit of {max_entries}"
+        )
     ids: list[int] = []
     bits: list[float] = []
     for key, value in delivered.items():
@@ -241,8 +258,9 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
     cell_id = doc.get("cell_id")
     max_chars = int(RULES["cell_id"].hi)  # type: ignore[arg-type]
     if type(cell_id) is not str or not 0 < len(cell_id) <= max_chars:
-        raise InvalidSlotError("cell_id", f"expected a non-empty string of at most {max_chars} characters, "
-                                          f"got {_type_name(cell_id)}")
+        raise InvalidSlotError(
+            "cell_id", f"expected a non-empty string of at most {max_chars} characters, got {_type_name(cell_id)}"
+        )
     if "slot" not in doc:
         raise InvalidSlotError("slot", "required")
     slot = _integer("slot", doc["slot"], RULES["slot"])
@@ -254,7 +272,9 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         if type(policy) is not str:
             raise InvalidSlotError("policy", f"expected a policy name (string), got {_type_name(policy)}")
         if policies is not None and policy not in policies:
-            raise InvalidSlotError("policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(policies))}")
+            raise InvalidSlotError(
+                "policy", f"unknown policy {policy[:64]!r}; registered: {', '.join(sorted(policies))}"
+            )
     deadline_ms = _optional(doc, "deadline_ms", _number)
     cap = _optional(doc, "max_resources_per_user", _integer)
     epoch = _optional(doc, "epoch", _integer)
@@ -289,19 +309,23 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         se_types = set(map(type, se_col))
         if list in se_types and se_types & _NUM:
             i = next(i for i, x in enumerate(se_col) if type(x) is list)
-            raise InvalidSlotError(f"users[{i}].spectral_efficiency",
-                                   "mixes per-resource arrays and single numbers; use one form for every user")
+            raise InvalidSlotError(
+                f"users[{i}].spectral_efficiency",
+                "mixes per-resource arrays and single numbers; use one form for every user",
+            )
         if list in se_types:
-            spectral_efficiency = _matrix(se_col, "users[{i}].spectral_efficiency", n, r,
-                                          RULES["users.spectral_efficiency"])
+            spectral_efficiency = _matrix(
+                se_col, "users[{i}].spectral_efficiency", n, r, RULES["users.spectral_efficiency"]
+            )
             if r == 1:  # one value per user either way: [N], as gRPC reads its N = N·R values
                 spectral_efficiency = spectral_efficiency.reshape(n)
         elif se_col:
             spectral_efficiency = _float_column(users, "spectral_efficiency", "users")
     if "fading_gain" in ukeys:
         fg_col = _column(users, "fading_gain", "users", frozenset({list}), "an array of numbers (one per resource)")
-        fading_gain = None if fg_col is None else _matrix(fg_col, "users[{i}].fading_gain", n, r,
-                                                          RULES["users.fading_gain"])
+        fading_gain = (
+            None if fg_col is None else _matrix(fg_col, "users[{i}].fading_gain", n, r, RULES["users.fading_gain"])
+        )
     rate = doc.get("rate_bps")
     rate_bps = None if rate is None else _matrix(rate, "rate_bps[{i}]", n, r, RULES["rate_bps"])
     weights = doc.get("utility")
@@ -310,15 +334,32 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
     feedback = _feedback(doc.get("feedback"), limits.max_users)
 
     state = make_slot(
-        preset, user_ids, resource_ids, bandwidth_hz=bandwidth_hz, resource_available=available,
-        user_eligible=eligible, max_resources_per_user=cap, rate_bps=rate_bps, utility=utility,
+        preset,
+        user_ids,
+        resource_ids,
+        bandwidth_hz=bandwidth_hz,
+        resource_available=available,
+        user_eligible=eligible,
+        max_resources_per_user=cap,
+        rate_bps=rate_bps,
+        utility=utility,
         rx_power_dbm=rx_power_dbm,
-        fading_gain=fading_gain, interference_dbm=interference_dbm, spectral_efficiency=spectral_efficiency,
-        buffer_bits=buffer_bits, rb_per_rbg=rb_per_rbg, noise_density_dbm_hz=noise_dbm_hz,
-        cell_id=cell_id, slot=slot, tti_s=tti_s,
+        fading_gain=fading_gain,
+        interference_dbm=interference_dbm,
+        spectral_efficiency=spectral_efficiency,
+        buffer_bits=buffer_bits,
+        rb_per_rbg=rb_per_rbg,
+        noise_density_dbm_hz=noise_dbm_hz,
+        cell_id=cell_id,
+        slot=slot,
+        tti_s=tti_s,
     )
-    check_utility_finite(state, rate=rate_bps is not None, utility=utility is not None,
-                         names={"rx_power_dbm": "users.rx_power_dbm", "spectral_efficiency": "users.spectral_efficiency"})
+    check_utility_finite(
+        state,
+        rate=rate_bps is not None,
+        utility=utility is not None,
+        names={"rx_power_dbm": "users.rx_power_dbm", "spectral_efficiency": "users.spectral_efficiency"},
+    )
     return ScheduleArgs(state, policy, deadline_ms, feedback, epoch)
 
 
@@ -353,4 +394,3 @@ def encode_decision(state: SlotState, decision: Decision) -> dict[str, Any]:
         "notes": decision.notes,
         "replayed": decision.replayed,
     }
-

@@ -21,8 +21,9 @@ class BodyTooLarge(Exception):
 
 def json_response(status: int, content: Any) -> Response:
     """``content`` as a JSON response (orjson: numpy arrays and non-string keys allowed)."""
-    return Response(orjson.dumps(content, option=ORJSON_OPTS, default=str), status_code=status,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(content, option=ORJSON_OPTS, default=str), status_code=status, media_type="application/json"
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -45,7 +46,8 @@ def unauthorized(auth: BearerAuth, request: Request) -> Response | None:
     value = request.headers.get("authorization")
     if auth.allows(value):
         return None
-    resp = json_response(HTTP_STATUS[ErrorKind.UNAUTHORIZED],
-                         error_body(ErrorKind.UNAUTHORIZED, "authorization", auth.problem(value)))
+    resp = json_response(
+        HTTP_STATUS[ErrorKind.UNAUTHORIZED], error_body(ErrorKind.UNAUTHORIZED, "authorization", auth.problem(value))
+    )
     resp.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     return resp

@@ -80,10 +80,11 @@ REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "spectrum": {"summary": "spectrum access (LSA): channels from received powers", "value": _SPECTRUM_EXAMPLE},
     "mac": {"summary": "uplink RBG scheduling (UDTS) with the previous slot's feedback", "value": _MAC_EXAMPLE},
     "rate_matrix": {"summary": "caller-provided rate matrix in bit/s as the utility", "value": _RATE_EXAMPLE},
-    "mac_rate_matrix": {"summary": "mac with caller-provided rates in bit/s (utility = rate_bps * tti_s bits)",
-                        "value": _MAC_RATE_EXAMPLE},
-    "utility_matrix": {"summary": "caller-provided unitless utility weights, used as given",
-                       "value": _UTILITY_EXAMPLE},
+    "mac_rate_matrix": {
+        "summary": "mac with caller-provided rates in bit/s (utility = rate_bps * tti_s bits)",
+        "value": _MAC_RATE_EXAMPLE,
+    },
+    "utility_matrix": {"summary": "caller-provided unitless utility weights, used as given", "value": _UTILITY_EXAMPLE},
 }
 
 
@@ -102,10 +103,14 @@ def _field(rule: Rule, annotation: Any, *, required: bool = False) -> tuple[Any,
     return (annotation if required else annotation | None), Field(default, description=desc, **extra)
 
 
-def _model(name: str, doc: str, group: str, annotations: dict[str, Any], required: set[str],
-           config: ConfigDict | None = None) -> type[BaseModel]:
-    fields = {r.name: _field(r, annotations.get(r.name, _ANNOTATION[r.kind]), required=r.name in required)
-              for r in RULES.values() if r.group == group}
+def _model(
+    name: str, doc: str, group: str, annotations: dict[str, Any], required: set[str], config: ConfigDict | None = None
+) -> type[BaseModel]:
+    fields = {
+        r.name: _field(r, annotations.get(r.name, _ANNOTATION[r.kind]), required=r.name in required)
+        for r in RULES.values()
+        if r.group == group
+    }
     model = create_model(name, __config__=config or ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
     model.__doc__ = doc
     return model
@@ -113,28 +118,45 @@ def _model(name: str, doc: str, group: str, annotations: dict[str, Any], require
 
 _ANNOTATION: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str, "matrix": list[list[float]]}
 
-User = _model("User", "One user (UE) of the slot.", "users",
-              {"spectral_efficiency": float | list[float], "fading_gain": list[float]}, {"id"})
+User = _model(
+    "User",
+    "One user (UE) of the slot.",
+    "users",
+    {"spectral_efficiency": float | list[float], "fading_gain": list[float]},
+    {"id"},
+)
 Resource = _model("Resource", "One resource: a channel (spectrum) or an RBG (mac).", "resources", {}, {"id"})
 _delivered = RULES["delivered_bits"]
 Feedback = create_model(
-    "Feedback", __config__=ConfigDict(extra="forbid"),
-    delivered_bits=(dict[str, float], Field(default_factory=dict, description=(
-        f"{_delivered.doc} [{_delivered.unit}], each in {_delivered.bounds()}; keys are canonical "
-        "decimal user ids of the slot's users"))))
+    "Feedback",
+    __config__=ConfigDict(extra="forbid"),
+    delivered_bits=(
+        dict[str, float],
+        Field(
+            default_factory=dict,
+            description=(
+                f"{_delivered.doc} [{_delivered.unit}], each in {_delivered.bounds()}; keys are canonical "
+                "decimal user ids of the slot's users"
+            ),
+        ),
+    ),
+)
 Feedback.__doc__ = "What happened in the previous slot of this cell."
 
-_top = {r.name: _field(r, _ANNOTATION[r.kind], required=r.name in ("cell_id", "slot", "preset"))
-        for r in RULES.values() if r.group in ("top", "matrix")}
+_top = {
+    r.name: _field(r, _ANNOTATION[r.kind], required=r.name in ("cell_id", "slot", "preset"))
+    for r in RULES.values()
+    if r.group in ("top", "matrix")
+}
 _top["preset"] = (Literal["spectrum", "mac"], Field(description=RULES["preset"].doc))
+_USERS: Any = list[User]  # type: ignore[valid-type]  # a model built at run time
+_RESOURCES: Any = list[Resource]  # type: ignore[valid-type]
 ScheduleRequest = create_model(  # type: ignore[call-overload]
     "ScheduleRequest",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [_SPECTRUM_EXAMPLE, _MAC_EXAMPLE]}),
     **_top,
-    users=(list[User], Field(  # type: ignore[valid-type]
-        min_length=1, description="the slot's users; rows of rate_bps / utility in this order")),
-    resources=(list[Resource], Field(  # type: ignore[valid-type]
-        min_length=1, description="the slot's resources; owner is aligned with it")),
+    users=(_USERS, Field(min_length=1, description="the slot's users; rows of rate_bps / utility in this order")),
+    resources=(_RESOURCES, Field(min_length=1, description="the slot's resources; owner is aligned with it")),
     feedback=(Feedback | None, None),
 )
 ScheduleRequest.__doc__ = "One slot of one cell."
@@ -158,21 +180,48 @@ class ScheduleResponse(BaseModel):
     fallback_reason: str | None = Field(description="bounded label: deadline, error, unavailable, ...")
     valid_before_repair: bool = Field(description="the raw policy output passed the PAG checks")
     violations: list[ViolationOut] = Field(description="PAG violations of the raw output (repaired)")
-    utility: float = Field(description="objective of the decision: sum-rate in bit/s (spectrum) or scheduled bits "
-                                       "(mac); in the request's unit when it gave a unitless utility matrix")
-    timings_us: dict[str, float] = Field(description="per stage, in µs: serialize, policy, check, repair, total, "
-                                                     "decode")
+    utility: float = Field(
+        description="objective of the decision: sum-rate in bit/s (spectrum) or scheduled bits "
+        "(mac); in the request's unit when it gave a unitless utility matrix"
+    )
+    timings_us: dict[str, float] = Field(
+        description="per stage, in µs: serialize, policy, check, repair, total, decode"
+    )
     notes: dict[str, Any] = Field(description="policy notes (e.g. an anytime policy cut at the deadline)")
-    replayed: bool = Field(False, description="true: this (cell, slot) was applied before with the same request and "
-                                              "this is its stored decision (a retry); the cell's state was not touched")
+    replayed: bool = Field(
+        False,
+        description="true: this (cell, slot) was applied before with the same request and "
+        "this is its stored decision (a retry); the cell's state was not touched",
+    )
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "cell_id": "cell-7", "slot": 1042, "owner": [11, None, 12], "allocation": {"11": [1], "12": [3]},
-        "policy": "km", "policy_version": "1", "fallback": None, "fallback_reason": None,
-        "valid_before_repair": True, "violations": [], "utility": 6.1e7,
-        "timings_us": {"serialize": 0.4, "policy": 61.0, "check": 9.5, "repair": 3.1, "total": 88.0, "decode": 40.0},
-        "notes": {},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "cell_id": "cell-7",
+                    "slot": 1042,
+                    "owner": [11, None, 12],
+                    "allocation": {"11": [1], "12": [3]},
+                    "policy": "km",
+                    "policy_version": "1",
+                    "fallback": None,
+                    "fallback_reason": None,
+                    "valid_before_repair": True,
+                    "violations": [],
+                    "utility": 6.1e7,
+                    "timings_us": {
+                        "serialize": 0.4,
+                        "policy": 61.0,
+                        "check": 9.5,
+                        "repair": 3.1,
+                        "total": 88.0,
+                        "decode": 40.0,
+                    },
+                    "notes": {},
+                }
+            ]
+        }
+    )
 
 
 class ErrorBody(BaseModel):
@@ -182,5 +231,10 @@ class ErrorBody(BaseModel):
     field: str = Field(description="dotted path of the offending field (users[3].buffer_bits), or body")
     message: str
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": "invalid_request", "field": "resources[2].bandwidth_hz", "message": "must be > 0, got -5"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": "invalid_request", "field": "resources[2].bandwidth_hz", "message": "must be > 0, got -5"}
+            ]
+        }
+    )

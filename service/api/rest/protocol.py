@@ -86,8 +86,12 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> ConnectionLimits:
-        return cls(max_header_bytes=int(settings.max_header_bytes), header_timeout_s=float(settings.header_timeout_s),
-                   body_timeout_s=float(settings.body_timeout_s), max_connections=int(settings.max_connections))
+        return cls(
+            max_header_bytes=int(settings.max_header_bytes),
+            header_timeout_s=float(settings.header_timeout_s),
+            body_timeout_s=float(settings.body_timeout_s),
+            max_connections=int(settings.max_connections),
+        )
 
 
 _limits = ConnectionLimits()
@@ -119,8 +123,10 @@ def _count_disconnect() -> None:
 def status_response(status: int, message: str) -> bytes:
     """A minimal complete HTTP/1.1 answer that closes the connection."""
     body = message.encode("ascii", "replace")
-    return (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii") + body
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode("ascii") + body
 
 
 class _Lingering(asyncio.Protocol):
@@ -169,8 +175,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the header size, header and body timeouts and connection limit
     of ``configure`` (module doc)."""
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         lim = _limits
         self._max_head = lim.max_header_bytes
@@ -192,8 +203,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self.connections) >= self._max_connections:
             self.transport = transport
             self.client = get_remote_addr(transport)
-            self._refuse(503, "too_many_connections",
-                         f"too many connections (limit {self._max_connections}); retry later")
+            self._refuse(
+                503, "too_many_connections", f"too many connections (limit {self._max_connections}); retry later"
+            )
             return
         super().connection_made(transport)
         # the first request's line and headers must be in within header_timeout_s of the accept
@@ -207,8 +219,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._closed_by_us:
             cycle = self.cycle
             if self._phase != _IDLE or (cycle is not None and not cycle.response_complete):
-                where = ("during its headers" if self._phase == _HEAD else "during its body" if self._phase == _BODY
-                         else "before its answer")
+                where = (
+                    "during its headers"
+                    if self._phase == _HEAD
+                    else "during its body"
+                    if self._phase == _BODY
+                    else "before its answer"
+                )
                 log.debug("client %s went away %s", _peer(self.client), where)
                 _count_disconnect()
         super().connection_lost(exc)
@@ -233,8 +250,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self.transport.is_closing() or self._closed_by_us:
                 return
         if self._head_room == 0:  # still no end of the headers
-            self._refuse(431, "header_too_large",
-                         f"request line and headers exceed the limit of {self._max_head} bytes")
+            self._refuse(
+                431, "header_too_large", f"request line and headers exceed the limit of {self._max_head} bytes"
+            )
             return
         self.data_received(data[room:])
 
@@ -260,8 +278,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if phase == _BODY:
             self._refuse(408, "body_timeout", f"request body not received within {self._body_timeout:g} s")
         elif phase == _HEAD:
-            self._refuse(408, "header_timeout",
-                         f"request line and headers not received within {self._header_timeout:g} s")
+            self._refuse(
+                408, "header_timeout", f"request line and headers not received within {self._header_timeout:g} s"
+            )
         else:  # an accepted connection that sent nothing
             self._refuse(0, "header_timeout", "")
 

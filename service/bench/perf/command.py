@@ -29,8 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The command as the report states it (``gnbsched bench perf --out .``)."""
     seed = int(args.seed)
-    return ("gnbsched bench perf" + (" --quick" if args.quick else "") + f" --out {args.out}"
-            + (f" --seed {seed}" if seed else ""))
+    return (
+        "gnbsched bench perf"
+        + (" --quick" if args.quick else "")
+        + f" --out {args.out}"
+        + (f" --seed {seed}" if seed else "")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +44,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     fig_dir = out / FIG_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    res = Results(meta={"command": command_line(args), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-                        "quick": bool(args.quick), "seed": seed, "machine": machine(), "load_start": load_average()})
+    res = Results(
+        meta={
+            "command": command_line(args),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "quick": bool(args.quick),
+            "seed": seed,
+            "machine": machine(),
+            "load_start": load_average(),
+        }
+    )
     if args.policies or args.slots or args.preset not in (None, "all"):
         res.notes.append("--policies / --slots / --preset are options of the quality suites; perf runs its own plan")
     log(f"start ({'quick' if args.quick else 'full'} plan), load average {res.meta['load_start']}")

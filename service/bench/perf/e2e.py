@@ -52,8 +52,20 @@ class ServerProcess:
         fd, name = tempfile.mkstemp(prefix="gnbsched-perf-server-", suffix=".log")
         self.log_path = Path(name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GNBSCHED_")}
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
-               "--rest-port", str(self.rest_port), "--grpc-port", str(self.grpc_port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--rest-port",
+            str(self.rest_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--log-level",
+            "warning",
+        ]
         self.proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, env=env, start_new_session=True)
         os.close(fd)
         try:
@@ -128,8 +140,9 @@ def grpc_request(state: SlotState, policy: str):
     """The gRPC ``ScheduleRequest`` of a slot, carrying what the REST body carries."""
     from service.api.grpc.convert import slot_to_request
 
-    return slot_to_request(state, policy=policy, include_rate=not (state.preset == "mac" and
-                                                                   state.spectral_efficiency is not None))
+    return slot_to_request(
+        state, policy=policy, include_rate=not (state.preset == "mac" and state.spectral_efficiency is not None)
+    )
 
 
 @dataclass
@@ -146,8 +159,9 @@ class E2ERow:
     server_decode_p50_ms: float | None = None
 
 
-def _rest_latency(port: int, bodies: Iterator[bytes], count: int, warmup: int
-                  ) -> tuple[list[float], list[float], list[float]]:
+def _rest_latency(
+    port: int, bodies: Iterator[bytes], count: int, warmup: int
+) -> tuple[list[float], list[float], list[float]]:
     """Lock-step POSTs over one keep-alive connection; (client ms, server pipeline ms, server
     decode ms — JSON to slot)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30.0)
@@ -204,10 +218,14 @@ def run_e2e(server: ServerProcess, plan: Plan, seed: int) -> list[E2ERow]:
         for n in plan.e2e_sizes:
             count, warmup = plan.e2e_requests[n], plan.e2e_warmup
             states = slot_states(preset, n, min(20, count), seed)
-            lat, srv, dec = _rest_latency(server.rest_port, request_bodies(states, policy, f"rest-{preset}-{n}"), count,
-                                          warmup)
-            rows.append(E2ERow(preset, policy, n, NUM_RBG, "rest", count, pct(lat, 50), pct(lat, 99), pct(srv, 50),
-                               pct(dec, 50)))
+            lat, srv, dec = _rest_latency(
+                server.rest_port, request_bodies(states, policy, f"rest-{preset}-{n}"), count, warmup
+            )
+            rows.append(
+                E2ERow(
+                    preset, policy, n, NUM_RBG, "rest", count, pct(lat, 50), pct(lat, 99), pct(srv, 50), pct(dec, 50)
+                )
+            )
             reqs = _grpc_requests(states, policy, f"unary-{preset}-{n}", warmup + count)
             with SchedulerClient(target, timeout_s=30.0) as client:
                 client.wait_ready(10.0)
@@ -219,15 +237,29 @@ def run_e2e(server: ServerProcess, plan: Plan, seed: int) -> list[E2ERow]:
                         un.append((time.perf_counter_ns() - t0) / 1e6)
                         srv.append(msg.timings_us["total"] / 1e3 if "total" in msg.timings_us else math.nan)
                         gdec.append(msg.timings_us["decode"] / 1e3 if "decode" in msg.timings_us else math.nan)
-            rows.append(E2ERow(preset, policy, n, NUM_RBG, "grpc-unary", count, pct(un, 50), pct(un, 99),
-                               pct(srv, 50), pct(gdec, 50)))
+            rows.append(
+                E2ERow(
+                    preset,
+                    policy,
+                    n,
+                    NUM_RBG,
+                    "grpc-unary",
+                    count,
+                    pct(un, 50),
+                    pct(un, 99),
+                    pct(srv, 50),
+                    pct(gdec, 50),
+                )
+            )
             # one stream, slots increasing throughout (a cell refuses a slot older than its last):
             # the first `warmup` requests are the warm-up, their times dropped
             reqs = _grpc_requests(states, policy, f"stream-{preset}-{n}", warmup + count)
             us = asyncio.run(stream_latency_us(target, reqs, warmup=0))[warmup:]
             rows.append(E2ERow(preset, policy, n, NUM_RBG, "grpc-stream", count, pct(us / 1e3, 50), pct(us / 1e3, 99)))
-            log(f"e2e {preset}/{policy} N={n}: REST p50 {rows[-3].p50_ms:.3f} ms, gRPC unary p50 "
-                 f"{rows[-2].p50_ms:.3f} ms, stream p50 {rows[-1].p50_ms:.3f} / p99 {rows[-1].p99_ms:.3f} ms")
+            log(
+                f"e2e {preset}/{policy} N={n}: REST p50 {rows[-3].p50_ms:.3f} ms, gRPC unary p50 "
+                f"{rows[-2].p50_ms:.3f} ms, stream p50 {rows[-1].p50_ms:.3f} / p99 {rows[-1].p99_ms:.3f} ms"
+            )
     return rows
 
 
@@ -321,5 +353,3 @@ def run_load(server: ServerProcess, plan: Plan, seed: int) -> list[LoadRow]:
     for r in rows:
         log(f"load {r.transport}: {r.clients} clients, {r.decisions_per_s:.0f} decisions/s, p99 {r.p99_ms:.2f} ms")
     return rows
-
-

@@ -26,26 +26,53 @@ def plot(fig_dir: Path, res: Results) -> list[Path]:
         pols = [p for p in dict.fromkeys(r.policy for r in res.scale) if p != "km"]
         by = {(r.scenario, r.policy): r for r in res.scale}
         labels = [f"{s}\n({by[(s, 'km')].num_ue},{by[(s, 'km')].num_channels},{by[(s, 'km')].num_busy})" for s in scen]
-        paths.append(save_bar_plot(fig_dir / "scale_ratio_to_km.png", labels,
-                                   {p: [by[(s, p)].ratio_to_km if (s, p) in by else math.nan for s in scen] for p in pols},
-                                   xlabel="scenario (users, channels, busy)", ylabel="sum-rate / KM optimum",
-                                   hline=1.0, ylim=(0.0, 1.05), title="Quality against the exact Hungarian solver"))
-        size = [float(by[(s, "km")].mean_active_users * (by[(s, "km")].num_channels - by[(s, "km")].num_busy))
-                for s in scen]
+        paths.append(
+            save_bar_plot(
+                fig_dir / "scale_ratio_to_km.png",
+                labels,
+                {p: [by[(s, p)].ratio_to_km if (s, p) in by else math.nan for s in scen] for p in pols},
+                xlabel="scenario (users, channels, busy)",
+                ylabel="sum-rate / KM optimum",
+                hline=1.0,
+                ylim=(0.0, 1.05),
+                title="Quality against the exact Hungarian solver",
+            )
+        )
+        size = [
+            float(by[(s, "km")].mean_active_users * (by[(s, "km")].num_channels - by[(s, "km")].num_busy)) for s in scen
+        ]
         order = np.argsort(size)
         xs = [size[i] for i in order]
-        series = {p: [by[(scen[i], p)].time_p50_ms if (scen[i], p) in by else math.nan for i in order]
-                  for p in ["km", *pols]}
+        series = {
+            p: [by[(scen[i], p)].time_p50_ms if (scen[i], p) in by else math.nan for i in order] for p in ["km", *pols]
+        }
         series["LSA paper: LLM (7.2–7.8 s)"] = [7500.0] * len(xs)
-        paths.append(save_line_plot(fig_dir / "scale_time_per_decision.png", xs, series,
-                                    xlabel="active users × free channels", ylabel="time per decision p50 (ms)",
-                                    logx=True, logy=True, hline=TARGETS["scale_p50_ms"],
-                                    title="Time per decision vs scale (dashed: 50 ms target)"))
+        paths.append(
+            save_line_plot(
+                fig_dir / "scale_time_per_decision.png",
+                xs,
+                series,
+                xlabel="active users × free channels",
+                ylabel="time per decision p50 (ms)",
+                logx=True,
+                logy=True,
+                hline=TARGETS["scale_p50_ms"],
+                title="Time per decision vs scale (dashed: 50 ms target)",
+            )
+        )
     if res.anytime:
-        paths.append(save_line_plot(fig_dir / "anytime_scale_iii.png", [r.deadline_ms for r in res.anytime],
-                                    {"auction": [r.ratio_to_km for r in res.anytime]}, xlabel="deadline (ms)",
-                                    ylabel="sum-rate / KM optimum", hline=TARGETS["scale_ratio"], logx=True,
-                                    title="Anytime at Scale III (dashed: 99.5 % target)"))
+        paths.append(
+            save_line_plot(
+                fig_dir / "anytime_scale_iii.png",
+                [r.deadline_ms for r in res.anytime],
+                {"auction": [r.ratio_to_km for r in res.anytime]},
+                xlabel="deadline (ms)",
+                ylabel="sum-rate / KM optimum",
+                hline=TARGETS["scale_ratio"],
+                logx=True,
+                title="Anytime at Scale III (dashed: 99.5 % target)",
+            )
+        )
     if res.e2e:
         sizes = sorted({r.num_ue for r in res.e2e})
         lines = {}
@@ -54,7 +81,18 @@ def plot(fig_dir: Path, res: Results) -> list[Path]:
                 rows = [res.e2e_row(preset, n, tr) for n in sizes]
                 for q in ("p50", "p99"):
                     lines[f"{preset} {tr} {q}"] = [math.nan if r is None else getattr(r, f"{q}_ms") for r in rows]
-        paths.append(save_line_plot(fig_dir / "e2e_latency.png", sizes, lines, xlabel="users N (R = 69)",
-                                    ylabel="end-to-end latency (ms)", logx=True, logy=True, hline=1.0,
-                                    title="End-to-end latency on loopback (dashed: 1 ms)", figsize=(8.0, 5.0)))
+        paths.append(
+            save_line_plot(
+                fig_dir / "e2e_latency.png",
+                sizes,
+                lines,
+                xlabel="users N (R = 69)",
+                ylabel="end-to-end latency (ms)",
+                logx=True,
+                logy=True,
+                hline=1.0,
+                title="End-to-end latency on loopback (dashed: 1 ms)",
+                figsize=(8.0, 5.0),
+            )
+        )
     return paths

@@ -72,8 +72,9 @@ def _known_cell(state: SlotState) -> CellHistory:
     return record_decision(CellHistory.empty(), replace(state, slot=state.slot - 1), np.zeros(state.num_res, np.int64))
 
 
-def _play(states: Sequence[SlotState], policy: str, pset: PolicySet, seed: int,
-          deadline_s: float | None = None) -> tuple[list[float], list[float], list[dict], list[float]]:
+def _play(
+    states: Sequence[SlotState], policy: str, pset: PolicySet, seed: int, deadline_s: float | None = None
+) -> tuple[list[float], list[float], list[dict], list[float]]:
     """Decide every state in order with a steady cell history; (utilities, total ms, notes, CPU ms)."""
     history = _known_cell(states[0])
     util, ms, notes, cpu = [], [], [], []
@@ -104,7 +105,9 @@ def run_scale(plan: Plan, seed: int, pset: PolicySet, notes: list[str]) -> tuple
     anytime study, Scale III's states with their KM values."""
     policies = [p for p in SCALE_POLICIES if p != "student" or student_available()]
     if "student" not in policies:
-        notes.append("student: no ONNX student model is installed for the spectrum preset, so it is not in the scale table")
+        notes.append(
+            "student: no ONNX student model is installed for the spectrum preset, so it is not in the scale table"
+        )
     rows: list[ScaleRow] = []
     keep: dict[str, Any] = {}
     for i, (scenario, slots) in enumerate(plan.scale_slots.items()):
@@ -120,8 +123,23 @@ def run_scale(plan: Plan, seed: int, pset: PolicySet, notes: list[str]) -> tuple
         n, r, busy = scenario_shape(scenario)
         active = float(np.mean([s.user_eligible.sum() for s in states]))
         km_p50 = pct(km_ms, 50)
-        rows.append(ScaleRow(scenario, n, r, busy, active, "km", slots, 1.0, km_p50, max(km_ms), km_p50, 1.0,
-                             cpu_p50_ms=pct(km_cpu, 50)))
+        rows.append(
+            ScaleRow(
+                scenario,
+                n,
+                r,
+                busy,
+                active,
+                "km",
+                slots,
+                1.0,
+                km_p50,
+                max(km_ms),
+                km_p50,
+                1.0,
+                cpu_p50_ms=pct(km_cpu, 50),
+            )
+        )
         for policy in policies:
             if policy == "grouped_km" and n < 100:
                 continue  # blocks of 100: identical to km below 100 users
@@ -134,13 +152,32 @@ def run_scale(plan: Plan, seed: int, pset: PolicySet, notes: list[str]) -> tuple
             ratio = float(np.sum(util) / np.sum(km_util)) if np.sum(km_util) > 0 else math.nan
             cert = None
             if policy == "auction":
-                cert = float(np.mean([bool(x.get("certified_optimal")) or x.get("stage") == "dense_exact"
-                                      for x in pnotes]))
+                cert = float(
+                    np.mean([bool(x.get("certified_optimal")) or x.get("stage") == "dense_exact" for x in pnotes])
+                )
             p50 = pct(ms, 50)
-            rows.append(ScaleRow(scenario, n, r, busy, active, policy, slots, ratio, p50, max(ms), km_p50,
-                                 km_p50 / p50 if p50 > 0 else math.nan, cert, pct(cpu, 50)))
-        log(f"scale {i + 1}/{len(plan.scale_slots)} {scenario}: {len(policies) + 1} policies × {slots} slots "
-             f"in {time.perf_counter() - t0:.1f} s")
+            rows.append(
+                ScaleRow(
+                    scenario,
+                    n,
+                    r,
+                    busy,
+                    active,
+                    policy,
+                    slots,
+                    ratio,
+                    p50,
+                    max(ms),
+                    km_p50,
+                    km_p50 / p50 if p50 > 0 else math.nan,
+                    cert,
+                    pct(cpu, 50),
+                )
+            )
+        log(
+            f"scale {i + 1}/{len(plan.scale_slots)} {scenario}: {len(policies) + 1} policies × {slots} slots "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
     return rows, keep
 
 
@@ -159,10 +196,10 @@ class AnytimeRow:
 
 def run_anytime(plan: Plan, kept: dict, seed: int) -> list[AnytimeRow]:
     """``auction`` at Scale III with a per-slot deadline (no fallback: the policy itself must answer)."""
-    states = kept.get("states", [])[:plan.anytime_slots]
+    states = kept.get("states", [])[: plan.anytime_slots]
     if not states:
         return []
-    km_util = kept["km_util"][:len(states)]
+    km_util = kept["km_util"][: len(states)]
     rows = []
     pset = PolicySet()
     _play(states[:2], "auction", pset, seed)  # warm the instance's stage-cost estimates
@@ -225,8 +262,18 @@ def run_stages(plan: Plan, seed: int, notes: list[str]) -> list[StageRow]:
                 over.append(dt - d.timings_us["total"])
                 for k in STAGES:
                     stage[k].append(d.timings_us.get(k, 0.0))
-            rows.append(StageRow(preset, policy, 100, NUM_RBG, {k: round(pct(v, 50), 2) for k, v in stage.items()},
-                                 pct(wall, 50), pct(wall, 99), pct(over, 50)))
+            rows.append(
+                StageRow(
+                    preset,
+                    policy,
+                    100,
+                    NUM_RBG,
+                    {k: round(pct(v, 50), 2) for k, v in stage.items()},
+                    pct(wall, 50),
+                    pct(wall, 99),
+                    pct(over, 50),
+                )
+            )
             log(f"stages {preset}/{policy}: schedule p50 {rows[-1].schedule_p50_us:.0f} µs")
     return rows
 
@@ -279,10 +326,18 @@ def run_guard(plan: Plan, seed: int, notes: list[str]) -> list[GuardRow]:
                 engaged += d.fallback_reason == "guard"
     for core in (off, on):
         core.close()
-    row = GuardRow(preset, "student", reference, 100, NUM_RBG, len(states), pct(wall["off"], 50),
-                   pct(wall["on"], 50), pct(wall["on"], 50) / pct(wall["off"], 50), pct(guard_us, 50),
-                   engaged / len(states))
+    row = GuardRow(
+        preset,
+        "student",
+        reference,
+        100,
+        NUM_RBG,
+        len(states),
+        pct(wall["off"], 50),
+        pct(wall["on"], 50),
+        pct(wall["on"], 50) / pct(wall["off"], 50),
+        pct(guard_us, 50),
+        engaged / len(states),
+    )
     log(f"guard {preset}/student: off {row.off_p50_us:.0f} µs, on {row.on_p50_us:.0f} µs ({row.ratio:.2f}×)")
     return [row]
-
-

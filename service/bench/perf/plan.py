@@ -37,13 +37,26 @@ class Plan:
 
 FULL = Plan(
     scale_slots={**{s: 5 for s in PAPER_GRID}, "scale-I": 5, "scale-II": 5, "scale-III": 5, "scale-III-all-active": 3},
-    anytime_deadlines_ms=(2.0, 5.0, 10.0, 20.0, 30.0, 50.0), anytime_slots=3, stage_slots=300,
-    e2e_sizes=(10, 100, 1000), e2e_requests={10: 2000, 100: 2000, 1000: 200}, e2e_warmup=200,
-    load_clients=8, load_seconds=5.0)
+    anytime_deadlines_ms=(2.0, 5.0, 10.0, 20.0, 30.0, 50.0),
+    anytime_slots=3,
+    stage_slots=300,
+    e2e_sizes=(10, 100, 1000),
+    e2e_requests={10: 2000, 100: 2000, 1000: 200},
+    e2e_warmup=200,
+    load_clients=8,
+    load_seconds=5.0,
+)
 QUICK = Plan(
-    scale_slots={"u5-c5-b1": 2, "u15-c20-b8": 2, "scale-I": 1}, anytime_deadlines_ms=(5.0, 20.0), anytime_slots=1,
-    stage_slots=30, e2e_sizes=(10, 100), e2e_requests={10: 40, 100: 40}, e2e_warmup=10, load_clients=2,
-    load_seconds=0.5)
+    scale_slots={"u5-c5-b1": 2, "u15-c20-b8": 2, "scale-I": 1},
+    anytime_deadlines_ms=(5.0, 20.0),
+    anytime_slots=1,
+    stage_slots=30,
+    e2e_sizes=(10, 100),
+    e2e_requests={10: 40, 100: 40},
+    e2e_warmup=10,
+    load_clients=2,
+    load_seconds=0.5,
+)
 
 
 def log(msg: str) -> None:

@@ -28,22 +28,28 @@ def target_lines(res: Results) -> list[str]:
     lines = []
     a3 = res.scale_row("scale-III", "auction")
     if a3 is not None:
-        lines.append(f"- Scale III (2000 users, 2000 channels, 400 busy; fading): `auction` reaches "
-                     f"{a3.ratio_to_km:.4%} of the exact optimum (target ≥ {TARGETS['scale_ratio']:.1%}) with p50 "
-                     f"{a3.time_p50_ms:.1f} ms per decision (target ≤ {TARGETS['scale_p50_ms']:.0f} ms): "
-                     f"{_ok(a3.ratio_to_km >= TARGETS['scale_ratio'] and a3.time_p50_ms <= TARGETS['scale_p50_ms'])}"
-                     f" — {a3.cpu_p50_ms:.1f} ms of CPU; KM takes {a3.km_time_p50_ms:.0f} ms "
-                     f"({a3.speedup_vs_km:.0f}× slower).")
+        lines.append(
+            f"- Scale III (2000 users, 2000 channels, 400 busy; fading): `auction` reaches "
+            f"{a3.ratio_to_km:.4%} of the exact optimum (target ≥ {TARGETS['scale_ratio']:.1%}) with p50 "
+            f"{a3.time_p50_ms:.1f} ms per decision (target ≤ {TARGETS['scale_p50_ms']:.0f} ms): "
+            f"{_ok(a3.ratio_to_km >= TARGETS['scale_ratio'] and a3.time_p50_ms <= TARGETS['scale_p50_ms'])}"
+            f" — {a3.cpu_p50_ms:.1f} ms of CPU; KM takes {a3.km_time_p50_ms:.0f} ms "
+            f"({a3.speedup_vs_km:.0f}× slower)."
+        )
     else:
         lines.append("- Scale III: not measured in this run (`--quick`).")
     s = res.e2e_row("mac", 100, "grpc-stream")
     r = res.e2e_row("mac", 100, "rest")
     if s is not None:
-        lines.append(f"- gRPC stream at N = 100, R = 69 (mac, pf): p99 {s.p99_ms:.3f} ms (target ≤ "
-                     f"{TARGETS['grpc_stream_p99_ms']:.0f} ms): {_ok(s.p99_ms <= TARGETS['grpc_stream_p99_ms'])}")
+        lines.append(
+            f"- gRPC stream at N = 100, R = 69 (mac, pf): p99 {s.p99_ms:.3f} ms (target ≤ "
+            f"{TARGETS['grpc_stream_p99_ms']:.0f} ms): {_ok(s.p99_ms <= TARGETS['grpc_stream_p99_ms'])}"
+        )
     if r is not None:
-        lines.append(f"- REST at N = 100, R = 69 (mac, pf): p50 {r.p50_ms:.3f} ms (target ≤ "
-                     f"{TARGETS['rest_p50_ms']:.0f} ms): {_ok(r.p50_ms <= TARGETS['rest_p50_ms'])}")
+        lines.append(
+            f"- REST at N = 100, R = 69 (mac, pf): p50 {r.p50_ms:.3f} ms (target ≤ "
+            f"{TARGETS['rest_p50_ms']:.0f} ms): {_ok(r.p50_ms <= TARGETS['rest_p50_ms'])}"
+        )
     return lines
 
 
@@ -53,19 +59,27 @@ def paper_lines(res: Results) -> list[str]:
     rows: list[list[Any]] = [["LSA: LLM policy, time per decision (ultra-dense scales)", f"{lo}–{hi} s", "", ""]]
     a3 = res.scale_row("scale-III", "auction")
     if a3 is not None:
-        rows[-1][2:] = [f"`auction` at Scale III: {a3.time_p50_ms:.1f} ms p50 (ratio {a3.ratio_to_km:.4f})",
-                        f"{lo * 1e3 / a3.time_p50_ms:.0f}× faster"]
+        rows[-1][2:] = [
+            f"`auction` at Scale III: {a3.time_p50_ms:.1f} ms p50 (ratio {a3.ratio_to_km:.4f})",
+            f"{lo * 1e3 / a3.time_p50_ms:.0f}× faster",
+        ]
     sc = PAPER["lsa_llm_scenario"]
     a, km = res.scale_row(sc, "auction"), res.scale_row(sc, "km")
     stu = res.scale_row(sc, "student")
     ours_sc = [] if a is None else [f"`auction`: {a.ratio_to_km:.2%}"]
     if stu is not None:
         ours_sc.append(f"`student` (ONNX, distilled): {stu.ratio_to_km:.2%} in {stu.time_p50_ms:.3f} ms")
-    rows.append(["LSA: LLM policy, share of KM at (15,20,8)", f"{PAPER['lsa_llm_ratio_to_km']:.1%}",
-                 "; ".join(ours_sc), ""])
-    rows.append(["LSA: KM time at (15,20,8)", f"{PAPER['lsa_km_ms']} ms",
-                 "" if km is None else f"KM (scipy) through our pipeline: {km.time_p50_ms:.3f} ms p50",
-                 "" if km is None else f"{PAPER['lsa_km_ms'] / km.time_p50_ms:.0f}× faster"])
+    rows.append(
+        ["LSA: LLM policy, share of KM at (15,20,8)", f"{PAPER['lsa_llm_ratio_to_km']:.1%}", "; ".join(ours_sc), ""]
+    )
+    rows.append(
+        [
+            "LSA: KM time at (15,20,8)",
+            f"{PAPER['lsa_km_ms']} ms",
+            "" if km is None else f"KM (scipy) through our pipeline: {km.time_p50_ms:.3f} ms p50",
+            "" if km is None else f"{PAPER['lsa_km_ms'] / km.time_p50_ms:.0f}× faster",
+        ]
+    )
     st = next((r for r in res.stages if r.preset == "mac" and r.policy == "pf"), None)
     learned = next((r for r in res.stages if r.preset == "mac" and r.policy == "student"), None)
     s = res.e2e_row("mac", 100, "grpc-stream")
@@ -76,104 +90,273 @@ def paper_lines(res: Results) -> list[str]:
         ours.append(f"pf in process {st.schedule_p50_us / 1e3:.3f} ms p50")
     if s is not None:
         ours.append(f"over gRPC stream {s.p50_ms:.3f} ms p50 / {s.p99_ms:.3f} ms p99 (N = 100)")
-    rows.append(["Stackelberg: Llama-3.2-1B, time per decision", f"{PAPER['stackelberg_llama_ms']} ms",
-                 "; ".join(ours), "" if s is None else f"{PAPER['stackelberg_llama_ms'] / s.p50_ms:.0f}× faster"])
+    rows.append(
+        [
+            "Stackelberg: Llama-3.2-1B, time per decision",
+            f"{PAPER['stackelberg_llama_ms']} ms",
+            "; ".join(ours),
+            "" if s is None else f"{PAPER['stackelberg_llama_ms'] / s.p50_ms:.0f}× faster",
+        ]
+    )
     return [md_table(["figure", "paper", "ours", "ratio"], rows)]
 
 
 def producer(res: Results) -> Producer:
     """The command and configuration of the run, as the sections' headers state them."""
     m = res.meta
-    return Producer("perf", str(m.get("command", "gnbsched bench perf")), int(m.get("seed", 0)),
-                    bool(m.get("quick", False)))
+    return Producer(
+        "perf", str(m.get("command", "gnbsched bench perf")), int(m.get("seed", 0)), bool(m.get("quick", False))
+    )
 
 
 def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
     """The perf sections of ``BENCHMARKS.md``, each with its header."""
     m = res.meta
     by = producer(res)
-    run_line = (f" on {m['date']} in {m['wall_s']:.0f} s. Machine: {m['machine']}; load average at start / end "
-                f"{m['load_start']} / {m['load_end']} (other work on the machine inflates every time of this run). "
-                f"Raw figures in `{RESULTS_FILE.as_posix()}`.")
+    run_line = (
+        f" on {m['date']} in {m['wall_s']:.0f} s. Machine: {m['machine']}; load average at start / end "
+        f"{m['load_start']} / {m['load_end']} (other work on the machine inflates every time of this run). "
+        f"Raw figures in `{RESULTS_FILE.as_posix()}`."
+    )
     out_sections = [by.section("Targets", target_lines(res), extra=run_line)]
     if res.scale:
-        out_sections.append(by.section("Our policies against the exact Hungarian solver, at every scale", [
-            "Spectrum access (SPEC §2: path loss, Rayleigh fading, bursty users, busy channels). Every policy plays "
-            "the same slots with its own cell history through `service.pipeline.decide`. *ratio* = Σ sum-rate / "
-            "Σ KM sum-rate on those slots; *time* = policy + PAG check + repair per decision; *speed-up* = KM's p50 "
-            "time / the policy's. *CPU* = CPU time of the deciding process per decision, which other work on a "
-            "shared machine does not inflate the way it inflates wall time. `auction` also proves optimality per "
-            "slot (LP duality certificate): *certified* is the share of its slots with a proof (instances below "
-            "160 000 pairs go to the dense exact solver, which is exact by construction).",
-            "",
-            md_table(["scenario (N, R, busy)", "active users", "policy", "slots", "ratio to KM", "time p50 (ms)",
-                      "time max (ms)", "CPU p50 (ms)", "speed-up vs KM", "certified"],
-                     [[f"{r.scenario} ({r.num_ue},{r.num_channels},{r.num_busy})", f"{r.mean_active_users:.0f}",
-                       r.policy, r.slots, f"{r.ratio_to_km:.4f}", f"{r.time_p50_ms:.3f}", f"{r.time_max_ms:.3f}",
-                       _ms(r.cpu_p50_ms), f"{r.speedup_vs_km:.2f}×",
-                       "" if r.certified_share is None else f"{r.certified_share:.0%}"] for r in res.scale]),
-        ]))
+        out_sections.append(
+            by.section(
+                "Our policies against the exact Hungarian solver, at every scale",
+                [
+                    "Spectrum access (SPEC §2: path loss, Rayleigh fading, bursty users, busy channels). Every policy plays "
+                    "the same slots with its own cell history through `service.pipeline.decide`. *ratio* = Σ sum-rate / "
+                    "Σ KM sum-rate on those slots; *time* = policy + PAG check + repair per decision; *speed-up* = KM's p50 "
+                    "time / the policy's. *CPU* = CPU time of the deciding process per decision, which other work on a "
+                    "shared machine does not inflate the way it inflates wall time. `auction` also proves optimality per "
+                    "slot (LP duality certificate): *certified* is the share of its slots with a proof (instances below "
+                    "160 000 pairs go to the dense exact solver, which is exact by construction).",
+                    "",
+                    md_table(
+                        [
+                            "scenario (N, R, busy)",
+                            "active users",
+                            "policy",
+                            "slots",
+                            "ratio to KM",
+                            "time p50 (ms)",
+                            "time max (ms)",
+                            "CPU p50 (ms)",
+                            "speed-up vs KM",
+                            "certified",
+                        ],
+                        [
+                            [
+                                f"{r.scenario} ({r.num_ue},{r.num_channels},{r.num_busy})",
+                                f"{r.mean_active_users:.0f}",
+                                r.policy,
+                                r.slots,
+                                f"{r.ratio_to_km:.4f}",
+                                f"{r.time_p50_ms:.3f}",
+                                f"{r.time_max_ms:.3f}",
+                                _ms(r.cpu_p50_ms),
+                                f"{r.speedup_vs_km:.2f}×",
+                                "" if r.certified_share is None else f"{r.certified_share:.0%}",
+                            ]
+                            for r in res.scale
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.anytime:
-        out_sections.append(by.section("Anytime: `auction` at Scale III under a per-slot deadline", [
-            "The deadline covers the whole pipeline (history view, policy, check, repair) of a cell that already "
-            "knows its users. At the deadline the policy returns its best decision so far, from the last stage it "
-            "completed: *sorted* (strongest users on the widest channels, O(n log n)), *sampled* (bids on 32 "
-            "seeded random channels per user), *auction* (the auction's assignment, completed by the sorted rule), "
-            "*sparse_exact*, *certified_optimal* (proved optimal). *fallbacks* counts slots where the pipeline had "
-            "to replace it because it answered late (fallback chain: `random`).",
-            "",
-            md_table(["deadline (ms)", "ratio to KM", "time p50 (ms)", "time max (ms)", "stages reached", "fallbacks"],
-                     [[f"{r.deadline_ms:g}", f"{r.ratio_to_km:.4f}", f"{r.time_p50_ms:.2f}", f"{r.time_max_ms:.2f}",
-                       ", ".join(f"{k}: {v}" for k, v in r.stages.items()), r.fell_back] for r in res.anytime]),
-        ]))
+        out_sections.append(
+            by.section(
+                "Anytime: `auction` at Scale III under a per-slot deadline",
+                [
+                    "The deadline covers the whole pipeline (history view, policy, check, repair) of a cell that already "
+                    "knows its users. At the deadline the policy returns its best decision so far, from the last stage it "
+                    "completed: *sorted* (strongest users on the widest channels, O(n log n)), *sampled* (bids on 32 "
+                    "seeded random channels per user), *auction* (the auction's assignment, completed by the sorted rule), "
+                    "*sparse_exact*, *certified_optimal* (proved optimal). *fallbacks* counts slots where the pipeline had "
+                    "to replace it because it answered late (fallback chain: `random`).",
+                    "",
+                    md_table(
+                        [
+                            "deadline (ms)",
+                            "ratio to KM",
+                            "time p50 (ms)",
+                            "time max (ms)",
+                            "stages reached",
+                            "fallbacks",
+                        ],
+                        [
+                            [
+                                f"{r.deadline_ms:g}",
+                                f"{r.ratio_to_km:.4f}",
+                                f"{r.time_p50_ms:.2f}",
+                                f"{r.time_max_ms:.2f}",
+                                ", ".join(f"{k}: {v}" for k, v in r.stages.items()),
+                                r.fell_back,
+                            ]
+                            for r in res.anytime
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.stages:
-        out_sections.append(by.section("Per-stage times in process (N = 100 users, R = 69 RBGs / channels)", [
-            "`ServiceCore.schedule` with the in-process store, p50 per stage in µs; *core* = what the core adds "
-            "around the pipeline (store load / save, history update).",
-            "",
-            md_table(["preset", "policy", *[f"{k} (µs)" for k in STAGES], "core (µs)", "schedule p50 (µs)",
-                      "schedule p99 (µs)"],
-                     [[r.preset, r.policy, *[f"{r.stage_p50_us[k]:.1f}" for k in STAGES],
-                       f"{r.core_overhead_p50_us:.1f}", f"{r.schedule_p50_us:.1f}", f"{r.schedule_p99_us:.1f}"]
-                      for r in res.stages]),
-        ]))
+        out_sections.append(
+            by.section(
+                "Per-stage times in process (N = 100 users, R = 69 RBGs / channels)",
+                [
+                    "`ServiceCore.schedule` with the in-process store, p50 per stage in µs; *core* = what the core adds "
+                    "around the pipeline (store load / save, history update).",
+                    "",
+                    md_table(
+                        [
+                            "preset",
+                            "policy",
+                            *[f"{k} (µs)" for k in STAGES],
+                            "core (µs)",
+                            "schedule p50 (µs)",
+                            "schedule p99 (µs)",
+                        ],
+                        [
+                            [
+                                r.preset,
+                                r.policy,
+                                *[f"{r.stage_p50_us[k]:.1f}" for k in STAGES],
+                                f"{r.core_overhead_p50_us:.1f}",
+                                f"{r.schedule_p50_us:.1f}",
+                                f"{r.schedule_p99_us:.1f}",
+                            ]
+                            for r in res.stages
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.guard:
-        out_sections.append(by.section("Cost of the run-time guard (N = 100 users, R = 69 RBGs)", [
-            "`ServiceCore.schedule` of the student with the guard off and on (the reference decided on the same "
-            "slot, both utilities windowed), alternating slot by slot on the same states; p50 wall time in µs.",
-            "",
-            md_table(["preset", "policy", "reference", "slots", "guard off p50 (µs)", "guard on p50 (µs)", "on / off",
-                      "guard stage p50 (µs)"],
-                     [[r.preset, r.policy, r.reference, r.slots, f"{r.off_p50_us:.1f}", f"{r.on_p50_us:.1f}",
-                       f"{r.ratio:.2f}×", f"{r.guard_stage_p50_us:.1f}"] for r in res.guard]),
-        ]))
+        out_sections.append(
+            by.section(
+                "Cost of the run-time guard (N = 100 users, R = 69 RBGs)",
+                [
+                    "`ServiceCore.schedule` of the student with the guard off and on (the reference decided on the same "
+                    "slot, both utilities windowed), alternating slot by slot on the same states; p50 wall time in µs.",
+                    "",
+                    md_table(
+                        [
+                            "preset",
+                            "policy",
+                            "reference",
+                            "slots",
+                            "guard off p50 (µs)",
+                            "guard on p50 (µs)",
+                            "on / off",
+                            "guard stage p50 (µs)",
+                        ],
+                        [
+                            [
+                                r.preset,
+                                r.policy,
+                                r.reference,
+                                r.slots,
+                                f"{r.off_p50_us:.1f}",
+                                f"{r.on_p50_us:.1f}",
+                                f"{r.ratio:.2f}×",
+                                f"{r.guard_stage_p50_us:.1f}",
+                            ]
+                            for r in res.guard
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.e2e:
-        out_sections.append(by.section("End to end through the real service", [
-            "`gnbsched serve` (REST on uvicorn + gRPC, one process, in-process state) on loopback, one client in "
-            "lock-step: REST = `POST /schedule` over a keep-alive connection (JSON, orjson); gRPC unary = "
-            "`Schedule`; gRPC stream = one `StreamSlots` call, one request per slot. mac requests carry the UEs' "
-            "spectral efficiency and buffers (the service computes the TBS), spectrum requests the rate matrix. "
-            f"R = {NUM_RBG}. *server pipeline* = the decision's own time (policy, check, repair, as the service "
-            "reports it); *server decode* = request to slot (validation, utility); the rest is transport.",
-            "",
-            md_table(["preset", "policy", "N", "transport", "requests", "p50 (ms)", "p99 (ms)",
-                      "server pipeline p50 (ms)", "server decode p50 (ms)"],
-                     [[r.preset, r.policy, r.num_ue, r.transport, r.requests, f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-                       _ms(r.server_total_p50_ms), _ms(r.server_decode_p50_ms)] for r in res.e2e]),
-        ]))
+        out_sections.append(
+            by.section(
+                "End to end through the real service",
+                [
+                    "`gnbsched serve` (REST on uvicorn + gRPC, one process, in-process state) on loopback, one client in "
+                    "lock-step: REST = `POST /schedule` over a keep-alive connection (JSON, orjson); gRPC unary = "
+                    "`Schedule`; gRPC stream = one `StreamSlots` call, one request per slot. mac requests carry the UEs' "
+                    "spectral efficiency and buffers (the service computes the TBS), spectrum requests the rate matrix. "
+                    f"R = {NUM_RBG}. *server pipeline* = the decision's own time (policy, check, repair, as the service "
+                    "reports it); *server decode* = request to slot (validation, utility); the rest is transport.",
+                    "",
+                    md_table(
+                        [
+                            "preset",
+                            "policy",
+                            "N",
+                            "transport",
+                            "requests",
+                            "p50 (ms)",
+                            "p99 (ms)",
+                            "server pipeline p50 (ms)",
+                            "server decode p50 (ms)",
+                        ],
+                        [
+                            [
+                                r.preset,
+                                r.policy,
+                                r.num_ue,
+                                r.transport,
+                                r.requests,
+                                f"{r.p50_ms:.3f}",
+                                f"{r.p99_ms:.3f}",
+                                _ms(r.server_total_p50_ms),
+                                _ms(r.server_decode_p50_ms),
+                            ]
+                            for r in res.e2e
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.load:
-        out_sections.append(by.section("Decisions per second under a bounded concurrent load", [
-            "A fixed number of concurrent lock-step clients, one cell each, for a fixed time, against the same "
-            "single-process service (clients and server share the machine's cores).",
-            "",
-            md_table(["transport", "preset", "policy", "N", "clients", "seconds", "decisions", "decisions/s",
-                      "p50 (ms)", "p99 (ms)"],
-                     [[r.transport, r.preset, r.policy, r.num_ue, r.clients, f"{r.seconds:g}", r.decisions,
-                       f"{r.decisions_per_s:.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}"] for r in res.load]),
-        ]))
+        out_sections.append(
+            by.section(
+                "Decisions per second under a bounded concurrent load",
+                [
+                    "A fixed number of concurrent lock-step clients, one cell each, for a fixed time, against the same "
+                    "single-process service (clients and server share the machine's cores).",
+                    "",
+                    md_table(
+                        [
+                            "transport",
+                            "preset",
+                            "policy",
+                            "N",
+                            "clients",
+                            "seconds",
+                            "decisions",
+                            "decisions/s",
+                            "p50 (ms)",
+                            "p99 (ms)",
+                        ],
+                        [
+                            [
+                                r.transport,
+                                r.preset,
+                                r.policy,
+                                r.num_ue,
+                                r.clients,
+                                f"{r.seconds:g}",
+                                r.decisions,
+                                f"{r.decisions_per_s:.0f}",
+                                f"{r.p50_ms:.3f}",
+                                f"{r.p99_ms:.3f}",
+                            ]
+                            for r in res.load
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.rss_mib:
-        out_sections.append(by.section("Peak memory", [
-            md_table(["process", "peak RSS (MiB)"], [[k, f"{v:.0f}"] for k, v in res.rss_mib.items()])]))
+        out_sections.append(
+            by.section(
+                "Peak memory",
+                [md_table(["process", "peak RSS (MiB)"], [[k, f"{v:.0f}"] for k, v in res.rss_mib.items()])],
+            )
+        )
     out_sections.append(by.section("The papers' figures beside ours", paper_lines(res)))
     if figures:
         out_sections.append(by.section("Figures", [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in figures]))
@@ -194,22 +377,35 @@ def summary(res: Results) -> str:
     for r in res.scale:
         if r.policy == "km":
             continue
-        out.append(f"  {r.scenario:22s} {r.policy:11s} ratio {r.ratio_to_km:.4f}  time {r.time_p50_ms:9.3f} ms  "
-                   f"= KM/{r.speedup_vs_km:.1f}" + ("" if r.certified_share is None else
-                                                     f"  certified {r.certified_share:.0%}"))
+        out.append(
+            f"  {r.scenario:22s} {r.policy:11s} ratio {r.ratio_to_km:.4f}  time {r.time_p50_ms:9.3f} ms  "
+            f"= KM/{r.speedup_vs_km:.1f}"
+            + ("" if r.certified_share is None else f"  certified {r.certified_share:.0%}")
+        )
     for a in res.anytime:
-        out.append(f"  anytime scale-III deadline {a.deadline_ms:5g} ms: ratio {a.ratio_to_km:.4f}, p50 {a.time_p50_ms:.1f} ms")
+        out.append(
+            f"  anytime scale-III deadline {a.deadline_ms:5g} ms: ratio {a.ratio_to_km:.4f}, p50 {a.time_p50_ms:.1f} ms"
+        )
     for st in res.stages:
-        out.append(f"  stages {st.preset}/{st.policy}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.stage_p50_us.items())
-                   + f" µs; schedule {st.schedule_p50_us:.0f} µs")
+        out.append(
+            f"  stages {st.preset}/{st.policy}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in st.stage_p50_us.items())
+            + f" µs; schedule {st.schedule_p50_us:.0f} µs"
+        )
     for g in res.guard:
-        out.append(f"  guard {g.preset}/{g.policy} (reference {g.reference}) N={g.num_ue} R={g.num_res}: "
-                   f"off {g.off_p50_us:.0f} µs, on {g.on_p50_us:.0f} µs p50 = {g.ratio:.2f}× "
-                   f"(guard stage {g.guard_stage_p50_us:.0f} µs)")
+        out.append(
+            f"  guard {g.preset}/{g.policy} (reference {g.reference}) N={g.num_ue} R={g.num_res}: "
+            f"off {g.off_p50_us:.0f} µs, on {g.on_p50_us:.0f} µs p50 = {g.ratio:.2f}× "
+            f"(guard stage {g.guard_stage_p50_us:.0f} µs)"
+        )
     for e in res.e2e:
-        out.append(f"  e2e {e.preset}/{e.policy} N={e.num_ue:<5d} {e.transport:12s} p50 {e.p50_ms:.3f} ms  p99 {e.p99_ms:.3f} ms")
+        out.append(
+            f"  e2e {e.preset}/{e.policy} N={e.num_ue:<5d} {e.transport:12s} p50 {e.p50_ms:.3f} ms  p99 {e.p99_ms:.3f} ms"
+        )
     for ld in res.load:
-        out.append(f"  load {ld.transport:12s} {ld.clients} clients: {ld.decisions_per_s:.0f} decisions/s (p99 {ld.p99_ms:.2f} ms)")
+        out.append(
+            f"  load {ld.transport:12s} {ld.clients} clients: {ld.decisions_per_s:.0f} decisions/s (p99 {ld.p99_ms:.2f} ms)"
+        )
     for k, v in res.rss_mib.items():
         out.append(f"  peak RSS {k}: {v:.0f} MiB")
     out += ["  " + line.lstrip("- ") for line in target_lines(res)]

@@ -64,11 +64,21 @@ class Results:
                 return [clean(x) for x in v]
             return v
 
-        return clean({"meta": self.meta, "paper": PAPER, "targets": TARGETS,
-                      "scale": [asdict(r) for r in self.scale], "anytime": [asdict(r) for r in self.anytime],
-                      "stages": [asdict(r) for r in self.stages],
-                      "guard": [asdict(r) for r in self.guard], "e2e": [asdict(r) for r in self.e2e],
-                      "load": [asdict(r) for r in self.load], "rss_mib": self.rss_mib, "notes": self.notes})
+        return clean(
+            {
+                "meta": self.meta,
+                "paper": PAPER,
+                "targets": TARGETS,
+                "scale": [asdict(r) for r in self.scale],
+                "anytime": [asdict(r) for r in self.anytime],
+                "stages": [asdict(r) for r in self.stages],
+                "guard": [asdict(r) for r in self.guard],
+                "e2e": [asdict(r) for r in self.e2e],
+                "load": [asdict(r) for r in self.load],
+                "rss_mib": self.rss_mib,
+                "notes": self.notes,
+            }
+        )
 
     def scale_row(self, scenario: str, policy: str) -> ScaleRow | None:
         return next((r for r in self.scale if r.scenario == scenario and r.policy == policy), None)
