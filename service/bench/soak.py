@@ -21,18 +21,16 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from service.bench.server import ServeProcess
 
 #: error kinds kept verbatim in the report (first few of each)
 _MAX_ERROR_SAMPLES = 5
@@ -143,73 +141,6 @@ def _fds(pid: int) -> int:
 
 
 # ----------------------------------------------------------------------------- the server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """``gnbsched serve`` on free loopback ports (REST and gRPC), output to a temporary file."""
-
-    def __init__(self, extra: list[str], grpc: bool) -> None:
-        self.rest_port = _free_port()
-        self.grpc_port = _free_port() if grpc else 0
-        self.log = tempfile.NamedTemporaryFile(prefix="gnbsched-soak-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--rest-port",
-                str(self.rest_port),
-                "--grpc-port",
-                str(self.grpc_port),
-                "--log-level",
-                "warning",
-                *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        import httpx
-
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gnbsched serve exited with {self.proc.returncode}: {self.output()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.rest_port}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("gnbsched serve did not become ready")
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        os.unlink(self.log.name)
-        return self.proc.returncode
 
 
 # ----------------------------------------------------------------------------- load
@@ -507,13 +438,10 @@ def run_soak(
         if pid is None:
             raise ValueError("pid: the server process to sample is needed with url")
         return asyncio.run(_drive(cfg, url, grpc_target, pid))
-    server = ServeProcess(cfg.serve_args, grpc=cfg.grpc_streams > 0)
-    try:
-        server.wait_ready()
+    with ServeProcess(cfg.serve_args, grpc=cfg.grpc_streams > 0) as server:
+        assert server.proc is not None
         target = f"127.0.0.1:{server.grpc_port}" if server.grpc_port else None
         return asyncio.run(_drive(cfg, f"http://127.0.0.1:{server.rest_port}", target, server.proc.pid))
-    finally:
-        server.stop()
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from service.bench.benchmarks_md import REPORT_NAME
 from service.bench.perf.command import add_arguments, run
-from service.bench.perf.e2e import E2ERow, LoadRow, ServerProcess, run_e2e, run_load
+from service.bench.perf.e2e import E2ERow, LoadRow, run_e2e, run_load
 from service.bench.perf.figures import plot
 from service.bench.perf.inprocess import (
     AnytimeRow,
@@ -58,7 +58,6 @@ __all__ = [
     "Plan",
     "Results",
     "ScaleRow",
-    "ServerProcess",
     "StageRow",
     "add_arguments",
     "paper_lines",

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from service.bench.benchmarks_md import load_average, machine
-from service.bench.perf.e2e import ServerProcess, run_e2e, run_load
+from service.bench.perf.e2e import run_e2e, run_load
 from service.bench.perf.figures import plot
 from service.bench.perf.inprocess import run_anytime, run_guard, run_scale, run_stages
 from service.bench.perf.plan import FULL, QUICK, log
 from service.bench.perf.report import summary, write_report
 from service.bench.perf.results import FIG_DIR, RESULTS_FILE, Results
+from service.bench.server import ServeProcess
 from service.policies.registry import PolicySet
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     res.stages = run_stages(plan, seed, res.notes)
     res.guard = run_guard(plan, seed, res.notes)
     try:
-        with ServerProcess() as server:
+        with ServeProcess() as server:
             log(f"server up: REST :{server.rest_port}, gRPC :{server.grpc_port}")
             res.e2e = run_e2e(server, plan, seed)
             res.load = run_load(server, plan, seed)

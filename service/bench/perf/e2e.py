@@ -1,7 +1,7 @@
 """The end-to-end measurements of ``gnbsched bench perf``: the real service in a subprocess.
 
-``ServerProcess`` runs ``gnbsched serve`` (REST on uvicorn + gRPC, one process, in-process
-state) on free loopback ports. ``run_e2e``: REST, gRPC unary and gRPC stream latency p50 / p99
+The server is ``service.bench.server.ServeProcess`` (REST on uvicorn + gRPC, one process,
+in-process state, free loopback ports). ``run_e2e``: REST, gRPC unary and gRPC stream latency p50 / p99
 at N ∈ {10, 100, 1000}, one lock-step client, with the server's own pipeline and decode times;
 ``run_load``: decisions/s under a bounded concurrent load. ``rest_body`` / ``request_bodies``
 build the ``POST /schedule`` bodies (also used by ``gnbsched bench validate``).
@@ -10,118 +10,19 @@ build the ``POST /schedule`` bodies (also used by ``gnbsched bench validate``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from service.bench.perf.plan import E2E_POLICY, NUM_RBG, Plan, log, pct, slot_states
+from service.bench.server import ServeProcess
 from service.types import SlotState
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``gnbsched serve`` (REST + gRPC, in-process state) in a subprocess on free loopback ports."""
-
-    def __init__(self, startup_timeout_s: float = 60.0) -> None:
-        self.rest_port, self.grpc_port = _free_port(), _free_port()
-        self.timeout_s = startup_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
-
-    def __enter__(self) -> ServerProcess:
-        import tempfile
-
-        fd, name = tempfile.mkstemp(prefix="gnbsched-perf-server-", suffix=".log")
-        self.log_path = Path(name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GNBSCHED_")}
-        cmd = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--rest-port",
-            str(self.rest_port),
-            "--grpc-port",
-            str(self.grpc_port),
-            "--log-level",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, env=env, start_new_session=True)
-        os.close(fd)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        rest_ok = grpc_ok = False
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"gnbsched serve exited with {self.proc.returncode}: {self.log_tail()}")
-            if not rest_ok:
-                with contextlib.suppress(OSError, http.client.HTTPException):
-                    conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=1.0)
-                    conn.request("GET", "/healthz")
-                    rest_ok = conn.getresponse().status == 200
-                    conn.close()
-            if rest_ok and not grpc_ok:
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5).close()
-                    grpc_ok = True
-            if rest_ok and grpc_ok:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"gnbsched serve not ready after {self.timeout_s:.0f} s: {self.log_tail()}")
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return "" if self.log_path is None or not self.log_path.exists() else self.log_path.read_text()[-chars:]
-
-    def peak_rss_mib(self) -> float:
-        """VmHWM of the server process (Linux), MiB."""
-        if self.proc is None:
-            return math.nan
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-        return math.nan
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.log_path is not None:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
 
 
 def rest_body(state: SlotState, policy: str) -> dict[str, Any]:
@@ -209,7 +110,7 @@ def _grpc_requests(states: Sequence[SlotState], policy: str, cell: str, count: i
     return out
 
 
-def run_e2e(server: ServerProcess, plan: Plan, seed: int) -> list[E2ERow]:
+def run_e2e(server: ServeProcess, plan: Plan, seed: int) -> list[E2ERow]:
     from service.api.grpc.client import SchedulerClient, stream_latency_us
 
     rows: list[E2ERow] = []
@@ -338,7 +239,7 @@ def _rest_load(port: int, bodies_per_client: list[Iterator[bytes]], seconds: flo
     return len(lat), lat
 
 
-def run_load(server: ServerProcess, plan: Plan, seed: int) -> list[LoadRow]:
+def run_load(server: ServeProcess, plan: Plan, seed: int) -> list[LoadRow]:
     """A fixed number of concurrent lock-step clients (one cell each) for a fixed time."""
     preset, n = "mac", 100
     policy = E2E_POLICY[preset]
