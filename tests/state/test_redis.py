@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from cell_slots import feedback, mac_doc
 from testkit import RedisProcess, free_port
 
 from service.api.rest.codec import decode_schedule
@@ -110,45 +111,14 @@ def test_unreachable_redis_is_unavailable_not_a_redis_exception() -> None:
         store.compare_and_set("c", 0, _record(1))
 
 
-def _mac_doc(cell: str, slot: int, policy: str) -> dict:
-    rng = np.random.default_rng(1000 + slot)
-    ids = rng.permutation(14)[:9] + 1
-    return {
-        "cell_id": cell,
-        "slot": slot,
-        "preset": "mac",
-        "policy": policy,
-        "users": [
-            {
-                "id": int(u),
-                "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-                "buffer_bits": float(rng.integers(0, 12) * 256),
-            }
-            for u in ids
-        ],
-        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)],
-    }
-
-
-def _feedback(doc: dict, owner: list) -> dict:
-    """Deliver what each scheduled user was given, but lose every third user's block."""
-    state = decode_schedule(doc).state
-    got: dict[str, float] = {}
-    for j, uid in enumerate(owner):
-        if uid is not None:
-            k = int(np.flatnonzero(state.user_ids == uid)[0])
-            got[str(uid)] = got.get(str(uid), 0.0) + float(state.utility[k, j])
-    return {"delivered_bits": {u: (0.0 if int(u) % 3 == 0 else bits) for u, bits in got.items()}}
-
-
-def _owners(core_or_client, cell: str, policy: str, slots: int, feedback: bool = True) -> list[list]:
+def _owners(core_or_client, cell: str, policy: str, slots: int, with_feedback: bool = True) -> list[list]:
     """Owners per slot, serving ``cell`` with feedback; ``core_or_client`` is a ServiceCore or a
     list of httpx clients used in turn."""
     owners: list[list] = []
     for t in range(slots):
-        doc = _mac_doc(cell, t, policy)
-        if owners and feedback:
-            doc["feedback"] = _feedback(_mac_doc(cell, t - 1, policy), owners[-1])
+        doc = mac_doc(cell, t, policy)
+        if owners and with_feedback:
+            doc["feedback"] = feedback(mac_doc(cell, t - 1, policy), owners[-1])
         if isinstance(core_or_client, list):
             c = core_or_client[t % len(core_or_client)]
             resp = c.post("/schedule", content=orjson.dumps(doc))
@@ -172,9 +142,9 @@ def test_two_cores_sharing_redis_decide_as_one(redis_url: str) -> None:
     assert _owners(pair, "shared", "pf", SLOTS) == one
     # the comparison is sensitive: two processes that do not share state decide differently (without
     # feedback: a process refuses feedback about users its copy of the cell has never seen)
-    alone = _owners(ServiceCore(Settings(), store=MemoryStore()), "shared", "pf", SLOTS, feedback=False)
+    alone = _owners(ServiceCore(Settings(), store=MemoryStore()), "shared", "pf", SLOTS, with_feedback=False)
     split = (ServiceCore(Settings(), store=MemoryStore()), ServiceCore(Settings(), store=MemoryStore()))
-    assert _owners(split, "shared", "pf", SLOTS, feedback=False) != alone
+    assert _owners(split, "shared", "pf", SLOTS, with_feedback=False) != alone
 
 
 def test_two_serve_processes_sharing_redis_serve_one_cell_alternately_as_one_process(

@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from cell_slots import feedback, mac_doc
 from testkit import REDIS_FAST_SYNC, RedisClusterNodes, RedisProcess, SentinelProcess, ServeProcess
 
 from service.api.rest.codec import decode_schedule
@@ -57,42 +58,11 @@ def _prefix() -> str:
     return f"test:{uuid.uuid4().hex[:12]}:"
 
 
-def _mac_doc(cell: str, slot: int) -> dict:
-    rng = np.random.default_rng(1000 + slot)
-    ids = rng.permutation(14)[:9] + 1
-    return {
-        "cell_id": cell,
-        "slot": slot,
-        "preset": "mac",
-        "policy": POLICY,
-        "users": [
-            {
-                "id": int(u),
-                "spectral_efficiency": float(rng.choice([0.2344, 0.6016, 1.1758])),
-                "buffer_bits": float(rng.integers(0, 12) * 256),
-            }
-            for u in ids
-        ],
-        "resources": [{"id": j, "bandwidth_hz": 1.44e6} for j in range(6)],
-    }
-
-
-def _feedback(doc: dict, owner: list) -> dict:
-    """Deliver what each scheduled user was given, but lose every third user's block."""
-    state = decode_schedule(doc).state
-    got: dict[str, float] = {}
-    for j, uid in enumerate(owner):
-        if uid is not None:
-            k = int(np.flatnonzero(state.user_ids == uid)[0])
-            got[str(uid)] = got.get(str(uid), 0.0) + float(state.utility[k, j])
-    return {"delivered_bits": {u: (0.0 if int(u) % 3 == 0 else bits) for u, bits in got.items()}}
-
-
 def _doc(cell: str, slot: int, owners: list[list]) -> dict:
     """Slot ``slot`` of ``cell`` with the feedback of the previous slot's decision."""
-    doc = _mac_doc(cell, slot)
+    doc = mac_doc(cell, slot)
     if slot > 0:
-        doc["feedback"] = _feedback(_mac_doc(cell, slot - 1), owners[slot - 1])
+        doc["feedback"] = feedback(mac_doc(cell, slot - 1), owners[slot - 1])
     return doc
 
 
