@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     ewma_slots: float = Field(100.0, description="PF averaging window in slots")
     max_users: int = Field(4096, description="largest N accepted")
     max_resources: int = Field(4096, description="largest R accepted")
+    max_cells_per_call: int = Field(
+        256,
+        ge=1,
+        description="largest number of cells in one batched call (ScheduleCells, StreamTtis, POST /schedule/batch)",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, description="largest request body accepted")
     # -- hostile and careless connections (service.api.rest.protocol, service.api.grpc.server) -----
     max_header_bytes: int = Field(

@@ -183,6 +183,61 @@ def test_a_retried_slot_is_answered_from_its_stored_decision(served) -> None:
     assert not client.schedule_request(restarted).replayed
 
 
+def test_all_cells_of_a_tti_in_one_call_decide_as_alone(served) -> None:
+    """ScheduleCells and StreamTtis: each cell decided exactly as by Schedule (its own state and
+    feedback), answers in order, a bad cell answered in its place while the others are served."""
+    srv, client = served
+    ref = _core()
+    rng = np.random.default_rng(8)
+    cells = [f"tti-{k}" for k in range(5)]
+    feedback: dict[str, dict[int, float]] = {c: {} for c in cells}
+    channel = grpc.insecure_channel(srv.target)
+    unary = channel.unary_unary(
+        "/gnbsched.v1.Scheduler/ScheduleCells",
+        request_serializer=pb.CellsRequest.SerializeToString,
+        response_deserializer=pb.CellsDecision.FromString,
+    )
+    stream = channel.stream_stream(
+        "/gnbsched.v1.Scheduler/StreamTtis",
+        request_serializer=pb.CellsRequest.SerializeToString,
+        response_deserializer=pb.CellsDecision.FromString,
+    )
+    batches, expected = [], []
+    for slot in range(6):
+        states = [_mac_slot(rng, c, slot) if k % 2 else _spectrum_slot(rng, c, slot) for k, c in enumerate(cells)]
+        reqs = [slot_to_request(st, feedback=feedback[st.cell_id] or None) for st in states]
+        bad = pb.SlotRequest()
+        bad.CopyFrom(reqs[2])
+        bad.tti_s = -1.0  # the third cell of every TTI is bad
+        reqs[2] = bad
+        batches.append(pb.CellsRequest(cells=reqs))
+        want = []
+        for k, st in enumerate(states):
+            if k == 2:
+                want.append(None)
+                continue
+            want.append(ref.schedule(st, feedback=feedback[st.cell_id] or None))
+            feedback[st.cell_id] = {int(u): float(rng.uniform(0, 3000)) for u in st.user_ids[:3]}
+        expected.append((states, want))
+    answers = [unary(b, timeout=10) for b in batches[:3]]
+    answers += list(stream(iter(batches[3:]), timeout=20))
+    for msg, (states, want) in zip(answers, expected, strict=True):
+        assert [d.cell_id for d in msg.decisions] == [st.cell_id for st in states]  # in order
+        for d, st, w in zip(msg.decisions, states, want, strict=True):
+            if w is None:
+                assert d.HasField("error") and d.error.code == "INVALID_ARGUMENT" and d.error.field == "tti_s"
+                assert len(d.owner) == 0
+            else:
+                assert not d.HasField("error")
+                _assert_same(d, st, w)
+    tiny = pb.SlotRequest(cell_id="x", slot=0, preset="spectrum", user_ids=[1], resource_ids=[1], rx_power_dbm=[-70.0])
+    too_many = pb.CellsRequest(cells=[tiny] * (_core().settings.max_cells_per_call + 1))
+    with pytest.raises(grpc.RpcError) as info:
+        unary(too_many, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.value.details().startswith("cells: ")
+    channel.close()
+
+
 def test_violations_and_fallback_are_reported(served) -> None:
     _, client = served
     ref = _core()
@@ -473,6 +528,8 @@ def test_health_and_reflection_answer(served) -> None:
     assert methods == {
         "Schedule": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision"),
         "StreamSlots": ("gnbsched.v1.SlotRequest", "gnbsched.v1.SlotDecision"),
+        "ScheduleCells": ("gnbsched.v1.CellsRequest", "gnbsched.v1.CellsDecision"),
+        "StreamTtis": ("gnbsched.v1.CellsRequest", "gnbsched.v1.CellsDecision"),
     }
 
 

@@ -53,6 +53,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -60,6 +61,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.api.contract import ScheduleArgs
 from service.api.grpc.convert import (
     decision_to_pb,
     error_to_pb,
@@ -76,6 +78,7 @@ from service.security import (
     grpc_auth_interceptor,
     grpc_server_credentials,
 )
+from service.types import SlotState
 
 log = logging.getLogger(__name__)
 
@@ -108,53 +111,99 @@ class SchedulerService:
         s = core.settings
         self.max_users = s.max_users
         self.max_resources = s.max_resources
+        self.max_cells = s.max_cells_per_call
         #: set by a graceful stop: streams answer the slot in hand, then end with UNAVAILABLE
         self.draining = False
         #: open streams: handler task -> [loop time a pending write started, or None]
         self.streams: dict[asyncio.Task, list[float | None]] = {}
         self.stall_s = float(getattr(s, "grpc_stream_stall_s", 0.0) or 0.0)
 
+    def _decode(self, req: pb.SlotRequest) -> ScheduleArgs:
+        """Validate one request (the contract's rules); ``_SlotFailure`` naming the field."""
+        try:
+            known = self.core.known_policies(req.policy if req.HasField("policy") else None)
+            return request_to_slot(
+                req, max_users=self.max_users, max_resources=self.max_resources, known_policies=known
+            )
+        except InvalidSlotError as exc:
+            self.core.observer.rejected(TRANSPORT, req.preset)
+            raise _SlotFailure(req, _code(exc.kind), exc.field, exc.message) from None
+
+    def _failure(self, req: pb.SlotRequest, state: SlotState, exc: BaseException) -> _SlotFailure:
+        """The answer of a decoded slot that got no decision (the core's error, its kind's code)."""
+        if isinstance(exc, _SlotFailure):
+            return exc
+        kind = kind_of(exc)
+        if kind not in REQUEST_KINDS:
+            log.error(
+                "gRPC: no decision for cell %s slot %s: %r",
+                state.cell_id,
+                state.slot,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__) if kind is ErrorKind.INTERNAL else None,
+            )
+        field, message = _field_message(exc, kind)
+        # the core names fields the REST way (its state rules): the proto's names
+        return _SlotFailure(req, _code(kind), proto_field(feedback_field(field, req)), message)
+
     async def decide(self, raw: bytes) -> pb.SlotDecision:
         """One slot: parse → validate → ``await core.decide`` → encode; ``_SlotFailure`` otherwise."""
         t0 = time.perf_counter()
-        req: pb.SlotRequest | None = None
         try:
-            try:
-                req = pb.SlotRequest.FromString(raw)
-            except DecodeError as exc:
-                raise InvalidSlotError("request", f"not a valid gnbsched.v1.SlotRequest: {exc}") from None
-            known = self.core.known_policies(req.policy if req.HasField("policy") else None)
-            dec = request_to_slot(req, max_users=self.max_users, max_resources=self.max_resources, known_policies=known)
-        except InvalidSlotError as exc:
-            self.core.observer.rejected(TRANSPORT, req.preset if req is not None else None)
-            raise _SlotFailure(req, _code(exc.kind), exc.field, exc.message) from None
-        state = dec.state
+            req = pb.SlotRequest.FromString(raw)
+        except DecodeError as exc:
+            self.core.observer.rejected(TRANSPORT, None)
+            raise _SlotFailure(None, grpc.StatusCode.INVALID_ARGUMENT, "request",
+                               f"not a valid gnbsched.v1.SlotRequest: {exc}") from None  # fmt: skip
+        dec = self._decode(req)
         try:
             decision = await self.core.decide(
-                state,
+                dec.state,
                 policy=dec.policy,
                 deadline_ms=dec.deadline_ms,
                 feedback=dec.feedback,
                 epoch=dec.epoch,
                 transport=TRANSPORT,
             )
-            msg = decision_to_pb(state, decision)
         except Exception as exc:
-            kind = kind_of(exc)
-            if kind not in REQUEST_KINDS:
-                log.error(
-                    "gRPC: no decision for cell %s slot %s: %r",
-                    state.cell_id,
-                    state.slot,
-                    exc,
-                    exc_info=kind is ErrorKind.INTERNAL,
-                )
-            field, message = _field_message(exc, kind)
-            if req is not None:  # the core names fields the REST way (its state rules): the proto's names
-                field = proto_field(feedback_field(field, req))
-            raise _SlotFailure(req, _code(kind), field, message) from exc
+            raise self._failure(req, dec.state, exc) from exc
+        msg = decision_to_pb(dec.state, decision)
         self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
         return msg
+
+    async def decide_cells(self, raw: bytes) -> pb.CellsDecision:
+        """The cells of one TTI: each decoded and decided as ``decide`` would, answered in order,
+        a cell's failure in its place; ``_SlotFailure`` only for an undecodable or oversized call."""
+        t0 = time.perf_counter()
+        try:
+            batch = pb.CellsRequest.FromString(raw)
+        except DecodeError as exc:
+            self.core.observer.rejected(TRANSPORT, None)
+            raise _SlotFailure(None, grpc.StatusCode.INVALID_ARGUMENT, "request",
+                               f"not a valid gnbsched.v1.CellsRequest: {exc}") from None  # fmt: skip
+        if len(batch.cells) > self.max_cells:
+            self.core.observer.rejected(TRANSPORT, None)
+            raise _SlotFailure(None, grpc.StatusCode.INVALID_ARGUMENT, "cells",
+                               f"{len(batch.cells)} cells exceed the configured limit of {self.max_cells}")  # fmt: skip
+        items: list[ScheduleArgs | BaseException] = []
+        for req in batch.cells:
+            try:
+                items.append(self._decode(req))
+            except _SlotFailure as bad:
+                items.append(bad)
+        results = await self.core.decide_cells(items, transport=TRANSPORT)
+        out = pb.CellsDecision()
+        for req, item, result in zip(batch.cells, items, results, strict=True):
+            if isinstance(result, BaseException):
+                state = item.state if isinstance(item, ScheduleArgs) else None
+                failure = result if state is None else self._failure(req, state, result)
+                assert isinstance(failure, _SlotFailure)
+                out.decisions.append(_error_answer(failure))
+            else:
+                assert isinstance(item, ScheduleArgs)
+                out.decisions.append(decision_to_pb(item.state, result))
+        self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
+        return out
 
     def client_gone(self, rpc: str) -> None:
         """The client cancelled an RPC or went away during it (grpc cancelled the handler): a
@@ -178,12 +227,47 @@ class SchedulerService:
             self.client_gone("Schedule")
             raise
 
-    async def stream_slots(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        """``StreamSlots``: one answer per request, in order; a failure is answered in place.
+    async def schedule_cells(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.CellsDecision:
+        """Unary ``ScheduleCells``: one decision (or error) per cell, in order."""
+        try:
+            return await self.decide_cells(raw)
+        except _SlotFailure as fail:
+            await context.abort(fail.code, fail.details())
+            raise AssertionError("unreachable: abort raises") from fail
+        except asyncio.CancelledError:
+            self.client_gone("ScheduleCells")
+            raise
 
-        Explicit ``read``/``write`` (not an async generator): ~15 µs less per slot. The write's
-        start time is published for the stall watchdog (two stores per slot); after a graceful
-        stop began, the slot in hand is answered and the stream ends with ``UNAVAILABLE``.
+    async def stream_slots(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """``StreamSlots``: one answer per request, in order; a failure is answered in place."""
+        await self._stream(context, "StreamSlots", self._slot_answer)
+
+    async def stream_ttis(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """``StreamTtis``: one ``CellsDecision`` per ``CellsRequest``, in order; a bad cell (or a
+        whole bad message, as one error) is answered in place."""
+        await self._stream(context, "StreamTtis", self._tti_answer)
+
+    async def _slot_answer(self, raw: bytes) -> Any:
+        try:
+            return await self.decide(raw)
+        except _SlotFailure as fail:
+            return _error_answer(fail)
+
+    async def _tti_answer(self, raw: bytes) -> Any:
+        try:
+            return await self.decide_cells(raw)
+        except _SlotFailure as fail:
+            return pb.CellsDecision(decisions=[_error_answer(fail)])
+
+    async def _stream(
+        self, context: grpc.aio.ServicerContext, rpc: str, answer: Callable[[bytes], Awaitable[Any]]
+    ) -> None:
+        """A lock-step stream: one answer per message read, in order.
+
+        Explicit ``read``/``write`` (not an async generator): ~15 µs less per message. The
+        write's start time is published for the stall watchdog (two stores per message); after
+        a graceful stop began, the message in hand is answered and the stream ends with
+        ``UNAVAILABLE``.
         """
         task = asyncio.current_task()
         pending: list[float | None] = [None]
@@ -199,12 +283,7 @@ class SchedulerService:
                 raw = await context.read()
                 if raw is grpc.aio.EOF:
                     return
-                try:
-                    msg = await self.decide(raw)
-                except _SlotFailure as fail:
-                    req = fail.req
-                    where = f"slot {req.slot} of cell {req.cell_id!r}" if req is not None else "undecodable request"
-                    msg = error_to_pb(req, fail.code.name, fail.field, f"{where}: {fail.details()}")
+                msg = await answer(raw)
                 pending[0] = loop.time()
                 try:
                     await context.write(msg)
@@ -218,7 +297,7 @@ class SchedulerService:
                 pending[0] = None
         except asyncio.CancelledError:
             if pending[0] != _STALLED:
-                self.client_gone("StreamSlots")
+                self.client_gone(rpc)
             raise
         finally:
             if task is not None:
@@ -237,6 +316,13 @@ class SchedulerService:
                     log.warning("gRPC: cancelling a stream whose client has not read an answer for %.1f s", now - since)
                     pending[0] = _STALLED
                     task.cancel()
+
+
+def _error_answer(fail: _SlotFailure) -> pb.SlotDecision:
+    """A stream / batch answer in place of a request that got no decision."""
+    req = fail.req
+    where = f"slot {req.slot} of cell {req.cell_id!r}" if req is not None else "undecodable request"
+    return error_to_pb(req, fail.code.name, fail.field, f"{where}: {fail.details()}")
 
 
 def _code(kind: ErrorKind) -> grpc.StatusCode:
@@ -410,6 +496,12 @@ async def start_grpc_server(core: ServiceCore, host: str, port: int) -> grpc.aio
         ),
         "StreamSlots": grpc.stream_stream_rpc_method_handler(
             svc.stream_slots, response_serializer=pb.SlotDecision.SerializeToString
+        ),
+        "ScheduleCells": grpc.unary_unary_rpc_method_handler(
+            svc.schedule_cells, response_serializer=pb.CellsDecision.SerializeToString
+        ),
+        "StreamTtis": grpc.stream_stream_rpc_method_handler(
+            svc.stream_ttis, response_serializer=pb.CellsDecision.SerializeToString
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -6,6 +6,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CellsRequest(_message.Message):
+    __slots__ = ("cells",)
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    cells: _containers.RepeatedCompositeFieldContainer[SlotRequest]
+    def __init__(self, cells: _Optional[_Iterable[_Union[SlotRequest, _Mapping]]] = ...) -> None: ...
+
+class CellsDecision(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[SlotDecision]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[SlotDecision, _Mapping]]] = ...) -> None: ...
+
 class Matrix(_message.Message):
     __slots__ = ("rows", "cols", "values")
     ROWS_FIELD_NUMBER: _ClassVar[int]

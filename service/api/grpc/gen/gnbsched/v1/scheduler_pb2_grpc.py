@@ -44,6 +44,16 @@ class SchedulerStub:
                 request_serializer=gnbsched_dot_v1_dot_scheduler__pb2.SlotRequest.SerializeToString,
                 response_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.SlotDecision.FromString,
                 _registered_method=True)
+        self.ScheduleCells = channel.unary_unary(
+                '/gnbsched.v1.Scheduler/ScheduleCells',
+                request_serializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.SerializeToString,
+                response_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.FromString,
+                _registered_method=True)
+        self.StreamTtis = channel.stream_stream(
+                '/gnbsched.v1.Scheduler/StreamTtis',
+                request_serializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.SerializeToString,
+                response_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -65,6 +75,24 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScheduleCells(self, request, context):
+        """Every cell of one TTI in one call: one SlotDecision per cell, in request order. A cell that
+        cannot be decided gets its own SlotDecision with `error` set; the other cells are decided.
+        Each cell is decided exactly as by Schedule (per-cell state, feedback, metrics). More cells
+        than the service's max_cells_per_call -> INVALID_ARGUMENT naming "cells".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTtis(self, request_iterator, context):
+        """Per-TTI stream of ScheduleCells: one CellsDecision per CellsRequest, in order; a bad cell
+        is answered in place and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +105,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.StreamSlots,
                     request_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.SlotRequest.FromString,
                     response_serializer=gnbsched_dot_v1_dot_scheduler__pb2.SlotDecision.SerializeToString,
+            ),
+            'ScheduleCells': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleCells,
+                    request_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.FromString,
+                    response_serializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.SerializeToString,
+            ),
+            'StreamTtis': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamTtis,
+                    request_deserializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.FromString,
+                    response_serializer=gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +171,60 @@ class Scheduler:
             '/gnbsched.v1.Scheduler/StreamSlots',
             gnbsched_dot_v1_dot_scheduler__pb2.SlotRequest.SerializeToString,
             gnbsched_dot_v1_dot_scheduler__pb2.SlotDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleCells(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gnbsched.v1.Scheduler/ScheduleCells',
+            gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.SerializeToString,
+            gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTtis(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gnbsched.v1.Scheduler/StreamTtis',
+            gnbsched_dot_v1_dot_scheduler__pb2.CellsRequest.SerializeToString,
+            gnbsched_dot_v1_dot_scheduler__pb2.CellsDecision.FromString,
             options,
             channel_credentials,
             insecure,
