@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -261,6 +262,143 @@ def connect(
         yield decide_http
 
 
+#: decides every cell of one TTI: ``(states, feedbacks) -> [(owner tokens [R], valid_before_repair)]``
+CellsDecider = Callable[[list[SlotState], list[Mapping[int, float]]], list[tuple[np.ndarray, bool]]]
+
+
+@contextlib.contextmanager
+def connect_cells(
+    target: str,
+    *,
+    policy: str | None = None,
+    deadline_ms: float | None = None,
+    stream: bool = False,
+    timeout_s: float = 30.0,
+    access: Access | None = None,
+    epoch: int | None = None,
+) -> Iterator[CellsDecider]:
+    """A decider of every cell of one TTI in ONE call: ``POST /schedule/batch`` (http), gRPC
+    ``ScheduleCells`` (or one ``StreamTtis`` call with ``stream``), or the cells one after the
+    other in process (``inproc``, the reference). A cell the service could not decide raises
+    ``TargetError`` naming it."""
+    access = access or Access()
+    if target == "inproc":
+        with connect("inproc", policy=policy, deadline_ms=deadline_ms, epoch=epoch) as decide:
+            yield lambda states, feedbacks: [decide(s, f) for s, f in zip(states, feedbacks, strict=True)]
+        return
+    url = urlsplit(target)
+    if url.scheme not in ("http", "https", "grpc") or not url.netloc:
+        raise ValueError(f"--target must be inproc, http://host:port or grpc://host:port, got {target!r}")
+    if stream and url.scheme != "grpc":
+        raise ValueError("--stream needs a grpc:// target")
+    if url.scheme == "grpc":
+        import grpc
+
+        from service.api.grpc.client import SchedulerClient, owner_tokens
+        from service.api.grpc.convert import slot_to_request
+        from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
+
+        with SchedulerClient(url.netloc, timeout_s=timeout_s, token=access.token, tls_ca=access.tls_ca,
+                             tls_cert=access.tls_cert, tls_key=access.tls_key) as client:  # fmt: skip
+            try:
+                client.wait_ready(timeout_s)
+            except grpc.FutureTimeoutError:
+                raise TargetError(f"no gRPC service at {url.netloc}") from None
+            with contextlib.ExitStack() as stack:
+                send = stack.enter_context(client.stream_ttis()).send if stream else client.schedule_cells
+
+                def decide_grpc(states: list[SlotState], feedbacks: list[Mapping[int, float]]) -> list[tuple[np.ndarray, bool]]:  # fmt: skip
+                    reqs = [slot_to_request(s, feedback=f, policy=policy, deadline_ms=deadline_ms, epoch=epoch)
+                            for s, f in zip(states, feedbacks, strict=True)]  # fmt: skip
+                    try:
+                        msg = send(pb.CellsRequest(cells=reqs))
+                    except grpc.RpcError as exc:
+                        raise TargetError(f"TTI of slot {states[0].slot}: {exc.code().name}: {exc.details()}") from None
+                    out = []
+                    for s, d in zip(states, msg.decisions, strict=True):
+                        if d.HasField("error"):
+                            raise TargetError(f"cell {s.cell_id} slot {s.slot}: {d.error.code}: {d.error.message}")
+                        out.append((owner_tokens(s, d), d.valid_before_repair))
+                    return out
+
+                yield decide_grpc
+        return
+
+    import httpx
+    import orjson
+
+    headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
+    verify: ssl.SSLContext | bool = True
+    if url.scheme == "https" and access.tls:
+        verify = ssl.create_default_context(cafile=access.tls_ca)
+        if access.tls_cert is not None:
+            verify.load_cert_chain(access.tls_cert, access.tls_key)
+    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify, headers=headers) as http:  # fmt: skip
+
+        def decide_http(states: list[SlotState], feedbacks: list[Mapping[int, float]]) -> list[tuple[np.ndarray, bool]]:  # fmt: skip
+            cells = [rest_body(s, f, policy=policy, deadline_ms=deadline_ms, epoch=epoch)
+                     for s, f in zip(states, feedbacks, strict=True)]  # fmt: skip
+            try:
+                resp = http.post("/schedule/batch", content=orjson.dumps({"cells": cells}),
+                                 headers={"content-type": "application/json"})  # fmt: skip
+            except httpx.HTTPError as exc:
+                raise TargetError(f"TTI of slot {states[0].slot}: {type(exc).__name__}: {exc}") from None
+            if resp.status_code != 200:
+                raise TargetError(f"TTI of slot {states[0].slot}: HTTP {resp.status_code}: {resp.text[:500]}")
+            out = []
+            for s, doc in zip(states, resp.json()["decisions"], strict=True):
+                if "error" in doc:
+                    raise TargetError(
+                        f"cell {s.cell_id} slot {s.slot}: {doc['status']} {doc['error']}: {doc['message']}"
+                    )
+                owner = np.array([-1 if o is None else o for o in doc["owner"]], dtype=np.int64)
+                out.append((owner_ids_to_tokens(s, owner), bool(doc["valid_before_repair"])))
+            return out
+
+        yield decide_http
+
+
+def simulate_cells(
+    target: str,
+    *,
+    cells: int,
+    preset: str = "spectrum",
+    scenario: str | None = None,
+    policy: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    seed: int = 0,
+    stream: bool = False,
+    cell_id: str | None = None,
+    deadline_ms: float | None = None,
+    timeout_s: float = 30.0,
+    access: Access | None = None,
+    epoch: int | None = None,
+) -> dict[str, float]:
+    """``cells`` cells (simulator seeds ``seed``, ``seed + 1``, ...), every TTI decided in one
+    batched call; the KPIs are the mean over the cells of each cell's KPIs."""
+    base = cell_id or f"sim-{preset}-{uuid.uuid4().hex[:12]}"
+    if epoch is None and cell_id is not None:
+        epoch = time.time_ns() // 1_000_000
+    envs = [_RecordValid(make_env(preset, scenario, seed + k)) for k in range(cells)]
+    ids = [f"{base}-{k}" for k in range(cells)]
+    states = [replace(env.reset(seed=seed + k), cell_id=ids[k]) for k, env in enumerate(envs)]
+    feedbacks: list[Mapping[int, float]] = [{} for _ in envs]
+    done = [False] * cells
+    with connect_cells(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
+                       access=access, epoch=epoch) as decide:  # fmt: skip
+        for _ in range(slots):
+            live = [k for k in range(cells) if not done[k]]
+            if not live:
+                break
+            answers = decide([states[k] for k in live], [feedbacks[k] for k in live])
+            for k, (owner, valid) in zip(live, answers, strict=True):
+                envs[k].raw_valid = valid
+                res = envs[k].step(owner)
+                states[k], feedbacks[k], done[k] = replace(res.state, cell_id=ids[k]), res.feedback, res.done
+    per_cell = [env.kpis() for env in envs]
+    return {name: float(np.mean([k[name] for k in per_cell])) for name in per_cell[0]}
+
+
 def simulate(
     target: str,
     *,
@@ -332,6 +470,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     parser.add_argument("--stream", action="store_true", help="gRPC: one StreamSlots call for the episode")
     parser.add_argument("--cell-id", default=None, help="cell id sent to the service (default sim-<preset>-<random>)")
+    parser.add_argument("--cells", type=int, default=1, help="cells simulated side by side (default 1)")
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="decide every cell of a TTI in one call (POST /schedule/batch, gRPC ScheduleCells, or StreamTtis "
+        "with --stream); the KPIs are the mean over the cells",
+    )
     parser.add_argument(
         "--epoch",
         type=int,
@@ -360,11 +505,17 @@ def run(args: argparse.Namespace) -> int:
     if args.slots < 1:
         print("gnbsched simulate: --slots must be >= 1", file=sys.stderr)
         return 2
+    if args.cells < 1 or (args.cells > 1 and not args.batch):
+        print("gnbsched simulate: --cells must be >= 1, and more than one cell needs --batch", file=sys.stderr)
+        return 2
     scenario = args.scenario or default_scenario(args.preset)
     cell = args.cell_id or f"sim-{args.preset}-{uuid.uuid4().hex[:12]}"
     try:
         access = Access.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key)
-        kpis = simulate(
+        run_fn: Callable[..., dict[str, float]] = (
+            functools.partial(simulate_cells, cells=args.cells) if args.batch else simulate
+        )
+        kpis = run_fn(
             args.target,
             preset=args.preset,
             scenario=scenario,
@@ -390,6 +541,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "stream": args.stream,
         "cell_id": cell,
+        **({"cells": args.cells, "batch": True} if args.batch else {}),
     }
     if args.json:
         clean = {k: float(v) if math.isfinite(v) else None for k, v in kpis.items()}  # NaN is not JSON

@@ -245,6 +245,33 @@ def test_a_retried_slot_answers_the_same_bytes_marked_replayed(client) -> None:
     assert stale.status_code == 409 and stale.json()["field"] == "epoch", stale.text
 
 
+def test_every_cell_of_a_tti_in_one_call_decides_as_alone(client) -> None:
+    """POST /schedule/batch: each cell decided exactly as by POST /schedule, in order, a bad cell
+    answered in its place with the status a single call would have had."""
+    single = [mac_doc(f"b-single-{k}", 3, seed=k, policy="pf") for k in range(4)]
+    batch = [mac_doc(f"b-batch-{k}", 3, seed=k, policy="pf") for k in range(4)]
+    batch[1]["tti_s"] = -1.0  # a bad cell
+    batch.append(mac_doc("b-batch-0", 2, seed=0, policy="pf"))  # older than its cell's slot 3: 409
+    def post_batch(doc: Any) -> httpx.Response:
+        return client.post("/schedule/batch", content=orjson.dumps(doc), headers={"content-type": "application/json"})
+
+    resp = post_batch({"cells": batch})
+    assert resp.status_code == 200, resp.text
+    answers = resp.json()["decisions"]
+    assert len(answers) == 5
+    for k in (0, 2, 3):
+        alone = post(client, single[k]).json()
+        assert answers[k]["cell_id"] == f"b-batch-{k}"
+        assert answers[k]["owner"] == alone["owner"] and answers[k]["utility"] == alone["utility"]
+    assert answers[1]["error"] == "invalid_request" and answers[1]["field"] == "tti_s" and answers[1]["status"] == 422
+    assert answers[4]["error"] == "slot_conflict" and answers[4]["status"] == 409
+    again = post_batch({"cells": batch[:1]}).json()["decisions"][0]  # a retried cell: replayed
+    assert again["replayed"] is True and again["owner"] == answers[0]["owner"]
+    bad = post_batch({"cells": "nope"})
+    assert bad.status_code == 422 and bad.json()["field"] == "cells"
+    assert post_batch({"cell": []}).status_code == 422
+
+
 def test_rate_matrix_is_the_utility(client) -> None:
     rate = [[4.0e6, 2.0e6, 1.0e6], [3.9e6, 0.5e6, 2.5e6]]
     doc = {

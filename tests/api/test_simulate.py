@@ -9,7 +9,7 @@ import math
 import pytest
 from testkit import ServeProcess
 
-from service.api.simulate import simulate
+from service.api.simulate import simulate, simulate_cells
 from service.cli import main
 
 SLOTS = 120
@@ -66,6 +66,38 @@ def test_remote_closed_loop_equals_inproc(service, preset: str, scenario: str, p
     assert runs["grpc"]["slots" if preset == "spectrum" else "ttis"] == SLOTS
     if policy is None:  # deterministic policies do not depend on the cell id: all transports agree
         assert _same_kpis(runs["grpc"], runs["http"]) and _same_kpis(runs["grpc"], runs["grpc-stream"])
+
+
+@pytest.mark.parametrize("preset", ["mac", "spectrum"])
+def test_batched_cells_over_rest_and_grpc_equal_in_process(service, preset: str) -> None:
+    """``--cells 3 --batch``: every TTI in one call (POST /schedule/batch, ScheduleCells, StreamTtis)
+    gives the KPIs of the same cells decided one by one in process."""
+    kw = {"cells": 3, "preset": preset, "slots": 40, "seed": 4}
+    inproc = simulate_cells("inproc", cell_id="batch-inproc", **kw)
+    for name, target, stream in (("http", service["http"], False), ("grpc", service["grpc"], False),
+                                 ("grpc-stream", service["grpc"], True)):  # fmt: skip
+        remote = simulate_cells(target, stream=stream, cell_id=f"batch-{preset}-{name}", **kw)
+        assert _same_kpis(remote, inproc), (name, remote, inproc)
+
+
+def test_cli_runs_batched_cells(service, capsys) -> None:
+    argv = [
+        "simulate",
+        "--target",
+        service["grpc"],
+        "--preset",
+        "mac",
+        "--slots",
+        "20",
+        "--cells",
+        "4",
+        "--batch",
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cells"] == 4 and out["batch"] is True and out["kpis"]["ttis"] == 20
+    assert main(["simulate", "--cells", "2"]) == 2  # more than one cell needs --batch
 
 
 def test_running_the_same_cell_again_restarts_it(service) -> None:

@@ -87,7 +87,8 @@ def decision_as_dict(msg: pb.SlotDecision) -> dict[str, Any]:
 
 
 class SlotStream:
-    """Lock-step ``StreamSlots``: ``send(request)`` returns that request's answer.
+    """Lock-step ``StreamSlots`` (or ``StreamTtis`` with ``rpc``): ``send(request)`` returns that
+    request's answer.
 
     A request that the service could not decide comes back with ``error`` set (the stream stays
     open); ``send`` returns it as is, ``decide`` raises ``StreamSlotError``.
@@ -96,15 +97,20 @@ class SlotStream:
     _END = object()
 
     def __init__(
-        self, stub: pb_grpc.SchedulerStub, timeout_s: float | None, metadata: tuple[tuple[str, str], ...] = ()
+        self,
+        stub: pb_grpc.SchedulerStub,
+        timeout_s: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        *,
+        rpc: str = "StreamSlots",
     ) -> None:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._responses: Iterator[pb.SlotDecision] = stub.StreamSlots(
+        self._responses: Iterator[Any] = getattr(stub, rpc)(
             iter(self._q.get, self._END), timeout=timeout_s, metadata=metadata or None
         )
         self._lock = threading.Lock()
 
-    def send(self, request: pb.SlotRequest) -> pb.SlotDecision:
+    def send(self, request: Any) -> Any:
         with self._lock:
             self._q.put(request)
             return next(self._responses)
@@ -198,6 +204,14 @@ class SchedulerClient:
         cell-affinity metadata ``CELL_HEADER`` (one stream per cell, as a RAN keeps them)."""
         extra = ((CELL_HEADER, cell_id),) if cell_id else ()
         return SlotStream(self.stub, timeout_s, (*self._metadata, *extra))
+
+    def schedule_cells(self, request: pb.CellsRequest) -> pb.CellsDecision:
+        """Unary ``ScheduleCells``: every cell of one TTI, one decision (or error) per cell."""
+        return self.stub.ScheduleCells(request, timeout=self.timeout_s, metadata=self._metadata or None)
+
+    def stream_ttis(self, timeout_s: float | None = None) -> SlotStream:
+        """A lock-step ``StreamTtis`` call: ``send(CellsRequest)`` returns its ``CellsDecision``."""
+        return SlotStream(self.stub, timeout_s, self._metadata, rpc="StreamTtis")
 
     def close(self) -> None:
         self.channel.close()

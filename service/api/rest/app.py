@@ -39,11 +39,18 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 import service
-from service.api.contract import Limits, error_body, invalid_body
+from service.api.contract import Limits, ScheduleArgs, error_body, invalid_body
 from service.api.rest.admin import ReloadRequest, add_admin_routes
 from service.api.rest.codec import decode_schedule, encode_decision
 from service.api.rest.http import ORJSON_OPTS, BodyTooLarge, json_response, read_body, unauthorized
-from service.api.rest.openapi import REQUEST_EXAMPLES, ErrorBody, ScheduleRequest, ScheduleResponse
+from service.api.rest.openapi import (
+    REQUEST_EXAMPLES,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+    ScheduleRequest,
+    ScheduleResponse,
+)
 from service.core import ServiceCore
 from service.errors import (
     HTTP_STATUS,
@@ -60,7 +67,7 @@ log = logging.getLogger("gnbsched.rest")
 
 TRANSPORT = "rest"
 #: REST paths that need the bearer token when one is configured (the others stay open)
-PROTECTED_PATHS = frozenset({"/schedule", "/v1/policies", "/models", "/admin/reload"})
+PROTECTED_PATHS = frozenset({"/schedule", "/schedule/batch", "/v1/policies", "/models", "/admin/reload"})
 
 
 class _Scheduler:
@@ -127,6 +134,59 @@ class _Scheduler:
                 HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}")
             )
         body = orjson.dumps(encode_decision(state, decision), option=ORJSON_OPTS, default=str)
+        self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
+        return Response(body, media_type="application/json")
+
+    async def batch(self, request: Request) -> Response:
+        """``POST /schedule/batch``: ``{"cells": [request, ...]}`` → ``{"decisions": [...]}``, one
+        answer per cell in order: its decision, or ``{"error", "field", "message", "status"}``
+        (``status``: what ``POST /schedule`` would have answered) in its place."""
+        t0 = time.perf_counter()
+        try:
+            raw = await read_body(request, self.max_body)
+        except BodyTooLarge as exc:
+            return self.reject(ErrorKind.BODY_TOO_LARGE, "body", str(exc))
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self.reject(ErrorKind.INVALID_JSON, "body", str(exc))
+        if type(doc) is not dict or set(doc) != {"cells"}:
+            return self.reject(
+                ErrorKind.INVALID_REQUEST, "body", 'expected {"cells": [one POST /schedule body per cell]}'
+            )
+        cells = doc["cells"]
+        if type(cells) is not list:
+            return self.reject(ErrorKind.INVALID_REQUEST, "cells", "expected an array of POST /schedule bodies")
+        limit = self.core.settings.max_cells_per_call
+        if len(cells) > limit:
+            return self.reject(
+                ErrorKind.LIMIT_EXCEEDED, "cells", f"{len(cells)} cells exceed the configured limit of {limit}"
+            )
+        items: list[ScheduleArgs | BaseException] = []
+        for cell in cells:
+            policy = cell.get("policy") if type(cell) is dict else None
+            try:
+                known = self.core.known_policies(policy if type(policy) is str else None)
+                items.append(decode_schedule(cell, self.limits, known))
+            except InvalidSlotError as exc:
+                self.metrics.rejected(TRANSPORT, cell.get("preset") if type(cell) is dict else None)
+                items.append(exc)
+        results = await self.core.decide_cells(items, transport=TRANSPORT)
+        answers: list[dict[str, Any]] = []
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, BaseException):
+                kind = kind_of(result)
+                if isinstance(result, InvalidSlotError):
+                    field, message = result.field, result.message
+                else:
+                    field, message = (
+                        ("slot", f"retry: {result}") if kind in RETRYABLE else ("policy", f"no decision: {result}")
+                    )
+                answers.append({**error_body(kind, field, message), "status": HTTP_STATUS[kind]})
+            else:
+                assert isinstance(item, ScheduleArgs)
+                answers.append(encode_decision(item.state, result))
+        body = orjson.dumps({"decisions": answers}, option=ORJSON_OPTS, default=str)
         self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
         return Response(body, media_type="application/json")
 
@@ -234,6 +294,29 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
     )(schedule)
     app.router.routes.insert(0, Route("/schedule", schedule, methods=["POST"], include_in_schema=False))
 
+    async def schedule_batch(request: Request) -> Response:
+        """Decide every cell of one TTI: one answer per cell, in order; a bad cell answered in place."""
+        denied = unauthorized(auth, request) if auth.enabled else None
+        if denied is not None:
+            metrics.rejected(TRANSPORT)
+            return denied
+        return await handler.batch(request)
+
+    app.post(
+        "/schedule/batch",
+        summary="Decide every cell of one TTI",
+        response_class=Response,
+        responses={200: {"model": BatchResponse, "description": "one answer per cell, in order"}, **error_responses},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+            }
+        },
+        tags=["scheduling"],
+    )(schedule_batch)
+    app.router.routes.insert(0, Route("/schedule/batch", schedule_batch, methods=["POST"], include_in_schema=False))
+
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> Response:
         """Liveness: the process serves HTTP."""
@@ -323,6 +406,21 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
             req["properties"]["users"]["maxItems"] = int(settings.max_users)
             req["properties"]["resources"]["maxItems"] = int(settings.max_resources)
             comps["ScheduleRequest"] = req
+            comps["BatchRequest"] = {
+                "title": "BatchRequest",
+                "description": BatchRequest.__doc__,
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cells"],
+                "properties": {
+                    "cells": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ScheduleRequest"},
+                        "maxItems": int(settings.max_cells_per_call),
+                        "description": "one POST /schedule body per cell of the TTI",
+                    }
+                },
+            }
             if settings.admin_enabled:
                 comps["ReloadRequest"] = ReloadRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             if auth.enabled:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.api.contract import RULES, Rule
 
-__all__ = ["REQUEST_EXAMPLES", "ErrorBody", "ScheduleRequest", "ScheduleResponse"]
+__all__ = ["REQUEST_EXAMPLES", "BatchRequest", "BatchResponse", "ErrorBody", "ScheduleRequest", "ScheduleResponse"]
 
 _SPECTRUM_EXAMPLE: dict[str, Any] = {
     "cell_id": "cell-7",
@@ -238,3 +238,23 @@ class ErrorBody(BaseModel):
             ]
         }
     )
+
+
+class CellError(ErrorBody):
+    """A cell of a batch that got no decision (answered in its place)."""
+
+    status: int = Field(description="what POST /schedule would have answered for this cell (422, 409, 503, ...)")
+
+
+class BatchResponse(BaseModel):
+    """One answer per cell of the request, in its order."""
+
+    decisions: list[ScheduleResponse | CellError]
+
+
+BatchRequest = create_model(
+    "BatchRequest",
+    __config__=ConfigDict(extra="forbid"),
+    cells=(list[ScheduleRequest], Field(description="one POST /schedule body per cell of the TTI")),
+)
+BatchRequest.__doc__ = "Every cell of one TTI (typically all cells of a DU); each cell is decided as by POST /schedule."
