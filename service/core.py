@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from service.api.contract import ScheduleArgs
 from service.config import Settings
@@ -151,8 +151,11 @@ class ServiceCore:
         self.policies = policies or PolicySet()
         self.observer: Observer = observer or _NullObserver()
         #: this process's last copy of each cell it wrote, to restore a store that lost its data
-        self._cache: LRUCache[str, CellRecord] | None = (
-            LRUCache(maxsize=self.settings.max_cells) if self.store.blocking_io else None
+        #: (an LRU with the cells' TTL: a cell the store forgot by its TTL is not brought back)
+        self._cache: TTLCache[str, CellRecord] | None = (
+            TTLCache(maxsize=self.settings.max_cells, ttl=self.settings.cell_ttl_s, timer=time.monotonic)
+            if self.store.blocking_io
+            else None
         )
         self._lock = threading.Lock()
         self.degraded = False
