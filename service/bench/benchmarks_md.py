@@ -43,8 +43,8 @@ TITLE = "\n".join(
         "a command again replaces its own sections and keeps the others:",
         "",
         "- `gnbsched bench perf --out .`: decision quality and time against the exact solver at every scale, "
-        "per-stage times, the run-time guard, end-to-end latency and throughput of the real service, the papers' "
-        "figures (raw figures in `docs/bench/perf.json`);",
+        "per-stage times, the run-time guard, end-to-end latency and throughput of the real service, batched "
+        "TTIs against the echo floor, the papers' figures (raw figures in `docs/bench/perf.json`);",
         "- `gnbsched bench validate --out .`: the cost of validating a `POST /schedule` body, the service's "
         "column validator against pydantic (`docs/bench/validate.json`);",
         "- `gnbsched bench student --out .`: the shipped ONNX students on the world families "

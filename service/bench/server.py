@@ -3,7 +3,9 @@
 ``ServeProcess`` starts the service on free loopback ports (REST, and gRPC unless disabled),
 its output in a temporary log file, with a clean environment (no ``GNBSCHED_*`` or Prometheus
 multiprocess variables of the caller), waits until REST answers ``/readyz`` and the gRPC port
-accepts, and stops it with SIGTERM (then SIGKILL). ``peak_rss_mib`` reads the server's VmHWM.
+accepts, and stops it with SIGTERM (then SIGKILL). ``peak_rss_mib`` reads the server's VmHWM,
+``cpu_s`` its CPU time; ``command`` is the command line (a subclass serves something else, e.g.
+the echo floor of ``bench perf``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
+    def command(self) -> list[str]:
+        """The server's command line (a subclass may serve something else on the same ports,
+        answering ``GET /readyz`` with 200)."""
+        return [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--rest-port",
+                str(self.rest_port), "--grpc-port", str(self.grpc_port), "--log-level", "warning", *self.extra]  # fmt: skip
+
     def start(self) -> ServeProcess:
         fd, name = tempfile.mkstemp(prefix="gnbsched-bench-server-", suffix=".log")
         self.log_path = Path(name)
@@ -48,9 +56,7 @@ class ServeProcess:
             for k, v in os.environ.items()
             if not k.startswith("GNBSCHED_") and k.lower() != "prometheus_multiproc_dir"
         }
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--rest-port",
-               str(self.rest_port), "--grpc-port", str(self.grpc_port), "--log-level", "warning", *self.extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), stdout=fd, stderr=fd, env=env, start_new_session=True)
         os.close(fd)
         return self
 
@@ -96,6 +102,17 @@ class ServeProcess:
         except OSError:
             pass
         return math.nan
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system, every thread) the server process has used so far, seconds
+        (Linux ``/proc``, clock-tick resolution); NaN when unknown."""
+        if self.proc is None:
+            return math.nan
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return math.nan
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 15 s; removes the log. Returns the exit status."""

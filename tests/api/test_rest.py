@@ -252,6 +252,7 @@ def test_every_cell_of_a_tti_in_one_call_decides_as_alone(client) -> None:
     batch = [mac_doc(f"b-batch-{k}", 3, seed=k, policy="pf") for k in range(4)]
     batch[1]["tti_s"] = -1.0  # a bad cell
     batch.append(mac_doc("b-batch-0", 2, seed=0, policy="pf"))  # older than its cell's slot 3: 409
+
     def post_batch(doc: Any) -> httpx.Response:
         return client.post("/schedule/batch", content=orjson.dumps(doc), headers={"content-type": "application/json"})
 

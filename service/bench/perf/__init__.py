@@ -5,14 +5,17 @@ solver at every scale, ``auction``'s anytime curve at Scale III, per-stage times
 N = 100, R = 69, and the cost of the run-time guard; then end to end (``e2e``) against the real
 service (``gnbsched serve`` in a subprocess, REST + gRPC on free loopback ports): REST, gRPC
 unary and gRPC stream latency at N ∈ {10, 100, 1000}, decisions/s under a bounded concurrent
-load, the server's peak RSS. The papers' published figures stand beside ours (LSA: LLM 7.2–7.8 s
-per decision, 96.6 % of KM at (15,20,8), KM 15.5 ms there; Stackelberg: Llama-3.2-1B 12.85 ms per
-decision).
+load, batched TTIs (``tti``: C cells per call over ``StreamTtis``, ``ScheduleCells`` and
+``POST /schedule/batch`` against C single-cell calls, per-core throughput, where the time goes),
+the server's peak RSS; then the echo floor (``echo``: a bare server answering the same bytes)
+under every batched and single-cell figure. The papers' published figures stand beside ours
+(LSA: LLM 7.2–7.8 s per decision, 96.6 % of KM at (15,20,8), KM 15.5 ms there; Stackelberg:
+Llama-3.2-1B 12.85 ms per decision).
 
 Modules: ``plan`` (what a run measures: ``FULL`` / ``QUICK``; slot generators), ``inprocess``,
-``e2e``, ``results`` (``Results``, targets, the papers' figures, JSON), ``report`` (the
-``BENCHMARKS.md`` sections and the printed summary), ``figures`` (PNG, matplotlib imported
-there only), ``command`` (``add_arguments`` / ``run``).
+``e2e``, ``tti``, ``echo``, ``results`` (``Results``, targets, the papers' figures, JSON),
+``report`` (the ``BENCHMARKS.md`` sections and the printed summary), ``figures`` (PNG, matplotlib
+imported there only), ``command`` (``add_arguments`` / ``run``).
 
 Outputs: the perf sections of ``<out>/BENCHMARKS.md`` (the other suites' sections are kept),
 ``<out>/docs/bench/perf.json`` with every raw figure and PNG figures beside it.
@@ -37,9 +40,10 @@ from service.bench.perf.inprocess import (
     run_stages,
     student_available,
 )
-from service.bench.perf.plan import E2E_POLICY, FULL, NUM_RBG, QUICK, Plan
-from service.bench.perf.report import paper_lines, summary, target_lines, write_report
+from service.bench.perf.plan import E2E_POLICY, FULL, NUM_RBG, QUICK, TTI_POLICIES, TTI_RBG, Plan
+from service.bench.perf.report import paper_lines, summary, target_lines, tti_target_lines, write_report
 from service.bench.perf.results import FIG_DIR, PAPER, RESULTS_FILE, TARGETS, Results
+from service.bench.perf.tti import TtiRow, TtiRun, run_floors, run_tti
 
 __all__ = [
     "E2E_POLICY",
@@ -51,6 +55,8 @@ __all__ = [
     "REPORT_NAME",
     "RESULTS_FILE",
     "TARGETS",
+    "TTI_POLICIES",
+    "TTI_RBG",
     "AnytimeRow",
     "E2ERow",
     "GuardRow",
@@ -59,18 +65,23 @@ __all__ = [
     "Results",
     "ScaleRow",
     "StageRow",
+    "TtiRow",
+    "TtiRun",
     "add_arguments",
     "paper_lines",
     "plot",
     "run",
     "run_anytime",
     "run_e2e",
+    "run_floors",
     "run_guard",
     "run_load",
     "run_scale",
     "run_stages",
+    "run_tti",
     "student_available",
     "summary",
     "target_lines",
+    "tti_target_lines",
     "write_report",
 ]

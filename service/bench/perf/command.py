@@ -1,6 +1,7 @@
 """``gnbsched bench perf``: the command. It runs the plan (``FULL``, or ``QUICK`` with
 ``--quick``) — the in-process measurements, then the end-to-end ones against a ``gnbsched serve``
-subprocess — draws the figures, writes ``<out>/docs/bench/perf.json`` and the perf sections of
+subprocess (single slots, load, batched TTIs), then the echo floor (``service.bench.perf.echo``) —
+draws the figures, writes ``<out>/docs/bench/perf.json`` and the perf sections of
 ``<out>/BENCHMARKS.md``, and prints the summary (progress goes to stderr)."""
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 from service.bench.benchmarks_md import load_average, machine
 from service.bench.perf.e2e import run_e2e, run_load
 from service.bench.perf.figures import plot
-from service.bench.perf.inprocess import run_anytime, run_guard, run_scale, run_stages
-from service.bench.perf.plan import FULL, QUICK, log
+from service.bench.perf.inprocess import run_anytime, run_guard, run_scale, run_stages, student_available
+from service.bench.perf.plan import FULL, QUICK, TTI_POLICIES, log
 from service.bench.perf.report import summary, write_report
 from service.bench.perf.results import FIG_DIR, RESULTS_FILE, Results
+from service.bench.perf.tti import TtiRun, run_floors, run_tti
 from service.bench.server import ServeProcess
 from service.policies.registry import PolicySet
 
@@ -62,15 +64,23 @@ def run(args: argparse.Namespace) -> int:
     res.anytime = run_anytime(plan, kept, seed)
     res.stages = run_stages(plan, seed, res.notes)
     res.guard = run_guard(plan, seed, res.notes)
+    tti_policies = [p for p in TTI_POLICIES if p != "student" or student_available("mac")]
+    if len(tti_policies) < len(TTI_POLICIES):
+        res.notes.append("batched TTIs: no mac student model is installed, so only " + ", ".join(tti_policies))
+    tti = TtiRun()
     try:
         with ServeProcess() as server:
             log(f"server up: REST :{server.rest_port}, gRPC :{server.grpc_port}")
             res.e2e = run_e2e(server, plan, seed)
             res.load = run_load(server, plan, seed)
+            tti = run_tti(server, plan, seed, res.notes, tti_policies)
+            res.tti = tti.rows
             res.rss_mib["gnbsched serve (server process)"] = server.peak_rss_mib()
     except (RuntimeError, TimeoutError, OSError) as exc:
         res.notes.append(f"end-to-end measurements failed: {exc}")
         log(f"end-to-end measurements failed: {exc}")
+    if tti.rows:  # the transport's floor under every batched / single-cell figure, same bytes, same clients
+        run_floors(tti, res.notes)
     res.rss_mib["bench process (in-process measurements)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     res.meta["load_end"] = load_average()
     res.meta["wall_s"] = time.perf_counter() - wall0

@@ -18,6 +18,9 @@ SCALE_POLICIES = ("auction", "grouped_km", "greedy", "student", "random")
 STAGE_POLICIES = {"mac": ("pf", "greedy", "km"), "spectrum": ("pf", "greedy", "km", "auction")}
 E2E_POLICY = {"mac": "pf", "spectrum": "km"}
 NUM_RBG = 69  # NR 100 MHz carrier at 30 kHz: 273 PRBs in RBGs of 4 (TS 38.214 table 5.1.2.2.1-1)
+#: the batched-TTI measurements: mac cells of R = 68 RBGs, these policies
+TTI_RBG = 68
+TTI_POLICIES = ("pf", "student")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,11 @@ class Plan:
     e2e_warmup: int
     load_clients: int
     load_seconds: float
+    tti_shapes: tuple[tuple[int, int, int], ...]  # (cells C, users N, RBGs R) per batched TTI
+    tti_count: dict[tuple[int, int, int], int]  # shape -> timed TTIs per transport and policy
+    tti_warmup: int  # TTIs (or single-cell requests) sent first, not timed
+    tti_single_shapes: tuple[tuple[int, int, int], ...]  # shapes also sent as C single-cell calls
+    single_requests: int  # timed single-cell requests at N = 100, R = NUM_RBG (against the echo floor)
 
 
 FULL = Plan(
@@ -45,6 +53,11 @@ FULL = Plan(
     e2e_warmup=200,
     load_clients=8,
     load_seconds=5.0,
+    tti_shapes=((8, 32, TTI_RBG), (20, 100, TTI_RBG)),
+    tti_count={(8, 32, TTI_RBG): 400, (20, 100, TTI_RBG): 300},
+    tti_warmup=30,
+    tti_single_shapes=((8, 32, TTI_RBG),),
+    single_requests=1000,
 )
 QUICK = Plan(
     scale_slots={"u5-c5-b1": 2, "u15-c20-b8": 2, "scale-I": 1},
@@ -56,6 +69,11 @@ QUICK = Plan(
     e2e_warmup=10,
     load_clients=2,
     load_seconds=0.5,
+    tti_shapes=((8, 32, TTI_RBG),),
+    tti_count={(8, 32, TTI_RBG): 20},
+    tti_warmup=5,
+    tti_single_shapes=((8, 32, TTI_RBG),),
+    single_requests=40,
 )
 
 
@@ -82,9 +100,9 @@ def scenario_shape(scenario: str) -> tuple[int, int, int]:
     return int(cfg.num_ue or 0), cfg.num_channels, int(cfg.num_busy or 0)
 
 
-def mac_states(num_ue: int, slots: int, seed: int) -> list[SlotState]:
-    """``slots`` consecutive mac slots (standard traffic) of ``num_ue`` users on ``NUM_RBG`` RBGs."""
-    env = make_mac_env("standard", seed=seed, num_ue=num_ue, num_rbg=NUM_RBG)
+def mac_states(num_ue: int, slots: int, seed: int, num_rbg: int = NUM_RBG) -> list[SlotState]:
+    """``slots`` consecutive mac slots (standard traffic) of ``num_ue`` users on ``num_rbg`` RBGs."""
+    env = make_mac_env("standard", seed=seed, num_ue=num_ue, num_rbg=num_rbg)
     states = [env.reset()]
     for _ in range(slots - 1):
         states.append(env.step(np.zeros(states[-1].num_res, np.int64)).state)
