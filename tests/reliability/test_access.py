@@ -80,6 +80,7 @@ def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, toke
         ):
             for method, path, content in (
                 ("POST", "/schedule", body),
+                ("POST", "/schedule/batch", b'{"cells": [' + body + b"]}"),
                 ("GET", "/v1/policies", None),
                 ("GET", "/models", None),
                 ("POST", "/admin/reload", b'{"policy": "student"}'),
@@ -96,6 +97,8 @@ def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, toke
         ok = c.post("/schedule", content=body, headers={"Authorization": f"bearer {token}"})
         assert ok.status_code == 200, ok.text
         assert_pag_valid(mac_body("acc-1", 0), ok.json())
+        batch = c.post("/schedule/batch", content=b'{"cells": [' + body + b"]}", headers=_auth(token))
+        assert batch.status_code == 200 and batch.json()["decisions"][0]["replayed"] is True, batch.text
         assert c.get("/v1/policies", headers=_auth(token)).status_code == 200
         assert c.get("/models", headers=_auth(token)).status_code == 200
 
@@ -113,7 +116,13 @@ def test_unauthenticated_body_is_never_read(guarded, token: str) -> None:
 def test_openapi_declares_the_bearer_scheme_on_guarded_operations(guarded) -> None:
     doc = httpx.get(guarded.url + "/openapi.json", timeout=10).json()
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
-    guarded_ops = {("post", "/schedule"), ("get", "/v1/policies"), ("get", "/models"), ("post", "/admin/reload")}
+    guarded_ops = {
+        ("post", "/schedule"),
+        ("post", "/schedule/batch"),
+        ("get", "/v1/policies"),
+        ("get", "/models"),
+        ("post", "/admin/reload"),
+    }
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             if (method, path) in guarded_ops:
