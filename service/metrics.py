@@ -42,6 +42,7 @@ import shutil
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -154,6 +155,14 @@ class Metrics:
             "a cell got this process's copy back).",
             ("event",),
             registry=reg,
+        )
+        self.inference_provider = Gauge(
+            "gnbsched_inference_provider",
+            "The onnxruntime execution provider each loaded model runs on (CUDAExecutionProvider or "
+            "CPUExecutionProvider); value 1.",
+            ("policy", "preset", "provider"),
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.cells_live = Gauge(
             "gnbsched_cells_live", "Cells held in process (memory:// store).", registry=reg, multiprocess_mode="livesum"
@@ -325,6 +334,12 @@ class Metrics:
 
     def set_store_up(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
+
+    def inference_providers(self, policy: str, models: dict[str, Any]) -> None:
+        """``models``: a policy's ``metadata()["models"]`` (preset -> its description with ``providers``)."""
+        for preset, model in models.items():
+            providers = model.get("providers") or ["CPUExecutionProvider"]
+            self.inference_provider.labels(policy, preset, providers[0]).set(1)
 
     def state_event(self, event: str) -> None:
         self.state_events.labels(event).inc()

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,12 +183,38 @@ def session_options() -> Any:
     return so
 
 
+log = logging.getLogger("gnbsched.student")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def cuda_device_count() -> int:
+    """CUDA devices the driver sees (``cuDeviceGetCount`` through ``libcuda``); 0 without a
+    driver or a device. Needs neither torch nor onnxruntime-gpu."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return int(count.value)
+
+
+def select_providers(available: Sequence[str], cuda_devices: int) -> list[str]:
+    """The execution providers to ask for: CUDA first when this onnxruntime build has it (the
+    ``gpu`` extra: onnxruntime-gpu) and a CUDA device is present, CPU always (last)."""
+    return [CUDA, CPU] if CUDA in available and cuda_devices > 0 else [CPU]
+
+
 def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime build has it (onnxruntime-gpu), CPU always last."""
+    """``select_providers`` for this machine."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or ["CPUExecutionProvider"]
+    return select_providers(ort.get_available_providers(), cuda_device_count())
 
 
 def _probe_slot(preset: str) -> SlotState:
@@ -240,9 +268,16 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
         import onnxruntime as ort
 
         provs = providers or default_providers()
-        sess = ort.InferenceSession(str(onnx_path), session_options(), providers=provs)
+        try:
+            sess = ort.InferenceSession(str(onnx_path), session_options(), providers=provs)
+        except Exception as exc:
+            if provs == [CPU]:
+                raise
+            log.warning("student %s: the %s session failed (%s); falling back to the CPU", preset, provs[0], exc)
+            sess = ort.InferenceSession(str(onnx_path), session_options(), providers=[CPU])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelInvalidError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
+    log.info("student %s %s: onnxruntime on %s", preset, path.name, ", ".join(sess.get_providers()))
     _check_signature(sess, onnx_path)
     spec = card.get("decode", {})
     ranges = FeatureRanges.from_card(card["feature_ranges"], str(card_path)) if "feature_ranges" in card else None

@@ -221,6 +221,8 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
         core.refresh_known()
         core.start_model_watch()
         metrics.policies_loaded((n, p.version) for n, p in core.policies.loaded().items())
+        for name, pol in core.policies.loaded().items():
+            metrics.inference_providers(name, pol.metadata().get("models", {}))
         metrics.set_store_up(await run_in_threadpool(core.store.ping))
         try:
             async with AsyncExitStack() as stack:
