@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import numpy as np
 
@@ -149,6 +149,52 @@ class Access:
         return Access(token, tls_ca, tls_cert, tls_key)
 
 
+def _remote_target(target: str, stream: bool) -> SplitResult:
+    """``target`` parsed: ``http(s)://host:port`` or ``grpc://host:port`` (``--stream``: grpc only)."""
+    url = urlsplit(target)
+    if url.scheme not in ("http", "https", "grpc") or not url.netloc:
+        raise ValueError(f"--target must be inproc, http://host:port or grpc://host:port, got {target!r}")
+    if stream and url.scheme != "grpc":
+        raise ValueError("--stream needs a grpc:// target")
+    return url
+
+
+@contextlib.contextmanager
+def _grpc_client(url: SplitResult, access: Access, timeout_s: float) -> Iterator[Any]:
+    """A ``SchedulerClient`` for ``url`` with ``access`` (token, TLS), once the channel is ready."""
+    import grpc
+
+    from service.api.grpc.client import SchedulerClient
+
+    with SchedulerClient(url.netloc, timeout_s=timeout_s, token=access.token, tls_ca=access.tls_ca,
+                         tls_cert=access.tls_cert, tls_key=access.tls_key) as client:  # fmt: skip
+        try:
+            client.wait_ready(timeout_s)
+        except grpc.FutureTimeoutError:
+            hint = (
+                " or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)"
+                if access.tls
+                else " (a TLS-only service needs --tls-ca)"
+            )
+            raise TargetError(f"no gRPC service at {url.netloc}{hint}") from None
+        yield client
+
+
+@contextlib.contextmanager
+def _http_client(url: SplitResult, access: Access, timeout_s: float) -> Iterator[Any]:
+    """An ``httpx.Client`` for ``url`` with ``access`` (bearer token, CA and client certificate)."""
+    import httpx
+
+    verify: ssl.SSLContext | bool = True
+    if url.scheme == "https" and access.tls:
+        verify = ssl.create_default_context(cafile=access.tls_ca)
+        if access.tls_cert is not None:
+            verify.load_cert_chain(access.tls_cert, access.tls_key)
+    headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
+    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify, headers=headers) as http:  # fmt: skip
+        yield http
+
+
 @contextlib.contextmanager
 def connect(
     target: str,
@@ -183,35 +229,15 @@ def connect(
             core.close()
         return
 
-    url = urlsplit(target)
-    if url.scheme not in ("http", "https", "grpc") or not url.netloc:
-        raise ValueError(f"--target must be inproc, http://host:port or grpc://host:port, got {target!r}")
-    if stream and url.scheme != "grpc":
-        raise ValueError("--stream needs a grpc:// target")
+    url = _remote_target(target, stream)
 
     if url.scheme == "grpc":
         import grpc
 
-        from service.api.grpc.client import SchedulerClient, owner_tokens
+        from service.api.grpc.client import owner_tokens
         from service.api.grpc.convert import slot_to_request
 
-        with SchedulerClient(
-            url.netloc,
-            timeout_s=timeout_s,
-            token=access.token,
-            tls_ca=access.tls_ca,
-            tls_cert=access.tls_cert,
-            tls_key=access.tls_key,
-        ) as client:
-            try:
-                client.wait_ready(timeout_s)
-            except grpc.FutureTimeoutError:
-                hint = (
-                    " or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)"
-                    if access.tls
-                    else " (a TLS-only service needs --tls-ca)"
-                )
-                raise TargetError(f"no gRPC service at {url.netloc}{hint}") from None
+        with _grpc_client(url, access, timeout_s) as client:
             send: Callable[[Any], Any]
             with contextlib.ExitStack() as stack:
                 if stream:
@@ -235,15 +261,7 @@ def connect(
     import httpx
     import orjson
 
-    verify: ssl.SSLContext | bool = True
-    if url.scheme == "https" and access.tls:
-        verify = ssl.create_default_context(cafile=access.tls_ca)
-        if access.tls_cert is not None:
-            verify.load_cert_chain(access.tls_cert, access.tls_key)
-    headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
-    with httpx.Client(
-        base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify, headers=headers
-    ) as http:
+    with _http_client(url, access, timeout_s) as http:
 
         def decide_http(state: SlotState, feedback: Mapping[int, float]) -> tuple[np.ndarray, bool]:
             body = orjson.dumps(rest_body(state, feedback, policy=policy, deadline_ms=deadline_ms, epoch=epoch))
@@ -286,24 +304,15 @@ def connect_cells(
         with connect("inproc", policy=policy, deadline_ms=deadline_ms, epoch=epoch) as decide:
             yield lambda states, feedbacks: [decide(s, f) for s, f in zip(states, feedbacks, strict=True)]
         return
-    url = urlsplit(target)
-    if url.scheme not in ("http", "https", "grpc") or not url.netloc:
-        raise ValueError(f"--target must be inproc, http://host:port or grpc://host:port, got {target!r}")
-    if stream and url.scheme != "grpc":
-        raise ValueError("--stream needs a grpc:// target")
+    url = _remote_target(target, stream)
     if url.scheme == "grpc":
         import grpc
 
-        from service.api.grpc.client import SchedulerClient, owner_tokens
+        from service.api.grpc.client import owner_tokens
         from service.api.grpc.convert import slot_to_request
         from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 
-        with SchedulerClient(url.netloc, timeout_s=timeout_s, token=access.token, tls_ca=access.tls_ca,
-                             tls_cert=access.tls_cert, tls_key=access.tls_key) as client:  # fmt: skip
-            try:
-                client.wait_ready(timeout_s)
-            except grpc.FutureTimeoutError:
-                raise TargetError(f"no gRPC service at {url.netloc}") from None
+        with _grpc_client(url, access, timeout_s) as client:
             with contextlib.ExitStack() as stack:
                 send = stack.enter_context(client.stream_ttis()).send if stream else client.schedule_cells
 
@@ -327,13 +336,7 @@ def connect_cells(
     import httpx
     import orjson
 
-    headers = {"authorization": f"Bearer {access.token}"} if access.token else {}
-    verify: ssl.SSLContext | bool = True
-    if url.scheme == "https" and access.tls:
-        verify = ssl.create_default_context(cafile=access.tls_ca)
-        if access.tls_cert is not None:
-            verify.load_cert_chain(access.tls_cert, access.tls_key)
-    with httpx.Client(base_url=f"{url.scheme}://{url.netloc}", timeout=timeout_s, verify=verify, headers=headers) as http:  # fmt: skip
+    with _http_client(url, access, timeout_s) as http:
 
         def decide_http(states: list[SlotState], feedbacks: list[Mapping[int, float]]) -> list[tuple[np.ndarray, bool]]:  # fmt: skip
             cells = [rest_body(s, f, policy=policy, deadline_ms=deadline_ms, epoch=epoch)

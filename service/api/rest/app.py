@@ -62,6 +62,7 @@ from service.errors import (
 from service.inventory import models_report, policy_metadata
 from service.metrics import Metrics
 from service.security import BearerAuth, check_access
+from service.types import SlotState
 
 log = logging.getLogger("gnbsched.rest")
 
@@ -83,25 +84,52 @@ class _Scheduler:
         self.metrics.rejected(TRANSPORT, preset)
         return json_response(HTTP_STATUS[kind], error_body(kind, field, message))
 
-    async def __call__(self, request: Request) -> Response:
-        t0 = time.perf_counter()
+    async def _read_json(self, request: Request) -> Any:
+        """The request's JSON document; ``_Refused`` (413 body too large, 400 not JSON) otherwise."""
         try:
             raw = await read_body(request, self.max_body)
         except BodyTooLarge as exc:
-            return self.reject(ErrorKind.BODY_TOO_LARGE, "body", str(exc))
+            raise _Refused(self.reject(ErrorKind.BODY_TOO_LARGE, "body", str(exc))) from None
         try:
-            doc = orjson.loads(raw)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return self.reject(ErrorKind.INVALID_JSON, "body", str(exc))
-        preset = doc.get("preset") if type(doc) is dict else None
+            raise _Refused(self.reject(ErrorKind.INVALID_JSON, "body", str(exc))) from None
+
+    def _decode(self, doc: Any) -> ScheduleArgs:
+        """One slot's document decoded against the contract; ``InvalidSlotError`` naming the field
+        (counted as a rejection)."""
         policy = doc.get("policy") if type(doc) is dict else None
         try:
-            args = decode_schedule(doc, self.limits, self.core.known_policies(policy if type(policy) is str else None))
-        except InvalidSlotError as exc:
-            return self.reject(exc.kind, exc.field, exc.message, preset)
+            return decode_schedule(doc, self.limits, self.core.known_policies(policy if type(policy) is str else None))
+        except InvalidSlotError:
+            self.metrics.rejected(TRANSPORT, doc.get("preset") if type(doc) is dict else None)
+            raise
         except (TypeError, ValueError, OverflowError, KeyError, IndexError) as exc:  # belt and braces
             log.warning("unclassified invalid request: %r", exc)
-            return self.reject(ErrorKind.INVALID_REQUEST, "body", f"invalid request: {exc}", preset)
+            self.metrics.rejected(TRANSPORT, doc.get("preset") if type(doc) is dict else None)
+            raise InvalidSlotError("body", f"invalid request: {exc}") from None
+
+    @staticmethod
+    def _failure(state: SlotState, exc: BaseException) -> tuple[ErrorKind, str, str]:
+        """(kind, field, message) of a decoded slot that got no decision, logged by its gravity."""
+        kind = kind_of(exc)
+        if isinstance(exc, InvalidSlotError):
+            return kind, exc.field, exc.message
+        if kind in RETRYABLE:  # store unreachable, or lost the write race too often: retry the slot
+            log.warning("slot refused for cell %s slot %s: %s", state.cell_id, state.slot, exc)
+            return kind, "slot", f"retry: {exc}"
+        log.error("no decision for cell %s slot %s: %r", state.cell_id, state.slot, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__) if kind is ErrorKind.INTERNAL else None)  # fmt: skip
+        return kind, "policy", f"no decision: {type(exc).__name__}: {exc}"
+
+    async def __call__(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            args = self._decode(await self._read_json(request))
+        except _Refused as refused:
+            return refused.response
+        except InvalidSlotError as exc:
+            return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         t1 = time.perf_counter()
         state = args.state
         try:
@@ -114,25 +142,12 @@ class _Scheduler:
                 transport=TRANSPORT,
                 timings_us={"decode": (t1 - t0) * 1e6},
             )
-        except InvalidSlotError as exc:
-            return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         except Exception as exc:
-            kind = kind_of(exc)
-            if kind in RETRYABLE:  # store unreachable, or lost the write race too often: retry the slot
-                log.warning("slot refused for cell %s slot %s: %s", state.cell_id, state.slot, exc)
-                resp = json_response(HTTP_STATUS[kind], error_body(kind, "slot", f"retry: {exc}"))
+            kind, field, message = self._failure(state, exc)
+            resp = json_response(HTTP_STATUS[kind], error_body(kind, field, message))
+            if kind in RETRYABLE:
                 resp.headers["Retry-After"] = "1"
-                return resp
-            log.error(
-                "no decision for cell %s slot %s: %r",
-                state.cell_id,
-                state.slot,
-                exc,
-                exc_info=kind is ErrorKind.INTERNAL,
-            )
-            return json_response(
-                HTTP_STATUS[kind], error_body(kind, "policy", f"no decision: {type(exc).__name__}: {exc}")
-            )
+            return resp
         body = orjson.dumps(encode_decision(state, decision), option=ORJSON_OPTS, default=str)
         self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
         return Response(body, media_type="application/json")
@@ -143,13 +158,9 @@ class _Scheduler:
         (``status``: what ``POST /schedule`` would have answered) in its place."""
         t0 = time.perf_counter()
         try:
-            raw = await read_body(request, self.max_body)
-        except BodyTooLarge as exc:
-            return self.reject(ErrorKind.BODY_TOO_LARGE, "body", str(exc))
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return self.reject(ErrorKind.INVALID_JSON, "body", str(exc))
+            doc = await self._read_json(request)
+        except _Refused as refused:
+            return refused.response
         if type(doc) is not dict or set(doc) != {"cells"}:
             return self.reject(
                 ErrorKind.INVALID_REQUEST, "body", 'expected {"cells": [one POST /schedule body per cell]}'
@@ -164,24 +175,20 @@ class _Scheduler:
             )
         items: list[ScheduleArgs | BaseException] = []
         for cell in cells:
-            policy = cell.get("policy") if type(cell) is dict else None
             try:
-                known = self.core.known_policies(policy if type(policy) is str else None)
-                items.append(decode_schedule(cell, self.limits, known))
+                items.append(self._decode(cell))
             except InvalidSlotError as exc:
-                self.metrics.rejected(TRANSPORT, cell.get("preset") if type(cell) is dict else None)
                 items.append(exc)
         results = await self.core.decide_cells(items, transport=TRANSPORT)
         answers: list[dict[str, Any]] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, BaseException):
-                kind = kind_of(result)
-                if isinstance(result, InvalidSlotError):
-                    field, message = result.field, result.message
+                state = item.state if isinstance(item, ScheduleArgs) else None
+                if state is None:
+                    assert isinstance(result, InvalidSlotError)
+                    kind, field, message = result.kind, result.field, result.message
                 else:
-                    field, message = (
-                        ("slot", f"retry: {result}") if kind in RETRYABLE else ("policy", f"no decision: {result}")
-                    )
+                    kind, field, message = self._failure(state, result)
                 answers.append({**error_body(kind, field, message), "status": HTTP_STATUS[kind]})
             else:
                 assert isinstance(item, ScheduleArgs)
@@ -189,6 +196,14 @@ class _Scheduler:
         body = orjson.dumps({"decisions": answers}, option=ORJSON_OPTS, default=str)
         self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
         return Response(body, media_type="application/json")
+
+
+class _Refused(Exception):
+    """A request refused before decoding; ``response`` is the answer."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 #: a service run beside REST in the app's lifespan (gRPC, ``service.api.serve``): entered after
