@@ -273,7 +273,9 @@ def test_hanging_teacher_falls_back_inside_the_deadline(teacher_stack) -> None:
             # a baseline on another cell is answered while the teacher slots are still waiting
             km = c.post("/schedule", content=orjson.dumps(spectrum_body("hang-km", 0, policy="km")))
             assert km.status_code == 200 and km.json()["policy"] == "km"
-            assert sum(f.done() for f in futures) == 0
+            # the slots holding the teacher's concurrency (2) still wait for their deadline; those beyond
+            # it may already have fallen back ("at once", as the docstring says)
+            assert sum(not f.done() for f in futures) >= 2, [f.done() for f in futures]
             results = [f.result() for f in futures]
         for answer, elapsed in results:
             assert answer["policy"] == "greedy" and answer["fallback_reason"] in ("deadline", "unavailable"), answer
