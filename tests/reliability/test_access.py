@@ -104,13 +104,21 @@ def test_token_guards_scheduling_metadata_and_admin_but_not_probes(guarded, toke
 
 
 def test_unauthenticated_body_is_never_read(guarded, token: str) -> None:
-    """A client without the token gets 401 before the server reads (or limits) its body."""
+    """A client without the token gets 401 before the server reads its body: the answer comes
+    while most of a declared body is still unsent. A body declared above ``max_body_bytes`` is
+    refused (413) before authentication, by the connection guard."""
+    with socket.create_connection(("127.0.0.1", guarded.rest_port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /schedule HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 15000\r\n\r\n" + b"[" * 100
+        )
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 401 "), head[:200]
     with httpx.Client(base_url=guarded.url, timeout=10) as c:
         huge = b"[" * 100_000  # above max_body_bytes and not JSON
-        r = c.post("/schedule", content=huge)
-        assert r.status_code == 401, r.text
-        r = c.post("/schedule", content=huge, headers=_auth(token))
-        assert r.status_code == 413 and r.json()["field"] == "body"
+        for headers in ({}, _auth(token)):
+            r = c.post("/schedule", content=huge, headers=headers)
+            assert r.status_code == 413 and r.json()["field"] == "body" and r.json()["error"] == "body_too_large"
 
 
 def test_openapi_declares_the_bearer_scheme_on_guarded_operations(guarded) -> None:

@@ -17,6 +17,11 @@ from ``Settings`` (``configure``):
   closed without an answer;
 * ``body_timeout_s``: once the headers are in, the body must be complete within this many
   seconds: 408 and closed (just closed when the application already answered);
+* ``max_body_bytes``: a request whose ``Content-Length`` declares more is answered ``413`` as
+  soon as its headers are in, before the application is started; a chunked body is counted as
+  it is parsed and answered ``413`` at the first byte beyond the limit. Either way the body is
+  never handed to the application, and the connection is closed. The answer is the JSON error
+  body of the application's own 413 (``{"error": "body_too_large", "field": "body", ...}``);
 * ``max_connections``: a connection accepted while this process holds as many is answered
   ``503 Service Unavailable`` at once and closed; it never reaches the parser.
 
@@ -54,10 +59,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
+
+from service.api.contract import error_body
+from service.errors import ErrorKind
 
 log = logging.getLogger("gnbsched.rest.connections")
 
@@ -72,7 +81,12 @@ LINGER_S = 1.0
 # request phases of a connection
 _IDLE, _HEAD, _BODY = 0, 1, 2
 
-_REASONS = {431: "Request Header Fields Too Large", 408: "Request Timeout", 503: "Service Unavailable"}
+_REASONS = {
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    408: "Request Timeout",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,7 @@ class ConnectionLimits:
     header_timeout_s: float = 5.0
     body_timeout_s: float = 10.0
     max_connections: int = 1024
+    max_body_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> ConnectionLimits:
@@ -91,6 +106,7 @@ class ConnectionLimits:
             header_timeout_s=float(settings.header_timeout_s),
             body_timeout_s=float(settings.body_timeout_s),
             max_connections=int(settings.max_connections),
+            max_body_bytes=int(settings.max_body_bytes),
         )
 
 
@@ -121,10 +137,16 @@ def _count_disconnect() -> None:
 
 
 def status_response(status: int, message: str) -> bytes:
-    """A minimal complete HTTP/1.1 answer that closes the connection."""
-    body = message.encode("ascii", "replace")
+    """A minimal complete HTTP/1.1 answer that closes the connection: the service's JSON error
+    body for 413 (as the application answers it), plain text otherwise."""
+    if status == 413:
+        body = orjson.dumps(error_body(ErrorKind.BODY_TOO_LARGE, "body", message))
+        ctype = "application/json"
+    else:
+        body = message.encode("ascii", "replace")
+        ctype = "text/plain; charset=utf-8"
     return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\ncontent-type: {ctype}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode("ascii") + body
 
@@ -188,6 +210,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timeout = lim.header_timeout_s
         self._body_timeout = lim.body_timeout_s
         self._max_connections = lim.max_connections
+        self._max_body = lim.max_body_bytes
+        #: bytes of the current request's body parsed so far
+        self._body_bytes = 0
         #: bytes the current request's head may still take (None: its headers are complete)
         self._head_room: int | None = lim.max_header_bytes
         self._phase = _IDLE
@@ -286,7 +311,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer ``status`` (0: nothing; nothing either once the application began its answer),
-        count it, and close the connection gracefully (``_Lingering``)."""
+        count it, and close the connection gracefully (``_Lingering``). Called from a parser
+        callback, the callbacks for the rest of that read see ``_closed_by_us`` and do nothing."""
         log.debug("refusing %s (%s): %s", _peer(self.client), reason, message or "sent nothing")
         _count_refused(reason)
         cycle = self.cycle
@@ -322,9 +348,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase = _BODY
         self._head_room = None
+        self._body_bytes = 0
+        declared = _content_length(self.headers)
+        if declared is not None and declared > self._max_body:
+            self._refuse(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {self._max_body}")
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._closed_by_us:  # refused: the rest of this read is dropped
+            return
+        size = self._body_bytes + len(body)
+        self._body_bytes = size
+        if size > self._max_body:
+            self._refuse(413, "body_too_large", f"body exceeds the limit of {self._max_body} bytes")
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._closed_by_us:
+            return
         self._phase = _IDLE
         self._head_room = self._max_head
         super().on_message_complete()
@@ -358,6 +401,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def timeout_keep_alive_handler(self) -> None:
         self._closed_by_us = True
         super().timeout_keep_alive_handler()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared ``Content-Length`` (the parser has refused malformed or repeated ones)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _peer(client: tuple[str, int] | None) -> str:
