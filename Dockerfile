@@ -44,6 +44,12 @@ RUN pip uninstall -y onnxruntime \
 
 # ---- base: what both runtime images share -------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
+# bubblewrap: the sandbox of the teacher's code answer form (docs/sandbox.md). It also needs a
+# seccomp profile that allows unprivileged user namespaces; without one the service refuses the
+# code form at start-up and serves everything else.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 gnbsched \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gnbsched

@@ -30,7 +30,24 @@ class TeacherSettings(BaseModel):
         "(llama-cpp-python /extras/tokenize/count, llama.cpp and vLLM /tokenize); estimate: never ask",
     )
     budget_tokens: int = Field(default=2048, description="prompt token budget (SPEC §5)")
-    answer_form: Literal["auto", "owner", "allocation"] = Field(default="auto", description="answer JSON form")
+    answer_form: Literal["auto", "owner", "allocation", "code"] = Field(
+        default="auto",
+        description="answer form: auto / owner / allocation (JSON), or code (a program schedule(state) run in the "
+        "sandbox; the serve command refuses it where the sandbox cannot be set up)",
+    )
+    code_reuse_slots: int = Field(
+        default=1000,
+        ge=1,
+        description="code form: slots of a cell one program decides before the teacher is asked for a new one "
+        "(also renewed when the cell's structure changes or the program fails)",
+    )
+    code_cache_size: int = Field(default=16, ge=1, description="code form: programs kept ready (one sandbox each)")
+    code_cpu_s: float = Field(default=1.0, gt=0, description="code form: CPU seconds of a program's sandbox")
+    code_wall_s: float = Field(
+        default=0.5, gt=0, description="code form: wall seconds of one program call (the slot's deadline bounds it)"
+    )
+    code_memory_bytes: int = Field(default=512 * 2**20, gt=0, description="code form: address space of a sandbox")
+    code_output_bytes: int = Field(default=2**20, gt=0, description="code form: bytes a program may return or print")
     owner_form_max_resources: int = Field(default=64, description="largest R answered in the owner form (auto)")
     pairs_per_row: int = Field(default=3, description="best partners listed per user / resource row")
     system_role: bool = Field(default=True, description="send a system message (False: merged into the user turn)")
@@ -58,7 +75,7 @@ class TeacherSettings(BaseModel):
 
         return PromptOptions(
             budget_tokens=self.budget_tokens,
-            answer_form=self.answer_form,
+            answer_form="auto" if self.answer_form == "code" else self.answer_form,
             owner_form_max_resources=self.owner_form_max_resources,
             pairs_per_row=self.pairs_per_row,
             system_role=self.system_role,

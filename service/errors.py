@@ -25,6 +25,9 @@ class ErrorKind(StrEnum):
     MODEL_INVALID = "model_invalid"
     TOO_LARGE = "too_large"
     POLICY_FAILED = "policy_failed"
+    CODE_ERROR = "code_error"
+    CODE_TIMEOUT = "code_timeout"
+    CODE_LIMIT = "code_limit"
     SLOT_CONFLICT = "slot_conflict"
     CONTENTION = "contention"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -53,6 +56,9 @@ ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.MODEL_INVALID: (500, "UNAVAILABLE"),
     ErrorKind.TOO_LARGE: (500, "UNAVAILABLE"),
     ErrorKind.POLICY_FAILED: (500, "UNAVAILABLE"),
+    ErrorKind.CODE_ERROR: (500, "UNAVAILABLE"),
+    ErrorKind.CODE_TIMEOUT: (500, "UNAVAILABLE"),
+    ErrorKind.CODE_LIMIT: (500, "UNAVAILABLE"),
     ErrorKind.SLOT_CONFLICT: (409, "FAILED_PRECONDITION"),
     ErrorKind.CONTENTION: (503, "ABORTED"),
     ErrorKind.STORE_UNAVAILABLE: (503, "UNAVAILABLE"),
@@ -68,6 +74,9 @@ _FALLBACK_REASON: dict[ErrorKind, str] = {
     ErrorKind.MODEL_INVALID: "model_invalid",
     ErrorKind.TOO_LARGE: "too_large",
     ErrorKind.UNKNOWN_POLICY: "unknown_policy",
+    ErrorKind.CODE_ERROR: "code_error",
+    ErrorKind.CODE_TIMEOUT: "code_timeout",
+    ErrorKind.CODE_LIMIT: "code_limit",
 }
 
 
@@ -152,6 +161,15 @@ class PolicyUnavailableError(PolicyError):
 
 class TeacherUnavailableError(PolicyUnavailableError):
     """The remote LLM teacher did not answer (down, timed out, refused)."""
+
+
+class TeacherCodeError(PolicyError):
+    """The teacher's program (code answer form) failed: no program in the answer or a crash
+    (``code_error``), a time limit (``code_timeout``), a memory or output limit (``code_limit``)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ModelInvalidError(PolicyUnavailableError):

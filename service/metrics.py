@@ -22,12 +22,16 @@ gnbsched_guard_engaged_total                counter    cell, preset (slots where
                                                        0 from the cell's first guarded slot)
 gnbsched_student_out_of_range_total         counter    preset, model_version (slots with a
                                                        feature outside the card's ranges)
+gnbsched_teacher_programs_total             counter    event (written | reused: slots the
+                                                       teacher's code form decided with a new
+                                                       program or one kept ready; failures
+                                                       count in gnbsched_fallbacks_total)
 gnbsched_client_disconnects_total           counter    transport (a client that went away
                                                        mid-request: during its headers or
                                                        body, or before its answer)
 gnbsched_connections_refused_total          counter    transport, reason (header_too_large,
-                                                       header_timeout, body_timeout,
-                                                       too_many_connections)
+                                                       header_timeout, body_too_large,
+                                                       body_timeout, too_many_connections)
 ==========================================  =========  =====================================
 
 Several uvicorn workers: ``gnbsched serve --workers N`` points ``PROMETHEUS_MULTIPROC_DIR`` at
@@ -193,6 +197,13 @@ class Metrics:
             ("cell", "preset"),
             registry=reg,
         )
+        self.teacher_programs = Counter(
+            "gnbsched_teacher_programs",
+            "Slots decided by the teacher's code form, by whether its program was written for the slot "
+            "or reused (failures count in gnbsched_fallbacks_total: code_error, code_timeout, code_limit).",
+            ("event",),
+            registry=reg,
+        )
         self.student_out_of_range = Counter(
             "gnbsched_student_out_of_range",
             "Student slots with a serialized feature outside the model card's training ranges.",
@@ -208,7 +219,7 @@ class Metrics:
         self.connections_refused = Counter(
             "gnbsched_connections_refused",
             "Connections refused and closed by the transport's limits, by reason "
-            "(header_too_large, header_timeout, body_timeout, "
+            "(header_too_large, header_timeout, body_too_large, body_timeout, "
             "too_many_connections).",
             ("transport", "reason"),
             registry=reg,
@@ -279,6 +290,8 @@ class Metrics:
             notes = guard.get("policy_notes") or notes  # the guarded policy's notes when it was replaced
         if notes and "out_of_range_features" in notes:
             self.student_out_of_range.labels(state.preset, str(notes.get("model_version", ""))).inc()
+        if notes and "teacher_program" in notes:
+            self.teacher_programs.labels(str(notes["teacher_program"])).inc()
         self.store_up.set(1)  # a decided slot was read from and written to the store
 
     def _guard_slot(self, state: SlotState, guard: dict) -> None:

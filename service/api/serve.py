@@ -283,6 +283,15 @@ def run(args: argparse.Namespace) -> int:
     except AccessConfigError as exc:
         print(f"gnbsched serve: invalid access settings: {exc}", file=sys.stderr)
         return 2
+    if settings.teacher.answer_form == "code":
+        from service.sandbox import Sandbox, SandboxUnavailable
+
+        try:  # the teacher's programs run confined or not at all
+            mechanism = Sandbox.check()
+        except SandboxUnavailable as exc:
+            print(f"gnbsched serve: the teacher's code answer form needs the sandbox: {exc}", file=sys.stderr)
+            return 2
+        print(f"gnbsched serve: teacher programs run in the sandbox: {mechanism}", flush=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shown = settings.public()
     shown["state_url"] = redact_url(str(shown.get("state_url", "")))

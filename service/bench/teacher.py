@@ -5,10 +5,15 @@ Runs only when an endpoint is configured (``GNBSCHED_TEACHER_URL``, the other
 slot is serialized and sent to the teacher, its raw answer is checked against the PAG (the
 *valid-before-repair* rate of SPEC §3 / LSA, measured on raw outputs), repaired and played in the
 simulator; a slot the teacher cannot serve (down, timeout, garbage) is played with ``greedy`` and
-counted. Reported per scenario: answered / failed slots, valid-before-repair rate over answered
-slots, unparsable answers, mean and p95 latency, mean prompt tokens (and whether the endpoint's
-tokenizer counted them), and the repaired decision's utility relative to KM and to a random
-valid assignment of the same slots. Outputs: ``<out>/teacher/results.csv`` and ``results.json``.
+counted by its reason. Each scenario runs once per answer form (``--forms``, default both): ``text``
+(the JSON forms, ``answer_form`` auto / owner / allocation) and ``code`` (a program
+``schedule(state)`` run in the sandbox and reused for the following slots of the cell, LSA's
+code-driven paradigm). Reported per (form, scenario): answered / failed slots, valid-before-repair
+rate over answered slots, unparsable answers, mean and p95 latency per decision, mean prompt
+tokens (and whether the endpoint's tokenizer counted them), the repaired decision's utility
+relative to KM and to a random valid assignment of the same slots, and for the code form the
+programs written and the slots each one decided. Outputs: ``<out>/teacher/results.csv`` and
+``results.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ DEFAULT_SLOTS, QUICK_SLOTS = 20, 4
 
 @dataclass
 class TeacherRow:
+    form: str
     preset: str
     scenario: str
     slots: int
@@ -60,6 +66,8 @@ class TeacherRow:
     token_source: str
     ratio_to_km: float
     ratio_to_random: float
+    programs_written: int
+    slots_per_program: float
     failures: str
 
 
@@ -68,7 +76,7 @@ def configured() -> bool:
     return bool(Settings().teacher.url)
 
 
-def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed: int) -> TeacherRow:
+def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed: int, form: str = "text") -> TeacherRow:
     """One closed-loop episode of ``slots`` slots with the teacher's repaired decisions."""
     env = make_env(preset, scenario, seed)
     state = env.reset(seed=seed)
@@ -81,6 +89,7 @@ def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed:
     tokens: list[int] = []
     sources: set[str] = set()
     util = util_km = util_rand = 0.0
+    written = 0
     ref_cfg = RewardConfig(seed=seed)
     for _ in range(slots):
         if feedback:
@@ -94,12 +103,14 @@ def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed:
             sources.add(prompt.token_source)
             raw = teacher.act(state, ctx, prompt)
         except GnbSchedError as exc:
-            kind = type(exc).__name__
+            kind = exc.kind.fallback_reason
             failures[kind] = failures.get(kind, 0) + 1
+            written += int(ctx.info.get("teacher_program") == "written")
             owner = np.asarray(greedy(state, ctx), np.int64)
         else:
             latency_ms.append((time.perf_counter() - t0) * 1e3)
             answered += 1
+            written += int(ctx.info.get("teacher_program") == "written")
             result = check(state, raw)
             valid += int(result.valid)
             unparsable += int(any(v.kind == UNPARSABLE for v in result.violations))
@@ -114,6 +125,7 @@ def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed:
             break
     lat = np.asarray(latency_ms) if latency_ms else np.zeros(1)
     return TeacherRow(
+        form=form,
         preset=preset,
         scenario=scenario,
         slots=answered + sum(failures.values()),
@@ -127,12 +139,15 @@ def run_scenario(teacher: Teacher, preset: str, scenario: str, slots: int, seed:
         token_source="/".join(sorted(sources)),
         ratio_to_km=util / util_km if util_km > 0 else 0.0,
         ratio_to_random=util / util_rand if util_rand > 0 else 0.0,
+        programs_written=written,
+        slots_per_program=answered / written if written else 0.0,
         failures=", ".join(f"{k}: {v}" for k, v in sorted(failures.items())),
     )
 
 
 def table(rows: list[TeacherRow]) -> str:
     head = (
+        "form",
         "preset",
         "scenario",
         "slots",
@@ -144,10 +159,13 @@ def table(rows: list[TeacherRow]) -> str:
         "tokens",
         "vs_km",
         "vs_rand",
+        "programs",
+        "slots/program",
         "failures",
     )
     cells = [head] + [
         (
+            r.form,
             r.preset,
             r.scenario,
             str(r.slots),
@@ -159,6 +177,8 @@ def table(rows: list[TeacherRow]) -> str:
             f"{r.prompt_tokens_mean:.0f} {r.token_source}",
             f"{r.ratio_to_km:.3f}",
             f"{r.ratio_to_random:.2f}",
+            str(r.programs_written) if r.form == "code" else "-",
+            f"{r.slots_per_program:.1f}" if r.form == "code" else "-",
             r.failures or "-",
         )
         for r in rows
@@ -169,8 +189,23 @@ def table(rows: list[TeacherRow]) -> str:
     return "\n".join(lines)
 
 
+FORMS = ("text", "code")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No teacher-specific options; the endpoint comes from ``GNBSCHED_TEACHER_*``."""
+    """The answer forms compared; the endpoint comes from ``GNBSCHED_TEACHER_*``."""
+    parser.add_argument(
+        "--forms",
+        default=",".join(FORMS),
+        help="comma-separated answer forms to compare: text (the JSON forms), code (programs in the sandbox)",
+    )
+
+
+def teacher_for(cfg: Any, form: str) -> Teacher:
+    """The teacher of ``cfg`` answering in ``form`` (text: ``cfg``'s JSON form, ``auto`` if it is code)."""
+    if form == "code":
+        return Teacher(cfg, answer_form="code")
+    return Teacher(cfg, answer_form="auto" if cfg.answer_form == "code" else cfg.answer_form)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,19 +213,25 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.url:
         print("bench teacher: no endpoint configured (set GNBSCHED_TEACHER_URL); skipped")
         return 0
-    teacher = Teacher(cfg)
+    forms = [f.strip() for f in str(getattr(args, "forms", ",".join(FORMS))).split(",") if f.strip()]
+    unknown = sorted(set(forms) - set(FORMS))
+    if unknown:
+        print(f"bench teacher: unknown form(s) {unknown}; choose from {list(FORMS)}")
+        return 2
     presets = ["spectrum", "mac"] if getattr(args, "preset", "all") == "all" else [args.preset]
     quick = bool(getattr(args, "quick", False))
     slots = getattr(args, "slots", None) or (QUICK_SLOTS if quick else DEFAULT_SLOTS)
     seed = int(getattr(args, "seed", 0))
     rows: list[TeacherRow] = []
-    try:
-        for preset in presets:
-            for scenario in (QUICK_SCENARIOS if quick else SCENARIOS)[preset]:
-                rows.append(run_scenario(teacher, preset, scenario, slots, seed))
-                print(f"bench teacher: {preset}/{scenario} done", flush=True)
-    finally:
-        teacher.close()
+    for form in forms:
+        teacher = teacher_for(cfg, form)  # SandboxUnavailable for code where no sandbox can be set up
+        try:
+            for preset in presets:
+                for scenario in (QUICK_SCENARIOS if quick else SCENARIOS)[preset]:
+                    rows.append(run_scenario(teacher, preset, scenario, slots, seed, form))
+                    print(f"bench teacher: {form} {preset}/{scenario} done", flush=True)
+        finally:
+            teacher.close()
     out_dir = Path(getattr(args, "out", "bench-out")) / "teacher"
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "results.csv").open("w", newline="") as fh:

@@ -31,6 +31,20 @@ under caps and, in mac, buffers) and returned as a DCM: repair never changes a v
 without this the resources would stay idle. The validity of the model's own answer is kept (a
 valid answer stays valid; an invalid one is returned as text, checked and repaired as before),
 and ``notes["teacher_filled"]`` counts the resources the completion added.
+
+The code form (``answer_form = "code"``, LSA's code-driven paradigm): the prompt
+(``service.serialize.code_form``) asks for a program ``schedule(state) -> owner`` over the
+cell's state object. The program runs only in ``service.sandbox`` (a confined process; a
+machine where the sandbox cannot be set up refuses the form when the teacher is built). Its
+output becomes an ``owner`` answer and goes through the same PAG check and repair as a text
+answer. A failure is a fallback with its reason: ``code_error`` (no program in the answer, a
+syntax error, an exception, a wrong output), ``code_timeout`` (CPU or wall limit, or the slot's
+deadline), ``code_limit`` (memory or output size). Programs are kept ready, one sandbox each,
+keyed by the prompt's sha256 (the prompt holds the cell id and its structure, never one slot's
+numbers): a program decides the following slots of its cell until ``code_reuse_slots`` slots
+have passed since it was written, the cell's structure (N, R, cap) changes, the cell's slot
+numbering starts again, or it fails once; then the teacher is asked again.
+``notes["teacher_program"]`` says ``written`` or ``reused``.
 """
 
 from __future__ import annotations
@@ -50,11 +64,18 @@ from cachetools import LRUCache
 
 from service.assign import greedy_fill
 from service.config import Settings, TeacherSettings
-from service.errors import DeadlineExceededError, PolicyError, TeacherUnavailableError
+from service.errors import (
+    DeadlineExceededError,
+    ErrorKind,
+    PolicyError,
+    TeacherCodeError,
+    TeacherUnavailableError,
+)
 from service.pag.checks import UNPARSABLE, CheckResult, check
 from service.pag.repair import repair
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import register
+from service.serialize.code_form import ProgramNotFound, code_prompt, extract_program, owner_answer, program_state
 from service.serialize.prompt import serialize_prompt
 from service.serialize.prompt_options import Prompt
 from service.serialize.slot_codec import slot_to_dict
@@ -66,18 +87,17 @@ class TeacherAnswerError(PolicyError):
 
 
 def request_body(cfg: TeacherSettings, prompt: Prompt, seed: int | None = None) -> dict[str, Any]:
-    """The JSON body of one chat request in ``cfg.dialect`` (pure; exposed for tests)."""
+    """The JSON body of one chat request in ``cfg.dialect`` (pure; exposed for tests). The code
+    form asks for a program: no JSON constraint is sent."""
+    constrained = prompt.answer_form != "code"
     if cfg.dialect == "ollama":
         options: dict[str, Any] = {"temperature": cfg.temperature, "num_predict": cfg.max_tokens}
         if seed is not None:
             options["seed"] = seed
-        return {
-            "model": cfg.model,
-            "messages": prompt.messages,
-            "stream": False,
-            "format": prompt.schema,
-            "options": options,
-        }
+        out = {"model": cfg.model, "messages": prompt.messages, "stream": False, "options": options}
+        if constrained:
+            out["format"] = prompt.schema
+        return out
     body: dict[str, Any] = {
         "model": cfg.model,
         "messages": prompt.messages,
@@ -87,7 +107,7 @@ def request_body(cfg: TeacherSettings, prompt: Prompt, seed: int | None = None) 
     }
     if seed is not None:
         body["seed"] = seed
-    d = cfg.dialect
+    d = cfg.dialect if constrained else "plain"
     if d == "llamacpp":
         body["response_format"] = {"type": "json_object", "schema": prompt.schema}
     elif d == "llamacpp_grammar":
@@ -122,6 +142,33 @@ def answer_of(cfg: TeacherSettings, payload: Any) -> tuple[str, dict[str, Any]]:
     return text, usage
 
 
+_CODE_KIND = {
+    "code_error": ErrorKind.CODE_ERROR,
+    "code_timeout": ErrorKind.CODE_TIMEOUT,
+    "code_limit": ErrorKind.CODE_LIMIT,
+}
+
+
+class _Ready:
+    """A program kept ready: its sandboxed worker, the slot it was written for, a lock for its calls."""
+
+    __slots__ = ("first_slot", "lock", "program")
+
+    def __init__(self, program: Any, first_slot: int) -> None:
+        self.program = program
+        self.first_slot = first_slot
+        self.lock = threading.Lock()
+
+
+class _Programs(LRUCache[str, _Ready]):
+    """Programs kept ready, least recently used evicted; an evicted program's sandbox is closed."""
+
+    def popitem(self) -> tuple[str, _Ready]:
+        key, ready = super().popitem()
+        ready.program.close()
+        return key, ready
+
+
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One TLS context per process (loading the CA bundle costs ~100 ms per client otherwise)."""
@@ -154,7 +201,22 @@ class Teacher(Policy):
         self._record_lock = threading.Lock()
         self._tokenize: tuple[str, str] | bool | None = False  # False = not probed, None = none offered
         self._scale = 1.0  # calibration: endpoint tokens / estimated tokens (EWMA)
-        self.stats = {"requests": 0, "cache_hits": 0, "errors": 0}
+        self.stats = {"requests": 0, "cache_hits": 0, "errors": 0, "programs_written": 0, "program_calls": 0}
+        self._sandbox: Any = None
+        self._programs = _Programs(maxsize=self.config.code_cache_size)
+        self._programs_lock = threading.Lock()
+        if self.config.answer_form == "code":
+            from service.sandbox import Sandbox, SandboxLimits
+
+            Sandbox.check()  # SandboxUnavailable: the code form is refused here, never run unconfined
+            self._sandbox = Sandbox(
+                SandboxLimits(
+                    cpu_s=self.config.code_cpu_s,
+                    wall_s=self.config.code_wall_s,
+                    memory_bytes=self.config.code_memory_bytes,
+                    output_bytes=self.config.code_output_bytes,
+                )
+            )
 
     # -- plumbing -----------------------------------------------------------------------
     def _http(self) -> httpx.Client:
@@ -177,6 +239,10 @@ class Teacher(Policy):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+        with self._programs_lock:
+            for ready in self._programs.values():
+                ready.program.close()
+            self._programs.clear()
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
@@ -241,6 +307,23 @@ class Teacher(Policy):
 
     # -- policy -------------------------------------------------------------------------
     def serialize(self, state: SlotState, ctx: PolicyContext) -> Prompt:
+        if self.config.answer_form == "code":
+            messages, key, tokens = code_prompt(state, self.options)
+            empty = np.zeros(0, np.int64)
+            return Prompt(
+                messages,
+                {},
+                "",
+                "code",
+                tokens,
+                "estimate",
+                tokens,
+                self.options.budget_tokens,
+                empty,
+                empty,
+                False,
+                key,
+            )
         count = self._token_counter(ctx)
 
         def safe_count(text: str) -> int:
@@ -274,6 +357,8 @@ class Teacher(Policy):
             teacher_token_source=prompt.token_source,
             teacher_answer_form=prompt.answer_form,
         )
+        if prompt.answer_form == "code":
+            return self._run_program(state, ctx, prompt)
         if cfg.cache_size > 0:
             with self._cache_lock:
                 hit = self._cache.get(prompt.key)  # a hit counts as a use
@@ -298,6 +383,72 @@ class Teacher(Policy):
         if cfg.record_path:
             self._record(state, prompt, text)
         return self._fill(state, text, result, ctx) if result is not None and cfg.fill_unused else text
+
+    def _run_program(self, state: SlotState, ctx: PolicyContext, prompt: Prompt) -> str:
+        """The code form (module doc): the cell's program, written now or reused, run on this slot;
+        its output as an ``owner`` answer. ``TeacherCodeError`` with the failure's kind."""
+        from service.sandbox import CodeFailure
+
+        cfg = self.config
+        with self._programs_lock:
+            ready = self._programs.get(prompt.key)
+            if ready is not None and not 0 <= state.slot - ready.first_slot < cfg.code_reuse_slots:
+                self._programs.pop(prompt.key, None)
+                ready.program.close()
+                ready = None
+        if ready is None:
+            text = self._complete(prompt, ctx)
+            try:
+                code = extract_program(text)
+            except ProgramNotFound as exc:
+                raise TeacherCodeError(ErrorKind.CODE_ERROR, f"teacher: {exc}: {text[:120]!r}") from None
+            try:
+                program = self._sandbox.compile(code)
+            except CodeFailure as exc:
+                raise TeacherCodeError(_CODE_KIND[exc.reason], f"teacher program: {exc.reason}: {exc.detail}") from None
+            ready = _Ready(program, state.slot)
+            with self._programs_lock:
+                old = self._programs.pop(prompt.key, None)
+                if old is not None:
+                    old.program.close()
+                self._programs[prompt.key] = ready
+            self.stats["programs_written"] += 1
+            ctx.info["teacher_program"] = "written"
+            if cfg.record_path:
+                self._record_program(state, prompt, text)
+        else:
+            ctx.info["teacher_program"] = "reused"
+        ctx.info["teacher_program_digest"] = ready.program.digest[:16]
+        left = ctx.time_left_s()
+        if left <= 0:
+            raise DeadlineExceededError("teacher: no time left before the slot's deadline to run the program")
+        try:
+            with ready.lock:
+                self.stats["program_calls"] += 1
+                owner_ids = ready.program(program_state(state, ctx.history), state.num_res, min(cfg.code_wall_s, left))
+        except CodeFailure as exc:
+            with self._programs_lock:
+                if self._programs.get(prompt.key) is ready:
+                    self._programs.pop(prompt.key, None)
+            ready.program.close()
+            bound = "the slot's deadline" if left < cfg.code_wall_s else "code_wall_s"
+            if exc.reason == "code_timeout":
+                exc.detail = f"{exc.detail} (bound: {bound}, {min(cfg.code_wall_s, left) * 1e3:.0f} ms)"
+            raise TeacherCodeError(_CODE_KIND[exc.reason], f"teacher program: {exc.reason}: {exc.detail}") from None
+        return owner_answer(owner_ids)
+
+    def _record_program(self, state: SlotState, prompt: Prompt, text: str) -> None:
+        """Append the teacher's program for ``state``'s cell (one JSONL line, ``record_path``)."""
+        line = {
+            "kind": "teacher_program",
+            "model": self.config.model,
+            "time": time.time(),
+            "state": slot_to_dict(state),
+            "messages": prompt.messages,
+            "answer_form": "code",
+            "answer": text,
+        }
+        self._append(line)
 
     @staticmethod
     def _fill(state: SlotState, text: str, result: CheckResult, ctx: PolicyContext) -> str | np.ndarray:
@@ -370,6 +521,9 @@ class Teacher(Policy):
             "violations": [v.kind for v in result.violations],
             "owner": np.asarray(owner, np.int64).tolist(),
         }
+        self._append(line)
+
+    def _append(self, line: dict[str, Any]) -> None:
         data = json.dumps(line, separators=(",", ":")) + "\n"
         path = Path(self.config.record_path or "")
         with self._record_lock:

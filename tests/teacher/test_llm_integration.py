@@ -15,6 +15,7 @@ from service.config import Settings, TeacherSettings
 from service.core import ServiceCore
 from service.history import CellHistory
 from service.pag.checks import check, is_valid
+from service.pipeline import decide
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet, names
 from service.policies.teacher import Teacher
@@ -128,7 +129,28 @@ def test_teacher_over_rest_with_real_llm_then_fallback(llama_server, uvicorn_ser
     prompt = teacher.serialize(big, PolicyContext(CellHistory.empty().view(big), slot_rng(0, big.cell_id, 0)))
     assert prompt.token_source == "endpoint" and prompt.tokens <= 2048 and prompt.answer_form == "allocation"
 
-    # 4. the LLM goes away: the fallback chain serves, within the deadline
+    # 4. the code form with the real model: its program runs in the sandbox and decides, or its
+    # failure is a code_* fallback; either way the decision is valid
+    coder = Teacher(
+        TeacherSettings(
+            url=llm.url,
+            model=MODEL_ALIAS,
+            answer_form="code",
+            system_role=False,
+            max_tokens=320,
+            timeout_s=120.0,
+        )
+    )
+    coded = PolicySet()
+    coded.put("teacher", coder)
+    try:
+        d = decide(state, CellHistory.empty(), "teacher", policies=coded, fallbacks=("greedy",), seed=0)
+    finally:
+        coder.close()
+    assert d.policy == "teacher" or d.fallback_reason in {"code_error", "code_timeout", "code_limit"}, d.fallback
+    assert coder.stats["requests"] == 1 and is_valid(state, d.owner)
+
+    # 5. the LLM goes away: the fallback chain serves, within the deadline
     llm.stop()
     t0 = time.perf_counter()
     r = httpx.post(rest.url + "/schedule", json=request(1, 5_000), timeout=30)

@@ -362,7 +362,9 @@ def test_bench_reports_valid_before_repair_rate(fake: FakeLLM, monkeypatch, tmp_
 
     from service.bench import teacher as bench_teacher
 
-    args = argparse.Namespace(preset="spectrum", out=str(tmp_path), quick=True, seed=0, slots=3, policies=None)
+    args = argparse.Namespace(
+        preset="spectrum", out=str(tmp_path), quick=True, seed=0, slots=3, policies=None, forms="text"
+    )
     monkeypatch.delenv("GNBSCHED_TEACHER_URL", raising=False)
     assert not bench_teacher.configured()
     assert bench_teacher.run(args) == 0 and "skipped" in capsys.readouterr().out
@@ -380,7 +382,7 @@ def test_bench_reports_valid_before_repair_rate(fake: FakeLLM, monkeypatch, tmp_
     assert bench_teacher.run(args) == 0
     rows = json.loads((tmp_path / "teacher" / "results.json").read_text())["rows"]
     assert all(r["failed"] == 3 and r["answered"] == 0 for r in rows)
-    assert "TeacherUnavailableError: 3" in rows[0]["failures"]
+    assert "unavailable: 3" in rows[0]["failures"]
 
 
 def test_budget_too_small_falls_back_without_a_request(fake: FakeLLM) -> None:
