@@ -3,6 +3,11 @@
 All work on a ``SlotState`` and a score matrix float64 [N, R]; they respect availability,
 eligibility, the per-user cap and, in the mac preset, the user's queued data (a user is not
 given more RBGs once its scheduled TBS covers its buffer).
+
+``serve_retx`` / ``retx_first`` serve the pending HARQ retransmissions of a mac slot before any
+new data (the PAG rule ``retx_not_first``): the baselines start from it and give the remaining
+RBGs to the users without a retransmission, and repair uses it to mend a decision that breaks
+the rule.
 """
 
 from __future__ import annotations
@@ -26,6 +31,79 @@ def remaining_bits(state: SlotState, owner: np.ndarray) -> np.ndarray | None:
         owner[used] - 1, weights=state.utility[owner[used] - 1, np.flatnonzero(used)], minlength=state.num_ue
     )
     return state.buffer_bits - sched
+
+
+def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:
+    """``owner`` [R] (default: empty) with every pending retransmission served as far as the RBGs go.
+
+    The users of P (``SlotState.retx_order``: larger ``retx_bits`` first, ties by user id) in turn
+    get RBGs until they hold ``need[u] = SlotState.retx_need()[u]`` (``min(retx_rbgs, cap)``),
+    taken in this order: (1) available RBGs nobody holds, the user's highest utility first;
+    (2) RBGs of users outside P, the lowest utility to their holder first; (3) RBGs a user of P
+    holds beyond its own need, the lowest utility to it first (ties everywhere: the lower
+    resource index). An RBG is never taken from a user of P that is at or below its need, and
+    every other RBG keeps its owner, so a decision that satisfies "retransmissions first" comes
+    back unchanged. The result satisfies it whatever ``owner`` was (given it is otherwise valid:
+    legal pairs, caps respected). Returns the DCM int64 [R].
+    """
+    owner = np.zeros(state.num_res, np.int64) if owner is None else owner.copy()
+    need = state.retx_need()
+    order = state.retx_order()
+    if need is None or order.size == 0:
+        return owner
+    util = state.utility
+    held = np.bincount(owner, minlength=state.num_ue + 1)[1:]
+    in_p = need > 0
+    for u in order.tolist():
+        k = int(need[u] - held[u])
+        if k <= 0:
+            continue
+        free = np.flatnonzero(state.resource_available & (owner == 0))
+        if free.size:  # (1) unused RBGs, the user's best first
+            take = free[np.lexsort((free, -util[u, free]))[:k]]
+            owner[take] = u + 1
+            held[u] += take.size
+            k -= take.size
+        if k > 0:  # (2) new data of users outside P, what their holders lose least first
+            res = np.flatnonzero(owner > 0)
+            res = res[~in_p[owner[res] - 1]]
+            if res.size:
+                holders = owner[res] - 1
+                pick = np.lexsort((res, util[holders, res]))[:k]
+                np.subtract.at(held, holders[pick], 1)
+                owner[res[pick]] = u + 1
+                held[u] += pick.size
+                k -= pick.size
+        if k > 0:  # (3) RBGs of users of P beyond their own need, the lowest utility to them first
+            surplus = [v for v in np.flatnonzero(in_p & (held > need)).tolist() if v != u]
+            cand: list[np.ndarray] = []
+            for v in surplus:
+                mine = np.flatnonzero(owner == v + 1)
+                cand.append(mine[np.lexsort((mine, util[v, mine]))[: held[v] - need[v]]])
+            if cand:
+                res = np.concatenate(cand)
+                holders = owner[res] - 1
+                pick = np.lexsort((res, util[holders, res]))[:k]
+                np.subtract.at(held, holders[pick], 1)
+                owner[res[pick]] = u + 1
+                held[u] += pick.size
+    return owner
+
+
+def retx_first(state: SlotState) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Where a baseline starts in a slot with retransmissions to serve: (``serve_retx`` of an empty
+    decision, int64 indices of the users without one), or (None, None) when there are none.
+
+    A user with a retransmission pending sends that transport block in the slot (one transport
+    block per user per slot, as on an NR PUSCH), so it gets the RBGs of its retransmission and no
+    RBG for new data; the baselines then give the RBGs left to the other users by their usual rule.
+    """
+    order = state.retx_order()
+    if order.size == 0:
+        return None, None
+    need = state.retx_need()
+    assert need is not None
+    return serve_retx(state), np.flatnonzero(need == 0)
 
 
 def pf_priority(state: SlotState, avg_served: np.ndarray) -> np.ndarray:

@@ -111,6 +111,16 @@ def _users(state: SlotState) -> list[dict[str, Any]]:
     return users
 
 
+def _add_retx(state: SlotState, users: list[dict[str, Any]]) -> None:
+    """Every user's ``retx_bits`` and ``retx_rbgs`` (0 and 0 included, so the columns come back
+    as given) when the state has them."""
+    if state.retx_bits is None or state.retx_rbgs is None:
+        return
+    for row, b, k in zip(users, state.retx_bits.tolist(), state.retx_rbgs.tolist(), strict=True):
+        row["retx_bits"] = b
+        row["retx_rbgs"] = k
+
+
 def rest_request(
     state: SlotState,
     feedback: Mapping[int, float] | None = None,
@@ -124,7 +134,8 @@ def rest_request(
     """The ``POST /schedule`` JSON body of ``state`` (+ the previous slot's feedback).
 
     Every field the state has travels: user ids with ``eligible`` and the physical fields
-    (``rx_power_dbm``, ``spectral_efficiency``, ``buffer_bits``), resources with ``bandwidth_hz``
+    (``rx_power_dbm``, ``spectral_efficiency``, ``buffer_bits``), the pending HARQ retransmissions
+    (``retx_bits``, ``retx_rbgs``), resources with ``bandwidth_hz``
     and ``available``, ``max_resources_per_user`` and ``tti_s``. The utility matrix travels
     exactly (JSON floats round-trip) as ``rate_bps`` in spectrum (bit/s: the utility is the rate)
     and as the unitless ``utility`` in mac (bits per RBG per slot, used as given; mac ``rate_bps``
@@ -141,13 +152,15 @@ def rest_request(
             state.resource_ids.tolist(), state.bandwidth_hz.tolist(), state.resource_available.tolist(), strict=True
         )
     ]
+    users = _users(state)
+    _add_retx(state, users)
     body: dict[str, Any] = {
         "cell_id": state.cell_id,
         "slot": state.slot,
         "preset": state.preset,
         "max_resources_per_user": state.max_resources_per_user,
         "tti_s": state.tti_s,
-        "users": _users(state),
+        "users": users,
         "resources": resources,
     }
     rb = None

@@ -47,6 +47,11 @@ class SlotState:
         buffer_bits: float64 [N] queued bits, or None for full buffers.
         rx_power_dbm: float64 [N] or None (spectrum physical field).
         spectral_efficiency: float64 [N] or [N, R] bit/s/Hz, or None (mac physical field).
+        retx_bits: float64 [N] bits of the transport block pending HARQ retransmission (0 = none),
+            or None when no retransmission is pending (mac only; given together with ``retx_rbgs``).
+        retx_rbgs: int64 [N] RBGs that retransmission needs, in [0, R], > 0 exactly where
+            ``retx_bits`` > 0, or None (mac only). A user with one pending is eligible even with
+            an empty ``buffer_bits`` (the block waits in its HARQ buffer, not in the queue).
     """
 
     preset: str
@@ -63,6 +68,8 @@ class SlotState:
     cell_id: str = "cell-0"
     slot: int = 0
     tti_s: float = DEFAULT_TTI_S
+    retx_bits: np.ndarray | None = None
+    retx_rbgs: np.ndarray | None = None
 
     @property
     def num_ue(self) -> int:
@@ -75,6 +82,28 @@ class SlotState:
     def admissible(self) -> np.ndarray:
         """bool [N, R]: pairs allowed by availability and eligibility."""
         return self.user_eligible[:, None] & self.resource_available[None, :]
+
+    def retx_need(self) -> np.ndarray | None:
+        """int64 [N]: RBGs each user's pending HARQ retransmission must get this slot, or None when
+        the slot has no ``retx_rbgs``.
+
+        ``min(retx_rbgs, max_resources_per_user)`` for an eligible user with ``retx_rbgs > 0`` (the
+        set P of the rule "retransmissions first", ``service.pag.checks.rule_retx_first``: the cap
+        wins over a larger ``retx_rbgs``), 0 for every other user.
+        """
+        if self.retx_rbgs is None:
+            return None
+        need: np.ndarray = np.where(self.user_eligible, np.minimum(self.retx_rbgs, self.max_resources_per_user), 0)
+        return need.astype(np.int64, copy=False)
+
+    def retx_order(self) -> np.ndarray:
+        """int64 [P]: the indices of the users with a retransmission to serve (``retx_need() > 0``)
+        in the order they are served: larger ``retx_bits`` first, ties by the smaller user id."""
+        need = self.retx_need()
+        if need is None or self.retx_bits is None:
+            return np.zeros(0, np.int64)
+        p = np.flatnonzero(need > 0)
+        return p[np.lexsort((self.user_ids[p], -self.retx_bits[p]))]
 
 
 def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
@@ -160,6 +189,8 @@ def make_slot(
     interference_dbm: Sequence[float] | np.ndarray | None = None,
     spectral_efficiency: np.ndarray | Sequence | None = None,
     buffer_bits: Sequence[float] | np.ndarray | None = None,
+    retx_bits: Sequence[float] | np.ndarray | None = None,
+    retx_rbgs: Sequence[int] | np.ndarray | None = None,
     rb_per_rbg: int = DEFAULT_RB_PER_RBG,
     noise_density_dbm_hz: float = -174.0,
     cell_id: str = "cell-0",
@@ -179,6 +210,11 @@ def make_slot(
         ``fading_gain`` [N, R] and ``interference_dbm`` [R] (SPEC §2);
       * mac: TBS bits per RBG ``n_RB · 12 · 14 · SE`` from ``spectral_efficiency`` [N] or [N, R]
         (SPEC §3).
+
+    HARQ retransmissions (mac only): ``retx_bits`` [N] (bits of the pending transport block, >= 0,
+    finite) and ``retx_rbgs`` [N] (RBGs it needs, integers in [0, R]) are given together or not at
+    all, and ``retx_rbgs[u] > 0`` exactly where ``retx_bits[u] > 0``. A mac user with a
+    retransmission pending is eligible even when its ``buffer_bits`` is 0.
 
     Raises ``InvalidSlotError`` naming the field for empty, duplicate, non-finite, negative or
     wrongly shaped input, and naming ``rate_bps,utility`` when both matrices are given.
@@ -209,8 +245,10 @@ def make_slot(
         if (buf < 0).any():
             i = int(np.flatnonzero(buf < 0)[0])
             raise InvalidSlotError(f"users[{i}].buffer_bits", f"must be >= 0, got {buf[i]}")
-        if preset == "mac":
-            elig &= buf > 0  # nothing to send: owns nothing (SPEC §1)
+    retx_b, retx_r = _retx(preset, retx_bits, retx_rbgs, n, r)
+    if buf is not None and preset == "mac":
+        # nothing to send: owns nothing (SPEC §1); a pending retransmission is something to send
+        elig &= (buf > 0) if retx_r is None else (buf > 0) | (retx_r > 0)
 
     cap = (
         (1 if preset == "spectrum" else r)
@@ -284,7 +322,65 @@ def make_slot(
         cell_id=cell_id,
         slot=int(slot),
         tti_s=float(tti_s),
+        retx_bits=retx_b,
+        retx_rbgs=retx_r,
     )
+
+
+def check_retx_given(preset: str, bits_given: bool, rbgs_given: bool) -> None:
+    """The first checks of the HARQ retransmission fields, the same on every transport: refused
+    outside the mac preset (naming ``users.retx_bits``, else ``users.retx_rbgs``), then given
+    together or not at all (naming the missing one)."""
+    if not (bits_given or rbgs_given):
+        return
+    if preset != "mac" and preset in PRESETS:  # an unknown preset is refused as such
+        name = "retx_bits" if bits_given else "retx_rbgs"
+        raise InvalidSlotError(
+            f"users.{name}", f"HARQ retransmissions are a mac preset field; not accepted in the {preset} preset"
+        )
+    if not (bits_given and rbgs_given):
+        missing = "retx_rbgs" if bits_given else "retx_bits"
+        raise InvalidSlotError(f"users.{missing}", RETX_TOGETHER)
+
+
+#: why a ``retx_bits`` without ``retx_rbgs`` (or the other way round) is refused
+RETX_TOGETHER = "missing: retx_bits and retx_rbgs are given together (both or neither)"
+
+
+def _retx(
+    preset: str,
+    retx_bits: Sequence[float] | np.ndarray | None,
+    retx_rbgs: Sequence[int] | np.ndarray | None,
+    n: int,
+    r: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The HARQ retransmission columns (float64 [N] bits, int64 [N] RBGs) of a slot, checked:
+    mac only, both or neither, bits >= 0 and finite, RBGs in [0, R], RBGs > 0 iff bits > 0.
+    Errors name the field the REST way (``users[3].retx_rbgs``, ``users.retx_bits``)."""
+    check_retx_given(preset, retx_bits is not None, retx_rbgs is not None)
+    if retx_bits is None or retx_rbgs is None:
+        return None, None
+    bits = _as_1d("users.retx_bits", retx_bits, float, n)
+    if (bits < 0).any():
+        i = int(np.flatnonzero(bits < 0)[0])
+        raise InvalidSlotError(f"users[{i}].retx_bits", f"must be >= 0, got {bits[i]}")
+    rbgs = _as_1d("users.retx_rbgs", retx_rbgs, np.int64, n)
+    bad = (rbgs < 0) | (rbgs > r)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidSlotError(f"users[{i}].retx_rbgs", f"must be in [0, R], got {int(rbgs[i])} (R = {r} resources)")
+    no_rbgs = (bits > 0) & (rbgs == 0)
+    no_bits = (rbgs > 0) & (bits == 0)
+    if no_rbgs.any() or no_bits.any():
+        i = int(np.flatnonzero(no_rbgs | no_bits)[0])
+        if no_rbgs[i]:
+            raise InvalidSlotError(
+                f"users[{i}].retx_rbgs", f"must be > 0 when retx_bits > 0 (got 0 with retx_bits {bits[i]:g})"
+            )
+        raise InvalidSlotError(
+            f"users[{i}].retx_bits", f"must be > 0 when retx_rbgs > 0 (got 0 with retx_rbgs {int(rbgs[i])})"
+        )
+    return bits, rbgs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,9 +35,10 @@ class Rule:
     """One request field.
 
     name: the REST name (member of its group's objects); proto: the gRPC field; kind: the
-    value type; [lo, hi] (``lo_open``: (lo, hi]) the accepted range of each value; default:
-    the value an absent field takes (None: absent means "not given"); unit: SI unit or
-    "unitless"; doc: what it means.
+    value type; [lo, hi] (``lo_open``: (lo, hi]) the accepted range of each value; ``hi_name``:
+    the upper bound's name when it depends on the slot (hi None, e.g. ``R``: checked by
+    ``service.types.make_slot``); default: the value an absent field takes (None: absent means
+    "not given"); unit: SI unit or "unitless"; doc: what it means.
     """
 
     name: str
@@ -50,10 +51,12 @@ class Rule:
     default: Any = None
     unit: str = ""
     doc: str = ""
+    hi_name: str = ""
 
     def bounds(self) -> str:
-        """The accepted range as text: ``[0, 1e+18]``, ``(0, 1]``."""
-        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        """The accepted range as text: ``[0, 1e+18]``, ``(0, 1]``, ``[0, R]``."""
+        hi = self.hi_name if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {hi}]"
 
     def problem(self, value: float) -> str:
         """Why ``value`` (out of range) is refused, for an error message."""
@@ -214,7 +217,33 @@ RULES: dict[str, Rule] = {
             0.0,
             1e18,
             unit="bit",
-            doc="queued data; a mac user with 0 owns nothing (every user or none: none = full buffers)",
+            doc="queued data; a mac user with 0 (and no retransmission pending) owns nothing (every user or none: "
+            "none = full buffers)",
+        ),
+        _R(
+            "retx_bits",
+            "users",
+            "retx_bits",
+            "float",
+            0.0,
+            1e18,
+            default=0.0,
+            unit="bit",
+            doc="mac: size of the transport block pending HARQ retransmission (0 = none); given together with "
+            "retx_rbgs, > 0 exactly where retx_rbgs > 0. Served before new data (PAG rule retx_not_first)",
+        ),
+        _R(
+            "retx_rbgs",
+            "users",
+            "retx_rbgs",
+            "int",
+            0,
+            None,
+            default=0,
+            unit="unitless",
+            hi_name="R",
+            doc="mac: RBGs that pending retransmission needs, a count in [0, R] (0 = none); given together with "
+            "retx_bits, > 0 exactly where retx_bits > 0; a cap below it wins",
         ),
         _R("eligible", "users", "eligible", "bool", default=True, doc="false: the user may own nothing this slot"),
         _R(
@@ -320,7 +349,7 @@ def check_column(rule: Rule, arr: np.ndarray, field: str) -> np.ndarray:
     if bad.any():
         idx = tuple(int(v) for v in np.argwhere(bad)[0])
         names = dict(zip("ij", idx, strict=False))
-        raise InvalidSlotError(field.format(**names), rule.problem(float(arr[idx])))
+        raise InvalidSlotError(field.format(**names), rule.problem(arr[idx].item()))
     return arr
 
 

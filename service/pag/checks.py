@@ -10,6 +10,12 @@ A raw output comes in one of three forms:
 ``check`` turns any form into candidate (user, resource) index pairs and reports every
 violation as a typed ``Violation``; it never raises on bad content. Each rule is a small
 function so tests and the teacher can reuse them.
+
+Besides the grammar of SPEC §4 (length, domain, busy resources, eligibility, caps, contention),
+a mac slot that reports pending HARQ retransmissions (``SlotState.retx_rbgs``) is checked
+against "retransmissions first" (``rule_retx_first``, kind ``retx_not_first``): as a gNB MAC
+scheduler serves the retransmissions of its HARQ processes before new transmissions, no RBG
+may carry new data while a retransmission is short of the RBGs it needs.
 """
 
 from __future__ import annotations
@@ -32,7 +38,17 @@ BUSY_RESOURCE = "busy_resource"
 INELIGIBLE_USER = "ineligible_user"
 CAP_EXCEEDED = "cap_exceeded"
 CONTENTION = "contention"
-VIOLATION_KINDS = (UNPARSABLE, WRONG_LENGTH, OUT_OF_DOMAIN, BUSY_RESOURCE, INELIGIBLE_USER, CAP_EXCEEDED, CONTENTION)
+RETX_NOT_FIRST = "retx_not_first"
+VIOLATION_KINDS = (
+    UNPARSABLE,
+    WRONG_LENGTH,
+    OUT_OF_DOMAIN,
+    BUSY_RESOURCE,
+    INELIGIBLE_USER,
+    CAP_EXCEEDED,
+    CONTENTION,
+    RETX_NOT_FIRST,
+)
 
 
 @dataclass(slots=True)
@@ -132,6 +148,56 @@ def rule_contention(state: SlotState, pr: np.ndarray, legal: np.ndarray) -> list
     return [
         Violation(CONTENTION, f"resource {int(rid[r])} is claimed by {int(counts[r])} users", resource=int(r))
         for r in np.flatnonzero(counts > 1).tolist()
+    ]
+
+
+def rule_retx_first(state: SlotState, pu: np.ndarray, pr: np.ndarray, legal: np.ndarray) -> list[Violation]:
+    """Retransmissions first (mac, HARQ): no RBG for new data while a retransmission is short.
+
+    P = the eligible users with ``retx_rbgs > 0``; user u of P needs ``need[u] = min(retx_rbgs[u],
+    max_resources_per_user)`` RBGs (``SlotState.retx_need``: a cap below ``retx_rbgs`` wins). A
+    decision violates the rule when some u of P holds fewer than ``need[u]`` RBGs while an
+    available RBG does not serve a retransmission: it goes to a user outside P (new data), to a
+    user of P beyond its own need (new data again), or it is left unused. So when the available
+    RBGs cannot cover all of P, every one of them goes to the retransmissions of P. This is how a
+    gNB MAC scheduler works: the retransmissions of pending HARQ processes are scheduled before
+    any new transmission. One violation per short user; only the legal pairs count.
+    """
+    need = state.retx_need()
+    if need is None:
+        return []
+    pu_l, pr_l = pu[legal], pr[legal]
+    held = np.bincount(pu_l, minlength=state.num_ue)
+    short = np.flatnonzero(held < need)  # need is 0 outside P: nobody else is ever short
+    if short.size == 0:
+        return []
+    uid, rid = state.user_ids, state.resource_ids
+    in_p = need > 0
+    other = np.flatnonzero(~in_p[pu_l])
+    over = np.flatnonzero(in_p & (held > need))
+    covered = np.zeros(state.num_res, bool)
+    covered[pr_l] = True
+    unused = np.flatnonzero(state.resource_available & ~covered)
+    if other.size:
+        j = int(other[0])
+        example = f"resource {int(rid[pr_l[j]])} goes to user {int(uid[pu_l[j]])}, which has no retransmission pending"
+    elif over.size:
+        v = int(over[0])
+        example = (
+            f"user {int(uid[v])} holds {int(held[v])} resources, {int(held[v] - need[v])} beyond its retransmission"
+        )
+    elif unused.size:
+        example = f"resource {int(rid[unused[0]])} is left unused"
+    else:
+        return []  # every available RBG serves a retransmission: there are not enough for all
+    return [
+        Violation(
+            RETX_NOT_FIRST,
+            f"user {int(uid[u])} gets {int(held[u])} of the {int(need[u])} resources its pending HARQ "
+            f"retransmission needs while {example}",
+            user=int(u),
+        )
+        for u in short.tolist()
     ]
 
 
@@ -314,7 +380,10 @@ def _valid_dcm_pairs(state: SlotState, flat: np.ndarray) -> CheckResult | None:
         and np.bincount(pu, minlength=state.num_ue).max() > state.max_resources_per_user
     ):
         return None
-    return CheckResult(pu, pr, np.ones(pu.size, bool), [], flat)
+    legal = np.ones(pu.size, bool)
+    if state.retx_rbgs is not None and rule_retx_first(state, pu, pr, legal):
+        return None
+    return CheckResult(pu, pr, legal, [], flat)
 
 
 def _check_pairs(
@@ -336,6 +405,7 @@ def _check_pairs(
         legal = in_domain
     violations += rule_cap(state, pu, legal)
     violations += rule_contention(state, pr, legal)
+    violations += rule_retx_first(state, pu, pr, legal)
     return CheckResult(pu, pr, legal, violations, dcm)
 
 

@@ -5,10 +5,18 @@
    on it (ties: lowest user index).
 3. Cap: a user over ``max_resources_per_user`` keeps its highest-utility resources
    (ties: lowest resource index).
-4. Fill: eligible users below their cap are greedily given free available resources,
-   highest utility first (mac: only while the user still has unscheduled data).
+4. Retransmissions first (mac slots with ``retx_rbgs``; ``assign.serve_retx``): the users of P
+   (eligible, ``retx_rbgs > 0``), larger ``retx_bits`` first and ties by user id, get RBGs up to
+   ``min(retx_rbgs, max_resources_per_user)`` (a cap below ``retx_rbgs`` wins), taken first from
+   unused available RBGs (the user's highest utility first), then from users outside P (their
+   lowest-utility RBGs first), then from users of P beyond their own need; never from a user of
+   P at or below its need. The other RBGs keep their owners.
+5. Fill: eligible users below their cap are greedily given free available resources,
+   highest utility first (mac: only while the user still has unscheduled data; users with a
+   retransmission pending send only it and are not filled). Skipped when the output broke no
+   rule but "retransmissions first": step 4 then moves only the RBGs the retransmissions need.
 
-A PAG-valid output is returned unchanged (steps 1–3 are no-ops and step 4 runs only when the
+A PAG-valid output is returned unchanged (steps 1–4 are no-ops and step 5 runs only when the
 output violated the grammar), so repair is idempotent.
 """
 
@@ -16,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.assign import greedy_fill
-from service.pag.checks import CheckResult
+from service.assign import greedy_fill, serve_retx
+from service.pag.checks import RETX_NOT_FIRST, CheckResult
 from service.types import SlotState
 
 
@@ -52,4 +60,12 @@ def repair(state: SlotState, result: CheckResult) -> np.ndarray:
     owner[pr] = pu + 1
     if result.valid:
         return owner
-    return greedy_fill(state, state.utility, owner)
+
+    # 4. retransmissions first
+    need = state.retx_need()
+    if need is not None:
+        owner = serve_retx(state, owner)
+        if all(v.kind == RETX_NOT_FIRST for v in result.violations):
+            return owner  # only the rule was broken: the RBGs it needed moved, nothing else
+    users = None if need is None or not need.any() else np.flatnonzero(need == 0)
+    return greedy_fill(state, state.utility, owner, users)

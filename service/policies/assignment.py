@@ -1,6 +1,9 @@
 """Assignment-problem policies (LSA baselines): km, exhaustive, grouped_km, greedy, random, de.
 
 Each maximises the slot's utility (SPEC §1–§2): sum-rate in spectrum, scheduled bits in mac.
+In a mac slot with pending HARQ retransmissions each serves them first (``assign.retx_first``)
+and optimises over the other users and the RBGs left, so its decision satisfies the PAG rule
+``retx_not_first`` by construction (``de`` repairs every candidate, which serves them too).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import differential_evolution
 
-from service.assign import copies_per_user, greedy_fill, linear_assignment
+from service.assign import copies_per_user, greedy_fill, linear_assignment, retx_first
 from service.errors import ProblemTooLargeError
 from service.pag.checks import check_dcm
 from service.pag.repair import repair
@@ -28,7 +31,11 @@ class KM(Policy):
     name = "km"
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        return linear_assignment(state, state.utility)
+        start, users = retx_first(state)
+        if start is None:
+            return linear_assignment(state, state.utility)
+        rest = linear_assignment(state, state.utility, users=users, resources=np.flatnonzero(start == 0))
+        return np.where(start > 0, start, rest)
 
 
 @register("exhaustive")
@@ -42,9 +49,16 @@ class Exhaustive(Policy):
         self.max_candidates = max_candidates
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        # candidate tokens per resource: 0 or an eligible user (busy resources: only 0)
-        users = np.flatnonzero(state.user_eligible) + 1
+        # candidate tokens per resource: 0 or an eligible user (busy resources: only 0); with
+        # retransmissions pending, their RBGs are fixed and the others go to users without one
+        start, others = retx_first(state)
+        eligible = state.user_eligible.copy()
+        if others is not None:
+            eligible &= np.isin(np.arange(state.num_ue), others)
+        users = np.flatnonzero(eligible) + 1
         choices = [np.r_[0, users] if a else np.array([0]) for a in state.resource_available]
+        if start is not None:
+            choices = [np.array([k]) if k else c for k, c in zip(start.tolist(), choices, strict=True)]
         total = int(np.prod([len(c) for c in choices], dtype=np.float64))
         if total > self.max_candidates:
             raise ProblemTooLargeError(
@@ -82,12 +96,15 @@ class GroupedKM(Policy):
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         blocks = max(1, -(-max(state.num_ue, state.num_res) // self.group_size))
-        owner = np.zeros(state.num_res, np.int64)
+        start, others = retx_first(state)
+        owner = np.zeros(state.num_res, np.int64) if start is None else start.copy()
         for ub, rb in zip(
             np.array_split(np.arange(state.num_ue), blocks),
             np.array_split(np.arange(state.num_res), blocks),
             strict=True,
         ):
+            if start is not None and others is not None:  # retransmissions first: the others on the RBGs left
+                ub, rb = ub[np.isin(ub, others)], rb[start[rb] == 0]
             part = linear_assignment(state, state.utility, users=ub, resources=rb)
             owner[rb] = part[rb]
         return owner
@@ -100,18 +117,22 @@ class Greedy(Policy):
     name = "greedy"
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        return greedy_fill(state, state.utility)
+        return greedy_fill(state, state.utility, *retx_first(state))
 
 
 def random_valid(state: SlotState, rng: np.random.Generator) -> np.ndarray:
     """A uniformly drawn valid DCM: available resources in random order, each to a random
     eligible user below its cap (and with data left in mac), until users or resources run out.
-    The reference ``a_rand`` of LSA eq. 13."""
-    owner = np.zeros(state.num_res, np.int64)
+    Pending HARQ retransmissions are served first (``assign.retx_first``), the draw covers the
+    other users and the RBGs left. The reference ``a_rand`` of LSA eq. 13."""
+    start, others = retx_first(state)
+    owner = np.zeros(state.num_res, np.int64) if start is None else start
     slots = copies_per_user(state)  # how many resources each user may still take
+    if others is not None:
+        slots = np.where(np.isin(np.arange(state.num_ue), others), slots, 0)
     pool = np.repeat(np.arange(state.num_ue), slots)
     rng.shuffle(pool)
-    res = np.flatnonzero(state.resource_available)
+    res = np.flatnonzero(state.resource_available & (owner == 0))
     res = res[rng.permutation(res.size)]
     counts = np.zeros(state.num_ue, np.int64)
     i = 0

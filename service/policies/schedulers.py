@@ -1,7 +1,10 @@
 """Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight.
 
 They read the cell's history (``ctx.history``) — PF needs the users' average served rate, RR
-when each user was last served — and return a DCM under caps and buffers.
+when each user was last served — and return a DCM under caps and buffers. In a mac slot with
+pending HARQ retransmissions each serves them first (``assign.retx_first``: larger ``retx_bits``
+first, ``retx_rbgs`` RBGs each) and applies its own rule to the other users on the RBGs left, so
+its decision satisfies the PAG rule ``retx_not_first`` by construction.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from service.assign import greedy_fill, pf_priority
+from service.assign import greedy_fill, pf_priority, retx_first
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import register
 from service.types import SlotState
@@ -29,8 +32,11 @@ class RoundRobin(Policy):
         hist = ctx.history
         order = np.lexsort((np.arange(state.num_ue), hist.cum_resources, hist.last_served_slot))
         order = order[state.user_eligible[order]]
-        owner = np.zeros(state.num_res, np.int64)
-        free = np.flatnonzero(state.resource_available).tolist()
+        start, users = retx_first(state)
+        owner = np.zeros(state.num_res, np.int64) if start is None else start
+        if users is not None:  # the retransmissions are served: the others take turns on the rest
+            order = order[np.isin(order, users)]
+        free = np.flatnonzero(state.resource_available & (owner == 0)).tolist()
         if order.size == 0 or not free:
             return owner
         cap = state.max_resources_per_user
@@ -62,7 +68,7 @@ class ProportionalFair(Policy):
     name = "pf"
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        return greedy_fill(state, pf_priority(state, ctx.history.avg_served))
+        return greedy_fill(state, pf_priority(state, ctx.history.avg_served), *retx_first(state))
 
 
 @register("max_weight")
@@ -74,4 +80,4 @@ class MaxWeight(Policy):
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         q = np.ones(state.num_ue) if state.buffer_bits is None else state.buffer_bits
-        return greedy_fill(state, state.utility * q[:, None])
+        return greedy_fill(state, state.utility * q[:, None], *retx_first(state))

@@ -46,8 +46,10 @@ def slot_to_dict(state: SlotState) -> dict[str, Any]:
     ``utility`` is the slot's utility matrix itself (spectrum: bit/s; mac: bits per RBG per
     slot), like the request field ``utility`` that is used as given — never ``rate_bps``, which
     in mac is bit/s and would be multiplied by ``tti_s`` again — so ``slot_from_dict`` gives the
-    same utility back bit for bit."""
-    return {
+    same utility back bit for bit. ``retx_bits`` (float64 [N], bits) and ``retx_rbgs`` (int64 [N],
+    RBGs) are written only when the slot has them, so the record of a slot without pending HARQ
+    retransmissions is what it was before they existed."""
+    record: dict[str, Any] = {
         "format": SLOT_FORMAT,
         "preset": state.preset,
         "cell_id": state.cell_id,
@@ -64,10 +66,15 @@ def slot_to_dict(state: SlotState) -> dict[str, Any]:
         "rx_power_dbm": _arr(state.rx_power_dbm),
         "spectral_efficiency": _arr(state.spectral_efficiency),
     }
+    if state.retx_bits is not None and state.retx_rbgs is not None:
+        record["retx_bits"] = state.retx_bits.tolist()  # lists of JSON floats / ints: exact
+        record["retx_rbgs"] = state.retx_rbgs.tolist()
+    return record
 
 
 def slot_from_dict(d: dict[str, Any]) -> SlotState:
-    """Inverse of ``slot_to_dict`` (shapes checked)."""
+    """Inverse of ``slot_to_dict`` (shapes checked; a record without ``retx_bits`` / ``retx_rbgs``
+    has no retransmission pending)."""
     if d.get("format", SLOT_FORMAT) != SLOT_FORMAT:
         raise ValueError(f"slot record format {d.get('format')} is not {SLOT_FORMAT}")
     uids = np.asarray(d["user_ids"], np.int64)
@@ -92,4 +99,6 @@ def slot_from_dict(d: dict[str, Any]) -> SlotState:
         cell_id=str(d.get("cell_id", "cell-0")),
         slot=int(d.get("slot", 0)),
         tti_s=float(d.get("tti_s", 0.0005)),
+        retx_bits=_unarr(d.get("retx_bits"), np.float64),
+        retx_rbgs=_unarr(d.get("retx_rbgs"), np.int64),
     )

@@ -39,7 +39,9 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
     """A digest of what decides a slot: the slot's arrays, the requested policy and the feedback.
 
     Two requests with the same digest decide the same way from the same state; a retry is
-    recognised by it (the deadline is not part of it: a retry may carry a shorter one)."""
+    recognised by it (the deadline is not part of it: a retry may carry a shorter one). The
+    pending HARQ retransmissions (``retx_bits``, ``retx_rbgs``) are part of it when the slot has
+    them (a slot without them digests as it did before they existed)."""
     h = hashlib.sha256()  # SHA extensions make it the fastest hashlib digest on current x86 and ARM
     h.update(
         f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|"
@@ -59,6 +61,10 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
         else:
             h.update(np.ascontiguousarray(arr).tobytes())
             h.update(str(arr.shape).encode())
+    if state.retx_bits is not None and state.retx_rbgs is not None:  # only then: older digests stay valid
+        for arr in (state.retx_bits, state.retx_rbgs):
+            h.update(b"retx")
+            h.update(np.ascontiguousarray(arr).tobytes())
     if feedback:
         h.update(json.dumps(sorted((int(k), float(v)) for k, v in feedback.items())).encode())
     return h.hexdigest()[:32]

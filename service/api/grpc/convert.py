@@ -27,7 +27,7 @@ from service.api.contract import (
 )
 from service.api.grpc.gen.gnbsched.v1 import scheduler_pb2 as pb
 from service.errors import InvalidSlotError, LimitExceededError
-from service.types import Decision, SlotState, make_slot
+from service.types import Decision, SlotState, check_retx_given, make_slot
 
 __all__ = [
     "decision_to_pb",
@@ -78,6 +78,18 @@ def _floats(key: str, values, expected: int) -> np.ndarray | None:
     return check_column(rule, np.asarray(values, dtype=np.float64), rule.proto + "[{i}]")
 
 
+def _ints(key: str, values, expected: int) -> np.ndarray | None:
+    """int64 [expected] from a packed repeated int64, each within the rule of ``key``; None when
+    empty (absent). Errors name the element: ``retx_rbgs[3]``."""
+    k = len(values)
+    if k == 0:
+        return None
+    rule = RULES[key]
+    if k != expected:
+        raise InvalidSlotError(rule.proto, f"expected {expected} values (or none), got {k}")
+    return check_column(rule, np.asarray(values, dtype=np.int64), rule.proto + "[{i}]")
+
+
 def _bools(field: str, values, expected: int) -> np.ndarray | None:
     k = len(values)
     if k == 0:
@@ -113,7 +125,8 @@ def request_to_slot(
     """Validate and decode one ``SlotRequest`` with the rules of ``service.api.contract`` (the
     table ``POST /schedule`` uses).
 
-    Shapes: per-user arrays [N] (N = len(user_ids)), per-resource arrays [R]; ``rate_bps`` (bit/s),
+    Shapes: per-user arrays [N] (N = len(user_ids); ``retx_bits`` and ``retx_rbgs`` both or
+    neither), per-resource arrays [R]; ``rate_bps`` (bit/s),
     ``utility`` (unitless) and ``fading_gain`` are N × R row-major; ``spectral_efficiency`` is [N] or [N·R] (row-major
     [N, R]). Raises ``InvalidSlotError`` (``LimitExceededError`` for N or R above the limits)
     whose ``field`` is the proto field name, with the element index where there is one.
@@ -164,6 +177,9 @@ def _decode(
     resource_ids = check_ids(np.asarray(req.resource_ids, dtype=np.int64), "resource_ids[{i}]")
     rx_power_dbm = _floats("users.rx_power_dbm", req.rx_power_dbm, n)
     buffer_bits = _floats("users.buffer_bits", req.buffer_bits, n)
+    check_retx_given(req.preset, len(req.retx_bits) > 0, len(req.retx_rbgs) > 0)  # as REST: before the ranges
+    retx_bits = _floats("users.retx_bits", req.retx_bits, n)
+    retx_rbgs = _ints("users.retx_rbgs", req.retx_rbgs, n)
     eligible = _bools("eligible", req.eligible, n)
     bandwidth_hz = _floats("resources.bandwidth_hz", req.bandwidth_hz, r)
     available = _bools("available", req.available, r)
@@ -195,6 +211,8 @@ def _decode(
         interference_dbm=interference_dbm,
         spectral_efficiency=se,
         buffer_bits=buffer_bits,
+        retx_bits=retx_bits,
+        retx_rbgs=retx_rbgs,
         rb_per_rbg=rb_per_rbg,
         noise_density_dbm_hz=noise_dbm_hz,
         cell_id=req.cell_id,
@@ -312,7 +330,8 @@ def slot_to_request(
     simulator's utility (fading, interference): as ``rate_bps`` in spectrum (the utility is a rate
     in bit/s there), as ``utility`` in mac (bits per RBG per slot, taken as given: sending
     ``utility / tti_s`` as bit/s would not come back bit-exact). The physical fields the state has
-    (rx_power_dbm, spectral_efficiency, buffer_bits) are sent as well since policies use them.
+    (rx_power_dbm, spectral_efficiency, buffer_bits, retx_bits / retx_rbgs) are sent as well since
+    policies use them.
     """
     req = pb.SlotRequest(
         cell_id=state.cell_id,
@@ -332,6 +351,9 @@ def slot_to_request(
         req.spectral_efficiency[:] = state.spectral_efficiency.ravel().tolist()
     if state.buffer_bits is not None:
         req.buffer_bits[:] = state.buffer_bits.tolist()
+    if state.retx_bits is not None and state.retx_rbgs is not None:
+        req.retx_bits[:] = state.retx_bits.tolist()
+        req.retx_rbgs[:] = state.retx_rbgs.tolist()
     if include_rate:
         n, r = state.utility.shape
         matrix = req.rate_bps if state.preset == "spectrum" else req.utility

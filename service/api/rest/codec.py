@@ -10,8 +10,9 @@ whose ``field`` names the offending field (``users[3].buffer_bits``, ``rate_bps[
 JSON shapes (N users, R resources): ``users[i]`` and ``resources[j]`` objects with the fields of
 the ``users`` / ``resources`` rules; ``rate_bps`` / ``utility`` [N][R]; ``feedback``:
 ``{"delivered_bits": {"<user id>": bits}}``. Per entry, ``eligible`` / ``available`` default to
-true, ``bandwidth_hz`` to the preset's default and ``interference_dbm`` to none; the other
-numeric fields are given for every entry or for none.
+true, ``bandwidth_hz`` to the preset's default and ``interference_dbm`` to none; a user's
+``retx_bits`` and ``retx_rbgs`` are given together or not at all (not at all: 0, no
+retransmission pending); the other numeric fields are given for every entry or for none.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from service.api.contract import (
     default_bandwidth_hz,
 )
 from service.errors import InvalidSlotError, LimitExceededError
-from service.types import PRESETS, Decision, SlotState, make_slot
+from service.types import PRESETS, RETX_TOGETHER, Decision, SlotState, check_retx_given, make_slot
 
 __all__ = ["decode_schedule", "encode_decision", "field_path"]
 
@@ -129,6 +130,36 @@ def _float_column(rows: list[dict], key: str, group: str, default: float | None 
     if col is None:
         return None
     return check_column(RULES[f"{group}.{key}"], np.array(col, dtype=np.float64), f"{group}[{{i}}].{key}")
+
+
+def _int_column(rows: list[dict], key: str, group: str, default: int | None = None) -> np.ndarray | None:
+    """int64 [len(rows)] of an integer field, each within its rule; None if absent."""
+    col = _column(rows, key, group, _INT, "an integer", default)
+    if col is None:
+        return None
+    rule = RULES[f"{group}.{key}"]
+    try:
+        arr = np.array(col, dtype=np.int64)
+    except OverflowError:
+        i = next(i for i, x in enumerate(col) if not -INT64_MAX - 1 <= x <= INT64_MAX)
+        raise InvalidSlotError(f"{group}[{i}].{key}", rule.problem(col[i])) from None
+    return check_column(rule, arr, f"{group}[{{i}}].{key}")
+
+
+def _retx_columns(users: list[dict], ukeys: set[str], preset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``retx_bits`` float64 [N] and ``retx_rbgs`` int64 [N] (a user with neither: 0, 0), or
+    (None, None) when no user has them. Checked in the order the gRPC converter uses: the preset,
+    both fields present (a user with only one of them is refused, naming the other), the ranges."""
+    check_retx_given(preset, "retx_bits" in ukeys, "retx_rbgs" in ukeys)
+    if "retx_bits" not in ukeys:
+        return None, None
+    for i, row in enumerate(users):
+        if ("retx_bits" in row) != ("retx_rbgs" in row):
+            missing = "retx_rbgs" if "retx_bits" in row else "retx_bits"
+            raise InvalidSlotError(f"users[{i}].{missing}", RETX_TOGETHER)
+    bits = _float_column(users, "retx_bits", "users", RULES["users.retx_bits"].default)
+    rbgs = _int_column(users, "retx_rbgs", "users", RULES["users.retx_rbgs"].default)
+    return bits, rbgs
 
 
 def _id_column(rows: list[dict], group: str) -> np.ndarray:
@@ -303,6 +334,7 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         rx_power_dbm = _float_column(users, "rx_power_dbm", "users")
     if "buffer_bits" in ukeys:
         buffer_bits = _float_column(users, "buffer_bits", "users")
+    retx_bits, retx_rbgs = _retx_columns(users, ukeys, preset)
     if "spectral_efficiency" in ukeys:
         se_col = _column(users, "spectral_efficiency", "users", _NUM | {list}, "a number or an array of numbers")
         se_col = se_col or []
@@ -348,6 +380,8 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         interference_dbm=interference_dbm,
         spectral_efficiency=spectral_efficiency,
         buffer_bits=buffer_bits,
+        retx_bits=retx_bits,
+        retx_rbgs=retx_rbgs,
         rb_per_rbg=rb_per_rbg,
         noise_density_dbm_hz=noise_dbm_hz,
         cell_id=cell_id,

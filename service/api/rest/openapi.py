@@ -48,6 +48,20 @@ _MAC_EXAMPLE: dict[str, Any] = {
     "resources": [{"id": r, "bandwidth_hz": 1.44e6} for r in range(4)],
     "feedback": {"delivered_bits": {"1": 790.0, "2": 0.0}},
 }
+_MAC_RETX_EXAMPLE: dict[str, Any] = {
+    "cell_id": "cell-3",
+    "slot": 78,
+    "preset": "mac",
+    "policy": "pf",
+    # user 2's 1600-bit transport block waits for a HARQ retransmission in 2 RBGs: it is served
+    # before new data (PAG rule retx_not_first), even with an empty queue
+    "users": [
+        {"id": 1, "spectral_efficiency": 1.1758, "buffer_bits": 2048},
+        {"id": 2, "spectral_efficiency": 0.6016, "buffer_bits": 0, "retx_bits": 1600, "retx_rbgs": 2},
+        {"id": 3, "spectral_efficiency": 0.2344, "buffer_bits": 512},
+    ],
+    "resources": [{"id": r, "bandwidth_hz": 1.44e6} for r in range(4)],
+}
 _RATE_EXAMPLE: dict[str, Any] = {
     "cell_id": "cell-9",
     "slot": 5,
@@ -79,6 +93,10 @@ _UTILITY_EXAMPLE: dict[str, Any] = {
 REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "spectrum": {"summary": "spectrum access (LSA): channels from received powers", "value": _SPECTRUM_EXAMPLE},
     "mac": {"summary": "uplink RBG scheduling (UDTS) with the previous slot's feedback", "value": _MAC_EXAMPLE},
+    "mac_retx": {
+        "summary": "mac with a HARQ retransmission pending (served before new data)",
+        "value": _MAC_RETX_EXAMPLE,
+    },
     "rate_matrix": {"summary": "caller-provided rate matrix in bit/s as the utility", "value": _RATE_EXAMPLE},
     "mac_rate_matrix": {
         "summary": "mac with caller-provided rates in bit/s (utility = rate_bps * tti_s bits)",

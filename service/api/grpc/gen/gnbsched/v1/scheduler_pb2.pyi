@@ -37,7 +37,7 @@ class Feedback(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., delivered_bits: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SlotRequest(_message.Message):
-    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "utility", "fading_gain", "feedback", "epoch")
+    __slots__ = ("cell_id", "slot", "preset", "policy", "deadline_ms", "max_resources_per_user", "tti_s", "rb_per_rbg", "noise_density_dbm_hz", "user_ids", "rx_power_dbm", "spectral_efficiency", "buffer_bits", "eligible", "retx_bits", "retx_rbgs", "resource_ids", "bandwidth_hz", "available", "interference_dbm", "rate_bps", "utility", "fading_gain", "feedback", "epoch")
     CELL_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class SlotRequest(_message.Message):
     SPECTRAL_EFFICIENCY_FIELD_NUMBER: _ClassVar[int]
     BUFFER_BITS_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    RETX_BITS_FIELD_NUMBER: _ClassVar[int]
+    RETX_RBGS_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_IDS_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_HZ_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +77,8 @@ class SlotRequest(_message.Message):
     spectral_efficiency: _containers.RepeatedScalarFieldContainer[float]
     buffer_bits: _containers.RepeatedScalarFieldContainer[float]
     eligible: _containers.RepeatedScalarFieldContainer[bool]
+    retx_bits: _containers.RepeatedScalarFieldContainer[float]
+    retx_rbgs: _containers.RepeatedScalarFieldContainer[int]
     resource_ids: _containers.RepeatedScalarFieldContainer[int]
     bandwidth_hz: _containers.RepeatedScalarFieldContainer[float]
     available: _containers.RepeatedScalarFieldContainer[bool]
@@ -84,7 +88,7 @@ class SlotRequest(_message.Message):
     fading_gain: Matrix
     feedback: Feedback
     epoch: int
-    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., utility: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, cell_id: _Optional[str] = ..., slot: _Optional[int] = ..., preset: _Optional[str] = ..., policy: _Optional[str] = ..., deadline_ms: _Optional[float] = ..., max_resources_per_user: _Optional[int] = ..., tti_s: _Optional[float] = ..., rb_per_rbg: _Optional[int] = ..., noise_density_dbm_hz: _Optional[float] = ..., user_ids: _Optional[_Iterable[int]] = ..., rx_power_dbm: _Optional[_Iterable[float]] = ..., spectral_efficiency: _Optional[_Iterable[float]] = ..., buffer_bits: _Optional[_Iterable[float]] = ..., eligible: _Optional[_Iterable[bool]] = ..., retx_bits: _Optional[_Iterable[float]] = ..., retx_rbgs: _Optional[_Iterable[int]] = ..., resource_ids: _Optional[_Iterable[int]] = ..., bandwidth_hz: _Optional[_Iterable[float]] = ..., available: _Optional[_Iterable[bool]] = ..., interference_dbm: _Optional[_Iterable[float]] = ..., rate_bps: _Optional[_Union[Matrix, _Mapping]] = ..., utility: _Optional[_Union[Matrix, _Mapping]] = ..., fading_gain: _Optional[_Union[Matrix, _Mapping]] = ..., feedback: _Optional[_Union[Feedback, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("kind", "message")
