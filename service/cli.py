@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("service.bench.cli", "benchmark policies on the papers' scenario grids"),
     "policies": ("service.policies.cli", "list the registered policies"),
     "train": ("trainer.cli", "train, distill and export the ONNX student (needs the [train] extra)"),
+    "finetune": ("trainer.finetune.cli", "fine-tune an LLM teacher with TRL: sft, grpo (needs the [finetune] extra)"),
     "dataset": ("service.finetune.cli", "export prompt/completion JSONL for LLM fine-tuning"),
 }
 

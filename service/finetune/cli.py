@@ -39,7 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chat: TRL conversational rows (messages); text: plain strings",
     )
     parser.add_argument("--budget", type=int, default=2048, help="prompt token budget")
-    parser.add_argument("--answer-form", choices=list(ANSWER_FORMS), default="auto", help="answer JSON form")
+    parser.add_argument(
+        "--answer-form",
+        choices=[*ANSWER_FORMS, "code"],
+        default="auto",
+        help="answer form: a JSON form, or code (a program schedule(state); SFT target: the reference program)",
+    )
     parser.add_argument(
         "--no-system-role",
         action="store_true",
@@ -60,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         solver=args.solver,
         format=args.format,
         options=PromptOptions(
-            budget_tokens=args.budget, answer_form=args.answer_form, system_role=not args.no_system_role
+            budget_tokens=args.budget,
+            answer_form="auto" if args.answer_form == "code" else args.answer_form,
+            system_role=not args.no_system_role,
         ),
+        code_form=args.answer_form == "code",
     )
     summary = write_jsonl(build_rows(spec), args.out)
     print(

@@ -5,6 +5,9 @@
   ``service.policies.assignment``) written in the prompt's answer form.
 * **GRPO** (``kind="grpo"``): prompts only; the reward functions (``service.finetune.rewards``)
   score sampled completions against the slot stored in the ``state`` column.
+* **The code form** (``code_form=True``, ``gnbsched dataset --answer-form code``): the prompt asks
+  for a program ``schedule(state)`` (``service.serialize.code_form``); the SFT completion is
+  ``REFERENCE_PROGRAM``, and ``code_reward_func`` runs GRPO completions in the sandbox.
 
 Rows are TRL's conversational format (``"prompt": [messages]``, ``"completion": [message]``) or
 its standard format (``--format text``: strings). Every row also carries ``state`` (the slot as
@@ -31,6 +34,7 @@ from service.policies.base import PolicyContext
 from service.policies.registry import make
 from service.rng import slot_rng
 from service.serialize.answer import answer_text
+from service.serialize.code_form import REFERENCE_PROGRAM, code_prompt, fenced
 from service.serialize.prompt import serialize_prompt
 from service.serialize.prompt_options import PromptOptions
 from service.serialize.slot_codec import slot_to_dict
@@ -88,6 +92,8 @@ class DatasetSpec:
     #: "chat" (TRL conversational) or "text" (TRL standard: strings)
     format: str = "chat"
     options: PromptOptions = field(default_factory=PromptOptions)
+    #: ask for a program (the code answer form) instead of a JSON answer
+    code_form: bool = False
 
 
 def build_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
@@ -111,16 +117,21 @@ def build_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
                 if feedback:
                     history = apply_feedback(history, feedback)
                 view = history.view(state)
-                prompt = serialize_prompt(state, view, spec.options)
                 ctx = PolicyContext(view, slot_rng(spec.seed, state.cell_id, state.slot))
                 owner = np.asarray(solver(state, ctx), np.int64)
+                if spec.code_form:
+                    messages, _, tokens = code_prompt(state, spec.options)
+                    form = "code"
+                else:
+                    prompt = serialize_prompt(state, view, spec.options)
+                    messages, tokens, form = prompt.messages, prompt.tokens, prompt.answer_form
                 row: dict[str, Any] = {}
                 if spec.format == "chat":
-                    row["prompt"] = prompt.messages
+                    row["prompt"] = messages
                 else:
-                    row["prompt"] = prompt.text
+                    row["prompt"] = "\n\n".join(m["content"] for m in messages)
                 if spec.kind == "sft":
-                    answer = answer_text(state, owner, prompt)
+                    answer = fenced(REFERENCE_PROGRAM) if spec.code_form else answer_text(state, owner, prompt)
                     row["completion"] = [{"role": "assistant", "content": answer}] if spec.format == "chat" else answer
                 row["state"] = json.dumps(slot_to_dict(state), separators=(",", ":"))
                 row["meta"] = {
@@ -130,8 +141,8 @@ def build_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
                     "slot": state.slot,
                     "num_ue": state.num_ue,
                     "num_res": state.num_res,
-                    "prompt_tokens": prompt.tokens,
-                    "answer_form": prompt.answer_form,
+                    "prompt_tokens": tokens,
+                    "answer_form": form,
                     "solver": spec.solver,
                     "solver_utility": slot_utility(state, owner),
                     "random_utility": random_reference(state, RewardConfig(seed=spec.seed)),

@@ -16,7 +16,12 @@
 * ``R_depth = −η·min(1, (L_min − L) / L_min)`` when the completion is shorter than ``L_min``
   tokens, else 0 (eq. 14).
 
-Every function is pure. ``reward_funcs`` returns callables with TRL's ``reward_funcs`` signature
+The code form (``code_reward_func``) is scored by execution: the completion's program runs in the
+sandbox (``service.sandbox``) on the row's slot, and its output, as an ``owner`` answer, gets
+``λ1·R_struct + λ2·R_perf`` like a text answer; a completion without a program, or whose program
+fails (error, time, memory or output limit), gets ``λ1·malformed_penalty − λ2·κ``.
+
+Every function but ``code_reward_func`` is pure. ``reward_funcs`` returns callables with TRL's ``reward_funcs`` signature
 ``(prompts, completions, **kwargs) -> list[float]`` reading the slot from the dataset's ``state``
 column (``gnbsched dataset --kind grpo``); TRL is not imported.
 """
@@ -348,3 +353,62 @@ def composite_reward_func(
 
     r_composite.__name__ = "r_composite"
     return r_composite
+
+
+_SANDBOX: list[Any] = []
+
+
+def default_sandbox() -> Any:
+    """This process's sandbox with default limits (checked once: ``SandboxUnavailable`` where none
+    can be set up; a program is never run unconfined)."""
+    if not _SANDBOX:
+        from service.sandbox import Sandbox
+
+        Sandbox.check()
+        _SANDBOX.append(Sandbox())
+    return _SANDBOX[0]
+
+
+def program_answer(state: SlotState, text: str, sandbox: Any = None, timeout_s: float = 1.0) -> str | None:
+    """The ``owner`` answer of the program in ``text`` run in the sandbox on ``state`` (no
+    history), or None when ``text`` holds no program or the program fails."""
+    from service.sandbox import CodeFailure
+    from service.serialize.code_form import ProgramNotFound, extract_program, owner_answer, program_state
+
+    try:
+        code = extract_program(text)
+        owner_ids = (sandbox or default_sandbox()).run(code, program_state(state, None), state.num_res, timeout_s)
+    except (ProgramNotFound, CodeFailure):
+        return None
+    return owner_answer(owner_ids)
+
+
+def code_reward_func(
+    config: RewardConfig | None = None, sandbox: Any = None, timeout_s: float = 1.0
+) -> Callable[..., list[float]]:
+    """A TRL reward function for the code form (execution feedback, module doc). ``sandbox``: a
+    ``service.sandbox.Sandbox`` (default: ``default_sandbox``)."""
+    cfg = config or RewardConfig()
+    cache = _StateCache(cfg)
+    failed = cfg.lambda_struct * cfg.malformed_penalty - cfg.lambda_perf * cfg.kappa
+
+    def r_code(
+        prompts: Any = None, completions: Sequence[Any] = (), state: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float]:
+        states = cache.states(state, len(completions))
+        refs = cache.reference(state or [], states)
+        out = []
+        for st, c, t in zip(states, completions, refs, strict=True):
+            answer = program_answer(st, completion_text(c), sandbox, timeout_s)
+            if answer is None:
+                out.append(failed)
+                continue
+            result = check(st, answer)
+            out.append(
+                cfg.lambda_struct * struct_reward(st, answer, cfg, result)
+                + cfg.lambda_perf * perf_reward(st, answer, cfg, result, t_rand=t)
+            )
+        return out
+
+    r_code.__name__ = "r_code"
+    return r_code

@@ -56,6 +56,36 @@ ALLOWED_MODULES = ("numpy", "math", "heapq", "itertools")
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
+#: a correct program (the SFT target of the code form): each available resource, best first, to the
+#: eligible user with the largest utility / (1 + avg_served) that is under its cap and, in mac,
+#: still has bits to send
+REFERENCE_PROGRAM = """\
+import numpy as np
+
+
+def schedule(state):
+    owner = [-1] * state.num_res
+    need = state.buffer_bits.copy()
+    held = np.zeros(state.num_ue, dtype=np.int64)
+    score = state.utility / (1.0 + state.avg_served[:, None])
+    for r in np.argsort(-state.utility.max(axis=0), kind="stable"):
+        if not state.available[r]:
+            continue
+        for u in np.argsort(-score[:, r], kind="stable"):
+            if state.eligible[u] and held[u] < state.max_per_user and need[u] > 0 and state.utility[u, r] > 0:
+                owner[r] = int(state.user_ids[u])
+                held[u] += 1
+                need[u] -= state.utility[u, r]
+                break
+    return owner
+"""
+
+
+def fenced(code: str) -> str:
+    """``code`` as the answer the prompt asks for: one fenced Python block."""
+    return "```python\n" + code.rstrip("\n") + "\n```"
+
+
 class ProgramNotFound(ValueError):
     """The answer holds no program defining ``schedule``."""
 
