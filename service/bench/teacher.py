@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from service.bench import benchmarks_md
+from service.bench.benchmarks_md import Producer, load_average, machine, md_table
 from service.config import Settings
 from service.errors import GnbSchedError
 from service.finetune.dataset import make_env
@@ -249,5 +251,56 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "results.json").write_text(json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"LLM teacher {cfg.model} at {cfg.url} (dialect {cfg.dialect}): raw answers, valid before repair")
     print(table(rows))
-    print(f"written: {out_dir / 'results.csv'}, {out_dir / 'results.json'}")
+    out = Path(getattr(args, "out", "bench-out"))
+    command = f"gnbsched bench teacher --out {out}" + (" --quick" if quick else "") + f" --slots {slots}"
+    report = benchmarks_md.update(
+        out / benchmarks_md.REPORT_NAME,
+        "teacher",
+        [markdown_section(rows, meta, Producer("teacher", command, seed, quick))],
+    )
+    print(f"written: {out_dir / 'results.csv'}, {out_dir / 'results.json'}, {report}")
     return 0
+
+
+def markdown_section(rows: list[TeacherRow], meta: dict[str, Any], producer: Producer) -> str:
+    """The BENCHMARKS.md section of a run: the two answer forms side by side."""
+    body = [
+        f"Model `{meta['model']}` at an OpenAI-compatible endpoint (dialect `{meta['dialect']}`), "
+        f"{meta['slots']} slots per scenario in a closed loop; machine: {machine()}, load average "
+        f"{load_average()}. *text*: the JSON answer forms under the PAG constraint; *code*: a program "
+        "`schedule(state)` written once per cell and run in the sandbox for the following slots. "
+        "Valid before repair over answered slots; utility of the repaired decisions over KM's; latency per "
+        "decision (code: the slot that writes the program includes the LLM call, the others only the "
+        "sandboxed call); a slot the teacher cannot serve is played with `greedy` and counted by reason.",
+        "",
+        md_table(
+            (
+                "form",
+                "preset / scenario",
+                "slots",
+                "answered",
+                "valid before repair",
+                "utility / KM",
+                "latency mean / p95 (ms)",
+                "programs",
+                "slots per program",
+                "failures",
+            ),
+            [
+                (
+                    r.form,
+                    f"{r.preset} / {r.scenario}",
+                    r.slots,
+                    r.answered,
+                    f"{r.valid_before_repair_rate:.2f}",
+                    f"{r.ratio_to_km:.3f}",
+                    f"{r.latency_ms_mean:.1f} / {r.latency_ms_p95:.1f}",
+                    r.programs_written if r.form == "code" else "–",
+                    f"{r.slots_per_program:.1f}" if r.form == "code" and r.programs_written else "–",
+                    r.failures or "–",
+                )
+                for r in rows
+            ],
+        ),
+    ]
+    return producer.section("The LLM teacher: text and code answer forms", body)

@@ -230,3 +230,68 @@ def test_the_slot_deadline_bounds_the_program(fake: FakeLLM) -> None:
         assert d.timings_us["total"] < 3.0e6  # cut near the deadline, not at code_wall_s
     finally:
         pol.close()
+
+
+# -- escapes through a real service --------------------------------------------------------
+
+ESCAPES = {
+    "open a host file": ("code_error", "def schedule(state):\n    return open('/etc/passwd').read()\n"),
+    "socket": (
+        "code_error",
+        "import socket\ndef schedule(state):\n    socket.create_connection(('127.0.0.1', 6379))\n",
+    ),
+    "subprocess": ("code_error", "import subprocess\ndef schedule(state):\n    subprocess.run(['id'])\n"),
+    "environment": ("code_error", "import os\ndef schedule(state):\n    return [os.environ['SECRET']]\n"),
+    "forbidden import": ("code_error", "import ctypes\ndef schedule(state):\n    return [-1] * state.num_res\n"),
+    "class walk": (
+        "code_error",
+        "def schedule(state):\n    s = ().__class__.__base__.__subclasses__()\n    return [-1] * state.num_res\n",
+    ),
+    "unbounded memory": ("code_limit", "def schedule(state):\n    x = [0] * (2**34)\n    return x\n"),
+    "endless loop": ("code_timeout", "def schedule(state):\n    while True:\n        pass\n"),
+    "huge output": (
+        "code_limit",
+        "def schedule(state):\n    print('x' * 100_000_000)\n    return [-1] * state.num_res\n",
+    ),
+}
+
+
+def test_escaping_programs_are_stopped_counted_and_the_service_keeps_serving(serve_process, fake: FakeLLM) -> None:
+    """A real ``gnbsched serve`` with the code form: each hostile program is stopped with its
+    reason, the slot is served by the fallback, the metric counts it, and a correct program then
+    serves the cell."""
+    import httpx
+
+    from service.trace import rest_request
+
+    answers = iter([fenced(code) for _, code in ESCAPES.values()] + [fenced(PF_PROGRAM)])
+    fake.reply = lambda body: next(answers)
+    env = {
+        "GNBSCHED_TEACHER_URL": fake.url,
+        "GNBSCHED_TEACHER_ANSWER_FORM": "code",
+        "GNBSCHED_TEACHER_TOKENIZER": "estimate",
+        "GNBSCHED_TEACHER_CODE_WALL_S": "0.5",
+        "SECRET": "do-not-leak",
+    }
+    svc = serve_process("--fallbacks", "greedy", env=env).wait_ready()
+    assert "teacher programs run in the sandbox" in svc.output()
+
+    def post(slot: int) -> dict:
+        doc = rest_request(mac_slot(slot, cell="escape"), policy="teacher")
+        r = httpx.post(svc.url + "/schedule", json=doc, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    for slot, (name, (reason, _)) in enumerate(ESCAPES.items()):
+        doc = post(slot)
+        assert doc["policy"] == "greedy" and doc["fallback_reason"] == reason, (name, doc["fallback"])
+        assert "do-not-leak" not in (doc["fallback"] or "")
+    doc = post(len(ESCAPES))
+    assert doc["policy"] == "teacher" and doc["notes"]["teacher_program"] == "written", doc
+    assert post(len(ESCAPES) + 1)["notes"]["teacher_program"] == "reused"
+    metrics = httpx.get(svc.url + "/metrics", timeout=10).text
+    for reason in ("code_error", "code_timeout", "code_limit"):
+        expected = sum(r == reason for r, _ in ESCAPES.values())
+        line = next(x for x in metrics.splitlines() if x.startswith("gnbsched_fallbacks_total{") and reason in x)
+        assert float(line.rsplit(" ", 1)[1]) == expected, line
+    assert httpx.get(svc.url + "/healthz", timeout=5).status_code == 200
