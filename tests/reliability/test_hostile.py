@@ -73,6 +73,9 @@ class Healthy:
         self.slot = 0
 
     def measure(self, n: int, pause_s: float = HEALTHY_PAUSE_S) -> list[float]:
+        # a fresh connection per window: the server closes a connection idle beyond its keep-alive
+        # timeout (5 s), as while the hostile clients start on a loaded machine
+        self.conn.close()
         latencies = []
         for _ in range(n):
             body = json.dumps(mac_body("healthy", self.slot)).encode()
