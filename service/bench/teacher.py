@@ -5,15 +5,17 @@ Runs only when an endpoint is configured (``GNBSCHED_TEACHER_URL``, the other
 slot is serialized and sent to the teacher, its raw answer is checked against the PAG (the
 *valid-before-repair* rate of SPEC §3 / LSA, measured on raw outputs), repaired and played in the
 simulator; a slot the teacher cannot serve (down, timeout, garbage) is played with ``greedy`` and
-counted by its reason. Each scenario runs once per answer form (``--forms``, default both): ``text``
-(the JSON forms, ``answer_form`` auto / owner / allocation) and ``code`` (a program
-``schedule(state)`` run in the sandbox and reused for the following slots of the cell, LSA's
-code-driven paradigm). Reported per (form, scenario): answered / failed slots, valid-before-repair
+counted by its reason. Each scenario runs once per answer form (``--forms``, default all three):
+``text`` (the JSON forms, ``answer_form`` auto / owner / allocation), ``code`` (a program
+``schedule(state)`` written by the model, run in the sandbox and reused for the following slots of
+the cell, LSA's code-driven paradigm) and ``code-reference`` (the same code path serving the
+reference program ``service.serialize.code_form.REFERENCE_PROGRAM`` instead of the model's: the
+per-slot cost of a program written once, whatever the model writes). Reported per (form, scenario): answered / failed slots, valid-before-repair
 rate over answered slots, unparsable answers, mean and p95 latency per decision, mean prompt
 tokens (and whether the endpoint's tokenizer counted them), the repaired decision's utility
 relative to KM and to a random valid assignment of the same slots, and for the code form the
-programs written and the slots each one decided. Outputs: ``<out>/teacher/results.csv`` and
-``results.json``.
+programs written and the slots each one decided. Outputs: ``<out>/teacher/results.csv``,
+``results.json`` and the section of ``<out>/BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from service.bench import benchmarks_md
@@ -41,6 +44,7 @@ from service.policies.base import PolicyContext
 from service.policies.registry import make
 from service.policies.teacher import Teacher
 from service.rng import slot_rng
+from service.serialize.code_form import REFERENCE_PROGRAM, fenced
 from service.types import slot_utility
 
 #: scenarios per preset: default run, and --quick
@@ -179,8 +183,8 @@ def table(rows: list[TeacherRow]) -> str:
             f"{r.prompt_tokens_mean:.0f} {r.token_source}",
             f"{r.ratio_to_km:.3f}",
             f"{r.ratio_to_random:.2f}",
-            str(r.programs_written) if r.form == "code" else "-",
-            f"{r.slots_per_program:.1f}" if r.form == "code" else "-",
+            str(r.programs_written) if r.form.startswith("code") else "-",
+            f"{r.slots_per_program:.1f}" if r.form.startswith("code") else "-",
             r.failures or "-",
         )
         for r in rows
@@ -191,7 +195,7 @@ def table(rows: list[TeacherRow]) -> str:
     return "\n".join(lines)
 
 
-FORMS = ("text", "code")
+FORMS = ("text", "code", "code-reference")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,14 +203,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--forms",
         default=",".join(FORMS),
-        help="comma-separated answer forms to compare: text (the JSON forms), code (programs in the sandbox)",
+        help="comma-separated answer forms to compare: text (the JSON forms), code (the model's programs in the "
+        "sandbox), code-reference (the code path serving the reference program instead of the model's: the cost "
+        "of a program written once and reused)",
     )
 
 
+def _reference_endpoint(request: httpx.Request) -> httpx.Response:
+    """A chat endpoint that answers every request with the reference program (``code-reference``)."""
+    answer = fenced(REFERENCE_PROGRAM)
+    return httpx.Response(200, json={"choices": [{"message": {"content": answer}, "finish_reason": "stop"}]})
+
+
 def teacher_for(cfg: Any, form: str) -> Teacher:
-    """The teacher of ``cfg`` answering in ``form`` (text: ``cfg``'s JSON form, ``auto`` if it is code)."""
+    """The teacher of ``cfg`` answering in ``form`` (text: ``cfg``'s JSON form, ``auto`` if it is code;
+    code-reference: the code path with the reference program for an answer, no model)."""
     if form == "code":
         return Teacher(cfg, answer_form="code")
+    if form == "code-reference":
+        return Teacher(cfg, answer_form="code", transport=httpx.MockTransport(_reference_endpoint))
     return Teacher(cfg, answer_form="auto" if cfg.answer_form == "code" else cfg.answer_form)
 
 
@@ -268,7 +283,9 @@ def markdown_section(rows: list[TeacherRow], meta: dict[str, Any], producer: Pro
         f"Model `{meta['model']}` at an OpenAI-compatible endpoint (dialect `{meta['dialect']}`), "
         f"{meta['slots']} slots per scenario in a closed loop; machine: {machine()}, load average "
         f"{load_average()}. *text*: the JSON answer forms under the PAG constraint; *code*: a program "
-        "`schedule(state)` written once per cell and run in the sandbox for the following slots. "
+        "`schedule(state)` written once per cell and run in the sandbox for the following slots; "
+        "*code-reference*: the same code path serving the project's reference program instead of the model's "
+        "(no model: what a program written once costs per slot). "
         "Valid before repair over answered slots; utility of the repaired decisions over KM's; latency per "
         "decision (code: the slot that writes the program includes the LLM call, the others only the "
         "sandboxed call); a slot the teacher cannot serve is played with `greedy` and counted by reason.",
@@ -295,8 +312,8 @@ def markdown_section(rows: list[TeacherRow], meta: dict[str, Any], producer: Pro
                     f"{r.valid_before_repair_rate:.2f}",
                     f"{r.ratio_to_km:.3f}",
                     f"{r.latency_ms_mean:.1f} / {r.latency_ms_p95:.1f}",
-                    r.programs_written if r.form == "code" else "–",
-                    f"{r.slots_per_program:.1f}" if r.form == "code" and r.programs_written else "–",
+                    r.programs_written if r.form.startswith("code") else "–",
+                    f"{r.slots_per_program:.1f}" if r.form.startswith("code") and r.programs_written else "–",
                     r.failures or "–",
                 )
                 for r in rows
