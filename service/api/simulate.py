@@ -3,6 +3,7 @@
     gnbsched simulate --target grpc://127.0.0.1:50051 --preset mac --slots 500 --stream
     gnbsched simulate --target http://127.0.0.1:8000 --preset spectrum --scenario u10-c15-b3
     gnbsched simulate --target inproc ...   # the same loop against an in-process ServiceCore
+    gnbsched simulate --world sionna --sites 7 --ues-per-sector 4 --slots 100   # a 3GPP world
 
 The closed loop is ``service.sim.base.run_episode``: each slot's state and the previous slot's
 feedback (delivered bits per user id) go to the service, its decision (``owner`` as user ids)
@@ -18,6 +19,15 @@ same ``--seed``, the same policy and a service on default decision settings (``G
 environment), a remote run gives the KPIs of ``--target inproc``. Each run uses its own cell id
 (``--cell-id``, default ``sim-<preset>-<random>``) so the service's per-cell history starts
 empty; random-draw policies also seed by cell id, so compare such runs with one ``--cell-id``.
+
+``--world sionna`` replaces the preset's simulator by the TR 38.901 link-layer world on Sionna
+SYS (``trainer.sionna_world``, the ``sionna`` extra, loaded by import string: the service never
+imports it): every sector of the drop is a mac cell, decided every slot over the same targets
+(``--batch``: the sectors of a slot in one call), with ``rate_bps`` from the channel and the
+current MCS, the buffers and the pending HARQ retransmissions; the KPIs are the world's (cell and
+5th-percentile user throughput, BLER, latency, ...). ``--scenario`` is then ``uma`` or ``umi``;
+``--sites``, ``--ues-per-sector``, ``--scs-khz`` and ``--bandwidth-mhz`` shape the drop and the
+carrier.
 
 A service started with a bearer token (``--auth-token-file``) wants ``--token-file``; gRPC TLS
 wants ``--tls-ca`` (the CA of the server's certificate) and, for mTLS, ``--tls-cert`` /
@@ -55,6 +65,11 @@ from service.types import SlotState
 
 PRESETS = ("spectrum", "mac")
 DEFAULT_SLOTS = 200
+#: worlds other than the presets' simulators -> the module (import string) whose ``make_world(**options)``
+#: builds one: ``states`` (one mac slot per cell), ``step(owners, valid) -> feedback per cell``, ``done``, ``kpis()``
+WORLDS = {"sionna": "trainer.sionna_world.world"}
+#: the extra that installs a world's dependencies
+WORLD_EXTRAS = {"sionna": "sionna"}
 
 
 # ------------------------------------------------------------------------------- simulators
@@ -437,6 +452,61 @@ def simulate(
         return run_episode(env, decide_in_cell, slots=slots, seed=seed)
 
 
+def simulate_world(
+    target: str,
+    *,
+    world: str = "sionna",
+    options: Mapping[str, Any] | None = None,
+    policy: str | None = None,
+    slots: int = DEFAULT_SLOTS,
+    seed: int = 0,
+    stream: bool = False,
+    batch: bool = False,
+    cell_id: str | None = None,
+    deadline_ms: float | None = None,
+    timeout_s: float = 30.0,
+    access: Access | None = None,
+    epoch: int | None = None,
+) -> dict[str, float]:
+    """Drive ``target`` from a multi-cell world (``WORLDS``, loaded by import string) for ``slots``
+    slots: every cell of a slot decided (one call per cell, or one batched call with ``batch``),
+    the decisions played, each cell's feedback sent with its next slot. Cell ids are
+    ``<cell_id>-<site>-<sector>`` (default base ``sim-<world>-<random>``, as ``simulate``; a
+    given base gets a new ``epoch``). Returns the world's KPIs."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; expected one of {sorted(WORLDS)}")
+    base = cell_id or f"sim-{world}-{uuid.uuid4().hex[:12]}"
+    if epoch is None and cell_id is not None:
+        epoch = time.time_ns() // 1_000_000
+    env = importlib.import_module(WORLDS[world]).make_world(
+        slots=slots, seed=seed, cell_prefix=base, **dict(options or {})
+    )
+    feedback: dict[str, Mapping[int, float]] = {s.cell_id: {} for s in env.states}
+    with contextlib.ExitStack() as stack:
+        decide_cells: CellsDecider
+        if batch:
+            decide_cells = stack.enter_context(
+                connect_cells(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
+                              access=access, epoch=epoch)
+            )  # fmt: skip
+        else:
+            decide = stack.enter_context(
+                connect(target, policy=policy, deadline_ms=deadline_ms, stream=stream, timeout_s=timeout_s,
+                        access=access, epoch=epoch)
+            )  # fmt: skip
+
+            def decide_cells(states: list[SlotState], fbs: list[Mapping[int, float]]) -> list[tuple[np.ndarray, bool]]:
+                return [decide(s, f) for s, f in zip(states, fbs, strict=True)]
+
+        while not env.done:
+            states = env.states
+            answers = decide_cells(states, [feedback.get(s.cell_id, {}) for s in states])
+            owners = {s.cell_id: owner for s, (owner, _) in zip(states, answers, strict=True)}
+            valid = {s.cell_id: ok for s, (_, ok) in zip(states, answers, strict=True)}
+            feedback = env.step(owners, valid)
+    return dict(env.kpis())
+
+
 class _RecordValid(SlotEnv):
     """Passes the service's ``valid_before_repair`` of each slot to simulators that count it
     (``step(owner, raw_valid=...)``: the valid action rate KPI of the mac preset)."""
@@ -467,7 +537,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", default="inproc", help="inproc (default), http(s)://host:port (REST) or grpc://host:port"
     )
     parser.add_argument("--preset", choices=PRESETS, default="spectrum", help="simulator (default spectrum)")
-    parser.add_argument("--scenario", default=None, help="scenario of the preset's simulator (default: its first)")
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        help="scenario of the preset's simulator (default: its first); with --world sionna: uma or umi (default uma)",
+    )
     parser.add_argument("--policy", default=None, help="policy to ask for (default: the service's for the preset)")
     parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help=f"slots to play (default {DEFAULT_SLOTS})")
     parser.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
@@ -497,8 +571,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", default=None, help="PEM: CA of the server's certificate (gRPC TLS, https)")
     parser.add_argument("--tls-cert", default=None, help="PEM: client certificate (mTLS), with --tls-key")
     parser.add_argument("--tls-key", default=None, help="PEM: the client certificate's key")
+    parser.add_argument(
+        "--world",
+        choices=["preset", *WORLDS],
+        default="preset",
+        help="what drives the service: the preset's simulator (default) or the TR 38.901 world on Sionna SYS "
+        "(sionna: every sector a mac cell; needs the [sionna] extra)",
+    )
+    parser.add_argument(
+        "--sites", type=int, choices=[1, 7, 19], default=1, help="--world sionna: sites, 3 sectors each (default 1)"
+    )
+    parser.add_argument(
+        "--ues-per-sector", type=int, default=4, help="--world sionna: UTs dropped per sector (default 4)"
+    )
+    parser.add_argument(
+        "--scs-khz", type=int, choices=[15, 30], default=30, help="--world sionna: subcarrier spacing (default 30)"
+    )
+    parser.add_argument("--bandwidth-mhz", type=int, default=20, help="--world sionna: channel bandwidth (default 20)")
     parser.add_argument("--json", action="store_true", help="print the KPIs as one JSON object")
     parser.add_argument("--list-scenarios", action="store_true", help="list the preset's scenarios and exit")
+
+
+def _print_kpis(header: Mapping[str, Any], kpis: Mapping[str, float], as_json: bool) -> None:
+    if as_json:
+        clean = {k: float(v) if math.isfinite(v) else None for k, v in kpis.items()}  # NaN is not JSON
+        print(json.dumps({**header, "kpis": clean}, sort_keys=True))
+        return
+    print("gnbsched simulate: " + " ".join(f"{k}={v}" for k, v in header.items()))
+    width = max(map(len, kpis), default=0)
+    for name, value in kpis.items():
+        print(f"  {name:<{width}}  {value:.6g}")
+
+
+def _run_world(args: argparse.Namespace) -> int:
+    """``--world <name>``: the multi-cell world against the target (``simulate_world``)."""
+    scenario = args.scenario or "uma"
+    options = {
+        "scenario": scenario,
+        "sites": args.sites,
+        "ues_per_sector": args.ues_per_sector,
+        "scs_khz": args.scs_khz,
+        "bandwidth_mhz": args.bandwidth_mhz,
+    }
+    base = args.cell_id or f"sim-{args.world}-{uuid.uuid4().hex[:12]}"
+    try:
+        access = Access.from_files(args.token_file, args.tls_ca, args.tls_cert, args.tls_key)
+        kpis = simulate_world(
+            args.target,
+            world=args.world,
+            options=options,
+            policy=args.policy,
+            slots=args.slots,
+            seed=args.seed,
+            stream=args.stream,
+            batch=args.batch,
+            cell_id=base,
+            deadline_ms=args.deadline_ms,
+            timeout_s=args.timeout_s,
+            access=access,
+            epoch=args.epoch,
+        )
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("sionna", "torch"):
+            raise
+        extra = WORLD_EXTRAS.get(args.world, args.world)
+        print(f"gnbsched simulate: --world {args.world} needs {exc.name!r}; install the [{extra}] extra: "
+              f"pip install -e '.[{extra}]'", file=sys.stderr)  # fmt: skip
+        return 2
+    except (ValueError, KeyError, TargetError) as exc:
+        print(f"gnbsched simulate: {exc}", file=sys.stderr)
+        return 2
+    header = {
+        "target": args.target,
+        "world": args.world,
+        **options,
+        "policy": args.policy or "default",
+        "slots": args.slots,
+        "seed": args.seed,
+        "stream": args.stream,
+        "cell_id": base,
+        **({"batch": True} if args.batch else {}),
+    }
+    _print_kpis(header, kpis, args.json)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -511,6 +666,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cells < 1 or (args.cells > 1 and not args.batch):
         print("gnbsched simulate: --cells must be >= 1, and more than one cell needs --batch", file=sys.stderr)
         return 2
+    if args.world != "preset":
+        return _run_world(args)
     scenario = args.scenario or default_scenario(args.preset)
     cell = args.cell_id or f"sim-{args.preset}-{uuid.uuid4().hex[:12]}"
     try:
@@ -546,12 +703,5 @@ def run(args: argparse.Namespace) -> int:
         "cell_id": cell,
         **({"cells": args.cells, "batch": True} if args.batch else {}),
     }
-    if args.json:
-        clean = {k: float(v) if math.isfinite(v) else None for k, v in kpis.items()}  # NaN is not JSON
-        print(json.dumps({**header, "kpis": clean}, sort_keys=True))
-        return 0
-    print("gnbsched simulate: " + " ".join(f"{k}={v}" for k, v in header.items()))
-    width = max(map(len, kpis), default=0)
-    for name, value in kpis.items():
-        print(f"  {name:<{width}}  {value:.6g}")
+    _print_kpis(header, kpis, args.json)
     return 0

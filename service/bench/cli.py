@@ -13,7 +13,10 @@ Suites (each a module with ``add_arguments(parser)`` and ``run(args)``):
 * ``validate``: the cost of validating a ``POST /schedule`` body, the service's column validator
   against pydantic; writes ``docs/bench/validate.json`` and its section of ``BENCHMARKS.md``
   (``service.bench.validate``);
-* ``soak``: bounded load on loopback with RSS tracking (``service.bench.soak``).
+* ``soak``: bounded load on loopback with RSS tracking (``service.bench.soak``);
+* ``sionna``: the mac policies against Sionna's own PF scheduler in the TR 38.901 link-layer
+  world on Sionna SYS (``trainer.sionna_world.bench``, loaded by import string; needs the
+  ``sionna`` extra).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SUITES = {
     "perf": "service.bench.perf.command",
     "validate": "service.bench.validate",
     "soak": "service.bench.soak",
+    "sionna": "trainer.sionna_world.bench",
 }
 
 
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "suite",
         nargs="?",
-        choices=["quality", "student", "teacher", "perf", "validate", "soak"],
+        choices=["quality", "student", "teacher", "perf", "validate", "soak", "sionna"],
         default="quality",
         help="which benchmark (default: quality)",
     )
@@ -48,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every simulator and policy")
     parser.add_argument("--policies", default=None, help="comma-separated policy names (default: the suite's own list)")
     parser.add_argument("--slots", type=int, default=None, help="slots per run (default: the suite's own)")
-    for suite in ("student", "teacher", "perf", "soak"):  # suite-specific options, if any
+    for suite in ("student", "teacher", "perf", "soak", "sionna"):  # suite-specific options, if any
         extra = getattr(importlib.import_module(SUITES[suite]), "add_arguments", None)
         if extra is not None:
             extra(parser)
