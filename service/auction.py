@@ -8,6 +8,14 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
 0. **Cheap starts** — ``sorted_fill``: strongest users on the widest channels, the optimum
    without fading, O(n log n); ``sampled_bids``: each user bids for its best of a few
    candidate channels, a few vectorised rounds, O(U·m).
+   **Lists** — ``dense_lists``: the dense value matrix copied out of the slot's utility in row
+   blocks, each block's exact top-k lists found while it is in cache (a threshold from strided
+   group maxima, then an exact selection among the few entries above it); ``top_lists`` in one.
+   **Coarse** — ``group_lists``: each user's best available channel in each of its ``k`` best
+   column groups (group maxima in one pass over the rows, no dense copy); ``auction_prices``
+   with a large ``ε`` on those (or the exact) lists and no list refresh (a few rounds, O(U·k)
+   each), completed by ``best_free_fill`` (leftover users bid for their best free channels on
+   their dense rows): within a few per cent of the optimum, early.
 1. **Prices** — ``auction_prices``: a forward Jacobi auction (Bertsekas) with increment ``ε``,
    every unassigned user bidding at once, each user holding the outside option "no channel"
    worth 0. A user bids from a list of its best channels by *reduced* value ``value − price``
@@ -93,6 +101,184 @@ def sampled_bids(
     return match
 
 
+def best_free_fill(match: np.ndarray, idle_value: np.ndarray, *, per_user: int = 8, rounds: int = 4) -> np.ndarray:
+    """Users without a channel bid for their ``per_user`` best unused channels (``sampled_bids``
+    rounds). match: int64 [U] channel or < 0 of F channels; idle_value: float64 [I, F] the dense
+    value rows of the I users without one (``np.flatnonzero(match < 0)``, in that order).
+
+    O(I·C) for C unused channels. Returns channel-of-user int64 [U] (FREE where still none)."""
+    out = np.where(match >= 0, match, FREE)
+    idle = np.flatnonzero(out < 0)
+    f_n = idle_value.shape[1]
+    taken = np.zeros(f_n, bool)
+    taken[out[out >= 0]] = True
+    free_c = np.flatnonzero(~taken)
+    if not idle.size or not free_c.size:
+        return out
+    sub = idle_value[:, free_c]  # [I, C]
+    m = min(per_user, free_c.size)
+    top = np.argpartition(sub, free_c.size - m, axis=1)[:, free_c.size - m :]  # [I, m]
+    out[idle] = sampled_bids(free_c[top], np.take_along_axis(sub, top, 1), f_n, rounds=rounds, taken=taken)
+    return out
+
+
+def group_lists(
+    source: np.ndarray,
+    rows: np.ndarray,
+    available: np.ndarray,
+    k: int,
+    *,
+    group: int = 8,
+    stop: Callable[[float], bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's best available channel in each of its ``k`` best column groups, without copying
+    the dense matrix: the coarse stage's cheap lists.
+
+    source: float64 [N, R] >= 0; rows: int64 [U] the rows wanted; available: bool [R] the
+    channels that may be listed; ``group`` a power of two. One pass over the rows (row blocks;
+    before each, ``stop(share of the rows done)`` may end the work) takes the maxima over the
+    available channels of contiguous groups of ``group`` columns (a pairwise tree; the last
+    ``R mod group`` columns are one more group); the ``k`` groups with the largest maxima are
+    then read again (``stop(1.0)`` asked first) for the channel holding each maximum. The lists
+    approximate each row's top ``k``: two of them in one group count once. Returns (channels
+    int64 [U, k] column indices of ``source``, values float64 [U, k], ``-inf`` where a group has
+    no available channel of positive value), or None when ``stop`` returned True.
+    """
+    if group < 2 or group & (group - 1):
+        raise ValueError("group must be a power of two >= 2")
+    r_src = source.shape[1]
+    u_n = rows.size
+    g_n = r_src // group
+    width = g_n * group
+    g_all = g_n + (width < r_src)
+    k = min(k, g_all)
+    if k < 1:
+        return np.zeros((u_n, 0), np.int64), np.zeros((u_n, 0))
+    mask = available.astype(np.float64)
+    gmax = np.empty((u_n, g_all))
+    step = max(1, _CHUNK_ELEMS // max(r_src, 1))
+    buf = np.empty((step, r_src))
+    for s in range(0, u_n, step):
+        if stop is not None and stop(s / u_n):
+            return None
+        b = min(step, u_n - s)
+        blk = buf[:b]
+        np.take(source, rows[s : s + b], axis=0, out=blk)
+        blk *= mask  # unavailable channels: 0, never a group's maximum unless the group has nothing better
+        level = blk[:, :width]
+        while level.shape[1] > g_n:  # pairwise maxima: group -> group / 2 -> ... -> 1 column per group
+            level = np.maximum(level[:, 0::2], level[:, 1::2])
+        gmax[s : s + b, :g_n] = level
+        if width < r_src:
+            np.max(blk[:, width:], axis=1, out=gmax[s : s + b, g_n])
+    if stop is not None and stop(1.0):  # asked once more before the final selection
+        return None
+    # the k groups with the largest maxima: a threshold (fast, sorted) where it picks exactly k
+    t = np.sort(gmax, axis=1)[:, g_all - k]
+    sel = np.flatnonzero(gmax >= t[:, None])
+    cnt = np.bincount(sel // g_all, minlength=u_n)
+    top = np.empty((u_n, k), np.int64)
+    ok = cnt == k
+    top[ok] = (sel[ok[sel // g_all]] % g_all).reshape(-1, k)
+    bad = np.flatnonzero(~ok)  # ties at the threshold
+    if bad.size:
+        top[bad] = np.argpartition(gmax[bad], g_all - k, axis=1)[:, g_all - k :]
+    # the channel holding each maximum: the group's first entry equal to it (read from the source)
+    first = top * group  # [U, k]
+    cols = first[:, :, None] + np.arange(group)  # [U, k, group]
+    if width < r_src:  # the last group is short: repeat its last column
+        np.minimum(cols, r_src - 1, out=cols)
+    vals = source.ravel().take(cols + (rows * r_src)[:, None, None]) * mask.take(cols)
+    chan = np.minimum(first + vals.argmax(axis=2), r_src - 1)
+    best = np.take_along_axis(gmax, top, 1)
+    return chan, np.where(best > 0, best, -np.inf)
+
+
+def dense_lists(
+    source: np.ndarray,
+    rows: np.ndarray | None,
+    cols: np.ndarray | None,
+    k: int,
+    *,
+    group: int = 8,
+    stop: Callable[[float], bool] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """The dense value matrix ``source[rows][:, cols]`` and its top-``k`` lists, in one pass.
+
+    source: float64 [N, R] >= 0; rows: int64 [U] / cols: int64 [F] (None: all, no copy is made).
+    Returns (value float64 [U, F], (lists int64 [U, k], list values float64 [U, k], bound
+    float64 [U])), the lists exactly as ``top_lists(value, zeros, None, k)`` gives them (the same
+    channels and bound; their order within a row may differ), or None when ``stop(share of the
+    rows done)``, asked before each row block and before the final selection, returned True.
+
+    Row blocks are copied and searched while in cache. In a block, each row's threshold ``t`` is
+    the ``k``-th largest maximum over ``F // group`` disjoint strided column groups: ``k`` groups
+    reach ``t``, so at least ``k`` entries do, and the exact top ``k`` are among the entries
+    ``>= t`` (about ``k`` plus a few collisions), selected at the end on a small padded matrix.
+    Rows with many entries at ``t`` (ties, zero rows) and narrow matrices (fewer than ``4·k``
+    groups) take ``top_lists`` instead.
+    """
+    n_src, r_src = source.shape
+    u_n = n_src if rows is None else rows.size
+    f_n = r_src if cols is None else cols.size
+    k = min(k, f_n)
+    if rows is None and cols is None:
+        value = source
+    else:
+        value = np.empty((u_n, f_n))
+    g_n = f_n // group if group > 0 else 0
+    fast = k > 0 and g_n >= 4 * k
+    step = max(1, _CHUNK_ELEMS // max(r_src, 1))
+    tmp = np.empty((step, r_src)) if (rows is not None and cols is not None) else None
+    flats = []
+    for s in range(0, u_n, step):
+        if stop is not None and stop(s / u_n):
+            return None
+        blk = value[s : s + step]
+        b = blk.shape[0]
+        if rows is not None and cols is not None:
+            assert tmp is not None
+            np.take(source, rows[s : s + step], axis=0, out=tmp[:b])
+            np.take(tmp[:b], cols, axis=1, out=blk)
+        elif rows is not None:
+            np.take(source, rows[s : s + step], axis=0, out=blk)
+        elif cols is not None:
+            np.take(source[s : s + step], cols, axis=1, out=blk)
+        if fast:
+            gmax = blk[:, : g_n * group].reshape(b, group, g_n).max(axis=1)  # [b, G] strided groups
+            t = np.sort(gmax, axis=1)[:, g_n - k]  # the k-th largest group maximum
+            flats.append(np.flatnonzero(blk >= t[:, None]) + s * f_n)
+    if stop is not None and stop(1.0):  # asked once more before the final selection
+        return None
+    if not fast:
+        return value, top_lists(value, np.zeros(f_n), None, k)
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
+    row = flat // f_n
+    cnt = np.bincount(row, minlength=u_n)  # >= k each
+    cap = 4 * k
+    big = np.flatnonzero((cnt > cap) | (cnt < k))  # many entries at the threshold: exact search on the row
+    if big.size:
+        keep = (cnt[row] <= cap) & (cnt[row] >= k)
+        flat, row = flat[keep], row[keep]
+        cnt[big] = 0
+    width = int(cnt.max(initial=k))
+    start = np.zeros(u_n, np.int64)
+    np.cumsum(cnt[:-1], out=start[1:])
+    slot = row * width + (np.arange(flat.size) - start[row])
+    pad_v = np.full(u_n * width, -np.inf)
+    pad_c = np.zeros(u_n * width, np.int64)
+    pad_v[slot] = value.ravel().take(flat)
+    pad_c[slot] = flat - row * f_n
+    pad_v = pad_v.reshape(u_n, width)
+    pad_c = pad_c.reshape(u_n, width)
+    pick = np.argpartition(pad_v, width - k, axis=1)[:, width - k :] if width > k else np.arange(k)[None, :]
+    lists = np.take_along_axis(pad_c, np.broadcast_to(pick, (u_n, k)), 1)
+    vals = np.take_along_axis(pad_v, np.broadcast_to(pick, (u_n, k)), 1)
+    if big.size:
+        lists[big], vals[big], _ = top_lists(value, np.zeros(f_n), big, k)
+    return value, (lists, vals, vals.min(axis=1, initial=np.inf))
+
+
 # ------------------------------------------------------------------------------- stage 1
 
 
@@ -153,20 +339,26 @@ def auction_prices(
     stop_free: int = 0,
     stop: Callable[[], bool] | None = None,
     lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    max_rounds: int | None = None,
 ) -> AuctionResult:
     """Forward Jacobi auction with outside option 0 (maximisation), bounded candidate lists.
 
-    value: float64 [U, F] >= 0; the bid increment is ``eps = eps_rel · max(value)``. Every
+    value: float64 [U, F] >= 0 (only its shape is read when no list is ever rebuilt, as with a
+    bound of ``-inf``); the bid increment is ``eps = eps_rel · max(value)``. Every
     round each FREE user finds its best reduced value ``w1`` (channel ``j``) and second best
     ``w2`` (>= 0, the outside option; >= the list bound), bids ``price[j] + w1 − w2 + eps`` or takes the outside
     option when ``w1 <= 0``; each channel goes to its highest bid (ties: lower user index).
     ε-complementary slackness holds for every assigned user throughout, so a complete run is
     within ``U·eps`` of the optimum. Stops when at most ``stop_free`` users are FREE, or when
-    ``stop()`` returns True (checked once per round). ``lists``: the result of
-    ``top_lists(value, zeros, None, list_size)`` when the caller computed it already.
+    ``stop()`` returns True (checked once per round) or after ``max_rounds`` rounds (both leave
+    ``complete`` False). ``lists``: the result of ``top_lists(value, zeros, None, list_size)``
+    when the caller computed it already (its width is then the list size; it is updated in place
+    when a list is rebuilt). A bound of ``-inf`` never rebuilds a list: users bid from their lists
+    only and take the outside option once nothing on the list is worth its price (the coarse
+    stage's cheap variant).
     """
     u_n, f_n = value.shape
-    k = min(list_size, f_n)
+    k = min(list_size, f_n) if lists is None else lists[0].shape[1]
     prices = np.zeros(f_n)
     cand, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists  # cand: int64 [U, K]
     if k == f_n:
@@ -179,7 +371,7 @@ def auction_prices(
     assign, owner = res.assign, res.owner
     free = np.arange(u_n)
     while free.size > stop_free:
-        if stop is not None and stop():
+        if (stop is not None and stop()) or (max_rounds is not None and res.rounds >= max_rounds):
             res.complete = False
             break
         res.rounds += 1

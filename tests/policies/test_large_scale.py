@@ -4,7 +4,9 @@ Properties: on instances of every shape (more users than channels, fewer, ties, 
 busy channels, inactive users) it reaches KM's optimum and proves it (certificate); its output
 is always PAG-valid and the same for the same slot; its kernels keep their invariants (a cut
 auction leaves a valid partial matching with ε-complementary slackness, the dual bound is an
-upper bound); at a deadline it returns a valid decision and says so.
+upper bound, the fused lists are the exact top lists); at a deadline it returns a valid decision
+and says so; the coarse stage is valid, deterministic, better than the sampled bids and never
+better than what a longer deadline returns.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from service import phy
 from service.auction import (
     FREE,
     auction_prices,
+    best_free_fill,
     candidate_pairs,
+    dense_lists,
     dual_check,
+    group_lists,
     matching_prices,
     sampled_bids,
     sorted_fill,
     sparse_max_matching,
+    top_lists,
 )
 from service.history import CellHistory
 from service.pag import is_valid
@@ -163,7 +169,8 @@ def test_a_deadline_inside_the_auction_returns_a_valid_completed_decision():
     owner = pol(state, ctx)
     assert is_valid(state, owner)
     assert ctx.info["anytime"].startswith("cut by the deadline")
-    assert ctx.info["stage"] in ("sorted", "sampled", "auction", "sparse_exact")  # how far: the machine's speed
+    how_far = ("sorted", "sampled", "coarse", "auction", "sparse_exact")  # the machine's speed decides
+    assert ctx.info["stage"] in how_far
     assert np.count_nonzero(owner) == min(state.user_eligible.sum(), state.resource_available.sum())
 
 
@@ -176,7 +183,8 @@ def test_through_the_pipeline_a_predicted_overrun_is_cut_not_replaced():
     pset = PolicySet(factories={"auction": lambda: Auction(dense_below=0)})
     full = decide(state, CellHistory.empty(), "auction", policies=pset, deadline_s=30.0)
     assert full.notes["anytime"] == "complete" and full.notes["certified_optimal"]
-    slow = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s={"lists": 1.0})})
+    slow_cost = {"lists": 1.0, "group": 1.0}  # neither the exact nor the coarse lists fit
+    slow = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s=slow_cost)})
     d = decide(state, CellHistory.empty(), "auction", policies=slow, fallbacks=["greedy"], deadline_s=2.0)
     assert d.policy == "auction" and d.fallback is None and is_valid(state, d.owner)
     assert d.valid_before_repair and d.notes["stage"] == "sampled"  # stage 0b fits, the auction does not
@@ -184,7 +192,7 @@ def test_through_the_pipeline_a_predicted_overrun_is_cut_not_replaced():
     assert d.utility < full.utility
     again = decide(state, CellHistory.empty(), "auction", policies=slow, deadline_s=2.0)
     assert np.array_equal(again.owner, d.owner)  # the sampled channels come from the slot's seeded rng
-    none = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s={"lists": 1.0, "sampled": 1.0})})
+    none = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s={**slow_cost, "sampled": 1.0})})
     d0 = decide(state, CellHistory.empty(), "auction", policies=none, deadline_s=2.0)
     assert d0.notes["stage"] == "sorted" and is_valid(state, d0.owner) and d0.utility < d.utility
 
@@ -282,3 +290,200 @@ def test_sampled_bids_give_each_channel_to_its_highest_bidder():
     assert match.tolist() == [FREE, 0, FREE, 3]  # channel 0: bids 5, 7, 6 -> user 1
     match = sampled_bids(cols, vals, 4, rounds=3)
     assert match.tolist() == [FREE, 0, 1, 3]  # round 2: channel 1, bids 1 (user 0) and 4 (user 2)
+
+
+# ----------------------------------------------------------------------------- the coarse stage
+
+
+def _ladder(state: SlotState) -> dict[str, tuple[str, np.ndarray]]:
+    """The decision each stage of the ladder leaves on ``state``, every stage forced by absurd
+    predicted costs of the ones after it (a deadline far away: no clock decides anything)."""
+    costs = {
+        "sorted": {"lists": 1.0, "group": 1.0, "sampled": 1.0},
+        "sampled": {"lists": 1.0, "group": 1.0},
+        "coarse_group": {"lists": 1.0},  # on the cheap group lists: the exact ones never fit
+        "coarse_exact": {"auction": 1.0},  # on the exact lists: the auction never fits
+        "full": {},
+    }
+    out = {}
+    for name, cost in costs.items():
+        ctx = _ctx(state, deadline=time.perf_counter() + 60.0)
+        owner = Auction(dense_below=0, stage_cost_s=cost)(state, ctx)
+        out[name] = (ctx.info["stage"], owner)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(500, 600), (600, 500)])
+def test_the_coarse_stage_is_valid_deterministic_and_between_sampled_and_the_optimum(shape):
+    state = _spectrum_slot(np.random.default_rng(21), *shape)
+    ladder = _ladder(state)
+    assert [ladder[k][0] for k in ladder] == ["sorted", "sampled", "coarse", "coarse", "certified_optimal"]
+    value = {k: slot_utility(state, owner) for k, (_, owner) in ladder.items()}
+    for _, owner in ladder.values():
+        assert is_valid(state, owner)
+    # a later stage is never worse; the coarse one lands within a few per cent of the optimum
+    km = _km_value(state)
+    for coarse in ("coarse_group", "coarse_exact"):
+        assert value["sorted"] <= value["sampled"] < value[coarse] <= value["full"]
+        assert value[coarse] >= 0.95 * km
+    again = _ladder(state)
+    for coarse in ("coarse_group", "coarse_exact"):
+        assert np.array_equal(again[coarse][1], ladder[coarse][1]), "same slot, other coarse decision"
+
+
+def test_the_coarse_stage_on_the_exact_lists_is_valid_deterministic_and_better_than_sampled():
+    """The variant that runs in solve() on the exact lists of stage 1 (when the lists, the coarse
+    stage and the auction are predicted to fit)."""
+    state = _spectrum_slot(np.random.default_rng(22), 450, 520)
+    users = np.flatnonzero(state.user_eligible)
+    res = np.flatnonzero(state.resource_available)
+    got = dense_lists(state.utility, users, res, 32)
+    assert got is not None
+    value, lists = got
+
+    def solve() -> tuple[np.ndarray, dict]:
+        ctx = _ctx(state, deadline=time.perf_counter() + 60.0)
+        pol = Auction(dense_below=0, stage_cost_s={"auction": 1.0})
+        copies = (lists[0].copy(), lists[1].copy(), lists[2].copy())
+        match = pol.solve(value, ctx, strength=value[:, 0], lists=copies, coarse=True)
+        return match, ctx.info
+
+    match, info = solve()
+    assert info["stage"] == "coarse" and info["anytime"].startswith("cut by the deadline before the auction")
+    held = match[match >= 0]
+    assert np.unique(held).size == held.size and (match >= 0).sum() == min(value.shape)  # a full matching
+    assert np.array_equal(solve()[0], match)
+    sampled = slot_utility(state, _ladder(state)["sampled"][1])
+    assert float(value[np.flatnonzero(match >= 0), held].sum()) > sampled
+    assert float(value[np.flatnonzero(match >= 0), held].sum()) >= 0.95 * _lsa_value(value)
+
+
+def test_through_the_pipeline_the_coarse_decision_is_kept_and_flagged():
+    state = _spectrum_slot(np.random.default_rng(23), 400, 450)
+    for cost, where in (({"lists": 1.0}, "coarse_lists"), ({"auction": 1.0}, "lists")):
+        pset = PolicySet(factories={"auction": lambda cost=cost: Auction(dense_below=0, stage_cost_s=cost)})
+        d = decide(state, CellHistory.empty(), "auction", policies=pset, fallbacks=["greedy"], deadline_s=60.0)
+        assert d.policy == "auction" and d.fallback is None and d.valid_before_repair
+        assert d.notes["stage"] == "coarse" and d.notes["coarse_rounds"] >= 1 and where in d.notes["stage_ms"]
+        assert ("coarse_lists" in d.notes["stage_ms"]) == (where == "coarse_lists")  # which lists it ran on
+        assert d.notes["anytime"] == "cut by the deadline before the auction; returned the coarse decision"
+        again = decide(state, CellHistory.empty(), "auction", policies=pset, deadline_s=60.0)
+        assert np.array_equal(again.owner, d.owner)
+
+
+def test_lists_cut_by_the_deadline_leave_the_sampled_decision(monkeypatch):
+    """When the lists stop late (here: always), the sampled bids run in the time kept for them:
+    the same decision as when the lists never fit, and the same again."""
+    import service.policies.sparse as sparse
+
+    state = _spectrum_slot(np.random.default_rng(25), 400, 450)
+    want = _ladder(state)["sampled"][1]
+    monkeypatch.setattr(sparse, "dense_lists", lambda *a, **k: None)
+    monkeypatch.setattr(sparse, "group_lists", lambda *a, **k: None)
+    for cost in ({}, {"lists": 1.0}):  # cut: the exact lists, the coarse lists
+        for _ in range(2):
+            ctx = _ctx(state, deadline=time.perf_counter() + 60.0)
+            owner = Auction(dense_below=0, stage_cost_s=cost)(state, ctx)
+            assert ctx.info["stage"] == "sampled" and ctx.info["anytime"].startswith("cut by the deadline")
+            assert np.array_equal(owner, want)
+
+
+def test_without_a_deadline_the_stages_that_serve_one_are_skipped():
+    state = _spectrum_slot(np.random.default_rng(24), 300, 320)
+    ctx = _ctx(state)
+    Auction(dense_below=0)(state, ctx)
+    assert "coarse" not in ctx.info["stage_ms"] and "coarse_lists" not in ctx.info["stage_ms"]
+    assert "coarse_rounds" not in ctx.info and ctx.info["stage"] == "certified_optimal"
+
+
+def _source(rng: np.random.Generator, kind: int, n: int, r: int) -> np.ndarray:
+    if kind == 0:
+        return rng.exponential(size=(n, r))
+    if kind == 1:
+        return rng.integers(0, 3, size=(n, r)).astype(np.float64)  # heavy ties
+    if kind == 2:
+        return np.zeros((n, r))
+    return np.where(rng.random((n, r)) < 0.9, 0.0, rng.random((n, r)))  # mostly zero rows
+
+
+def test_dense_lists_copy_the_matrix_and_give_exactly_the_top_lists():
+    rng = np.random.default_rng(30)
+    for trial in range(40):
+        n, r = int(rng.integers(1, 120)), int(rng.integers(1, 700))
+        src = _source(rng, trial % 4, n, r)
+        k = int(rng.integers(1, 8)) if trial % 2 else int(rng.integers(1, 40))  # small k: the threshold path
+        rows = np.sort(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False))
+        cols = np.sort(rng.choice(r, size=int(rng.integers(1, r + 1)), replace=False))
+        for rr, cc in ((rows, cols), (None, cols), (rows, None), (None, None)):
+            got = dense_lists(src, rr, cc, k)
+            assert got is not None
+            value, (lists, vals, bound) = got
+            want = src[slice(None) if rr is None else rr][:, slice(None) if cc is None else cc]
+            assert np.array_equal(value, want)
+            ref = top_lists(want, np.zeros(want.shape[1]), None, min(k, want.shape[1]))
+            assert np.array_equal(np.sort(vals, axis=1), np.sort(ref[1], axis=1))  # the same values (ties aside)
+            assert np.array_equal(bound, ref[2])
+            assert np.array_equal(np.take_along_axis(want, lists, 1), vals)
+            assert all(np.unique(row).size == row.size for row in lists)
+
+
+def test_group_lists_give_the_best_available_channel_of_the_best_groups():
+    rng = np.random.default_rng(31)
+    for trial in range(60):
+        n, r = int(rng.integers(1, 50)), int(rng.integers(1, 300))
+        src = _source(rng, trial % 4, n, r)
+        rows = rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False)
+        avail = rng.random(r) < (1.0 if trial % 2 else 0.8)
+        k, group = int(rng.integers(1, 20)), [2, 4, 8, 16][trial % 4]
+        got = group_lists(src, rows, avail, k, group=group)
+        assert got is not None
+        chan, vals = got
+        n_groups = -(-r // group)
+        assert chan.shape == vals.shape == (rows.size, min(k, n_groups))
+        member = np.minimum(np.arange(r) // group, n_groups - 1)
+        for i, u in enumerate(rows):
+            masked = np.where(avail, src[u], 0.0)
+            gmax = np.zeros(n_groups)
+            np.maximum.at(gmax, member, masked)
+            ok = np.isfinite(vals[i])
+            assert (vals[i][ok] > 0).all() and avail[chan[i][ok]].all()
+            assert np.array_equal(src[u, chan[i][ok]], vals[i][ok])  # the listed channel holds the value
+            assert np.unique(member[chan[i]]).size == chan.shape[1]  # one channel per group
+            assert np.array_equal(gmax[member[chan[i][ok]]], vals[i][ok])  # ... its group's best
+            assert np.sort(gmax)[::-1][: chan.shape[1]].sum() == pytest.approx(np.where(ok, vals[i], 0.0).sum())
+            if masked.max() > 0:
+                assert masked.max() in vals[i]
+
+
+def test_the_lists_stop_when_asked():
+    rng = np.random.default_rng(32)
+    src = rng.exponential(size=(1200, 400))
+    rows, cols = np.arange(0, 1200, 2), np.arange(0, 400, 3)  # several row blocks
+    asked: list[float] = []
+
+    def stop_from(stop_at: float):
+        def stop(done: float) -> bool:
+            asked.append(done)
+            return done >= stop_at
+
+        return stop
+
+    for stop_at in (0.0, 0.5, 1.0):  # before any block, midway, before the final selection
+        asked.clear()
+        assert dense_lists(src, rows, cols, 4, stop=stop_from(stop_at)) is None and asked[-1] >= stop_at
+        assert (stop_at == 0.0) == (len(asked) == 1)  # stopped before the first block, or after some
+        asked.clear()
+        assert group_lists(src, rows, np.ones(400, bool), 4, stop=stop_from(stop_at)) is None
+        assert asked[-1] >= stop_at
+    assert dense_lists(src, rows, cols, 4, stop=lambda done: False) is not None
+    assert group_lists(src, rows, np.ones(400, bool), 4, stop=lambda done: False) is not None
+
+
+def test_best_free_fill_gives_leftover_users_their_best_free_channels():
+    value = np.array([[9.0, 1.0, 5.0, 2.0], [1.0, 8.0, 7.0, 3.0], [4.0, 6.0, 2.0, 1.0]])
+    match = np.array([0, FREE, FREE])  # user 0 holds channel 0
+    rows = value[np.flatnonzero(match < 0)]
+    out = best_free_fill(match, rows)
+    assert out.tolist() == [0, 1, 2]  # user 1 bids 8 on channel 1 (beats user 2's 6); user 2 then takes channel 2
+    full = np.array([0, 1, 2])
+    assert best_free_fill(full, value[:0]).tolist() == [0, 1, 2]

@@ -433,9 +433,11 @@ def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
                     "The deadline covers the whole pipeline (history view, policy, check, repair) of a cell that already "
                     "knows its users. At the deadline the policy returns its best decision so far, from the last stage it "
                     "completed: *sorted* (strongest users on the widest channels, O(n log n)), *sampled* (bids on 32 "
-                    "seeded random channels per user), *auction* (the auction's assignment, completed by the sorted rule), "
-                    "*sparse_exact*, *certified_optimal* (proved optimal). *fallbacks* counts slots where the pipeline had "
-                    "to replace it because it answered late (fallback chain: `random`).",
+                    "seeded random channels per user), *coarse* (a few rounds of the auction with a large increment on "
+                    "each user's best channels, completed by bids on the best free ones), *auction* (the auction's "
+                    "assignment, completed likewise), *sparse_exact*, *certified_optimal* (proved optimal). *fallbacks* "
+                    "counts slots where the pipeline had to replace it because it answered late (fallback chain: "
+                    "`random`).",
                     "",
                     md_table(
                         [
