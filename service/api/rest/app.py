@@ -211,6 +211,17 @@ class _Refused(Exception):
 Beside = Callable[[ServiceCore], AbstractAsyncContextManager[tuple[str, str | None]]]
 
 
+#: what a status of ``POST /schedule`` means (the OpenAPI document); the kinds come from ERROR_TABLE
+_STATUS_TEXT = {
+    400: "malformed JSON",
+    409: "the slot does not follow the cell's state (named in `field`: `slot` or `epoch`)",
+    413: "body, users, resources or feedback above the configured limits",
+    422: "a field breaks the contract (named in `field`)",
+    500: "no policy could decide the slot, or an internal error",
+    503: "retryable: the state store is unreachable or a concurrent writer won (`Retry-After`)",
+}
+
+
 def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Sequence[Beside] = ()) -> FastAPI:
     """The REST application over ``core``.
 
@@ -264,11 +275,15 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
     app.state.status = status
     app.state.auth = auth
 
-    error_responses: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorBody, "description": "malformed JSON"},
-        413: {"model": ErrorBody, "description": "body, users, resources or feedback above the configured limits"},
-        422: {"model": ErrorBody, "description": "a field breaks the contract (named in `field`)"},
-    }
+    # every status a decision can answer with, from the one error table (the kinds in `error`)
+    error_responses: dict[int | str, dict[str, Any]] = {}
+    for kind, code in HTTP_STATUS.items():
+        if kind is ErrorKind.UNAUTHORIZED:
+            continue
+        entry = error_responses.setdefault(
+            code, {"model": ErrorBody, "description": _STATUS_TEXT.get(code, "") + "; `error`:"}
+        )
+        entry["description"] += f" `{kind.value}`"
     auth_responses: dict[int | str, dict[str, Any]] = (
         {401: {"model": ErrorBody, "description": "missing or invalid bearer token"}} if auth.enabled else {}
     )
