@@ -264,3 +264,19 @@ def run_info(trainer: Any, counter: Any, resumed: Path | None) -> dict[str, Any]
         "train_seconds": round(counter.seconds, 2),
         "log_history": list(state.log_history),
     }
+
+
+def train_and_evaluate(
+    trainer: Any, tokenizer: PreTrainedTokenizerBase, args: TrainArgs, resumed: Path | None, held_out: list[Any]
+) -> tuple[PreTrainedModel, Any]:
+    """Train (from ``resumed``, a checkpoint, when given), save the final model in ``args.out``
+    (``save_final``) and score it on ``held_out``: (final model, ``Scores`` after, or None)."""
+    from trainer.finetune.evaluate import evaluate
+
+    trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
+    tokenizer.padding_side = "left"
+    final = save_final(trainer, tokenizer, Path(args.out))
+    after = None
+    if held_out:
+        after, _ = evaluate(final, tokenizer, held_out, args.eval_max_new_tokens, args.eval_batch_size)
+    return final, after

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from service.finetune.rewards import RewardConfig, code_reward_func, composite_reward_func, reward_funcs
@@ -175,13 +174,7 @@ def main(args: GrpoArgs) -> dict[str, Any]:
         peft_config=common.lora_config(args),
         callbacks=[counter],
     )
-    trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
-    tokenizer.padding_side = "left"
-    final = common.save_final(trainer, tokenizer, Path(args.out))
-
-    after = None
-    if held_out:
-        after, _ = evaluate(final, tokenizer, held_out, args.eval_max_new_tokens, args.eval_batch_size)
+    _, after = common.train_and_evaluate(trainer, tokenizer, args, resumed, held_out)
     run = common.run_info(trainer, counter, resumed)
     rewards = logged_rewards(run["log_history"])
     extra: dict[str, Any] = {

@@ -10,7 +10,6 @@ answers held-out prompts (seeds the training rows never use); the summary table 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from trainer.finetune import common
@@ -59,13 +58,7 @@ def main(args: SftArgs) -> dict[str, Any]:
         peft_config=common.lora_config(args),
         callbacks=[counter],
     )
-    trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
-    tokenizer.padding_side = "left"
-    final = common.save_final(trainer, tokenizer, Path(args.out))
-
-    after = None
-    if held_out:
-        after, _ = evaluate(final, tokenizer, held_out, args.eval_max_new_tokens, args.eval_batch_size)
+    _, after = common.train_and_evaluate(trainer, tokenizer, args, resumed, held_out)
     result = summary_mod.build(
         "sft",
         str(path),
