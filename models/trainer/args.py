@@ -50,6 +50,8 @@ class DistillArgs:
     """weight of the likelihood of the teacher's DCM under the two-pass PAG distribution"""
     worlds: str = "project"
     """where teacher slots come from: project (the project's simulators), families (the training world families of service.sim.worlds, held-out families never drawn) or both (half each)"""
+    sionna_samples: int = 0
+    """mac: teacher-labelled slots per round drawn, in addition, from closed-loop episodes of random Sionna worlds (trainer.sionna_world.rollout: TR 38.901 UMa/UMi drops, PHY abstraction, OLLA, HARQ; needs the sionna extra)"""
     max_ue: int = 120
     """largest N of the random spectrum training scenarios"""
     max_res: int = 120

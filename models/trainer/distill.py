@@ -106,10 +106,13 @@ def assignment_hinge(logits: torch.Tensor, tokens: torch.Tensor, batch: Batch, f
     return total / (batch.res_mask > 0).sum().clamp(min=1)
 
 
-def collect(args: Args, teacher, round_index: int, behaviour) -> list[Sample]:
-    """One round of teacher-labelled slots from ``args.worlds`` (project, families or both)."""
+def collect(args: Args, teacher, round_index: int, behaviour, progress=None) -> list[Sample]:
+    """One round of teacher-labelled slots from ``args.worlds`` (project, families or both) and,
+    with ``args.sionna_samples``, from the Sionna world; ``progress``: a line per Sionna episode."""
     if args.worlds not in ("project", "families", "both"):
         raise ValueError(f"worlds must be project, families or both, got {args.worlds!r}")
+    if args.sionna_samples and args.preset != "mac":
+        raise ValueError("sionna_samples: the Sionna world is a mac world; use it with --preset mac")
     seed = args.seed * 7919 + round_index
     n_fam = {"project": 0, "families": args.samples, "both": args.samples // 2}[args.worlds]
     out: list[Sample] = []
@@ -130,6 +133,12 @@ def collect(args: Args, teacher, round_index: int, behaviour) -> list[Sample]:
             out += world_spectrum_rollout(teacher, slots=n_fam, seed=seed + 1, max_ue=args.max_ue, max_res=args.max_res)
         else:
             out += world_mac_rollout(teacher, slots=n_fam, seed=seed + 1, behaviour=behaviour)
+    if args.sionna_samples:
+        from trainer.sionna_world.rollout import sionna_mac_rollout  # the sionna extra, only when asked
+
+        out += sionna_mac_rollout(
+            teacher, slots=args.sionna_samples, seed=seed + 2, behaviour=behaviour, progress=progress
+        )
     return out
 
 
@@ -167,7 +176,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
                 logger.info(f"dataset {args.dataset}: {stats}")
         else:
             behaviour = None if rnd == 0 else student
-            samples += collect(args, teacher, rnd, behaviour)
+            samples += collect(args, teacher, rnd, behaviour, progress=logger.info)
             data_info = {"teacher": teacher_name, "slots": len(samples), "dagger_rounds": args.dagger_rounds}
             logger.info(f"round {rnd}: {len(samples)} teacher-labelled slots ({teacher_name})")
         if not samples:
@@ -226,6 +235,8 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
     if args.worlds != "project":
         data_info["families"] = list(training_families(args.preset))
         data_info["held_out_families"] = list(HELD_OUT[args.preset])
+    if args.sionna_samples:
+        data_info["sionna_world_slots_per_round"] = args.sionna_samples
     ckpt.stages.append(
         {
             "script": "distill",

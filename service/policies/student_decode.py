@@ -1,8 +1,10 @@
 """Decode kernels of the distilled student (pure numpy / scipy): logits [R, N+1] → DCM int64 [R].
 
 Column 0 of the logits is "leave the resource unused", column ``1+u`` user ``u``; every decode
-works under the PAG mask (SPEC §4), so its output is valid by construction. The model card's
-``decode`` block picks one (``decode``):
+works under the PAG mask (SPEC §4), so its output is valid by construction — with one exception:
+of the mac HARQ rule ``retx_not_first`` (pending retransmissions first) only ``pf_anchored``
+knows; the other kinds leave it to repair. The model card's ``decode`` block picks one
+(``decode``):
 
 * ``capped`` (default, SPEC §4 use 1): **pass 1** visits the resources in order, each takes
   its best admissible token among "leave unused" and the users still below their need
@@ -22,8 +24,9 @@ works under the PAG mask (SPEC §4), so its output is valid by construction. The
   sum-rate (0.990 at the shipped b = 0.005), and a pair of zero rate is never granted.
 * ``pf_anchored`` (the mac preset): proportional fair's rule with a bounded learned tilt — the
   pairs ranked by ``utility[u, r] / avg_served[u] · (1 + b · tanh(m[r, u]))`` and taken
-  greedily under the PAG cap while the user's buffer is not covered (``assign.greedy_fill``):
-  work-conserving, like the classical schedulers. The network can reorder only pairs whose PF
+  greedily under the PAG cap while the user's buffer is not covered (``assign.greedy_fill``),
+  after the pending HARQ retransmissions (``assign.retx_first``): work-conserving, like the
+  classical schedulers. The network can reorder only pairs whose PF
   priorities lie within a factor (1 + b) / (1 − b) of each other, so throughput, latency and
   fairness stay those of PF on any input, and the tilt is where a teacher that beats PF on the
   whole table can act.
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from service.assign import NEED_TOLERANCE, greedy_fill, pf_priority
+from service.assign import NEED_TOLERANCE, greedy_fill, pf_priority, retx_first
 from service.history import CellHistory, HistoryView
 from service.types import SlotState
 
@@ -239,14 +242,17 @@ def decode_pf_anchored(
 ) -> np.ndarray:
     """Greedy (``assign.greedy_fill``) on ``pf_priority · (1 + bound · tanh(m))`` with the pair
     margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. avg_served: float64 [N], the
-    cell history's PF averages of the slot's users. Valid by construction."""
+    cell history's PF averages of the slot's users. Pending HARQ retransmissions are served first
+    (``assign.retx_first``, as the baselines do), the other users share the RBGs left. Valid by
+    construction, the PAG rule ``retx_not_first`` included."""
     r, n1 = state.num_res, state.num_ue + 1
     if logits.shape != (r, n1):
         raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
     if not 0.0 <= bound < 1.0:
         raise ValueError(f"bound must be in [0, 1), got {bound}")
     margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
-    return greedy_fill(state, pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin)))
+    score = pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin))
+    return greedy_fill(state, score, *retx_first(state))
 
 
 def decode(

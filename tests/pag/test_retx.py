@@ -23,6 +23,7 @@ from service.pag.checks import RETX_NOT_FIRST, VIOLATION_KINDS
 from service.pipeline import decide
 from service.policies import PolicyContext, make, names
 from service.policies.registry import PolicySet
+from service.policies.student_decode import decode
 from service.rng import slot_rng
 from service.types import SlotState, make_slot, owner_ids
 
@@ -396,16 +397,22 @@ def test_baselines_serve_retransmissions_first_by_construction(name):
             assert (_held(state, owner)[need > 0] == _held(state, start)[need > 0]).all()  # and no new data for P
 
 
-def test_baselines_through_the_pipeline_are_valid_before_repair_and_the_student_is_repaired():
+def test_baselines_and_the_shipped_student_through_the_pipeline_are_valid_before_repair():
+    """The baselines and the shipped mac student (``pf_anchored`` decode) serve retransmissions
+    first by construction; a student decode that does not know the rule (``capped``) is repaired."""
     rng = np.random.default_rng(5)
     policies = PolicySet({name: (lambda name=name: make(name)) for name in [*BASELINES, "student"]})
-    student_ready = make("student").model("mac") is not None
+    assert make("student").model("mac") is not None, "the mac student ships with the repository"
+    repaired = 0
     for i in range(10):
         state = _random_slot(rng, 8, 10, slot=i)
-        for name in ["pf", "rr", "max_weight", "greedy", "km"]:
+        for name in ["pf", "rr", "max_weight", "greedy", "km", "student"]:
             d = decide(state, CellHistory.empty(), name, policies=policies)
-            assert d.valid_before_repair and not d.violations, (name, d.violations)
-        if student_ready:  # the student does not know the fields: its raw output is repaired when it breaks the rule
-            d = decide(state, CellHistory.empty(), "student", policies=policies)
-            assert d.policy == "student" and is_valid(state, d.owner) and _serves_retx_first(state, d.owner)
-            assert d.valid_before_repair or any(v.kind == RETX_NOT_FIRST for v in d.violations)
+            assert d.policy == name and d.valid_before_repair and not d.violations, (name, d.violations)
+            assert _serves_retx_first(state, d.owner)
+        logits = np.random.default_rng(i).normal(size=(state.num_res, state.num_ue + 1))
+        raw = decode(state, logits, {"kind": "capped"})
+        fixed = repair(state, check(state, raw))
+        assert is_valid(state, fixed) and _serves_retx_first(state, fixed)
+        repaired += not check(state, raw).valid
+    assert repaired > 0  # the capped decode breaks the rule on some of these slots

@@ -190,7 +190,8 @@ def test_the_world_sizes_blocks_with_the_service_tbs(exo: Exogenous) -> None:
 @pytest.mark.parametrize(("policy", "guard"), [("pf", False), ("student", False), ("student", True)])
 def test_service_decisions_in_the_loop_are_valid(exo: Exogenous, policy: str, guard: bool) -> None:
     """Every decision the in-process ServiceCore returns for a cell of the world passes the PAG
-    check of its slot (the HARQ rule included), and the world plays it; pf's raw output is valid."""
+    check of its slot (the HARQ rule included), and the world plays it; pf's and the shipped
+    student's raw outputs are valid before repair."""
     world = _world(exo, slots=15)
     seen = _play(world, policy, guard=guard)
     assert len(seen) == 15 * len(world.cells)
@@ -198,8 +199,7 @@ def test_service_decisions_in_the_loop_are_valid(exo: Exogenous, policy: str, gu
         assert state.utility.shape == (state.num_ue, world.num_rbg)
         assert np.allclose(state.utility / state.tti_s, state.utility / world.carrier.slot_s)
         assert check_dcm(state, d.owner).valid, check_dcm(state, d.owner).violations
-    if policy == "pf":
-        assert all(d.valid_before_repair for _, d in seen)
+    assert all(d.valid_before_repair for _, d in seen)  # the baselines and pf_anchored serve retransmissions first
     k = world.kpis()
     assert k["cell_throughput_bps"] > 0 and 0 < k["jain_index"] <= 1
 
@@ -225,6 +225,53 @@ def test_sionna_pf_and_the_service_pf_agree_on_equal_footing(exo: Exogenous) -> 
     if contract_has_retx():
         with pytest.raises(ValueError, match="retx='world'"):
             SionnaPF(world)
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def test_training_draws_labelled_episodes_from_random_worlds() -> None:
+    """``sionna_mac_rollout``: samples from several random worlds (N and R vary), every target a
+    PAG-valid decision of its slot (retransmissions first), states in bit/s with the HARQ fields;
+    the same seed gives the same samples, another seed other ones."""
+    from trainer.sionna_world.rollout import sionna_mac_rollout
+    from trainer.teachers import make_teacher
+
+    lines: list[str] = []
+    samples = sionna_mac_rollout(
+        make_teacher("pf"), slots=90, seed=4, episode_slots=6, keep_state=True, progress=lines.append
+    )
+    assert len(samples) == 90 and len(lines) >= 2 and lines[-1].endswith("90/90 slots")
+    assert len({s.shape for s in samples}) >= 3
+    for s in samples:
+        st = s.state
+        assert st is not None and st.preset == "mac" and st.retx_bits is not None
+        assert st.tti_s in (1e-3, 0.5e-3) and (st.utility >= 0).all()  # 15 / 30 kHz slots; bits per RBG per slot
+        assert check_dcm(st, s.tokens).valid, check_dcm(st, s.tokens).violations
+        assert s.tokens.shape == (st.num_res,) and s.needs.shape == (st.num_ue,)
+    assert any((s.state.retx_rbgs > 0).any() for s in samples)  # HARQ retransmissions occur and are labelled
+    again = sionna_mac_rollout(make_teacher("pf"), slots=90, seed=4, episode_slots=6)
+    assert all(np.array_equal(a.tokens, b.tokens) and a.shape == b.shape for a, b in zip(samples, again, strict=True))
+    other = sionna_mac_rollout(make_teacher("pf"), slots=30, seed=5, episode_slots=6)
+    assert [s.shape for s in other] != [s.shape for s in samples[:30]]
+
+
+def test_distill_trains_on_sionna_slots(tmp_path: Path) -> None:
+    """``gnbsched train distill --sionna-samples K`` adds K Sionna-world slots per round and records
+    them in the checkpoint's stage; the spectrum preset refuses them."""
+    from trainer import distill
+    from trainer.args import DistillArgs
+
+    args = DistillArgs(
+        preset="mac", teacher="pf", decode="pf_anchored", samples=30, sionna_samples=30, steps=4,
+        batch_size=8, eval_every=0, eval_slots=1, out=str(tmp_path / "mac"),
+    )  # fmt: skip
+    ckpt = distill.main(args)
+    stage = ckpt.stages[-1]
+    assert stage["data"]["sionna_world_slots_per_round"] == 30 and stage["data"]["slots"] == 60
+    assert (tmp_path / "mac" / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="mac world"):
+        distill.collect(replace(args, preset="spectrum"), None, 0, None)
 
 
 def test_same_seed_same_world_other_seed_other_world(exo: Exogenous) -> None:
