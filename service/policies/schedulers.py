@@ -24,7 +24,9 @@ class RoundRobin(Policy):
     """Round robin: eligible users in order of last service (never served first, then oldest;
     ties — users last served in the same slot — by fewest resources received so far, then slot
     order, which keeps the cyclic order) take the available resources in turn, one per user per
-    round, until the resources run out or no user can take more (cap, or no data left in mac)."""
+    round (the lowest free resource on which the user's rate is above 0: a resource out of the
+    user's range, CQI 0, carries nothing and goes to the next user), until the resources run out
+    or no user can take more (cap, no usable resource, or no data left in mac)."""
 
     name = "rr"
 
@@ -42,6 +44,7 @@ class RoundRobin(Policy):
         cap = state.max_resources_per_user
         left = None if state.preset != "mac" or state.buffer_bits is None else state.buffer_bits.copy()
         counts = np.zeros(state.num_ue, np.int64)
+        util = state.utility
         while free:
             progressed = False
             for u in order.tolist():
@@ -49,7 +52,10 @@ class RoundRobin(Policy):
                     break
                 if counts[u] >= cap or (left is not None and left[u] <= 0):
                     continue
-                r = free.pop(0)
+                i = next((i for i, r in enumerate(free) if util[u, r] > 0), None)
+                if i is None:
+                    continue  # no free resource carries anything for u (rate 0: out of range)
+                r = free.pop(i)
                 owner[r] = u + 1
                 counts[u] += 1
                 if left is not None:

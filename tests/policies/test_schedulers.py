@@ -101,6 +101,27 @@ def test_rr_gives_one_rbg_per_user_per_round_within_caps_and_data():
     assert owner.tolist() == [3, 2, 1, 3, 1, 3, 1]
 
 
+def test_rr_skips_resources_out_of_a_users_range():
+    """A resource where the user's rate is 0 (CQI 0) carries nothing: round robin gives the user
+    its lowest usable free resource instead and the skipped one to the next user; a resource no
+    user can use stays empty, and a user with no usable resource waits."""
+    rate = np.array(
+        [
+            [0.0, 0.0, 5e6, 5e6, 0.0],  # user 0: only resources 2 and 3 are in range
+            [1e6, 0.0, 1e6, 1e6, 0.0],  # user 1
+            [0.0, 0.0, 0.0, 0.0, 0.0],  # user 2: out of range everywhere
+        ]
+    )
+    state = make_slot("mac", [1, 2, 3], np.arange(5), rate_bps=rate, buffer_bits=[1e9] * 3, tti_s=1e-3)
+    owner = RR(state, PolicyContext(_view(3), np.random.default_rng(0)))
+    # round 1: user 0 takes 2 (0 and 1 are out of its range), user 1 takes 0; round 2: user 0
+    # takes 3, user 1 has nothing usable left (1 and 4); user 2 never can; 1 and 4 stay empty
+    assert owner.tolist() == [2, 0, 1, 1, 0]
+    assert is_valid(state, owner)
+    granted = owner > 0
+    assert (state.utility[owner[granted] - 1, np.flatnonzero(granted)] > 0).all()
+
+
 def test_pf_prefers_the_user_whose_rate_is_high_relative_to_its_average():
     state = make_slot("spectrum", [1, 2], [1], rate_bps=[[10.0], [5.0]])
     assert PF(state, PolicyContext(_view(2, avg=[20.0, 2.0]), np.random.default_rng(0))).tolist() == [2]

@@ -1,9 +1,11 @@
 """``gnbsched bench sionna``: the service's mac policies against Sionna's own PF scheduler in the
 Sionna world, on the same drops and seeds, in one process.
 
-One drop (``--sites`` × 3 sectors, ``--ues-per-sector`` UTs, ``--scenario``), one channel, and per
-traffic model (``--traffic``: ``full`` and/or ``ftp``) one run per policy of exactly ``--slots``
-slots, each on the same exogenous trajectory (channel, packet arrivals, ACK draws):
+``--drops`` independent drops (seeds ``--seed``, ``--seed + 1``, …; each ``--sites`` × 3 sectors,
+``--ues-per-sector`` UTs, ``--scenario``), one channel each, and per drop and traffic model
+(``--traffic``: ``full`` and/or ``ftp``) one run per policy of exactly ``--slots`` slots, each on
+the same exogenous trajectory (channel, packet arrivals, ACK draws). The runs are spread over
+``--jobs`` spawned worker processes (default: the machine's cores), each keeping one drop built:
 
 * ``sionna-pf`` — Sionna's ``PFSchedulerSUMIMO`` in Sionna's loop (its averages start at 1 bit/s,
   its discount ``β = 1 − 1/ewma_slots`` as the service's PF), the world reserving the
@@ -17,6 +19,10 @@ slots, each on the same exogenous trajectory (channel, packet arrivals, ACK draw
 * ``student`` — the default mac policy with the run-time guard off; ``student+guard`` — the same
   served as the service serves it by default (``guard_enabled``: ``service.guard`` swaps in the
   reference ``pf`` while the student falls behind it).
+
+A 5th percentile over the 84 UTs of one drop moves by a few per cent from drop to drop, so the
+table pools the UTs of every drop (5th percentile and mean of the pool) and averages the other
+figures over the drops; a second table gives each drop's differences to ``sionna-pf``.
 
 Printed and written per policy: cell throughput (bit/s per sector), 5th-percentile and mean user
 throughput, Jain index of user throughput, first-transmission BLER (all, and at MCS OLLA can move
@@ -44,23 +50,27 @@ from typing import Any
 
 import numpy as np
 
-#: policies of the comparison, in table order (student+guard: the student as the service serves it)
-DEFAULT_POLICIES = ("sionna-pf", "sionna-pf-mean", "pf", "max_weight", "rr", "km", "student", "student+guard")
+#: policies of the comparison, in table order (student+guard: the student as the service serves it);
+#: ``sionna-pf-mean`` (a diagnostic, below) runs when ``--policies`` names it
+DEFAULT_POLICIES = ("sionna-pf", "pf", "max_weight", "rr", "km", "student", "student+guard")
 SIONNA_POLICIES = ("sionna-pf", "sionna-pf-mean")
-#: the default configuration: 7 sites x 3 sectors (wrap-around), 4 UTs per sector, 400 slots of 0.5 ms
+#: the default configuration: 3 drops of 7 sites x 3 sectors (wrap-around), 4 UTs per sector, 600 slots
+#: of 0.5 ms of which the first 300 are a warm-up (PF averages start at different values in Sionna's
+#: PF and the service's and need about 3 windows of 100 slots to forget them)
 DEFAULTS: dict[str, Any] = {
+    "drops": 3,
     "sites": 7,
     "ues_per_sector": 4,
     "scenario": "uma",
     "scs_khz": 30,
     "bandwidth_mhz": 20,
-    "slots": 400,
-    "warmup_slots": 100,
+    "slots": 600,
+    "warmup_slots": 300,
     "traffic": "full,ftp",
     "load_mbps": 4.0,
     "packet_bits": 40_000,
 }
-QUICK: dict[str, Any] = {"sites": 1, "ues_per_sector": 2, "slots": 40, "warmup_slots": 10}
+QUICK: dict[str, Any] = {"drops": 1, "sites": 1, "ues_per_sector": 2, "slots": 40, "warmup_slots": 10}
 #: target tolerances (``targets``)
 PF_TOLERANCE = 0.02
 BLER_TOLERANCE = 0.02
@@ -89,6 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``gnbsched bench sionna`` flags (``--slots``, ``--seed``, ``--policies``, ``--out``, ``--quick``
     of ``gnbsched bench`` apply; ``--quick``: 1 site, 2 UTs per sector, 40 slots)."""
     g = parser.add_argument_group("sionna (gnbsched bench sionna; needs the [sionna] extra)")
+    g.add_argument(
+        "--drops", type=int, default=None, help="independent drops, seeds --seed, --seed + 1, ... (default 3)"
+    )
+    g.add_argument("--jobs", type=int, default=None, help="worker processes (default: the machine's cores)")
     g.add_argument("--sites", type=int, choices=[1, 7, 19], default=None, help="sites, 3 sectors each (default 7)")
     g.add_argument("--ues-per-sector", type=int, default=None, help="UTs dropped per sector (default 4)")
     g.add_argument("--scenario", choices=["uma", "umi"], default=None, help="TR 38.901 scenario (default uma)")
@@ -97,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--traffic", default=None, help="traffic models, comma-separated: full, ftp (default both)")
     g.add_argument("--load-mbps", type=float, default=None, help="FTP offered load per UT (default 4)")
     g.add_argument("--packet-bits", type=int, default=None, help="FTP packet size (default 40000)")
-    g.add_argument("--warmup-slots", type=int, default=None, help="slots left out of the KPIs (default 100)")
+    g.add_argument("--warmup-slots", type=int, default=None, help="slots left out of the KPIs (default 300)")
 
 
 def _option(args: argparse.Namespace, name: str) -> Any:
@@ -231,22 +245,110 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+#: per worker process: the drop being run (its seed and exogenous draws) and its worlds per traffic
+_DROP: dict[str, Any] = {}
+
+
+def _drop_world(cfg: Any, traffic: Any) -> Any:
+    """The world of drop ``cfg.seed`` with ``traffic``, built once per process and reused by every
+    policy of that drop (a new seed replaces the cached drop: one drop in memory per process)."""
     from dataclasses import replace
+
+    from trainer.sionna_world.world import Exogenous, SionnaWorld
+
+    if _DROP.get("seed") != cfg.seed:
+        _DROP.clear()
+        _DROP.update(seed=cfg.seed, exo=Exogenous.build(cfg), worlds={})
+    worlds = _DROP["worlds"]
+    if traffic not in worlds:
+        base = _DROP["exo"]
+        kcfg = replace(cfg, traffic=traffic)
+        exo = replace(base, arrivals=traffic.arrivals(base.drop.num_ut, cfg.slots + 1, kcfg.carrier.slot_s, cfg.seed))
+        worlds[traffic] = SionnaWorld(kcfg, exo)
+    return worlds[traffic]
+
+
+def run_unit(cfg: Any, traffic: Any, policy: str, ewma_slots: float) -> dict[str, Any]:
+    """One run: ``policy`` on drop ``cfg.seed`` with ``traffic`` (in a worker process or in process);
+    the KPIs, the per-UT throughputs (bit/s) and the seconds spent building the drop."""
+    t0 = time.perf_counter()
+    world = _drop_world(cfg, traffic)
+    build_s = time.perf_counter() - t0
+    kpis, user_bps = run_policy(world, policy, ewma_slots=ewma_slots)
+    return {"drop_seed": cfg.seed, "traffic": traffic.kind, "policy": policy, **kpis, "build_s": build_s,
+            "cells": len(world.cells), "num_ut": int(world.num_ut),
+            "user_throughput_bps": user_bps.tolist()}  # fmt: skip
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def aggregate(per_drop: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (traffic, policy) over the drops: user throughputs pooled over the drops' UTs
+    (5th percentile and mean of the pool), the other KPIs averaged over the drops, wall time
+    summed."""
+    out: list[dict[str, Any]] = []
+    for key in dict.fromkeys((r["traffic"], r["policy"]) for r in per_drop):
+        rs = [r for r in per_drop if (r["traffic"], r["policy"]) == key]
+        users = np.concatenate([np.asarray(r["user_throughput_bps"], np.float64) for r in rs])
+        row: dict[str, Any] = {"traffic": key[0], "policy": key[1], "drops": len(rs)}
+        for k, v in rs[0].items():
+            if k not in row and k not in ("drop_seed", "user_throughput_bps") and isinstance(v, int | float):
+                row[k] = _mean([float(r[k]) for r in rs])
+        row["user_throughput_p5_bps"] = float(np.percentile(users, 5))
+        row["user_throughput_mean_bps"] = float(users.mean())
+        row["wall_s"] = float(sum(r["wall_s"] for r in rs))
+        row["user_throughput_bps"] = users.tolist()
+        out.append(row)
+    return out
+
+
+def drop_table(per_drop: Sequence[dict[str, Any]]) -> str:
+    """Per drop and traffic: ``pf`` and ``student+guard`` against ``sionna-pf`` (relative difference of
+    cell and 5th-percentile throughput): the spread behind the pooled targets."""
+    others = ("pf", "student+guard")
+    lines = ["| drop seed | traffic | " + " | ".join(f"{p} cell / 5%-ile" for p in others) + " |",
+             "|---|---|" + "---|" * len(others)]  # fmt: skip
+    for seed, kind in dict.fromkeys((r["drop_seed"], r["traffic"]) for r in per_drop):
+        by = {r["policy"]: r for r in per_drop if (r["drop_seed"], r["traffic"]) == (seed, kind)}
+        if "sionna-pf" not in by:
+            continue
+        ref = by["sionna-pf"]
+        cells = []
+        for p in others:
+            if p not in by:
+                cells.append("–")
+                continue
+            rel = [_relative(by[p][m], ref[m]) for m in ("cell_throughput_bps", "user_throughput_p5_bps")]
+            cells.append(" / ".join(f"{100 * v:+.1f} %" for v in rel))
+        lines.append(f"| {seed} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from dataclasses import replace
+    from multiprocessing import get_context
 
     from service.config import Settings
     from trainer.sionna_world.channel import MAX_LINK_SAMPLES
     from trainer.sionna_world.topology import SECTORS_PER_SITE
     from trainer.sionna_world.traffic import TrafficSpec
-    from trainer.sionna_world.world import Exogenous, SionnaWorld, WorldConfig
+    from trainer.sionna_world.world import WorldConfig
 
     t0 = time.perf_counter()
     sites, ues = int(_option(args, "sites")), int(_option(args, "ues_per_sector"))
     slots = int(args.slots if getattr(args, "slots", None) else _option(args, "slots"))
+    drops = int(_option(args, "drops"))
+    jobs = int(getattr(args, "jobs", None) or os.cpu_count() or 1)
     kinds = [k.strip() for k in str(_option(args, "traffic")).split(",") if k.strip()]
     policies = [p.strip() for p in (args.policies or ",".join(DEFAULT_POLICIES)).split(",") if p.strip()]
-    if not kinds or not policies:
-        print("gnbsched bench sionna: --traffic and --policies need at least one name each", file=sys.stderr)
+    if not kinds or not policies or drops < 1 or jobs < 1:
+        print("gnbsched bench sionna: --traffic and --policies need a name each, --drops and --jobs at least 1",
+              file=sys.stderr)  # fmt: skip
         return 2
     links = sites * SECTORS_PER_SITE * ues * sites * SECTORS_PER_SITE
     cfg = WorldConfig(
@@ -261,28 +363,49 @@ def _run(args: argparse.Namespace) -> int:
         channel_update_slots=max(1, math.ceil(slots * links / MAX_LINK_SAMPLES)),
     )
     ewma_slots = float(Settings().ewma_slots)
-    base = Exogenous.build(cfg)
-    build_s = time.perf_counter() - t0
-    rows: list[dict[str, Any]] = []
-    for kind in kinds:
-        traffic = TrafficSpec(kind=kind, packet_bits=int(_option(args, "packet_bits")),
-                              load_bps=float(_option(args, "load_mbps")) * 1e6)  # fmt: skip
-        kcfg = replace(cfg, traffic=traffic)
-        exo = replace(base, arrivals=traffic.arrivals(base.drop.num_ut, slots + 1, kcfg.carrier.slot_s, cfg.seed))
-        world = SionnaWorld(kcfg, exo)
-        for policy in policies:
-            kpis, user_bps = run_policy(world, policy, ewma_slots=ewma_slots)
-            rows.append({"traffic": kind, "policy": policy, **kpis, "user_throughput_bps": user_bps.tolist()})
-            print(f"gnbsched bench sionna: {kind:4s} {policy:15s} {kpis['wall_s']:6.1f} s", file=sys.stderr)
+    traffics = {kind: TrafficSpec(kind=kind, packet_bits=int(_option(args, "packet_bits")),
+                                  load_bps=float(_option(args, "load_mbps")) * 1e6) for kind in kinds}  # fmt: skip
+    seeds = [cfg.seed + d for d in range(drops)]
+    units = [(seed, kind, policy) for seed in seeds for kind in kinds for policy in policies]
+    jobs = min(jobs, len(units))
+    results: list[dict[str, Any] | None] = [None] * len(units)
+
+    def done(i: int, r: dict[str, Any]) -> None:
+        results[i] = r
+        n = sum(x is not None for x in results)
+        print(f"gnbsched bench sionna: [{n}/{len(units)}] drop {r['drop_seed']} {r['traffic']:4s} {r['policy']:15s} "
+              f"{r['wall_s']:6.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+
+    if jobs == 1:
+        for i, (seed, kind, policy) in enumerate(units):
+            done(i, run_unit(replace(cfg, seed=seed), traffics[kind], policy, ewma_slots))
+    else:  # spawned workers: a fresh interpreter each (torch and fork do not mix), one drop cached each
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(run_unit, replace(cfg, seed=seed), traffics[kind], policy, ewma_slots): i
+                for i, (seed, kind, policy) in enumerate(units)
+            }
+            for fut in as_completed(futures):
+                done(futures[fut], fut.result())
+    per_drop = [r for r in results if r is not None]
+    rows = aggregate(per_drop)
+    first = per_drop[0]
+    world_text = cfg.describe().replace("full buffers", "traffic " + "/".join(kinds))
+    world_text = world_text.rsplit(", seed ", 1)[0]
     header = (
-        f"Sionna world: {cfg.describe().replace('full buffers', 'traffic ' + '/'.join(kinds))}"
+        f"Sionna world: {world_text}; {drops} drop(s), seeds {seeds[0]}–{seeds[-1]}"
         f" (FTP: {_option(args, 'packet_bits')}-bit packets, {_option(args, 'load_mbps'):g} Mbit/s per UT); "
-        f"{len(world.cells)} cells, {base.drop.num_ut} UTs; PF averages over {ewma_slots:g} slots; "
-        f"build {build_s:.0f} s, total {time.perf_counter() - t0:.0f} s"
+        f"{first['cells']} cells, {first['num_ut']} UTs per drop; PF averages over {ewma_slots:g} slots; "
+        f"user throughputs pooled over the drops' UTs, other figures the mean over drops, wall s summed; "
+        f"{jobs} worker process(es), total {time.perf_counter() - t0:.0f} s"
     )
     table = markdown_table(header, rows)
+    spread = drop_table(per_drop)
     checks = targets(rows)
     print(table)
+    if spread:
+        print()
+        print(spread)
     print()
     for c in checks:
         print(f"  [{'met' if c['met'] else 'NOT met'}] {c['traffic']}: {c['target']} ({c['value']:+.4f})")
@@ -293,12 +416,16 @@ def _run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    doc = {"configuration": header, "world": {**cfg.__dict__, "traffic": kinds}, "rows": clean, "targets": checks}
+
+    def clean(rs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rs]
+
+    doc = {"configuration": header, "world": {**cfg.__dict__, "traffic": kinds, "drop_seeds": seeds},
+           "rows": clean(rows), "per_drop": clean(per_drop), "targets": checks}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    (out / "table.md").write_text(table + "\n")
+    (out / "table.md").write_text(table + ("\n\n" + spread if spread else "") + "\n")
     fig = _plot(out / "user_throughput_cdf.png", rows)
-    report = _report(args, table, checks)
+    report = _report(args, table, spread, checks)
     print(
         f"gnbsched bench sionna: wrote {out}/results.csv, results.json, table.md"
         + (f", {fig.name}" if fig else "")
@@ -307,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, table: str, checks: Sequence[dict[str, Any]]) -> Path:
+def _report(args: argparse.Namespace, table: str, spread: str, checks: Sequence[dict[str, Any]]) -> Path:
     """Write the sionna section of ``<out>/BENCHMARKS.md``: the table and the targets."""
     from service.bench import benchmarks_md
     from service.bench.benchmarks_md import Producer, load_average, machine
@@ -322,7 +449,8 @@ def _report(args: argparse.Namespace, table: str, checks: Sequence[dict[str, Any
         "",
         table,
         "",
-        "Targets:",
+        *(["Per drop, against `sionna-pf` (cell / 5th-percentile throughput):", "", spread, ""] if spread else []),
+        "Targets (on the pooled rows):",
         "",
         *[
             f"- {c['traffic']}: {c['target']} ({c['value']:+.4f}): **{'met' if c['met'] else 'not met'}**"

@@ -13,9 +13,11 @@ One slot ``t``:
    (``buffer_bits``; none with full buffers).
    **Retransmissions first**: when ``service.types.SlotState`` has the per-user HARQ fields
    (``retx_bits``, ``retx_rbgs``) the world sends them and the service serves retransmissions;
-   until it has them, the world reserves the RBGs of each due retransmission before asking the
-   service (the UT's best free RBGs by CSI, oldest block first), marks them unavailable in the
-   slot and marks the UT ineligible for new data this slot.
+   until it has them (and for a scheduler that knows no HARQ, Sionna's PF), the world reserves
+   the RBGs of the due retransmissions before asking the scheduler, by the service's own rule
+   (``service.assign.serve_retx``: larger blocks first, each UT's highest-rate free RBGs, ties by
+   the lower index), marks them unavailable in the slot and marks the UTs ineligible for new
+   data this slot: both kinds of scheduler see the same RBGs left.
 2. **Decision**: the caller decides every cell (the service in process or over gRPC / REST, or
    Sionna's own PF scheduler, ``SionnaPF``) and passes the DCM tokens to ``step``.
 3. **Play** (``step``): the RBGs each UT holds give its PRBs and data REs; a new block takes the
@@ -48,6 +50,7 @@ import numpy as np
 
 from service import kpi
 from service import tbs as service_tbs
+from service.assign import serve_retx
 from service.types import SlotState, make_slot
 from trainer.sionna_world import tbs
 from trainer.sionna_world.carrier import Carrier
@@ -316,9 +319,6 @@ class SionnaWorld:
         """Build the slot's states (module doc, step 1)."""
         t = self.slot
         self._csi = self._sinr(max(t - self.cfg.csi_delay_slots, 0), None) * 10.0 ** (self.cfg.csi_error_db / 10.0)
-        csi_rbg_db = np.stack(
-            [10 * np.log10(self._csi[:, self.prb_rbg == k]).mean(axis=1) for k in range(self.num_rbg)], axis=1
-        )
         rates = self._rbg_rates(self._csi)
         self._reserved: dict[str, dict[int, int]] = {}  # cell -> {rbg: ue}
         self._retx_block: dict[int, Block] = {}  # ue -> block retransmitted this slot
@@ -336,19 +336,21 @@ class SionnaWorld:
                 if blk is not None:
                     due.append((i, blk))
             reserved: dict[int, int] = {}
-            for i, blk in sorted(due, key=lambda x: (x[1].first_slot, x[1].block_id)):
-                if self.use_retx_fields:  # the service serves it first (PAG "retransmissions first")
-                    retx_bits[i], retx_rbgs[i] = blk.tbs, blk.n_rbg
-                    continue
-                elig[i] = False  # one block per UT and slot: the retransmission comes first
-                free = np.flatnonzero(avail)
-                if free.size < blk.n_rbg:
-                    continue  # no room this slot: it waits
-                best = free[np.argsort(-csi_rbg_db[blk.ue][free], kind="stable")[: blk.n_rbg]]
-                avail[best] = False
-                for k in best.tolist():
-                    reserved[k] = blk.ue
-                self._retx_block[blk.ue] = blk
+            for i, blk in due:
+                retx_bits[i], retx_rbgs[i] = blk.tbs, blk.n_rbg
+            if due and not self.use_retx_fields:
+                # the world reserves by the service's own rule (``assign.serve_retx`` on the rates
+                # the service would see), so a scheduler that knows no HARQ gets the same RBGs left
+                pending = make_slot("mac", cell.ues, np.arange(self.num_rbg), rate_bps=rates[cell.ues],
+                                    tti_s=self.carrier.slot_s, retx_bits=retx_bits, retx_rbgs=retx_rbgs)  # fmt: skip
+                held = serve_retx(pending)
+                avail[held > 0] = False  # a retransmission without room waits; its RBGs stay empty
+                for i, blk in due:
+                    elig[i] = False  # one block per UT and slot: the retransmission comes first
+                    mine = np.flatnonzero(held == i + 1)
+                    if mine.size >= blk.n_rbg:
+                        reserved.update(dict.fromkeys(mine.tolist(), blk.ue))
+                        self._retx_block[blk.ue] = blk
             for i, ue in enumerate(cell.ues.tolist()):
                 if len(self.harq[ue]) >= self.cfg.harq_processes and self._due(ue) is None:
                     elig[i] = False  # every HARQ process waits for its retransmission
