@@ -135,7 +135,7 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
     ]
     pattern = re.compile(r"(?:gnbsched train|python -m trainer\.)\s*(distill|grpo|ppo|export)\b([^`\n#]*)")
     for path in docs:
-        for m in pattern.finditer(path.read_text()):
+        for m in pattern.finditer(re.sub(r"\\\n\s*", " ", path.read_text())):  # shell line continuations
             found.append((m.group(1), shlex.split(m.group(2))))
     return found
 

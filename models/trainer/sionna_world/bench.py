@@ -28,8 +28,9 @@ Printed and written per policy: cell throughput (bit/s per sector), 5th-percenti
 throughput, Jain index of user throughput, first-transmission BLER (all, and at MCS OLLA can move
 both ways) against the target, packet latency mean / p95 (slots and ms; FTP traffic), HARQ
 retransmission share, decisions valid before repair, guard-engaged share, wall time. The targets
-(``targets``): ``pf`` within 2 % of ``sionna-pf`` on cell and 5th-percentile throughput; the default
-policy (``student+guard``) at or above ``sionna-pf`` on both; BLER within 0.02 of the target.
+(``targets``): ``pf`` within 2 % of ``sionna-pf`` on cell and 5th-percentile throughput with full
+buffers; the default policy (``student+guard``) at or above ``sionna-pf`` on both; BLER within 0.02
+of the target.
 
 Outputs under ``--out``: the sionna section of ``<out>/BENCHMARKS.md``, and in ``<out>/docs/bench/sionna/``: ``results.csv``, ``results.json`` (configuration,
 rows, per-UT throughputs, targets), ``table.md``, and ``user_throughput_cdf.png`` (CDF of user
@@ -170,8 +171,13 @@ def _relative(value: float, reference: float) -> float:
 
 def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets, per traffic model: ``pf`` within 2 % of ``sionna-pf`` (cell and 5th-percentile
-    throughput), ``student+guard`` at or above ``sionna-pf`` on both, BLER within 0.02 of the
-    target (every policy; ``bler`` over all first transmissions and ``bler_inner``)."""
+    throughput) with full buffers, ``student+guard`` at or above ``sionna-pf`` on both, BLER within
+    0.02 of the target (every policy; ``bler`` over all first transmissions and ``bler_inner``).
+
+    The PF agreement is a check of the loop, so it is asked where the two PF schedulers are the
+    same rule: with full buffers. Sionna's ``PFSchedulerSUMIMO`` does not see the queues (a UT
+    with a few bits left keeps every RBG its metric wins), the service's PF does; with FTP
+    traffic the difference measures that."""
     out: list[dict[str, Any]] = []
     for traffic in dict.fromkeys(r["traffic"] for r in rows):
         by = {r["policy"]: r for r in rows if r["traffic"] == traffic}
@@ -179,7 +185,7 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("cell_throughput_bps", "user_throughput_p5_bps"):
             if ref is None:
                 break
-            if "pf" in by:
+            if "pf" in by and traffic == "full":
                 rel = _relative(by["pf"][metric], ref[metric])
                 out.append({"traffic": traffic, "target": f"pf within 2% of sionna-pf: {metric}",
                             "value": rel, "met": abs(rel) <= PF_TOLERANCE})  # fmt: skip
