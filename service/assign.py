@@ -122,8 +122,9 @@ def greedy_fill(
 
     Starts from ``owner`` [R] (default: empty) and only fills free available resources, with
     eligible ``users`` (default: all) below their cap and, in mac, with data left: pairs are
-    visited in that order and a pair is taken iff its resource is still free, its user is below
-    the cap and (mac) the user's scheduled TBS does not yet cover its buffer (to within
+    visited in that order and a pair is taken iff its utility is above 0 (a resource where the
+    user's rate is 0 carries nothing for it), its resource is still free, its user is below the
+    cap and (mac) the user's scheduled TBS does not yet cover its buffer (to within
     ``NEED_TOLERANCE`` of its best TBS, so buffers of whole RBGs in any unit give one decision).
     score: float64 [N, R]. Returns the DCM int64 [R].
     """
@@ -145,6 +146,10 @@ def greedy_fill(
     if cand_users.size == 0 or free.size == 0:
         return owner
     sub = score.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
+    usable = state.utility.take(cand_users, axis=0).take(free, axis=1) > 0  # [U, F]
+    if not usable.all():  # a pair of zero utility carries nothing (rate 0: out of range): never granted
+        _greedy_pairs(state, np.where(usable, sub, -np.inf), cand_users, free, owner, counts, remaining)
+        return owner
     with np.errstate(invalid="ignore", over="ignore"):
         finite = np.isfinite(sub.sum())  # False for NaN / inf anywhere (or a sum overflow)
     if not finite:  # general path
@@ -248,7 +253,7 @@ def _greedy_pairs(
         for u, res, g in zip(
             cand_users[part // f].tolist(), free[part % f].tolist(), gain_flat[part].tolist(), strict=True
         ):
-            if res in taken or cnt[u] >= cap or (left is not None and left[u] <= 0):
+            if res in taken or cnt[u] >= cap or (left is not None and left[u] <= 0) or g <= 0:
                 continue
             owner[res] = u + 1
             taken.add(res)

@@ -94,7 +94,8 @@ def _fixed(state, raw):
 
 
 def _fill_is_complete(state, owner):
-    """No free available resource while an eligible user is below its cap and (mac) has data left."""
+    """No free available resource with utility above 0 for an eligible user below its cap and
+    (mac) with data left (a resource where the user's rate is 0 carries nothing for it)."""
     free = state.resource_available & (owner == 0)
     if not free.any():
         return True
@@ -103,7 +104,7 @@ def _fill_is_complete(state, owner):
     if state.preset == "mac" and state.buffer_bits is not None:
         sched = np.array([state.utility[u, owner == u + 1].sum() for u in range(state.num_ue)])
         room &= sched < state.buffer_bits
-    return not room.any()
+    return not (room[:, None] & free[None, :] & (state.utility > 0)).any()
 
 
 # ----------------------------------------------------------------------------- properties
@@ -250,8 +251,8 @@ def test_repair_improves_on_dropping_to_nothing():
 
 def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, users: np.ndarray | None) -> np.ndarray:
     """The fill step written plainly: visit every (user, resource) pair by descending score
-    (ties: lower user, then lower resource), take it iff the resource is free and available,
-    the user eligible, selected, below its cap and (mac) still has unscheduled data beyond
+    (ties: lower user, then lower resource), take it iff its utility is above 0, the resource is
+    free and available, the user eligible, selected, below its cap and (mac) still has unscheduled data beyond
     ``NEED_TOLERANCE`` of its best TBS."""
     owner = owner.copy()
     n, r = state.num_ue, state.num_res
@@ -264,7 +265,7 @@ def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, us
         ]
     pairs = sorted((-float(score[u, c]), u, c) for u in range(n) for c in range(r))
     for _, u, c in pairs:
-        if owner[c] or not state.resource_available[c] or not state.user_eligible[u]:
+        if owner[c] or not state.resource_available[c] or not state.user_eligible[u] or state.utility[u, c] <= 0:
             continue
         if users is not None and u not in set(users.tolist()):
             continue

@@ -122,6 +122,17 @@ def test_rr_skips_resources_out_of_a_users_range():
     assert (state.utility[owner[granted] - 1, np.flatnonzero(granted)] > 0).all()
 
 
+def test_pf_and_max_weight_never_grant_a_resource_out_of_range():
+    """Full buffers, a resource where every user's rate is 0 (CQI 0) stays empty, and one where
+    only some users are in range goes to one of them, whatever the PF averages."""
+    rate = np.array([[4e6, 0.0, 0.0, 2e6], [0.0, 1e6, 0.0, 3e6]])
+    state = make_slot("mac", [7, 8], np.arange(4), rate_bps=rate, tti_s=1e-3)
+    for policy, view in ((PF, _view(2, avg=[1e9, 1e-3])), (PF, _view(2, avg=[1e-3, 1e9])), (MW, _view(2))):
+        owner = policy(state, PolicyContext(view, np.random.default_rng(0)))
+        assert owner[2] == 0 and owner[0] == 1 and owner[1] == 2, (policy.name, owner)
+        assert is_valid(state, owner)
+
+
 def test_pf_prefers_the_user_whose_rate_is_high_relative_to_its_average():
     state = make_slot("spectrum", [1, 2], [1], rate_bps=[[10.0], [5.0]])
     assert PF(state, PolicyContext(_view(2, avg=[20.0, 2.0]), np.random.default_rng(0))).tolist() == [2]
