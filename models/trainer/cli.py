@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -53,9 +52,8 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
     # mac: the pf-anchored decode (pf's priority, the network's tilt bounded to 1 ± 0.05) keeps pf's
     # service (throughput, latency, fairness) on any input; the network is distilled from pf on the
-    # project's simulator, every training world family and the Sionna world's 3GPP link layer
-    # (the sionna extra). eq. 5 alone is not its objective (a fine-tuning stage on eq. 5 buys it
-    # with latency)
+    # project's simulator and every training world family. eq. 5 alone is not its objective (a
+    # fine-tuning stage on eq. 5 buys it with latency)
     "mac": [
         (
             "distill",
@@ -65,7 +63,6 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                 "worlds": "both",
                 "decode": "pf_anchored",
                 "samples": 12000,
-                "sionna_samples": 2000,
                 "dagger_rounds": 2,
                 "steps": 2500,
                 "hidden": 32,
@@ -79,14 +76,7 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
 }
 QUICK: dict[str, dict[str, Any]] = {
-    "distill": {
-        "samples": 300,
-        "sionna_samples": 30,
-        "steps": 40,
-        "dagger_rounds": 0,
-        "eval_slots": 2,
-        "eval_every": 0,
-    },
+    "distill": {"samples": 300, "steps": 40, "dagger_rounds": 0, "eval_slots": 2, "eval_every": 0},
     "grpo": {"iterations": 3, "states_per_iteration": 4, "group_size": 4, "eval_slots": 2},
     "ppo": {
         "total_steps": 512,
@@ -218,11 +208,6 @@ def run_preset(
     from trainer.common import Logger
 
     t0 = time.perf_counter()
-    if any(o.get("sionna_samples") for _, o in RECIPES[preset]) and importlib.util.find_spec("sionna") is None:
-        raise SystemExit(
-            f"gnbsched train all: the {preset} recipe draws slots from the Sionna world; "
-            "install the [sionna] extra: pip install -e '.[train,sionna]'"
-        )
     prev: Path | None = None
     kept_final: dict[str, float] = {}  # held-out metrics of the stage kept so far
     for i, (stage, overrides) in enumerate(RECIPES[preset]):

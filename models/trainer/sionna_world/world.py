@@ -436,7 +436,7 @@ class SionnaWorld:
                     self._retx_block[ue] = blk
                 else:
                     mine[ue] = False  # too few RBGs: the retransmission waits, the RBGs stay empty
-        retx_ues = [ue for ue in self._retx_block if mine[ue].any()]
+        retx_ues = sorted(ue for ue in self._retx_block if mine[ue].any())  # UT order, whoever reserved them
         new_ues = [ue for ue in np.flatnonzero(mine.any(axis=1)).tolist() if ue not in self._retx_block]
         n_prb = mine.sum(axis=1)
 
