@@ -121,6 +121,13 @@ def test_latency_is_na_where_pf_has_no_p95_and_a_failure_where_only_the_student_
     row = bench.mac_row("rayleigh-full_buffer", 20, 17, per)
     assert row["best_baseline"] == "pf" and row["utility_ratio"] == pytest.approx(1.0)
     assert not row["latency_target_applies"] and math.isnan(row["latency_ratio"])
+    assert row["best_throughput_ratio"] == pytest.approx(1.0) and math.isnan(row["best_latency_ratio"])
+    # the eq. 5 winner's own price: rr best on eq. 5 at half pf's throughput and 3x its p95
+    per2 = {p: [dict(kpis, latency_p95_slots=4.0)] for p in bench.MAC_POLICIES}
+    per2["rr"][0].update(leader_utility=0.9, cell_throughput_bps=1e6, latency_p95_slots=12.0)
+    row2 = bench.mac_row("rayleigh-mixture", 20, 17, per2)
+    assert row2["best_baseline"] == "rr" and row2["utility_ratio"] == pytest.approx(0.5 / 0.9)
+    assert row2["best_throughput_ratio"] == pytest.approx(0.5) and row2["best_latency_ratio"] == pytest.approx(3.0)
     assert row["student_throughput_mbps"] == pytest.approx(2.0) and row["jain_minus_pf"] == 0.0
     per["pf"][0]["latency_p95_slots"] = 4.0
     row = bench.mac_row("rayleigh-bursty", 20, 17, per)
