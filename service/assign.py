@@ -146,9 +146,10 @@ def greedy_fill(
     if cand_users.size == 0 or free.size == 0:
         return owner
     sub = score.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
-    usable = state.utility.take(cand_users, axis=0).take(free, axis=1) > 0  # [U, F]
-    if not usable.all():  # a pair of zero utility carries nothing (rate 0: out of range): never granted
-        _greedy_pairs(state, np.where(usable, sub, -np.inf), cand_users, free, owner, counts, remaining)
+    # a pair of zero utility carries nothing (rate 0: out of range) and is never granted: the
+    # general path skips it (checked on the whole matrix first, the common slot has none)
+    if state.utility.min(initial=1.0) <= 0 and (state.utility.take(cand_users, axis=0).take(free, axis=1) <= 0).any():
+        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
         return owner
     with np.errstate(invalid="ignore", over="ignore"):
         finite = np.isfinite(sub.sum())  # False for NaN / inf anywhere (or a sum overflow)

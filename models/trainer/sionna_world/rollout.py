@@ -24,15 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from service.history import CellHistory, HistoryView, apply_feedback, record_decision
+from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import check
 from service.pag.repair import repair
-from service.types import SlotState
+from trainer.data import Behaviour, Sample, make_sample
 from trainer.sionna_world.traffic import TrafficSpec
 from trainer.sionna_world.world import make_world
-
-#: a behaviour policy for rollouts: (state, view, rng) -> DCM int64 [R] (as ``trainer.data``)
-Behaviour = Callable[[SlotState, HistoryView, np.random.Generator], np.ndarray]
+from trainer.teachers import Teacher
 
 #: channel bandwidths (MHz) drawn per subcarrier spacing (kHz)
 BANDWIDTHS_MHZ = {15: (5, 10, 20), 30: (20, 40, 50)}
@@ -61,7 +59,7 @@ def random_world_options(rng: np.random.Generator, *, slots: int) -> dict[str, A
 
 
 def sionna_mac_rollout(
-    teacher: Callable[[SlotState, HistoryView, np.random.Generator], np.ndarray],
+    teacher: Teacher,
     *,
     slots: int,
     seed: int,
@@ -69,17 +67,15 @@ def sionna_mac_rollout(
     behaviour: Behaviour | None = None,
     progress: Callable[[str], None] | None = None,
     keep_state: bool = False,
-) -> list[Any]:
+) -> list[Sample]:
     """``slots`` teacher-labelled ``trainer.data.Sample``s from closed-loop episodes of random
     Sionna worlds (module doc), ``episode_slots`` world slots each (every cell of a world slot
     with an eligible user gives one sample). ``progress``: called with a line per episode;
     ``keep_state``: each sample keeps its ``SlotState``."""
-    from trainer.data import make_sample  # trainer.data does not import this module at its top
-
     if slots < 1 or episode_slots < 1:
         raise ValueError(f"slots and episode_slots must be >= 1, got {slots} and {episode_slots}")
     rng = np.random.default_rng(seed)
-    out: list[Any] = []
+    out: list[Sample] = []
     episode = 0
     while len(out) < slots:
         options = random_world_options(rng, slots=episode_slots)
