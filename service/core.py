@@ -7,6 +7,12 @@ worker thread, else inline on the event loop (a baseline decides in well under a
 thread hop would cost more than it saves), one slot per cell at a time (striped per-cell locks),
 and reports failures to the observer (``service.metrics``).
 
+``await ServiceCore.decide_cells(...)`` (the batched calls: ``ScheduleCells``, ``StreamTtis``,
+``POST /schedule/batch``) hands the cells of one TTI to ``ServiceCore.schedule_cells`` in one
+call: every slot admitted, the slots of one policy decided together (the student: one
+onnxruntime call for all of them, ``service.pipeline.decide_many``), each written alone; every
+cell's answer is the one ``schedule`` gives it alone.
+
 ``ServiceCore.schedule`` (synchronous) applies a slot to its cell exactly once: it loads the
 cell's record (``service.state.record``), applies the slot rule (a new slot is decided, a retry
 of an applied one is answered with its stored decision, an older one is refused), runs the
@@ -27,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,7 +53,7 @@ from service.errors import (
 )
 from service.guard import Guard
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import decide
+from service.pipeline import decide_many
 from service.policies.registry import PolicySet, names
 from service.state import StateStore, open_store
 from service.state.record import CellRecord, Verdict, decision_from_dict, request_digest
@@ -115,6 +121,18 @@ def _conflict(verdict: Verdict, slot: int, record: CellRecord, epoch: int | None
         f"slot {slot} is older than the cell's last applied slot {record.last_slot} "
         f"(epoch {record.epoch}); send a later slot, or a new epoch to restart the cell",
     )
+
+
+@dataclass(slots=True)
+class _Admitted:
+    """A slot the slot rule admitted: its cell's record and history (feedback applied)."""
+
+    state: SlotState
+    record: CellRecord
+    history: CellHistory
+    digest: str
+    epoch: int | None
+    feedback: Mapping[int, float] | None
 
 
 def _known_feedback(history: CellHistory, feedback: Mapping[int, float]) -> Mapping[int, float]:
@@ -252,16 +270,28 @@ class ServiceCore:
             cached = self._blocking[name] = (pol, bool(getattr(pol, "blocking_io", False)))
         return cached[1]
 
+    def _policy_blocks_any(self, name: str) -> bool:
+        """Does ``name`` or a fallback block on I/O (the LLM teacher)?"""
+        return any(self._policy_blocks(n) for n in (name, *self.settings.fallbacks))
+
     def blocks(self, name: str) -> bool:
         """Does deciding with ``name`` (or a fallback) block on I/O (LLM teacher, Redis store)?"""
-        return self._store_blocking or any(self._policy_blocks(n) for n in (name, *self.settings.fallbacks))
+        return self._store_blocking or self._policy_blocks_any(name)
 
-    def _cell_lock(self, cell_id: str) -> asyncio.Lock:
+    def _stripes(self) -> list[asyncio.Lock]:
+        """This event loop's per-cell lock stripes."""
         loop = asyncio.get_running_loop()
         locks = self._cell_locks.get(loop)
         if locks is None:
             locks = self._cell_locks[loop] = [asyncio.Lock() for _ in range(CELL_LOCK_STRIPES)]
-        return locks[hash(cell_id) % CELL_LOCK_STRIPES]
+        return locks
+
+    @staticmethod
+    def _stripe(cell_id: str) -> int:
+        return hash(cell_id) % CELL_LOCK_STRIPES
+
+    def _cell_lock(self, cell_id: str) -> asyncio.Lock:
+        return self._stripes()[self._stripe(cell_id)]
 
     async def decide(
         self,
@@ -316,32 +346,152 @@ class ServiceCore:
 
         ``cells``: the decoded requests, or the decoding error of a cell that could not be
         decoded (answered in its place). A cell's failure is its own answer (the exception);
-        the other cells are decided. Cells whose decisions may block on I/O run concurrently in
-        worker threads; a cell named twice is decided in order (its lock).
+        the other cells are decided. The cells go to ``schedule_cells`` in one call (one
+        onnxruntime call per TTI for the student), inline, or in one worker thread when the
+        state store blocks on I/O (Redis); cells whose policy blocks on I/O (the LLM teacher),
+        and other cells of the same cell id, are decided as ``decide`` decides them, in worker
+        threads side by side.
         """
+        answers: list[Decision | BaseException | None] = [None] * len(cells)
+        by_name: dict[str, bool] = {}  # policy -> blocks on I/O, probed once per name
 
-        async def one(item: ScheduleArgs | BaseException) -> Decision | BaseException:
-            if isinstance(item, BaseException):
-                return item
+        def blocks(c: ScheduleArgs) -> bool:
+            name = c.policy or self.settings.default_policy(c.state.preset)
+            if name not in by_name:
+                by_name[name] = self._policy_blocks_any(name)
+            return by_name[name]
+
+        blocking = {i for i, c in enumerate(cells) if isinstance(c, ScheduleArgs) and blocks(c)}
+        blocking_ids = {cells[i].state.cell_id for i in blocking}  # type: ignore[union-attr]
+        batch: list[int] = []
+        alone: list[int] = []
+        for i, c in enumerate(cells):
+            if isinstance(c, BaseException):
+                answers[i] = c
+            elif i in blocking or c.state.cell_id in blocking_ids:
+                alone.append(i)
+            else:
+                batch.append(i)
+
+        async def one(i: int) -> None:
+            a = cells[i]
+            assert isinstance(a, ScheduleArgs)
             try:
-                return await self.decide(
-                    item.state,
-                    policy=item.policy,
-                    deadline_ms=item.deadline_ms,
-                    feedback=item.feedback,
-                    epoch=item.epoch,
+                answers[i] = await self.decide(
+                    a.state,
+                    policy=a.policy,
+                    deadline_ms=a.deadline_ms,
+                    feedback=a.feedback,
+                    epoch=a.epoch,
                     transport=transport,
                 )
             except Exception as exc:  # the cell's own answer; the others go on
-                return exc
+                answers[i] = exc
 
-        blocking = (
-            isinstance(c, ScheduleArgs) and self.blocks(c.policy or self.settings.default_policy(c.state.preset))
-            for c in cells
-        )
-        if not any(blocking):
-            return [await one(c) for c in cells]  # all inline: no task per cell
-        return list(await asyncio.gather(*(one(c) for c in cells)))
+        async def together() -> None:
+            args = [cells[i] for i in batch]
+            stripes = sorted({self._stripe(a.state.cell_id) for a in args})  # type: ignore[union-attr]
+            locks = self._stripes()
+            held: list[asyncio.Lock] = []
+            try:
+                for k in stripes:  # in stripe order: no two batches wait on each other
+                    await locks[k].acquire()
+                    held.append(locks[k])
+                if self._store_blocking:
+                    results = await asyncio.to_thread(self.schedule_cells, args, transport=transport)
+                else:
+                    results = self.schedule_cells(args, transport=transport)
+            finally:  # also when the call is cancelled while waiting for a lock
+                for lock in held:
+                    lock.release()
+            for i, r in zip(batch, results, strict=True):
+                answers[i] = r
+
+        jobs = ([together()] if batch else []) + [one(i) for i in alone]
+        if len(jobs) == 1:
+            await jobs[0]
+        elif jobs:
+            await asyncio.gather(*jobs)
+        assert all(a is not None for a in answers)
+        return answers  # type: ignore[return-value]
+
+    def schedule_cells(self, cells: Sequence[ScheduleArgs], *, transport: str = "inproc") -> list[Decision | Exception]:
+        """``schedule`` for the cells of one TTI, answers in order, each the cell's decision (or
+        the exception ``schedule`` would raise for it) as if decided alone.
+
+        Every cell is admitted (the slot rule, feedback) first; the admitted slots of one
+        policy and deadline are decided together (``pipeline.decide_many`` / ``Guard.decide_many``:
+        one ``act_many`` for a policy that batches), then each is written by compare-and-set; a
+        cell whose write lost to another writer is decided again alone (``schedule``). A cell
+        id named twice is decided in order: its later slots in a later round.
+        """
+        answers: list[Decision | Exception | None] = [None] * len(cells)
+        pending = list(range(len(cells)))
+        while pending:
+            seen: set[str] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for i in pending:
+                cell_id = cells[i].state.cell_id
+                (later if cell_id in seen else now).append(i)
+                seen.add(cell_id)
+            self._schedule_round(cells, now, answers, transport)
+            pending = later
+        return answers  # type: ignore[return-value]
+
+    def _schedule_round(
+        self,
+        cells: Sequence[ScheduleArgs],
+        idx: Sequence[int],
+        answers: list[Decision | Exception | None],
+        transport: str,
+    ) -> None:
+        """Distinct cells ``idx`` of ``cells``: admitted, decided together per (policy, deadline),
+        written; answers filled in place, failures counted as ``decide`` counts them."""
+        groups: dict[tuple[str, float | None], list[tuple[int, _Admitted]]] = {}
+        for i in idx:
+            a = cells[i]
+            name = a.policy or self.settings.default_policy(a.state.preset)
+            try:
+                admitted = self._admit(a.state, name, request_digest(a.state, name, a.feedback), a.feedback, a.epoch)
+            except Exception as exc:
+                answers[i] = self._failed(exc, transport, a.state.preset, name)
+                continue
+            if isinstance(admitted, Decision):
+                answers[i] = admitted
+            else:
+                groups.setdefault((name, a.deadline_ms), []).append((i, admitted))
+        for (name, deadline_ms), members in groups.items():
+            decided = self._run([m for _, m in members], name, deadline_ms)
+            for (i, admitted), decision in zip(members, decided, strict=True):
+                a = cells[i]
+                try:
+                    if isinstance(decision, Exception):
+                        raise decision
+                    if not self._commit(admitted, decision):
+                        self.observer.state_event("contended")  # another writer won: decide alone, again
+                        answers[i] = self.schedule(
+                            a.state,
+                            policy=name,
+                            deadline_ms=deadline_ms,
+                            feedback=a.feedback,
+                            epoch=a.epoch,
+                            transport=transport,
+                        )
+                        continue
+                except Exception as exc:
+                    answers[i] = self._failed(exc, transport, a.state.preset, name)
+                    continue
+                self._observe(admitted, decision, name, deadline_ms, transport)
+                answers[i] = decision
+
+    def _failed(self, exc: Exception, transport: str, preset: str, name: str) -> Exception:
+        """Count a cell's failure as ``decide`` counts it (rejection or error); returns it."""
+        if kind_of(exc) in REQUEST_KINDS:
+            self.observer.rejected(transport, preset)
+        else:
+            self.observer.error(transport, preset, name)
+        return exc
 
     def schedule(
         self,
@@ -370,54 +520,84 @@ class ServiceCore:
         name = policy or s.default_policy(state.preset)
         digest = request_digest(state, name, feedback)
         for _ in range(s.state_write_attempts):
-            record = self._load(state.cell_id)
-            verdict, stored = record.admit(state.slot, epoch, digest)
-            if verdict is Verdict.REPLAY:
-                assert stored is not None
-                decision = replace(decision_from_dict(stored.decision), replayed=True)
-                self.observer.state_event("replayed")
-                return decision
-            if verdict is not Verdict.APPLY and verdict is not Verdict.RESET:
-                self.observer.state_event(verdict.value)
-                raise _conflict(verdict, state.slot, record, epoch)
-            if verdict is Verdict.RESET:
-                record = CellRecord(CellHistory.empty(), epoch=record.epoch, version=record.version)
-            history = record.history
-            if feedback:
-                history = apply_feedback(history, _known_feedback(history, feedback), ewma_slots=s.ewma_slots)
-            dl = deadline_ms if deadline_ms is not None else s.deadline_ms
-            run = decide if self.guard is None else self.guard.decide
-            decision = run(
-                state,
-                history,
-                name,
-                policies=self.policies,
-                fallbacks=s.fallbacks,
-                deadline_s=None if dl is None else dl / 1e3,
-                seed=s.seed,
-            )
+            admitted = self._admit(state, name, digest, feedback, epoch)
+            if isinstance(admitted, Decision):
+                return admitted
+            decision = self._run([admitted], name, deadline_ms)[0]
+            if isinstance(decision, Exception):
+                raise decision
             if timings_us:
                 decision.timings_us.update(timings_us)
-            new = record.advance(
-                record_decision(history, state, decision.owner, ewma_slots=s.ewma_slots),
-                epoch=record.epoch if epoch is None else epoch,
-                slot=state.slot,
-                digest=digest,
-                decision=decision,
-            )
-            if self._write(state.cell_id, record.version, new):
+            if self._commit(admitted, decision):
                 break
             self.observer.state_event("contended")  # another writer won: decide again on its state
         else:
             raise StateContentionError(
                 f"cell {state.cell_id!r}: {s.state_write_attempts} concurrent writes won over this slot; retry it"
             )
-        self.observer.decision(transport, state, name, decision)
+        self._observe(admitted, decision, name, deadline_ms, transport)
+        return decision
+
+    # -- the stages of a slot, shared by ``schedule`` and ``schedule_cells`` ------------------
+    def _admit(
+        self,
+        state: SlotState,
+        name: str,
+        digest: str,
+        feedback: Mapping[int, float] | None,
+        epoch: int | None,
+    ) -> _Admitted | Decision:
+        """The cell's record and the slot rule: the stored decision of a replay, a
+        ``SlotConflictError``, or the slot admitted with its history (feedback applied)."""
+        record = self._load(state.cell_id)
+        verdict, stored = record.admit(state.slot, epoch, digest)
+        if verdict is Verdict.REPLAY:
+            assert stored is not None
+            self.observer.state_event("replayed")
+            return replace(decision_from_dict(stored.decision), replayed=True)
+        if verdict is not Verdict.APPLY and verdict is not Verdict.RESET:
+            self.observer.state_event(verdict.value)
+            raise _conflict(verdict, state.slot, record, epoch)
+        if verdict is Verdict.RESET:
+            record = CellRecord(CellHistory.empty(), epoch=record.epoch, version=record.version)
+        history = record.history
+        if feedback:
+            history = apply_feedback(history, _known_feedback(history, feedback), ewma_slots=self.settings.ewma_slots)
+        return _Admitted(state, record, history, digest, epoch, feedback)
+
+    def _run(self, admitted: Sequence[_Admitted], name: str, deadline_ms: float | None) -> list[Decision | Exception]:
+        """The pipeline (through the guard when on) for admitted slots of distinct cells."""
+        s = self.settings
+        dl = deadline_ms if deadline_ms is not None else s.deadline_ms
+        run = decide_many if self.guard is None else self.guard.decide_many
+        return run(
+            [a.state for a in admitted],
+            [a.history for a in admitted],
+            name,
+            policies=self.policies,
+            fallbacks=s.fallbacks,
+            deadline_s=None if dl is None else dl / 1e3,
+            seed=s.seed,
+        )
+
+    def _commit(self, a: _Admitted, decision: Decision) -> bool:
+        """Write the advanced record by compare-and-set; False when another writer won."""
+        record = a.record
+        new = record.advance(
+            record_decision(a.history, a.state, decision.owner, ewma_slots=self.settings.ewma_slots),
+            epoch=record.epoch if a.epoch is None else a.epoch,
+            slot=a.state.slot,
+            digest=a.digest,
+            decision=decision,
+        )
+        return self._write(a.state.cell_id, record.version, new)
+
+    def _observe(self, a: _Admitted, decision: Decision, name: str, deadline_ms: float | None, transport: str) -> None:
+        self.observer.decision(transport, a.state, name, decision)
         if self.recorder is not None:  # never raises: a failed write is logged once and counted
             self.recorder.record(
-                state, decision, policy=name, deadline_ms=deadline_ms, feedback=feedback, transport=transport
+                a.state, decision, policy=name, deadline_ms=deadline_ms, feedback=a.feedback, transport=transport
             )
-        return decision
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """(ready, details): policies preloaded and the state store answering."""

@@ -32,7 +32,8 @@ several replicas or workers serving one cell, each keeps the window of the slots
 cell evicted from the LRU starts a new window (and its warm-up) on its next slot.
 
 ``guard_verdict`` is the pure kernel; ``CellWindow`` one window; ``Guard`` the stateful part
-the core calls (``Guard.decide``), once for every transport.
+the core calls (``Guard.decide``, ``Guard.decide_many`` for the cells of a TTI: each slot judged
+as alone), once for every transport.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from cachetools import LRUCache
 
 from service.config import Settings
 from service.history import CellHistory
-from service.pipeline import decide
+from service.pipeline import decide, decide_many
 from service.policies.registry import PolicySet
 from service.types import Decision, SlotState
 
@@ -174,6 +175,40 @@ class Guard:
         served = decide(
             state, history, policy, policies=policies, fallbacks=fallbacks, deadline_s=deadline_s, seed=seed
         )
+        return self.judge(state, history, policy, served, policies=policies, seed=seed)
+
+    def decide_many(
+        self,
+        states: Sequence[SlotState],
+        histories: Sequence[CellHistory],
+        policy: str,
+        *,
+        policies: PolicySet,
+        fallbacks: Sequence[str] = (),
+        deadline_s: float | None = None,
+        seed: int = 0,
+    ) -> list[Decision | Exception]:
+        """``pipeline.decide_many`` of ``policy`` over distinct cells, each slot then guarded as
+        ``decide`` guards it alone."""
+        served = decide_many(
+            states, histories, policy, policies=policies, fallbacks=fallbacks, deadline_s=deadline_s, seed=seed
+        )
+        return [
+            d if isinstance(d, Exception) else self.judge(s, h, policy, d, policies=policies, seed=seed)
+            for s, h, d in zip(states, histories, served, strict=True)
+        ]
+
+    def judge(
+        self,
+        state: SlotState,
+        history: CellHistory,
+        policy: str,
+        served: Decision,
+        *,
+        policies: PolicySet,
+        seed: int = 0,
+    ) -> Decision:
+        """The guard's answer for a slot ``policy`` was asked to decide and ``served`` decided."""
         ref_name = self.reference_for(policy, state.preset)
         if ref_name is None or served.policy != policy:
             return served

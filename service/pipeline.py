@@ -2,18 +2,22 @@
 
 ``decide`` is the single entry point every transport and the closed-loop simulator call. It
 is synchronous and free of I/O of its own (a teacher policy does its own HTTP); per-stage
-times are measured with ``perf_counter_ns``.
+times are measured with ``perf_counter_ns``. ``decide_many`` decides the slots of distinct
+cells of one TTI: a policy that batches (``Policy.batches``, the student) serializes and acts on
+all of them in one ``act_many`` call; each slot is then checked, repaired and, where it failed,
+decided again through its fallbacks exactly as ``decide`` alone would.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from service.errors import DeadlineExceededError, GnbSchedError, PolicyError
 from service.history import CellHistory
-from service.pag.checks import check
+from service.pag.checks import RawAction, check
 from service.pag.repair import repair
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet
@@ -21,6 +25,17 @@ from service.rng import slot_rng
 from service.types import Decision, SlotState, slot_utility
 
 STAGES = ("serialize", "policy", "check", "repair", "total")
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The first policy's raw output of a slot, produced in a batch (``decide_many``)."""
+
+    ctx: PolicyContext
+    raw: RawAction
+    serialize_us: float
+    policy_us: float  # the slot's own work and its share of the batch's: its ``total`` counts these
+    deadline: float | None  # absolute ``perf_counter()``, or None
 
 
 def decide(
@@ -32,16 +47,22 @@ def decide(
     fallbacks: Sequence[str] = (),
     deadline_s: float | None = None,
     seed: int = 0,
+    prepared: Prepared | None = None,
 ) -> Decision:
     """Decide one slot with ``policy``; on failure or deadline overrun, use ``fallbacks`` in order.
 
     The last policy of the chain is always accepted (it is the safety net). The returned
     decision is always PAG-valid; ``valid_before_repair`` and ``violations`` describe the raw
-    output of the policy that served.
+    output of the policy that served. ``prepared``: ``policy``'s raw output of this slot, already
+    produced in a batch (``decide_many``), used in place of its serialize and act.
     """
     t0 = time.perf_counter_ns()
-    deadline = None if deadline_s is None else time.perf_counter() + deadline_s
-    view = history.view(state)
+    if prepared is not None:
+        t0 -= round((prepared.serialize_us + prepared.policy_us) * 1e3)
+        deadline = prepared.deadline
+    else:
+        deadline = None if deadline_s is None else time.perf_counter() + deadline_s
+    view = history.view(state) if prepared is None else prepared.ctx.history
     chain = [policy, *[f for f in fallbacks if f != policy]]
     reasons: list[str] = []
     kinds: list[str] = []
@@ -52,14 +73,19 @@ def decide(
             pol = policies.get(name)
             if state.preset not in pol.presets:
                 raise PolicyError(f"policy {name!r} does not serve the {state.preset} preset")
-            ctx = PolicyContext(view, partial(slot_rng, seed, state.cell_id, state.slot), deadline)
-            t1 = time.perf_counter_ns()
-            obs = pol.serialize(state, ctx)
-            t2 = time.perf_counter_ns()
-            raw = pol.act(state, ctx, obs)
-            t3 = time.perf_counter_ns()
-            timings["serialize"] += (t2 - t1) / 1e3
-            timings["policy"] += (t3 - t2) / 1e3
+            if i == 0 and prepared is not None:
+                ctx, raw = prepared.ctx, prepared.raw
+                timings["serialize"] += prepared.serialize_us
+                timings["policy"] += prepared.policy_us
+            else:
+                ctx = PolicyContext(view, partial(slot_rng, seed, state.cell_id, state.slot), deadline)
+                t1 = time.perf_counter_ns()
+                obs = pol.serialize(state, ctx)
+                t2 = time.perf_counter_ns()
+                raw = pol.act(state, ctx, obs)
+                t3 = time.perf_counter_ns()
+                timings["serialize"] += (t2 - t1) / 1e3
+                timings["policy"] += (t3 - t2) / 1e3
             if deadline is not None and not last and time.perf_counter() > deadline:
                 raise DeadlineExceededError(f"{name} answered after the {(deadline_s or 0.0) * 1e3:.3f} ms deadline")
         except GnbSchedError as exc:
@@ -95,3 +121,61 @@ def decide(
             notes=ctx.info,
         )
     raise AssertionError("unreachable: the last policy of the chain either returns or raises")
+
+
+def decide_many(
+    states: Sequence[SlotState],
+    histories: Sequence[CellHistory],
+    policy: str,
+    *,
+    policies: PolicySet,
+    fallbacks: Sequence[str] = (),
+    deadline_s: float | None = None,
+    seed: int = 0,
+) -> list[Decision | Exception]:
+    """``decide`` for the slots of distinct cells of one TTI, answers in order.
+
+    A policy that batches (``Policy.batches``) gets one ``act_many`` call for every slot of a
+    preset it serves; each slot is then checked and repaired on its own, and a slot whose raw
+    output failed (or came after the deadline) goes through ``decide`` alone, fallbacks
+    included. Any other policy, or a single slot: ``decide`` per slot. A decision is the one
+    ``decide`` gives the slot alone (``act_many`` returns each slot's own raw output); a slot's
+    failure is its entry (the exception ``decide`` would raise).
+    """
+
+    def alone(i: int, prepared: Prepared | None = None) -> Decision | Exception:
+        try:
+            return decide(
+                states[i],
+                histories[i],
+                policy,
+                policies=policies,
+                fallbacks=fallbacks,
+                deadline_s=deadline_s,
+                seed=seed,
+                prepared=prepared,
+            )
+        except Exception as exc:
+            return exc
+
+    try:
+        pol = policies.get(policy)
+    except Exception:  # unknown or broken: each slot falls back on its own
+        pol = None
+    batch = [] if pol is None or not pol.batches else [i for i, s in enumerate(states) if s.preset in pol.presets]
+    if len(batch) < 2:
+        return [alone(i) for i in range(len(states))]
+    assert pol is not None
+    deadline = None if deadline_s is None else time.perf_counter() + deadline_s
+    ctxs = [
+        PolicyContext(
+            histories[i].view(states[i]), partial(slot_rng, seed, states[i].cell_id, states[i].slot), deadline
+        )
+        for i in batch
+    ]
+    raws = pol.act_many([states[i] for i in batch], ctxs)  # type: ignore[attr-defined]
+    prepared: dict[int, Prepared] = {}
+    for i, ctx, (raw, serialize_us, policy_us) in zip(batch, ctxs, raws, strict=True):
+        if not isinstance(raw, Exception):
+            prepared[i] = Prepared(ctx, raw, serialize_us, policy_us, deadline)
+    return [alone(i, prepared.get(i)) for i in range(len(states))]

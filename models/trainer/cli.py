@@ -8,6 +8,7 @@ gnbsched train grpo --init runs/spectrum --out runs/spectrum-grpo
 gnbsched train ppo --init runs/mac --out runs/mac-ppo
 gnbsched train export --checkpoint runs/mac-ppo --version v2
 gnbsched train record --preset mac --teacher deficit --scenarios standard --out data/mac.jsonl
+gnbsched train rebatch models/student-mac/v2   # give a model exported without a batch axis one
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="OPTIONS",
             help=f"the script's options: gnbsched train {name} --help",
         )
+    reb = sub.add_parser(
+        "rebatch",
+        help="re-export models without a batch axis with one, from their own weights (kept only when bitwise equal)",
+    )
+    reb.add_argument("version_dirs", nargs="+", metavar="DIR", help="model version directories (…/student-mac/v2)")
     rec = sub.add_parser("record", help="write a JSONL dataset of a teacher's closed-loop (state, decision) rows")
     rec.add_argument("--preset", choices=["spectrum", "mac"], default="mac")
     rec.add_argument(
@@ -154,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.stage == "all":
         return run_all(args)
+    if args.stage == "rebatch":
+        from trainer.export import rebatch
+
+        for version_dir in args.version_dirs:
+            changed = rebatch(version_dir)
+            print(f"{version_dir}: {'re-exported with a batch axis' if changed else 'already has a batch axis'}")
+        return 0
     if args.stage == "record":
         from trainer.data import record_rows, write_jsonl
         from trainer.teachers import make_teacher

@@ -1,11 +1,18 @@
-"""Export a checkpoint to ONNX with dynamic N and R, check it against PyTorch, write the model card.
+"""Export a checkpoint to ONNX with dynamic batch, N and R, check it against PyTorch, write the model card.
 
 Layout: ``<models>/student-<preset>/<version>/model.onnx`` + ``model.json``, and
 ``student-<preset>/latest`` (a one-line file naming the version) — what the ``student`` policy
-serves. The served graph has no batch axis: inputs ``global_feats [G]``, ``user_feats [N, Fu]``,
-``res_feats [R, Fr]``, ``pair_feats [Fp, R, N]``, ``user_mask [N]``, ``res_mask [R]``; output
-``logits [R, N+1]``. Export fails if onnxruntime and PyTorch differ by more than ``tolerance``
-(relative to the slot's largest logit, at least 1) on any admissible logit of the probe slots.
+serves. The served graph has a leading batch axis B (the cells of one TTI; one cell is B = 1):
+inputs ``global_feats [B, G]``, ``user_feats [B, N, Fu]``, ``res_feats [B, R, Fr]``,
+``pair_feats [B, Fp, R, N]``, ``user_mask [B, N]``, ``res_mask [B, R]``; output
+``logits [B, R, N+1]``; cells smaller than the batch's largest N and R are padded with mask 0.
+Export fails if onnxruntime and PyTorch differ by more than ``tolerance`` (relative to the
+slot's largest logit, at least 1) on any admissible logit of the probe slots, or if a probe
+slot's logits in a padded batch of all probe slots differ by one bit from its logits alone.
+
+``rebatch`` re-exports a model whose graph has no batch axis (exported before the axis existed)
+with one, from the weights in its own ``model.onnx``, and keeps it only when the new graph gives
+bitwise the same logits as the old one on the probe slots.
 
     python -m trainer.export --checkpoint runs/spectrum --models-dir models --version v1
 """
@@ -51,12 +58,13 @@ OPSET = 17
 #: the repository's models/ (this package lives in models/trainer)
 REPO_MODELS = Path(__file__).resolve().parents[1]
 DYNAMIC_AXES = {
-    "user_feats": {0: "num_ue"},
-    "res_feats": {0: "num_res"},
-    "pair_feats": {1: "num_res", 2: "num_ue"},
-    "user_mask": {0: "num_ue"},
-    "res_mask": {0: "num_res"},
-    OUTPUT_NAME: {0: "num_res", 1: "num_ue_plus_1"},
+    "global_feats": {0: "batch"},
+    "user_feats": {0: "batch", 1: "num_ue"},
+    "res_feats": {0: "batch", 1: "num_res"},
+    "pair_feats": {0: "batch", 2: "num_res", 3: "num_ue"},
+    "user_mask": {0: "batch", 1: "num_ue"},
+    "res_mask": {0: "batch", 1: "num_res"},
+    OUTPUT_NAME: {0: "batch", 1: "num_res", 2: "num_ue_plus_1"},
 }
 
 
@@ -84,9 +92,9 @@ def probe_slots(preset: str, seed: int) -> list[SlotState]:
 
 
 def export_onnx(ckpt: Checkpoint, path: Path) -> None:
-    """Trace the network on an unbatched example and write ONNX (opset 17, dynamic N and R)."""
+    """Trace the network on a batch of two slots and write ONNX (opset 17, dynamic batch, N and R)."""
     example = serialize(probe_slots(ckpt.preset, 0)[1])
-    args = tuple(torch.from_numpy(a) for a in example.arrays())
+    args = tuple(torch.from_numpy(np.stack([a, a])) for a in example.arrays())
     ckpt.net.train(False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -105,14 +113,16 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> None:
 
 def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
     """Largest |onnxruntime − PyTorch| over admissible logits (unused column + eligible × available),
-    relative to max(1, the slot's largest |logit|): float32 rounding grows with the logits' size."""
+    relative to max(1, the slot's largest |logit|): float32 rounding grows with the logits' size.
+    Raises ``ValueError`` when a slot's logits in a padded batch of all ``slots`` are not bitwise
+    its logits alone (``batch_identical``)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for state in slots:
         x = serialize(state)
-        got = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+        got = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
         with torch.no_grad():
             ref = ckpt.net(*(torch.from_numpy(a) for a in x.arrays())).numpy()
         if got.shape != ref.shape:
@@ -120,7 +130,28 @@ def parity(ckpt: Checkpoint, onnx_path: Path, slots: list[SlotState]) -> float:
         adm = np.concatenate([np.ones((state.num_res, 1), bool), state.admissible().T], axis=1)
         scale = max(1.0, float(np.abs(ref[adm]).max()))
         worst = max(worst, float(np.abs(got - ref)[adm].max()) / scale)
+    batch_identical(sess, slots)
     return worst
+
+
+def batch_identical(sess: Any, slots: list[SlotState]) -> None:
+    """Check that every slot's logits in one padded batch of all ``slots`` are bitwise its
+    logits alone (B = 1); ``ValueError`` naming the first slot that differs."""
+    from service.serialize.tensors import StudentBatch
+
+    inputs = [serialize(s) for s in slots]
+    batch = StudentBatch.empty(len(inputs), max(x.shape[0] for x in inputs), max(x.shape[1] for x in inputs))
+    for b, x in enumerate(inputs):
+        batch.put(b, x)
+    out = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, batch.arrays(), strict=True)))[0]
+    for b, x in enumerate(inputs):
+        alone = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
+        n, r = x.shape
+        if not np.array_equal(out[b, :r, : n + 1], alone):
+            raise ValueError(
+                f"probe slot {b} (N={n}, R={r}): its logits in a padded batch differ from its logits alone "
+                f"(largest difference {float(np.abs(out[b, :r, : n + 1] - alone).max()):.1e})"
+            )
 
 
 def default_models_dir() -> Path:
@@ -164,6 +195,7 @@ def model_card(ckpt: Checkpoint, version: str, onnx_path: Path, max_diff: float,
             "torch": torch.__version__,
             "onnxruntime": ort.__version__,
             "parity_max_rel_diff": max_diff,
+            "batch_axis": True,
         },
         "size_bytes": onnx_path.stat().st_size,
         "sha256": sha256_file(onnx_path),
@@ -216,6 +248,99 @@ def update_evaluation(version_dir: str | Path, evaluation: dict[str, Any]) -> No
         json.dumps(card, indent=2, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n"
     )
     os.replace(tmp, path)
+
+
+def checkpoint_from_onnx(version_dir: str | Path) -> Checkpoint:
+    """The network of a served model, rebuilt from the weights in its ``model.onnx`` (the card
+    gives the architecture, preset and decode). Initializers keep their PyTorch names, except the
+    few the exporter folded: a transposed Linear weight (named by the MatMul that consumes it,
+    ``/<module>/MatMul``) and ``utility_skip · e_0`` (the [Fp, 1] addend of the gates)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from trainer.net import NetConfig, StudentNet
+
+    path = Path(version_dir)
+    card = json.loads((path / CARD_FILE).read_text())
+    arch = {k: v for k, v in card["architecture"].items() if k in NetConfig.__dataclass_fields__}
+    net = StudentNet(NetConfig(**arch))
+    proto = onnx.load(str(path / MODEL_FILE))
+    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    state = net.state_dict()
+    found: dict[str, torch.Tensor] = {k: torch.from_numpy(values[k].copy()) for k in state if k in values}
+    for node in proto.graph.node:
+        for name in node.input:
+            if name not in values or name in state:
+                continue
+            value = values[name]
+            parts = node.name.strip("/").split("/")
+            if node.op_type == "MatMul" and len(parts) >= 2 and f"{parts[-2]}.weight" in state:
+                found[f"{parts[-2]}.weight"] = torch.from_numpy(value.T.copy())
+            elif node.op_type == "Add" and value.shape == (len(net.skip_channel), 1):
+                if np.count_nonzero(value[1:]):
+                    raise ValueError(f"{path}: initializer {name} is not utility_skip · e_0")
+                found["utility_skip"] = torch.tensor(float(value[0, 0]))
+    missing = sorted(set(state) - set(found))
+    if missing:
+        raise ValueError(f"{path}: no weights found in model.onnx for {missing}")
+    net.load_state_dict({k: found[k].reshape(state[k].shape) for k in state})
+    net.train(False)
+    decode = dict(card.get("decode", {}))
+    return Checkpoint(
+        net, card["preset"], decode, list(card.get("training", {}).get("stages", [])), card.get("feature_ranges")
+    )
+
+
+def graph_is_batched(onnx_path: str | Path) -> bool:
+    """Does the graph take a leading batch axis (``global_feats`` of rank 2)?"""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return len(next(i for i in sess.get_inputs() if i.name == "global_feats").shape) == 2
+
+
+def rebatch(version_dir: str | Path, *, seed: int = 0) -> bool:
+    """Re-export the model in ``version_dir`` with a batch axis, in place (False: it has one).
+
+    The weights come from its own ``model.onnx`` (``checkpoint_from_onnx``). The new graph
+    replaces the old one only when, on the probe slots of seeds ``seed`` .. ``seed + 3``, its logits (B = 1) are bitwise
+    the old graph's and a padded batch gives every slot its logits alone; the card gets the new
+    sha256, size and ``onnx.batch_axis`` and keeps everything else (training record, evaluation:
+    the decisions are the same). Raises ``ValueError`` otherwise.
+    """
+    import onnxruntime as ort
+
+    path = Path(version_dir)
+    old = path / MODEL_FILE
+    if graph_is_batched(old):
+        return False
+    ckpt = checkpoint_from_onnx(path)
+    slots = [s for k in range(4) for s in probe_slots(ckpt.preset, seed + k)]
+    before = ort.InferenceSession(str(old), providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(dir=path) as tmp:
+        new = Path(tmp) / MODEL_FILE
+        export_onnx(ckpt, new)
+        after = ort.InferenceSession(str(new), providers=["CPUExecutionProvider"])
+        for state in slots:
+            x = serialize(state)
+            a = before.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+            b = after.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
+            if not np.array_equal(a, b):
+                raise ValueError(
+                    f"{path}: the batched graph's logits differ from the old graph's on a probe slot "
+                    f"(N={state.num_ue}, R={state.num_res}; largest difference {float(np.abs(a - b).max()):.1e})"
+                )
+        batch_identical(after, slots)
+        card = json.loads((path / CARD_FILE).read_text())
+        card["size_bytes"] = new.stat().st_size
+        card["sha256"] = sha256_file(new)
+        card.setdefault("onnx", {})["batch_axis"] = True
+        card["onnx"]["rebatched_with"] = {"torch": torch.__version__, "onnxruntime": ort.__version__}
+        (Path(tmp) / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        load_model(tmp, ckpt.preset)  # the serving loader must accept it
+        os.replace(new, old)
+        os.replace(Path(tmp) / CARD_FILE, path / CARD_FILE)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The student network: a per-pair scorer with pooled context (permutation-equivariant).
 
 Inputs are the tensors of ``service.serialize.tensors``, optionally with leading batch axes
-(written ``...`` below; the served ONNX graph has none): global_feats [..., G], user_feats
+(written ``...`` below; the served ONNX graph has one, ``batch``, and cells of other sizes are
+padded to the batch's largest N and R with mask 0): global_feats [..., G], user_feats
 [..., N, Fu], res_feats [..., R, Fr], pair_feats [..., Fp, R, N], user_mask [..., N], res_mask
 [..., R]. Output: logits [..., R, N+1] (column 0 = leave the resource unused). Inadmissible tokens
 (ineligible user, busy resource) are not masked in the graph: the decode applies the PAG mask.
@@ -61,9 +62,14 @@ def masked_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     An empty set pools to zeros (max ≥ mean for a non-empty set, so ``maximum(max, mean)`` is
     exact there and 0 for an empty one).
+
+    The masked sum is a product ``mask^T @ h`` (one dot product over the set per batch item), not
+    a reduction over the set axis: onnxruntime reduces ``[B, S, H]`` over S in an order that
+    depends on B, while the product accumulates each item's set in order, so an item's output is
+    bitwise the same alone or in a batch, and padded members (mask 0) add exact zeros.
     """
     m = mask.unsqueeze(-1)  # [..., S, 1]
-    mean = (h * m).sum(dim=-2) / m.sum(dim=-2).clamp(min=1.0)
+    mean = torch.matmul(m.transpose(-1, -2), h).squeeze(-2) / m.sum(dim=-2).clamp(min=1.0)
     mx = torch.maximum((h + (m - 1.0) * -_NEG_POOL).amax(dim=-2), mean)
     return torch.cat([mean, mx], dim=-1)
 

@@ -60,6 +60,11 @@ class Policy(ABC):
     presets: ClassVar[tuple[str, ...]] = ("spectrum", "mac")
     #: the version reported in metrics and the metadata endpoint (a model's version for learned ones)
     version: str = "1"
+    #: the policy has ``act_many(states, ctxs)``, deciding the cells of one TTI together (the
+    #: student: one onnxruntime call): per slot, in order, (raw output or that slot's exception,
+    #: serialize µs, policy µs), each raw output bit for bit what ``act`` gives the slot alone.
+    #: ``service.pipeline.decide_many`` uses it for a batch of cells
+    batches: ClassVar[bool] = False
 
     def serialize(self, state: SlotState, ctx: PolicyContext) -> Any:
         return None

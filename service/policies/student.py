@@ -2,10 +2,12 @@
 
 One ONNX model per preset (``service.policies.student_model``: where models live, loading and
 validation of the model card). Serving path (one slot): ``service.serialize.tensors.serialize``
-into per-thread reused buffers → ``InferenceSession.run`` through a bound IOBinding → logits
-[R, N+1] → decode under the PAG mask (SPEC §4; ``service.policies.student_decode``: the kinds
+into per-thread reused buffers → ``InferenceSession.run`` through a bound IOBinding (a batch of
+one) → logits [R, N+1] → decode under the PAG mask (SPEC §4; ``service.policies.student_decode``: the kinds
 ``capped``, ``assignment``, ``anchored`` and ``pf_anchored`` named by the card), so the raw
-output is valid by construction.
+output is valid by construction. The cells of one TTI (``act_many``): each serialized and copied
+into one padded batch, one ``InferenceSession.run`` for all of them, each decoded from its own
+logits — bitwise the logits it gets alone, so a cell's decision does not depend on its batch.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
@@ -22,6 +24,8 @@ the check.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,7 @@ from service.policies.student_model import (
     sha256_file,
 )
 from service.policies.student_ranges import MAX_RANGE_NAMES, RangeCounts
-from service.serialize.tensors import FEATURE_VERSION, StudentInputs, serialize
+from service.serialize.tensors import FEATURE_VERSION, StudentBatch, StudentInputs, serialize
 from service.types import SlotState
 
 
@@ -62,6 +66,7 @@ class StudentPolicy(Policy):
 
     name = "student"
     presets = ("spectrum", "mac")
+    batches = True
 
     def __init__(
         self,
@@ -195,9 +200,7 @@ class StudentPolicy(Policy):
         return serialize(state, ctx.history, slot.inputs)
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        model = self._models.get(state.preset)
-        if model is None:
-            raise PolicyUnavailableError(f"no student model for the {state.preset} preset under {self.model_dir}")
+        model = self._model_for(state.preset)
         inputs = obs if isinstance(obs, StudentInputs) else self.serialize(state, ctx)
         slot = self._serving_slot(model, state.num_ue, state.num_res)
         if inputs is slot.inputs:  # the usual path: bound buffers, no allocation
@@ -205,12 +208,83 @@ class StudentPolicy(Policy):
             logits = slot.logits
         else:  # serialized against a model swapped out since (hot reload between the stages)
             logits = model.logits(inputs)
+        return self._decoded(state, ctx, model, logits, self._out_of_range(model, inputs))
+
+    def act_many(
+        self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
+    ) -> list[tuple[np.ndarray | Exception, float, float]]:
+        """The slots of one TTI: per preset, every slot serialized into one padded
+        ``StudentBatch``, one onnxruntime call (``LoadedModel.logits_batch``), then each slot
+        decoded from its own logits, which are bitwise its logits alone (``Policy.batches``).
+
+        Per slot: (DCM tokens or the slot's exception, serialize µs, policy µs: its decode plus
+        an equal share of the batch's inference).
+        """
+        out: list[tuple[np.ndarray | Exception, float, float]] = [(np.empty(0, np.int64), 0.0, 0.0)] * len(states)
+        by_preset: dict[str, list[int]] = {}
+        for i, state in enumerate(states):
+            by_preset.setdefault(state.preset, []).append(i)
+        for preset, idx in by_preset.items():
+            try:
+                model = self._model_for(preset)
+            except PolicyUnavailableError as exc:
+                for i in idx:
+                    out[i] = (exc, 0.0, 0.0)
+                continue
+            batch = StudentBatch.empty(
+                len(idx), max(states[i].num_ue for i in idx), max(states[i].num_res for i in idx)
+            )
+            ranges: list[list[str] | None] = []
+            serialize_us: list[float] = []
+            for b, i in enumerate(idx):
+                t0 = time.perf_counter_ns()
+                inputs = self.serialize(states[i], ctxs[i])
+                batch.put(b, inputs)
+                ranges.append(self._out_of_range(model, inputs))
+                serialize_us.append((time.perf_counter_ns() - t0) / 1e3)
+            t0 = time.perf_counter_ns()
+            try:
+                logits = model.logits_batch(batch)
+            except Exception as exc:  # the session failed: every slot of the batch gets the error
+                for i in idx:
+                    out[i] = (exc, 0.0, 0.0)
+                continue
+            share_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
+            for b, i in enumerate(idx):
+                n, r = batch.shapes[b]
+                t1 = time.perf_counter_ns()
+                try:
+                    raw: np.ndarray | Exception = self._decoded(
+                        states[i], ctxs[i], model, np.ascontiguousarray(logits[b, :r, : n + 1]), ranges[b]
+                    )
+                except Exception as exc:
+                    raw = exc
+                out[i] = (raw, serialize_us[b], share_us + (time.perf_counter_ns() - t1) / 1e3)
+        return out
+
+    # -- the stages both paths share -----------------------------------------------------------
+
+    def _model_for(self, preset: str) -> LoadedModel:
+        model = self._models.get(preset)
+        if model is None:
+            raise PolicyUnavailableError(f"no student model for the {preset} preset under {self.model_dir}")
+        return model
+
+    def _out_of_range(self, model: LoadedModel, inputs: StudentInputs) -> list[str] | None:
+        """The features of ``inputs`` outside the card's ranges, counted (None: no ranges)."""
+        if model.ranges is None:
+            return None
+        names = model.ranges.check(inputs)
+        self._count_ranges(model.preset, names)
+        return names
+
+    def _decoded(
+        self, state: SlotState, ctx: PolicyContext, model: LoadedModel, logits: np.ndarray, ranges: list[str] | None
+    ) -> np.ndarray:
+        """Logits [R, N+1] of ``state`` → DCM tokens [R] (the card's decode), notes in ``ctx.info``."""
         if not np.isfinite(logits[:, 0]).all():
             raise ModelInvalidError(f"student {state.preset}/{model.version} produced non-finite logits")
         ctx.info["model_version"] = model.version
-        if model.ranges is not None:
-            names = model.ranges.check(inputs)
-            self._count_ranges(state.preset, names)
-            if names:
-                ctx.info["out_of_range_features"] = names[:MAX_RANGE_NAMES]
+        if ranges:
+            ctx.info["out_of_range_features"] = ranges[:MAX_RANGE_NAMES]
         return decode(state, logits, model.card.get("decode", {}), ctx.history)

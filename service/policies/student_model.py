@@ -10,8 +10,10 @@ the highest version directory (natural order: ``v10`` after ``v9``).
 the serializer's ``FEATURE_VERSION``, ``model.onnx`` matches the card's sha256, the card's
 ``feature_ranges`` fit the serializer, the onnxruntime session builds (one intra-op thread,
 sequential executor, all graph optimisations; CUDA provider first when onnxruntime-gpu is
-installed), its inputs and output have the serializer's names, ranks and feature widths, and a
-probe slot yields finite logits [R, N+1]. Any failure raises ``ModelInvalidError``.
+installed), its inputs and output have the serializer's names, ranks and feature widths (with a
+leading batch axis: ``LoadedModel.logits_batch`` decides the cells of a TTI in one call; a graph
+exported without one is still served, once per cell), and a probe slot yields finite logits
+[R, N+1]. Any failure raises ``ModelInvalidError``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from service.serialize.tensors import (
     NUM_RES,
     NUM_USER,
     OUTPUT_NAME,
+    StudentBatch,
     StudentInputs,
     serialize,
 )
@@ -47,7 +50,9 @@ from service.types import SlotState, make_slot
 MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 
-#: expected rank and fixed (feature) dimensions of each input; None = dynamic (N or R)
+#: expected rank and fixed (feature) dimensions of each input without the batch axis; None =
+#: dynamic (N or R). A served graph has a leading dynamic batch axis on every input (or, exported
+#: before the axis existed, none on any)
 _INPUT_SHAPES: dict[str, tuple[int | None, ...]] = {
     "global_feats": (NUM_GLOBAL,),
     "user_feats": (None, NUM_USER),
@@ -126,6 +131,9 @@ class LoadedModel:
     surplus_margin: float = DEFAULT_SURPLUS_MARGIN
     #: the card's ``feature_ranges`` (None: the card has none, no check)
     ranges: FeatureRanges | None = None
+    #: the graph takes a leading batch axis (every export since the axis exists); a graph without
+    #: one is run once per cell of a batch
+    batched: bool = True
 
     @property
     def held_out_families(self) -> list[Any] | None:
@@ -139,19 +147,43 @@ class LoadedModel:
         return dict(self.card.get("decode", {}))
 
     def logits(self, inputs: StudentInputs) -> np.ndarray:
-        """Run the session: logits float32 [R, N+1]."""
+        """Run the session on one slot: logits float32 [R, N+1]."""
+        if self.batched:
+            feed = dict(zip(INPUT_NAMES, inputs.batch_of_one(), strict=True))
+            return self.session.run([OUTPUT_NAME], feed)[0][0]
         return self.session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, inputs.arrays(), strict=True)))[0]
+
+    def logits_batch(self, batch: StudentBatch) -> np.ndarray:
+        """Run the session on a padded batch: logits float32 [B, R, N+1] (item b's own logits are
+        ``[b, :r_b, :n_b + 1]``, bitwise its logits alone). One onnxruntime call; a graph without
+        a batch axis is run once per item."""
+        if self.batched:
+            return self.session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, batch.arrays(), strict=True)))[0]
+        size, num_ue, num_res = batch.capacity
+        out = np.zeros((size, num_res, num_ue + 1), np.float32)
+        for b, (n, r) in enumerate(batch.shapes):
+            item = StudentInputs(
+                batch.global_feats[b],
+                np.ascontiguousarray(batch.user_feats[b, :n]),
+                np.ascontiguousarray(batch.res_feats[b, :r]),
+                np.ascontiguousarray(batch.pair_feats[b, :, :r, :n]),
+                np.ascontiguousarray(batch.user_mask[b, :n]),
+                np.ascontiguousarray(batch.res_mask[b, :r]),
+            )
+            out[b, :r, : n + 1] = self.logits(item)
+        return out
 
     def bind(self, inputs: StudentInputs) -> tuple[Any, np.ndarray]:
         """An IOBinding of ``inputs`` (bound in place: refilling the arrays refills the inputs) and a
         preallocated logits buffer [R, N+1] — ``session.run_with_iobinding`` then allocates nothing."""
         n, r = inputs.shape
-        out = np.empty((r, n + 1), np.float32)
+        out = np.empty((1, r, n + 1) if self.batched else (r, n + 1), np.float32)
         binding = self.session.io_binding()
-        for name, array in zip(INPUT_NAMES, inputs.arrays(), strict=True):
+        arrays = inputs.batch_of_one() if self.batched else inputs.arrays()
+        for name, array in zip(INPUT_NAMES, arrays, strict=True):
             binding.bind_cpu_input(name, array)
         binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        return binding, out
+        return binding, out[0] if self.batched else out
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -165,6 +197,7 @@ class LoadedModel:
             "parameters": self.card.get("architecture", {}).get("parameters"),
             "feature_ranges": self.ranges is not None,
             "held_out_families": self.held_out_families,
+            "batch_axis": self.batched,
         }
 
 
@@ -278,7 +311,7 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelInvalidError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
     log.info("student %s %s: onnxruntime on %s", preset, path.name, ", ".join(sess.get_providers()))
-    _check_signature(sess, onnx_path)
+    batched = _check_signature(sess, onnx_path)
     spec = card.get("decode", {})
     ranges = FeatureRanges.from_card(card["feature_ranges"], str(card_path)) if "feature_ranges" in card else None
     model = LoadedModel(
@@ -292,6 +325,7 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
         decode_kind=kind,
         surplus_margin=float(spec.get("surplus_margin", DEFAULT_SURPLUS_MARGIN)),
         ranges=ranges,
+        batched=batched,
     )
     probe = _probe_slot(preset)
     try:
@@ -306,17 +340,20 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     return model
 
 
-def _check_signature(sess: Any, onnx_path: Path) -> None:
+def _check_signature(sess: Any, onnx_path: Path) -> bool:
+    """Inputs' names, ranks, feature widths and types; True when the graph has a batch axis."""
     inputs = {i.name: i for i in sess.get_inputs()}
     if set(inputs) != set(INPUT_NAMES):
         raise ModelInvalidError(
             f"{onnx_path}: inputs {sorted(inputs)} do not match the serializer's {list(INPUT_NAMES)}"
         )
+    batched = len(inputs["global_feats"].shape) == len(_INPUT_SHAPES["global_feats"]) + 1
     for name, expected in _INPUT_SHAPES.items():
         shape = inputs[name].shape
-        if len(shape) != len(expected):
-            raise ModelInvalidError(f"{onnx_path}: input {name} has rank {len(shape)}, expected {len(expected)}")
-        for got, want in zip(shape, expected, strict=True):
+        want_rank = len(expected) + batched
+        if len(shape) != want_rank:
+            raise ModelInvalidError(f"{onnx_path}: input {name} has rank {len(shape)}, expected {want_rank}")
+        for got, want in zip(shape[batched:], expected, strict=True):
             if want is not None and got != want:
                 raise ModelInvalidError(
                     f"{onnx_path}: input {name} has shape {shape}, expected {expected} (feature width mismatch)"
@@ -326,3 +363,7 @@ def _check_signature(sess: Any, onnx_path: Path) -> None:
     outputs = [o.name for o in sess.get_outputs()]
     if OUTPUT_NAME not in outputs:
         raise ModelInvalidError(f"{onnx_path}: no output named {OUTPUT_NAME!r} (outputs: {outputs})")
+    if not batched:
+        log.warning("%s: the graph has no batch axis: a batch of cells runs it once per cell "
+                    "(re-export it with one: gnbsched train rebatch %s)", onnx_path, onnx_path.parent)  # fmt: skip
+    return batched

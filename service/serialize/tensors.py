@@ -94,7 +94,7 @@ PAIR_FEATURES: tuple[str, ...] = (
 #: SE normaliser (bit/s/Hz): above the highest entry of the TS 38.214 MCS tables (7.4063)
 _SE_SCALE = 8.0
 
-#: ONNX input names, in order (each with a leading batch axis: [B, ...])
+#: ONNX input names, in order (each with a leading batch axis in the served graph: [B, ...])
 INPUT_NAMES: tuple[str, ...] = ("global_feats", "user_feats", "res_feats", "pair_feats", "user_mask", "res_mask")
 #: ONNX output name: logits [B, R, N+1] (column 0 = leave the resource unused)
 OUTPUT_NAME = "logits"
@@ -156,6 +156,70 @@ class StudentInputs:
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The six arrays in ``INPUT_NAMES`` order (no batch axis)."""
+        return (self.global_feats, self.user_feats, self.res_feats, self.pair_feats, self.user_mask, self.res_mask)
+
+    def batch_of_one(self) -> tuple[np.ndarray, ...]:
+        """The six arrays as a batch of one ([1, ...] views of the same memory)."""
+        return tuple(a[None] for a in self.arrays())
+
+
+@dataclass(slots=True)
+class StudentBatch:
+    """B serialized slots padded to one (N, R): the student graph's batched input.
+
+    global_feats [B, G], user_feats [B, N, Fu], res_feats [B, R, Fr], pair_feats [B, Fp, R, N],
+    user_mask [B, N], res_mask [B, R]; item b fills [:n_b] users and [:r_b] resources, the rest
+    is zero (masks 0). ``shapes[b]`` = (n_b, r_b). The served network pools with masked products,
+    so an item's logits [:r_b, :n_b + 1] are bitwise its logits alone (``trainer.export``
+    checks every exported model for it).
+    """
+
+    global_feats: np.ndarray
+    user_feats: np.ndarray
+    res_feats: np.ndarray
+    pair_feats: np.ndarray
+    user_mask: np.ndarray
+    res_mask: np.ndarray
+    shapes: list[tuple[int, int]]
+
+    @staticmethod
+    def empty(batch: int, num_ue: int, num_res: int) -> StudentBatch:
+        """Zeroed buffers for ``batch`` slots of at most ``num_ue`` users and ``num_res`` resources."""
+        return StudentBatch(
+            np.zeros((batch, NUM_GLOBAL), np.float32),
+            np.zeros((batch, num_ue, NUM_USER), np.float32),
+            np.zeros((batch, num_res, NUM_RES), np.float32),
+            np.zeros((batch, NUM_PAIR, num_res, num_ue), np.float32),
+            np.zeros((batch, num_ue), np.float32),
+            np.zeros((batch, num_res), np.float32),
+            [(0, 0)] * batch,
+        )
+
+    @property
+    def capacity(self) -> tuple[int, int, int]:
+        """(B, N, R) of the buffers."""
+        return int(self.user_mask.shape[0]), int(self.user_mask.shape[1]), int(self.res_mask.shape[1])
+
+    def put(self, b: int, inputs: StudentInputs) -> None:
+        """Copy one serialized slot into item ``b`` and zero its padding."""
+        n, r = inputs.shape
+        self.global_feats[b] = inputs.global_feats
+        self.user_feats[b, :n] = inputs.user_feats
+        self.user_feats[b, n:] = 0.0
+        self.res_feats[b, :r] = inputs.res_feats
+        self.res_feats[b, r:] = 0.0
+        pair = self.pair_feats[b]
+        pair[:, :r, :n] = inputs.pair_feats
+        pair[:, :r, n:] = 0.0
+        pair[:, r:] = 0.0
+        self.user_mask[b, :n] = inputs.user_mask
+        self.user_mask[b, n:] = 0.0
+        self.res_mask[b, :r] = inputs.res_mask
+        self.res_mask[b, r:] = 0.0
+        self.shapes[b] = (n, r)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The six arrays in ``INPUT_NAMES`` order, each [B, ...]."""
         return (self.global_feats, self.user_feats, self.res_feats, self.pair_feats, self.user_mask, self.res_mask)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_onnx_matches_pytorch(tmp_path: Path, config: NetConfig):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for state in _slots():  # every admissible logit, every shape (dynamic N and R)
         x = serialize(state)
-        got = sess.run(None, dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
+        got = sess.run(None, dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
         ref = _torch(ckpt.net, x)
         assert got.shape == (state.num_res, state.num_ue + 1)
         adm = np.concatenate([np.ones((state.num_res, 1), bool), state.admissible().T], axis=1)
@@ -98,8 +99,8 @@ def test_onnx_model_is_equivariant_too(model_dir: Path):
     for state in _slots():
         x = serialize(state)
         pu, pr = rng.permutation(state.num_ue), rng.permutation(state.num_res)
-        ref = sess.run(None, dict(zip(INPUT_NAMES, x.arrays(), strict=True)))[0]
-        got = sess.run(None, dict(zip(INPUT_NAMES, _permute(x, pu, pr).arrays(), strict=True)))[0]
+        ref = sess.run(None, dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
+        got = sess.run(None, dict(zip(INPUT_NAMES, _permute(x, pu, pr).batch_of_one(), strict=True)))[0][0]
         np.testing.assert_allclose(got, ref[pr][:, np.r_[0, pu + 1]], atol=1e-4, rtol=1e-5)
 
 
@@ -117,3 +118,78 @@ def test_logits_are_finite_and_the_decode_never_picks_an_inadmissible_token():
         assert is_valid(state, decode_capped(state, logits))
         if state.max_resources_per_user == 1:
             assert is_valid(state, decode_assignment(state, logits))
+
+
+def _legacy_export(ckpt: Checkpoint, path: Path) -> None:
+    """The graph as exported before it had a batch axis (unbatched inputs, dynamic N and R)."""
+    example = serialize(_slots()[5])
+    axes = {
+        "user_feats": {0: "num_ue"},
+        "res_feats": {0: "num_res"},
+        "pair_feats": {1: "num_res", 2: "num_ue"},
+        "user_mask": {0: "num_ue"},
+        "res_mask": {0: "num_res"},
+        "logits": {0: "num_res", 1: "num_ue_plus_1"},
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            ckpt.net,
+            tuple(torch.from_numpy(a) for a in example.arrays()),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def test_a_graph_without_batch_axis_is_served_per_cell_and_rebatch_gives_it_one(model_dir: Path, tmp_path: Path):
+    """A model exported without the batch axis still serves (a batch runs it once per cell);
+    ``gnbsched train rebatch`` rebuilds the network from its ONNX weights and re-exports it with
+    the axis: bitwise the same logits alone, one call for a padded batch, the card updated."""
+    import json
+    import shutil
+
+    from trainer.export import checkpoint_from_onnx, rebatch
+
+    from service.policies.student_model import CARD_FILE, MODEL_FILE, load_model, sha256_file
+    from service.serialize.tensors import StudentBatch
+
+    version = tmp_path / "student-mac" / "v1"
+    shutil.copytree(model_dir / "student-mac" / "v1", version)
+    torch.manual_seed(3)
+    ckpt = checkpoint_from_onnx(version)
+    for p in ckpt.net.parameters():  # trained-like weights: folded initializers must map back exactly
+        p.data.normal_(0.0, 0.3)
+    _legacy_export(ckpt, version / MODEL_FILE)
+    card = json.loads((version / CARD_FILE).read_text())
+    card["sha256"] = sha256_file(version / MODEL_FILE)
+    (version / CARD_FILE).write_text(json.dumps(card))
+    legacy = load_model(version, "mac")
+    assert not legacy.batched and legacy.describe()["batch_axis"] is False
+    states = [s for s in _slots() if s.preset == "mac"]
+    inputs = [serialize(s) for s in states]
+    before = [legacy.logits(x) for x in inputs]
+    batch = StudentBatch.empty(len(inputs), max(s.num_ue for s in states), max(s.num_res for s in states))
+    for b, x in enumerate(inputs):
+        batch.put(b, x)
+    per_cell = legacy.logits_batch(batch)
+    for b, (s, ref) in enumerate(zip(states, before, strict=True)):
+        np.testing.assert_array_equal(per_cell[b, : s.num_res, : s.num_ue + 1], ref)
+
+    rebuilt = checkpoint_from_onnx(version)
+    for (name, a), b in zip(rebuilt.net.state_dict().items(), ckpt.net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert rebatch(version) is True
+    assert rebatch(version) is False  # already has the axis
+    served = load_model(version, "mac")
+    assert served.batched
+    card = json.loads((version / CARD_FILE).read_text())
+    assert card["sha256"] == sha256_file(version / MODEL_FILE) and card["onnx"]["batch_axis"] is True
+    together = served.logits_batch(batch)
+    for b, (s, x, ref) in enumerate(zip(states, inputs, before, strict=True)):
+        np.testing.assert_array_equal(served.logits(x), ref)
+        np.testing.assert_array_equal(together[b, : s.num_res, : s.num_ue + 1], ref)

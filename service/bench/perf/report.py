@@ -199,13 +199,15 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             "",
             f"Where the time goes, {head.shape} {head.policy} over `{head.transport}` (p50 {head.p50_ms:.3f} ms per "
             f"TTI): {head.pipeline_p50_ms:.3f} ms ({head.pipeline_p50_ms / head.p50_ms:.0%}) is the {head.cells} "
-            f"cells' decision pipelines, run one cell after the other inside the core "
-            f"({head.pipeline_p50_ms / head.cells:.3f} ms per cell; summed over the cells: {_stages(head)} ms); "
+            f"cells' decision pipelines ({head.pipeline_p50_ms / head.cells:.3f} ms per cell; summed over the "
+            f"cells: {_stages(head)} ms; a policy that batches, the student, runs one onnxruntime call for the "
+            "TTI and each cell's policy time holds an equal share of it); "
             f"{head.floor_p50_ms:.3f} ms ({head.floor_p50_ms / head.p50_ms:.0%}) is the transport floor (the echo "
             f"server, same bytes); {svc:.3f} ms ({svc / head.p50_ms:.0%}, {svc / head.cells:.3f} ms per cell) is the "
             "service's own work around the pipelines (request decode and validation, per-cell state load / save "
             "and history, answer encode, event loop). Batching saves the per-call transport and dispatch (see "
-            "*batched / single*), not the per-cell work: the batch is decided cell by cell.",
+            "*batched / single*) and, for the student, the per-cell inference calls; serialization, decode, check, "
+            "repair, the guard's reference and the state work are still done cell by cell.",
         ]
     out.append(
         by.section(
