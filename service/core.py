@@ -389,8 +389,8 @@ class ServiceCore:
                 answers[i] = exc
 
         async def together() -> None:
-            args = [cells[i] for i in batch]
-            stripes = sorted({self._stripe(a.state.cell_id) for a in args})  # type: ignore[union-attr]
+            args = [c for c in (cells[i] for i in batch) if isinstance(c, ScheduleArgs)]
+            stripes = sorted({self._stripe(a.state.cell_id) for a in args})
             locks = self._stripes()
             held: list[asyncio.Lock] = []
             try:

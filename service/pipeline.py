@@ -136,9 +136,10 @@ def decide_many(
     """``decide`` for the slots of distinct cells of one TTI, answers in order.
 
     A policy that batches (``Policy.batches``) gets one ``act_many`` call for every slot of a
-    preset it serves; each slot is then checked and repaired on its own, and a slot whose raw
-    output failed (or came after the deadline) goes through ``decide`` alone, fallbacks
-    included. Any other policy, or a single slot: ``decide`` per slot. A decision is the one
+    preset it serves; each slot is then checked and repaired on its own (a batch that ends past
+    the deadline sends every slot to its fallbacks, as a late answer alone would), and a slot
+    whose raw output failed goes through ``decide`` alone, fallbacks included. Any other policy,
+    or a single slot: ``decide`` per slot. A decision is the one
     ``decide`` gives the slot alone (``act_many`` returns each slot's own raw output); a slot's
     failure is its entry (the exception ``decide`` would raise).
     """

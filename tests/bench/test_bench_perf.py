@@ -224,3 +224,45 @@ def test_tti_target_lines_say_met_or_missed_and_by_how_much(tti_p99, per_core, b
         assert f"missed** by {tti_p99 - 0.5:.3f} ms ({tti_p99 / 0.5:.1f}× the target)" in lines[0]
     if not met[1]:
         assert f"missed** by {16000 - per_core:,.0f} ({per_core / 16000:.1%} of the target)" in lines[1]
+
+
+def test_quick_run_measures_the_students_batched_inference_and_says_whether_a_gpu_served(quick_run):
+    """One onnxruntime call per TTI for every cell count of the plan, on the CPU and, where a CUDA
+    device is present, on it; without one the report says "no GPU" in the section and the target."""
+    rc, out, stdout, stderr = quick_run
+    assert rc == 0, stderr
+    doc = json.loads((out / perf.RESULTS_FILE).read_text())
+    if not doc["inference"]:
+        assert any("no mac student model" in n for n in doc["notes"]), doc["notes"]
+        return
+    gpu = doc["gpu"]
+    assert gpu.startswith(("GPU: ", "no GPU: "))
+    providers = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if gpu.startswith("GPU: ") else [])
+    rows = {(r["provider"], r["cells"]): r for r in doc["inference"]}
+    assert set(rows) == {(p, c) for p in providers for c in perf.QUICK.inference_cells}
+    for row in rows.values():
+        assert 0 < row["infer_p50_ms"] <= row["infer_p99_ms"] and 0 < row["act_p50_ms"] <= row["act_p99_ms"]
+        assert row["infer_p50_ms"] < row["act_p50_ms"]  # the call is inside act_many's stage
+        assert row["infer_per_cell_us"] == pytest.approx(row["infer_p50_ms"] * 1e3 / row["cells"])
+    report = (out / perf.REPORT_NAME).read_text()
+    section = report.split("## The student's inference per TTI", 1)[1].split("\n## ", 1)[0]
+    assert gpu in section and "| CPUExecutionProvider | 8 |" in section
+    targets = report.split("## Targets", 1)[1].split("\n## ", 1)[0]
+    if gpu.startswith("no GPU: "):
+        assert f"per TTI, GPU (target p99 ≤ 0.5 ms): not measured — {gpu}" in targets
+    assert "inference CPUExecutionProvider C=8" in stdout
+
+
+@pytest.mark.parametrize(("act_p99", "met"), [(0.4, True), (0.9, False)])
+def test_the_gpu_target_is_judged_on_the_cuda_row_of_20_cells(act_p99: float, met: bool) -> None:
+    def row(provider: str, p99: float) -> perf.InferenceRow:
+        return perf.InferenceRow(provider, 20, 100, 68, 10, p99 / 4, p99 / 3, p99 / 2, p99)
+
+    res = perf.Results(
+        meta={},
+        inference=[row("CPUExecutionProvider", 9.0), row("CUDAExecutionProvider", act_p99)],
+        gpu="GPU: onnxruntime with CUDAExecutionProvider, 1 CUDA device(s)",
+    )
+    (line,) = [ln for ln in perf.tti_target_lines(res) if "GPU" in ln]
+    assert "CUDAExecutionProvider" in line and f"p99 {act_p99:.3f} ms" in line
+    assert line.rsplit("**", 2)[-2] == ("met" if met else "missed")

@@ -14,7 +14,7 @@ import pytest
 from service.api.contract import ScheduleArgs
 from service.config import Settings
 from service.core import ServiceCore
-from service.history import CellHistory, apply_feedback, record_decision
+from service.history import CellHistory, record_decision
 from service.pipeline import decide_many
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet

@@ -2,7 +2,9 @@
 
 The run measures, in process (``inprocess``): our spectrum policies against the exact Hungarian
 solver at every scale, ``auction``'s anytime curve at Scale III, per-stage times of the core at
-N = 100, R = 69, and the cost of the run-time guard; then end to end (``e2e``) against the real
+N = 100, R = 69, the cost of the run-time guard, and the student's batched inference per TTI
+(one onnxruntime call for 1 to 1000 cells; on the CPU, and on CUDA where a device is present,
+"no GPU" otherwise); then end to end (``e2e``) against the real
 service (``gnbsched serve`` in a subprocess, REST + gRPC on free loopback ports): REST, gRPC
 unary and gRPC stream latency at N ∈ {10, 100, 1000}, decisions/s under a bounded concurrent
 load, batched TTIs (``tti``: C cells per call over ``StreamTtis``, ``ScheduleCells`` and
@@ -32,10 +34,13 @@ from service.bench.perf.figures import plot
 from service.bench.perf.inprocess import (
     AnytimeRow,
     GuardRow,
+    InferenceRow,
     ScaleRow,
     StageRow,
+    gpu_status,
     run_anytime,
     run_guard,
+    run_inference,
     run_scale,
     run_stages,
     student_available,
@@ -60,6 +65,7 @@ __all__ = [
     "AnytimeRow",
     "E2ERow",
     "GuardRow",
+    "InferenceRow",
     "LoadRow",
     "Plan",
     "Results",
@@ -68,6 +74,7 @@ __all__ = [
     "TtiRow",
     "TtiRun",
     "add_arguments",
+    "gpu_status",
     "paper_lines",
     "plot",
     "run",
@@ -75,6 +82,7 @@ __all__ = [
     "run_e2e",
     "run_floors",
     "run_guard",
+    "run_inference",
     "run_load",
     "run_scale",
     "run_stages",

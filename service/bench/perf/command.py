@@ -15,7 +15,14 @@ from pathlib import Path
 from service.bench.benchmarks_md import load_average, machine
 from service.bench.perf.e2e import run_e2e, run_load
 from service.bench.perf.figures import plot
-from service.bench.perf.inprocess import run_anytime, run_guard, run_scale, run_stages, student_available
+from service.bench.perf.inprocess import (
+    run_anytime,
+    run_guard,
+    run_inference,
+    run_scale,
+    run_stages,
+    student_available,
+)
 from service.bench.perf.plan import FULL, QUICK, TTI_POLICIES, log
 from service.bench.perf.report import summary, write_report
 from service.bench.perf.results import FIG_DIR, RESULTS_FILE, Results
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     res.anytime = run_anytime(plan, kept, seed)
     res.stages = run_stages(plan, seed, res.notes)
     res.guard = run_guard(plan, seed, res.notes)
+    res.inference, res.gpu = run_inference(plan, seed, res.notes)
     tti_policies = [p for p in TTI_POLICIES if p != "student" or student_available("mac")]
     if len(tti_policies) < len(TTI_POLICIES):
         res.notes.append("batched TTIs: no mac student model is installed, so only " + ", ".join(tti_policies))

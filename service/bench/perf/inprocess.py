@@ -11,6 +11,10 @@ called directly.
    check, repair, and the core's store / history work) at N = 100 users, R = 69 RBGs.
 4. **Guard** (``run_guard``) — the student's decision time at N = 100, R = 69 (mac) with the
    run-time guard on (its reference ``pf`` decided on the same slot) against off.
+5. **Inference per TTI** (``run_inference``) — the mac student's ``act_many`` on C cells of
+   N = 100 users and R = 68 RBGs (one onnxruntime call for the C cells), and that call alone, on
+   every execution provider present: the CPU always, CUDA where onnxruntime-gpu finds a device
+   (``gnbsched[gpu]``); without one the section says "no GPU".
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from service.bench.perf.plan import (
     STAGE_POLICIES,
     Plan,
     log,
+    mac_states,
     pct,
     scenario_shape,
     slot_states,
@@ -341,3 +346,92 @@ def run_guard(plan: Plan, seed: int, notes: list[str]) -> list[GuardRow]:
     )
     log(f"guard {preset}/student: off {row.off_p50_us:.0f} µs, on {row.on_p50_us:.0f} µs ({row.ratio:.2f}×)")
     return [row]
+
+
+# ----------------------------------------------------------------------------- 5. inference per TTI
+
+
+@dataclass
+class InferenceRow:
+    """One (execution provider, cells per TTI): the student on C mac cells of N users, R RBGs."""
+
+    provider: str  # onnxruntime's name, e.g. CPUExecutionProvider
+    cells: int
+    num_ue: int
+    num_res: int
+    ttis: int
+    infer_p50_ms: float  # the one onnxruntime call of the TTI (padded batch in, logits out)
+    infer_p99_ms: float
+    act_p50_ms: float  # act_many: every cell serialized, the call, every cell decoded
+    act_p99_ms: float
+
+    @property
+    def infer_per_cell_us(self) -> float:
+        return self.infer_p50_ms * 1e3 / self.cells
+
+
+def gpu_status() -> tuple[bool, str]:
+    """(a CUDA execution provider is usable, the line the report prints about it)."""
+    import onnxruntime as ort
+
+    from service.policies.student_model import CUDA, cuda_device_count
+
+    available = ort.get_available_providers()
+    devices = cuda_device_count()
+    if CUDA in available and devices > 0:
+        return True, f"GPU: onnxruntime {ort.__version__} with {CUDA}, {devices} CUDA device(s)"
+    why = "onnxruntime has no CUDA provider (install gnbsched[gpu])" if CUDA not in available else "no CUDA device"
+    return False, f"no GPU: {why}; onnxruntime {ort.__version__} providers {', '.join(available)}"
+
+
+def run_inference(plan: Plan, seed: int, notes: list[str]) -> tuple[list[InferenceRow], str]:
+    """The mac student's batched inference per TTI for every ``plan.inference_cells`` C, on the
+    CPU and, where present, CUDA. The C cells cycle over 20 distinct slots of N = 100 users (each
+    with an empty history); p50 / p99 over ``plan.inference_ttis`` TTIs (fewer for large C)."""
+    from service.policies.base import PolicyContext
+    from service.policies.student import StudentPolicy
+    from service.policies.student_model import CPU, CUDA, default_model_dir
+    from service.serialize.tensors import StudentBatch, serialize
+
+    has_gpu, line = gpu_status()
+    if not student_available("mac"):
+        notes.append("inference per TTI: no mac student model is installed")
+        return [], line
+    num_ue, num_res = 100, plan.tti_shapes[0][2]
+    distinct = mac_states(num_ue, 20, seed, num_res)
+    rows: list[InferenceRow] = []
+    for providers in [[CPU]] + ([[CUDA, CPU]] if has_gpu else []):
+        student = StudentPolicy(default_model_dir(), presets=("mac",), providers=providers)
+        model = student.model("mac")
+        assert model is not None
+        used = model.session.get_providers()[0]
+        for cells in plan.inference_cells:
+            states = [distinct[k % len(distinct)] for k in range(cells)]
+            ctxs = [PolicyContext(CellHistory.empty().view(st), np.random.default_rng(0)) for st in states]
+            batch = StudentBatch.empty(cells, num_ue, num_res)
+            for b, st in enumerate(states):
+                batch.put(b, serialize(st))
+            ttis = max(3, min(plan.inference_ttis, int(plan.inference_ttis * 8 / cells)))
+            infer, act = [], []
+            for k in range(ttis + 2):  # two warm-up TTIs (first-call allocations, CUDA kernels)
+                t0 = time.perf_counter_ns()
+                model.logits_batch(batch)
+                t1 = time.perf_counter_ns()
+                out = student.act_many(states, ctxs)
+                t2 = time.perf_counter_ns()
+                if k >= 2:
+                    infer.append((t1 - t0) / 1e6)
+                    act.append((t2 - t1) / 1e6)
+            bad = [raw for raw, _, _ in out if isinstance(raw, Exception)]
+            if bad:
+                notes.append(f"inference per TTI: {len(bad)} of {cells} cells failed on {used}: {bad[0]!r}")
+            row = InferenceRow(
+                used, cells, num_ue, num_res, ttis, pct(infer, 50), pct(infer, 99), pct(act, 50), pct(act, 99)
+            )
+            rows.append(row)
+            log(
+                f"inference {used} C={cells}: call p50 {row.infer_p50_ms:.3f} ms "
+                f"({row.infer_per_cell_us:.1f} µs per cell), act_many p50 {row.act_p50_ms:.3f} ms"
+            )
+    log(line)
+    return rows, line

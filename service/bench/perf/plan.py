@@ -41,6 +41,8 @@ class Plan:
     tti_warmup: int  # TTIs (or single-cell requests) sent first, not timed
     tti_single_shapes: tuple[tuple[int, int, int], ...]  # shapes also sent as C single-cell calls
     single_requests: int  # timed single-cell requests at N = 100, R = NUM_RBG (against the echo floor)
+    inference_cells: tuple[int, ...]  # cells per TTI of the student's batched inference (in process)
+    inference_ttis: int  # timed TTIs at 8 cells (scaled down for more cells, at least 3)
 
 
 FULL = Plan(
@@ -58,6 +60,8 @@ FULL = Plan(
     tti_warmup=30,
     tti_single_shapes=((8, 32, TTI_RBG),),
     single_requests=1000,
+    inference_cells=(1, 8, 20, 100, 1000),
+    inference_ttis=200,
 )
 QUICK = Plan(
     scale_slots={"u5-c5-b1": 2, "u15-c20-b8": 2, "scale-I": 1},
@@ -74,6 +78,8 @@ QUICK = Plan(
     tti_warmup=5,
     tti_single_shapes=((8, 32, TTI_RBG),),
     single_requests=40,
+    inference_cells=(1, 8),
+    inference_ttis=10,
 )
 
 

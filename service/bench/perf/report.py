@@ -109,6 +109,16 @@ def tti_target_lines(res: Results) -> list[str]:
             )
     if not any(r.cells == 20 for r in res.tti):
         lines.append("- 20 cells × 100 users × R = 68 per TTI: not measured in this run (`--quick`).")
+    t = TARGETS["tti_20x100_gpu_p99_ms"]
+    gpu = next((r for r in res.inference if r.cells == 20 and not r.provider.startswith("CPU")), None)
+    if gpu is not None:
+        lines.append(
+            f"- 20 cells × 100 users × R = 68 per TTI, GPU ({gpu.provider}), student in process (`act_many`: "
+            f"serialize, one inference, decode): p99 {gpu.act_p99_ms:.3f} ms (target ≤ {t:g} ms): "
+            f"{_at_most(gpu.act_p99_ms, t)}; the inference call alone p99 {gpu.infer_p99_ms:.3f} ms."
+        )
+    elif res.gpu:
+        lines.append(f"- 20 cells × 100 users × R = 68 per TTI, GPU (target p99 ≤ {t:g} ms): not measured — {res.gpu}.")
     one = res.tti_row(STREAM_SLOTS, "student", 1, SINGLE_NUM_UE)
     t, k = TARGETS["single_stream_student_p99_ms"], TARGETS["single_stream_to_floor"]
     if one is not None:
@@ -533,6 +543,49 @@ def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
                 ],
             )
         )
+    if res.inference:
+        out_sections.append(
+            by.section(
+                "The student's inference per TTI: one onnxruntime call for every cell",
+                [
+                    "In process, no server: the mac student (`StudentPolicy.act_many`) on C cells of N = 100 users "
+                    "and R = 68 RBGs per TTI (20 distinct slots cycled over the cells, empty histories): every "
+                    "cell serialized into one padded batch, **one** onnxruntime call, every cell decoded. *call* = "
+                    "that onnxruntime call alone; *act_many* = the whole policy stage of the TTI; per execution "
+                    "provider present. " + res.gpu + ".",
+                    "",
+                    md_table(
+                        [
+                            "provider",
+                            "cells C",
+                            "N",
+                            "R",
+                            "TTIs",
+                            "call p50 (ms)",
+                            "call p99 (ms)",
+                            "call per cell p50 (µs)",
+                            "act_many p50 (ms)",
+                            "act_many p99 (ms)",
+                        ],
+                        [
+                            [
+                                r.provider,
+                                r.cells,
+                                r.num_ue,
+                                r.num_res,
+                                r.ttis,
+                                f"{r.infer_p50_ms:.3f}",
+                                f"{r.infer_p99_ms:.3f}",
+                                f"{r.infer_per_cell_us:.1f}",
+                                f"{r.act_p50_ms:.3f}",
+                                f"{r.act_p99_ms:.3f}",
+                            ]
+                            for r in res.inference
+                        ],
+                    ),
+                ],
+            )
+        )
     if res.e2e:
         out_sections.append(
             by.section(
@@ -664,6 +717,14 @@ def summary(res: Results) -> str:
             f"off {g.off_p50_us:.0f} µs, on {g.on_p50_us:.0f} µs p50 = {g.ratio:.2f}× "
             f"(guard stage {g.guard_stage_p50_us:.0f} µs)"
         )
+    for inf in res.inference:
+        out.append(
+            f"  inference {inf.provider} C={inf.cells:<5d} call p50 {inf.infer_p50_ms:.3f} ms "
+            f"({inf.infer_per_cell_us:.1f} µs per cell)  act_many p50 {inf.act_p50_ms:.3f} ms  "
+            f"p99 {inf.act_p99_ms:.3f} ms"
+        )
+    if res.gpu:
+        out.append(f"  {res.gpu}")
     for e in res.e2e:
         out.append(
             f"  e2e {e.preset}/{e.policy} N={e.num_ue:<5d} {e.transport:12s} p50 {e.p50_ms:.3f} ms  p99 {e.p99_ms:.3f} ms"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from service.bench.perf.e2e import E2ERow, LoadRow
-from service.bench.perf.inprocess import AnytimeRow, GuardRow, ScaleRow, StageRow
+from service.bench.perf.inprocess import AnytimeRow, GuardRow, InferenceRow, ScaleRow, StageRow
 from service.bench.perf.tti import TtiRow
 
 #: the figures and the raw numbers, relative to ``--out``
@@ -51,6 +51,8 @@ TARGETS = {
     # one cell over a gRPC stream, N = 100, R = 69, student: p99, and as a multiple of the echo floor's p99
     "single_stream_student_p99_ms": 0.5,
     "single_stream_to_floor": 2.0,
+    # 20 cells × 100 users × R = 68 per TTI on a GPU (the student's batched inference): p99
+    "tti_20x100_gpu_p99_ms": 0.5,
 }
 
 
@@ -63,6 +65,8 @@ class Results:
     anytime: list[AnytimeRow] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     guard: list[GuardRow] = field(default_factory=list)
+    inference: list[InferenceRow] = field(default_factory=list)
+    gpu: str = ""  # the GPU line: which CUDA provider and devices, or "no GPU: why"
     e2e: list[E2ERow] = field(default_factory=list)
     load: list[LoadRow] = field(default_factory=list)
     tti: list[TtiRow] = field(default_factory=list)
@@ -90,6 +94,8 @@ class Results:
                 "anytime": [asdict(r) for r in self.anytime],
                 "stages": [asdict(r) for r in self.stages],
                 "guard": [asdict(r) for r in self.guard],
+                "inference": [{**asdict(r), "infer_per_cell_us": r.infer_per_cell_us} for r in self.inference],
+                "gpu": self.gpu,
                 "e2e": [asdict(r) for r in self.e2e],
                 "load": [asdict(r) for r in self.load],
                 "tti": [
