@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from contextlib import redirect_stderr, redirect_stdout
 
 import matplotlib.image as mpimg
@@ -81,6 +82,11 @@ def test_quick_run_figures_are_consistent(quick_run):
                 assert 0 < row["p50_ms"] <= row["p99_ms"] and row["requests"] == perf.QUICK.e2e_requests[n]
     assert {r["transport"] for r in doc["load"]} == {"grpc-stream", "rest"}
     assert all(r["decisions"] > 0 for r in doc["load"])
+    # scaling: the same load against --workers 2 where the machine has 2 cores or more
+    workers = {(r["workers"], r["transport"]) for r in doc["load"]}
+    assert workers == {
+        (w, t) for w in [1, *perf.worker_counts(os.cpu_count() or 1, True)] for t in ("grpc-stream", "rest")
+    }
     stages = {(r["preset"], r["policy"]) for r in doc["stages"]}
     assert ("mac", "pf") in stages and ("spectrum", "auction") in stages
     assert doc["rss_mib"]["gnbsched serve (server process)"] > 10

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from service.bench.benchmarks_md import REPORT_NAME
 from service.bench.perf.command import add_arguments, run
-from service.bench.perf.e2e import E2ERow, LoadRow, run_e2e, run_load
+from service.bench.perf.e2e import E2ERow, LoadRow, run_e2e, run_load, run_scaling, worker_counts
 from service.bench.perf.figures import plot
 from service.bench.perf.inprocess import (
     AnytimeRow,
@@ -85,11 +85,13 @@ __all__ = [
     "run_inference",
     "run_load",
     "run_scale",
+    "run_scaling",
     "run_stages",
     "run_tti",
     "student_available",
     "summary",
     "target_lines",
     "tti_target_lines",
+    "worker_counts",
     "write_report",
 ]

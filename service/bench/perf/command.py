@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from service.bench.benchmarks_md import load_average, machine
-from service.bench.perf.e2e import run_e2e, run_load
+from service.bench.perf.e2e import run_e2e, run_load, run_scaling
 from service.bench.perf.figures import plot
 from service.bench.perf.inprocess import (
     run_anytime,
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError, OSError) as exc:
         res.notes.append(f"end-to-end measurements failed: {exc}")
         log(f"end-to-end measurements failed: {exc}")
+    res.load += run_scaling(plan, seed, res.notes, quick=bool(args.quick))
     if tti.rows:  # the transport's floor under every batched / single-cell figure, same bytes, same clients
         run_floors(tti, res.notes)
     res.rss_mib["bench process (in-process measurements)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

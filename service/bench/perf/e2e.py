@@ -3,7 +3,9 @@
 The server is ``service.bench.server.ServeProcess`` (REST on uvicorn + gRPC, one process,
 in-process state, free loopback ports). ``run_e2e``: REST, gRPC unary and gRPC stream latency p50 / p99
 at N ∈ {10, 100, 1000}, one lock-step client, with the server's own pipeline and decode times;
-``run_load``: decisions/s under a bounded concurrent load. ``rest_body`` / ``request_bodies``
+``run_load``: decisions/s under a bounded concurrent load (each client its own connection), and
+``run_scaling`` the same load against ``gnbsched serve --workers W`` for W from 1 to the
+machine's cores. ``rest_body`` / ``request_bodies``
 build the ``POST /schedule`` bodies (also used by ``gnbsched bench validate``).
 """
 
@@ -176,6 +178,7 @@ class LoadRow:
     decisions_per_s: float
     p50_ms: float
     p99_ms: float
+    workers: int = 1  # server processes (``gnbsched serve --workers``)
 
 
 async def _grpc_load(target: str, requests_per_client: list[list], seconds: float) -> tuple[int, list[float]]:
@@ -202,9 +205,18 @@ async def _grpc_load(target: str, requests_per_client: list[list], seconds: floa
             i += 1
         await call.done_writing()
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.SchedulerStub(channel)
-        await asyncio.gather(*(client(stub, reqs) for reqs in requests_per_client))
+    # a connection per client (a local subchannel pool: channels to one target do not share one),
+    # so that several server processes on one port (SO_REUSEPORT) each get their share
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in requests_per_client
+    ]
+    try:
+        await asyncio.gather(
+            *(client(pb_grpc.SchedulerStub(ch), reqs) for ch, reqs in zip(channels, requests_per_client, strict=True))
+        )
+    finally:
+        for ch in channels:
+            await ch.close()
     return done, lat
 
 
@@ -239,8 +251,9 @@ def _rest_load(port: int, bodies_per_client: list[Iterator[bytes]], seconds: flo
     return len(lat), lat
 
 
-def run_load(server: ServeProcess, plan: Plan, seed: int) -> list[LoadRow]:
-    """A fixed number of concurrent lock-step clients (one cell each) for a fixed time."""
+def run_load(server: ServeProcess, plan: Plan, seed: int, workers: int = 1) -> list[LoadRow]:
+    """A fixed number of concurrent lock-step clients (one cell and one connection each) for a
+    fixed time; ``workers``: the server's process count, for the rows."""
     preset, n = "mac", 100
     policy = E2E_POLICY[preset]
     states = slot_states(preset, n, 20, seed)
@@ -248,9 +261,37 @@ def run_load(server: ServeProcess, plan: Plan, seed: int) -> list[LoadRow]:
     c, secs = plan.load_clients, plan.load_seconds
     reqs = [_grpc_requests(states, policy, f"load-grpc-{k}", len(states)) for k in range(c)]
     done, lat = asyncio.run(_grpc_load(f"127.0.0.1:{server.grpc_port}", reqs, secs))
-    rows.append(LoadRow("grpc-stream", preset, policy, n, c, secs, done, done / secs, pct(lat, 50), pct(lat, 99)))
+    rows.append(
+        LoadRow("grpc-stream", preset, policy, n, c, secs, done, done / secs, pct(lat, 50), pct(lat, 99), workers)
+    )
     done, lat = _rest_load(server.rest_port, [request_bodies(states, policy, f"load-rest-{k}") for k in range(c)], secs)
-    rows.append(LoadRow("rest", preset, policy, n, c, secs, done, done / secs, pct(lat, 50), pct(lat, 99)))
+    rows.append(LoadRow("rest", preset, policy, n, c, secs, done, done / secs, pct(lat, 50), pct(lat, 99), workers))
     for r in rows:
-        log(f"load {r.transport}: {r.clients} clients, {r.decisions_per_s:.0f} decisions/s, p99 {r.p99_ms:.2f} ms")
+        log(
+            f"load {r.transport} ({workers} worker{'s' if workers > 1 else ''}): {r.clients} clients, "
+            f"{r.decisions_per_s:.0f} decisions/s, p99 {r.p99_ms:.2f} ms"
+        )
+    return rows
+
+
+def worker_counts(cores: int, quick: bool) -> list[int]:
+    """Server process counts from 2 to ``cores`` (powers of two, and ``cores``); 1 is the main run.
+    ``quick``: 2 only."""
+    counts = sorted({w for w in (2, 4, 8, 16, 32, 64) if w < cores} | ({cores} if cores > 1 else set()))
+    return counts[:1] if quick else counts
+
+
+def run_scaling(plan: Plan, seed: int, notes: list[str], quick: bool = False) -> list[LoadRow]:
+    """``run_load`` against ``gnbsched serve --workers W`` for every W of ``worker_counts`` (the
+    1-worker rows come from the main run). Each client keeps its cell on its own connection, so
+    the in-process state of one worker serves it throughout."""
+    import os
+
+    rows: list[LoadRow] = []
+    for workers in worker_counts(os.cpu_count() or 1, quick):
+        try:
+            with ServeProcess(["--workers", str(workers)]) as server:
+                rows += run_load(server, plan, seed, workers)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            notes.append(f"scaling: --workers {workers} failed: {exc}")
     return rows

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.bench.benchmarks_md import REPORT_NAME, Producer, md_table, update
+from service.bench.perf.e2e import LoadRow
 from service.bench.perf.plan import NUM_RBG
 from service.bench.perf.results import PAPER, RESULTS_FILE, TARGETS, Results
 from service.bench.perf.tti import REST_SINGLE, SINGLE_NUM_UE, STREAM_SLOTS, STREAM_TTIS, TtiRow
@@ -146,6 +147,12 @@ def tti_target_lines(res: Results) -> list[str]:
                 "ratio; for scale)."
             )
     return lines
+
+
+def _per_worker(res: Results, row: LoadRow) -> str:
+    """decisions/s of ``row`` over the 1-worker row of its transport ("" when there is none)."""
+    one = next((r for r in res.load if r.workers == 1 and r.transport == row.transport), None)
+    return f"{row.decisions_per_s / one.decisions_per_s:.2f}×" if one is not None and one.decisions_per_s > 0 else ""
 
 
 def _stages(row: TtiRow) -> str:
@@ -633,11 +640,14 @@ def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
             by.section(
                 "Decisions per second under a bounded concurrent load",
                 [
-                    "A fixed number of concurrent lock-step clients, one cell each, for a fixed time, against the same "
-                    "single-process service (clients and server share the machine's cores).",
+                    "A fixed number of concurrent lock-step clients, one cell and one connection each, for a fixed "
+                    "time, against `gnbsched serve` with 1 worker process and, for scaling, with `--workers W` up to "
+                    "the machine's cores (each worker runs REST and gRPC on the same ports; clients and server "
+                    "share the machine's cores). *× 1 worker* = decisions/s over the 1-worker row of the transport.",
                     "",
                     md_table(
                         [
+                            "workers",
                             "transport",
                             "preset",
                             "policy",
@@ -646,11 +656,13 @@ def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
                             "seconds",
                             "decisions",
                             "decisions/s",
+                            "× 1 worker",
                             "p50 (ms)",
                             "p99 (ms)",
                         ],
                         [
                             [
+                                r.workers,
                                 r.transport,
                                 r.preset,
                                 r.policy,
@@ -659,6 +671,7 @@ def sections(out: Path, res: Results, figures: list[Path]) -> list[str]:
                                 f"{r.seconds:g}",
                                 r.decisions,
                                 f"{r.decisions_per_s:.0f}",
+                                _per_worker(res, r),
                                 f"{r.p50_ms:.3f}",
                                 f"{r.p99_ms:.3f}",
                             ]
@@ -731,7 +744,7 @@ def summary(res: Results) -> str:
         )
     for ld in res.load:
         out.append(
-            f"  load {ld.transport:12s} {ld.clients} clients: {ld.decisions_per_s:.0f} decisions/s (p99 {ld.p99_ms:.2f} ms)"
+            f"  load {ld.transport:12s} {ld.workers} worker(s) {ld.clients} clients: {ld.decisions_per_s:.0f} decisions/s (p99 {ld.p99_ms:.2f} ms)"
         )
     for t in res.tti:
         floor = "" if t.floor_p99_ms is None else f"  floor p99 {t.floor_p99_ms:.3f} ms ({t.p99_to_floor:.1f}×)"
