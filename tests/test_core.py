@@ -297,3 +297,52 @@ def test_concurrent_writers_of_one_cell_lose_nothing():
     for slot in sorted(accepted):  # each accepted slot was newer than all before it was applied
         ref.schedule(_mac(slot))
     assert record.history == ref.history("c1")
+
+
+def test_a_batch_cancelled_mid_tti_loses_no_state_and_applies_each_slot_once():
+    """``decide_cells`` over a store that blocks on I/O runs the TTI in a worker thread; the
+    caller gives up while the cells are being written. Every cell's slot is still applied exactly
+    once: the same TTI sent again is answered from the stored decisions (``replayed``), the
+    histories equal those of a core that decided the TTI undisturbed, and the next TTI decides."""
+    import asyncio
+    import threading
+    import time
+
+    from service.api.contract import ScheduleArgs
+
+    class SlowStore(FlakyStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes = threading.Semaphore(0)
+
+        def compare_and_set(self, cell_id, expected_version, record):
+            time.sleep(0.05)
+            ok = super().compare_and_set(cell_id, expected_version, record)
+            self.writes.release()
+            return ok
+
+    cells = [f"cancel-{k}" for k in range(5)]
+    store = SlowStore()
+    core, ref = ServiceCore(_settings(), store=store), ServiceCore(_settings())
+    tti = [ScheduleArgs(_mac(7, c), None, None, None) for c in cells]
+
+    async def give_up() -> None:
+        task = asyncio.create_task(core.decide_cells(tti))
+        await asyncio.sleep(0.12)  # two or three of the five writes done
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(give_up())
+    for _ in cells:  # the worker thread finishes the TTI after the caller left
+        assert store.writes.acquire(timeout=10)
+    again = asyncio.run(core.decide_cells(tti))
+    want = ref.schedule_cells(tti)
+    for c, d, w in zip(cells, again, want, strict=True):
+        assert not isinstance(d, BaseException) and not isinstance(w, Exception)
+        assert d.replayed and d.owner.tolist() == w.owner.tolist()
+        record = store.inner.load(c)
+        assert record.version == 1 and record.last_slot == 7
+        assert record.history == ref.history(c)
+    later = asyncio.run(core.decide_cells([ScheduleArgs(_mac(8, c), None, None, None) for c in cells]))
+    assert all(not isinstance(d, BaseException) and not d.replayed for d in later)
