@@ -174,7 +174,10 @@ def decide_many(
         )
         for i in batch
     ]
-    raws = pol.act_many([states[i] for i in batch], ctxs)  # type: ignore[attr-defined]
+    try:
+        raws = pol.act_many([states[i] for i in batch], ctxs)  # type: ignore[attr-defined]
+    except Exception:  # a broken batch path: every slot is decided alone (and fails or falls back there)
+        return [alone(i) for i in range(len(states))]
     prepared: dict[int, Prepared] = {}
     for i, ctx, (raw, serialize_us, policy_us) in zip(batch, ctxs, raws, strict=True):
         if not isinstance(raw, Exception):

@@ -238,7 +238,13 @@ class StudentPolicy(Policy):
             serialize_us: list[float] = []
             for b, i in enumerate(idx):
                 t0 = time.perf_counter_ns()
-                inputs = self.serialize(states[i], ctxs[i])
+                try:
+                    inputs = self.serialize(states[i], ctxs[i])
+                except Exception as exc:  # this slot's own failure: its item stays empty (mask 0)
+                    out[i] = (exc, 0.0, 0.0)
+                    ranges.append(None)
+                    serialize_us.append(0.0)
+                    continue
                 batch.put(b, inputs)
                 ranges.append(self._out_of_range(model, inputs))
                 serialize_us.append((time.perf_counter_ns() - t0) / 1e3)
@@ -251,6 +257,8 @@ class StudentPolicy(Policy):
                 continue
             share_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
             for b, i in enumerate(idx):
+                if isinstance(out[i][0], Exception):
+                    continue
                 n, r = batch.shapes[b]
                 t1 = time.perf_counter_ns()
                 try:

@@ -207,3 +207,29 @@ def test_a_bad_cell_in_a_batch_is_its_own_answer() -> None:
     assert type(out[1]).__name__ == "SlotConflictError"
     assert type(out[2]).__name__ == "InvalidSlotError"
     assert core.record(cells[2][0].cell_id).last_slot == cells[2][1].slot  # nothing applied
+
+
+def test_a_cell_whose_serialization_fails_falls_back_alone_and_the_batch_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core, ref = _core(), _core()
+    runs = _count_runs(core)
+    original = StudentPolicy.serialize
+
+    def serialize(self: StudentPolicy, state: SlotState, ctx: PolicyContext):
+        if state.cell_id == "mac-1":
+            raise ValueError("a broken slot")
+        return original(self, state, ctx)
+
+    monkeypatch.setattr(StudentPolicy, "serialize", serialize)
+    cells = _cells(np.random.default_rng(8), "mac", 4, 1)
+    args = [_args(c[0]) for c in cells]
+    out = core.schedule_cells(args)
+    assert runs["mac"].runs == 1
+    for a, d in zip(args, out, strict=True):
+        assert not isinstance(d, Exception), d
+        want = ref.schedule(a.state)
+        np.testing.assert_array_equal(d.owner, want.owner)
+        assert (d.policy, d.fallback_reason, d.fallback) == (want.policy, want.fallback_reason, want.fallback)
+    assert out[1].policy != "student" and out[1].fallback_reason == "error" and "a broken slot" in out[1].fallback
+    assert all(d.policy == "student" for k, d in enumerate(out) if k != 1)
