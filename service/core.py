@@ -53,7 +53,7 @@ from service.errors import (
 )
 from service.guard import Guard
 from service.history import CellHistory, apply_feedback, record_decision
-from service.pipeline import decide_many
+from service.pipeline import decide, decide_many
 from service.policies.registry import PolicySet, names
 from service.state import StateStore, open_store
 from service.state.record import CellRecord, Verdict, decision_from_dict, request_digest
@@ -569,14 +569,32 @@ class ServiceCore:
         """The pipeline (through the guard when on) for admitted slots of distinct cells."""
         s = self.settings
         dl = deadline_ms if deadline_ms is not None else s.deadline_ms
-        run = decide_many if self.guard is None else self.guard.decide_many
-        return run(
+        deadline_s = None if dl is None else dl / 1e3
+        if len(admitted) == 1:  # one slot (the single-cell calls): no batch to form
+            one = decide if self.guard is None else self.guard.decide
+            a = admitted[0]
+            try:
+                return [
+                    one(
+                        a.state,
+                        a.history,
+                        name,
+                        policies=self.policies,
+                        fallbacks=s.fallbacks,
+                        deadline_s=deadline_s,
+                        seed=s.seed,
+                    )
+                ]
+            except Exception as exc:
+                return [exc]
+        many = decide_many if self.guard is None else self.guard.decide_many
+        return many(
             [a.state for a in admitted],
             [a.history for a in admitted],
             name,
             policies=self.policies,
             fallbacks=s.fallbacks,
-            deadline_s=None if dl is None else dl / 1e3,
+            deadline_s=deadline_s,
             seed=s.seed,
         )
 
