@@ -22,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from service.serialize.tensors import NUM_GLOBAL, NUM_PAIR, NUM_RES, NUM_USER, StudentInputs
+from service.serialize.tensors import StudentBatch, StudentInputs
 
 T = TypeVar("T")
 
@@ -116,35 +116,15 @@ def collate(
     num_res: int | None = None,
 ) -> Batch:
     """Pad a list of serialized slots to a common (N, R) (at least ``num_ue`` / ``num_res``)."""
-    b = len(inputs)
     n = max([x.shape[0] for x in inputs] + [num_ue or 0])
     r = max([x.shape[1] for x in inputs] + [num_res or 0])
-    g = np.zeros((b, NUM_GLOBAL), np.float32)
-    uf = np.zeros((b, n, NUM_USER), np.float32)
-    rf = np.zeros((b, r, NUM_RES), np.float32)
-    pf = np.zeros((b, NUM_PAIR, r, n), np.float32)
-    um = np.zeros((b, n), np.float32)
-    rm = np.zeros((b, r), np.float32)
-    nd = np.zeros((b, n), np.int64)
+    padded = StudentBatch.empty(len(inputs), n, r)
+    nd = np.zeros((len(inputs), n), np.int64)
     for i, (x, need) in enumerate(zip(inputs, needs, strict=True)):
-        ni, ri = x.shape
-        g[i] = x.global_feats
-        uf[i, :ni] = x.user_feats
-        rf[i, :ri] = x.res_feats
-        pf[i, :, :ri, :ni] = x.pair_feats
-        um[i, :ni] = x.user_mask
-        rm[i, :ri] = x.res_mask
-        nd[i, :ni] = need
-    return Batch(
-        torch.from_numpy(g),
-        torch.from_numpy(uf),
-        torch.from_numpy(rf),
-        torch.from_numpy(pf),
-        torch.from_numpy(um),
-        torch.from_numpy(rm),
-        torch.from_numpy(nd),
-        torch.as_tensor(np.asarray(caps, np.int64)),
-    )
+        padded.put(i, x)
+        nd[i, : x.shape[0]] = need
+    g, uf, rf, pf, um, rm = (torch.from_numpy(a) for a in padded.arrays())
+    return Batch(g, uf, rf, pf, um, rm, torch.from_numpy(nd), torch.as_tensor(np.asarray(caps, np.int64)))
 
 
 def pad_tokens(tokens: Sequence[np.ndarray], num_res: int) -> torch.Tensor:

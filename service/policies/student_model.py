@@ -162,15 +162,7 @@ class LoadedModel:
         size, num_ue, num_res = batch.capacity
         out = np.zeros((size, num_res, num_ue + 1), np.float32)
         for b, (n, r) in enumerate(batch.shapes):
-            item = StudentInputs(
-                batch.global_feats[b],
-                np.ascontiguousarray(batch.user_feats[b, :n]),
-                np.ascontiguousarray(batch.res_feats[b, :r]),
-                np.ascontiguousarray(batch.pair_feats[b, :, :r, :n]),
-                np.ascontiguousarray(batch.user_mask[b, :n]),
-                np.ascontiguousarray(batch.res_mask[b, :r]),
-            )
-            out[b, :r, : n + 1] = self.logits(item)
+            out[b, :r, : n + 1] = self.logits(batch.item(b))
         return out
 
     def bind(self, inputs: StudentInputs) -> tuple[Any, np.ndarray]:

@@ -139,15 +139,17 @@ class StudentInputs:
     res_mask: np.ndarray
 
     @staticmethod
-    def empty(num_ue: int, num_res: int) -> StudentInputs:
-        """Zeroed buffers for an N × R slot (reused across slots of the same shape)."""
+    def empty(num_ue: int, num_res: int, batch: int | None = None) -> StudentInputs:
+        """Zeroed buffers for an N × R slot (reused across slots of the same shape); with
+        ``batch``, every array with a leading batch axis of that size (``StudentBatch``)."""
+        lead = () if batch is None else (batch,)
         return StudentInputs(
-            np.zeros(NUM_GLOBAL, np.float32),
-            np.zeros((num_ue, NUM_USER), np.float32),
-            np.zeros((num_res, NUM_RES), np.float32),
-            np.zeros((NUM_PAIR, num_res, num_ue), np.float32),
-            np.zeros(num_ue, np.float32),
-            np.zeros(num_res, np.float32),
+            np.zeros((*lead, NUM_GLOBAL), np.float32),
+            np.zeros((*lead, num_ue, NUM_USER), np.float32),
+            np.zeros((*lead, num_res, NUM_RES), np.float32),
+            np.zeros((*lead, NUM_PAIR, num_res, num_ue), np.float32),
+            np.zeros((*lead, num_ue), np.float32),
+            np.zeros((*lead, num_res), np.float32),
         )
 
     @property
@@ -167,60 +169,49 @@ class StudentInputs:
 class StudentBatch:
     """B serialized slots padded to one (N, R): the student graph's batched input.
 
-    global_feats [B, G], user_feats [B, N, Fu], res_feats [B, R, Fr], pair_feats [B, Fp, R, N],
-    user_mask [B, N], res_mask [B, R]; item b fills [:n_b] users and [:r_b] resources, the rest
-    is zero (masks 0). ``shapes[b]`` = (n_b, r_b). The served network pools with masked products,
-    so an item's logits [:r_b, :n_b + 1] are bitwise its logits alone (``trainer.export``
-    checks every exported model for it).
+    ``inputs``: the six arrays of ``StudentInputs`` with a leading batch axis — global_feats
+    [B, G], user_feats [B, N, Fu], res_feats [B, R, Fr], pair_feats [B, Fp, R, N], user_mask
+    [B, N], res_mask [B, R]; item b fills [:n_b] users and [:r_b] resources, the rest is zero
+    (masks 0). ``shapes[b]`` = (n_b, r_b). The served network pools with masked products, so an
+    item's logits [:r_b, :n_b + 1] are bitwise its logits alone (``trainer.export`` checks every
+    exported model for it).
     """
 
-    global_feats: np.ndarray
-    user_feats: np.ndarray
-    res_feats: np.ndarray
-    pair_feats: np.ndarray
-    user_mask: np.ndarray
-    res_mask: np.ndarray
+    inputs: StudentInputs
     shapes: list[tuple[int, int]]
 
     @staticmethod
     def empty(batch: int, num_ue: int, num_res: int) -> StudentBatch:
         """Zeroed buffers for ``batch`` slots of at most ``num_ue`` users and ``num_res`` resources."""
-        return StudentBatch(
-            np.zeros((batch, NUM_GLOBAL), np.float32),
-            np.zeros((batch, num_ue, NUM_USER), np.float32),
-            np.zeros((batch, num_res, NUM_RES), np.float32),
-            np.zeros((batch, NUM_PAIR, num_res, num_ue), np.float32),
-            np.zeros((batch, num_ue), np.float32),
-            np.zeros((batch, num_res), np.float32),
-            [(0, 0)] * batch,
-        )
+        return StudentBatch(StudentInputs.empty(num_ue, num_res, batch), [(0, 0)] * batch)
 
     @property
     def capacity(self) -> tuple[int, int, int]:
         """(B, N, R) of the buffers."""
-        return int(self.user_mask.shape[0]), int(self.user_mask.shape[1]), int(self.res_mask.shape[1])
+        b, n = self.inputs.user_mask.shape
+        return int(b), int(n), int(self.inputs.res_mask.shape[1])
 
     def put(self, b: int, inputs: StudentInputs) -> None:
-        """Copy one serialized slot into item ``b`` and zero its padding."""
-        n, r = inputs.shape
-        self.global_feats[b] = inputs.global_feats
-        self.user_feats[b, :n] = inputs.user_feats
-        self.user_feats[b, n:] = 0.0
-        self.res_feats[b, :r] = inputs.res_feats
-        self.res_feats[b, r:] = 0.0
-        pair = self.pair_feats[b]
-        pair[:, :r, :n] = inputs.pair_feats
-        pair[:, :r, n:] = 0.0
-        pair[:, r:] = 0.0
-        self.user_mask[b, :n] = inputs.user_mask
-        self.user_mask[b, n:] = 0.0
-        self.res_mask[b, :r] = inputs.res_mask
-        self.res_mask[b, r:] = 0.0
-        self.shapes[b] = (n, r)
+        """Copy one serialized slot into item ``b``; the rest of the item is zero."""
+        refill = self.shapes[b] != (0, 0)  # a fresh item is zero already
+        for dst, src in zip(self.inputs.arrays(), inputs.arrays(), strict=True):
+            item = dst[b]
+            if refill:
+                item[...] = 0.0
+            item[tuple(slice(0, k) for k in src.shape)] = src
+        self.shapes[b] = inputs.shape
+
+    def item(self, b: int) -> StudentInputs:
+        """Item ``b`` without its padding (contiguous copies)."""
+        n, r = self.shapes[b]
+        x = StudentInputs.empty(n, r)
+        for dst, src in zip(x.arrays(), self.inputs.arrays(), strict=True):
+            dst[...] = src[b][tuple(slice(0, k) for k in dst.shape)]
+        return x
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """The six arrays in ``INPUT_NAMES`` order, each [B, ...]."""
-        return (self.global_feats, self.user_feats, self.res_feats, self.pair_feats, self.user_mask, self.res_mask)
+        return self.inputs.arrays()
 
 
 def _stats(values: np.ndarray) -> tuple[float, float, float, float]:

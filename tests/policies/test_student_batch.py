@@ -233,3 +233,19 @@ def test_a_cell_whose_serialization_fails_falls_back_alone_and_the_batch_goes_on
         assert (d.policy, d.fallback_reason, d.fallback) == (want.policy, want.fallback_reason, want.fallback)
     assert out[1].policy != "student" and out[1].fallback_reason == "error" and "a broken slot" in out[1].fallback
     assert all(d.policy == "student" for k, d in enumerate(out) if k != 1)
+
+
+def test_a_batch_item_refilled_with_a_smaller_slot_is_padded_with_zeros_and_gives_it_back() -> None:
+    rng = np.random.default_rng(12)
+    small, big = sorted((cell[-1] for cell in _cells(rng, "mac", 2, 2)), key=lambda st: st.num_ue * st.num_res)
+    assert small.num_ue * small.num_res < big.num_ue * big.num_res
+    n, r = max(big.num_ue, small.num_ue), max(big.num_res, small.num_res)
+    reused, fresh = StudentBatch.empty(2, n, r), StudentBatch.empty(2, n, r)
+    reused.put(1, serialize(big))
+    reused.put(1, serialize(small))
+    fresh.put(1, serialize(small))
+    for a, b in zip(reused.arrays(), fresh.arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(reused.item(1).arrays(), serialize(small).arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert reused.shapes == [(0, 0), (small.num_ue, small.num_res)]
