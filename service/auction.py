@@ -11,11 +11,13 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    **Lists** — ``dense_lists``: the dense value matrix copied out of the slot's utility in row
    blocks, each block's exact top-k lists found while it is in cache (a threshold from strided
    group maxima, then an exact selection among the few entries above it); ``top_lists`` in one.
-   **Coarse** — ``group_lists``: each user's best available channel in each of its ``k`` best
-   column groups (group maxima in one pass over the rows, no dense copy); ``auction_prices``
-   with a large ``ε`` on those (or the exact) lists and no list refresh (a few rounds, O(U·k)
-   each), completed by ``best_free_fill`` (leftover users bid for their best free channels on
-   their dense rows): within a few per cent of the optimum, early.
+   **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
+   ``1/16`` of the users and of the channels), fitted on the channels' bandwidth;
+   ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
+   column segments (one pass over the rows, no dense copy); ``auction_prices`` with a large
+   ``ε`` from the estimated prices on those (or the exact) lists and no list refresh (a few
+   rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best free
+   channels on their dense rows): within a few per cent of the optimum, early.
 1. **Prices** — ``auction_prices``: a forward Jacobi auction (Bertsekas) with increment ``ε``,
    every unassigned user bidding at once, each user holding the outside option "no channel"
    worth 0. A user bids from a list of its best channels by *reduced* value ``value − price``
@@ -122,40 +124,69 @@ def best_free_fill(match: np.ndarray, idle_value: np.ndarray, *, per_user: int =
     return out
 
 
-def group_lists(
+def market_prices(
     source: np.ndarray,
     rows: np.ndarray,
-    available: np.ndarray,
+    cols: np.ndarray,
+    width: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    fraction: int = 16,
+    eps_rel: float = 1e-2,
+    max_rounds: int = 30,
+) -> np.ndarray:
+    """An estimate of the channel prices float64 [F] >= 0 that the auction on
+    ``source[rows][:, cols]`` ends with, from a sub-market, in O((U·F) / fraction²).
+
+    source: float64 [N, R] >= 0; rows: int64 [U]; cols: int64 [F]; width: float64 [F] the
+    channels' bandwidths. A seeded random ``1/fraction`` of the users and of the channels keeps
+    the market's balance of users to channels; its coarse auction (``auction_prices``, increment
+    ``eps_rel · max``, at most ``max_rounds`` rounds) prices the sampled channels, and a least-squares
+    fit of those prices on ``[1, w, w²]`` (``w`` the bandwidth over the widest) prices every channel,
+    clipped at 0. With equal bandwidths the estimate is the sub-market's mean price.
+    """
+    u_n, f_n = rows.size, cols.size
+    su = np.sort(rng.choice(u_n, max(2, min(u_n, u_n // fraction)), replace=False))
+    sc = np.sort(rng.choice(f_n, max(2, min(f_n, f_n // fraction)), replace=False))
+    sub = source[np.ix_(rows[su], cols[sc])]  # [s, c]
+    auc = auction_prices(sub, eps_rel, list_size=8, max_rounds=max_rounds)
+    top = float(width.max(initial=0.0))
+    w = width / top if top > 0 else np.ones(f_n)
+    features = np.stack([np.ones(f_n), w, w * w], axis=1)  # [F, 3]
+    coef, *_ = np.linalg.lstsq(features[sc], auc.prices, rcond=None)
+    return np.maximum(features @ coef, 0.0)
+
+
+def segment_lists(
+    source: np.ndarray,
+    rows: np.ndarray,
+    prices: np.ndarray,
     k: int,
     *,
-    group: int = 8,
     stop: Callable[[float], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Each row's best available channel in each of its ``k`` best column groups, without copying
-    the dense matrix: the coarse stage's cheap lists.
+    """Each row's best channel by reduced value ``source − prices`` in each of ``k`` contiguous
+    column segments, in one pass over the rows without copying the dense matrix: the coarse
+    stage's cheap lists.
 
-    source: float64 [N, R] >= 0; rows: int64 [U] the rows wanted; available: bool [R] the
-    channels that may be listed; ``group`` a power of two. One pass over the rows (row blocks;
-    before each, ``stop(share of the rows done)`` may end the work) takes the maxima over the
-    available channels of contiguous groups of ``group`` columns (a pairwise tree; the last
-    ``R mod group`` columns are one more group); the ``k`` groups with the largest maxima are
-    then read again (``stop(1.0)`` asked first) for the channel holding each maximum. The lists
-    approximate each row's top ``k``: two of them in one group count once. Returns (channels
-    int64 [U, k] column indices of ``source``, values float64 [U, k], ``-inf`` where a group has
-    no available channel of positive value), or None when ``stop`` returned True.
+    source: float64 [N, R] >= 0; rows: int64 [U] the rows wanted; prices: float64 [R] (``inf``
+    for a channel that may not be listed). The segments are ``R // k`` columns wide, the last
+    ``R mod k`` columns one more. With prices near the auction's (``market_prices``), the lists
+    hold channels the users can win, not only the channels everyone wants. Row blocks, their
+    reduced values written into a cache-sized buffer; before each, ``stop(share of the rows done)`` may end the
+    work. Returns (channels int64 [U, S] column indices of ``source``, values float64 [U, S],
+    ``-inf`` where a segment has no channel that may be listed), S = k (+1 with a remainder),
+    or None when ``stop`` returned True.
     """
-    if group < 2 or group & (group - 1):
-        raise ValueError("group must be a power of two >= 2")
     r_src = source.shape[1]
     u_n = rows.size
-    g_n = r_src // group
-    width = g_n * group
-    g_all = g_n + (width < r_src)
-    k = min(k, g_all)
-    if k < 1:
-        return np.zeros((u_n, 0), np.int64), np.zeros((u_n, 0))
-    mask = available.astype(np.float64)
-    gmax = np.empty((u_n, g_all))
+    k = max(1, min(k, r_src))
+    seg = r_src // k
+    body = seg * k
+    n_lists = k + (body < r_src)
+    lists = np.empty((u_n, n_lists), np.int64)
+    reduced = np.empty((u_n, n_lists))
+    offset = np.arange(k) * seg
     step = max(1, _CHUNK_ELEMS // max(r_src, 1))
     buf = np.empty((step, r_src))
     for s in range(0, u_n, step):
@@ -163,35 +194,17 @@ def group_lists(
             return None
         b = min(step, u_n - s)
         blk = buf[:b]
-        np.take(source, rows[s : s + b], axis=0, out=blk)
-        blk *= mask  # unavailable channels: 0, never a group's maximum unless the group has nothing better
-        level = blk[:, :width]
-        while level.shape[1] > g_n:  # pairwise maxima: group -> group / 2 -> ... -> 1 column per group
-            level = np.maximum(level[:, 0::2], level[:, 1::2])
-        gmax[s : s + b, :g_n] = level
-        if width < r_src:
-            np.max(blk[:, width:], axis=1, out=gmax[s : s + b, g_n])
-    if stop is not None and stop(1.0):  # asked once more before the final selection
-        return None
-    # the k groups with the largest maxima: a threshold (fast, sorted) where it picks exactly k
-    t = np.sort(gmax, axis=1)[:, g_all - k]
-    sel = np.flatnonzero(gmax >= t[:, None])
-    cnt = np.bincount(sel // g_all, minlength=u_n)
-    top = np.empty((u_n, k), np.int64)
-    ok = cnt == k
-    top[ok] = (sel[ok[sel // g_all]] % g_all).reshape(-1, k)
-    bad = np.flatnonzero(~ok)  # ties at the threshold
-    if bad.size:
-        top[bad] = np.argpartition(gmax[bad], g_all - k, axis=1)[:, g_all - k :]
-    # the channel holding each maximum: the group's first entry equal to it (read from the source)
-    first = top * group  # [U, k]
-    cols = first[:, :, None] + np.arange(group)  # [U, k, group]
-    if width < r_src:  # the last group is short: repeat its last column
-        np.minimum(cols, r_src - 1, out=cols)
-    vals = source.ravel().take(cols + (rows * r_src)[:, None, None]) * mask.take(cols)
-    chan = np.minimum(first + vals.argmax(axis=2), r_src - 1)
-    best = np.take_along_axis(gmax, top, 1)
-    return chan, np.where(best > 0, best, -np.inf)
+        np.subtract(source[rows[s : s + b]], prices, out=blk)  # reduced values; -inf: may not be listed
+        parts = blk[:, :body].reshape(b, k, seg)
+        best = parts.argmax(axis=2)  # [b, k]
+        lists[s : s + b, :k] = best + offset
+        reduced[s : s + b, :k] = np.take_along_axis(parts, best[:, :, None], 2)[:, :, 0]
+        if body < r_src:
+            tail = blk[:, body:].argmax(axis=1)
+            lists[s : s + b, k] = tail + body
+            reduced[s : s + b, k] = blk[np.arange(b), body + tail]
+    values = np.where(np.isfinite(reduced), source[rows[:, None], lists], -np.inf)  # the values themselves
+    return lists, values
 
 
 def dense_lists(
@@ -340,6 +353,7 @@ def auction_prices(
     stop: Callable[[], bool] | None = None,
     lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     max_rounds: int | None = None,
+    start_prices: np.ndarray | None = None,
 ) -> AuctionResult:
     """Forward Jacobi auction with outside option 0 (maximisation), bounded candidate lists.
 
@@ -355,11 +369,13 @@ def auction_prices(
     when the caller computed it already (its width is then the list size; it is updated in place
     when a list is rebuilt). A bound of ``-inf`` never rebuilds a list: users bid from their lists
     only and take the outside option once nothing on the list is worth its price (the coarse
-    stage's cheap variant).
+    stage's cheap variant). ``start_prices``: float64 [F] >= 0 to start from (default 0), e.g.
+    an estimate of the final prices (``market_prices``); any start >= 0 keeps the lists'
+    bounds valid, since prices only rise.
     """
     u_n, f_n = value.shape
     k = min(list_size, f_n) if lists is None else lists[0].shape[1]
-    prices = np.zeros(f_n)
+    prices = np.zeros(f_n) if start_prices is None else np.maximum(start_prices, 0.0)
     cand, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists  # cand: int64 [U, K]
     if k == f_n:
         bound[:] = -np.inf  # the lists hold every channel

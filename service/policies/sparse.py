@@ -15,12 +15,15 @@ valid decision behind, so the policy is *anytime* (the kernels and their equatio
    ``coarse_eps_rel · max(value)`` on lists it never rebuilds, for at most ``coarse_rounds``
    rounds (the clock checked every round); users left without a channel bid for their best
    free channels on their dense rows, then the sorted rule: a few per cent from the optimum,
-   early. When stage 1 is predicted to fit, it runs on the exact lists of stage 1 (and the
-   auction follows), unless stages 3 and 4 are predicted to fit after stage 1 anyway; otherwise
-   it runs *before* stage 1, on cheaper lists read without copying the dense matrix (each
-   user's best channel in its ``coarse_list_size`` best groups of 8 channels,
-   ``group_lists``), and stage 1 follows if time is left. Either lists stop in time for the
-   sampled bids, which run instead when they are cut.
+   early. When stages 1 and 3 are predicted to fit, it runs on the exact lists of stage 1 (and
+   the auction follows), unless stages 3 and 4 are predicted to fit after stage 1 anyway;
+   otherwise it runs *before* stage 1 on cheaper lists read without copying the dense matrix
+   (when those are predicted to fit; else on the exact lists, as before): the final
+   prices are estimated from a sub-market of ``1/market_fraction`` of the users and channels
+   (``market_prices``), each user lists its best channel by value minus those prices in each of
+   ``coarse_list_size`` column segments (``segment_lists``), and the auction starts from the
+   estimated prices; stage 1 follows if time is left. Either lists stop in time for the sampled
+   bids, which run instead when they are cut.
 3. **Prices** — the bounded-list forward auction with increment ``ε = eps_rel · max(value)``
    on the same lists, stopped when at most ``stop_fraction`` of the users are still unassigned.
 4. **Exact on a sparse graph** — candidate pairs within ``candidate_slack · ε`` of each user's
@@ -56,12 +59,13 @@ from service.auction import (
     candidate_pairs,
     dense_lists,
     dual_check,
-    group_lists,
     list_upper_bound,
+    market_prices,
     matching_prices,
     matching_value,
     relative_gap,
     sampled_bids,
+    segment_lists,
     sorted_fill,
     sparse_max_matching,
     top_lists,
@@ -116,14 +120,16 @@ class _ListsClock:
 
 
 #: the lists' final selection, relative to their row blocks' time (``_ListsClock``)
-_TAIL = {"group": 1.3, "lists": 0.25}
+_TAIL = {"segments": 0.05, "lists": 0.25}
 #: first-call estimates of each stage's cost in seconds per (user, channel) pair (``fill``: per
-#: pair of a leftover user and a free channel) at 1424 × 1600 on 2 cores (``group``, ``coarse``
-#: and ``fill`` from their cost relative to ``lists`` on a loaded machine); replaced by a moving
-#: average of what the instance observes. ``lists`` includes copying the dense matrix.
+#: pair of a leftover user and a free channel; ``market``: per pair of the whole instance, for
+#: its sub-market) at 1424 × 1600 on 2 cores (``coarse`` and ``fill`` from their cost relative
+#: to ``lists`` on a loaded machine); replaced by a moving average of what the instance
+#: observes. ``lists`` includes copying the dense matrix.
 DEFAULT_STAGE_COST_S = {
     "sampled": 5e-8,
-    "group": 2.5e-9,
+    "market": 1.2e-9,
+    "segments": 3.5e-9,
     "lists": 4e-9,
     "coarse": 1.5e-9,
     "fill": 2e-8,
@@ -145,11 +151,12 @@ class Auction(Policy):
     ``dense_below`` the number of pairs up to which the dense exact solver is used instead;
     ``reserve_s`` the time kept for the pipeline's check and repair before the deadline;
     ``stage_cost_s`` first estimates of the stages' cost in seconds per pair (``sampled``,
-    ``group``, ``lists``, ``coarse``, ``fill``, ``auction``, ``match``, ``check``; default
-    ``DEFAULT_STAGE_COST_S``), refined as it runs; ``samples`` channels per user drawn (seeded)
-    for the stage-0 bids; ``coarse_eps_rel``, ``coarse_rounds`` and ``coarse_list_size`` the
-    coarse stage's increment (relative to the largest value), its most rounds and the length of
-    its cheap lists.
+    ``market``, ``segments``, ``lists``, ``coarse``, ``fill``, ``auction``, ``match``, ``check``;
+    default ``DEFAULT_STAGE_COST_S``), refined as it runs; ``samples`` channels per user drawn
+    (seeded) for the stage-0 bids; ``coarse_eps_rel``, ``coarse_rounds`` and ``coarse_list_size``
+    the coarse stage's increment (relative to the largest value), its most rounds and the number
+    of column segments of its cheap lists; ``market_fraction`` the share (1 in it) of users and
+    channels in the sub-market that estimates the prices for those lists.
     """
 
     name = "auction"
@@ -168,16 +175,18 @@ class Auction(Policy):
         samples: int = 32,
         coarse_eps_rel: float = 1e-2,
         coarse_rounds: int = 30,
-        coarse_list_size: int = 24,
+        coarse_list_size: int = 16,
+        market_fraction: int = 16,
     ) -> None:
         if not eps_rel > 0 or list_size < 2 or not 0 <= stop_fraction < 1 or candidate_slack < 1:
             raise ValueError("need eps_rel > 0, list_size >= 2, 0 <= stop_fraction < 1, candidate_slack >= 1")
-        if not coarse_eps_rel > 0 or coarse_rounds < 0 or coarse_list_size < 1:
-            raise ValueError("need coarse_eps_rel > 0, coarse_rounds >= 0, coarse_list_size >= 1")
+        if not coarse_eps_rel > 0 or coarse_rounds < 0 or coarse_list_size < 1 or market_fraction < 1:
+            raise ValueError("need coarse_eps_rel > 0, coarse_rounds >= 0, coarse_list_size >= 1, market_fraction >= 1")
         self.eps_rel, self.list_size, self.stop_fraction = eps_rel, list_size, stop_fraction
         self.candidate_slack, self.max_repairs, self.dense_below = candidate_slack, max_repairs, dense_below
         self.reserve_s, self.samples = reserve_s, samples
         self.coarse_eps_rel, self.coarse_rounds, self.coarse_list_size = coarse_eps_rel, coarse_rounds, coarse_list_size
+        self.market_fraction = market_fraction
         self._cost = {**DEFAULT_STAGE_COST_S, **(stage_cost_s or {})}
 
     def _observe(self, stage: str, seconds: float, pairs: int) -> None:
@@ -210,13 +219,17 @@ class Auction(Policy):
         if ctx.deadline is not None:
             left = ctx.time_left_s() - self.reserve_s
             # room for the sampled bids after the lists (the lists stop in time for them; when they
-            # finish, the coarse stage's completion has that time): the exact lists predicted to fit
-            # -> the coarse stage on them, then the auction; else the cheaper coarse lists predicted
-            # to fit -> the coarse stage on them; else the sampled bids
+            # finish, the coarse stage's completion has that time): the exact lists and the auction
+            # predicted to fit -> the exact lists, the coarse stage on them when the auction might
+            # not fit after them, then the auction; else the cheaper priced lists predicted to fit ->
+            # the coarse stage on them (the exact lists and the auction follow if time is left); else
+            # the exact lists predicted to fit -> as in the first case; else the sampled bids
             room = self._cost["sampled"] * n_sampled  # the moving average, no margin
-            coarse_here = left >= lists_cost + room
+            auction_fits = left >= lists_cost + self._predict("auction", pairs) + room
+            priced_fits = left >= (self._cost["market"] + self._cost["segments"]) * pairs + room
+            coarse_here = left >= lists_cost + room and (auction_fits or not priced_fits)
             if not coarse_here:
-                if left >= self._cost["group"] * pairs + room:
+                if priced_fits:
                     match = self._early_coarse(state, ctx, users, res, strength, width, match, room)
                 else:
                     match = self._sampled(state, ctx, users, res, strength, width, match)
@@ -288,22 +301,32 @@ class Auction(Policy):
         match: np.ndarray,
         room: float,
     ) -> np.ndarray:
-        """The coarse stage on the cheap group lists (no dense copy), when the exact lists are not
-        predicted to fit; the lists stop ``room`` seconds before the deadline's reserve, for the
-        sampled bids, which then run instead when they fit."""
+        """The coarse stage on the cheap segment lists at estimated prices (no dense copy), when
+        the exact lists are not predicted to fit; the lists stop ``room`` seconds before the
+        deadline's reserve, for the sampled bids, which then run instead when they fit."""
         assert ctx.deadline is not None
-        t0 = time.perf_counter()
         pairs = users.size * res.size
-        clock = _ListsClock(ctx.deadline - self.reserve_s - room, _TAIL["group"], self._cost["group"] * pairs)
-        got = group_lists(state.utility, users, state.resource_available, self.coarse_list_size, stop=clock)
+        t0 = time.perf_counter()
+        # the sub-market draws from a child of the slot's generator, so that the sampled bids after
+        # cut lists are those of a slot whose lists never fitted
+        sub_rng = ctx.rng.spawn(1)[0]
+        est = market_prices(state.utility, users, res, width, sub_rng, fraction=self.market_fraction)  # [F]
+        t1 = time.perf_counter()
+        ctx.info.setdefault("stage_ms", {})["market"] = (t1 - t0) * 1e3
+        self._observe("market", t1 - t0, pairs)
+        prices = np.full(state.num_res, np.inf)
+        prices[res] = est
+        clock = _ListsClock(ctx.deadline - self.reserve_s - room, _TAIL["segments"], self._cost["segments"] * pairs)
+        got = segment_lists(state.utility, users, prices, self.coarse_list_size, stop=clock)
         if got is None:  # learn what they would have cost, then the sampled bids
             if clock.projected > 0:
-                self._observe("group", clock.projected, pairs)
+                self._observe("segments", clock.projected, pairs)
             ctx.info["anytime"] = "cut by the deadline in the coarse lists"
             return self._sampled(state, ctx, users, res, strength, width, match)
-        ctx.info.setdefault("stage_ms", {})["coarse_lists"] = (time.perf_counter() - t0) * 1e3
-        self._observe("group", time.perf_counter() - t0, pairs)
-        pos = np.zeros(state.num_res, np.int64)
+        t2 = time.perf_counter()
+        ctx.info["stage_ms"]["coarse_lists"] = (t2 - t1) * 1e3
+        self._observe("segments", t2 - t1, pairs)
+        pos = np.zeros(state.num_res, np.int64)  # a channel that may not be listed has the value -inf
         pos[res] = np.arange(res.size)
         chan, vals = got
 
@@ -314,7 +337,7 @@ class Auction(Policy):
             has = np.flatnonzero(m >= 0)
             return float(state.utility[users[has], res[m[has]]].sum())
 
-        return self._coarse(pos[chan], vals, res.size, rows_of, score, strength, width, match, ctx)
+        return self._coarse(pos[chan], vals, res.size, rows_of, score, strength, width, match, ctx, start=est)
 
     def _coarse(
         self,
@@ -327,11 +350,13 @@ class Auction(Policy):
         width: np.ndarray,
         match: np.ndarray,
         ctx: PolicyContext,
+        start: np.ndarray | None = None,
     ) -> np.ndarray:
         """The coarse auction (increment ``coarse_eps_rel``, lists never rebuilt, at most
-        ``coarse_rounds`` rounds, the clock checked every round) on lists int64 [U, K] of channels
-        0..f_n-1 with their values [U, K], completed; its matching when it scores at least
-        ``match``'s. rows_of(idx) gives the dense value rows [len(idx), f_n]."""
+        ``coarse_rounds`` rounds, the clock checked every round, prices from ``start`` [f_n] or 0)
+        on lists int64 [U, K] of channels 0..f_n-1 with their values [U, K], completed; its
+        matching when it scores at least ``match``'s. rows_of(idx) gives the dense value rows
+        [len(idx), f_n]."""
         assert ctx.deadline is not None
         u_n = lists.shape[0]
         t0 = time.perf_counter()
@@ -347,6 +372,7 @@ class Auction(Policy):
             stop=clock,
             lists=(lists, list_value, np.full(u_n, -np.inf)),
             max_rounds=self.coarse_rounds,
+            start_prices=start,
         )
         filled = self._complete(auc, rows_of, strength, width, ctx)
         t1 = time.perf_counter()

@@ -25,9 +25,10 @@ from service.auction import (
     candidate_pairs,
     dense_lists,
     dual_check,
-    group_lists,
+    market_prices,
     matching_prices,
     sampled_bids,
+    segment_lists,
     sorted_fill,
     sparse_max_matching,
     top_lists,
@@ -183,7 +184,7 @@ def test_through_the_pipeline_a_predicted_overrun_is_cut_not_replaced():
     pset = PolicySet(factories={"auction": lambda: Auction(dense_below=0)})
     full = decide(state, CellHistory.empty(), "auction", policies=pset, deadline_s=30.0)
     assert full.notes["anytime"] == "complete" and full.notes["certified_optimal"]
-    slow_cost = {"lists": 1.0, "group": 1.0}  # neither the exact nor the coarse lists fit
+    slow_cost = {"lists": 1.0, "segments": 1.0}  # neither the exact nor the coarse lists fit
     slow = PolicySet(factories={"auction": lambda: Auction(dense_below=0, stage_cost_s=slow_cost)})
     d = decide(state, CellHistory.empty(), "auction", policies=slow, fallbacks=["greedy"], deadline_s=2.0)
     assert d.policy == "auction" and d.fallback is None and is_valid(state, d.owner)
@@ -299,10 +300,10 @@ def _ladder(state: SlotState) -> dict[str, tuple[str, np.ndarray]]:
     """The decision each stage of the ladder leaves on ``state``, every stage forced by absurd
     predicted costs of the ones after it (a deadline far away: no clock decides anything)."""
     costs = {
-        "sorted": {"lists": 1.0, "group": 1.0, "sampled": 1.0},
-        "sampled": {"lists": 1.0, "group": 1.0},
-        "coarse_group": {"lists": 1.0},  # on the cheap group lists: the exact ones never fit
-        "coarse_exact": {"auction": 1.0},  # on the exact lists: the auction never fits
+        "sorted": {"lists": 1.0, "segments": 1.0, "sampled": 1.0},
+        "sampled": {"lists": 1.0, "segments": 1.0},
+        "coarse_segments": {"lists": 1.0},  # on the cheap segment lists: the exact ones never fit
+        "coarse_exact": {"auction": 1.0, "segments": 1.0},  # on the exact lists: the auction never fits
         "full": {},
     }
     out = {}
@@ -323,11 +324,11 @@ def test_the_coarse_stage_is_valid_deterministic_and_between_sampled_and_the_opt
         assert is_valid(state, owner)
     # a later stage is never worse; the coarse one lands within a few per cent of the optimum
     km = _km_value(state)
-    for coarse in ("coarse_group", "coarse_exact"):
+    for coarse in ("coarse_segments", "coarse_exact"):
         assert value["sorted"] <= value["sampled"] < value[coarse] <= value["full"]
         assert value[coarse] >= 0.95 * km
     again = _ladder(state)
-    for coarse in ("coarse_group", "coarse_exact"):
+    for coarse in ("coarse_segments", "coarse_exact"):
         assert np.array_equal(again[coarse][1], ladder[coarse][1]), "same slot, other coarse decision"
 
 
@@ -360,7 +361,7 @@ def test_the_coarse_stage_on_the_exact_lists_is_valid_deterministic_and_better_t
 
 def test_through_the_pipeline_the_coarse_decision_is_kept_and_flagged():
     state = _spectrum_slot(np.random.default_rng(23), 400, 450)
-    for cost, where in (({"lists": 1.0}, "coarse_lists"), ({"auction": 1.0}, "lists")):
+    for cost, where in (({"lists": 1.0}, "coarse_lists"), ({"auction": 1.0, "segments": 1.0}, "lists")):
         pset = PolicySet(factories={"auction": lambda cost=cost: Auction(dense_below=0, stage_cost_s=cost)})
         d = decide(state, CellHistory.empty(), "auction", policies=pset, fallbacks=["greedy"], deadline_s=60.0)
         assert d.policy == "auction" and d.fallback is None and d.valid_before_repair
@@ -371,6 +372,18 @@ def test_through_the_pipeline_the_coarse_decision_is_kept_and_flagged():
         assert np.array_equal(again.owner, d.owner)
 
 
+def test_without_time_for_the_auction_the_priced_coarse_stage_runs_first_and_the_exact_lists_after_it():
+    """The auction not predicted to fit: the coarse stage on the priced segment lists, not on the
+    exact lists; the exact lists still follow (time is left) and the decision stays the coarse one."""
+    state = _spectrum_slot(np.random.default_rng(26), 400, 450)
+    ctx = _ctx(state, deadline=time.perf_counter() + 60.0)
+    owner = Auction(dense_below=0, stage_cost_s={"auction": 1.0})(state, ctx)
+    assert ctx.info["stage"] == "coarse" and {"market", "coarse_lists", "lists"} <= set(ctx.info["stage_ms"])
+    assert ctx.info["anytime"].startswith("cut by the deadline before the auction")
+    only_priced = _ladder(state)["coarse_segments"][1]  # the exact lists never fit
+    assert np.array_equal(owner, only_priced)
+
+
 def test_lists_cut_by_the_deadline_leave_the_sampled_decision(monkeypatch):
     """When the lists stop late (here: always), the sampled bids run in the time kept for them:
     the same decision as when the lists never fit, and the same again."""
@@ -379,7 +392,7 @@ def test_lists_cut_by_the_deadline_leave_the_sampled_decision(monkeypatch):
     state = _spectrum_slot(np.random.default_rng(25), 400, 450)
     want = _ladder(state)["sampled"][1]
     monkeypatch.setattr(sparse, "dense_lists", lambda *a, **k: None)
-    monkeypatch.setattr(sparse, "group_lists", lambda *a, **k: None)
+    monkeypatch.setattr(sparse, "segment_lists", lambda *a, **k: None)
     for cost in ({}, {"lists": 1.0}):  # cut: the exact lists, the coarse lists
         for _ in range(2):
             ctx = _ctx(state, deadline=time.perf_counter() + 60.0)
@@ -427,32 +440,51 @@ def test_dense_lists_copy_the_matrix_and_give_exactly_the_top_lists():
             assert all(np.unique(row).size == row.size for row in lists)
 
 
-def test_group_lists_give_the_best_available_channel_of_the_best_groups():
+def test_segment_lists_give_each_segments_best_channel_by_reduced_value():
     rng = np.random.default_rng(31)
     for trial in range(60):
         n, r = int(rng.integers(1, 50)), int(rng.integers(1, 300))
         src = _source(rng, trial % 4, n, r)
         rows = rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False)
-        avail = rng.random(r) < (1.0 if trial % 2 else 0.8)
-        k, group = int(rng.integers(1, 20)), [2, 4, 8, 16][trial % 4]
-        got = group_lists(src, rows, avail, k, group=group)
+        prices = rng.uniform(0.0, src.max(initial=0.0) + 1.0, r) * (trial % 3 > 0)  # every third: no prices
+        prices[rng.random(r) < 0.3] = np.inf  # channels that may not be listed
+        k = int(rng.integers(1, 20))
+        got = segment_lists(src, rows, prices, k)
         assert got is not None
         chan, vals = got
-        n_groups = -(-r // group)
-        assert chan.shape == vals.shape == (rows.size, min(k, n_groups))
-        member = np.minimum(np.arange(r) // group, n_groups - 1)
+        k = min(k, r)
+        width = r // k
+        member = np.minimum(np.arange(r) // width, k)  # the last r mod k columns: one more segment
+        n_lists = k + (k * width < r)
+        assert chan.shape == vals.shape == (rows.size, n_lists)
         for i, u in enumerate(rows):
-            masked = np.where(avail, src[u], 0.0)
-            gmax = np.zeros(n_groups)
-            np.maximum.at(gmax, member, masked)
-            ok = np.isfinite(vals[i])
-            assert (vals[i][ok] > 0).all() and avail[chan[i][ok]].all()
-            assert np.array_equal(src[u, chan[i][ok]], vals[i][ok])  # the listed channel holds the value
-            assert np.unique(member[chan[i]]).size == chan.shape[1]  # one channel per group
-            assert np.array_equal(gmax[member[chan[i][ok]]], vals[i][ok])  # ... its group's best
-            assert np.sort(gmax)[::-1][: chan.shape[1]].sum() == pytest.approx(np.where(ok, vals[i], 0.0).sum())
-            if masked.max() > 0:
-                assert masked.max() in vals[i]
+            red = src[u] - prices
+            assert (member[chan[i]] == np.arange(n_lists)).all()  # one channel per segment, in order
+            for j in range(n_lists):
+                best = red[member == j].max()
+                if np.isfinite(best):
+                    assert red[chan[i, j]] == best and vals[i, j] == src[u, chan[i, j]]
+                else:  # nothing in the segment may be listed
+                    assert vals[i, j] == -np.inf
+
+
+def test_market_prices_estimate_the_auctions_prices_from_a_seeded_sub_market():
+    state = _spectrum_slot(np.random.default_rng(33), 900, 1000, busy=0.0, inactive=0.0)
+    value = state.utility
+    users, res = np.arange(900), np.arange(1000)
+    width = state.bandwidth_hz
+
+    def estimate(seed: int) -> np.ndarray:
+        return market_prices(value, users, res, width, np.random.default_rng(seed), fraction=8)
+
+    est = estimate(0)
+    assert est.shape == (1000,) and (est >= 0).all() and np.isfinite(est).all()
+    assert np.array_equal(estimate(0), est)  # seeded
+    final = auction_prices(value, 1e-3).prices
+    assert np.corrcoef(est, final)[0, 1] > 0.8  # wide channels cost more, in both
+    assert 0.5 < est.mean() / final.mean() < 2.0
+    flat = market_prices(value, users, res, np.full(1000, 5e6), np.random.default_rng(0), fraction=8)
+    assert np.allclose(flat, flat[0])  # equal bandwidths: one price for every channel
 
 
 def test_the_lists_stop_when_asked():
@@ -472,11 +504,12 @@ def test_the_lists_stop_when_asked():
         asked.clear()
         assert dense_lists(src, rows, cols, 4, stop=stop_from(stop_at)) is None and asked[-1] >= stop_at
         assert (stop_at == 0.0) == (len(asked) == 1)  # stopped before the first block, or after some
+    for stop_at in (0.0, 0.5):  # the segment lists have no final selection: asked before each block
         asked.clear()
-        assert group_lists(src, rows, np.ones(400, bool), 4, stop=stop_from(stop_at)) is None
-        assert asked[-1] >= stop_at
+        assert segment_lists(src, rows, np.zeros(400), 4, stop=stop_from(stop_at)) is None
+        assert asked[-1] >= stop_at and (stop_at == 0.0) == (len(asked) == 1)
     assert dense_lists(src, rows, cols, 4, stop=lambda done: False) is not None
-    assert group_lists(src, rows, np.ones(400, bool), 4, stop=lambda done: False) is not None
+    assert segment_lists(src, rows, np.zeros(400), 4, stop=lambda done: False) is not None
 
 
 def test_best_free_fill_gives_leftover_users_their_best_free_channels():
