@@ -103,7 +103,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the REST and gRPC servers bind to")
     rest_port: int = Field(8000, description="REST (FastAPI/uvicorn) port; 0 disables REST")
     grpc_port: int = Field(50051, description="gRPC port; 0 disables gRPC")
-    workers: int = Field(1, description="uvicorn worker processes (metrics use multiprocess mode when > 1)")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="server processes, each with REST and gRPC on the same ports (metrics use multiprocess "
+        "mode when > 1); 0: one per core the process is given (CPU affinity, capped by the cgroup CPU quota) "
+        "when per-cell state is shared (redis), and 1 with in-process state, where a cell must stay in one "
+        "process",
+    )
     state_url: str = Field(
         "memory://",
         description="per-cell state: memory:// (in process) or redis://host:port/db, "
@@ -291,6 +298,20 @@ class Settings(BaseSettings):
     )
 
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="the LLM teacher policy")
+
+    def worker_count(self) -> int:
+        """Server processes to run: ``workers``, or for 0 one per core given
+        (``service.cores.cores_given``) when the state store is shared, so that every worker sees
+        every cell, and 1 with in-process state. gRPC alone (``rest_port`` 0) runs one process."""
+        if self.rest_port == 0:
+            return 1
+        if self.workers > 0:
+            return self.workers
+        if self.state_url.startswith("memory"):
+            return 1
+        from service.cores import cores_given
+
+        return cores_given()
 
     def default_policy(self, preset: str) -> str:
         return self.default_policy_spectrum if preset == "spectrum" else self.default_policy_mac

@@ -2,8 +2,9 @@
 
 With no arguments: REST on 127.0.0.1:8000, gRPC on 127.0.0.1:50051, in-process per-cell state,
 the default policy per preset. Settings come from the environment (``GNBSCHED_*``, see
-``service.config.Settings``), flags override them. ``--workers N`` (N > 1) runs N uvicorn worker
-processes from an app factory; the merged settings reach them through ``GNBSCHED_*``, metrics
+``service.config.Settings``), flags override them. ``--workers`` 0 (the default) is one process per
+core given (``service.cores``) when per-cell state is shared (redis) and one with in-process state;
+``--workers N`` (N > 1, given or resolved) runs N uvicorn worker processes from an app factory; the merged settings reach them through ``GNBSCHED_*``, metrics
 switch to prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh temporary
 directory unless set), and each worker's gRPC server binds the same port (SO_REUSEPORT).
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, stop gRPC with a grace period.
@@ -293,9 +294,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"gnbsched serve: teacher programs run in the sandbox: {mechanism}", flush=True)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asked = settings.workers
+    settings = settings.model_copy(update={"workers": settings.worker_count()})  # 0: one per core given
     shown = settings.public()
     shown["state_url"] = redact_url(str(shown.get("state_url", "")))
     print("gnbsched serve: " + json.dumps(shown, sort_keys=True), flush=True)
+    if settings.workers != asked:
+        print(f"gnbsched serve: {settings.workers} worker process(es) (asked: {asked})", flush=True)
     if settings.workers > 1 and settings.state_url.startswith("memory"):
         print(
             "gnbsched serve: warning: --workers > 1 with in-process state: each worker keeps its own "

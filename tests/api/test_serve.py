@@ -43,7 +43,8 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_no_arguments_serve_the_embedded_defaults(clean_env) -> None:
     s = serve.settings_from_args(_args())
-    assert (s.host, s.rest_port, s.grpc_port, s.workers) == ("127.0.0.1", 8000, 50051, 1)
+    assert (s.host, s.rest_port, s.grpc_port, s.workers) == ("127.0.0.1", 8000, 50051, 0)
+    assert s.worker_count() == 1  # in-process state: one process
     assert s.state_url == "memory://"
     embedded = {name: f.default for name, f in Settings.model_fields.items()}
     assert (s.default_policy("spectrum"), s.default_policy("mac")) == (

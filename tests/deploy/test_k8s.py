@@ -199,7 +199,9 @@ def test_settings_configmap_parses_as_settings(overlay, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     s = Settings()
-    assert s.host == "0.0.0.0" and s.workers == 1
+    assert s.host == "0.0.0.0" and s.workers == 0  # one process per core given, with shared state
+    if s.state_url.startswith("memory"):
+        assert s.worker_count() == 1  # in-process state: a cell must stay in one process
     assert s.fallbacks, "a fallback chain keeps slots served when the requested policy fails"
     from service.policies.registry import names
 
