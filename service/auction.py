@@ -12,7 +12,7 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    blocks, each block's exact top-k lists found while it is in cache (a threshold from strided
    group maxima, then an exact selection among the few entries above it); ``top_lists`` in one.
    **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
-   ``1/16`` of the users and of the channels), fitted on the channels' bandwidth;
+   ``1/16`` of the users and of the channels), fitted on the channels' bandwidth and mean value;
    ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
    column segments (one pass over the rows, no dense copy); ``auction_prices`` with a large
    ``ε`` from the estimated prices on those (or the exact) lists and no list refresh (a few
@@ -49,6 +49,7 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 FREE = -1  # user still bidding
 OUT = -2  # user took the outside option (no channel is worth its price)
 _CHUNK_ELEMS = 1 << 16  # dense passes run over row blocks of about this many entries (cache-sized)
+MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market prices (the fit's points)
 
 
 # ------------------------------------------------------------------------------- stage 0
@@ -136,23 +137,31 @@ def market_prices(
     max_rounds: int = 30,
 ) -> np.ndarray:
     """An estimate of the channel prices float64 [F] >= 0 that the auction on
-    ``source[rows][:, cols]`` ends with, from a sub-market, in O((U·F) / fraction²).
+    ``source[rows][:, cols]`` ends with, from a sub-market, in O(U·F / fraction).
 
     source: float64 [N, R] >= 0; rows: int64 [U]; cols: int64 [F]; width: float64 [F] the
-    channels' bandwidths. A seeded random ``1/fraction`` of the users and of the channels keeps
-    the market's balance of users to channels; its coarse auction (``auction_prices``, increment
-    ``eps_rel · max``, at most ``max_rounds`` rounds) prices the sampled channels, and a least-squares
-    fit of those prices on ``[1, w, w²]`` (``w`` the bandwidth over the widest) prices every channel,
-    clipped at 0. With equal bandwidths the estimate is the sub-market's mean price.
+    channels' bandwidths. A seeded random ``1/fraction`` of the users and of the channels (a
+    larger share where that leaves fewer than ``MIN_MARKET_CHANNELS`` channels) keeps the
+    market's balance of users to channels; its coarse auction (``auction_prices``, increment
+    ``eps_rel · max``, at most ``max_rounds`` rounds) prices the sampled channels. A least-squares
+    fit of those prices on per-channel features prices every channel (clipped at 0): the
+    bandwidth ``w`` and the sampled users' mean value on the channel ``m`` (each over its
+    largest), with their squares, so that channels that differ by width or by interference are
+    priced alike.
     """
     u_n, f_n = rows.size, cols.size
-    su = np.sort(rng.choice(u_n, max(2, min(u_n, u_n // fraction)), replace=False))
-    sc = np.sort(rng.choice(f_n, max(2, min(f_n, f_n // fraction)), replace=False))
-    sub = source[np.ix_(rows[su], cols[sc])]  # [s, c]
-    auc = auction_prices(sub, eps_rel, list_size=8, max_rounds=max_rounds)
-    top = float(width.max(initial=0.0))
-    w = width / top if top > 0 else np.ones(f_n)
-    features = np.stack([np.ones(f_n), w, w * w], axis=1)  # [F, 3]
+    share = max(1.0 / fraction, min(1.0, MIN_MARKET_CHANNELS / max(f_n, 1)))  # enough channels to fit on
+    su = np.sort(rng.choice(u_n, max(2, min(u_n, round(u_n * share))), replace=False))
+    sc = np.sort(rng.choice(f_n, max(2, min(f_n, round(f_n * share))), replace=False))
+    sampled = source[rows[su]][:, cols]  # [s, F]: the sampled users on every channel
+    auc = auction_prices(np.ascontiguousarray(sampled[:, sc]), eps_rel, list_size=8, max_rounds=max_rounds)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        top = float(x.max(initial=0.0))
+        return x / top if top > 0 else np.ones(f_n)
+
+    w, m = unit(width), unit(sampled.mean(axis=0))
+    features = np.stack([np.ones(f_n), w, w * w, m, m * m], axis=1)  # [F, 5]
     coef, *_ = np.linalg.lstsq(features[sc], auc.prices, rcond=None)
     return np.maximum(features @ coef, 0.0)
 

@@ -332,6 +332,21 @@ def test_the_coarse_stage_is_valid_deterministic_and_between_sampled_and_the_opt
         assert np.array_equal(again[coarse][1], ladder[coarse][1]), "same slot, other coarse decision"
 
 
+def test_the_priced_coarse_stage_holds_where_channels_differ_by_interference_not_width():
+    """One bandwidth, a per-channel interference level: the prices come from the channels' values,
+    and the coarse stage still lands within a few per cent of the optimum."""
+    rng = np.random.default_rng(27)
+    n, r = 500, 600
+    snr = 10 ** (rng.uniform(-5, 25, n) / 10)[:, None] / rng.uniform(0.5, 3.0, r)
+    rate = 5e6 * np.log2(1 + rng.exponential(size=(n, r)) * snr)
+    state = make_slot("spectrum", np.arange(n), np.arange(r), rate_bps=rate, bandwidth_hz=np.full(r, 5e6))
+    ladder = _ladder(state)
+    assert ladder["coarse_segments"][0] == "coarse"
+    value = slot_utility(state, ladder["coarse_segments"][1])
+    assert slot_utility(state, ladder["sampled"][1]) < value <= slot_utility(state, ladder["full"][1])
+    assert value >= 0.985 * _km_value(state)  # prices fitted on the bandwidth alone: 0.980 here
+
+
 def test_the_coarse_stage_on_the_exact_lists_is_valid_deterministic_and_better_than_sampled():
     """The variant that runs in solve() on the exact lists of stage 1 (when the lists, the coarse
     stage and the auction are predicted to fit)."""
@@ -469,22 +484,25 @@ def test_segment_lists_give_each_segments_best_channel_by_reduced_value():
 
 
 def test_market_prices_estimate_the_auctions_prices_from_a_seeded_sub_market():
-    state = _spectrum_slot(np.random.default_rng(33), 900, 1000, busy=0.0, inactive=0.0)
-    value = state.utility
+    """Channels that differ by bandwidth (the LSA slot) or, at one bandwidth, by interference: the
+    estimate follows the prices the full auction ends with, and is seeded."""
+    rng = np.random.default_rng(33)
+    wide = _spectrum_slot(rng, 900, 1000, busy=0.0, inactive=0.0)
+    width = np.full(1000, 5e6)
+    snr = 10 ** (rng.uniform(-5, 25, 900) / 10)[:, None] / rng.uniform(0.5, 3.0, 1000)  # per-channel interference
+    noisy = width * np.log2(1 + rng.exponential(size=(900, 1000)) * snr)
     users, res = np.arange(900), np.arange(1000)
-    width = state.bandwidth_hz
+    for value, bw in ((wide.utility, wide.bandwidth_hz), (noisy, width)):
 
-    def estimate(seed: int) -> np.ndarray:
-        return market_prices(value, users, res, width, np.random.default_rng(seed), fraction=8)
+        def estimate(seed: int, value=value, bw=bw) -> np.ndarray:
+            return market_prices(value, users, res, bw, np.random.default_rng(seed), fraction=8)
 
-    est = estimate(0)
-    assert est.shape == (1000,) and (est >= 0).all() and np.isfinite(est).all()
-    assert np.array_equal(estimate(0), est)  # seeded
-    final = auction_prices(value, 1e-3).prices
-    assert np.corrcoef(est, final)[0, 1] > 0.8  # wide channels cost more, in both
-    assert 0.5 < est.mean() / final.mean() < 2.0
-    flat = market_prices(value, users, res, np.full(1000, 5e6), np.random.default_rng(0), fraction=8)
-    assert np.allclose(flat, flat[0])  # equal bandwidths: one price for every channel
+        est = estimate(0)
+        assert est.shape == (1000,) and (est >= 0).all() and np.isfinite(est).all()
+        assert np.array_equal(estimate(0), est)  # seeded
+        final = auction_prices(value, 1e-3).prices
+        assert np.corrcoef(est, final)[0, 1] > 0.8
+        assert 0.5 < est.mean() / final.mean() < 2.0
 
 
 def test_the_lists_stop_when_asked():
