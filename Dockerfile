@@ -55,7 +55,8 @@ RUN groupadd --system --gid 10001 gnbsched \
       --shell /usr/sbin/nologin gnbsched
 # Settings are GNBSCHED_* (service/config.py); a container must bind all interfaces.
 # The root filesystem may be read-only: the only writable path needed is /tmp (an emptyDir in
-# Kubernetes, a tmpfs in compose), where `gnbsched serve --workers N` (N > 1) creates the
+# Kubernetes, a tmpfs in compose), where `gnbsched serve` with more than one worker process
+# (GNBSCHED_WORKERS; by default one per CPU given when the state is in Redis) creates the
 # prometheus_client multiprocess directory.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
