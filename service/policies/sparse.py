@@ -155,8 +155,8 @@ class Auction(Policy):
     default ``DEFAULT_STAGE_COST_S``), refined as it runs; ``samples`` channels per user drawn
     (seeded) for the stage-0 bids; ``coarse_eps_rel``, ``coarse_rounds`` and ``coarse_list_size``
     the coarse stage's increment (relative to the largest value), its most rounds and the number
-    of column segments of its cheap lists; ``market_fraction`` the share (1 in it) of users and
-    channels in the sub-market that estimates the prices for those lists.
+    of column segments of its cheap lists; ``market_fraction``: the sub-market that estimates the
+    prices for those lists holds 1 in ``market_fraction`` of the users and of the channels.
     """
 
     name = "auction"
@@ -302,7 +302,7 @@ class Auction(Policy):
         room: float,
     ) -> np.ndarray:
         """The coarse stage on the cheap segment lists at estimated prices (no dense copy), when
-        the exact lists are not predicted to fit; the lists stop ``room`` seconds before the
+        the auction is not predicted to complete; the lists stop ``room`` seconds before the
         deadline's reserve, for the sampled bids, which then run instead when they fit."""
         assert ctx.deadline is not None
         pairs = users.size * res.size

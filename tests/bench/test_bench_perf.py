@@ -146,11 +146,15 @@ def test_quick_run_measures_batched_ttis_against_the_echo_floor(quick_run):
         for c, n, r in perf.QUICK.tti_shapes:
             for tr in ("grpc-stream-ttis", "grpc-unary-cells", "rest-batch", "grpc-stream-slots"):
                 expected.append((f"{c}×{n}×{r}", policy, tr))
-        expected += [(f"1×100×{perf.NUM_RBG}", policy, tr) for tr in ("grpc-stream-slots", "rest")]
+        single = ("grpc-stream-slots", "rest", "grpc-stream-slots-concurrent")
+        expected += [(f"1×100×{perf.NUM_RBG}", policy, tr) for tr in single]
     assert set(rows) == set(expected), doc["notes"]
     for key, row in rows.items():
         cells = int(key[0].split("×")[0])
-        assert row["ttis"] == (perf.QUICK.tti_count[(8, 32, 68)] if cells > 1 else perf.QUICK.single_requests)
+        if key[2] == "grpc-stream-slots-concurrent":  # 4 clients, a quarter of the requests each: per message
+            assert row["ttis"] == 4 * (perf.QUICK.single_requests // 4)
+        else:
+            assert row["ttis"] == (perf.QUICK.tti_count[(8, 32, 68)] if cells > 1 else perf.QUICK.single_requests)
         assert row["calls_per_tti"] == (cells if key[2] == "grpc-stream-slots" else 1)
         for name in ("p50_ms", "p99_ms", "decisions_per_s", "decisions_per_cpu_s", "server_cpu_ms_per_tti"):
             assert row[name] > 0, (key, name)
@@ -170,6 +174,8 @@ def test_quick_run_measures_batched_ttis_against_the_echo_floor(quick_run):
     if "student" in policies:
         assert "batched TTI, 8 cells × N = 32 × R = 68, student" in targets
         assert "single cell over a gRPC stream (`StreamSlots`), N = 100, R = 69, student" in targets
+        assert "the same single cell with 4 concurrent client streams (one cell each), student: p99" in targets
+    assert "REST single cell, N = 100, R = 69, pf: p50" in targets and "(target ≤ 0.5 ms)" in targets
     assert "Where the time goes" in report and "[perf] echo server up" in stderr
     assert "tti 8×32×68" in stdout
 
@@ -230,6 +236,36 @@ def test_tti_target_lines_say_met_or_missed_and_by_how_much(tti_p99, per_core, b
         assert f"missed** by {tti_p99 - 0.5:.3f} ms ({tti_p99 / 0.5:.1f}× the target)" in lines[0]
     if not met[1]:
         assert f"missed** by {16000 - per_core:,.0f} ({per_core / 16000:.1%} of the target)" in lines[1]
+
+
+@pytest.mark.parametrize(("many_p99", "rest_p50", "met"), [(0.8, 0.4, [True, True]), (1.6, 0.9, [False, False])])
+def test_concurrent_streams_and_rest_single_cell_targets(many_p99, rest_p50, met):
+    res = perf.Results(
+        meta={},
+        tti=[
+            _tti_row("grpc-stream-slots-concurrent", "student", (1, 100, 69), many_p99),
+            _tti_row("rest", "student", (1, 100, 69), 2 * rest_p50),
+        ],
+    )
+    lines = perf.tti_target_lines(res)
+    many = next(ln for ln in lines if "4 concurrent client streams" in ln)
+    rest = next(ln for ln in lines if ln.startswith("- REST single cell"))
+    for line, ok in zip((many, rest), met, strict=True):
+        assert (f"{'met' if ok else 'missed'}**" in line) and (f"{'missed' if ok else 'met'}**" not in line), line
+    assert f"p99 {many_p99:.3f} ms per message" in many and f"p50 {rest_p50:.3f} ms" in rest
+
+
+def _anytime(ratios: dict[float, float]) -> list[perf.AnytimeRow]:
+    return [perf.AnytimeRow(dl, r, dl / 2, dl, {"coarse": 3}, 0) for dl, r in ratios.items()]
+
+
+def test_anytime_target_lines_judge_the_ladder_and_the_10_ms_ratio():
+    good = perf.anytime_target_lines(perf.Results(meta={}, anytime=_anytime({5: 0.7, 10: 0.96, 20: 0.99, 50: 1.0})))
+    assert len(good) == 2 and all("**met**" in ln for ln in good)
+    bad = perf.anytime_target_lines(perf.Results(meta={}, anytime=_anytime({5: 0.7, 10: 0.7, 20: 0.985, 30: 0.97})))
+    assert "**missed** (0.9700 at 30 ms < 0.9850 at 20 ms)" in bad[0]
+    assert "**missed**" in bad[1] and "the first deadline that reaches it: 20 ms (0.9850" in bad[1]
+    assert perf.anytime_target_lines(perf.Results(meta={})) == []
 
 
 def test_quick_run_measures_the_students_batched_inference_and_says_whether_a_gpu_served(quick_run):

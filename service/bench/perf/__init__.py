@@ -46,7 +46,14 @@ from service.bench.perf.inprocess import (
     student_available,
 )
 from service.bench.perf.plan import E2E_POLICY, FULL, NUM_RBG, QUICK, TTI_POLICIES, TTI_RBG, Plan
-from service.bench.perf.report import paper_lines, summary, target_lines, tti_target_lines, write_report
+from service.bench.perf.report import (
+    anytime_target_lines,
+    paper_lines,
+    summary,
+    target_lines,
+    tti_target_lines,
+    write_report,
+)
 from service.bench.perf.results import FIG_DIR, PAPER, RESULTS_FILE, TARGETS, Results
 from service.bench.perf.tti import TtiRow, TtiRun, run_floors, run_tti
 
@@ -74,6 +81,7 @@ __all__ = [
     "TtiRow",
     "TtiRun",
     "add_arguments",
+    "anytime_target_lines",
     "gpu_status",
     "paper_lines",
     "plot",

@@ -6,6 +6,7 @@ summary it prints. Every section carries the command and configuration of the ru
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ from service.bench.benchmarks_md import REPORT_NAME, Producer, md_table, update
 from service.bench.perf.e2e import LoadRow
 from service.bench.perf.plan import NUM_RBG
 from service.bench.perf.results import PAPER, RESULTS_FILE, TARGETS, Results
-from service.bench.perf.tti import REST_SINGLE, SINGLE_NUM_UE, STREAM_SLOTS, STREAM_TTIS, TtiRow
+from service.bench.perf.tti import (
+    CONCURRENT_CLIENTS,
+    CONCURRENT_SLOTS,
+    REST_SINGLE,
+    SINGLE_NUM_UE,
+    STREAM_SLOTS,
+    STREAM_TTIS,
+    TtiRow,
+)
 from service.pipeline import STAGES
 
 
@@ -40,6 +49,7 @@ def target_lines(res: Results) -> list[str]:
         )
     else:
         lines.append("- Scale III: not measured in this run (`--quick`).")
+    lines += anytime_target_lines(res)
     s = res.e2e_row("mac", 100, "grpc-stream")
     r = res.e2e_row("mac", 100, "rest")
     if s is not None:
@@ -54,6 +64,46 @@ def target_lines(res: Results) -> list[str]:
         )
     if res.tti:
         lines += tti_target_lines(res)
+    return lines
+
+
+def anytime_target_lines(res: Results) -> list[str]:
+    """The anytime ladder at Scale III: the ratio to KM never lower at a longer deadline, and at
+    least ``anytime_10ms_ratio`` at 10 ms (with the stage the 10 ms decisions came from)."""
+    if not res.anytime:
+        return []
+    rows = sorted(res.anytime, key=lambda r: r.deadline_ms)
+    drops = [(a, b) for a, b in pairwise(rows) if b.ratio_to_km < a.ratio_to_km - 1e-9]
+    span = f"{rows[0].deadline_ms:g}–{rows[-1].deadline_ms:g} ms"
+    mono = (
+        f"- anytime ladder at Scale III, deadlines {span}: the ratio to KM never decreases as the deadline grows: "
+        + (
+            f"{_ok(True)} ({' → '.join(f'{r.ratio_to_km:.3f}' for r in rows)})."
+            if not drops
+            else f"{_ok(False)} ("
+            + "; ".join(
+                f"{b.ratio_to_km:.4f} at {b.deadline_ms:g} ms < {a.ratio_to_km:.4f} at {a.deadline_ms:g} ms"
+                for a, b in drops
+            )
+            + ")."
+        )
+    )
+    lines = [mono]
+    at10 = next((r for r in rows if r.deadline_ms == 10.0), None)
+    t = TARGETS["anytime_10ms_ratio"]
+    if at10 is not None:
+        stages = ", ".join(f"{k}: {v}" for k, v in at10.stages.items())
+        better = next((r for r in rows if r.ratio_to_km >= t), None)
+        reach = (
+            f"; the first deadline that reaches it: {better.deadline_ms:g} ms ({better.ratio_to_km:.4f}, p50 "
+            f"{better.time_p50_ms:.1f} ms)"
+            if better is not None and at10.ratio_to_km < t
+            else ""
+        )
+        lines.append(
+            f"- anytime ladder at Scale III, 10 ms deadline: {at10.ratio_to_km:.4f} of the optimum (target ≥ {t:g}): "
+            f"{_ok(at10.ratio_to_km >= t)} — stages reached: {stages}{reach}."
+        )
     return lines
 
 
@@ -138,13 +188,25 @@ def tti_target_lines(res: Results) -> list[str]:
             f"{one.p99_ms:.3f} ms (≤ {t:g} ms: {_at_most(one.p99_ms, t)}); {ratio} — target p99 ≤ {t:g} ms and "
             f"≤ {k:g}× the echo floor: {_ok(met)}."
         )
+    many = res.tti_row(CONCURRENT_SLOTS, "student", 1, SINGLE_NUM_UE)
+    t = TARGETS["concurrent_stream_student_p99_ms"]
+    if many is not None:
+        lines.append(
+            f"- the same single cell with {CONCURRENT_CLIENTS} concurrent client streams (one cell each), student: "
+            f"p99 {many.p99_ms:.3f} ms per message (target ≤ {t:g} ms): {_at_most(many.p99_ms, t)}{_floor(many)}."
+        )
+    t = TARGETS["rest_single_p50_ms"]
     for pol in policies:
         rest = res.tti_row(REST_SINGLE, pol, 1, SINGLE_NUM_UE)
-        if rest is not None and rest.floor_p50_ms is not None:
+        if rest is not None:
+            floor = (
+                ""
+                if rest.floor_p50_ms is None
+                else f"; {rest.p50_to_floor:.1f}× the HTTP echo floor ({rest.floor_p50_ms:.3f} ms p50)"
+            )
             lines.append(
-                f"- REST single cell, N = {SINGLE_NUM_UE}, R = {NUM_RBG}, {pol}: p50 {rest.p50_ms:.3f} ms = "
-                f"{rest.p50_to_floor:.1f}× the HTTP echo floor ({rest.floor_p50_ms:.3f} ms p50) (no target on the "
-                "ratio; for scale)."
+                f"- REST single cell, N = {SINGLE_NUM_UE}, R = {NUM_RBG}, {pol}: p50 {rest.p50_ms:.3f} ms (target ≤ "
+                f"{t:g} ms): {_at_most(rest.p50_ms, t)}{floor}."
             )
     return lines
 
@@ -153,6 +215,13 @@ def _per_worker(res: Results, row: LoadRow) -> str:
     """decisions/s of ``row`` over the 1-worker row of its transport ("" when there is none)."""
     one = next((r for r in res.load if r.workers == 1 and r.transport == row.transport), None)
     return f"{row.decisions_per_s / one.decisions_per_s:.2f}×" if one is not None and one.decisions_per_s > 0 else ""
+
+
+def _transport(row: TtiRow) -> str:
+    """The row's transport, with its calls per TTI or its concurrent clients."""
+    if row.transport == CONCURRENT_SLOTS:
+        return f"{row.transport} ({CONCURRENT_CLIENTS} clients)"
+    return row.transport if row.calls_per_tti == 1 else f"{row.transport} ({row.calls_per_tti} calls)"
 
 
 def _stages(row: TtiRow) -> str:
@@ -177,7 +246,7 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             [
                 r.shape,
                 r.policy,
-                r.transport if r.calls_per_tti == 1 else f"{r.transport} ({r.calls_per_tti} calls)",
+                _transport(r),
                 r.ttis,
                 f"{r.p50_ms:.3f}",
                 f"{r.p99_ms:.3f}",
@@ -196,7 +265,7 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             [
                 r.shape,
                 r.policy,
-                r.transport if r.calls_per_tti == 1 else f"{r.transport} ({r.calls_per_tti} calls)",
+                _transport(r),
                 f"{r.p50_ms:.3f}",
                 _pct_of(r.pipeline_p50_ms, r.p50_ms),
                 _stages(r),
@@ -288,7 +357,7 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
         [
             r.shape,
             r.policy,
-            r.transport if r.calls_per_tti == 1 else f"{r.transport} ({r.calls_per_tti} calls)",
+            _transport(r),
             f"{r.request_bytes:,} / {r.answer_bytes:,}",
             f"{r.p50_ms:.3f}",
             f"{r.p99_ms:.3f}",
@@ -308,9 +377,10 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
                 "with the row's real answer, pre-serialized (the same `CellsDecision` / `SlotDecision` / JSON bytes), "
                 "and does no work. The same requests are sent by the same client code as to the service (gRPC "
                 "`grpc.aio`, REST `http.client`), so *÷ floor* is how many times the transport alone the service "
-                f"takes. Rows 1×{SINGLE_NUM_UE}×{NUM_RBG}: one cell per call (`StreamSlots`, `POST /schedule`); the "
-                "others: one TTI per row as in the section above. Measured right after the service, on the same "
-                "machine.",
+                f"takes. Rows 1×{SINGLE_NUM_UE}×{NUM_RBG}: one cell per call (`StreamSlots`, `POST /schedule`; "
+                f"with {CONCURRENT_CLIENTS} clients: {CONCURRENT_CLIENTS} cells, each its own client and stream, at "
+                "once, the latency per message over every client); the others: one TTI per row as in the section "
+                "above. Measured right after the service, on the same machine.",
                 "",
                 md_table(
                     [

@@ -53,6 +53,12 @@ TARGETS = {
     "single_stream_to_floor": 2.0,
     # 20 cells × 100 users × R = 68 per TTI on a GPU (the student's batched inference): p99
     "tti_20x100_gpu_p99_ms": 0.5,
+    # the single-cell stream (N = 100, R = 69, student) with 4 clients' streams at once: p99 per message
+    "concurrent_stream_student_p99_ms": 1.0,
+    # one cell over REST, N = 100: p50
+    "rest_single_p50_ms": 0.5,
+    # the anytime ladder at Scale III: the ratio to KM at a 10 ms deadline (and never lower at a longer one)
+    "anytime_10ms_ratio": 0.95,
 }
 
 

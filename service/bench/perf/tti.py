@@ -5,10 +5,12 @@ in one call, one lock-step client — gRPC ``StreamTtis`` (one stream), gRPC ``S
 (unary) and REST ``POST /schedule/batch`` (keep-alive connection) — for (C, N, R) of the plan and
 the policies ``pf`` and ``student``; the same cells as C single-cell calls over one
 ``StreamSlots`` stream for comparison; and one cell at N = 100, R = 69 over ``StreamSlots`` and
-``POST /schedule``. Per row: p50 / p99 latency per TTI, decisions per second of the one client
-(wall) and per CPU-second of the server process (all its threads: "per core"), the server's own
-per-stage times summed over the TTI's cells, and the bytes of one TTI each way. Every cell id is
-fresh per row and its slot numbers increase, so nothing is a replay (checked).
+``POST /schedule``, and ``CONCURRENT_CLIENTS`` such cells at once, each its own client and
+``StreamSlots`` stream (latency per message, over every client). Per row: p50 / p99 latency
+per TTI, decisions per second of the one client (wall) and per CPU-second of the server process
+(all its threads: "per core"), the server's own per-stage times summed over the TTI's cells, and
+the bytes of one TTI each way. Every cell id is fresh per row and its slot numbers increase, so
+nothing is a replay (checked).
 
 ``run_floors`` (the echo server, ``service.bench.perf.echo``): the same requests, sent by the same
 client code, to a server that answers each with the row's real answer bytes and does no work:
@@ -43,12 +45,15 @@ UNARY_CELLS = "grpc-unary-cells"
 REST_BATCH = "rest-batch"
 STREAM_SLOTS = "grpc-stream-slots"
 REST_SINGLE = "rest"
+CONCURRENT_SLOTS = "grpc-stream-slots-concurrent"  # CONCURRENT_CLIENTS clients, one StreamSlots stream each
 BATCHED = (STREAM_TTIS, UNARY_CELLS, REST_BATCH)
+CONCURRENT_CLIENTS = 4
 #: the gRPC method and the REST path of each transport
 _METHOD = {
     STREAM_TTIS: "/gnbsched.v1.Scheduler/StreamTtis",
     UNARY_CELLS: "/gnbsched.v1.Scheduler/ScheduleCells",
     STREAM_SLOTS: "/gnbsched.v1.Scheduler/StreamSlots",
+    CONCURRENT_SLOTS: "/gnbsched.v1.Scheduler/StreamSlots",
 }
 _PATH = {REST_BATCH: "/schedule/batch", REST_SINGLE: "/schedule"}
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -111,6 +116,12 @@ class _Probe:
     build: Callable[[], list[Any]]
     warmup: int
     payload: bytes = b""  # the service's last answer, serialized: what the echo answers
+    clients: int = 1  # concurrent clients (CONCURRENT_SLOTS): each TTI holds one message per client
+
+    @property
+    def warmup_entries(self) -> int:
+        """Latencies not timed: the first ``warmup`` TTIs of every client."""
+        return self.warmup * self.clients
 
 
 @dataclass
@@ -152,6 +163,20 @@ async def _grpc_stream(
             lat.append((time.perf_counter_ns() - t0) / 1e6)
             answers.append(got)
         await call.done_writing()
+    return lat, answers
+
+
+async def _grpc_streams(
+    target: str, method: str, ttis: Sequence[Sequence[Any]], answer: Callable[[bytes], Any], key: str | None
+) -> tuple[list[float], list[list[Any]]]:
+    """Concurrent lock-step streams, one channel each: client k sends message k of every TTI.
+    (latency ms per message, one answer per message), TTI-major: TTI 0's clients, then TTI 1's."""
+    n = len(ttis[0])
+    runs = await asyncio.gather(
+        *(_grpc_stream(target, method, [[tti[k]] for tti in ttis], answer, key) for k in range(n))
+    )
+    lat = [runs[k][0][t] for t in range(len(ttis)) for k in range(n)]
+    answers = [runs[k][1][t] for t in range(len(ttis)) for k in range(n)]
     return lat, answers
 
 
@@ -215,6 +240,8 @@ def _send(
             return asyncio.run(_grpc_stream(grpc_target, _METHOD[tr], one, pb.CellsDecision.FromString, key))
         if tr == STREAM_SLOTS:
             return asyncio.run(_grpc_stream(grpc_target, _METHOD[tr], ttis, pb.SlotDecision.FromString, key))
+        if tr == CONCURRENT_SLOTS:
+            return asyncio.run(_grpc_streams(grpc_target, _METHOD[tr], ttis, pb.SlotDecision.FromString, key))
         if tr == UNARY_CELLS:
             return asyncio.run(_grpc_unary(grpc_target, _METHOD[tr], ttis, pb.CellsDecision.FromString, key))
         return _rest(rest_port, f"/echo/{key}" if echo else _PATH[tr], ttis)
@@ -270,12 +297,12 @@ def _measure(probe: _Probe, server: ServeProcess, policy: str, shape: tuple[int,
     """Send the probe to the service; the row (and the probe's echo payload)."""
     cells, n, r = shape
     ttis = probe.build()
-    request_bytes = _request_bytes(probe.transport, ttis[-1])
+    request_bytes = _request_bytes(probe.transport, ttis[-1]) // probe.clients
     cpu0 = server.cpu_s()
     lat, answers = _send(probe, ttis, f"127.0.0.1:{server.grpc_port}", server.rest_port, echo=False)
     cpu = server.cpu_s() - cpu0
     del ttis
-    w = probe.warmup
+    w = probe.warmup_entries
     timed, timed_answers = lat[w:], answers[w:]
     pipe, stages, fallbacks = [], [], 0
     for got in answers:
@@ -310,7 +337,7 @@ def _measure(probe: _Probe, server: ServeProcess, policy: str, shape: tuple[int,
         ttis=len(timed),
         p50_ms=pct(timed, 50),
         p99_ms=pct(timed, 99),
-        decisions_per_s=cells * len(timed) / (sum(timed) / 1e3),
+        decisions_per_s=cells * len(timed) / (sum(timed) / 1e3),  # with k clients: about k × one's
         decisions_per_cpu_s=total_decisions / cpu if cpu > 0 else math.nan,
         server_cpu_ms_per_tti=cpu * 1e3 / len(lat),
         pipeline_p50_ms=pct(pipe, 50),
@@ -389,12 +416,24 @@ def _probes(shape: tuple[int, int, int], policy: str, plan: Plan, seed: int, sin
 
 
 def _single_probes(policy: str, plan: Plan, seed: int) -> list[_Probe]:
-    """One cell at N = 100, R = NUM_RBG: one ``StreamSlots`` stream and ``POST /schedule``."""
+    """One cell at N = 100, R = NUM_RBG: one ``StreamSlots`` stream and ``POST /schedule``; and
+    ``CONCURRENT_CLIENTS`` cells at once, one client and stream each (a quarter of the requests
+    per client)."""
     count = plan.tti_warmup + plan.single_requests
     states = [mac_states(SINGLE_NUM_UE, min(20, count), seed, num_rbg=NUM_RBG)]
     name = f"1x{SINGLE_NUM_UE}x{NUM_RBG}-{policy}"
     w = plan.tti_warmup
+    k = CONCURRENT_CLIENTS
+    many = _cell_states((k, SINGLE_NUM_UE, NUM_RBG), min(20, count), seed)
+    per_client = plan.tti_warmup + max(1, plan.single_requests // k)
     return [
+        _Probe(
+            f"{CONCURRENT_SLOTS}-{name}",
+            CONCURRENT_SLOTS,
+            partial(_grpc_tti_requests, many, policy, f"single-{CONCURRENT_SLOTS}-{name}", per_client),
+            w,
+            clients=k,
+        ),
         _Probe(
             f"{STREAM_SLOTS}-{name}",
             STREAM_SLOTS,
@@ -444,7 +483,7 @@ def run_tti(server: ServeProcess, plan: Plan, seed: int, notes: list[str], polic
                         row_b.p50_to_single = row_b.p50_ms / ref.p50_ms
                         row_b.p99_to_single = row_b.p99_ms / ref.p99_ms
         for probe in _single_probes(policy, plan, seed):
-            try:
+            try:  # a concurrent row: each message one cell's decision, timed alone
                 row = _measure(probe, server, policy, (1, SINGLE_NUM_UE, NUM_RBG), 1)
             except RuntimeError as exc:
                 notes.append(f"single cell {probe.row_key}: failed: {exc}")
@@ -466,7 +505,7 @@ def run_floors(run: TtiRun, notes: list[str]) -> None:
             log(f"echo server up: HTTP :{echo.rest_port}, gRPC :{echo.grpc_port}")
             for row, probe in zip(run.rows, run.probes, strict=True):
                 lat, _ = _send(probe, probe.build(), f"127.0.0.1:{echo.grpc_port}", echo.rest_port, echo=True)
-                timed = lat[probe.warmup :]
+                timed = lat[probe.warmup_entries :]
                 row.floor_p50_ms, row.floor_p99_ms = pct(timed, 50), pct(timed, 99)
                 row.p50_to_floor = row.p50_ms / row.floor_p50_ms
                 row.p99_to_floor = row.p99_ms / row.floor_p99_ms
@@ -481,6 +520,8 @@ def run_floors(run: TtiRun, notes: list[str]) -> None:
 
 __all__ = [
     "BATCHED",
+    "CONCURRENT_CLIENTS",
+    "CONCURRENT_SLOTS",
     "REST_BATCH",
     "REST_SINGLE",
     "SINGLE_NUM_UE",
