@@ -2,11 +2,12 @@
 
 With no arguments: REST on 127.0.0.1:8000, gRPC on 127.0.0.1:50051, in-process per-cell state,
 the default policy per preset. Settings come from the environment (``GNBSCHED_*``, see
-``service.config.Settings``), flags override them. ``--workers`` 0 (the default) is one process per
-core given (``service.cores``) when per-cell state is shared (redis) and one with in-process state;
-``--workers N`` (N > 1, given or resolved) runs N uvicorn worker processes from an app factory; the merged settings reach them through ``GNBSCHED_*``, metrics
-switch to prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh temporary
-directory unless set), and each worker's gRPC server binds the same port (SO_REUSEPORT).
+``service.config.Settings``), flags override them. ``--workers 0`` (the default) is one process
+per core given (``service.cores``) when per-cell state is shared (redis) and one with in-process
+state; N > 1 processes (given or so resolved) run as uvicorn workers from an app factory: the
+merged settings reach them through ``GNBSCHED_*``, metrics switch to prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh temporary directory unless set), and
+each worker's gRPC server binds the same port (SO_REUSEPORT).
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, stop gRPC with a grace period.
 
 Access (``service.security``): ``--auth-token-file`` (or ``GNBSCHED_AUTH_TOKEN``) requires a
