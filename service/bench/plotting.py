@@ -77,10 +77,12 @@ def save_line_plot(
     hline: float | None = None,
     colors: Mapping[str, str] | None = None,
     figsize: tuple[float, float] = (7.0, 4.5),
+    x_at_points: bool = False,
 ) -> Path:
     """One line per series over the shared ``x`` (each series aligned with ``x``; NaN = no
     point; an all-NaN series is left out). ``colors``: optional matplotlib color per series
-    label (keeps one color per policy across figures). Returns the written PNG path."""
+    label (keeps one color per policy across figures); ``x_at_points``: x ticks at the x values
+    only, labelled plainly (a few measured points on a log axis). Returns the written PNG path."""
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
     xs = np.asarray(x, dtype=np.float64)
@@ -104,6 +106,9 @@ def save_line_plot(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    if x_at_points:
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.set_xticks([], minor=True)
     return _finish(fig, ax, path, title=title, xlabel=xlabel, ylabel=ylabel, hline=hline, legend=bool(series))
 
 

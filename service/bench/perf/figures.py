@@ -62,16 +62,22 @@ def plot(fig_dir: Path, res: Results) -> list[Path]:
             )
         )
     if res.anytime:
+        deadlines = [r.deadline_ms for r in res.anytime]
+        at10 = f"target at 10 ms (≥ {TARGETS['anytime_10ms_ratio']:g})"
         paths.append(
             save_line_plot(
                 fig_dir / "anytime_scale_iii.png",
-                [r.deadline_ms for r in res.anytime],
-                {"auction": [r.ratio_to_km for r in res.anytime]},
+                deadlines,
+                {
+                    "auction": [r.ratio_to_km for r in res.anytime],
+                    at10: [TARGETS["anytime_10ms_ratio"] if d == 10.0 else math.nan for d in deadlines],
+                },
                 xlabel="deadline (ms)",
                 ylabel="sum-rate / KM optimum",
                 hline=TARGETS["scale_ratio"],
                 logx=True,
-                title="Anytime at Scale III (dashed: 99.5 % target)",
+                x_at_points=True,
+                title="Anytime at Scale III (dashed: the 99.5 % target of a full solve)",
             )
         )
     if res.e2e:
