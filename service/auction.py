@@ -151,8 +151,8 @@ def market_prices(
     """
     u_n, f_n = rows.size, cols.size
     share = max(1.0 / fraction, min(1.0, MIN_MARKET_CHANNELS / max(f_n, 1)))  # enough channels to fit on
-    su = np.sort(rng.choice(u_n, max(2, min(u_n, round(u_n * share))), replace=False))
-    sc = np.sort(rng.choice(f_n, max(2, min(f_n, round(f_n * share))), replace=False))
+    su = np.sort(rng.choice(u_n, min(u_n, max(2, round(u_n * share))), replace=False))
+    sc = np.sort(rng.choice(f_n, min(f_n, max(2, round(f_n * share))), replace=False))
     sampled = source[rows[su]][:, cols]  # [s, F]: the sampled users on every channel
     auc = auction_prices(np.ascontiguousarray(sampled[:, sc]), eps_rel, list_size=8, max_rounds=max_rounds)
 
@@ -182,10 +182,10 @@ def segment_lists(
     for a channel that may not be listed). The segments are ``R // k`` columns wide, the last
     ``R mod k`` columns one more. With prices near the auction's (``market_prices``), the lists
     hold channels the users can win, not only the channels everyone wants. Row blocks, their
-    reduced values written into a cache-sized buffer; before each, ``stop(share of the rows done)`` may end the
-    work. Returns (channels int64 [U, S] column indices of ``source``, values float64 [U, S],
-    ``-inf`` where a segment has no channel that may be listed), S = k (+1 with a remainder),
-    or None when ``stop`` returned True.
+    reduced values written into a cache-sized buffer; before each, ``stop(share of the rows
+    done)`` may end the work. Returns (channels int64 [U, S] column indices of ``source``, values
+    float64 [U, S], ``-inf`` where a segment has no channel that may be listed), S = k (+1 with a
+    remainder), or None when ``stop`` returned True.
     """
     r_src = source.shape[1]
     u_n = rows.size

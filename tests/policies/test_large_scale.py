@@ -503,6 +503,9 @@ def test_market_prices_estimate_the_auctions_prices_from_a_seeded_sub_market():
         final = auction_prices(value, 1e-3).prices
         assert np.corrcoef(est, final)[0, 1] > 0.8
         assert 0.5 < est.mean() / final.mean() < 2.0
+    for n, r in ((1, 5), (2, 1), (1, 1)):  # markets smaller than any sample: all of them
+        tiny = market_prices(rng.random((n, r)), np.arange(n), np.arange(r), np.ones(r), np.random.default_rng(0))
+        assert tiny.shape == (r,) and (tiny >= 0).all()
 
 
 def test_the_lists_stop_when_asked():
