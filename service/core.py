@@ -34,6 +34,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -310,33 +311,21 @@ class ServiceCore:
         the observer counts it as a rejection (the request's fault) or an error.
         """
         name = policy or self.settings.default_policy(state.preset)
+        run = partial(
+            self.schedule,
+            state,
+            policy=name,
+            deadline_ms=deadline_ms,
+            feedback=feedback,
+            epoch=epoch,
+            transport=transport,
+            timings_us=timings_us,
+        )
         try:
             async with self._cell_lock(state.cell_id):
-                if self.blocks(name):
-                    return await asyncio.to_thread(
-                        self.schedule,
-                        state,
-                        policy=name,
-                        deadline_ms=deadline_ms,
-                        feedback=feedback,
-                        epoch=epoch,
-                        transport=transport,
-                        timings_us=timings_us,
-                    )
-                return self.schedule(
-                    state,
-                    policy=name,
-                    deadline_ms=deadline_ms,
-                    feedback=feedback,
-                    epoch=epoch,
-                    transport=transport,
-                    timings_us=timings_us,
-                )
+                return await asyncio.to_thread(run) if self.blocks(name) else run()
         except Exception as exc:
-            if kind_of(exc) in REQUEST_KINDS:
-                self.observer.rejected(transport, state.preset)
-            else:
-                self.observer.error(transport, state.preset, name)
+            self._failed(exc, transport, state.preset, name)
             raise
 
     async def decide_cells(

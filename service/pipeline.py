@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from service.errors import DeadlineExceededError, GnbSchedError, PolicyError
-from service.history import CellHistory
+from service.history import CellHistory, HistoryView
 from service.pag.checks import RawAction, check
 from service.pag.repair import repair
 from service.policies.base import PolicyContext
@@ -36,6 +36,12 @@ class Prepared:
     serialize_us: float
     policy_us: float  # the slot's own work and its share of the batch's: its ``total`` counts these
     deadline: float | None  # absolute ``perf_counter()``, or None
+
+
+def _context(state: SlotState, view: HistoryView, seed: int, deadline: float | None) -> PolicyContext:
+    """A policy's context for ``state``: its history view, the slot's seeded generator (built on
+    first use) and the absolute deadline."""
+    return PolicyContext(view, partial(slot_rng, seed, state.cell_id, state.slot), deadline)
 
 
 def decide(
@@ -78,7 +84,7 @@ def decide(
                 timings["serialize"] += prepared.serialize_us
                 timings["policy"] += prepared.policy_us
             else:
-                ctx = PolicyContext(view, partial(slot_rng, seed, state.cell_id, state.slot), deadline)
+                ctx = _context(state, view, seed, deadline)
                 t1 = time.perf_counter_ns()
                 obs = pol.serialize(state, ctx)
                 t2 = time.perf_counter_ns()
@@ -168,12 +174,7 @@ def decide_many(
         return [alone(i) for i in range(len(states))]
     assert pol is not None
     deadline = None if deadline_s is None else time.perf_counter() + deadline_s
-    ctxs = [
-        PolicyContext(
-            histories[i].view(states[i]), partial(slot_rng, seed, states[i].cell_id, states[i].slot), deadline
-        )
-        for i in batch
-    ]
+    ctxs = [_context(states[i], histories[i].view(states[i]), seed, deadline) for i in batch]
     try:
         raws = pol.act_many([states[i] for i in batch], ctxs)  # type: ignore[attr-defined]
     except Exception:  # a broken batch path: every slot is decided alone (and fails or falls back there)

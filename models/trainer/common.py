@@ -116,12 +116,9 @@ def collate(
     num_res: int | None = None,
 ) -> Batch:
     """Pad a list of serialized slots to a common (N, R) (at least ``num_ue`` / ``num_res``)."""
-    n = max([x.shape[0] for x in inputs] + [num_ue or 0])
-    r = max([x.shape[1] for x in inputs] + [num_res or 0])
-    padded = StudentBatch.empty(len(inputs), n, r)
-    nd = np.zeros((len(inputs), n), np.int64)
+    padded = StudentBatch.of(inputs, num_ue or 0, num_res or 0)
+    nd = np.zeros((len(inputs), padded.capacity[1]), np.int64)
     for i, (x, need) in enumerate(zip(inputs, needs, strict=True)):
-        padded.put(i, x)
         nd[i, : x.shape[0]] = need
     g, uf, rf, pf, um, rm = (torch.from_numpy(a) for a in padded.arrays())
     return Batch(g, uf, rf, pf, um, rm, torch.from_numpy(nd), torch.as_tensor(np.asarray(caps, np.int64)))

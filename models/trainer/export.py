@@ -140,9 +140,7 @@ def batch_identical(sess: Any, slots: list[SlotState]) -> None:
     from service.serialize.tensors import StudentBatch
 
     inputs = [serialize(s) for s in slots]
-    batch = StudentBatch.empty(len(inputs), max(x.shape[0] for x in inputs), max(x.shape[1] for x in inputs))
-    for b, x in enumerate(inputs):
-        batch.put(b, x)
+    batch = StudentBatch.of(inputs)
     out = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, batch.arrays(), strict=True)))[0]
     for b, x in enumerate(inputs):
         alone = sess.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, x.batch_of_one(), strict=True)))[0][0]
@@ -292,19 +290,20 @@ def checkpoint_from_onnx(version_dir: str | Path) -> Checkpoint:
 
 
 def graph_is_batched(onnx_path: str | Path) -> bool:
-    """Does the graph take a leading batch axis (``global_feats`` of rank 2)?"""
+    """Does the graph take a leading batch axis (the serving loader's rule, ``has_batch_axis``)?"""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return len(next(i for i in sess.get_inputs() if i.name == "global_feats").shape) == 2
+    from service.policies.student_model import has_batch_axis
+
+    return has_batch_axis(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]))
 
 
 def rebatch(version_dir: str | Path, *, seed: int = 0) -> bool:
     """Re-export the model in ``version_dir`` with a batch axis, in place (False: it has one).
 
     The weights come from its own ``model.onnx`` (``checkpoint_from_onnx``). The new graph
-    replaces the old one only when, on the probe slots of seeds ``seed`` .. ``seed + 3``, its logits (B = 1) are bitwise
-    the old graph's and a padded batch gives every slot its logits alone; the card gets the new
+    replaces the old one only when, on the probe slots of seeds ``seed`` .. ``seed + 3``, its
+    logits (B = 1) are bitwise the old graph's and a padded batch gives every slot its logits alone; the card gets the new
     sha256, size and ``onnx.batch_axis`` and keeps everything else (training record, evaluation:
     the decisions are the same). Raises ``ValueError`` otherwise.
     """

@@ -332,6 +332,12 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     return model
 
 
+def has_batch_axis(sess: Any) -> bool:
+    """Does the session's graph take a leading batch axis (``global_feats`` of rank 2)?"""
+    shape = next(i for i in sess.get_inputs() if i.name == "global_feats").shape
+    return len(shape) == len(_INPUT_SHAPES["global_feats"]) + 1
+
+
 def _check_signature(sess: Any, onnx_path: Path) -> bool:
     """Inputs' names, ranks, feature widths and types; True when the graph has a batch axis."""
     inputs = {i.name: i for i in sess.get_inputs()}
@@ -339,7 +345,7 @@ def _check_signature(sess: Any, onnx_path: Path) -> bool:
         raise ModelInvalidError(
             f"{onnx_path}: inputs {sorted(inputs)} do not match the serializer's {list(INPUT_NAMES)}"
         )
-    batched = len(inputs["global_feats"].shape) == len(_INPUT_SHAPES["global_feats"]) + 1
+    batched = has_batch_axis(sess)
     for name, expected in _INPUT_SHAPES.items():
         shape = inputs[name].shape
         want_rank = len(expected) + batched

@@ -21,6 +21,7 @@ trained with and the student refuses a model whose version differs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,6 +185,17 @@ class StudentBatch:
     def empty(batch: int, num_ue: int, num_res: int) -> StudentBatch:
         """Zeroed buffers for ``batch`` slots of at most ``num_ue`` users and ``num_res`` resources."""
         return StudentBatch(StudentInputs.empty(num_ue, num_res, batch), [(0, 0)] * batch)
+
+    @staticmethod
+    def of(inputs: Sequence[StudentInputs], num_ue: int = 0, num_res: int = 0) -> StudentBatch:
+        """``inputs`` padded into one batch of their largest N and R (at least ``num_ue`` /
+        ``num_res``)."""
+        n = max([x.shape[0] for x in inputs] + [num_ue])
+        r = max([x.shape[1] for x in inputs] + [num_res])
+        batch = StudentBatch.empty(len(inputs), n, r)
+        for b, x in enumerate(inputs):
+            batch.put(b, x)
+        return batch
 
     @property
     def capacity(self) -> tuple[int, int, int]:

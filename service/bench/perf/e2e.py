@@ -5,7 +5,7 @@ in-process state, free loopback ports). ``run_e2e``: REST, gRPC unary and gRPC s
 at N ∈ {10, 100, 1000}, one lock-step client, with the server's own pipeline and decode times;
 ``run_load``: decisions/s under a bounded concurrent load (each client its own connection), and
 ``run_scaling`` the same load against ``gnbsched serve --workers W`` for W from 1 to the
-machine's cores. ``rest_body`` / ``request_bodies``
+cores the process is given (``service.cores``). ``rest_body`` / ``request_bodies``
 build the ``POST /schedule`` bodies (also used by ``gnbsched bench validate``).
 """
 
@@ -285,10 +285,10 @@ def run_scaling(plan: Plan, seed: int, notes: list[str], quick: bool = False) ->
     """``run_load`` against ``gnbsched serve --workers W`` for every W of ``worker_counts`` (the
     1-worker rows come from the main run). Each client keeps its cell on its own connection, so
     the in-process state of one worker serves it throughout."""
-    import os
+    from service.cores import cores_given
 
     rows: list[LoadRow] = []
-    for workers in worker_counts(os.cpu_count() or 1, quick):
+    for workers in worker_counts(cores_given(), quick):
         try:
             with ServeProcess(["--workers", str(workers)]) as server:
                 rows += run_load(server, plan, seed, workers)

@@ -408,9 +408,7 @@ def run_inference(plan: Plan, seed: int, notes: list[str]) -> tuple[list[Inferen
         for cells in plan.inference_cells:
             states = [distinct[k % len(distinct)] for k in range(cells)]
             ctxs = [PolicyContext(CellHistory.empty().view(st), np.random.default_rng(0)) for st in states]
-            batch = StudentBatch.empty(cells, num_ue, num_res)
-            for b, st in enumerate(states):
-                batch.put(b, serialize(st))
+            batch = StudentBatch.of([serialize(st) for st in states])
             ttis = max(3, min(plan.inference_ttis, int(plan.inference_ttis * 8 / cells)))
             infer, act = [], []
             for k in range(ttis + 2):  # two warm-up TTIs (first-call allocations, CUDA kernels)
