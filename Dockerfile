@@ -57,10 +57,12 @@ RUN groupadd --system --gid 10001 gnbsched \
 # The root filesystem may be read-only: the only writable path needed is /tmp (an emptyDir in
 # Kubernetes, a tmpfs in compose), where `gnbsched serve` with more than one worker process
 # (GNBSCHED_WORKERS; by default one per CPU given when the state is in Redis) creates the
-# prometheus_client multiprocess directory.
+# prometheus_client multiprocess directory, and numba's cache of the compiled feature kernels
+# (NUMBA_CACHE_DIR; each process compiles them once, on loading a student model, when absent).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     GNBSCHED_HOST=0.0.0.0 \
     GNBSCHED_REST_PORT=8000 \
     GNBSCHED_GRPC_PORT=50051 \

@@ -5,9 +5,10 @@ validation of the model card). Serving path (one slot): ``service.serialize.tens
 into per-thread reused buffers → ``InferenceSession.run`` through a bound IOBinding (a batch of
 one) → logits [R, N+1] → decode under the PAG mask (SPEC §4; ``service.policies.student_decode``: the kinds
 ``capped``, ``assignment``, ``anchored`` and ``pf_anchored`` named by the card), so the raw
-output is valid by construction. The cells of one TTI (``act_many``): each serialized and copied
-into one padded batch, one ``InferenceSession.run`` for all of them, each decoded from its own
-logits — bitwise the logits it gets alone, so a cell's decision does not depend on its batch.
+output is valid by construction. The cells of one TTI (``act_many``): serialized together into
+one padded batch (``serialize_many``, vectorised over the cells), one ``InferenceSession.run``
+for all of them, each decoded from its own logits — bitwise the inputs and logits it gets alone,
+so a cell's decision does not depend on its batch.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from service.policies.student_model import (
     sha256_file,
 )
 from service.policies.student_ranges import MAX_RANGE_NAMES, RangeCounts
-from service.serialize.tensors import FEATURE_VERSION, StudentBatch, StudentInputs, serialize
+from service.serialize.tensors import FEATURE_VERSION, StudentBatch, StudentInputs, serialize, serialize_many
 from service.types import SlotState
 
 
@@ -213,12 +214,16 @@ class StudentPolicy(Policy):
     def act_many(
         self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
     ) -> list[tuple[np.ndarray | Exception, float, float]]:
-        """The slots of one TTI: per preset, every slot serialized into one padded
-        ``StudentBatch``, one onnxruntime call (``LoadedModel.logits_batch``), then each slot
-        decoded from its own logits, which are bitwise its logits alone (``Policy.batches``).
+        """The slots of one TTI: per preset, all slots serialized together into one padded
+        ``StudentBatch`` (``serialize_many``, vectorised over the slots) and range-checked
+        together, one onnxruntime call (``LoadedModel.logits_batch``), then each slot decoded from
+        its own logits. A slot's inputs and logits are bitwise its own alone, so its decision does
+        not depend on its batch (``Policy.batches``). When the batch cannot be serialized, each
+        slot is serialized on its own and a slot that fails is its own answer.
 
-        Per slot: (DCM tokens or the slot's exception, serialize µs, policy µs: its decode plus
-        an equal share of the batch's inference).
+        Per slot: (DCM tokens or the slot's exception, serialize µs: an equal share of the batch's
+        serialization and range check, policy µs: its decode plus an equal share of the batch's
+        inference).
         """
         out: list[tuple[np.ndarray | Exception, float, float]] = [(np.empty(0, np.int64), 0.0, 0.0)] * len(states)
         by_preset: dict[str, list[int]] = {}
@@ -231,23 +236,12 @@ class StudentPolicy(Policy):
                 for i in idx:
                     out[i] = (exc, 0.0, 0.0)
                 continue
-            batch = StudentBatch.empty(
-                len(idx), max(states[i].num_ue for i in idx), max(states[i].num_res for i in idx)
-            )
-            ranges: list[list[str] | None] = []
-            serialize_us: list[float] = []
-            for b, i in enumerate(idx):
-                t0 = time.perf_counter_ns()
-                try:
-                    inputs = self.serialize(states[i], ctxs[i])
-                except Exception as exc:  # this slot's own failure: its item stays empty (mask 0)
-                    out[i] = (exc, 0.0, 0.0)
-                    ranges.append(None)
-                    serialize_us.append(0.0)
-                    continue
-                batch.put(b, inputs)
-                ranges.append(self._out_of_range(model, inputs))
-                serialize_us.append((time.perf_counter_ns() - t0) / 1e3)
+            t0 = time.perf_counter_ns()
+            batch, failed = self._serialized(model, [states[i] for i in idx], [ctxs[i] for i in idx])
+            for b, err in failed.items():
+                out[idx[b]] = (err, 0.0, 0.0)
+            ranges = self._out_of_range_many(model, batch, failed)
+            serialize_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
             t0 = time.perf_counter_ns()
             try:
                 logits = model.logits_batch(batch)
@@ -257,7 +251,7 @@ class StudentPolicy(Policy):
                 continue
             share_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
             for b, i in enumerate(idx):
-                if isinstance(out[i][0], Exception):
+                if b in failed:
                     continue
                 n, r = batch.shapes[b]
                 t1 = time.perf_counter_ns()
@@ -267,8 +261,55 @@ class StudentPolicy(Policy):
                     )
                 except Exception as exc:
                     raw = exc
-                out[i] = (raw, serialize_us[b], share_us + (time.perf_counter_ns() - t1) / 1e3)
+                out[i] = (raw, serialize_us, share_us + (time.perf_counter_ns() - t1) / 1e3)
         return out
+
+    def _batch_buffers(self, size: int, num_ue: int, num_res: int) -> StudentBatch:
+        """This thread's padded batch buffers of (B, N, R) (bounded cache, like ``_serving_slot``)."""
+        cache: dict[tuple[int, int, int], StudentBatch] | None = getattr(self._local, "batches", None)
+        if cache is None:
+            cache = self._local.batches = {}
+        key = (size, num_ue, num_res)
+        batch = cache.get(key)
+        if batch is None:
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            batch = cache[key] = StudentBatch.empty(size, num_ue, num_res)
+        return batch
+
+    def _serialized(
+        self, model: LoadedModel, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
+    ) -> tuple[StudentBatch, dict[int, Exception]]:
+        """``states`` in one padded batch, and {item: exception} of the slots that could not be
+        serialized (their items stay empty: masks 0)."""
+        batch = self._batch_buffers(len(states), max(s.num_ue for s in states), max(s.num_res for s in states))
+        try:
+            return serialize_many(states, [c.history for c in ctxs], batch), {}
+        except Exception:  # some slot cannot be serialized: each on its own, a failure is its own
+            pass
+        batch = StudentBatch.empty(*batch.capacity)
+        failed: dict[int, Exception] = {}
+        for b, (state, ctx) in enumerate(zip(states, ctxs, strict=True)):
+            try:
+                batch.put(b, self.serialize(state, ctx))
+            except Exception as exc:
+                failed[b] = exc
+        return batch, failed
+
+    def _out_of_range_many(
+        self, model: LoadedModel, batch: StudentBatch, skip: Mapping[int, Exception]
+    ) -> list[list[str] | None]:
+        """Per item, the features outside the card's ranges, counted (None: no ranges, or an item
+        of ``skip``)."""
+        if model.ranges is None:
+            return [None] * len(batch.shapes)
+        names: list[list[str] | None] = list(model.ranges.check_many(batch))
+        for b, item in enumerate(names):
+            if b in skip:
+                names[b] = None
+            else:
+                self._count_ranges(model.preset, item or [])
+        return names
 
     # -- the stages both paths share -----------------------------------------------------------
 

@@ -3,7 +3,7 @@
 A card with ``feature_ranges`` (``{"global"|"user"|"resource"|"pair": {"min": [...], "max":
 [...]}}``, the range of every feature seen in training, widths those of
 ``service.serialize.tensors``) makes every served slot check its serialized inputs against them
-(``FeatureRanges.check``: one min and one max per block, vectorised; tolerance
+(``FeatureRanges.check``, ``check_many`` for a batch: the min and max of every feature in one compiled pass; tolerance
 ``RANGE_TOLERANCE`` of max(|bound|, 1)). User features are checked over eligible users only,
 resource features over every resource, pair features over every pair (admissible or not: the
 network sees them all). A slot outside the ranges yields the ``block.feature`` names (e.g.
@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 
 from service.errors import ModelInvalidError
+from service.serialize import tensor_kernel
 from service.serialize.tensors import (
     GLOBAL_FEATURES,
-    NUM_GLOBAL,
-    NUM_PAIR,
-    NUM_RES,
-    NUM_USER,
     PAIR_FEATURES,
     RESOURCE_FEATURES,
     USER_FEATURES,
+    StudentBatch,
     StudentInputs,
 )
 
@@ -87,32 +85,26 @@ class FeatureRanges:
         return FeatureRanges(_f32_bound(np.concatenate(lo), True), _f32_bound(np.concatenate(hi), False), tuple(names))
 
     def check(self, inputs: StudentInputs) -> list[str]:
-        """Names (``block.feature``) of the features of ``inputs`` outside the ranges; [] when none.
+        """Names (``block.feature``) of the features of one serialized slot outside the ranges;
+        [] when none (``check_many`` of a batch of one)."""
+        return self.check_many(StudentBatch(StudentInputs(*inputs.batch_of_one()), [inputs.shape]))[0]
 
-        Users: eligible rows only (``user_mask``); resources and pairs: all. One min and one max
-        per block, one comparison over all of them (about 26 µs at N = 100, R = 69)."""
-        n, r = inputs.shape
-        g0, g1 = NUM_GLOBAL, NUM_GLOBAL + NUM_USER
-        r1 = g1 + NUM_RES
-        users = inputs.user_feats
-        if n and not inputs.user_mask.all():
-            users = users[inputs.user_mask > 0]
-        g = inputs.global_feats
-        if users.shape[0] and r:  # the usual slot: every block has rows
-            pairs = inputs.pair_feats.reshape(NUM_PAIR, -1)
-            mins = np.concatenate((g, users.min(axis=0), inputs.res_feats.min(axis=0), pairs.min(axis=1)))
-            maxs = np.concatenate((g, users.max(axis=0), inputs.res_feats.max(axis=0), pairs.max(axis=1)))
-        else:  # an empty block cannot be out of range: its own bounds stand in
-            mins, maxs = self.lo.copy(), self.hi.copy()
-            mins[:g0] = maxs[:g0] = g
-            if users.shape[0]:
-                mins[g0:g1], maxs[g0:g1] = users.min(axis=0), users.max(axis=0)
-            if r:
-                mins[g1:r1], maxs[g1:r1] = inputs.res_feats.min(axis=0), inputs.res_feats.max(axis=0)
-        out = (mins < self.lo) | (maxs > self.hi)
-        if not out.any():
-            return []
-        return [self.names[i] for i in np.flatnonzero(out).tolist()]
+    def check_many(self, batch: StudentBatch) -> list[list[str]]:
+        """Per item of a padded batch, the names of its features outside the ranges ([] when none).
+
+        Users: the item's eligible rows only (``user_mask``); resources and pairs: all of the
+        item's own (its padding is not looked at): ``tensor_kernel.extremes``, one compiled pass
+        for the whole batch; a block with no rows cannot be out of range."""
+        x = batch.inputs
+        shapes = np.asarray(batch.shapes, np.int64).reshape(-1, 2)
+        mins, maxs = tensor_kernel.extremes(
+            x.global_feats, x.user_feats, x.res_feats, x.pair_feats, x.user_mask, shapes[:, 0], shapes[:, 1]
+        )
+        out = (mins < self.lo) | (maxs > self.hi)  # [B, features]
+        names: list[list[str]] = [[] for _ in batch.shapes]
+        for b, i in zip(*np.nonzero(out), strict=True):
+            names[int(b)].append(self.names[int(i)])
+        return names
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.history import HistoryView
+from service.serialize import tensor_kernel
 from service.types import SlotState
 
 FEATURE_VERSION = "tensors-v3"
@@ -92,9 +93,6 @@ PAIR_FEATURES: tuple[str, ...] = (
     "pf_rel",  # utility[u, r] / PF average served[u], relative to the slot's largest (proportional-fair priority)
 )
 
-#: SE normaliser (bit/s/Hz): above the highest entry of the TS 38.214 MCS tables (7.4063)
-_SE_SCALE = 8.0
-
 #: ONNX input names, in order (each with a leading batch axis in the served graph: [B, ...])
 INPUT_NAMES: tuple[str, ...] = ("global_feats", "user_feats", "res_feats", "pair_feats", "user_mask", "res_mask")
 #: ONNX output name: logits [B, R, N+1] (column 0 = leave the resource unused)
@@ -106,9 +104,6 @@ NUM_GLOBAL, NUM_USER, NUM_RES, NUM_PAIR = (
     len(RESOURCE_FEATURES),
     len(PAIR_FEATURES),
 )
-
-_LOG_MAX_COUNT = float(np.log1p(4096.0))
-_LOG_STALE = float(np.log1p(1000.0))
 
 
 def feature_spec() -> dict[str, object]:
@@ -226,20 +221,6 @@ class StudentBatch:
         return self.inputs.arrays()
 
 
-def _stats(values: np.ndarray) -> tuple[float, float, float, float]:
-    """(max, min, mean, std) of a 1-D array; zeros when empty."""
-    if values.size == 0:
-        return 0.0, 0.0, 0.0, 0.0
-    mean = float(values.sum()) / values.size
-    var = float(np.dot(values, values)) / values.size - mean * mean
-    return float(values.max()), float(values.min()), mean, float(np.sqrt(max(var, 0.0)))
-
-
-def _safe_inv(x: np.ndarray) -> np.ndarray:
-    """1 / max(x, tiny): finite everywhere; where x = 0 the numerators are 0 as well."""
-    return 1.0 / np.maximum(x, np.float32(1e-30))
-
-
 def _fallback_scale(state: SlotState, history: HistoryView | None) -> float:
     """The slot's bit scale when no admissible pair has utility (no free resource, no eligible
     user, or only zero rates): its largest utility on any pair, else its largest buffer, else its
@@ -253,8 +234,99 @@ def _fallback_scale(state: SlotState, history: HistoryView | None) -> float:
     return 1.0
 
 
+@dataclass(slots=True)
+class _Padded:
+    """The inputs of B slots padded to (N, R): zeros (False) outside each slot's own users and
+    resources unless said. float64 unless said."""
+
+    util_t: np.ndarray  # [B, R, N] utility^T on admissible pairs (0 elsewhere)
+    elig: np.ndarray  # bool [B, N]
+    avail: np.ndarray  # bool [B, R]
+    user_real: np.ndarray  # bool [B, N]: the slot's own users
+    n: np.ndarray  # [B] users
+    r: np.ndarray  # [B] resources
+    cap: np.ndarray  # [B] max resources per user
+    slot: np.ndarray  # int64 [B]
+    spectrum: np.ndarray  # bool [B]
+    buf: np.ndarray  # [B, N] queued bits (0 where unknown)
+    has_buf: np.ndarray  # bool [B]
+    p_rx: np.ndarray  # [B, N] dBm (padding: the slot's first user's; 0 where unknown)
+    has_prx: np.ndarray  # bool [B]
+    bw: np.ndarray  # [B, R] Hz
+    se_user: np.ndarray  # [B, N] best reported SE on an available resource, bit/s/Hz (0 unknown)
+    has_hist: np.ndarray  # bool [B]
+    avg_served: np.ndarray  # [B, N]
+    cum: np.ndarray  # [B, N] x_u
+    last: np.ndarray  # int64 [B, N] last served slot (-1 never)
+    known: np.ndarray  # bool [B, N]
+    present: np.ndarray  # [B, N] slots present (1 where unknown: the rate is then x_u itself)
+    u_ref: np.ndarray  # [B] the slot's bit scale: its largest admissible utility (or fallback)
+
+
+def _pad(states: Sequence[SlotState], histories: Sequence[HistoryView | None], num_ue: int, num_res: int) -> _Padded:
+    """Copy B slots into padded arrays of (``num_ue``, ``num_res``): the only loop over slots."""
+    b = len(states)
+    z = np.zeros
+    p = _Padded(
+        util_t=z((b, num_res, num_ue)),
+        elig=z((b, num_ue), bool),
+        avail=z((b, num_res), bool),
+        user_real=z((b, num_ue), bool),
+        n=z(b, np.int64),
+        r=z(b, np.int64),
+        cap=z(b, np.int64),
+        slot=z(b, np.int64),
+        spectrum=z(b, bool),
+        buf=z((b, num_ue)),
+        has_buf=z(b, bool),
+        p_rx=z((b, num_ue)),
+        has_prx=z(b, bool),
+        bw=z((b, num_res)),
+        se_user=z((b, num_ue)),
+        has_hist=z(b, bool),
+        avg_served=z((b, num_ue)),
+        cum=z((b, num_ue)),
+        last=np.full((b, num_ue), -1, np.int64),
+        known=z((b, num_ue), bool),
+        present=np.ones((b, num_ue)),
+        u_ref=z(b),
+    )
+    for i, (st, hv) in enumerate(zip(states, histories, strict=True)):
+        n, r = st.num_ue, st.num_res
+        elig, avail = st.user_eligible, st.resource_available
+        p.util_t[i, :r, :n] = st.utility.T
+        if not (elig.all() and avail.all()):
+            p.util_t[i, :r, :n] *= avail[:, None] & elig[None, :]
+        p.elig[i, :n], p.avail[i, :r], p.user_real[i, :n] = elig, avail, True
+        p.n[i], p.r[i], p.cap[i], p.slot[i] = n, r, st.max_resources_per_user, st.slot
+        p.spectrum[i] = st.preset == "spectrum"
+        if st.buffer_bits is not None:
+            p.buf[i, :n], p.has_buf[i] = st.buffer_bits, True
+        if st.rx_power_dbm is not None:
+            p.p_rx[i, :n], p.p_rx[i, n:], p.has_prx[i] = st.rx_power_dbm, st.rx_power_dbm[0], True
+        p.bw[i, :r] = st.bandwidth_hz
+        se = st.spectral_efficiency
+        if se is not None:
+            p.se_user[i, :n] = se if se.ndim == 1 else (se if avail.all() else se[:, avail]).max(axis=1, initial=0.0)
+        if hv is not None:
+            p.has_hist[i] = True
+            p.avg_served[i, :n], p.cum[i, :n], p.last[i, :n], p.known[i, :n] = (
+                hv.avg_served,
+                hv.cum_resources,
+                hv.last_served_slot,
+                hv.known,
+            )
+            present = hv.present_slots(st.slot)
+            if present is not None:
+                p.present[i, :n] = present
+        top = float(p.util_t[i].max())
+        p.u_ref[i] = top if top > 0.0 else _fallback_scale(st, hv)
+    return p
+
+
 def serialize(state: SlotState, history: HistoryView | None = None, out: StudentInputs | None = None) -> StudentInputs:
-    """Serialize one slot (and its cell history) into the student's tensors.
+    """Serialize one slot (and its cell history) into the student's tensors: ``serialize_many``
+    of a batch of one, so a slot's tensors are bitwise the same alone and in any batch.
 
     state: the slot (utility [N, R], availability [R], eligibility [N], cap, buffers, powers).
     history: the cell's history aligned with the slot's users (None = a cell without history:
@@ -266,144 +338,38 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
     n, r = state.num_ue, state.num_res
     if out is None or out.shape != (n, r):
         out = StudentInputs.empty(n, r)
-    elig = state.user_eligible
-    avail = state.resource_available
-    n_elig, n_avail = int(np.count_nonzero(elig)), int(np.count_nonzero(avail))
-    full = n_elig == n and n_avail == r
-
-    # ---- per-pair block [Fp, R, N]; channel 0: admissible utility / slot max
-    # Every quantity in bits (utility, buffers, PF averages) is divided by the slot max u_ref in
-    # float64, before the float32 cast: scaling all of them by one factor then gives the same
-    # float32 features (to float64 rounding), and everything below works on these ratios.
-    pc = out.pair_feats
-    adm = pc[0]  # [R, N]
-    util_t = state.utility.T if full else state.utility.T * (avail[:, None] & elig[None, :])  # [R, N] float64
-    u_ref = float(util_t.max()) if util_t.size else 0.0
-    if u_ref <= 0.0:
-        u_ref = _fallback_scale(state, history)
-    np.divide(util_t, u_ref, out=adm, casting="unsafe")
-    row_max = adm.max(axis=0)  # [N] user's best / slot max
-    col_max = adm.max(axis=1)  # [R] resource's best / slot max
-    row_mean = adm.sum(axis=0) * np.float32(1.0 / max(n_avail, 1))  # [N] mean over available resources
-    col_mean = adm.sum(axis=1) * np.float32(1.0 / max(n_elig, 1))  # [R] mean over eligible users
-    np.multiply(adm, _safe_inv(row_max)[None, :], out=pc[1])
-    np.multiply(adm, _safe_inv(col_max)[:, None], out=pc[2])
-    buf = state.buffer_bits
-    if buf is not None:
-        np.minimum(adm, (buf / u_ref).astype(np.float32)[None, :], out=pc[3])
-    else:
-        pc[3] = adm
-    if full:
-        pc[4] = 1.0
-    else:
-        np.logical_and(avail[:, None], elig[None, :], out=pc[4], casting="unsafe")
-
-    # ---- per-user tokens [N, Fu]
-    uf = out.user_feats
-    uf[:, 0] = elig
-    uf[:, 1] = row_max
-    uf[:, 2] = row_mean
-    p_rx = state.rx_power_dbm
-    uf[:, 3] = 0.0 if p_rx is None else (p_rx - p_rx.max()) / 10.0
-    if buf is not None:
-        need = (buf / u_ref) * _safe_inv(row_max).astype(np.float64)  # resources to empty the buffer
-        uf[:, 4] = np.log1p(need)
-        uf[:, 5] = np.minimum(need, n_avail) / max(n_avail, 1)
-    else:
-        uf[:, 4:6] = 0.0
-    if history is not None:
-        avg = np.maximum(history.avg_served / u_ref, 1e-12)  # in units of the slot max
-    else:  # no history: a new user's PF average, its mean utility on available resources
-        avg = np.maximum(row_mean.astype(np.float64), 1e-12)
-    # pair channel 5: the PF priority utility / average, relative to the slot's largest
-    pf = adm * (1.0 / avg)[None, :]  # [R, N] float64
-    pf_max = float(pf.max()) if pf.size else 0.0
-    np.multiply(pf, 1.0 / pf_max if pf_max > 0.0 else 0.0, out=pc[5], casting="unsafe")
-    if history is not None:
-        x = history.cum_resources
-        uf[:, 6] = np.log1p(avg)
-        uf[:, 7] = np.log1p(row_max / avg)
-        s, q = float(x.sum()), float(np.dot(x, x))
-        uf[:, 8] = 1.0 - s * x / q if q > 0 else 0.0
-        mean_x = s / n
-        uf[:, 9] = x / max(mean_x, 1.0) - 1.0
-        last = history.last_served_slot
-        age = np.where(last >= 0, np.clip(state.slot - last, 0, 1000), 1000)
-        uf[:, 10] = np.log1p(age) * (1.0 / _LOG_STALE)
-        uf[:, 11] = history.known
-        present = history.present_slots(state.slot)
-        rate = x / present if present is not None else x
-        mean_rate = float(rate.sum()) / n
-        uf[:, 12] = rate / mean_rate - 1.0 if mean_rate > 0 else 0.0
-        jfi = s * s / (n * q) if q > 0 else 1.0
-    else:
-        uf[:, 6] = np.log1p(row_mean)
-        uf[:, 7] = np.log1p(row_max * _safe_inv(row_mean))
-        uf[:, 8:10] = 0.0
-        uf[:, 10] = 1.0
-        uf[:, 11:13] = 0.0
-        mean_x, jfi = 0.0, 1.0
-    se = state.spectral_efficiency
-    if se is None:
-        uf[:, 13] = 0.0
-    elif se.ndim == 1:
-        uf[:, 13] = se * (1.0 / _SE_SCALE)
-    else:
-        uf[:, 13] = (se if n_avail == r else se[:, avail]).max(axis=1, initial=0.0) * (1.0 / _SE_SCALE)
-    if n_elig < n:
-        uf[~elig, 1:8] = 0.0  # utility, buffer and PF terms of users who may own nothing
-        uf[~elig, 13] = 0.0
-
-    # ---- per-resource tokens [R, Fr]
-    rf = out.res_feats
-    bw = state.bandwidth_hz
-    bw_av = bw if n_avail == r else bw[avail]
-    bw_ref = float(bw_av.max()) if bw_av.size else float(bw.max())
-    rf[:, 0] = avail
-    rf[:, 1] = bw * (1.0 / bw_ref)
-    rf[:, 2] = col_max
-    rf[:, 3] = col_mean
-    if n_avail < r:
-        rf[~avail, 1:] = 0.0
-
-    # ---- global statistics [G]
-    g = out.global_feats
-    g[0] = state.preset == "spectrum"
-    g[1] = state.preset == "mac"
-    g[2] = np.log1p(n_elig) / _LOG_MAX_COUNT
-    g[3] = np.log1p(n_avail) / _LOG_MAX_COUNT
-    g[4] = n_elig / n
-    g[5] = n_avail / r
-    g[6] = np.log((1.0 + n_elig) / (1.0 + n_avail))
-    g[7] = min(state.max_resources_per_user, n_avail) / max(n_avail, 1)
-    g[8] = state.max_resources_per_user == 1
-    if n_elig and n_avail:
-        flat = adm.reshape(-1)
-        count = n_elig * n_avail
-        mean = float(flat.sum(dtype=np.float64)) / count
-        var = float(np.dot(flat, flat)) / count - mean * mean
-        g[9] = float(adm.min()) if full else float(np.where(avail[:, None] & elig[None, :], adm, np.inf).min())
-        g[10], g[11] = mean, np.sqrt(max(var, 0.0))
-    else:
-        g[9:12] = 0.0
-    if bw_av.size:
-        _, g[12], g[13], g[14] = _stats(bw_av * (1.0 / bw_ref))
-    else:
-        g[12:15] = 0.0
-    if buf is not None:
-        g[15] = 1.0
-        g[16], g[17], g[18], g[19] = _stats(np.log1p((buf if n_elig == n else buf[elig]) / u_ref))
-    else:
-        g[15:20] = 0.0
-    if p_rx is not None:
-        g[20] = _stats(p_rx)[3] / 10.0
-        snr = p_rx - (-174.0 + 10.0 * np.log10(bw_ref))  # mean SNR on the widest channel, dB
-        g[21], g[22] = float(snr.max()) / 100.0, float(snr.mean()) / 100.0
-    else:
-        g[20:23] = 0.0
-    g[23] = jfi
-    g[24] = np.log1p(mean_x) / 10.0
-
-    out.user_mask[:] = elig
-    out.res_mask[:] = avail
+    serialize_many([state], [history], StudentBatch(StudentInputs(*out.batch_of_one()), [(0, 0)]))
     return out
+
+
+def serialize_many(
+    states: Sequence[SlotState], histories: Sequence[HistoryView | None], out: StudentBatch | None = None
+) -> StudentBatch:
+    """Serialize B slots (each with its cell history, or None) into one padded ``StudentBatch``,
+    in one call of the compiled kernel (``tensor_kernel.features``, no GIL).
+
+    out: a batch of B items and at least the largest N and R to fill in place (every element is
+    written, the padding with zeros); a new one when None or too small. Item b's tensors are
+    bitwise ``serialize(states[b], histories[b])`` whatever the rest of the batch (the kernel
+    computes each slot on its own users and resources). Every bit quantity (utility, buffers, PF averages) is divided by the
+    slot's largest admissible utility in float64 before the float32 cast, so scaling all of them
+    by one factor gives the same features to float64 rounding.
+    """
+    bsz = len(states)
+    num_ue = max(s.num_ue for s in states)
+    num_res = max(s.num_res for s in states)
+    if out is None or out.capacity[0] != bsz or out.capacity[1] < num_ue or out.capacity[2] < num_res:
+        out = StudentBatch.empty(bsz, num_ue, num_res)
+    _, num_ue, num_res = out.capacity
+    _features(_pad(states, histories, num_ue, num_res), out.inputs)
+    out.shapes = [(s.num_ue, s.num_res) for s in states]
+    return out
+
+
+def _features(p: _Padded, out: StudentInputs) -> None:
+    """The feature blocks of ``p`` into ``out`` (arrays [B, ...]): the compiled kernel."""
+    tensor_kernel.features(
+        p.util_t, p.elig, p.avail, p.n, p.r, p.cap, p.slot, p.spectrum, p.buf, p.has_buf, p.p_rx, p.has_prx,
+        p.bw, p.se_user, p.has_hist, p.avg_served, p.cum, p.last, p.known, p.present, p.u_ref,
+        out.global_feats, out.user_feats, out.res_feats, out.pair_feats, out.user_mask, out.res_mask,
+    )  # fmt: skip

@@ -26,7 +26,7 @@ from service.policies.registry import PolicySet
 from service.policies.student import StudentPolicy
 from service.policies.student_model import CARD_FILE, default_model_dir, locate_model, sha256_file
 from service.policies.student_ranges import MAX_RANGE_NAMES, RANGE_BLOCKS, FeatureRanges
-from service.serialize.tensors import NUM_GLOBAL, StudentInputs
+from service.serialize.tensors import NUM_GLOBAL, StudentBatch, StudentInputs, serialize, serialize_many
 from service.sim.mac import MacEnv
 from service.sim.mac_config import MAC_SCENARIOS
 from service.sim.worlds import HELD_OUT
@@ -197,3 +197,34 @@ def test_models_lists_nothing_before_the_student_is_loaded() -> None:
     body = _models(core).json()
     assert body["models"] == {} and "note" in body
     assert np.isfinite(body["pid"])
+
+
+def test_a_batch_is_checked_item_by_item_as_each_slot_alone() -> None:
+    """``check_many`` on a padded batch names, per item, exactly what ``check`` names for the slot
+    alone: the padding is never looked at (zero padding would be below a lower bound above 0)."""
+    env = MacEnv(MAC_SCENARIOS["standard"], seed=4)
+    states = [env.reset()]
+    for _ in range(5):
+        states.append(env.step(np.zeros(states[-1].num_res, np.int64)).state)
+    states = [
+        replace(s, user_eligible=s.user_eligible & (np.arange(s.num_ue) % (k + 2) > 0)) for k, s in enumerate(states)
+    ]
+    alone = [serialize(s) for s in states]
+    ref = max(alone, key=lambda x: int(x.user_mask.sum()))
+    assert ref.user_mask.sum() > 0
+    # ranges of one slot's own features, lower bounds lifted above 0: the others fall outside
+    spec = {}
+    for block, arrays in (
+        ("global", [ref.global_feats[None]]),
+        ("user", [ref.user_feats[ref.user_mask > 0]]),
+        ("resource", [ref.res_feats]),
+        ("pair", [ref.pair_feats.reshape(len(RANGE_BLOCKS["pair"]), -1).T]),
+    ):
+        v = np.concatenate(arrays).astype(np.float64)
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        spec[block] = {"min": np.minimum(np.maximum(lo, 1e-3), hi).tolist(), "max": hi.tolist()}
+    ranges = FeatureRanges.from_card(spec, "test")
+    batch = serialize_many(states, [None] * len(states), StudentBatch.empty(len(states), 120, 80))
+    many = ranges.check_many(batch)
+    assert many == [ranges.check(x) for x in alone]
+    assert any(many) and any(m != many[0] for m in many)

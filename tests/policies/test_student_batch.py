@@ -16,6 +16,7 @@ from service.config import Settings
 from service.core import ServiceCore
 from service.history import CellHistory, record_decision
 from service.pipeline import decide_many
+from service.policies import student as student_module
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet
 from service.policies.student import StudentPolicy
@@ -214,14 +215,20 @@ def test_a_cell_whose_serialization_fails_falls_back_alone_and_the_batch_goes_on
 ) -> None:
     core, ref = _core(), _core()
     runs = _count_runs(core)
-    original = StudentPolicy.serialize
+    original, original_many = StudentPolicy.serialize, student_module.serialize_many
 
     def serialize(self: StudentPolicy, state: SlotState, ctx: PolicyContext):
         if state.cell_id == "mac-1":
             raise ValueError("a broken slot")
         return original(self, state, ctx)
 
+    def serialize_many(states: list[SlotState], *args: Any) -> StudentBatch:
+        if any(s.cell_id == "mac-1" for s in states):
+            raise ValueError("a broken slot")
+        return original_many(states, *args)
+
     monkeypatch.setattr(StudentPolicy, "serialize", serialize)
+    monkeypatch.setattr(student_module, "serialize_many", serialize_many)
     cells = _cells(np.random.default_rng(8), "mac", 4, 1)
     args = [_args(c[0]) for c in cells]
     out = core.schedule_cells(args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from service.history import CellHistory, HistoryView, apply_feedback, record_decision
@@ -13,9 +15,11 @@ from service.serialize.tensors import (
     NUM_RES,
     NUM_USER,
     USER_FEATURES,
+    StudentBatch,
     StudentInputs,
     feature_spec,
     serialize,
+    serialize_many,
 )
 from service.sim.mac import make_mac_env
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
@@ -153,3 +157,69 @@ def test_resource_rate_uses_the_time_each_user_has_been_present():
     # without presence (a view that does not carry it) the rate is x_u itself
     y = serialize(state, HistoryView(view.avg_served, view.cum_resources, view.last_served_slot, view.known))
     np.testing.assert_allclose(y.user_feats[:, col], [-0.25, -0.25, 0.5], rtol=1e-5)
+
+
+def _mixed_slots(rng: np.random.Generator, count: int) -> tuple[list, list[HistoryView | None]]:
+    """``count`` slots of random presets and sizes (busy resources, ineligible users, physical
+    fields or none), each after a few random decisions of its own cell; some without history."""
+    states, views = [], []
+    for _ in range(count):
+        seed = int(rng.integers(10**6))
+        if rng.random() < 0.5:
+            env = make_mac_env("standard", seed=seed, num_ue=int(rng.integers(1, 40)), num_rbg=int(rng.integers(1, 30)))
+        else:
+            n, r = int(rng.integers(1, 30)), int(rng.integers(1, 20))
+            env = SpectrumEnv(SpectrumConfig(num_ue=n, num_channels=r, num_busy=int(rng.integers(0, r))), seed=seed)
+        state, history = env.reset(), CellHistory.empty()
+        for _ in range(int(rng.integers(0, 4))):
+            owner = random_valid(state, rng)
+            history = record_decision(history, state, owner)
+            state = env.step(owner).state
+        states.append(state)
+        views.append(None if rng.random() < 0.25 else history.view(state))
+    return states, views
+
+
+def test_a_slot_serialized_in_any_padded_batch_is_bitwise_the_slot_alone() -> None:
+    rng = np.random.default_rng(21)
+    reused = None
+    for _ in range(15):
+        states, views = _mixed_slots(rng, int(rng.integers(1, 7)))
+        if reused is None or reused.capacity[0] != len(states):
+            reused = StudentBatch.empty(len(states), 50, 40)  # larger than any slot: more padding
+        for batch in (serialize_many(states, views), serialize_many(states, views, reused)):
+            assert batch.shapes == [(s.num_ue, s.num_res) for s in states]
+            for b, (state, view) in enumerate(zip(states, views, strict=True)):
+                alone = serialize(state, view)
+                for got, want in zip(batch.item(b).arrays(), alone.arrays(), strict=True):
+                    np.testing.assert_array_equal(got, want)
+                n, r = state.num_ue, state.num_res
+                x = batch.inputs  # the padding of a reused buffer is zero again
+                assert not x.user_feats[b, n:].any() and not x.res_feats[b, r:].any()
+                assert not x.pair_feats[b, :, r:].any() and not x.pair_feats[b, :, :, n:].any()
+                assert not x.user_mask[b, n:].any() and not x.res_mask[b, r:].any()
+
+
+def test_the_features_are_those_of_their_definitions() -> None:
+    """A few features recomputed from their definitions (tensors' docstrings) on a mac slot with
+    history and busy RBGs: the vectorised kernel computes what the names say."""
+    state, view = _mac_with_history()
+    avail = np.zeros(state.num_res, bool)
+    avail[::2] = True
+    state = replace(state, resource_available=avail)
+    x = serialize(state, view)
+    elig = state.user_eligible
+    adm = state.utility[:, avail][elig]
+    u_ref = adm.max()
+    g = dict(zip(feature_spec()["global"], x.global_feats, strict=True))
+    np.testing.assert_allclose(g["utility_mean"], (adm / u_ref).sum() / (elig.sum() * avail.sum()), rtol=1e-6)
+    np.testing.assert_allclose(g["available_resource_fraction"], avail.mean(), rtol=1e-7)
+    cum = view.cum_resources
+    np.testing.assert_allclose(g["fairness_jfi"], cum.sum() ** 2 / (cum.size * (cum**2).sum()), rtol=1e-6)
+    u = {name: x.user_feats[:, k] for k, name in enumerate(USER_FEATURES)}
+    best = np.where(elig, state.utility[:, avail].max(axis=1) / u_ref, 0.0)
+    np.testing.assert_allclose(u["best_utility"], best, rtol=1e-6)
+    need = state.buffer_bits / np.maximum(state.utility[:, avail].max(axis=1), 1e-300)
+    np.testing.assert_allclose(u["buffer_log"][elig], np.log1p(need[elig]), rtol=1e-5)
+    np.testing.assert_array_equal(x.res_mask, avail)
+    np.testing.assert_array_equal(x.pair_feats[4], avail[:, None] & elig[None, :])
