@@ -1,4 +1,5 @@
-"""Assignment kernels shared by repair and the policies (pure numpy / scipy).
+"""Assignment kernels shared by repair and the policies (pure numpy / scipy; the greedy fill
+compiled with numba).
 
 All work on a ``SlotState`` and a score matrix float64 [N, R]; they respect availability,
 eligibility, the per-user cap and, in the mac preset, the user's queued data (a user is not
@@ -12,7 +13,10 @@ the rule.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
+from numba import njit
 from scipy.optimize import linear_sum_assignment
 
 from service.types import SlotState
@@ -20,17 +24,7 @@ from service.types import SlotState
 #: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
 #: that many RBGs even when the division rounds a few ulps up (e.g. both given in other units)
 NEED_TOLERANCE = 1e-9
-
-
-def remaining_bits(state: SlotState, owner: np.ndarray) -> np.ndarray | None:
-    """float64 [N]: buffer bits not yet covered by ``owner`` (mac with known buffers), else None."""
-    if state.preset != "mac" or state.buffer_bits is None:
-        return None
-    used = owner > 0
-    sched = np.bincount(
-        owner[used] - 1, weights=state.utility[owner[used] - 1, np.flatnonzero(used)], minlength=state.num_ue
-    )
-    return state.buffer_bits - sched
+_NONE = np.zeros(0)
 
 
 def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:
@@ -126,147 +120,29 @@ def greedy_fill(
     user's rate is 0 carries nothing for it), its resource is still free, its user is below the
     cap and (mac) the user's scheduled TBS does not yet cover its buffer (to within
     ``NEED_TOLERANCE`` of its best TBS, so buffers of whole RBGs in any unit give one decision).
-    score: float64 [N, R]. Returns the DCM int64 [R].
+    score: float64 [N, R] (NaN visited last). Returns the DCM int64 [R]. The compiled
+    ``_greedy_kernel`` does the work, without the GIL.
     """
-    owner = np.zeros(state.num_res, np.int64) if owner is None else owner.copy()
-    cap = state.max_resources_per_user
-    counts = np.bincount(owner, minlength=state.num_ue + 1)[1:]
-    remaining = remaining_bits(state, owner)
-    if remaining is not None:  # covered once within NEED_TOLERANCE of an RBG: the same rule at every scale
-        remaining = remaining - NEED_TOLERANCE * state.utility.max(axis=1, initial=0.0)
-    cand = state.user_eligible & (counts < cap)
-    if remaining is not None:
-        cand &= remaining > 0
+    n = state.num_ue
+    owner = np.zeros(state.num_res, np.int64) if owner is None else np.array(owner, np.int64)
+    selected = np.ones(n, np.bool_)
     if users is not None:
-        sel = np.zeros(state.num_ue, bool)
-        sel[users] = True
-        cand &= sel
-    cand_users = np.flatnonzero(cand)
-    free = np.flatnonzero(state.resource_available & (owner == 0))
-    if cand_users.size == 0 or free.size == 0:
-        return owner
-    sub = score.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
-    # a pair of zero utility carries nothing (rate 0: out of range) and is never granted: the
-    # general path skips it (checked on the whole matrix first, the common slot has none)
-    if state.utility.min(initial=1.0) <= 0 and (state.utility.take(cand_users, axis=0).take(free, axis=1) <= 0).any():
-        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
-        return owner
-    with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.isfinite(sub.sum())  # False for NaN / inf anywhere (or a sum overflow)
-    if not finite:  # general path
-        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
-    elif (sub == sub[:, :1]).all():
-        _greedy_row_constant(state, sub[:, 0], cand_users, free, owner, counts, remaining)
-    elif cap - counts[cand_users].min() <= 1:
-        _greedy_single(sub, cand_users, free, owner)
-    else:
-        _greedy_pairs(state, sub, cand_users, free, owner, counts, remaining)
+        selected[:] = False
+        selected[users] = True
+    with_buffer = state.preset == "mac" and state.buffer_bits is not None
+    _greedy_kernel(
+        np.ascontiguousarray(score, np.float64),
+        np.ascontiguousarray(state.utility, np.float64),
+        owner,
+        np.ascontiguousarray(state.resource_available, np.bool_),
+        np.ascontiguousarray(state.user_eligible, np.bool_),
+        selected,
+        int(state.max_resources_per_user),
+        np.ascontiguousarray(state.buffer_bits, np.float64) if with_buffer else _NONE,
+        with_buffer,
+        NEED_TOLERANCE,
+    )
     return owner
-
-
-def _greedy_single(sub: np.ndarray, cand_users: np.ndarray, free: np.ndarray, owner: np.ndarray) -> None:
-    """``greedy_fill`` when every candidate can take one more resource: rounds of mutually
-    first pairs (best of its row and of its column, ties by lower index), which the sequential
-    greedy takes whatever else it takes. sub: finite [U, F]; fills ``owner`` in place."""
-    m = sub.copy()  # [U, F]; taken rows / columns become -inf
-    mt = np.ascontiguousarray(sub.T)  # [F, U], the same for column-wise argmax
-    row_idx = np.arange(m.shape[0])
-    row_open = np.ones(m.shape[0], bool)
-    left = min(m.shape)
-    while left:
-        best_col = m.argmax(axis=1)  # [U] first max of each row: lowest resource among ties
-        best_row = mt.argmax(axis=1)  # [F] first max of each column: lowest user among ties
-        mutual = np.flatnonzero((best_row[best_col] == row_idx) & row_open)
-        cols = best_col[mutual]
-        owner[free[cols]] = cand_users[mutual] + 1
-        row_open[mutual] = False
-        m[mutual] = -np.inf
-        m[:, cols] = -np.inf
-        mt[cols] = -np.inf
-        mt[:, mutual] = -np.inf
-        left -= mutual.size
-
-
-def _greedy_row_constant(
-    state: SlotState,
-    user_score: np.ndarray,
-    cand_users: np.ndarray,
-    free: np.ndarray,
-    owner: np.ndarray,
-    counts: np.ndarray,
-    remaining: np.ndarray | None,
-) -> None:
-    """``greedy_fill`` when a user's score is the same on every free resource (mac: TBS per
-    user): users by score (ties: lower index) take the lowest free resources up to their cap
-    and, in mac, until their buffer is covered. user_score: [U]; fills ``owner`` in place."""
-    cap, n_free = state.max_resources_per_user, free.size
-    users = cand_users[np.lexsort((cand_users, -user_score))].tolist()
-    room = (cap - counts).tolist()
-    left = None if remaining is None else remaining.tolist()
-    gain = None
-    if left is not None:
-        usub = state.utility.take(cand_users, axis=0).take(free, axis=1)  # [U, F]
-        if (usub == usub[:, :1]).all():  # TBS per user, the same on every RBG
-            gain = dict(zip(cand_users.tolist(), usub[:, 0].tolist(), strict=True))
-    takes: list[int] = []
-    start = 0
-    for u in users:
-        take = min(room[u], n_free - start)
-        if left is not None:  # the j-th RBG is taken while data is still queued before it
-            rem, k = left[u], 0
-            while k < take and rem > 0:
-                rem -= gain[u] if gain is not None else float(state.utility[u, free[start + k]])
-                k += 1
-            take = k
-        takes.append(take)
-        start += take
-        if start >= n_free:
-            break
-    owner[free[:start]] = np.repeat(np.asarray(users[: len(takes)], np.int64) + 1, takes)
-
-
-def _greedy_pairs(
-    state: SlotState,
-    sub: np.ndarray,
-    cand_users: np.ndarray,
-    free: np.ndarray,
-    owner: np.ndarray,
-    counts: np.ndarray,
-    remaining: np.ndarray | None,
-) -> None:
-    """``greedy_fill`` in general: visit the pairs in order of score. Fills ``owner`` in place."""
-    f = free.size
-    neg = -sub.ravel()
-    order = np.argsort(neg)  # introsort; equals the stable order unless scores tie (or are NaN)
-    ranked = neg[order]
-    if (ranked[1:] == ranked[:-1]).any() or np.isnan(ranked[-1]):
-        order = np.argsort(neg, kind="stable")  # ties keep (user, resource) order
-    gain_flat = state.utility.take(cand_users, axis=0).take(free, axis=1).ravel()  # [U·F]
-    cap = state.max_resources_per_user
-    cnt = counts.tolist()
-    left = None if remaining is None else remaining.tolist()
-    taken: set[int] = set()
-    left_res, left_users = f, cand_users.size
-    start, chunk = 0, max(4 * f, 256)  # the pairs are turned into Python values chunk by chunk
-    while start < order.size:
-        part = order[start : start + chunk]
-        start, chunk = start + chunk, 2 * chunk
-        for u, res, g in zip(
-            cand_users[part // f].tolist(), free[part % f].tolist(), gain_flat[part].tolist(), strict=True
-        ):
-            if res in taken or cnt[u] >= cap or (left is not None and left[u] <= 0) or g <= 0:
-                continue
-            owner[res] = u + 1
-            taken.add(res)
-            cnt[u] += 1
-            left_res -= 1
-            done = cnt[u] >= cap
-            if left is not None:
-                left[u] -= g
-                done = done or left[u] <= 0
-            left_users -= int(done)
-            if left_res == 0 or left_users == 0:
-                return
 
 
 def copies_per_user(state: SlotState) -> np.ndarray:
@@ -328,3 +204,133 @@ def linear_assignment(
     keep = mat[rows, cols] > 0
     owner[r_sel[cols[keep]]] = rows_user[rows[keep]] + 1
     return owner
+
+
+@njit(cache=True, nogil=True)
+def _greedy_kernel(
+    score: np.ndarray,
+    utility: np.ndarray,
+    owner: np.ndarray,
+    available: np.ndarray,
+    eligible: np.ndarray,
+    selected: np.ndarray,
+    cap: int,
+    buffer: np.ndarray,
+    with_buffer: bool,
+    tolerance: float,
+) -> None:
+    """``greedy_fill``'s work, in place on ``owner`` [R]: score, utility float64 [N, R];
+    available bool [R]; eligible, selected bool [N]; buffer float64 [N] (read when
+    ``with_buffer``)."""
+    n, r = utility.shape
+    counts = np.zeros(n, np.int64)
+    for k in range(r):
+        if owner[k] > 0:
+            counts[owner[k] - 1] += 1
+    left = np.full(n, np.inf)
+    if with_buffer:
+        sched = np.zeros(n)
+        for k in range(r):
+            if owner[k] > 0:
+                sched[owner[k] - 1] += utility[owner[k] - 1, k]
+        for u in range(n):
+            top = 0.0
+            for k in range(r):
+                top = max(top, utility[u, k])
+            left[u] = (buffer[u] - sched[u]) - tolerance * top
+    users = np.empty(n, np.int64)
+    num_users = 0
+    for u in range(n):
+        if eligible[u] and selected[u] and counts[u] < cap and (not with_buffer or left[u] > 0):
+            users[num_users] = u
+            num_users += 1
+    free = np.empty(r, np.int64)
+    num_free = 0
+    for k in range(r):
+        if available[k] and owner[k] == 0:
+            free[num_free] = k
+            num_free += 1
+    if num_users == 0 or num_free == 0:
+        return
+    users, free = users[:num_users], free[:num_free]
+    # scores constant per user on the free resources, all finite, every utility above 0: users by
+    # score (ties: lower index) take the lowest free resources in turn
+    row_constant = True
+    for a in range(num_users):
+        u = users[a]
+        first = score[u, free[0]]
+        if not np.isfinite(first):
+            row_constant = False
+            break
+        for f in range(num_free):
+            if score[u, free[f]] != first or not utility[u, free[f]] > 0:
+                row_constant = False
+                break
+        if not row_constant:
+            break
+    if row_constant:
+        keys = np.empty(num_users)
+        for a in range(num_users):
+            keys[a] = -score[users[a], free[0]]
+        order = np.argsort(keys, kind="mergesort")
+        start = 0
+        for a in order:
+            u = users[a]
+            while start < num_free and counts[u] < cap and left[u] > 0:
+                k = free[start]
+                owner[k] = u + 1
+                counts[u] += 1
+                if with_buffer:
+                    left[u] -= utility[u, k]
+                start += 1
+            if start == num_free:
+                return
+        return
+    # general: the users' next pairs in a heap keyed (NaN, -score, user, resource), so the pairs
+    # come out in the order of the sequential greedy; a user's next pair is found by a scan of the
+    # free resources for its best one after the pair it last visited (taken resources are passed
+    # over, as the sequential greedy passes over their pairs)
+    taken = np.zeros(num_free, np.bool_)
+    heap = [(0, 0.0, 0, 0)]
+    heap.pop()
+    for a in range(num_users):
+        key = _next_pair(score, users[a], free, taken, (-1, 0.0, -1))
+        if key[2] >= 0:
+            heap.append((key[0], key[1], a, key[2]))
+    heapq.heapify(heap)
+    left_res = num_free
+    while heap and left_res > 0:
+        nan, neg, a, f = heapq.heappop(heap)
+        u, k = users[a], free[f]
+        if taken[f]:  # its pair now comes later: its best free resource after the last visited
+            key = _next_pair(score, u, free, taken, (nan, neg, f))
+        else:
+            if utility[u, k] > 0:
+                owner[k] = u + 1
+                taken[f] = True
+                left_res -= 1
+                counts[u] += 1
+                if with_buffer:
+                    left[u] -= utility[u, k]
+                if counts[u] >= cap or left[u] <= 0:
+                    continue  # the user is done
+            key = _next_pair(score, u, free, taken, (nan, neg, f))
+        if key[2] >= 0:
+            heapq.heappush(heap, (key[0], key[1], a, key[2]))
+
+
+@njit(cache=True, nogil=True)
+def _next_pair(
+    score: np.ndarray, u: int, free: np.ndarray, taken: np.ndarray, after: tuple[int, float, int]
+) -> tuple[int, float, int]:
+    """The user's first pair, in (NaN, -score, resource) order, after the key ``after`` among the
+    free resources not taken: (NaN, -score, position in ``free``), position -1 when none."""
+    best = (2, 0.0, -1)
+    for f in range(free.shape[0]):
+        if taken[f]:
+            continue
+        s = score[u, free[f]]
+        key = (1, 0.0, f) if np.isnan(s) else (0, -s, f)
+        if key > after and (best[2] < 0 or key < best):
+            best = key
+    return best

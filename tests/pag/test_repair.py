@@ -251,7 +251,7 @@ def test_repair_improves_on_dropping_to_nothing():
 
 def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, users: np.ndarray | None) -> np.ndarray:
     """The fill step written plainly: visit every (user, resource) pair by descending score
-    (ties: lower user, then lower resource), take it iff its utility is above 0, the resource is
+    (NaN last; ties: lower user, then lower resource), take it iff its utility is above 0, the resource is
     free and available, the user eligible, selected, below its cap and (mac) still has unscheduled data beyond
     ``NEED_TOLERANCE`` of its best TBS."""
     owner = owner.copy()
@@ -263,8 +263,13 @@ def _reference_greedy(state: SlotState, score: np.ndarray, owner: np.ndarray, us
             float(state.buffer_bits[u]) - sum(float(state.utility[u, c]) for c in range(r) if owner[c] == u + 1)
             for u in range(n)
         ]
-    pairs = sorted((-float(score[u, c]), u, c) for u in range(n) for c in range(r))
-    for _, u, c in pairs:
+
+    def key(u: int, c: int) -> tuple[bool, float, int, int]:  # NaN last
+        v = float(score[u, c])
+        return (v != v, 0.0 if v != v else -v, u, c)
+
+    pairs = sorted(key(u, c) for u in range(n) for c in range(r))
+    for _, _, u, c in pairs:
         if owner[c] or not state.resource_available[c] or not state.user_eligible[u] or state.utility[u, c] <= 0:
             continue
         if users is not None and u not in set(users.tolist()):
@@ -331,3 +336,30 @@ def test_greedy_fill_matches_the_reference_on_larger_instances():
         score = state.utility / rng.uniform(1, 10, (n, 1))
         empty = np.zeros(r, np.int64)
         assert np.array_equal(greedy_fill(state, score), _reference_greedy(state, score, empty, None))
+
+
+def test_greedy_fill_matches_the_reference_with_infinite_and_nan_scores_and_a_start():
+    """Scores of -inf, +inf and NaN (visited last), partial starting decisions, a user subset and
+    frequency-selective utilities with zeros: the compiled fill against the plain reference."""
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        n, r = int(rng.integers(1, 25)), int(rng.integers(1, 25))
+        util = rng.choice([0.0, 336.0, 672.0, 1344.0], (n, r)) if i % 2 else rng.exponential(size=(n, r))
+        state = make_slot(
+            "mac" if i % 3 else "spectrum",
+            np.arange(n),
+            np.arange(r),
+            utility=util,
+            max_resources_per_user=int(rng.integers(1, r + 1)),
+            buffer_bits=rng.integers(0, 5000, n).astype(float) if i % 3 else None,
+            resource_available=rng.random(r) < 0.8,
+            user_eligible=rng.random(n) < 0.9,
+        )
+        score = rng.normal(size=(n, r))
+        score[rng.random((n, r)) < 0.15] = rng.choice([np.nan, np.inf, -np.inf])
+        start = repair(state, check(state, rng.integers(0, n + 1, r)))
+        start[rng.random(r) < 0.6] = 0
+        users = np.flatnonzero(rng.random(n) < 0.6) if i % 4 == 0 else None
+        got = greedy_fill(state, score, start, users)
+        assert np.array_equal(got, _reference_greedy(state, score, start, users)), i
+        assert is_valid(state, got)
