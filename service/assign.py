@@ -19,12 +19,19 @@ import numpy as np
 from numba import njit
 from scipy.optimize import linear_sum_assignment
 
-from service.types import SlotState
+from service.types import SlotState, make_slot
 
 #: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
 #: that many RBGs even when the division rounds a few ulps up (e.g. both given in other units)
 NEED_TOLERANCE = 1e-9
 _NONE = np.zeros(0)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the greedy fill's kernel on a 2 × 2 slot, so that no
+    served decision pays for it; ``ServiceCore.preload`` calls it before the service is ready."""
+    state = make_slot("mac", [0, 1], [0, 1], utility=np.ones((2, 2)), buffer_bits=[1.0, 1.0])
+    greedy_fill(state, state.utility)
 
 
 def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 from cachetools import TTLCache
 
+from service import assign
 from service.api.contract import ScheduleArgs
 from service.config import Settings
 from service.errors import (
@@ -624,7 +625,9 @@ class ServiceCore:
         }
 
     def preload(self) -> None:
-        """Instantiate the configured policies (load models, open sessions) before serving."""
+        """Instantiate the configured policies (load models, open sessions; a student model load
+        compiles the feature kernels) and compile the greedy fill's kernel, before serving."""
+        assign.warm_up()
         for name in self.settings.preload_policies:
             self.policies.get(name)
 

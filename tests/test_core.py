@@ -346,3 +346,26 @@ def test_a_batch_cancelled_mid_tti_loses_no_state_and_applies_each_slot_once():
         assert record.history == ref.history(c)
     later = asyncio.run(core.decide_cells([ScheduleArgs(_mac(8, c), None, None, None) for c in cells]))
     assert all(not isinstance(d, BaseException) and not d.replayed for d in later)
+
+
+def test_preload_compiles_the_kernels_before_the_first_decision() -> None:
+    """A fresh process: no compiled kernel before ``preload``; after it, the greedy fill's and
+    (loading the student) the feature kernels are compiled or loaded from numba's cache."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from service.assign import _greedy_kernel\n"
+        "from service.serialize import tensor_kernel\n"
+        "from service.config import Settings\n"
+        "from service.core import ServiceCore\n"
+        "core = ServiceCore(Settings(state_url='memory://', preload_policies=['student', 'pf']))\n"
+        "kernels = (_greedy_kernel, tensor_kernel.features, tensor_kernel.extremes)\n"
+        "print([len(k.signatures) for k in kernels])\n"
+        "core.preload()\n"
+        "print([len(k.signatures) for k in kernels])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.split("\n")[:2]
+    assert before == "[0, 0, 0]" and after == "[1, 1, 1]", out.stdout

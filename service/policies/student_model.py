@@ -321,7 +321,10 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     )
     probe = _probe_slot(preset)
     try:
-        out = model.logits(serialize(probe))
+        inputs = serialize(probe)  # (compiles the feature kernels, or loads them from numba's cache)
+        if ranges is not None:
+            ranges.check(inputs)
+        out = model.logits(inputs)
     except Exception as exc:
         raise ModelInvalidError(f"{onnx_path}: inference on a probe slot failed: {exc}") from None
     if out.shape != (probe.num_res, probe.num_ue + 1) or not np.isfinite(out).all():

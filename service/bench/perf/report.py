@@ -292,8 +292,9 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             f"server, same bytes); {svc:.3f} ms ({svc / head.p50_ms:.0%}, {svc / head.cells:.3f} ms per cell) is the "
             "service's own work around the pipelines (request decode and validation, per-cell state load / save "
             "and history, answer encode, event loop). Batching saves the per-call transport and dispatch (see "
-            "*batched / single*) and, for the student, the per-cell inference calls; serialization, decode, check, "
-            "repair, the guard's reference and the state work are still done cell by cell.",
+            "*batched / single*) and, for the student, the per-cell serialization, range check and inference "
+            "calls (one compiled pass and one onnxruntime call per TTI); decode, check, repair, the guard's "
+            "reference and the state work are still done cell by cell.",
         ]
     out.append(
         by.section(
