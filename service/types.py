@@ -166,6 +166,8 @@ def _check_unique(name: str, ids: np.ndarray) -> None:
     """Raise on an empty id list (field ``name``) or a duplicate id (``name[i].id``)."""
     if ids.size == 0:
         raise InvalidSlotError(name, "must not be empty")
+    if ids.size == 1 or (ids[1:] > ids[:-1]).all():  # increasing (the usual order): unique
+        return
     order = np.argsort(ids, kind="stable")
     dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
     if dup.size:
