@@ -61,6 +61,17 @@ class _ServingBuffers:
     logits: np.ndarray
 
 
+@dataclass(slots=True)
+class _BatchBuffers:
+    """Per-thread buffers of one (model, B, N, R) batch: the padded inputs, their IO binding and
+    the logits [B, R, N+1] it writes (None for a graph without a batch axis)."""
+
+    model: LoadedModel
+    batch: StudentBatch
+    binding: Any
+    logits: np.ndarray | None
+
+
 @register("student")
 class StudentPolicy(Policy):
     """Distilled ONNX student (onnxruntime): permutation-equivariant pair scorer, PAG-masked decode."""
@@ -244,7 +255,7 @@ class StudentPolicy(Policy):
             serialize_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
             t0 = time.perf_counter_ns()
             try:
-                logits = model.logits_batch(batch)
+                logits = self._logits_batch(model, batch)
             except Exception as exc:  # the session failed: every slot of the batch gets the error
                 for i in idx:
                     out[i] = (exc, 0.0, 0.0)
@@ -264,30 +275,44 @@ class StudentPolicy(Policy):
                 out[i] = (raw, serialize_us, share_us + (time.perf_counter_ns() - t1) / 1e3)
         return out
 
-    def _batch_buffers(self, size: int, num_ue: int, num_res: int) -> StudentBatch:
-        """This thread's padded batch buffers of (B, N, R) (bounded cache, like ``_serving_slot``)."""
-        cache: dict[tuple[int, int, int], StudentBatch] | None = getattr(self._local, "batches", None)
+    def _batch_buffers(self, model: LoadedModel, size: int, num_ue: int, num_res: int) -> _BatchBuffers:
+        """This thread's padded batch of (B, N, R) for ``model``, with its IO binding and logits
+        buffer (bounded cache, like ``_serving_slot``)."""
+        cache: dict[tuple[int, int, int, int], _BatchBuffers] | None = getattr(self._local, "batches", None)
         if cache is None:
             cache = self._local.batches = {}
-        key = (size, num_ue, num_res)
-        batch = cache.get(key)
-        if batch is None:
+        key = (id(model), size, num_ue, num_res)
+        buffers = cache.get(key)
+        if buffers is None:
             if len(cache) >= 16:
                 cache.pop(next(iter(cache)))
-            batch = cache[key] = StudentBatch.empty(size, num_ue, num_res)
-        return batch
+            batch = StudentBatch.empty(size, num_ue, num_res)
+            bound = model.bind_batch(batch)
+            # the entry keeps ``model`` alive, so its id cannot be reused while cached
+            buffers = cache[key] = _BatchBuffers(model, batch, *(bound or (None, None)))
+        return buffers
+
+    def _logits_batch(self, model: LoadedModel, batch: StudentBatch) -> np.ndarray:
+        """Logits [B, R, N+1] of a serialized batch: through the bound buffers when ``batch`` is
+        this thread's cached one (nothing allocated), else ``LoadedModel.logits_batch``."""
+        size, num_ue, num_res = batch.capacity
+        cached = getattr(self._local, "batches", {}).get((id(model), size, num_ue, num_res))
+        if cached is not None and cached.batch is batch and cached.logits is not None:
+            model.session.run_with_iobinding(cached.binding)
+            return cached.logits
+        return model.logits_batch(batch)
 
     def _serialized(
         self, model: LoadedModel, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
     ) -> tuple[StudentBatch, dict[int, Exception]]:
         """``states`` in one padded batch, and {item: exception} of the slots that could not be
         serialized (their items stay empty: masks 0)."""
-        batch = self._batch_buffers(len(states), max(s.num_ue for s in states), max(s.num_res for s in states))
+        buffers = self._batch_buffers(model, len(states), max(s.num_ue for s in states), max(s.num_res for s in states))
         try:
-            return serialize_many(states, [c.history for c in ctxs], batch), {}
+            return serialize_many(states, [c.history for c in ctxs], buffers.batch), {}
         except Exception:  # some slot cannot be serialized: each on its own, a failure is its own
             pass
-        batch = StudentBatch.empty(*batch.capacity)
+        batch = StudentBatch.empty(*buffers.batch.capacity)
         failed: dict[int, Exception] = {}
         for b, (state, ctx) in enumerate(zip(states, ctxs, strict=True)):
             try:

@@ -169,13 +169,26 @@ class LoadedModel:
         """An IOBinding of ``inputs`` (bound in place: refilling the arrays refills the inputs) and a
         preallocated logits buffer [R, N+1] — ``session.run_with_iobinding`` then allocates nothing."""
         n, r = inputs.shape
-        out = np.empty((1, r, n + 1) if self.batched else (r, n + 1), np.float32)
+        if self.batched:
+            binding, out = self._bind(inputs.batch_of_one(), (1, r, n + 1))
+            return binding, out[0]
+        return self._bind(inputs.arrays(), (r, n + 1))
+
+    def bind_batch(self, batch: StudentBatch) -> tuple[Any, np.ndarray] | None:
+        """An IOBinding of a padded batch's arrays (bound in place, as ``bind``) and its
+        preallocated logits buffer [B, R, N+1]; None for a graph without a batch axis."""
+        if not self.batched:
+            return None
+        size, num_ue, num_res = batch.capacity
+        return self._bind(batch.arrays(), (size, num_res, num_ue + 1))
+
+    def _bind(self, arrays: tuple[np.ndarray, ...], out_shape: tuple[int, ...]) -> tuple[Any, np.ndarray]:
+        out = np.empty(out_shape, np.float32)
         binding = self.session.io_binding()
-        arrays = inputs.batch_of_one() if self.batched else inputs.arrays()
         for name, array in zip(INPUT_NAMES, arrays, strict=True):
             binding.bind_cpu_input(name, array)
         binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        return binding, out[0] if self.batched else out
+        return binding, out
 
     def describe(self) -> dict[str, Any]:
         return {
