@@ -1,7 +1,9 @@
 """Hierarchical state serialization into fixed-width tensors for the student (SPEC §5).
 
 One code path for the trainer (which stacks these arrays and converts them to torch) and the
-service (which feeds them to onnxruntime). The hierarchy of SPEC §5 in tensor form:
+service (which feeds them to onnxruntime): ``serialize`` for one slot, ``serialize_many`` for the
+cells of a TTI in one padded ``StudentBatch``, both through the compiled kernel of
+``service.serialize.tensor_kernel``. The hierarchy of SPEC §5 in tensor form:
 
 * **global statistics** ``global_feats`` float32 [G]: active users, available resources,
   utility / bandwidth / buffer / received-power statistics (max, min, mean, std), cap, fairness;
@@ -236,21 +238,20 @@ def _fallback_scale(state: SlotState, history: HistoryView | None) -> float:
 
 @dataclass(slots=True)
 class _Padded:
-    """The inputs of B slots padded to (N, R): zeros (False) outside each slot's own users and
-    resources unless said. float64 unless said."""
+    """The inputs of B slots padded to (N, R), the arguments of ``tensor_kernel.features``: zeros
+    (False) outside each slot's own users and resources unless said; float64 unless said."""
 
     util_t: np.ndarray  # [B, R, N] utility^T on admissible pairs (0 elsewhere)
     elig: np.ndarray  # bool [B, N]
     avail: np.ndarray  # bool [B, R]
-    user_real: np.ndarray  # bool [B, N]: the slot's own users
-    n: np.ndarray  # [B] users
-    r: np.ndarray  # [B] resources
-    cap: np.ndarray  # [B] max resources per user
+    n: np.ndarray  # int64 [B] users
+    r: np.ndarray  # int64 [B] resources
+    cap: np.ndarray  # int64 [B] max resources per user
     slot: np.ndarray  # int64 [B]
     spectrum: np.ndarray  # bool [B]
     buf: np.ndarray  # [B, N] queued bits (0 where unknown)
     has_buf: np.ndarray  # bool [B]
-    p_rx: np.ndarray  # [B, N] dBm (padding: the slot's first user's; 0 where unknown)
+    p_rx: np.ndarray  # [B, N] dBm (0 where unknown)
     has_prx: np.ndarray  # bool [B]
     bw: np.ndarray  # [B, R] Hz
     se_user: np.ndarray  # [B, N] best reported SE on an available resource, bit/s/Hz (0 unknown)
@@ -271,7 +272,6 @@ def _pad(states: Sequence[SlotState], histories: Sequence[HistoryView | None], n
         util_t=z((b, num_res, num_ue)),
         elig=z((b, num_ue), bool),
         avail=z((b, num_res), bool),
-        user_real=z((b, num_ue), bool),
         n=z(b, np.int64),
         r=z(b, np.int64),
         cap=z(b, np.int64),
@@ -297,13 +297,13 @@ def _pad(states: Sequence[SlotState], histories: Sequence[HistoryView | None], n
         p.util_t[i, :r, :n] = st.utility.T
         if not (elig.all() and avail.all()):
             p.util_t[i, :r, :n] *= avail[:, None] & elig[None, :]
-        p.elig[i, :n], p.avail[i, :r], p.user_real[i, :n] = elig, avail, True
+        p.elig[i, :n], p.avail[i, :r] = elig, avail
         p.n[i], p.r[i], p.cap[i], p.slot[i] = n, r, st.max_resources_per_user, st.slot
         p.spectrum[i] = st.preset == "spectrum"
         if st.buffer_bits is not None:
             p.buf[i, :n], p.has_buf[i] = st.buffer_bits, True
         if st.rx_power_dbm is not None:
-            p.p_rx[i, :n], p.p_rx[i, n:], p.has_prx[i] = st.rx_power_dbm, st.rx_power_dbm[0], True
+            p.p_rx[i, :n], p.has_prx[i] = st.rx_power_dbm, True
         p.bw[i, :r] = st.bandwidth_hz
         se = st.spectral_efficiency
         if se is not None:
