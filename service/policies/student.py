@@ -6,9 +6,10 @@ into per-thread reused buffers → ``InferenceSession.run`` through a bound IOBi
 one) → logits [R, N+1] → decode under the PAG mask (SPEC §4; ``service.policies.student_decode``: the kinds
 ``capped``, ``assignment``, ``anchored`` and ``pf_anchored`` named by the card), so the raw
 output is valid by construction. The cells of one TTI (``act_many``): serialized together into
-one padded batch (``serialize_many``, vectorised over the cells), one ``InferenceSession.run``
-for all of them, each decoded from its own logits — bitwise the inputs and logits it gets alone,
-so a cell's decision does not depend on its batch.
+one padded batch (``serialize_many``: one call of the compiled feature kernel), one
+``InferenceSession.run`` for all of them through the batch's own IOBinding, each decoded from its
+own logits — bitwise the inputs and logits it gets alone, so a cell's decision does not depend on
+its batch.
 
 Hot reload: ``reload()`` / ``refresh()`` build and validate a new session off the serving path
 and swap it in atomically; a corrupt file, a checksum or feature-version mismatch or wrong
@@ -226,8 +227,8 @@ class StudentPolicy(Policy):
         self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
     ) -> list[tuple[np.ndarray | Exception, float, float]]:
         """The slots of one TTI: per preset, all slots serialized together into one padded
-        ``StudentBatch`` (``serialize_many``, vectorised over the slots) and range-checked
-        together, one onnxruntime call (``LoadedModel.logits_batch``), then each slot decoded from
+        ``StudentBatch`` (``serialize_many``, one kernel call) and range-checked together, one
+        onnxruntime call (through this thread's bound batch buffers), then each slot decoded from
         its own logits. A slot's inputs and logits are bitwise its own alone, so its decision does
         not depend on its batch (``Policy.batches``). When the batch cannot be serialized, each
         slot is serialized on its own and a slot that fails is its own answer.

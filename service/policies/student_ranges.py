@@ -3,10 +3,10 @@
 A card with ``feature_ranges`` (``{"global"|"user"|"resource"|"pair": {"min": [...], "max":
 [...]}}``, the range of every feature seen in training, widths those of
 ``service.serialize.tensors``) makes every served slot check its serialized inputs against them
-(``FeatureRanges.check``, ``check_many`` for a batch: the min and max of every feature in one compiled pass; tolerance
-``RANGE_TOLERANCE`` of max(|bound|, 1)). User features are checked over eligible users only,
-resource features over every resource, pair features over every pair (admissible or not: the
-network sees them all). A slot outside the ranges yields the ``block.feature`` names (e.g.
+(``FeatureRanges.check``; ``check_many`` for a batch: the min and max of every feature in one
+compiled pass; tolerance ``RANGE_TOLERANCE`` of max(|bound|, 1)). User features are checked over
+eligible users only, resource features over every resource, pair features over every pair
+(admissible or not: the network sees them all). A slot outside the ranges yields the ``block.feature`` names (e.g.
 ``user.buffer_log``); ``RangeCounts`` counts them per preset since start.
 """
 
