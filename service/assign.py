@@ -16,9 +16,9 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from numba import njit
 from scipy.optimize import linear_sum_assignment
 
+from service.jit import kernel
 from service.types import SlotState, make_slot
 
 #: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
@@ -213,7 +213,7 @@ def linear_assignment(
     return owner
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _greedy_kernel(
     score: np.ndarray,
     utility: np.ndarray,
@@ -326,7 +326,7 @@ def _greedy_kernel(
             heapq.heappush(heap, (key[0], key[1], a, key[2]))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _next_pair(
     score: np.ndarray, u: int, free: np.ndarray, taken: np.ndarray, after: tuple[int, float, int]
 ) -> tuple[int, float, int]:

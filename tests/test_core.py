@@ -369,3 +369,16 @@ def test_preload_compiles_the_kernels_before_the_first_decision() -> None:
     assert out.returncode == 0, out.stderr
     before, after = out.stdout.split("\n")[:2]
     assert before == "[0, 0, 0]" and after == "[1, 1, 1]", out.stdout
+
+
+def test_a_kernel_numba_cannot_cache_is_compiled_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    """A function without a source file on disk gives numba no cache location: ``kernel`` still
+    compiles it (no GIL, no cache) instead of failing at import, and says so."""
+    from service.jit import kernel
+
+    namespace: dict[str, object] = {}
+    exec(compile("def add_one(x):\n    return x + 1\n", "<generated>", "exec"), namespace)
+    with caplog.at_level("WARNING", logger="service.jit"):
+        compiled = kernel(namespace["add_one"])
+    assert compiled(41) == 42
+    assert "NUMBA_CACHE_DIR" in caplog.text

@@ -8,8 +8,8 @@ slot's tensors are bitwise the same alone and in any padded batch. Sums are take
 bit scale ``u_ref`` in float64 before the float32 cast, so scaling all of them by one factor
 gives the same features to float64 rounding.
 
-Compiled on first use and cached on disk (``NUMBA_CACHE_DIR``, default ``__pycache__`` beside
-this file); the serving process compiles it when it loads a student model.
+Compiled on first use (``service.jit.kernel``: no GIL, cached on disk); the serving process
+compiles it, or loads it from the cache, when it loads a student model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from service.jit import kernel
 
 #: ln(1 + 4096): the count normaliser of the global block
 LOG_MAX_COUNT = math.log1p(4096.0)
@@ -28,7 +29,7 @@ SE_SCALE = 8.0
 _TINY = np.float32(1e-30)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _stats(values: np.ndarray, mask: np.ndarray, count: int) -> tuple[float, float, float, float]:
     """(max, min, mean, std) of ``values`` [K] where ``mask``, in index order; zeros when none."""
     if count == 0:
@@ -45,7 +46,7 @@ def _stats(values: np.ndarray, mask: np.ndarray, count: int) -> tuple[float, flo
     return top, low, mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def features(
     util_t: np.ndarray,  # float64 [B, R, N] utility^T on admissible pairs, 0 elsewhere
     elig: np.ndarray,  # bool [B, N]
@@ -229,7 +230,7 @@ def features(
         g[b, 24] = math.log1p(mean_x) / 10.0
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def extremes(
     g: np.ndarray,  # float32 [B, G]
     uf: np.ndarray,  # float32 [B, N, Fu]
