@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,21 +192,29 @@ class StudentPolicy(Policy):
 
     # -- serving ----------------------------------------------------------------------------
 
-    def _serving_slot(self, model: LoadedModel | None, num_ue: int, num_res: int) -> _ServingBuffers:
-        """This thread's preallocated buffers for (model, N, R): inputs, IO binding, logits."""
-        cache: dict[tuple[int, int, int], _ServingBuffers] | None = getattr(self._local, "cache", None)
+    def _thread_cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """This thread's entry ``key`` of its buffer cache, built by ``build`` on a miss; at most 16
+        entries (a cell's shape and a TTI's batch shape change slowly). Keys start with the model's
+        id, and the entry keeps its model alive, so an id cannot be reused while cached."""
+        cache: dict[tuple[Any, ...], Any] | None = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = {}
-        key = (id(model), num_ue, num_res)
-        slot = cache.get(key)
-        if slot is None:
-            if len(cache) >= 16:  # bounded: a cell's shape changes slowly
+        entry = cache.get(key)
+        if entry is None:
+            if len(cache) >= 16:
                 cache.pop(next(iter(cache)))
+            entry = cache[key] = build()
+        return entry
+
+    def _serving_slot(self, model: LoadedModel | None, num_ue: int, num_res: int) -> _ServingBuffers:
+        """This thread's preallocated buffers for (model, N, R): inputs, IO binding, logits."""
+
+        def build() -> _ServingBuffers:
             inputs = StudentInputs.empty(num_ue, num_res)
             binding, out = model.bind(inputs) if model is not None else (None, np.empty(0, np.float32))
-            # the entry keeps ``model`` alive, so its id cannot be reused while cached
-            slot = cache[key] = _ServingBuffers(model, inputs, binding, out)
-        return slot
+            return _ServingBuffers(model, inputs, binding, out)
+
+        return self._thread_cached((id(model), "slot", num_ue, num_res), build)
 
     def serialize(self, state: SlotState, ctx: PolicyContext) -> StudentInputs:
         slot = self._serving_slot(self._models.get(state.preset), state.num_ue, state.num_res)
@@ -249,14 +257,18 @@ class StudentPolicy(Policy):
                     out[i] = (exc, 0.0, 0.0)
                 continue
             t0 = time.perf_counter_ns()
-            batch, failed = self._serialized(model, [states[i] for i in idx], [ctxs[i] for i in idx])
+            group = [states[i] for i in idx]
+            buffers = self._batch_buffers(
+                model, len(idx), max(st.num_ue for st in group), max(st.num_res for st in group)
+            )
+            batch, failed = self._serialized(buffers, group, [ctxs[i] for i in idx])
             for b, err in failed.items():
                 out[idx[b]] = (err, 0.0, 0.0)
             ranges = self._out_of_range_many(model, batch, failed)
             serialize_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
             t0 = time.perf_counter_ns()
             try:
-                logits = self._logits_batch(model, batch)
+                logits = self._logits_batch(model, buffers, batch)
             except Exception as exc:  # the session failed: every slot of the batch gets the error
                 for i in idx:
                     out[i] = (exc, 0.0, 0.0)
@@ -278,37 +290,29 @@ class StudentPolicy(Policy):
 
     def _batch_buffers(self, model: LoadedModel, size: int, num_ue: int, num_res: int) -> _BatchBuffers:
         """This thread's padded batch of (B, N, R) for ``model``, with its IO binding and logits
-        buffer (bounded cache, like ``_serving_slot``)."""
-        cache: dict[tuple[int, int, int, int], _BatchBuffers] | None = getattr(self._local, "batches", None)
-        if cache is None:
-            cache = self._local.batches = {}
-        key = (id(model), size, num_ue, num_res)
-        buffers = cache.get(key)
-        if buffers is None:
-            if len(cache) >= 16:
-                cache.pop(next(iter(cache)))
-            batch = StudentBatch.empty(size, num_ue, num_res)
-            bound = model.bind_batch(batch)
-            # the entry keeps ``model`` alive, so its id cannot be reused while cached
-            buffers = cache[key] = _BatchBuffers(model, batch, *(bound or (None, None)))
-        return buffers
+        buffer."""
 
-    def _logits_batch(self, model: LoadedModel, batch: StudentBatch) -> np.ndarray:
+        def build() -> _BatchBuffers:
+            batch = StudentBatch.empty(size, num_ue, num_res)
+            return _BatchBuffers(model, batch, *(model.bind_batch(batch) or (None, None)))
+
+        return self._thread_cached((id(model), "batch", size, num_ue, num_res), build)
+
+    @staticmethod
+    def _logits_batch(model: LoadedModel, buffers: _BatchBuffers, batch: StudentBatch) -> np.ndarray:
         """Logits [B, R, N+1] of a serialized batch: through the bound buffers when ``batch`` is
-        this thread's cached one (nothing allocated), else ``LoadedModel.logits_batch``."""
-        size, num_ue, num_res = batch.capacity
-        cached = getattr(self._local, "batches", {}).get((id(model), size, num_ue, num_res))
-        if cached is not None and cached.batch is batch and cached.logits is not None:
-            model.session.run_with_iobinding(cached.binding)
-            return cached.logits
+        theirs (nothing allocated), else ``LoadedModel.logits_batch``."""
+        if batch is buffers.batch and buffers.logits is not None:
+            model.session.run_with_iobinding(buffers.binding)
+            return buffers.logits
         return model.logits_batch(batch)
 
     def _serialized(
-        self, model: LoadedModel, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
+        self, buffers: _BatchBuffers, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]
     ) -> tuple[StudentBatch, dict[int, Exception]]:
-        """``states`` in one padded batch, and {item: exception} of the slots that could not be
-        serialized (their items stay empty: masks 0)."""
-        buffers = self._batch_buffers(model, len(states), max(s.num_ue for s in states), max(s.num_res for s in states))
+        """``states`` in one padded batch (``buffers.batch``), and {item: exception} of the slots
+        that could not be serialized (then each slot is serialized on its own into a new batch;
+        the items of the failed ones stay empty: masks 0)."""
         try:
             return serialize_many(states, [c.history for c in ctxs], buffers.batch), {}
         except Exception:  # some slot cannot be serialized: each on its own, a failure is its own

@@ -87,7 +87,7 @@ class FeatureRanges:
     def check(self, inputs: StudentInputs) -> list[str]:
         """Names (``block.feature``) of the features of one serialized slot outside the ranges;
         [] when none (``check_many`` of a batch of one)."""
-        return self.check_many(StudentBatch(StudentInputs(*inputs.batch_of_one()), [inputs.shape]))[0]
+        return self.check_many(inputs.as_batch())[0]
 
     def check_many(self, batch: StudentBatch) -> list[list[str]]:
         """Per item of a padded batch, the names of its features outside the ranges ([] when none).

@@ -82,7 +82,9 @@ def features(
     row_sum = np.empty(cap_n, np.float32)
     col_max = np.empty(cap_r, np.float32)
     col_sum = np.empty(cap_r, np.float32)
+    inv_row = np.empty(cap_n, np.float32)  # 1 / the user's best, per user of the slot
     avg = np.empty(cap_n)
+    inv_avg = np.empty(cap_n)
     values = np.empty(max(cap_n, cap_r))
     for b in range(util_t.shape[0]):
         n, r = num_ue[b], num_res[b]
@@ -121,11 +123,13 @@ def features(
                     pc[b, 4, i, j] = 1.0
             col_max[i] = cmax
             col_sum[i] = csum
+        for j in range(n):
+            inv_row[j] = np.float32(1.0) / max(row_max[j], _TINY)
         for i in range(r):
             inv_col = np.float32(1.0) / max(col_max[i], _TINY)
             for j in range(n):
                 a = pc[b, 0, i, j]
-                pc[b, 1, i, j] = a * (np.float32(1.0) / max(row_max[j], _TINY))
+                pc[b, 1, i, j] = a * inv_row[j]
                 pc[b, 2, i, j] = a * inv_col
                 pc[b, 3, i, j] = min(a, np.float32(buf[b, j] / scale)) if has_buf[b] else a
 
@@ -145,6 +149,7 @@ def features(
         for j in range(n):
             row_mean = row_sum[j] * inv_avail
             avg[j] = max(avg_served[b, j] / scale if hist else np.float64(row_mean), 1e-12)
+            inv_avg[j] = 1.0 / avg[j]
             if elig[b, j]:  # (users who may own nothing keep 0 in the utility, power, buffer and PF terms)
                 uf[b, j, 0] = 1.0
                 uf[b, j, 1] = row_max[j]
@@ -152,7 +157,7 @@ def features(
                 if has_prx[b]:
                     uf[b, j, 3] = (p_rx[b, j] - prx_top) / 10.0
                 if has_buf[b]:
-                    need = (buf[b, j] / scale) * np.float64(np.float32(1.0) / max(row_max[j], _TINY))
+                    need = (buf[b, j] / scale) * np.float64(inv_row[j])
                     uf[b, j, 4] = math.log1p(need)
                     uf[b, j, 5] = min(need, n_avail) / max(n_avail, 1)
                 if hist:
@@ -178,11 +183,11 @@ def features(
         pf_max = 0.0
         for i in range(r):
             for j in range(n):
-                pf_max = max(pf_max, np.float64(pc[b, 0, i, j]) * (1.0 / avg[j]))
+                pf_max = max(pf_max, np.float64(pc[b, 0, i, j]) * inv_avg[j])
         pf_scale = 1.0 / pf_max if pf_max > 0.0 else 0.0
         for i in range(r):
             for j in range(n):
-                pc[b, 5, i, j] = np.float64(pc[b, 0, i, j]) * (1.0 / avg[j]) * pf_scale
+                pc[b, 5, i, j] = np.float64(pc[b, 0, i, j]) * inv_avg[j] * pf_scale
 
         # ---- resources
         bw_ref = -np.inf

@@ -162,6 +162,10 @@ class StudentInputs:
         """The six arrays as a batch of one ([1, ...] views of the same memory)."""
         return tuple(a[None] for a in self.arrays())
 
+    def as_batch(self) -> StudentBatch:
+        """This slot as a ``StudentBatch`` of one, on the same memory (writing either writes both)."""
+        return StudentBatch(StudentInputs(*self.batch_of_one()), [self.shape])
+
 
 @dataclass(slots=True)
 class StudentBatch:
@@ -338,7 +342,7 @@ def serialize(state: SlotState, history: HistoryView | None = None, out: Student
     n, r = state.num_ue, state.num_res
     if out is None or out.shape != (n, r):
         out = StudentInputs.empty(n, r)
-    serialize_many([state], [history], StudentBatch(StudentInputs(*out.batch_of_one()), [(0, 0)]))
+    serialize_many([state], [history], out.as_batch())
     return out
 
 

@@ -271,14 +271,20 @@ def test_a_batch_runs_through_its_bound_buffers_and_allocates_no_logits(student:
     model = student.model("mac")
     assert model is not None
     rng = np.random.default_rng(9)
-    for _ in range(3):
-        states = [replace(cell[-1], cell_id=f"c{k}") for k, cell in enumerate(_cells(rng, "mac", 4, 2))]
+
+    def run(states: list[SlotState]) -> tuple[np.ndarray, np.ndarray]:
         ctxs = [PolicyContext(CellHistory.empty().view(s), np.random.default_rng(0)) for s in states]
-        batch, failed = student._serialized(model, states, ctxs)
-        assert not failed
-        np.testing.assert_array_equal(student._logits_batch(model, batch), model.logits_batch(batch))
-    big = [replace(s, cell_id=f"big{k}") for k, s in enumerate(cell[-1] for cell in _cells(rng, "mac", 4, 1))]
-    ctxs = [PolicyContext(CellHistory.empty().view(s), np.random.default_rng(0)) for s in big]
-    first = student._logits_batch(model, student._serialized(model, big, ctxs)[0])
-    again = student._logits_batch(model, student._serialized(model, big, ctxs)[0])
+        buffers = student._batch_buffers(
+            model, len(states), max(s.num_ue for s in states), max(s.num_res for s in states)
+        )
+        batch, failed = student._serialized(buffers, states, ctxs)
+        assert not failed and batch is buffers.batch
+        return student._logits_batch(model, buffers, batch), model.logits_batch(batch)
+
+    for _ in range(3):
+        bound, plain = run([replace(cell[-1], cell_id=f"c{k}") for k, cell in enumerate(_cells(rng, "mac", 4, 2))])
+        np.testing.assert_array_equal(bound, plain)
+    big = [replace(cell[-1], cell_id=f"big{k}") for k, cell in enumerate(_cells(rng, "mac", 4, 1))]
+    first, _ = run(big)
+    again, _ = run(big)
     assert first is again  # the same preallocated buffer
