@@ -15,7 +15,7 @@ gnbsched_repairs_total                      counter    policy (raw output needed
 gnbsched_violations_total                   counter    kind (PAG rule)
 gnbsched_fallbacks_total                    counter    requested, served, reason
 gnbsched_state_store_errors_total           counter    op (load | save)
-gnbsched_state_store_up                     gauge      1 / 0 (multiprocess: livemin)
+gnbsched_state_store_up                     gauge      1 / 0 (multiprocess: the latest answer of any live worker)
 gnbsched_policy_info                        gauge      policy, version = 1 (multiprocess: max)
 gnbsched_guard_engaged_total                counter    cell, preset (slots where the run-time
                                                        guard served the reference; a child at
@@ -181,7 +181,7 @@ class Metrics:
             "gnbsched_state_store_up",
             "1 when the per-cell state store answers, else 0.",
             registry=reg,
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemostrecent",
         )
         self.policy_info = Gauge(
             "gnbsched_policy_info",

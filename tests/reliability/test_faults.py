@@ -54,6 +54,21 @@ def _reference() -> ServiceCore:
 # ----------------------------------------------------------------------------- Redis
 
 
+def test_the_store_gauge_of_two_workers_is_the_latest_answer_after_an_outage(service, private_redis) -> None:
+    """Two worker processes over Redis: while Redis is down every scrape says 0, and once it is
+    back one scrape says 1, although the other worker last saw it down (the gauge is the latest
+    answer of any live worker, not the minimum over workers, which stays 0 until each worker
+    has pinged again)."""
+    svc = service("--state-url", private_redis.url, "--workers", "2").wait_ready()
+    private_redis.kill()
+    for _ in range(20):  # a new connection each: both workers answer some and see the outage
+        assert metric_value(httpx.get(svc.url + "/metrics", timeout=10).text, "gnbsched_state_store_up") == 0
+    private_redis.start()
+    with httpx.Client(base_url=svc.url, timeout=10) as http:
+        wait_until(lambda: http.get("/readyz").status_code == 200, 30, "the service ready again")
+        assert metric_value(http.get("/metrics").text, "gnbsched_state_store_up") == 1
+
+
 def test_redis_killed_and_restarted_mid_stream(service, private_redis) -> None:
     """Redis SIGKILLed at slot 12 and restarted empty (no persistence) a few refused attempts
     later, over REST and one long gRPC StreamSlots call. While it is down every slot is refused
