@@ -14,12 +14,16 @@ the rule.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from service.history import HistoryView
 from service.jit import kernel
-from service.types import SlotState, make_slot
+from service.types import SlotState, make_slot, served_bits
 
 #: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
 #: that many RBGs even when the division rounds a few ulps up (e.g. both given in other units)
@@ -114,6 +118,141 @@ def pf_priority(state: SlotState, avg_served: np.ndarray) -> np.ndarray:
     top = float(state.utility.max(initial=0.0))
     avg = np.maximum(avg_served, 1e-9 * top if top > 0 else 1e-9)
     return state.utility / avg[:, None]
+
+
+#: relative tolerance of the bits floor of ``share_tilted_fill``
+BITS_TOLERANCE = 1e-9
+#: resources per slot added to every user's share before the ratio of ``share_weight`` (a user
+#: never served has share 0; its weight is bounded by the tilt's largest bound anyway)
+SHARE_EPSILON = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class ShareTilt:
+    """The resource-share tilt of ``pf_fair`` and of the student's mac decode (``share_tilted_fill``).
+
+    exponent: β of ``share_weight`` (unitless). rich_ratio: users served more than this times the
+    eligible users' mean (``avg_served``) are never boosted. bounds: the tilt's bounds c, tried
+    strongest first (weights clipped to [1/(1+c), 1+c]). min_bits_ratio: the share of the
+    reference decision's scheduled bits (pf's, for ``pf_fair`` and the student) a tilted decision
+    must keep to be served. A model card's ``decode.share_tilt`` block carries the same keys.
+    """
+
+    exponent: float = 2.0
+    rich_ratio: float = 1.0
+    bounds: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)
+    min_bits_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (
+            self.exponent >= 0.0
+            and self.rich_ratio > 0.0
+            and all(c > 0.0 for c in self.bounds)
+            and 0.0 < self.min_bits_ratio <= 1.0
+        ):
+            raise ValueError(
+                "share tilt: exponent >= 0, rich_ratio > 0, bounds > 0 and min_bits_ratio in (0, 1] "
+                f"expected, got {self}"
+            )
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> ShareTilt:
+        """From a card's ``share_tilt`` block (missing keys take the defaults)."""
+        d = cls()
+        return cls(
+            exponent=float(spec.get("exponent", d.exponent)),
+            rich_ratio=float(spec.get("rich_ratio", d.rich_ratio)),
+            bounds=tuple(float(c) for c in spec.get("bounds", d.bounds)),
+            min_bits_ratio=float(spec.get("min_bits_ratio", d.min_bits_ratio)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "exponent": self.exponent,
+            "rich_ratio": self.rich_ratio,
+            "bounds": list(self.bounds),
+            "min_bits_ratio": self.min_bits_ratio,
+        }
+
+    def weight(self, view: HistoryView, state: SlotState) -> np.ndarray:
+        """``share_weight`` of the slot's users from the cell history ``view``: float64 [N]."""
+        return share_weight(
+            view.cum_resources,
+            view.present_slots(state.slot),
+            view.avg_served,
+            state.user_eligible,
+            self.exponent,
+            self.rich_ratio,
+        )
+
+
+def share_weight(
+    cum_resources: np.ndarray,
+    present_slots: np.ndarray | None,
+    avg_served: np.ndarray,
+    eligible: np.ndarray,
+    exponent: float,
+    rich_ratio: float = 1.0,
+) -> np.ndarray:
+    """float64 [N]: each user's resource-share weight ``((x̄ + ε) / (x_u + ε))^β``.
+
+    ``x_u = cum_resources / present_slots`` is the resources per slot user u has held in the cell
+    (the ``x`` of the JFI term of SPEC §3 eq. 5, per slot present), ``x̄`` its mean over the
+    eligible users, ε = ``SHARE_EPSILON``, β = ``exponent``. A user served more than
+    ``rich_ratio`` times the eligible users' mean (``avg_served``) gets at most 1: the tilt lends
+    resources to users below the mean share, not more service to users already above the mean
+    throughput (the Jain index of throughput stays within 0.01 of pf's). All inputs [N]; ``present_slots``
+    None counts every user present alike. Unitless, and the same at every scale of the bit
+    quantities.
+    """
+    x = cum_resources if present_slots is None else cum_resources / present_slots
+    if not eligible.any():
+        return np.ones(x.size)
+    w = ((x[eligible].mean() + SHARE_EPSILON) / (x + SHARE_EPSILON)) ** exponent
+    rich = avg_served > rich_ratio * avg_served[eligible].mean()
+    return np.where(rich, np.minimum(w, 1.0), w)
+
+
+def share_tilted_fill(
+    state: SlotState,
+    score: np.ndarray,
+    weight: np.ndarray,
+    tilt: ShareTilt,
+    owner: np.ndarray | None = None,
+    users: np.ndarray | None = None,
+    *,
+    reference_score: np.ndarray | None = None,
+) -> np.ndarray:
+    """``greedy_fill`` on ``score · clip(weight, 1/(1+c), 1+c)`` with the strongest bound c of
+    ``tilt.bounds`` whose decision schedules at least ``tilt.min_bits_ratio`` of the bits
+    (``served_bits``) of the reference decision ``greedy_fill(reference_score)`` (default:
+    ``score`` itself, untilted); else ``greedy_fill(score)`` if it does; else the reference.
+
+    The tilt raises the JFI term of SPEC §3 eq. 5 where it costs nothing in the slot's throughput
+    (the default ratio 1): a slot never schedules less than ``min_bits_ratio`` of what the
+    reference rule would (to within ``BITS_TOLERANCE`` relative). score, reference_score: float64 [N, R]; weight: float64 [N] (``share_weight``);
+    ``owner`` / ``users`` as in ``greedy_fill`` (the HARQ start of ``retx_first``). Returns the
+    DCM int64 [R].
+    """
+    ref = greedy_fill(state, score if reference_score is None else reference_score, owner, users)
+    ref_bits = float(served_bits(state, ref).sum())
+    # to within 1e-9 relative: the same bits summed over another decision round differently
+    floor = tilt.min_bits_ratio * ref_bits - BITS_TOLERANCE * ref_bits
+    elig = state.user_eligible
+    tried: np.ndarray | None = None
+    if elig.any() and not np.all(weight[elig] == 1.0):
+        for c in tilt.bounds:
+            w = np.clip(weight, 1.0 / (1.0 + c), 1.0 + c)
+            if tried is not None and np.array_equal(w, tried):
+                continue  # the same weights as a bound already refused
+            tried = w
+            cand = greedy_fill(state, score * w[:, None], owner, users)
+            if float(served_bits(state, cand).sum()) >= floor:
+                return cand
+    if reference_score is None:
+        return ref
+    plain = greedy_fill(state, score, owner, users)
+    return plain if float(served_bits(state, plain).sum()) >= floor else ref
 
 
 def greedy_fill(

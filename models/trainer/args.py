@@ -44,6 +44,8 @@ class DistillArgs:
     """pass-2 surplus margin of the decode (logit units)"""
     decode: str = ""
     """served decode of a fresh network: capped | assignment | anchored | pf_anchored (empty = assignment for spectrum, capped for mac)"""
+    share_tilt: bool = False
+    """pf_anchored: the decode also carries pf_fair's resource-share tilt (service.assign.ShareTilt defaults)"""
     hinge_coef: float = 1.0
     """weight of the structured hinge loss of the exact-assignment decode (spectrum; 0 = likelihood only)"""
     nll_coef: float = 1.0

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.assign import ShareTilt
 from service.history import HistoryView
 from service.policies.student_decode import (
     DEFAULT_ANCHOR_BOUND,
@@ -36,16 +37,24 @@ class Checkpoint:
 
     @staticmethod
     def new(
-        preset: str, config: NetConfig, surplus_margin: float = DEFAULT_SURPLUS_MARGIN, kind: str = ""
+        preset: str,
+        config: NetConfig,
+        surplus_margin: float = DEFAULT_SURPLUS_MARGIN,
+        kind: str = "",
+        share_tilt: bool = False,
     ) -> Checkpoint:
         """A fresh network; ``kind`` is the served decode (default: assignment for spectrum,
-        capped for mac)."""
+        capped for mac); ``share_tilt`` adds pf_fair's resource-share tilt to ``pf_anchored``."""
         kind = kind or ("assignment" if preset == "spectrum" else "capped")
         spec: dict[str, Any] = {"kind": kind, "surplus_margin": surplus_margin}
         if kind == "anchored":
             spec["bound"] = DEFAULT_ANCHOR_BOUND
         if kind == "pf_anchored":
             spec["bound"] = DEFAULT_PF_ANCHOR_BOUND
+            if share_tilt:
+                spec["share_tilt"] = ShareTilt().as_dict()
+        elif share_tilt:
+            raise ValueError(f"share_tilt applies to the pf_anchored decode, not {kind!r}")
         return Checkpoint(StudentNet(config), preset, spec)
 
     def save(self, directory: str | Path) -> Path:

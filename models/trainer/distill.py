@@ -156,6 +156,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             NetConfig(hidden=args.hidden, pair_hidden=args.pair_hidden, refine=args.refine),
             args.surplus_margin,
             args.decode,
+            args.share_tilt,
         )
     )
     student = TorchStudent(ckpt)

@@ -26,6 +26,7 @@ BUILTINS: dict[str, str] = {
     "de": "service.policies.assignment",
     "rr": "service.policies.schedulers",
     "pf": "service.policies.schedulers",
+    "pf_fair": "service.policies.schedulers",
     "max_weight": "service.policies.schedulers",
     "auction": "service.policies.sparse",
     "student": "service.policies.student",

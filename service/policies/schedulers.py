@@ -1,4 +1,5 @@
-"""Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight.
+"""Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight, and
+proportional fair with a resource-share tilt (``pf_fair``, the anchor of the mac student's decode).
 
 They read the cell's history (``ctx.history``) — PF needs the users' average served rate, RR
 when each user was last served — and return a DCM under caps and buffers. In a mac slot with
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.assign import greedy_fill, pf_priority, retx_first
+from service.assign import ShareTilt, greedy_fill, pf_priority, retx_first, share_tilted_fill
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import register
 from service.types import SlotState
@@ -75,6 +76,31 @@ class ProportionalFair(Policy):
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         return greedy_fill(state, pf_priority(state, ctx.history.avg_served), *retx_first(state))
+
+
+@register("pf_fair")
+class ProportionalFairShare(Policy):
+    """Proportional fair with a resource-share tilt: PF's priority ``utility[u, r] / avg_served[u]``
+    times each user's weight ``((x̄ + ε) / (x_u + ε))^β`` (``assign.share_weight``: x_u the
+    resources per slot the user has held; users served above the mean never boosted),
+    clipped to [1/(1+c), 1+c] with the strongest bound c whose decision keeps at least
+    ``min_bits_ratio`` of PF's scheduled bits in the slot (``assign.share_tilted_fill``;
+    ``assign.ShareTilt`` defaults: β = 2, c in 1, 0.5, 0.25, 0.1, ratio 1).
+
+    It raises the JFI term of SPEC §3 eq. 5 (equal resource counts) only where that costs none of
+    PF's scheduled bits in the slot, so throughput, packet latency and the Jain index of
+    throughput stay PF's while the leader utility rises. Work-conserving, HARQ first, like pf.
+    """
+
+    name = "pf_fair"
+
+    def __init__(self, tilt: ShareTilt | None = None) -> None:
+        self.tilt = tilt or ShareTilt()
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
+        h = ctx.history
+        weight = self.tilt.weight(h, state)
+        return share_tilted_fill(state, pf_priority(state, h.avg_served), weight, self.tilt, *retx_first(state))
 
 
 @register("max_weight")

@@ -29,7 +29,10 @@ knows; the other kinds leave it to repair. The model card's ``decode`` block pic
   classical schedulers. The network can reorder only pairs whose PF
   priorities lie within a factor (1 + b) / (1 − b) of each other, so throughput, latency and
   fairness stay those of PF on any input, and the tilt is where a teacher that beats PF on the
-  whole table can act.
+  whole table can act. With a ``share_tilt`` block (``assign.ShareTilt``: exponent, rich_ratio,
+  bounds, min_bits_ratio) the ranked scores also carry the resource-share weight of ``pf_fair``
+  (``assign.share_tilted_fill``), and every slot keeps at least ``min_bits_ratio`` of the bits
+  pf's own decision schedules, whatever the network outputs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from service.assign import NEED_TOLERANCE, greedy_fill, pf_priority, retx_first
+from service.assign import (
+    NEED_TOLERANCE,
+    ShareTilt,
+    greedy_fill,
+    pf_priority,
+    retx_first,
+    share_tilted_fill,
+)
 from service.history import CellHistory, HistoryView
 from service.types import SlotState
 
@@ -238,11 +248,19 @@ def decode_anchored(state: SlotState, logits: np.ndarray, bound: float = DEFAULT
 
 
 def decode_pf_anchored(
-    state: SlotState, logits: np.ndarray, avg_served: np.ndarray, bound: float = DEFAULT_PF_ANCHOR_BOUND
+    state: SlotState,
+    logits: np.ndarray,
+    view: HistoryView,
+    bound: float = DEFAULT_PF_ANCHOR_BOUND,
+    tilt: ShareTilt | None = None,
 ) -> np.ndarray:
     """Greedy (``assign.greedy_fill``) on ``pf_priority · (1 + bound · tanh(m))`` with the pair
-    margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. avg_served: float64 [N], the
-    cell history's PF averages of the slot's users. Pending HARQ retransmissions are served first
+    margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. view: the cell history of the
+    slot's users (PF averages; with ``tilt``, also the resources each has held, for
+    ``assign.share_tilted_fill``). With ``tilt``, the slot's decision schedules at least
+    ``tilt.min_bits_ratio`` of the bits of pf's own decision (flat margins, no tilt), whatever the
+    network outputs: the strongest share tilt that does, else the network's tilt alone if it
+    does, else pf's decision. Pending HARQ retransmissions are served first
     (``assign.retx_first``, as the baselines do), the other users share the RBGs left. Valid by
     construction, the PAG rule ``retx_not_first`` included."""
     r, n1 = state.num_res, state.num_ue + 1
@@ -251,19 +269,25 @@ def decode_pf_anchored(
     if not 0.0 <= bound < 1.0:
         raise ValueError(f"bound must be in [0, 1), got {bound}")
     margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
-    score = pf_priority(state, avg_served) * (1.0 + bound * np.tanh(margin))
-    return greedy_fill(state, score, *retx_first(state))
+    score = pf_priority(state, view.avg_served) * (1.0 + bound * np.tanh(margin))
+    if tilt is None:
+        return greedy_fill(state, score, *retx_first(state))
+    # the network's tilt and the share tilt both answer to pf's own decision: a slot keeps at
+    # least tilt.min_bits_ratio of the bits pf schedules
+    pf = pf_priority(state, view.avg_served)
+    return share_tilted_fill(state, score, tilt.weight(view, state), tilt, *retx_first(state), reference_score=pf)
 
 
 def decode(
     state: SlotState, logits: np.ndarray, spec: dict[str, Any], history: HistoryView | None = None
 ) -> np.ndarray:
     """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``,
-    ``bound``); ``pf_anchored`` reads the PF averages of ``history`` (a new cell's when None)."""
+    ``bound``, ``share_tilt``); ``pf_anchored`` reads ``history`` (a new cell's when None)."""
     kind = spec.get("kind", "capped")
     if kind == "pf_anchored":
         view = history if history is not None else CellHistory.empty().view(state)
-        return decode_pf_anchored(state, logits, view.avg_served, float(spec.get("bound", DEFAULT_PF_ANCHOR_BOUND)))
+        tilt = ShareTilt.from_dict(spec["share_tilt"]) if spec.get("share_tilt") else None
+        return decode_pf_anchored(state, logits, view, float(spec.get("bound", DEFAULT_PF_ANCHOR_BOUND)), tilt)
     if kind == "assignment" and state.max_resources_per_user == 1:
         return decode_assignment(state, logits)
     if kind == "anchored" and state.max_resources_per_user == 1:

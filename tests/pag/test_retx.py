@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from service.assign import retx_first, serve_retx
-from service.history import CellHistory
+from service.history import CellHistory, HistoryView
 from service.pag import check, is_valid, masked_decode, repair
 from service.pag.checks import RETX_NOT_FIRST, VIOLATION_KINDS
 from service.pipeline import decide
@@ -397,6 +397,33 @@ def test_baselines_serve_retransmissions_first_by_construction(name):
             assert (_held(state, owner)[need > 0] == _held(state, start)[need > 0]).all()  # and no new data for P
 
 
+def test_pf_fair_serves_retransmissions_first_whatever_its_share_tilt():
+    """The share tilt re-ranks only the users without a retransmission: with a history that makes
+    it act, pf_fair's decision still starts from ``serve_retx`` and gives P no new data."""
+    rng = np.random.default_rng(21)
+    tilted = 0
+    for i in range(60):
+        state = _random_slot(rng, int(rng.integers(2, 12)), int(rng.integers(2, 14)), slot=50 + i)
+        n = state.num_ue
+        view = HistoryView(
+            rng.exponential(300.0, n),
+            rng.integers(0, 80, n).astype(float),
+            np.full(n, -1, np.int64),
+            np.ones(n, bool),
+            np.zeros(n, np.int64),
+        )
+        ctx = PolicyContext(view, slot_rng(7, state.cell_id, state.slot))
+        owner = np.asarray(make("pf_fair")(state, ctx))
+        assert check(state, owner).valid, i
+        start, _ = retx_first(state)
+        if start is not None:
+            assert np.array_equal(owner[start > 0], start[start > 0]), i
+            need = state.retx_need()
+            assert (_held(state, owner)[need > 0] == _held(state, start)[need > 0]).all(), i
+        tilted += not np.array_equal(owner, np.asarray(make("pf")(state, ctx)))
+    assert tilted > 0  # the tilt acted on some slots
+
+
 def test_baselines_and_the_shipped_student_through_the_pipeline_are_valid_before_repair():
     """The baselines and the shipped mac student (``pf_anchored`` decode) serve retransmissions
     first by construction; a student decode that does not know the rule (``capped``) is repaired."""
@@ -406,7 +433,7 @@ def test_baselines_and_the_shipped_student_through_the_pipeline_are_valid_before
     repaired = 0
     for i in range(10):
         state = _random_slot(rng, 8, 10, slot=i)
-        for name in ["pf", "rr", "max_weight", "greedy", "km", "student"]:
+        for name in ["pf", "pf_fair", "rr", "max_weight", "greedy", "km", "student"]:
             d = decide(state, CellHistory.empty(), name, policies=policies)
             assert d.policy == name and d.valid_before_repair and not d.violations, (name, d.violations)
             assert _serves_retx_first(state, d.owner)

@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 from trainer.export import export_initialised
 
+from service.assign import ShareTilt
 from service.errors import ModelInvalidError, PolicyUnavailableError
-from service.history import CellHistory, apply_feedback, record_decision
+from service.history import CellHistory, HistoryView, apply_feedback, record_decision
 from service.pag.checks import is_valid
 from service.pag.mask import pag_mask
 from service.pipeline import decide
@@ -22,6 +23,7 @@ from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet, make
 from service.policies.student import StudentPolicy
 from service.policies.student_decode import (
+    decode,
     decode_anchored,
     decode_assignment,
     decode_capped,
@@ -154,10 +156,46 @@ def test_pf_anchored_decode_is_pf_with_flat_margins_and_valid_for_any_logits():
         view = history.view(state)
         view.avg_served[:] = rng.exponential(300.0, state.num_ue)
         want = np.asarray(pf(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
-        got = decode_pf_anchored(state, np.zeros((state.num_res, state.num_ue + 1)), view.avg_served)
+        got = decode_pf_anchored(state, np.zeros((state.num_res, state.num_ue + 1)), view)
         assert np.array_equal(got, want)
         wild = rng.normal(0, 30, (state.num_res, state.num_ue + 1))
-        assert is_valid(state, decode_pf_anchored(state, wild, view.avg_served, 0.3))
+        assert is_valid(state, decode_pf_anchored(state, wild, view, 0.3))
+
+
+def test_pf_anchored_decode_with_the_share_tilt_is_pf_fair_with_flat_margins():
+    """The card's ``share_tilt`` block makes the anchor pf_fair's rule: flat margins give pf_fair's
+    decision on any history, and any logits keep the decision valid and at least the tilt's share
+    of the bits of pf's own decision."""
+    rng = np.random.default_rng(12)
+    tilt = ShareTilt()
+    pf_fair = make("pf_fair")
+    spec = {"kind": "pf_anchored", "bound": 0.05, "share_tilt": tilt.as_dict()}
+    below = 0
+    for _ in range(200):
+        state = _random_slot(rng)
+        if state.preset != "mac":
+            continue
+        n = state.num_ue
+        view = HistoryView(
+            rng.exponential(300.0, n),
+            rng.integers(0, 50, n).astype(float),
+            np.full(n, -1, np.int64),
+            np.ones(n, bool),
+            np.zeros(n, np.int64),
+        )
+        flat = np.zeros((state.num_res, n + 1))
+        want = np.asarray(pf_fair(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
+        assert np.array_equal(decode(state, flat, spec, view), want)
+        wild = rng.normal(0, 30, (state.num_res, n + 1))
+        got = decode(state, wild, spec, view)
+        assert is_valid(state, got)
+        pf = np.asarray(make("pf")(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
+        floor = tilt.min_bits_ratio * slot_utility(state, pf)
+        assert slot_utility(state, got) >= floor - 1e-9 * max(floor, 1.0)
+        below += slot_utility(state, decode_pf_anchored(state, wild, view, 0.05)) < tilt.min_bits_ratio * slot_utility(
+            state, pf
+        )
+    assert below > 0  # the network's tilt alone would have scheduled below the floor on some slots
 
 
 def test_assignment_decode_maximises_the_margins():

@@ -13,11 +13,16 @@ from trainer.checkpoint import Checkpoint
 from trainer.export import export_onnx, parity
 from trainer.net import NetConfig, StudentNet
 
+from service.assign import ShareTilt
+from service.history import HistoryView
+from service.policies.base import PolicyContext
+from service.policies.registry import make
+from service.policies.student_decode import decode
 from service.serialize.tensors import INPUT_NAMES, StudentInputs, serialize
 from service.sim.mac import MacEnv
 from service.sim.mac_config import MacConfig
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
-from service.types import SlotState
+from service.types import SlotState, make_slot
 
 
 def _slots() -> list[SlotState]:
@@ -193,3 +198,20 @@ def test_a_graph_without_batch_axis_is_served_per_cell_and_rebatch_gives_it_one(
     for b, (s, x, ref) in enumerate(zip(states, inputs, before, strict=True)):
         np.testing.assert_array_equal(served.logits(x), ref)
         np.testing.assert_array_equal(together[b, : s.num_res, : s.num_ue + 1], ref)
+
+
+def test_a_fresh_pf_anchored_checkpoint_carries_the_share_tilt_only_when_asked():
+    plain = Checkpoint.new("mac", NetConfig(hidden=8), kind="pf_anchored")
+    tilted = Checkpoint.new("mac", NetConfig(hidden=8), kind="pf_anchored", share_tilt=True)
+    assert "share_tilt" not in plain.decode
+    assert ShareTilt.from_dict(tilted.decode["share_tilt"]) == ShareTilt()
+    with pytest.raises(ValueError, match="pf_anchored"):
+        Checkpoint.new("mac", NetConfig(hidden=8), kind="capped", share_tilt=True)
+    # the card's block is what the service decodes with: flat logits give pf_fair's decision
+    state = make_slot("mac", [1, 2], [0], spectral_efficiency=[0.6016, 0.6016], slot=10)
+    cum = np.array([10.0, 2.0])  # user 2 holds fewer RBGs
+    view = HistoryView(np.full(2, 100.0), cum, np.full(2, -1, np.int64), np.ones(2, bool), np.zeros(2, np.int64))
+    flat = np.zeros((1, 3))
+    want = make("pf_fair")(state, PolicyContext(view, np.random.default_rng(0)))
+    assert decode(state, flat, tilted.decode, view).tolist() == list(want) == [2]
+    assert decode(state, flat, plain.decode, view).tolist() == [1]  # pf: ties to the lower index

@@ -303,9 +303,9 @@ class GuardRow:
 
 def run_guard(plan: Plan, seed: int, notes: list[str]) -> list[GuardRow]:
     """The student at N = 100, R = 69 (mac) through ``ServiceCore.schedule`` with the guard on
-    and off, alternating slot by slot on the same states (one cell per core), p50 wall time.
-    The mac student is exempt from the guard by default (``guard_exempt``), so "on" lifts the
-    exemption: the figure is what guarding it costs."""
+    and off, alternating slot by slot on the same states (one cell per core), p50 wall time;
+    "on" also clears ``guard_exempt`` (empty by default), so the figure is what guarding costs
+    whatever a deployment exempts."""
     preset = "mac"
     if not student_available(preset):
         notes.append("guard: no mac student model, so the guard cost is not measured")
