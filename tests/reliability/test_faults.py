@@ -555,7 +555,9 @@ def test_sigterm_during_grpc_streams_answers_in_flight_slots_then_exits_0(servic
     import grpc
 
     fake_teacher.mode = "text"
-    fake_teacher.delay_s = 3.0
+    # each teacher request is held until the test releases it after SIGTERM (at most 20 s): both
+    # are in flight when the signal arrives, however long the busy machine takes to send them
+    fake_teacher.delay_s = 20.0
     # the fake teacher's answers are not meant to be good: the run-time guard would serve greedy
     # instead, and what is tested is the shutdown
     svc = service(
@@ -595,12 +597,14 @@ def test_sigterm_during_grpc_streams_answers_in_flight_slots_then_exits_0(servic
     side = [threading.Thread(target=teacher_stream, daemon=True), threading.Thread(target=teacher_unary, daemon=True)]
     for t in side:
         t.start()
-    # both teacher slots are in flight (the fake holds them for 3 s) while the streams are busy
+    # both teacher slots are in flight (the fake holds them) while the streams are busy
     deadline = time.monotonic() + 20
     while fake_teacher.requests < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert fake_teacher.requests >= 2 and "stream_answer" not in results
     svc.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the stop has begun with both slots in hand
+    fake_teacher.release.set()
     for t in [*side, *busy]:
         t.join(40)
     assert svc.proc.wait(40) == 0, svc.output()[-3000:]
