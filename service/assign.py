@@ -23,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from service.history import HistoryView
 from service.jit import kernel
-from service.types import SlotState, make_slot, served_bits
+from service.types import SlotState, make_slot, slot_utility
 
 #: tolerance (in RBGs) of ceil(buffer / TBS): a buffer that is an exact multiple of the TBS needs
 #: that many RBGs even when the division rounds a few ulps up (e.g. both given in other units)
@@ -225,7 +225,7 @@ def share_tilted_fill(
 ) -> np.ndarray:
     """``greedy_fill`` on ``score · clip(weight, 1/(1+c), 1+c)`` with the strongest bound c of
     ``tilt.bounds`` whose decision schedules at least ``tilt.min_bits_ratio`` of the bits
-    (``served_bits``) of the reference decision ``greedy_fill(reference_score)`` (default:
+    (``slot_utility``) of the reference decision ``greedy_fill(reference_score)`` (default:
     ``score`` itself, untilted); else ``greedy_fill(score)`` if it does; else the reference.
 
     The tilt raises the JFI term of SPEC §3 eq. 5 where it costs nothing in the slot's throughput
@@ -235,7 +235,7 @@ def share_tilted_fill(
     DCM int64 [R].
     """
     ref = greedy_fill(state, score if reference_score is None else reference_score, owner, users)
-    ref_bits = float(served_bits(state, ref).sum())
+    ref_bits = slot_utility(state, ref)
     # to within 1e-9 relative: the same bits summed over another decision round differently
     floor = tilt.min_bits_ratio * ref_bits - BITS_TOLERANCE * ref_bits
     elig = state.user_eligible
@@ -247,12 +247,12 @@ def share_tilted_fill(
                 continue  # the same weights as a bound already refused
             tried = w
             cand = greedy_fill(state, score * w[:, None], owner, users)
-            if float(served_bits(state, cand).sum()) >= floor:
+            if slot_utility(state, cand) >= floor:
                 return cand
     if reference_score is None:
         return ref
     plain = greedy_fill(state, score, owner, users)
-    return plain if float(served_bits(state, plain).sum()) >= floor else ref
+    return plain if slot_utility(state, plain) >= floor else ref
 
 
 def greedy_fill(

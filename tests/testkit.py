@@ -34,6 +34,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from service.history import HistoryView
 from service.policies.base import Policy, PolicyContext
 from service.types import SlotState
 
@@ -53,6 +54,15 @@ REDIS_FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 
 
 # ----------------------------------------------------------------------------- ports and polling
+
+
+def held_history(avg_served: Any, cum_resources: Any, first_seen_slot: Any = 0) -> HistoryView:
+    """A ``HistoryView`` of users all known and never served, with the given PF averages and
+    resources held so far (float [N]) and first-seen slots (int [N] or one for all; None: unknown)."""
+    avg = np.asarray(avg_served, np.float64)
+    n = avg.size
+    first = None if first_seen_slot is None else np.broadcast_to(np.asarray(first_seen_slot, np.int64), (n,)).copy()
+    return HistoryView(avg, np.asarray(cum_resources, np.float64), np.full(n, -1, np.int64), np.ones(n, bool), first)
 
 
 def free_port() -> int:

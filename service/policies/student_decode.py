@@ -269,12 +269,12 @@ def decode_pf_anchored(
     if not 0.0 <= bound < 1.0:
         raise ValueError(f"bound must be in [0, 1), got {bound}")
     margin = (logits[:, 1:] - logits[:, :1]).T.astype(np.float64)  # [N, R]
-    score = pf_priority(state, view.avg_served) * (1.0 + bound * np.tanh(margin))
+    pf = pf_priority(state, view.avg_served)
+    score = pf * (1.0 + bound * np.tanh(margin))
     if tilt is None:
         return greedy_fill(state, score, *retx_first(state))
     # the network's tilt and the share tilt both answer to pf's own decision: a slot keeps at
     # least tilt.min_bits_ratio of the bits pf schedules
-    pf = pf_priority(state, view.avg_served)
     return share_tilted_fill(state, score, tilt.weight(view, state), tilt, *retx_first(state), reference_score=pf)
 
 

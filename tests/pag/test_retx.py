@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from testkit import held_history
 
 from service.assign import retx_first, serve_retx
-from service.history import CellHistory, HistoryView
+from service.history import CellHistory
 from service.pag import check, is_valid, masked_decode, repair
 from service.pag.checks import RETX_NOT_FIRST, VIOLATION_KINDS
 from service.pipeline import decide
@@ -405,13 +406,7 @@ def test_pf_fair_serves_retransmissions_first_whatever_its_share_tilt():
     for i in range(60):
         state = _random_slot(rng, int(rng.integers(2, 12)), int(rng.integers(2, 14)), slot=50 + i)
         n = state.num_ue
-        view = HistoryView(
-            rng.exponential(300.0, n),
-            rng.integers(0, 80, n).astype(float),
-            np.full(n, -1, np.int64),
-            np.ones(n, bool),
-            np.zeros(n, np.int64),
-        )
+        view = held_history(rng.exponential(300.0, n), rng.integers(0, 80, n))
         ctx = PolicyContext(view, slot_rng(7, state.cell_id, state.slot))
         owner = np.asarray(make("pf_fair")(state, ctx))
         assert check(state, owner).valid, i

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from testkit import held_history
 
 from service import phy
 from service.assign import ShareTilt, share_weight
@@ -241,17 +242,6 @@ def test_pf_decision_is_the_same_when_mac_rates_and_buffers_scale_together():
 PF_FAIR = make("pf_fair")
 
 
-def _share_view(avg, cum, first_seen=None) -> HistoryView:
-    n = len(avg)
-    return HistoryView(
-        np.asarray(avg, float),
-        np.asarray(cum, float),
-        np.full(n, -1, np.int64),
-        np.ones(n, bool),
-        None if first_seen is None else np.asarray(first_seen, np.int64),
-    )
-
-
 def test_share_weight_lends_to_users_below_the_mean_share_only_if_not_above_the_mean_throughput():
     elig = np.ones(4, bool)
     cum = np.array([10.0, 20.0, 30.0, 40.0])  # resources per slot over 10 slots: 1, 2, 3, 4 (mean 2.5)
@@ -294,10 +284,10 @@ def test_pf_fair_is_pf_on_a_new_cell_and_keeps_its_floor_of_pf_bits_on_any_histo
             tti_s=1e-3,
             slot=20,
         )
-        fresh = _share_view(rng.exponential(300.0, n), np.zeros(n), np.zeros(n))
+        fresh = held_history(rng.exponential(300.0, n), np.zeros(n), np.zeros(n))
         ctx = PolicyContext(fresh, np.random.default_rng(0))
         assert np.array_equal(PF_FAIR(state, ctx), PF(state, ctx))
-        view = _share_view(rng.exponential(300.0, n), rng.integers(0, 60, n).astype(float), rng.integers(0, 20, n))
+        view = held_history(rng.exponential(300.0, n), rng.integers(0, 60, n).astype(float), rng.integers(0, 20, n))
         ctx = PolicyContext(view, np.random.default_rng(0))
         got, pf = PF_FAIR(state, ctx), PF(state, ctx)
         assert is_valid(state, got)
@@ -309,9 +299,9 @@ def test_pf_fair_is_pf_on_a_new_cell_and_keeps_its_floor_of_pf_bits_on_any_histo
 
 def test_pf_fair_gives_a_pf_tie_to_the_user_below_the_mean_share():
     state = make_slot("mac", [1, 2], [0], spectral_efficiency=[0.6016, 0.6016], slot=10)
-    tie = PolicyContext(_share_view([100.0, 100.0], [10.0, 10.0], [0, 0]), np.random.default_rng(0))
+    tie = PolicyContext(held_history([100.0, 100.0], [10.0, 10.0], [0, 0]), np.random.default_rng(0))
     assert PF(state, tie).tolist() == [1] and PF_FAIR(state, tie).tolist() == [1]  # ties: lower index
-    behind = PolicyContext(_share_view([100.0, 100.0], [10.0, 2.0], [0, 0]), np.random.default_rng(0))
+    behind = PolicyContext(held_history([100.0, 100.0], [10.0, 2.0], [0, 0]), np.random.default_rng(0))
     assert PF(state, behind).tolist() == [1] and PF_FAIR(state, behind).tolist() == [2]
 
 

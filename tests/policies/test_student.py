@@ -11,11 +11,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from testkit import held_history
 from trainer.export import export_initialised
 
 from service.assign import ShareTilt
 from service.errors import ModelInvalidError, PolicyUnavailableError
-from service.history import CellHistory, HistoryView, apply_feedback, record_decision
+from service.history import CellHistory, apply_feedback, record_decision
 from service.pag.checks import is_valid
 from service.pag.mask import pag_mask
 from service.pipeline import decide
@@ -176,13 +177,7 @@ def test_pf_anchored_decode_with_the_share_tilt_is_pf_fair_with_flat_margins():
         if state.preset != "mac":
             continue
         n = state.num_ue
-        view = HistoryView(
-            rng.exponential(300.0, n),
-            rng.integers(0, 50, n).astype(float),
-            np.full(n, -1, np.int64),
-            np.ones(n, bool),
-            np.zeros(n, np.int64),
-        )
+        view = held_history(rng.exponential(300.0, n), rng.integers(0, 50, n))
         flat = np.zeros((state.num_res, n + 1))
         want = np.asarray(pf_fair(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
         assert np.array_equal(decode(state, flat, spec, view), want)

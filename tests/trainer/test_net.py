@@ -9,12 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from testkit import held_history
 from trainer.checkpoint import Checkpoint
 from trainer.export import export_onnx, parity
 from trainer.net import NetConfig, StudentNet
 
 from service.assign import ShareTilt
-from service.history import HistoryView
 from service.policies.base import PolicyContext
 from service.policies.registry import make
 from service.policies.student_decode import decode
@@ -210,7 +210,7 @@ def test_a_fresh_pf_anchored_checkpoint_carries_the_share_tilt_only_when_asked()
     # the card's block is what the service decodes with: flat logits give pf_fair's decision
     state = make_slot("mac", [1, 2], [0], spectral_efficiency=[0.6016, 0.6016], slot=10)
     cum = np.array([10.0, 2.0])  # user 2 holds fewer RBGs
-    view = HistoryView(np.full(2, 100.0), cum, np.full(2, -1, np.int64), np.ones(2, bool), np.zeros(2, np.int64))
+    view = held_history(np.full(2, 100.0), cum)
     flat = np.zeros((1, 3))
     want = make("pf_fair")(state, PolicyContext(view, np.random.default_rng(0)))
     assert decode(state, flat, tilted.decode, view).tolist() == list(want) == [2]
