@@ -592,7 +592,9 @@ class ServiceCore:
         """Write the advanced record by compare-and-set; False when another writer won."""
         record = a.record
         new = record.advance(
-            record_decision(a.history, a.state, decision.owner, ewma_slots=self.settings.ewma_slots),
+            record_decision(
+                a.history, a.state, decision.owner, ewma_slots=self.settings.ewma_slots, served=decision.served
+            ),
             epoch=record.epoch if a.epoch is None else a.epoch,
             slot=a.state.slot,
             digest=a.digest,

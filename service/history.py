@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,6 +66,9 @@ class CellHistory:
     last_expected: np.ndarray
     last_slot: int = -1
     slots: int = 0
+    #: the last ``view``: (the slot it was built for, the view), so that the pipeline, the guard's
+    #: reference and ``record_decision`` share one view of a slot (not a field of the value)
+    _memo: tuple[SlotState, HistoryView] | None = field(default=None, init=False, repr=False, compare=False)
 
     @staticmethod
     def empty() -> CellHistory:
@@ -84,7 +87,20 @@ class CellHistory:
 
     def view(self, state: SlotState) -> HistoryView:
         """Align with ``state.user_ids``; unknown users get avg = their mean utility, 0 resources,
-        first seen now."""
+        first seen now.
+
+        The view's arrays are read-only, and the view of the same slot object is built once:
+        the pipeline, the run-time guard's reference and ``record_decision`` read one view."""
+        memo = self._memo
+        if memo is not None and memo[0] is state:
+            return memo[1]
+        view = self._view(state)
+        for arr in (view.avg_served, view.cum_resources, view.last_served_slot, view.known, view.first_seen_slot):
+            arr.flags.writeable = False  # type: ignore[union-attr]
+        object.__setattr__(self, "_memo", (state, view))
+        return view
+
+    def _view(self, state: SlotState) -> HistoryView:
         if self._same_users(state):  # steady population: the arrays are already aligned
             return HistoryView(
                 self.avg_served.copy(),
@@ -112,7 +128,8 @@ class CellHistory:
 
     def _same_users(self, state: SlotState) -> bool:
         """True when the slot's users are exactly this history's users, in the same order."""
-        return self.user_ids.shape == state.user_ids.shape and np.array_equal(self.user_ids, state.user_ids)
+        ids = state.user_ids
+        return self.user_ids.shape == ids.shape and bool((self.user_ids == ids).all())
 
 
 _ARRAY_FIELDS = (
@@ -197,15 +214,18 @@ def record_decision(
     *,
     ewma_slots: float = 100.0,
     forget_after_slots: int = 10_000,
+    served: np.ndarray | None = None,
 ) -> CellHistory:
     """History after ``owner`` [R] was decided for ``state``: EWMA, cumulative resources, RR order.
 
     ``avg ← (1 − 1/T)·avg + (1/T)·served`` for the slot's users (T = ewma_slots); users not seen
-    for ``forget_after_slots`` slots are dropped.
+    for ``forget_after_slots`` slots are dropped. ``served``: float64 [N] ``served_bits(state,
+    owner)`` when the caller has it (``Decision.served``), else computed here.
     """
     view = history.view(state)
     assert view.first_seen_slot is not None  # CellHistory.view always fills it
-    served = served_bits(state, owner)  # [N]
+    if served is None:
+        served = served_bits(state, owner)  # [N]
     a = 1.0 / ewma_slots
     avg_new = (1.0 - a) * view.avg_served + a * served
     n_res = np.bincount(owner, minlength=state.num_ue + 1)[1:].astype(np.float64)

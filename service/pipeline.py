@@ -22,7 +22,7 @@ from service.pag.repair import repair
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet
 from service.rng import slot_rng
-from service.types import Decision, SlotState, slot_utility
+from service.types import Decision, SlotState, served_bits
 
 STAGES = ("serialize", "policy", "check", "repair", "total")
 
@@ -110,6 +110,8 @@ def decide(
         result = check(state, raw)
         t5 = time.perf_counter_ns()
         owner = repair(state, result)
+        served = served_bits(state, owner)
+        served.flags.writeable = False  # shared with the cell's next history (``last_expected``)
         t6 = time.perf_counter_ns()
         timings["check"] = (t5 - t4) / 1e3
         timings["repair"] = (t6 - t5) / 1e3
@@ -119,12 +121,13 @@ def decide(
             policy=name,
             valid_before_repair=result.valid,
             violations=result.violations,
-            utility=slot_utility(state, owner),
+            utility=float(served.sum()),
             fallback="; ".join(reasons) if reasons else None,
             fallback_reason=kinds[0] if kinds else None,
             timings_us=timings,
             policy_version=pol.version,
             notes=ctx.info,
+            served=served,
         )
     raise AssertionError("unreachable: the last policy of the chain either returns or raises")
 

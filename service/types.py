@@ -110,6 +110,13 @@ def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None 
     """``values`` as a 1-D array of ``dtype`` (length ``n`` if given), or InvalidSlotError naming
     ``name``: ids must be integers (no fractional, NaN or infinite values), flags booleans (or
     0/1), floats finite."""
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:  # already typed
+        if n is not None and values.shape[0] != n:
+            raise InvalidSlotError(name, f"expected {n} values, got {values.shape[0]}")
+        if dtype is float and not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {values[i]}")
+        return values.copy()
     try:
         raw = np.asarray(values)
         if raw.ndim != 1:
@@ -305,7 +312,11 @@ def make_slot(
             )
         with np.errstate(over="ignore"):
             tbs = phy.tbs_bits(se, rb_per_rbg)
-        util = np.broadcast_to(tbs[:, None] if tbs.ndim == 1 else tbs, (n, r)).copy()
+        if tbs.ndim == 1:  # per user: the same on every RBG
+            util = np.empty((n, r))
+            util[:] = tbs[:, None]
+        else:
+            util = tbs  # [N, R], a new array
         if not np.isfinite(util).all():
             raise InvalidSlotError("users.spectral_efficiency", "the TBS computed from these values is not finite")
 
@@ -463,3 +474,6 @@ class Decision:
     notes: dict[str, object] = field(default_factory=dict)
     #: True when the slot was applied before and this is its stored decision (a retry)
     replayed: bool = False
+    #: float64 [N] what each user gets from ``owner`` (``served_bits``), kept by the pipeline so
+    #: that the cell's history update does not compute it again; not part of the stored decision
+    served: np.ndarray | None = field(default=None, repr=False, compare=False)

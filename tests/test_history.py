@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.history import CellHistory, apply_feedback, from_bytes, record_decision, to_bytes
-from service.types import make_slot
+from service.types import make_slot, served_bits
 
 A = 1.0 / 100.0  # default ewma_slots = 100
 
@@ -157,12 +158,37 @@ def test_view_aligns_unsorted_slot_ids():
     assert view.last_served_slot.tolist() == [0, -1, 0]
 
 
-def test_view_arrays_are_copies():
+def test_view_arrays_are_read_only_and_never_the_history_s():
     s = _mac([1, 2], 0, [1e6, 1e6])
     h = record_decision(CellHistory.empty(), s, np.array([1, 2, 0]))
     view = h.view(s)
-    view.avg_served[:] = -1.0
-    assert (h.avg_served > 0).all()
+    for arr in (view.avg_served, view.cum_resources, view.last_served_slot, view.known, view.first_seen_slot):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[:] = 0
+        assert not np.shares_memory(arr, h.avg_served)
+    assert h.avg_served.flags.writeable and (h.avg_served > 0).all()
+
+
+def test_record_decision_with_the_decision_s_served_bits_equals_without():
+    h = CellHistory.empty()
+    for slot, (ids, owner) in enumerate([([1, 2], [1, 2, 0]), ([1, 2], [2, 2, 1]), ([2, 3], [0, 1, 2])]):
+        s = _mac(ids, slot, [1e6, 2e5])
+        own = np.array(owner)
+        given = record_decision(h, s, own, served=served_bits(s, own))
+        h = record_decision(h, s, own)
+        assert given == h
+
+
+def test_view_of_one_slot_is_built_once_and_a_new_slot_gets_its_own():
+    s = _mac([1, 2], 0, [1e6, 1e6])
+    h = record_decision(CellHistory.empty(), s, np.array([1, 2, 0]))
+    nxt = _mac([1, 2], 1, [1e6, 1e6])
+    view = h.view(nxt)
+    assert h.view(nxt) is view  # the pipeline, the guard and record_decision share it
+    other = _mac([2, 3], 1, [1e6, 1e6])  # another slot object: aligned afresh
+    assert h.view(other).known.tolist() == [True, False]
+    assert h.view(nxt) is not view and np.array_equal(h.view(nxt).avg_served, view.avg_served)
+    assert replace(h, slots=h.slots)._memo is None  # a changed history never inherits the memo
 
 
 # ----------------------------------------------------------------------------- serialization

@@ -26,7 +26,8 @@ from service.pipeline import STAGES, decide
 from service.policies import Policy, PolicyContext, names
 from service.policies.registry import PolicySet
 from service.rng import slot_rng
-from service.types import Decision, make_slot, slot_utility
+from service.state.record import decision_to_dict
+from service.types import Decision, make_slot, served_bits, slot_utility
 
 REGISTERED = names()
 
@@ -91,6 +92,9 @@ def test_decision_fields_for_a_valid_output(state):
     assert d.policy == "answer" and d.policy_version == "7.1"
     assert d.valid_before_repair and d.violations == []
     assert d.utility == slot_utility(state, d.owner)
+    # what each user gets, kept for the history update: read-only, never stored with the decision
+    assert np.array_equal(d.served, served_bits(state, d.owner)) and not d.served.flags.writeable
+    assert "served" not in decision_to_dict(d)
     assert d.fallback is None and d.fallback_reason is None
     assert d.notes == {"note": "hello"}
     assert set(d.timings_us) == set(STAGES)

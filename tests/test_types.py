@@ -165,6 +165,41 @@ def test_make_slot_does_not_alias_caller_arrays():
     assert st.user_eligible.tolist() == [False, True]
 
 
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("buffer_bits", [0.0, math.nan]),
+        ("buffer_bits", [math.inf, 1.0]),
+        ("buffer_bits", [1.0, 2.0, 3.0]),
+        ("bandwidth_hz", [1e6, -math.inf, 1e6]),
+        ("user_eligible", [True]),
+    ],
+)
+def test_typed_arrays_are_checked_as_lists_are(field, values):
+    """numpy arrays of the field's own dtype take a shorter path through ``make_slot``: the
+    same refusals, naming the same element, as the same values given as a list."""
+    dtype = bool if field == "user_eligible" else np.float64
+    errors = []
+    for given in (list(values), np.asarray(values, dtype)):
+        with pytest.raises(InvalidSlotError) as info:
+            make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[0.6, 1.2], **{field: given})
+        errors.append((info.value.field, info.value.message))
+    assert errors[0] == errors[1]
+
+
+def test_typed_arrays_give_the_slot_lists_give_and_are_copied():
+    buf = np.array([100.0, 0.0])
+    bw = np.array([1.44e6, 1.44e6, 0.72e6])
+    typed = make_slot("mac", np.array([1, 2]), np.array([0, 1, 2]), spectral_efficiency=np.array([0.6, 1.2]),
+                      buffer_bits=buf, bandwidth_hz=bw)  # fmt: skip
+    listed = make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[0.6, 1.2], buffer_bits=buf.tolist(),
+                       bandwidth_hz=bw.tolist())  # fmt: skip
+    for name in ("user_ids", "resource_ids", "utility", "bandwidth_hz", "buffer_bits", "user_eligible"):
+        assert np.array_equal(getattr(typed, name), getattr(listed, name)), name
+    assert not np.shares_memory(typed.buffer_bits, buf) and not np.shares_memory(typed.bandwidth_hz, bw)
+    assert typed.utility.shape == (2, 3) and np.array_equal(typed.utility[:, 0], typed.utility[:, 2])
+
+
 def test_admissible_is_eligibility_times_availability():
     st = _spec(resource_available=[True, False, True], user_eligible=[False, True])
     assert st.admissible().tolist() == [[False, False, False], [True, False, True]]

@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -58,16 +59,22 @@ def request_digest(state: SlotState, policy: str | None, feedback: Mapping[int, 
     ):
         if arr is None:
             h.update(b"-")
-        else:
-            h.update(np.ascontiguousarray(arr).tobytes())
-            h.update(str(arr.shape).encode())
+        else:  # the array's bytes (read in place: no copy of a contiguous one), then its shape
+            h.update(np.ascontiguousarray(arr).data)
+            h.update(_shape_bytes(arr.shape))
     if state.retx_bits is not None and state.retx_rbgs is not None:  # only then: older digests stay valid
         for arr in (state.retx_bits, state.retx_rbgs):
             h.update(b"retx")
-            h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(np.ascontiguousarray(arr).data)
     if feedback:
         h.update(json.dumps(sorted((int(k), float(v)) for k, v in feedback.items())).encode())
     return h.hexdigest()[:32]
+
+
+@lru_cache(maxsize=1024)
+def _shape_bytes(shape: tuple[int, ...]) -> bytes:
+    """``str(shape)`` encoded (part of the digest); a cell's shapes repeat slot after slot."""
+    return str(shape).encode()
 
 
 def decision_to_dict(decision: Decision) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +154,7 @@ def test_pf_anchored_decode_is_pf_with_flat_margins_and_valid_for_any_logits():
         state = _random_slot(rng)
         if state.preset != "mac":
             continue
-        history = CellHistory.empty()
-        view = history.view(state)
-        view.avg_served[:] = rng.exponential(300.0, state.num_ue)
+        view = replace(CellHistory.empty().view(state), avg_served=rng.exponential(300.0, state.num_ue))
         want = np.asarray(pf(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
         got = decode_pf_anchored(state, np.zeros((state.num_res, state.num_ue + 1)), view)
         assert np.array_equal(got, want)

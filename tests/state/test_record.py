@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -98,6 +102,36 @@ def test_bytes_round_trip_and_the_kept_decision() -> None:
 def test_malformed_records_raise_value_error(blob: bytes) -> None:
     with pytest.raises(ValueError):
         CellRecord.from_bytes(blob)
+
+
+def _digest_by_its_definition(state, policy, feedback) -> str:
+    """The digest as its format is defined (records in a shared store keep it across versions):
+    SHA-256 of the header, each array's C-order bytes and ``str(shape)``, ``-`` for an absent
+    one, the HARQ columns when given, the sorted feedback as JSON; 32 hex digits."""
+    h = hashlib.sha256()
+    h.update(
+        f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|{policy or ''}|".encode()
+    )
+    for arr in (state.user_ids, state.resource_ids, state.utility, state.resource_available, state.user_eligible,
+                state.buffer_bits, state.bandwidth_hz):  # fmt: skip
+        h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode())
+    if state.retx_bits is not None and state.retx_rbgs is not None:
+        for arr in (state.retx_bits, state.retx_rbgs):
+            h.update(b"retx" + np.ascontiguousarray(arr).tobytes())
+    if feedback:
+        h.update(json.dumps(sorted((int(k), float(v)) for k, v in feedback.items())).encode())
+    return h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_the_digest_keeps_its_format(layout: str) -> None:
+    st = _state(3)
+    st = replace(st, utility=np.asarray(st.utility, order=layout))  # type: ignore[call-overload]
+    harq = replace(st, retx_bits=np.array([900.0, 0.0]), retx_rbgs=np.array([1, 0]))
+    spectrum = make_slot("spectrum", [4, 9], [0, 1], rate_bps=[[1e6, 2e6], [3e6, 0.0]], cell_id="s", slot=7)
+    for state in (st, harq, spectrum):
+        for policy, feedback in ((None, None), ("pf", {2: 511.0, 1: 1999.5})):
+            assert request_digest(state, policy, feedback) == _digest_by_its_definition(state, policy, feedback)
 
 
 def test_the_digest_sees_what_decides_the_slot() -> None:
