@@ -232,18 +232,18 @@ def record_decision(
     cum_new = view.cum_resources + n_res
     last_new = np.where(n_res > 0, state.slot, view.last_served_slot)
 
-    owner_ids_arr = np.where(owner > 0, state.user_ids[np.maximum(owner - 1, 0)], -1)
+    owner_ids_arr = np.concatenate(([-1], state.user_ids))[owner]  # token k -> user_ids[k-1], 0 -> -1
     if history._same_users(state):  # steady population: no merge, nobody to forget
         return CellHistory(
             user_ids=history.user_ids,
             avg_served=avg_new,
             cum_resources=cum_new,
             cum_served=history.cum_served + served,
-            last_served_slot=last_new.astype(np.int64),
+            last_served_slot=last_new.astype(np.int64, copy=False),
             last_seen_slot=np.full(state.num_ue, state.slot, np.int64),
             first_seen_slot=history.first_seen_slot,
             last_resource_ids=state.resource_ids.copy(),
-            last_owner_ids=owner_ids_arr.astype(np.int64),
+            last_owner_ids=owner_ids_arr.astype(np.int64, copy=False),
             last_expected=served,
             last_slot=state.slot,
             slots=history.slots + 1,

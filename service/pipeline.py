@@ -110,12 +110,12 @@ def decide(
         result = check(state, raw)
         t5 = time.perf_counter_ns()
         owner = repair(state, result)
-        served = served_bits(state, owner)
-        served.flags.writeable = False  # shared with the cell's next history (``last_expected``)
         t6 = time.perf_counter_ns()
         timings["check"] = (t5 - t4) / 1e3
         timings["repair"] = (t6 - t5) / 1e3
         timings["total"] = (t6 - t0) / 1e3
+        served = served_bits(state, owner)
+        served.flags.writeable = False  # shared with the cell's next history (``last_expected``)
         return Decision(
             owner=owner,
             policy=name,

@@ -427,9 +427,12 @@ def served_bits(state: SlotState, owner: np.ndarray) -> np.ndarray:
     Spectrum: sum of rates of its channels (bit/s). Mac: TBS bits of its RBGs, capped by its
     buffer when the buffer is known (a UE cannot send more than it has queued).
     """
-    n = state.num_ue
-    mask = owner > 0
-    per_user = np.bincount(owner[mask] - 1, weights=state.utility[owner[mask] - 1, np.flatnonzero(mask)], minlength=n)
+    n, r = state.utility.shape
+    # each resource's utility to its owner (an unused one's, token <= 0, goes to bin 0 and is
+    # dropped); every user's weights are added in resource order
+    tok = np.maximum(owner, 0)
+    picked = state.utility[np.maximum(tok - 1, 0), np.arange(r)]
+    per_user = np.bincount(tok, weights=picked, minlength=n + 1)[1:]
     if state.preset == "mac" and state.buffer_bits is not None:
         per_user = np.minimum(per_user, state.buffer_bits)
     return per_user

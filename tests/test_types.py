@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import phy
 from service.errors import InvalidSlotError
@@ -180,9 +182,9 @@ def test_typed_arrays_are_checked_as_lists_are(field, values):
     same refusals, naming the same element, as the same values given as a list."""
     dtype = bool if field == "user_eligible" else np.float64
     errors = []
-    for given in (list(values), np.asarray(values, dtype)):
+    for supplied in (list(values), np.asarray(values, dtype)):
         with pytest.raises(InvalidSlotError) as info:
-            make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[0.6, 1.2], **{field: given})
+            make_slot("mac", [1, 2], [0, 1, 2], spectral_efficiency=[0.6, 1.2], **{field: supplied})
         errors.append((info.value.field, info.value.message))
     assert errors[0] == errors[1]
 
@@ -324,3 +326,23 @@ def test_mac_served_bits_are_capped_by_the_buffer():
         "spectrum", [1, 2], [0, 1], rate_bps=np.full((2, 2), 100.0), buffer_bits=[1.0, 1.0], max_resources_per_user=2
     )
     assert slot_utility(sp, np.array([1, 1])) == 200.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), preset=st.sampled_from(["mac", "spectrum"]), capped=st.booleans())
+def test_served_bits_is_the_sum_of_each_user_s_resources(seed, preset, capped):
+    """``served_bits`` against its definition, user by user: the utility of the resources the user
+    owns, added in resource order (bit-exact), capped by its buffer in mac; tokens <= 0 serve nobody."""
+    rng = np.random.default_rng(seed)
+    n, r = int(rng.integers(1, 12)), int(rng.integers(1, 20))
+    util = rng.exponential(1e3, (n, r)) * (rng.random((n, r)) < 0.8)
+    buf = rng.exponential(2e3, n) if capped else None
+    state = make_slot(preset, np.arange(n) * 3, np.arange(r), utility=util, buffer_bits=buf)
+    owner = rng.integers(-1, n + 1, r)
+    want = np.zeros(n)
+    for res, k in enumerate(owner.tolist()):
+        if k > 0:
+            want[k - 1] += state.utility[k - 1, res]
+    if preset == "mac" and buf is not None:
+        want = np.minimum(want, state.buffer_bits)
+    assert np.array_equal(served_bits(state, owner), want)

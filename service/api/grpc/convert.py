@@ -251,7 +251,7 @@ def decision_to_pb(state: SlotState, decision: Decision) -> pb.SlotDecision:
     """
     tok = decision.owner
     uids = state.user_ids
-    owner_ids = np.where(tok > 0, uids[tok - 1], -1)  # tok-1 = -1 indexes harmlessly, then masked
+    owner_ids = np.concatenate(([-1], uids))[tok]  # token k -> user_ids[k-1], 0 -> -1
     granted = tok > 0
     tok_g = tok[granted]
     order = np.argsort(tok_g, kind="stable")
