@@ -1,4 +1,4 @@
-"""Auction kernels of the large-scale spectrum assignment (pure numpy / scipy, no I/O).
+"""Auction kernels of the large-scale spectrum assignment (numpy / scipy, one numba kernel; no I/O).
 
 All work on a value matrix float64 [U, F] >= 0 (eligible users × free channels) and solve the
 single-connectivity assignment ``max Σ value[u, c]`` over matchings (SPEC §1–§2); a matching is
@@ -14,7 +14,7 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
    ``1/16`` of the users and of the channels), fitted on the channels' bandwidth and mean value;
    ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
-   column segments (one pass over the rows, no dense copy); ``auction_prices`` with a large
+   column segments (one compiled pass over the rows, no dense copy); ``auction_prices`` with a large
    ``ε`` from the estimated prices on those (or the exact) lists and no list refresh (a few
    rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best free
    channels on their dense rows): within a few per cent of the optimum, early.
@@ -46,10 +46,19 @@ import numpy as np
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from service.jit import kernel
+
 FREE = -1  # user still bidding
 OUT = -2  # user took the outside option (no channel is worth its price)
 _CHUNK_ELEMS = 1 << 16  # dense passes run over row blocks of about this many entries (cache-sized)
 MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market prices (the fit's points)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) ``segment_lists``' kernel on a 2 × 2 matrix, so that no
+    decision pays for it (nor learns it as the stage's cost): ``ServiceCore.preload`` and the
+    ``auction`` policy call it."""
+    segment_lists(np.ones((2, 2)), np.arange(2), np.zeros(2), 1)
 
 
 # ------------------------------------------------------------------------------- stage 0
@@ -178,12 +187,12 @@ def segment_lists(
     column segments, in one pass over the rows without copying the dense matrix: the coarse
     stage's cheap lists.
 
-    source: float64 [N, R] >= 0; rows: int64 [U] the rows wanted; prices: float64 [R] (``inf``
-    for a channel that may not be listed). The segments are ``R // k`` columns wide, the last
-    ``R mod k`` columns one more. With prices near the auction's (``market_prices``), the lists
-    hold channels the users can win, not only the channels everyone wants. Row blocks, their
-    reduced values written into a cache-sized buffer; before each, ``stop(share of the rows
-    done)`` may end the work. Returns (channels int64 [U, S] column indices of ``source``, values
+    source: float64 [N, R] >= 0, finite; rows: int64 [U] the rows wanted; prices: float64 [R]
+    (``inf`` or NaN for a channel that may not be listed). The segments are ``R // k`` columns
+    wide, the last ``R mod k`` columns one more. With prices near the auction's
+    (``market_prices``), the lists hold channels the users can win, not only the channels
+    everyone wants. Row blocks of a cache-sized share of the matrix, each one compiled pass
+    (``_segment_best``); before each, ``stop(share of the rows done)`` may end the work. Returns (channels int64 [U, S] column indices of ``source``, values
     float64 [U, S], ``-inf`` where a segment has no channel that may be listed), S = k (+1 with a
     remainder), or None when ``stop`` returned True.
     """
@@ -195,25 +204,49 @@ def segment_lists(
     n_lists = k + (body < r_src)
     lists = np.empty((u_n, n_lists), np.int64)
     reduced = np.empty((u_n, n_lists))
-    offset = np.arange(k) * seg
     step = max(1, _CHUNK_ELEMS // max(r_src, 1))
-    buf = np.empty((step, r_src))
+    rows = np.asarray(rows, np.int64)
+    price = np.asarray(prices, np.float64)
+    if np.isnan(price).any():  # an unknown price: the channel may not be listed
+        price = np.where(np.isnan(price), np.inf, price)
     for s in range(0, u_n, step):
         if stop is not None and stop(s / u_n):
             return None
-        b = min(step, u_n - s)
-        blk = buf[:b]
-        np.subtract(source[rows[s : s + b]], prices, out=blk)  # reduced values; -inf: may not be listed
-        parts = blk[:, :body].reshape(b, k, seg)
-        best = parts.argmax(axis=2)  # [b, k]
-        lists[s : s + b, :k] = best + offset
-        reduced[s : s + b, :k] = np.take_along_axis(parts, best[:, :, None], 2)[:, :, 0]
-        if body < r_src:
-            tail = blk[:, body:].argmax(axis=1)
-            lists[s : s + b, k] = tail + body
-            reduced[s : s + b, k] = blk[np.arange(b), body + tail]
+        b = min(step, u_n - s)  # the compiled pass over the block's rows, in place (no dense copy)
+        _segment_best(source, rows[s : s + b], price, seg, n_lists, lists[s : s + b], reduced[s : s + b])
     values = np.where(np.isfinite(reduced), source[rows[:, None], lists], -np.inf)  # the values themselves
     return lists, values
+
+
+@kernel
+def _segment_best(
+    source: np.ndarray,
+    rows: np.ndarray,
+    prices: np.ndarray,
+    seg: int,
+    n_lists: int,
+    lists: np.ndarray,
+    reduced: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through segment_lists
+    """``segment_lists``' row block: for each row of ``rows`` and segment j (columns ``j·seg`` to
+    ``(j+1)·seg``, the last one to the end), the first column of largest reduced value
+    ``source[row, c] − prices[c]`` (``np.argmax``'s choice: the reduced values are never NaN,
+    ``source`` being finite and ``prices`` finite or ``inf``) into ``lists[i, j]`` and that value
+    into ``reduced[i, j]``."""
+    r_src = source.shape[1]
+    for i in range(rows.size):
+        row = source[rows[i]]
+        for j in range(n_lists):
+            lo = j * seg
+            hi = r_src if j == n_lists - 1 else lo + seg
+            best_c = lo
+            best = row[lo] - prices[lo]
+            for c in range(lo + 1, hi):
+                v = row[c] - prices[c]
+                if v > best:
+                    best_c, best = c, v
+            lists[i, j] = best_c
+            reduced[i, j] = best
 
 
 def dense_lists(

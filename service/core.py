@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 from cachetools import TTLCache
 
-from service import assign
+from service import assign, auction
 from service.api.contract import ScheduleArgs
 from service.config import Settings
 from service.errors import (
@@ -628,8 +628,10 @@ class ServiceCore:
 
     def preload(self) -> None:
         """Instantiate the configured policies (load models, open sessions; a student model load
-        compiles the feature kernels) and compile the greedy fill's kernel, before serving."""
+        compiles the feature kernels) and compile the greedy fill's and the auction's kernels,
+        before serving."""
         assign.warm_up()
+        auction.warm_up()
         for name in self.settings.preload_policies:
             self.policies.get(name)
 

@@ -483,6 +483,34 @@ def test_segment_lists_give_each_segments_best_channel_by_reduced_value():
                     assert vals[i, j] == -np.inf
 
 
+def test_segment_lists_take_numpy_s_argmax_and_never_list_an_unpriced_channel():
+    """The compiled pass picks what ``np.argmax`` picks (the first of tied values, ties made common
+    by rounding), on C- and Fortran-ordered matrices; a NaN price is a channel not to list."""
+    rng = np.random.default_rng(34)
+    for trial in range(40):
+        n, r = int(rng.integers(1, 30)), int(rng.integers(2, 200))
+        src = np.round(rng.exponential(1.0, (n, r)), 1)
+        if trial % 2:
+            src = np.asfortranarray(src)
+        rows = rng.permutation(n)
+        prices = np.round(rng.uniform(0.0, 1.0, r), 1)
+        prices[rng.random(r) < 0.2] = np.nan
+        k = int(rng.integers(1, 12))
+        got = segment_lists(src, rows, prices, k)
+        assert got is not None
+        chan, vals = got
+        red = src[rows] - np.where(np.isnan(prices), np.inf, prices)
+        k = min(k, r)
+        bounds = [j * (r // k) for j in range(k)] + ([r // k * k] if r // k * k < r else []) + [r]
+        for j in range(len(bounds) - 1):
+            lo, hi = bounds[j], bounds[j + 1]
+            want = lo + red[:, lo:hi].argmax(axis=1)
+            assert np.array_equal(chan[:, j], want)
+            listed = np.isfinite(red[np.arange(rows.size), want])
+            assert np.array_equal(vals[listed, j], src[rows[listed], want[listed]])
+            assert (vals[~listed, j] == -np.inf).all() and not np.isnan(prices[want[listed]]).any()
+
+
 def test_market_prices_estimate_the_auctions_prices_from_a_seeded_sub_market():
     """Channels that differ by bandwidth (the LSA slot) or, at one bandwidth, by interference: the
     estimate follows the prices the full auction ends with, and is seeded."""
