@@ -25,7 +25,8 @@ from service.types import SlotState
 class PolicyContext:
     """What a policy may use besides the slot.
 
-    history: the cell's history aligned with the slot's users.
+    history: the cell's history aligned with the slot's users (read-only arrays, shared with the
+        run-time guard's reference and the cell's history update: copy before changing one).
     rng_source: the seeded generator for this (cell, slot) — the only randomness a policy may
         use — or a zero-argument function that builds it; ``rng`` builds it on first use only
         (most policies draw nothing, and seeding a generator costs more than their decision).
