@@ -176,7 +176,11 @@ def _id_column(rows: list[dict], group: str) -> np.ndarray:
 
 def _bool_column(rows: list[dict], key: str, group: str) -> np.ndarray | None:
     """bool [len(rows)]; an entry without the key takes its rule's default."""
-    col = [row.get(key, RULES[f"{group}.{key}"].default) for row in rows]
+    try:
+        col = list(map(itemgetter(key), rows))
+    except KeyError:
+        default = RULES[f"{group}.{key}"].default
+        col = [row.get(key, default) for row in rows]
     if set(map(type, col)) != _BOOL:
         i = _first_bad(col, _BOOL)
         raise InvalidSlotError(f"{group}[{i}].{key}", f"expected a boolean, got {_type_name(col[i])}")
