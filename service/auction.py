@@ -14,10 +14,10 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
    ``1/16`` of the users and of the channels), fitted on the channels' bandwidth and mean value;
    ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
-   column segments (one compiled pass over the rows, no dense copy); ``auction_prices`` with a large
-   ``ε`` from the estimated prices on those (or the exact) lists and no list refresh (a few
-   rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best free
-   channels on their dense rows): within a few per cent of the optimum, early.
+   column segments (one compiled pass over the rows, no dense copy); ``auction_prices`` with a
+   large ``ε`` from the estimated prices on those (or the exact) lists and no list refresh (a
+   few rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best
+   free channels on their dense rows): within a few per cent of the optimum, early.
 1. **Prices** — ``auction_prices``: a forward Jacobi auction (Bertsekas) with increment ``ε``,
    every unassigned user bidding at once, each user holding the outside option "no channel"
    worth 0. A user bids from a list of its best channels by *reduced* value ``value − price``
@@ -192,9 +192,10 @@ def segment_lists(
     wide, the last ``R mod k`` columns one more. With prices near the auction's
     (``market_prices``), the lists hold channels the users can win, not only the channels
     everyone wants. Row blocks of a cache-sized share of the matrix, each one compiled pass
-    (``_segment_best``); before each, ``stop(share of the rows done)`` may end the work. Returns (channels int64 [U, S] column indices of ``source``, values
-    float64 [U, S], ``-inf`` where a segment has no channel that may be listed), S = k (+1 with a
-    remainder), or None when ``stop`` returned True.
+    (``_segment_best``); before each, ``stop(share of the rows done)`` may end the work. Returns
+    (channels int64 [U, S] column indices of ``source``, values float64 [U, S], ``-inf`` where a
+    segment has no channel that may be listed), S = k (+1 with a remainder), or None when
+    ``stop`` returned True.
     """
     r_src = source.shape[1]
     u_n = rows.size
