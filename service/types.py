@@ -110,13 +110,21 @@ def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None 
     """``values`` as a 1-D array of ``dtype`` (length ``n`` if given), or InvalidSlotError naming
     ``name``: ids must be integers (no fractional, NaN or infinite values), flags booleans (or
     0/1), floats finite."""
-    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:  # already typed
-        if n is not None and values.shape[0] != n:
-            raise InvalidSlotError(name, f"expected {n} values, got {values.shape[0]}")
-        if dtype is float and not np.isfinite(values).all():
-            i = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {values[i]}")
-        return values.copy()
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:
+        arr: np.ndarray = values.copy()  # already typed: only the length and finiteness to check
+    else:
+        arr = _converted(name, values, dtype)
+    if n is not None and arr.shape[0] != n:
+        raise InvalidSlotError(name, f"expected {n} values, got {arr.shape[0]}")
+    if dtype is float and not np.isfinite(arr).all():
+        i = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {arr[i]}")
+    return arr
+
+
+def _converted(name: str, values: Sequence | np.ndarray, dtype: type) -> np.ndarray:
+    """``values`` (a list, or an array of another dtype or shape) as a 1-D array of ``dtype``;
+    InvalidSlotError naming ``name`` (``_as_1d``'s rules for ids and flags)."""
     try:
         raw = np.asarray(values)
         if raw.ndim != 1:
@@ -129,19 +137,11 @@ def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None 
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise InvalidSlotError(f"{name}[{i}]", f"must be an integer, got {raw[i]}")
-        arr: np.ndarray = raw.astype(dtype)
+        return raw.astype(dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, InvalidSlotError):
             raise
         raise InvalidSlotError(name, f"not a list of {dtype.__name__}: {exc}") from None
-    if n is not None and arr.shape[0] != n:
-        raise InvalidSlotError(name, f"expected {n} values, got {arr.shape[0]}")
-    if dtype is float:
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InvalidSlotError(f"{name}[{i}]", f"must be finite, got {arr[i]}")
-    return arr
 
 
 def _as_int(name: str, value: object) -> int:

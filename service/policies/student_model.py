@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from service.assign import ShareTilt
 from service.config import Settings
 from service.errors import ModelInvalidError
 from service.policies.student_decode import DECODE_KINDS, DEFAULT_SURPLUS_MARGIN
@@ -296,6 +297,12 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
     kind = card.get("decode", {}).get("kind", "capped")
     if kind not in DECODE_KINDS:
         raise ModelInvalidError(f"{card_path}: unknown decode kind {kind!r}")
+    tilt = card["decode"].get("share_tilt") if kind == "pf_anchored" else None
+    if tilt:  # refused here, not at every slot the decode would read it
+        try:
+            ShareTilt.from_dict(tilt)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelInvalidError(f"{card_path}: decode.share_tilt: {exc}") from None
     digest = sha256_file(onnx_path)
     if card.get("sha256") != digest:
         raise ModelInvalidError(

@@ -419,6 +419,27 @@ def test_mismatched_inputs_and_feature_version_are_refused(models: Path, tmp_pat
     assert student.model("spectrum").version == "v1" and student.model("mac").version == "v1"
 
 
+def test_a_malformed_share_tilt_block_is_refused_at_load(models: Path, tmp_path: Path):
+    """The card's ``decode.share_tilt`` is checked when the model loads (not at every slot), and
+    a well-formed one loads."""
+    root = _copy_models(models, tmp_path / "m")
+    student = StudentPolicy(root)
+    v2 = root / "student-mac" / "v2"
+    shutil.copytree(root / "student-mac" / "v1", v2)
+    card = json.loads((v2 / CARD_FILE).read_text())
+    card["version"] = "v2"
+    card["decode"] = {"kind": "pf_anchored", "bound": 0.05, "share_tilt": {"bounds": [-1.0]}}
+    (v2 / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelInvalidError, match="share_tilt"):
+        student.reload("mac", v2)
+    assert student.model("mac").version == "v1"
+    card["decode"]["share_tilt"] = ShareTilt().as_dict()
+    (v2 / CARD_FILE).write_text(json.dumps(card))
+    student.reload("mac", v2)
+    state = make_mac_env("fixed-5", seed=3).reset()
+    assert student.model("mac").version == "v2" and is_valid(state, np.asarray(student(state, _ctx(state))))
+
+
 def test_reload_while_serving_never_breaks_a_decision(models: Path, tmp_path: Path):
     root = _copy_models(models, tmp_path / "m")
     student = StudentPolicy(root)
