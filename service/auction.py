@@ -1,4 +1,4 @@
-"""Auction kernels of the large-scale spectrum assignment (numpy / scipy, one numba kernel; no I/O).
+"""Auction kernels of the large-scale spectrum assignment (numpy / scipy, numba kernels; no I/O).
 
 All work on a value matrix float64 [U, F] >= 0 (eligible users × free channels) and solve the
 single-connectivity assignment ``max Σ value[u, c]`` over matchings (SPEC §1–§2); a matching is
@@ -9,8 +9,9 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    without fading, O(n log n); ``sampled_bids``: each user bids for its best of a few
    candidate channels, a few vectorised rounds, O(U·m).
    **Lists** — ``dense_lists``: the dense value matrix copied out of the slot's utility in row
-   blocks, each block's exact top-k lists found while it is in cache (a threshold from strided
-   group maxima, then an exact selection among the few entries above it); ``top_lists`` in one.
+   blocks, each row's exact top-k list found while it is in cache (one compiled pass: a
+   threshold from strided group maxima, then an exact selection among the few entries above
+   it); ``top_lists`` in one (numpy).
    **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
    ``1/16`` of the users and of the channels), fitted on the channels' bandwidth and mean value;
    ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
@@ -19,7 +20,7 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    few rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best
    free channels on their dense rows): within a few per cent of the optimum, early.
 1. **Prices** — ``auction_prices``: a forward Jacobi auction (Bertsekas) with increment ``ε``,
-   every unassigned user bidding at once, each user holding the outside option "no channel"
+   every unassigned user bidding at once (each round one compiled pass), each user holding the outside option "no channel"
    worth 0. A user bids from a list of its best channels by *reduced* value ``value − price``
    (``top_lists``), with an upper bound on everything off the list; prices only rise, so the
    bound stays valid and the list is rebuilt from the dense row only when it no longer proves
@@ -55,10 +56,20 @@ MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market pr
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) ``segment_lists``' kernel on a 2 × 2 matrix, so that no
-    decision pays for it (nor learns it as the stage's cost): ``ServiceCore.preload`` and the
-    ``auction`` policy call it."""
+    """Compile (or load from numba's cache) the kernels of ``sampled_bids``, ``segment_lists``, ``dense_lists``,
+    ``auction_prices``, ``candidate_pairs``, ``matching_prices`` and ``dual_check`` on tiny
+    matrices, so that no decision pays for them (nor learns them as a stage's cost):
+    ``ServiceCore.preload`` and the ``auction`` policy call it."""
     segment_lists(np.ones((2, 2)), np.arange(2), np.zeros(2), 1)
+    sampled_bids(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), 2)
+    for rows, cols in ((None, None), (np.arange(2), None), (None, np.arange(2)), (np.arange(2), np.arange(2))):
+        dense_lists(np.ones((2, 2)), rows, cols, 1)
+    value = np.eye(3) + 1.0
+    auc = auction_prices(value, 0.5, list_size=2)
+    candidate_pairs(value, auc, 1.0)
+    rows, cols = np.divmod(np.arange(9), 3)  # the complete graph: every price constraint is an edge
+    prices = matching_prices(value, rows, cols, np.arange(3), tol=1e-9, max_iter=6)
+    dual_check(value, np.zeros(3) if prices is None else prices, np.arange(3), 1e-9)
 
 
 # ------------------------------------------------------------------------------- stage 0
@@ -94,23 +105,58 @@ def sampled_bids(
     u_n = cand_cols.shape[0]
     match = np.full(u_n, FREE, np.int64)
     taken = np.zeros(num_channels, bool) if taken is None else taken.copy()
-    for _ in range(rounds):
-        free = np.flatnonzero(match == FREE)
-        if not free.size:
-            break
-        v = np.where(taken[cand_cols[free]], -np.inf, cand_value[free])  # [B, m]
-        k = v.argmax(axis=1)
-        best = v[np.arange(free.size), k]
-        ok = np.isfinite(best)
-        bidder, col, bid = free[ok], cand_cols[free[ok], k[ok]], best[ok]
-        order = np.lexsort((-bid, col))  # by channel, highest bid first
-        c = col[order]
-        first = np.ones(c.size, bool)
-        first[1:] = c[1:] != c[:-1]
-        win = order[first]
-        match[bidder[win]] = col[win]
-        taken[col[win]] = True
+    if u_n and cand_cols.shape[1]:
+        _bid_rounds(
+            np.ascontiguousarray(cand_cols, np.int64),
+            np.ascontiguousarray(cand_value, np.float64),
+            match,
+            taken,
+            rounds,
+        )
     return match
+
+
+@kernel
+def _bid_rounds(
+    cand_cols: np.ndarray, cand_value: np.ndarray, match: np.ndarray, taken: np.ndarray, rounds: int
+) -> None:  # pragma: no cover - compiled; tested through sampled_bids
+    """``sampled_bids``' rounds, in place on ``match`` [U] and ``taken`` [F]: every FREE user (in
+    index order) picks its first largest finite value among its untaken candidates; each channel
+    goes to its highest bid (ties: the first, lower, user)."""
+    u_n, m = cand_cols.shape
+    best_bid = np.full(taken.size, -np.inf)
+    best_user = np.full(taken.size, -1, np.int64)
+    touched = np.empty(u_n, np.int64)
+    for _ in range(rounds):
+        n_touched = 0
+        for u in range(u_n):
+            if match[u] != FREE:
+                continue
+            b = -np.inf
+            col = -1
+            for j in range(m):
+                c = cand_cols[u, j]
+                if not taken[c] and cand_value[u, j] > b:
+                    b = cand_value[u, j]
+                    col = c
+            if col < 0 or not b < np.inf:
+                continue
+            if best_user[col] < 0:
+                touched[n_touched] = col
+                n_touched += 1
+                best_bid[col] = b
+                best_user[col] = u
+            elif b > best_bid[col]:
+                best_bid[col] = b
+                best_user[col] = u
+        if n_touched == 0:
+            break
+        for t in range(n_touched):
+            c = touched[t]
+            match[best_user[c]] = c
+            taken[c] = True
+            best_bid[c] = -np.inf
+            best_user[c] = -1
 
 
 def best_free_fill(match: np.ndarray, idle_value: np.ndarray, *, per_user: int = 8, rounds: int = 4) -> np.ndarray:
@@ -256,7 +302,6 @@ def dense_lists(
     cols: np.ndarray | None,
     k: int,
     *,
-    group: int = 8,
     stop: Callable[[float], bool] | None = None,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
     """The dense value matrix ``source[rows][:, cols]`` and its top-``k`` lists, in one pass.
@@ -264,75 +309,238 @@ def dense_lists(
     source: float64 [N, R] >= 0; rows: int64 [U] / cols: int64 [F] (None: all, no copy is made).
     Returns (value float64 [U, F], (lists int64 [U, k], list values float64 [U, k], bound
     float64 [U])), the lists exactly as ``top_lists(value, zeros, None, k)`` gives them (the same
-    channels and bound; their order within a row may differ), or None when ``stop(share of the
-    rows done)``, asked before each row block and before the final selection, returned True.
+    values and bound; their order within a row, and which of tied channels, may differ), or None
+    when ``stop(share of the rows done)``, asked before each row block, returned True.
 
-    Row blocks are copied and searched while in cache. In a block, each row's threshold ``t`` is
-    the ``k``-th largest maximum over ``F // group`` disjoint strided column groups: ``k`` groups
-    reach ``t``, so at least ``k`` entries do, and the exact top ``k`` are among the entries
-    ``>= t`` (about ``k`` plus a few collisions), selected at the end on a small padded matrix.
-    Rows with many entries at ``t`` (ties, zero rows) and narrow matrices (fewer than ``4·k``
-    groups) take ``top_lists`` instead.
+    Each row block is one compiled pass (``_top_rows``): a row is copied (when a copy is made) and
+    searched while in cache.
     """
     n_src, r_src = source.shape
     u_n = n_src if rows is None else rows.size
     f_n = r_src if cols is None else cols.size
     k = min(k, f_n)
-    if rows is None and cols is None:
-        value = source
-    else:
-        value = np.empty((u_n, f_n))
-    g_n = f_n // group if group > 0 else 0
-    fast = k > 0 and g_n >= 4 * k
+    copy = rows is not None or cols is not None
+    value = np.empty((u_n, f_n)) if copy else source
+    row_idx = np.arange(n_src) if rows is None else np.asarray(rows, np.int64)
+    col_idx = np.arange(r_src) if cols is None else np.asarray(cols, np.int64)
+    if k < 1:  # nothing to list
+        if copy:
+            value[...] = source[row_idx][:, col_idx]
+        return value, (np.empty((u_n, 0), np.int64), np.empty((u_n, 0)), np.full(u_n, np.inf))
+    lists = np.empty((u_n, k), np.int64)
+    vals = np.empty((u_n, k))
     step = max(1, _CHUNK_ELEMS // max(r_src, 1))
-    tmp = np.empty((step, r_src)) if (rows is not None and cols is not None) else None
-    flats = []
     for s in range(0, u_n, step):
         if stop is not None and stop(s / u_n):
             return None
-        blk = value[s : s + step]
-        b = blk.shape[0]
-        if rows is not None and cols is not None:
-            assert tmp is not None
-            np.take(source, rows[s : s + step], axis=0, out=tmp[:b])
-            np.take(tmp[:b], cols, axis=1, out=blk)
-        elif rows is not None:
-            np.take(source, rows[s : s + step], axis=0, out=blk)
-        elif cols is not None:
-            np.take(source[s : s + step], cols, axis=1, out=blk)
-        if fast:
-            gmax = blk[:, : g_n * group].reshape(b, group, g_n).max(axis=1)  # [b, G] strided groups
-            t = np.sort(gmax, axis=1)[:, g_n - k]  # the k-th largest group maximum
-            flats.append(np.flatnonzero(blk >= t[:, None]) + s * f_n)
-    if stop is not None and stop(1.0):  # asked once more before the final selection
-        return None
-    if not fast:
-        return value, top_lists(value, np.zeros(f_n), None, k)
-    flat = np.concatenate(flats) if flats else np.zeros(0, np.int64)
-    row = flat // f_n
-    cnt = np.bincount(row, minlength=u_n)  # >= k each
-    cap = 4 * k
-    big = np.flatnonzero((cnt > cap) | (cnt < k))  # many entries at the threshold: exact search on the row
-    if big.size:
-        keep = (cnt[row] <= cap) & (cnt[row] >= k)
-        flat, row = flat[keep], row[keep]
-        cnt[big] = 0
-    width = int(cnt.max(initial=k))
-    start = np.zeros(u_n, np.int64)
-    np.cumsum(cnt[:-1], out=start[1:])
-    slot = row * width + (np.arange(flat.size) - start[row])
-    pad_v = np.full(u_n * width, -np.inf)
-    pad_c = np.zeros(u_n * width, np.int64)
-    pad_v[slot] = value.ravel().take(flat)
-    pad_c[slot] = flat - row * f_n
-    pad_v = pad_v.reshape(u_n, width)
-    pad_c = pad_c.reshape(u_n, width)
-    pick = np.argpartition(pad_v, width - k, axis=1)[:, width - k :] if width > k else np.arange(k)[None, :]
-    lists = np.take_along_axis(pad_c, np.broadcast_to(pick, (u_n, k)), 1)
-    vals = np.take_along_axis(pad_v, np.broadcast_to(pick, (u_n, k)), 1)
-    if big.size:
-        lists[big], vals[big], _ = top_lists(value, np.zeros(f_n), big, k)
+        e = min(u_n, s + step)
+        _top_rows(source, row_idx[s:e], col_idx, cols is not None, copy, value[s:e], lists[s:e], vals[s:e])
     return value, (lists, vals, vals.min(axis=1, initial=np.inf))
+
+
+@kernel
+def _top_rows(
+    source: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    pick_cols: bool,
+    copy: bool,
+    value: np.ndarray,
+    lists: np.ndarray,
+    vals: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tested through dense_lists
+    """``dense_lists``' row block: row i is ``source[rows[i]]`` (at the columns ``cols`` when
+    ``pick_cols``), copied into ``value[i]`` when ``copy``; its ``k = lists.shape[1]`` largest
+    entries (``_select_top``) go to ``lists[i]`` (column indices of the row) and ``vals[i]``."""
+    f_n = cols.size
+    k = lists.shape[1]
+    work = _select_work(f_n, k)
+    for i in range(rows.size):
+        src = source[rows[i]]
+        if copy:
+            row = value[i]
+            for j in range(f_n):
+                row[j] = src[cols[j]] if pick_cols else src[j]
+        else:
+            row = src
+        _select_top(row, lists[i], vals[i], work[0], work[1], work[2], work[3])
+
+
+@kernel
+def _top_reduced(
+    value: np.ndarray, rows: np.ndarray, prices: np.ndarray, lists: np.ndarray, vals: np.ndarray, bound: np.ndarray
+) -> None:  # pragma: no cover - compiled; tested through top_lists
+    """``top_lists``: for row i (``value[rows[i]]``), the ``k = lists.shape[1]`` largest reduced
+    values ``value − prices`` (``_select_top``): their columns into ``lists[i]``, their values
+    (not reduced) into ``vals[i]``, the least of the reduced ones into ``bound[i]``."""
+    f_n = value.shape[1]
+    k = lists.shape[1]
+    work = _select_work(f_n, k)
+    red = np.empty(f_n)
+    top = np.empty(k)
+    for i in range(rows.size):
+        row = value[rows[i]]
+        for c in range(f_n):
+            red[c] = row[c] - prices[c]
+        _select_top(red, lists[i], top, work[0], work[1], work[2], work[3])
+        least = np.inf
+        for q in range(k):
+            vals[i, q] = row[lists[i, q]]
+            least = min(least, top[q])
+        bound[i] = least
+
+
+@kernel
+def _select_work(f_n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Scratch of ``_select_top`` for rows of ``f_n`` entries and lists of ``k``: group maxima,
+    the candidates' values and columns, a copy of the values."""
+    cap = 4 * k
+    return np.empty(max(f_n // 8, 1)), np.empty(cap), np.empty(cap, np.int64), np.empty(cap)
+
+
+@kernel
+def _select_top(
+    row: np.ndarray,
+    out_c: np.ndarray,
+    out_v: np.ndarray,
+    gmax: np.ndarray,
+    buf_v: np.ndarray,
+    buf_c: np.ndarray,
+    scratch: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The ``k = out_c.size`` largest entries of ``row`` [F] (k <= F): their columns into
+    ``out_c``, their values into ``out_v``, in no particular order (among entries tied at the
+    ``k``-th largest, any).
+
+    A threshold ``t``, a value among the maxima over ``F // 8`` disjoint strided column groups
+    with at least ``k`` of those maxima at or above it (``_threshold``), has at least ``k``
+    entries at or above it, so the top ``k`` are among them (about ``k`` plus a few), selected
+    exactly at the end. Rows with more than ``4·k`` such entries (ties, zero rows) and rows of
+    fewer than ``32·k`` entries keep a min-heap of the ``k`` best instead (an entry replaces the
+    least only when strictly larger)."""
+    f_n = row.size
+    k = out_c.size
+    group = 8
+    g_n = f_n // group
+    cap = 4 * k
+    if g_n >= 4 * k:
+        for g in range(g_n):
+            gmax[g] = row[g]
+        for q in range(1, group):
+            base = q * g_n
+            for g in range(g_n):
+                if row[base + g] > gmax[g]:
+                    gmax[g] = row[base + g]
+        t = _threshold(gmax[:g_n], k)
+        n = 0
+        for j in range(f_n):
+            if row[j] >= t:
+                if n < cap:
+                    buf_v[n] = row[j]
+                    buf_c[n] = j
+                n += 1
+        if n <= cap:
+            if n > k:  # the k largest of the n: those above the k-th largest, then ties at it
+                scratch[:n] = buf_v[:n]
+                kth = _kth_largest(scratch[:n], k)
+                q = 0
+                for j in range(n):
+                    if buf_v[j] > kth:
+                        out_v[q] = buf_v[j]
+                        out_c[q] = buf_c[j]
+                        q += 1
+                for j in range(n):
+                    if q < k and buf_v[j] == kth:
+                        out_v[q] = kth
+                        out_c[q] = buf_c[j]
+                        q += 1
+            else:
+                out_v[:] = buf_v[:k]
+                out_c[:] = buf_c[:k]
+            return
+    for j in range(k):
+        out_v[j] = row[j]
+        out_c[j] = j
+    for top in range(k // 2 - 1, -1, -1):
+        _sift_down(out_v, out_c, top, k)
+    for j in range(k, f_n):
+        if row[j] > out_v[0]:
+            out_v[0] = row[j]
+            out_c[0] = j
+            _sift_down(out_v, out_c, 0, k)
+
+
+@kernel
+def _threshold(x: np.ndarray, k: int) -> float:  # pragma: no cover - compiled
+    """A value of ``x`` [G] (G >= k >= 1) with at least ``k`` entries of ``x`` at or above it and
+    few more: the least entry of the highest histogram bins (64 over ``x``'s range) that hold
+    ``k``. Cheaper than the exact ``k``-th largest, whose comparisons branch unpredictably."""
+    bins = 64
+    lo = x.min()
+    hi = x.max()
+    if not hi > lo:
+        return lo
+    scale = (bins - 1e-9) / (hi - lo)
+    count = np.zeros(bins, np.int64)
+    for g in range(x.size):
+        count[int((x[g] - lo) * scale)] += 1
+    b = bins - 1
+    held = count[b]
+    while held < k:
+        b -= 1
+        held += count[b]
+    t = hi
+    for g in range(x.size):
+        if int((x[g] - lo) * scale) >= b and x[g] < t:
+            t = x[g]
+    return t
+
+
+@kernel
+def _kth_largest(a: np.ndarray, k: int) -> float:  # pragma: no cover - compiled
+    """The ``k``-th largest entry of ``a`` [n] (1 <= k <= n); ``a`` is reordered (quickselect)."""
+    target = a.size - k  # its index in ascending order
+    lo = 0
+    hi = a.size - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1  # the median of three goes to a[hi]
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[mid] < a[hi]:
+            a[mid], a[hi] = a[hi], a[mid]
+        pivot = a[hi]
+        i = lo
+        for j in range(lo, hi):
+            if a[j] < pivot:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+        a[i], a[hi] = a[hi], a[i]
+        if i == target:
+            return a[i]
+        if i < target:
+            lo = i + 1
+        else:
+            hi = i - 1
+    return a[target]
+
+
+@kernel
+def _sift_down(hv: np.ndarray, hc: np.ndarray, at: int, n: int) -> None:  # pragma: no cover - compiled
+    """Restore the min-heap order of ``hv[:n]`` (with its columns ``hc``) below position ``at``."""
+    v, c = hv[at], hc[at]
+    while True:
+        child = 2 * at + 1
+        if child >= n:
+            break
+        if child + 1 < n and hv[child + 1] < hv[child]:
+            child += 1
+        if hv[child] >= v:
+            break
+        hv[at], hc[at] = hv[child], hc[child]
+        at = child
+    hv[at], hc[at] = v, c
 
 
 # ------------------------------------------------------------------------------- stage 1
@@ -367,23 +575,17 @@ def top_lists(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's ``k`` best channels by reduced value ``value − prices`` and a bound on the rest.
 
-    value: float64 [U, F]; prices: float64 [F]; rows: int64 [B] (None = all rows).
-    Returns (lists int64 [B, k], list values float64 [B, k], bound float64 [B]) where bound is
-    the ``k``-th best reduced value (>= every reduced value off the list). Runs over row blocks.
+    value: float64 [U, F]; prices: float64 [F]; rows: int64 [B] (None = all rows); 0 <= k <= F.
+    Returns (lists int64 [B, k], list values float64 [B, k] (``value``, not reduced), bound
+    float64 [B]) where bound is the ``k``-th best reduced value (>= every reduced value off the
+    list). One compiled pass over the rows (``_top_reduced``).
     """
-    n_rows = value.shape[0] if rows is None else rows.size
-    f = value.shape[1]
-    lists = np.empty((n_rows, k), np.int64)
-    vals = np.empty((n_rows, k))
-    bound = np.empty(n_rows)
-    step = max(1, _CHUNK_ELEMS // f)
-    for s in range(0, n_rows, step):
-        blk = value[s : s + step] if rows is None else value[rows[s : s + step]]  # [b, F]
-        red = blk - prices
-        part = np.argpartition(red, f - k, axis=1)[:, f - k :]  # [b, k] the k largest
-        lists[s : s + step] = part
-        vals[s : s + step] = np.take_along_axis(blk, part, 1)
-        bound[s : s + step] = np.take_along_axis(red, part, 1).min(axis=1)
+    idx = np.arange(value.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    lists = np.empty((idx.size, k), np.int64)
+    vals = np.empty((idx.size, k))
+    bound = np.full(idx.size, np.inf)
+    if k > 0 and idx.size:
+        _top_reduced(np.ascontiguousarray(value, np.float64), idx, np.asarray(prices, np.float64), lists, vals, bound)
     return lists, vals, bound
 
 
@@ -429,48 +631,102 @@ def auction_prices(
     )
     assign, owner = res.assign, res.owner
     free = np.arange(u_n)
+    old_prices = np.empty(f_n)  # the prices a round started from: stale lists are rebuilt at them
+    best_bid = np.full(f_n, -np.inf)  # the round's highest bid per channel (scratch, reset by the kernel)
+    best_user = np.full(f_n, -1, np.int64)
+    touched = np.empty(f_n, np.int64)
+    stale = np.empty(u_n, np.int64)
     while free.size > stop_free:
         if (stop is not None and stop()) or (max_rounds is not None and res.rounds >= max_rounds):
             res.complete = False
             break
         res.rounds += 1
-        lf = cand[free]  # [B, K]
-        w = list_value[free] - prices[lf]  # [B, K] reduced values
-        ar = np.arange(free.size)
-        k1 = w.argmax(axis=1)
-        w1 = w[ar, k1]
-        w[ar, k1] = -np.inf
-        b = bound[free]
-        w2 = np.maximum(np.maximum(w.max(axis=1), b), 0.0)
-        stale = w1 < b  # the list no longer proves that its best is the best channel
-        if stale.any():
-            rs = free[stale]
+        n_stale, n_bids = _jacobi_round(
+            free, cand, list_value, bound, prices, old_prices, assign, owner, eps, best_bid, best_user, touched, stale
+        )
+        res.bids += n_bids
+        if n_stale:  # the list no longer proves that its best is the best channel: rebuilt, no bid
+            rs = stale[:n_stale].copy()
             res.refreshes += rs.size
-            cand[rs], list_value[rs], bound[rs] = top_lists(value, prices, rs, k)
-            keep = ~stale
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[: int(keep.sum())]
-        out = w1 <= 0.0
-        if out.any():
-            assign[free[out]] = OUT
-            keep = ~out
-            free, lf, k1, w1, w2, ar = free[keep], lf[keep], k1[keep], w1[keep], w2[keep], ar[: int(keep.sum())]
-        if free.size:
-            obj = lf[ar, k1]
-            bid = prices[obj] + (w1 - w2) + eps
-            res.bids += free.size
-            order = np.lexsort((-bid, obj))  # by channel, highest bid first (stable: lower user)
-            o = obj[order]
-            first = np.ones(o.size, bool)
-            first[1:] = o[1:] != o[:-1]
-            win = order[first]
-            won, winner = obj[win], free[win]
-            prev = owner[won]
-            assign[prev[prev >= 0]] = FREE
-            owner[won] = winner
-            assign[winner] = won
-            prices[won] = bid[win]
+            cand[rs], list_value[rs], bound[rs] = top_lists(value, old_prices, rs, k)
         free = np.flatnonzero(assign == FREE)
     return res
+
+
+@kernel
+def _jacobi_round(
+    free: np.ndarray,
+    cand: np.ndarray,
+    list_value: np.ndarray,
+    bound: np.ndarray,
+    prices: np.ndarray,
+    old_prices: np.ndarray,
+    assign: np.ndarray,
+    owner: np.ndarray,
+    eps: float,
+    best_bid: np.ndarray,
+    best_user: np.ndarray,
+    touched: np.ndarray,
+    stale: np.ndarray,
+) -> tuple[int, int]:  # pragma: no cover - compiled; tested through auction_prices
+    """One round of ``auction_prices`` over the FREE users ``free`` (ascending), in place.
+
+    Each user's best reduced value ``w1`` on its list (the first of the largest) and second best
+    ``w2 = max(next best, bound, 0)``; a stale list (``w1 < bound``) goes to ``stale`` and bids
+    nothing; ``w1 <= 0`` takes the outside option (OUT); the others bid
+    ``price + (w1 − w2) + eps`` for their best channel. Each channel goes to its highest bid (ties:
+    the lower user), its previous owner becomes FREE and its price the bid. ``old_prices`` gets
+    the prices the round started from. Returns (stale users written to ``stale``, bids made).
+    Scratch: ``best_bid`` all ``-inf`` and ``best_user`` on entry and on return; ``touched`` [F]."""
+    old_prices[:] = prices
+    k = cand.shape[1]
+    n_stale = 0
+    n_bids = 0
+    n_touched = 0
+    for i in range(free.size):
+        u = free[i]
+        k1 = 0
+        w1 = list_value[u, 0] - prices[cand[u, 0]]
+        second = -np.inf
+        for j in range(1, k):
+            w = list_value[u, j] - prices[cand[u, j]]
+            if w > w1:
+                second = max(second, w1)
+                k1, w1 = j, w
+            else:
+                second = max(second, w)
+        b = bound[u]
+        if w1 < b:
+            stale[n_stale] = u
+            n_stale += 1
+            continue
+        if w1 <= 0.0:
+            assign[u] = OUT
+            continue
+        w2 = max(max(second, b), 0.0)
+        obj = cand[u, k1]
+        bid = prices[obj] + (w1 - w2) + eps
+        n_bids += 1
+        if best_user[obj] < 0:
+            touched[n_touched] = obj
+            n_touched += 1
+            best_bid[obj] = bid
+            best_user[obj] = u
+        elif bid > best_bid[obj]:
+            best_bid[obj] = bid
+            best_user[obj] = u
+    for t in range(n_touched):
+        c = touched[t]
+        prev = owner[c]
+        if prev >= 0:
+            assign[prev] = FREE
+        winner = best_user[c]
+        owner[c] = winner
+        assign[winner] = c
+        prices[c] = best_bid[c]
+        best_bid[c] = -np.inf
+        best_user[c] = -1
+    return n_stale, n_bids
 
 
 def fill_in_order(assign: np.ndarray, num_channels: int) -> np.ndarray:
@@ -513,14 +769,11 @@ def candidate_pairs(
     rows = [np.repeat(np.arange(u_n), mask.sum(axis=1)), np.flatnonzero(auc.assign >= 0)]
     cols = [auc.lists[mask], auc.assign[auc.assign >= 0]]
     risky_rows = np.flatnonzero(risky)
-    step = max(1, _CHUNK_ELEMS // f_n)
-    for s in range(0, risky_rows.size, step):  # their candidates straight from the dense rows
-        blk = risky_rows[s : s + step]
-        r_red = value[blk] - prices  # [b, F]
-        r_best = np.maximum(r_red.max(axis=1), 0.0)
-        i, j = np.nonzero(r_red >= (r_best - slack)[:, None])
-        rows.append(blk[i])
-        cols.append(j)
+    if risky_rows.size:  # their candidates straight from the dense rows
+        r_cols = np.empty(risky_rows.size * f_n, np.int64)
+        r_count = _near_best(value, risky_rows, prices, slack, r_cols)
+        rows.append(np.repeat(risky_rows, r_count))
+        cols.append(r_cols[: int(r_count.sum())])
     idle_u = np.flatnonzero(auc.assign < 0)
     idle_c = np.flatnonzero(auc.owner < 0)
     if idle_u.size and idle_c.size:
@@ -537,6 +790,33 @@ def candidate_pairs(
             cols.append(np.tile(idle_c, m))
     key = np.unique(np.concatenate(rows) * f_n + np.concatenate(cols))
     return key // f_n, key % f_n
+
+
+@kernel
+def _near_best(
+    value: np.ndarray, rows: np.ndarray, prices: np.ndarray, slack: float, out: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled; tested through candidate_pairs
+    """For each row u of ``rows`` [B], the columns c (ascending) with reduced value
+    ``value[u, c] − prices[c] >= max(0, max_c(value[u, c] − prices[c])) − slack``, written one row
+    after another into ``out``; returns their count per row, int64 [B]."""
+    f_n = value.shape[1]
+    count = np.zeros(rows.size, np.int64)
+    n = 0
+    for i in range(rows.size):
+        row = value[rows[i]]
+        best = 0.0
+        for c in range(f_n):
+            red = row[c] - prices[c]
+            if red > best:
+                best = red
+        floor = best - slack
+        first = n
+        for c in range(f_n):
+            if row[c] - prices[c] >= floor:
+                out[n] = c
+                n += 1
+        count[i] = n - first
+    return count
 
 
 def sparse_max_matching(value: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
@@ -575,14 +855,42 @@ def _settle(
     if not dst.size:
         return True
     starts = np.flatnonzero(np.r_[True, dst[1:] != dst[:-1]])
-    heads = dst[starts]
-    reduce = np.maximum.reduceat if upward else np.minimum.reduceat
+    return _settle_rounds(p, src, w, starts, dst[starts], upward, tol, max_iter)
+
+
+@kernel
+def _settle_rounds(
+    p: np.ndarray,
+    src: np.ndarray,
+    w: np.ndarray,
+    starts: np.ndarray,
+    heads: np.ndarray,
+    upward: bool,
+    tol: float,
+    max_iter: int,
+) -> bool:  # pragma: no cover - compiled; tested through matching_prices
+    """``_settle``'s rounds: the edges of head ``heads[g]`` are ``starts[g]`` up to the next start.
+    Each round takes every head's best ``p[src] + w`` at the round's start prices (max upward,
+    min downward), then moves the heads it improves by more than ``tol``."""
+    g_n = heads.size
+    e_n = src.size
+    best = np.empty(g_n)
     for _ in range(max_iter):
-        best = reduce(p[src] + w, starts)
-        upd = best > p[heads] + tol if upward else best < p[heads] - tol
-        if not upd.any():
+        for g in range(g_n):
+            hi = e_n if g == g_n - 1 else starts[g + 1]
+            b = p[src[starts[g]]] + w[starts[g]]
+            for e in range(starts[g] + 1, hi):
+                x = p[src[e]] + w[e]
+                if (x > b) if upward else (x < b):
+                    b = x
+            best[g] = b
+        moved = False
+        for g in range(g_n):
+            if (best[g] > p[heads[g]] + tol) if upward else (best[g] < p[heads[g]] - tol):
+                p[heads[g]] = best[g]
+                moved = True
+        if not moved:
             return True
-        p[heads[upd]] = best[upd]
     return False
 
 
@@ -646,7 +954,7 @@ def matching_prices(
 
 
 def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float) -> tuple[np.ndarray, float]:
-    """Check prices [F] against every pair of value [U, F] (one dense pass, row blocks).
+    """Check prices [F] against every pair of value [U, F] (one compiled dense pass).
 
     A user violates complementary slackness when some channel's reduced value exceeds its
     surplus ``value[u, m(u)] − p[m(u)]`` (0 without a channel) by more than ``tol``. Returns
@@ -658,13 +966,26 @@ def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: fl
     surplus = np.zeros(u_n)
     idx = np.flatnonzero(has)
     surplus[idx] = value[idx, match[idx]] - prices[match[idx]]
-    best = np.empty(u_n)
-    step = max(1, _CHUNK_ELEMS // f_n)
-    for s in range(0, u_n, step):
-        best[s : s + step] = (value[s : s + step] - prices).max(axis=1)
+    best = _best_reduced(value, np.asarray(prices, np.float64))
     viol = np.flatnonzero(best > surplus + tol)
     per_user = best if u_n <= f_n else np.maximum(best, 0.0)
     return viol, float(prices.sum() + per_user.sum())
+
+
+@kernel
+def _best_reduced(value: np.ndarray, prices: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Each row's largest reduced value ``max_c(value[u, c] − prices[c])``, float64 [U] (-inf
+    without columns)."""
+    best = np.full(value.shape[0], -np.inf)
+    for u in range(value.shape[0]):
+        row = value[u]
+        b = -np.inf
+        for c in range(value.shape[1]):
+            x = row[c] - prices[c]
+            if x > b:
+                b = x
+        best[u] = b
+    return best
 
 
 # ------------------------------------------------------------------------------- value and bounds

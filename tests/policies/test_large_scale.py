@@ -4,13 +4,17 @@ Properties: on instances of every shape (more users than channels, fewer, ties, 
 busy channels, inactive users) it reaches KM's optimum and proves it (certificate); its output
 is always PAG-valid and the same for the same slot; its kernels keep their invariants (a cut
 auction leaves a valid partial matching with ε-complementary slackness, the dual bound is an
-upper bound, the fused lists are the exact top lists); at a deadline it returns a valid decision
+upper bound, the fused lists are the exact top lists, the compiled kernels stay inside their
+arrays); at a deadline it returns a valid decision
 and says so; the coarse stage is valid, deterministic, better than the sampled bids and never
 better than what a longer deadline returns.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -282,6 +286,12 @@ def test_candidate_graph_admits_a_full_matching_of_the_smaller_side():
         match = sparse_max_matching(value, rows, cols)
         assert match is not None
         assert (match >= 0).sum() == min(shape)
+        # every pair within the slack of its user's best reduced value (outside option 0) is a candidate
+        red = value - auc.prices
+        near = red >= (np.maximum(red.max(axis=1), 0.0) - auc.eps)[:, None]
+        listed = np.zeros_like(near)
+        listed[rows, cols] = True
+        assert not (near & ~listed).any()
 
 
 def test_sampled_bids_give_each_channel_to_its_highest_bidder():
@@ -431,6 +441,8 @@ def _source(rng: np.random.Generator, kind: int, n: int, r: int) -> np.ndarray:
         return rng.integers(0, 3, size=(n, r)).astype(np.float64)  # heavy ties
     if kind == 2:
         return np.zeros((n, r))
+    if kind == 4:
+        return np.round(rng.exponential(size=(n, r)), 1)  # a few ties among the largest entries
     return np.where(rng.random((n, r)) < 0.9, 0.0, rng.random((n, r)))  # mostly zero rows
 
 
@@ -448,11 +460,97 @@ def test_dense_lists_copy_the_matrix_and_give_exactly_the_top_lists():
             value, (lists, vals, bound) = got
             want = src[slice(None) if rr is None else rr][:, slice(None) if cc is None else cc]
             assert np.array_equal(value, want)
-            ref = top_lists(want, np.zeros(want.shape[1]), None, min(k, want.shape[1]))
-            assert np.array_equal(np.sort(vals, axis=1), np.sort(ref[1], axis=1))  # the same values (ties aside)
-            assert np.array_equal(bound, ref[2])
-            assert np.array_equal(np.take_along_axis(want, lists, 1), vals)
-            assert all(np.unique(row).size == row.size for row in lists)
+            _assert_top(want, lists, vals, bound, min(k, want.shape[1]))
+
+
+def _assert_top(want: np.ndarray, lists: np.ndarray, vals: np.ndarray, bound: np.ndarray, k: int) -> None:
+    """lists/vals/bound are each row's k largest entries of ``want`` (numpy's sort as reference)."""
+    ref = -np.sort(-want, axis=1)[:, :k]  # [U, k] descending
+    assert lists.shape == vals.shape == (want.shape[0], k)
+    assert np.array_equal(np.sort(vals, axis=1), np.sort(ref, axis=1))  # the same values (ties aside)
+    assert np.array_equal(bound, ref[:, k - 1])
+    assert np.array_equal(np.take_along_axis(want, lists, 1), vals)
+    assert all(np.unique(row).size == row.size for row in lists)
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2, 3, 4])
+def test_wide_rows_take_the_threshold_path_and_still_give_exactly_the_top_lists(kind):
+    """Rows of 2000 columns with k = 32 (and a few other k): the group-maxima threshold and the exact
+    selection above it (with ties at the k-th largest: kind 4), or the heap where ties fill the
+    threshold (integer and zero rows)."""
+    rng = np.random.default_rng(40 + kind)
+    src = _source(rng, kind, 60, 2000)
+    for k in (1, 7, 32, 62):
+        got = dense_lists(src, None, None, k)
+        assert got is not None
+        value, (lists, vals, bound) = got
+        assert value is src
+        _assert_top(src, lists, vals, bound, k)
+
+
+def test_top_lists_rank_by_reduced_value_and_list_the_values_themselves():
+    rng = np.random.default_rng(41)
+    for trial in range(30):
+        n, r = int(rng.integers(1, 40)), int(rng.integers(1, 1500))
+        value = _source(rng, trial % 4, n, r)
+        prices = rng.uniform(0.0, value.max(initial=0.0) + 1.0, r) * (trial % 3 > 0)
+        rows = rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False)
+        k = int(rng.integers(0, min(r, 40) + 1))
+        lists, vals, bound = top_lists(value, prices, rows, k)
+        assert lists.shape == vals.shape == (rows.size, k) and bound.shape == (rows.size,)
+        if k == 0:
+            continue
+        red = value[rows] - prices
+        _assert_top(red, lists, np.take_along_axis(red, lists, 1), bound, k)
+        assert np.array_equal(vals, np.take_along_axis(value[rows], lists, 1))  # values, not reduced
+
+
+@pytest.mark.parametrize("kind", [0, 1, 3])
+def test_a_complete_auction_keeps_eps_slackness_and_ends_within_u_eps_of_the_optimum(kind):
+    rng = np.random.default_rng(42 + kind)
+    for shape in [(70, 90), (90, 70), (1, 5), (5, 1)]:
+        value = _source(rng, kind, *shape)
+        auc = auction_prices(value, 1e-2, list_size=4)
+        assert auc.complete and not (auc.assign == FREE).any()
+        held = auc.assign[auc.assign >= 0]
+        assert np.unique(held).size == held.size and np.array_equal(auc.owner[held], np.flatnonzero(auc.assign >= 0))
+        assert (auc.prices[auc.owner < 0] == 0).all()  # a channel nobody won was never bid for
+        red = value - auc.prices
+        best = np.maximum(red.max(axis=1), 0.0)
+        mine = np.where(auc.assign >= 0, red[np.arange(shape[0]), np.maximum(auc.assign, 0)], 0.0)
+        assert (mine >= best - auc.eps * (1 + 1e-9)).all()  # ε-CS, the outside option worth 0
+        got = float(value[np.flatnonzero(auc.assign >= 0), held].sum())
+        assert got >= _lsa_value(value) - shape[0] * auc.eps * (1 + 1e-9)
+
+
+def test_the_compiled_kernels_stay_inside_their_arrays(tmp_path):
+    """The kernels run without bounds checks; here, in a child process with numba's bounds checking
+    on (and its own cache), on tie-heavy inputs, every stage of the auction policy must run clean."""
+    code = """
+import numpy as np
+from service import auction as A
+from service.policies.sparse import Auction
+from service.policies import PolicyContext
+from service.history import CellHistory
+from service.types import make_slot
+rng = np.random.default_rng(0)
+for src in (np.round(rng.exponential(size=(90, 2000)), 1), rng.integers(0, 3, (90, 2000)).astype(float),
+            np.zeros((40, 300)), rng.exponential(size=(300, 260))):
+    for k in (1, 7, 32):
+        A.dense_lists(src, np.arange(0, src.shape[0], 2), None, min(k, src.shape[1]))
+        A.top_lists(src, rng.random(src.shape[1]), None, min(k, src.shape[1]))
+    A.segment_lists(src, np.arange(src.shape[0]), rng.random(src.shape[1]), 16)
+    state = make_slot("spectrum", np.arange(src.shape[0]), np.arange(src.shape[1]), rate_bps=src)
+    for deadline in (None, 60.0):
+        import time
+        ctx = PolicyContext(CellHistory.empty().view(state), np.random.default_rng(0),
+                            None if deadline is None else time.perf_counter() + deadline)
+        Auction(dense_below=0)(state, ctx)
+print("clean")
+"""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("clean"), out.stderr[-3000:]
 
 
 def test_segment_lists_give_each_segments_best_channel_by_reduced_value():
@@ -549,14 +647,16 @@ def test_the_lists_stop_when_asked():
 
         return stop
 
-    for stop_at in (0.0, 0.5, 1.0):  # before any block, midway, before the final selection
+    for stop_at in (0.0, 0.5):  # asked before each row block: before any, or midway
         asked.clear()
         assert dense_lists(src, rows, cols, 4, stop=stop_from(stop_at)) is None and asked[-1] >= stop_at
         assert (stop_at == 0.0) == (len(asked) == 1)  # stopped before the first block, or after some
-    for stop_at in (0.0, 0.5):  # the segment lists have no final selection: asked before each block
         asked.clear()
         assert segment_lists(src, rows, np.zeros(400), 4, stop=stop_from(stop_at)) is None
         assert asked[-1] >= stop_at and (stop_at == 0.0) == (len(asked) == 1)
+    asked.clear()
+    assert dense_lists(src, rows, cols, 4, stop=stop_from(1.0)) is not None  # never asked once all rows are done
+    assert asked and max(asked) < 1.0
     assert dense_lists(src, rows, cols, 4, stop=lambda done: False) is not None
     assert segment_lists(src, rows, np.zeros(400), 4, stop=lambda done: False) is not None
 
