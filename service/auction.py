@@ -7,11 +7,11 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
 
 0. **Cheap starts** — ``sorted_fill``: strongest users on the widest channels, the optimum
    without fading, O(n log n); ``sampled_bids``: each user bids for its best of a few
-   candidate channels, a few vectorised rounds, O(U·m).
+   candidate channels, a few compiled rounds, O(U·m).
    **Lists** — ``dense_lists``: the dense value matrix copied out of the slot's utility in row
    blocks, each row's exact top-k list found while it is in cache (one compiled pass: a
    threshold from strided group maxima, then an exact selection among the few entries above
-   it); ``top_lists`` in one (numpy).
+   it); ``top_lists`` the same on reduced values, for the rows it is given.
    **Coarse** — ``market_prices``: the final prices estimated from a small sub-market (a random
    ``1/16`` of the users and of the channels), fitted on the channels' bandwidth and mean value;
    ``segment_lists``: each user's best channel by value minus those prices in each of ``k``
@@ -20,12 +20,12 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    few rounds, O(U·k) each), completed by ``best_free_fill`` (leftover users bid for their best
    free channels on their dense rows): within a few per cent of the optimum, early.
 1. **Prices** — ``auction_prices``: a forward Jacobi auction (Bertsekas) with increment ``ε``,
-   every unassigned user bidding at once (each round one compiled pass), each user holding the outside option "no channel"
-   worth 0. A user bids from a list of its best channels by *reduced* value ``value − price``
-   (``top_lists``), with an upper bound on everything off the list; prices only rise, so the
-   bound stays valid and the list is rebuilt from the dense row only when it no longer proves
-   the best bid. Sparsifying by raw value fails here because path loss makes the strongest
-   users best on every channel; reduced value does not.
+   every unassigned user bidding at once (each round one compiled pass), each user holding the
+   outside option "no channel" worth 0. A user bids from a list of its best channels by
+   *reduced* value ``value − price`` (``top_lists``), with an upper bound on everything off the
+   list; prices only rise, so the bound stays valid and the list is rebuilt from the dense row
+   only when it no longer proves the best bid. Sparsifying by raw value fails here because
+   path loss makes the strongest users best on every channel; reduced value does not.
 2. **Exact on a sparse graph** — ``candidate_pairs``: pairs within a slack of each user's best
    reduced value, the auction's pairs and enough completion pairs for a full matching;
    ``sparse_max_matching`` solves it exactly with
@@ -35,7 +35,8 @@ channel-of-user int64 [U] (-1 or ``FREE`` / ``OUT`` = none). The policy ``auctio
    prices); ``dual_check`` tests them on every pair (complementary slackness). Any prices give
    the bound ``OPT ≤ Σ_c p_c + Σ_u max(0, max_c value[u, c] − p_c)``.
 
-Dense passes run over row blocks of about 65536 entries (cache-sized).
+The interruptible dense passes (the lists) run over row blocks of about 65536 entries and ask
+their clock between blocks; the others are one compiled call over every row.
 """
 
 from __future__ import annotations
@@ -51,15 +52,15 @@ from service.jit import kernel
 
 FREE = -1  # user still bidding
 OUT = -2  # user took the outside option (no channel is worth its price)
-_CHUNK_ELEMS = 1 << 16  # dense passes run over row blocks of about this many entries (cache-sized)
+_CHUNK_ELEMS = 1 << 16  # the lists run over row blocks of about this many entries (a clock check each)
 MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market prices (the fit's points)
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels of ``sampled_bids``, ``segment_lists``, ``dense_lists``,
-    ``auction_prices``, ``candidate_pairs``, ``matching_prices`` and ``dual_check`` on tiny
-    matrices, so that no decision pays for them (nor learns them as a stage's cost):
-    ``ServiceCore.preload`` and the ``auction`` policy call it."""
+    """Compile (or load from numba's cache) the kernels of ``sampled_bids``, ``segment_lists``,
+    ``dense_lists``, ``top_lists``, ``auction_prices``, ``candidate_pairs``, ``matching_prices``
+    and ``dual_check`` on tiny matrices, so that no decision pays for them (nor learns them as a
+    stage's cost): ``ServiceCore.preload`` and the ``auction`` policy call it."""
     segment_lists(np.ones((2, 2)), np.arange(2), np.zeros(2), 1)
     sampled_bids(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), 2)
     for rows, cols in ((None, None), (np.arange(2), None), (None, np.arange(2)), (np.arange(2), np.arange(2))):
