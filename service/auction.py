@@ -244,6 +244,7 @@ def segment_lists(
     segment has no channel that may be listed), S = k (+1 with a remainder), or None when
     ``stop`` returned True.
     """
+    source = np.ascontiguousarray(source, np.float64)  # the kernel's layout (a copy only if not C-ordered)
     r_src = source.shape[1]
     u_n = rows.size
     k = max(1, min(k, r_src))
@@ -307,7 +308,8 @@ def dense_lists(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
     """The dense value matrix ``source[rows][:, cols]`` and its top-``k`` lists, in one pass.
 
-    source: float64 [N, R] >= 0; rows: int64 [U] / cols: int64 [F] (None: all, no copy is made).
+    source: float64 [N, R] >= 0; rows: int64 [U] / cols: int64 [F] (None: all, and no copy is
+    made of a C-ordered float64 ``source``).
     Returns (value float64 [U, F], (lists int64 [U, k], list values float64 [U, k], bound
     float64 [U])), the lists exactly as ``top_lists(value, zeros, None, k)`` gives them (the same
     values and bound; their order within a row, and which of tied channels, may differ), or None
@@ -316,6 +318,7 @@ def dense_lists(
     Each row block is one compiled pass (``_top_rows``): a row is copied (when a copy is made) and
     searched while in cache.
     """
+    source = np.ascontiguousarray(source, np.float64)  # the kernel's layout (a copy only if not C-ordered)
     n_src, r_src = source.shape
     u_n = n_src if rows is None else rows.size
     f_n = r_src if cols is None else cols.size
@@ -622,7 +625,11 @@ def auction_prices(
     u_n, f_n = value.shape
     k = min(list_size, f_n) if lists is None else lists[0].shape[1]
     prices = np.zeros(f_n) if start_prices is None else np.maximum(start_prices, 0.0)
-    cand, list_value, bound = top_lists(value, prices, None, k) if lists is None else lists  # cand: int64 [U, K]
+    dense = None  # value in C order for the lists' (re)builds: made once, when a list is built
+    if lists is None:
+        dense = np.ascontiguousarray(value, np.float64)
+        lists = top_lists(dense, prices, None, k)
+    cand, list_value, bound = lists  # cand: int64 [U, K]
     if k == f_n:
         bound[:] = -np.inf  # the lists hold every channel
     vmax = float(list_value.max(initial=0.0))  # the lists hold each row's maximum
@@ -649,7 +656,9 @@ def auction_prices(
         if n_stale:  # the list no longer proves that its best is the best channel: rebuilt, no bid
             rs = stale[:n_stale].copy()
             res.refreshes += rs.size
-            cand[rs], list_value[rs], bound[rs] = top_lists(value, old_prices, rs, k)
+            if dense is None:
+                dense = np.ascontiguousarray(value, np.float64)
+            cand[rs], list_value[rs], bound[rs] = top_lists(dense, old_prices, rs, k)
         free = np.flatnonzero(assign == FREE)
     return res
 
@@ -772,7 +781,7 @@ def candidate_pairs(
     risky_rows = np.flatnonzero(risky)
     if risky_rows.size:  # their candidates straight from the dense rows
         r_cols = np.empty(risky_rows.size * f_n, np.int64)
-        r_count = _near_best(value, risky_rows, prices, slack, r_cols)
+        r_count = _near_best(np.ascontiguousarray(value, np.float64), risky_rows, prices, slack, r_cols)
         rows.append(np.repeat(risky_rows, r_count))
         cols.append(r_cols[: int(r_count.sum())])
     idle_u = np.flatnonzero(auc.assign < 0)
@@ -967,7 +976,7 @@ def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: fl
     surplus = np.zeros(u_n)
     idx = np.flatnonzero(has)
     surplus[idx] = value[idx, match[idx]] - prices[match[idx]]
-    best = _best_reduced(value, np.asarray(prices, np.float64))
+    best = _best_reduced(np.ascontiguousarray(value, np.float64), np.asarray(prices, np.float64))
     viol = np.flatnonzero(best > surplus + tol)
     per_user = best if u_n <= f_n else np.maximum(best, 0.0)
     return viol, float(prices.sum() + per_user.sum())

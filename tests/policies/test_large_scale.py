@@ -523,6 +523,47 @@ def test_a_complete_auction_keeps_eps_slackness_and_ends_within_u_eps_of_the_opt
         assert got >= _lsa_value(value) - shape[0] * auc.eps * (1 + 1e-9)
 
 
+def test_a_fortran_ordered_matrix_gives_the_same_results_and_compiles_nothing_new():
+    """Fancy indexing hands the policy column-major matrices (``utility[users][:, res]`` is one):
+    every kernel entry point takes them, answers as for the C-ordered copy, and never compiles a
+    second specialisation in the middle of a decision."""
+    import service.auction as kernels
+
+    kernels.warm_up()
+    compiled = {n: len(f.signatures) for n, f in vars(kernels).items() if hasattr(f, "signatures")}
+    rng = np.random.default_rng(43)
+    value_c = rng.exponential(size=(300, 260))
+    value_f = np.asfortranarray(value_c)
+    assert value_f.flags.f_contiguous and not value_f.flags.c_contiguous
+    prices = rng.random(260)
+    rows = np.arange(0, 300, 3)
+    for args in ((None, None), (rows, None), (None, np.arange(0, 260, 2))):
+        got_c, got_f = dense_lists(value_c, *args, 32), dense_lists(value_f, *args, 32)
+        assert got_c is not None and got_f is not None
+        assert np.array_equal(got_c[0], got_f[0])
+        assert all(np.array_equal(a, b) for a, b in zip(got_c[1], got_f[1], strict=True))
+    seg_c, seg_f = segment_lists(value_c, rows, prices, 8), segment_lists(value_f, rows, prices, 8)
+    assert seg_c is not None and seg_f is not None
+    assert all(np.array_equal(a, b) for a, b in zip(seg_c, seg_f, strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(top_lists(value_c, prices, rows, 7), top_lists(value_f, prices, rows, 7), strict=True)
+    )
+    auc_c, auc_f = auction_prices(value_c, 1e-3, list_size=4), auction_prices(value_f, 1e-3, list_size=4)
+    assert auc_c.refreshes > 0  # the list rebuilds ran on the column-major matrix too
+    assert np.array_equal(auc_c.prices, auc_f.prices) and np.array_equal(auc_c.assign, auc_f.assign)
+    pairs_c, pairs_f = candidate_pairs(value_c, auc_c, 6 * auc_c.eps), candidate_pairs(value_f, auc_f, 6 * auc_f.eps)
+    assert all(np.array_equal(a, b) for a, b in zip(pairs_c, pairs_f, strict=True))
+    match = sparse_max_matching(value_c, *pairs_c)
+    assert match is not None
+    check_c, check_f = dual_check(value_c, auc_c.prices, match, 1e-9), dual_check(value_f, auc_c.prices, match, 1e-9)
+    assert np.array_equal(check_c[0], check_f[0]) and check_c[1] == check_f[1]
+    state = make_slot("spectrum", np.arange(300), np.arange(260), rate_bps=value_f)
+    owner = Auction(dense_below=0)(state, _ctx(state, deadline=time.perf_counter() + 60.0))
+    assert is_valid(state, owner)
+    assert {n: len(f.signatures) for n, f in vars(kernels).items() if hasattr(f, "signatures")} == compiled
+
+
 def test_the_compiled_kernels_stay_inside_their_arrays(tmp_path):
     """The kernels run without bounds checks; here, in a child process with numba's bounds checking
     on (and its own cache), on tie-heavy inputs, every stage of the auction policy must run clean."""
