@@ -142,14 +142,7 @@ def _bid_rounds(
                     col = c
             if col < 0 or not b < np.inf:
                 continue
-            if best_user[col] < 0:
-                touched[n_touched] = col
-                n_touched += 1
-                best_bid[col] = b
-                best_user[col] = u
-            elif b > best_bid[col]:
-                best_bid[col] = b
-                best_user[col] = u
+            n_touched = _offer(col, b, u, best_bid, best_user, touched, n_touched)
         if n_touched == 0:
             break
         for t in range(n_touched):
@@ -158,6 +151,24 @@ def _bid_rounds(
             taken[c] = True
             best_bid[c] = -np.inf
             best_user[c] = -1
+
+
+@kernel
+def _offer(
+    col: int, bid: float, user: int, best_bid: np.ndarray, best_user: np.ndarray, touched: np.ndarray, n_touched: int
+) -> int:  # pragma: no cover - compiled; tested through sampled_bids and auction_prices
+    """One bid of a round: channel ``col`` keeps its highest bid (ties: the first bidder, the
+    lower user when users bid in index order); a channel's first bid appends it to ``touched``.
+    Returns the new count of touched channels."""
+    if best_user[col] < 0:
+        touched[n_touched] = col
+        best_bid[col] = bid
+        best_user[col] = user
+        return n_touched + 1
+    if bid > best_bid[col]:
+        best_bid[col] = bid
+        best_user[col] = user
+    return n_touched
 
 
 def best_free_fill(match: np.ndarray, idle_value: np.ndarray, *, per_user: int = 8, rounds: int = 4) -> np.ndarray:
@@ -715,16 +726,8 @@ def _jacobi_round(
             continue
         w2 = max(max(second, b), 0.0)
         obj = cand[u, k1]
-        bid = prices[obj] + (w1 - w2) + eps
         n_bids += 1
-        if best_user[obj] < 0:
-            touched[n_touched] = obj
-            n_touched += 1
-            best_bid[obj] = bid
-            best_user[obj] = u
-        elif bid > best_bid[obj]:
-            best_bid[obj] = bid
-            best_user[obj] = u
+        n_touched = _offer(obj, prices[obj] + (w1 - w2) + eps, u, best_bid, best_user, touched, n_touched)
     for t in range(n_touched):
         c = touched[t]
         prev = owner[c]

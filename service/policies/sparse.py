@@ -98,14 +98,14 @@ class _RoundClock:
 class _ListsClock:
     """``stop(share done)`` for the lists' row blocks: True when the work left, at its expected
     pace (``expected`` seconds for the whole work, ``tail`` of it per unit of row blocks spent on
-    the final selection) — or at the pace seen so far once a quarter is done, when slower —
+    what follows the last block) — or at the pace seen so far once a quarter is done, when slower —
     would end after ``stop_at``, so that it stops early enough for what must run after it. A
     stall early on does not extrapolate: only the time it took is lost."""
 
     def __init__(self, stop_at: float, tail: float, expected: float) -> None:
         self.stop_at = stop_at
         self.loop = expected / (1.0 + tail)  # the row blocks
-        self.post = expected - self.loop  # the final selection
+        self.post = expected - self.loop  # after the last block
         self.start = time.perf_counter()
         self.projected = 0.0  # seconds the whole work is projected to take, at the last call
 
@@ -129,15 +129,14 @@ _BID_S_PER_ENTRY = 1e-8
 _TAIL = {"segments": 0.05, "lists": 0.05}
 #: first-call estimates of each stage's cost in seconds per (user, channel) pair (``fill``: per
 #: pair of a leftover user and a free channel; ``market``: per pair of the whole instance, for
-#: its sub-market) at 1424 × 1600 on 2 cores (``coarse`` and ``fill`` from their cost relative
-#: to ``lists`` on a loaded machine); replaced by a moving average of what the instance
-#: observes. ``lists`` includes copying the dense matrix.
+#: its sub-market) at 1424 × 1600 on 2 cores (``fill`` from its cost relative to ``lists`` on a
+#: loaded machine); replaced by a moving average of what the instance observes. ``lists``
+#: includes copying the dense matrix. The coarse stage's rounds go by ``_BID_S_PER_ENTRY``.
 DEFAULT_STAGE_COST_S = {
     "sampled": 4e-8,
     "market": 1e-9,
     "segments": 1.9e-9,
     "lists": 2.5e-9,
-    "coarse": 1.5e-9,
     "fill": 2e-8,
     "auction": 3e-9,
     "match": 5e-9,
@@ -157,7 +156,7 @@ class Auction(Policy):
     ``dense_below`` the number of pairs up to which the dense exact solver is used instead;
     ``reserve_s`` the time kept for the pipeline's check and repair before the deadline;
     ``stage_cost_s`` first estimates of the stages' cost in seconds per pair (``sampled``,
-    ``market``, ``segments``, ``lists``, ``coarse``, ``fill``, ``auction``, ``match``, ``check``;
+    ``market``, ``segments``, ``lists``, ``fill``, ``auction``, ``match``, ``check``;
     default ``DEFAULT_STAGE_COST_S``), refined as it runs; ``samples`` channels per user drawn
     (seeded) for the stage-0 bids; ``coarse_eps_rel``, ``coarse_rounds`` and ``coarse_list_size``
     the coarse stage's increment (relative to the largest value), its most rounds and the number
@@ -194,7 +193,7 @@ class Auction(Policy):
         self.coarse_eps_rel, self.coarse_rounds, self.coarse_list_size = coarse_eps_rel, coarse_rounds, coarse_list_size
         self.market_fraction = market_fraction
         self._cost = {**DEFAULT_STAGE_COST_S, **(stage_cost_s or {})}
-        auction_kernels.warm_up()  # the compiled coarse lists: never timed as a stage's cost
+        auction_kernels.warm_up()  # the compiled kernels: never timed as a stage's cost
 
     def _observe(self, stage: str, seconds: float, pairs: int) -> None:
         self._cost[stage] = 0.7 * self._cost[stage] + 0.3 * seconds / max(pairs, 1)
@@ -386,8 +385,6 @@ class Auction(Policy):
         t1 = time.perf_counter()
         ctx.info.setdefault("stage_ms", {})["coarse"] = (t1 - t0) * 1e3
         ctx.info["coarse_rounds"] = auc.rounds
-        if not clock.fired:  # a full run: what the stage costs
-            self._observe("coarse", t1 - t0, u_n * f_n)
         if score(filled) >= score(match):
             ctx.info["stage"] = "coarse"
             return filled
