@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from scipy.sparse import csr_array
@@ -56,11 +57,12 @@ _CHUNK_ELEMS = 1 << 16  # the lists run over row blocks of about this many entri
 MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market prices (the fit's points)
 
 
+@cache
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernels of ``sampled_bids``, ``segment_lists``,
     ``dense_lists``, ``top_lists``, ``auction_prices``, ``candidate_pairs``, ``matching_prices``
     and ``dual_check`` on tiny matrices, so that no decision pays for them (nor learns them as a
-    stage's cost): ``ServiceCore.preload`` and the ``auction`` policy call it."""
+    stage's cost): ``ServiceCore.preload`` and the ``auction`` policy call it; once per process."""
     segment_lists(np.ones((2, 2)), np.arange(2), np.zeros(2), 1)
     sampled_bids(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), 2)
     for rows, cols in ((None, None), (np.arange(2), None), (None, np.arange(2)), (np.arange(2), np.arange(2))):

@@ -106,10 +106,17 @@ class SlotState:
         return p[np.lexsort((self.user_ids[p], -self.retx_bits[p]))]
 
 
-def _as_1d(name: str, values: Sequence | np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
+def _as_1d(
+    name: str, values: Sequence | np.ndarray, dtype: type, n: int | None = None, *, checked: bool = False
+) -> np.ndarray:
     """``values`` as a 1-D array of ``dtype`` (length ``n`` if given), or InvalidSlotError naming
     ``name``: ids must be integers (no fractional, NaN or infinite values), flags booleans (or
-    0/1), floats finite."""
+    0/1), floats finite. ``checked``: an array already typed is the caller's to give and its values
+    were checked (``make_slot``'s ``checked``): taken as it is, only its length checked."""
+    if checked and isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:
+        if n is not None and values.shape[0] != n:
+            raise InvalidSlotError(name, f"expected {n} values, got {values.shape[0]}")
+        return values
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype == dtype:
         arr: np.ndarray = values.copy()  # already typed: only the length and finiteness to check
     else:
@@ -153,8 +160,13 @@ def _as_int(name: str, value: object) -> int:
     raise InvalidSlotError(name, f"must be an integer, got {value!r}")
 
 
-def _as_2d(name: str, values: np.ndarray | Sequence, shapes: tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """``values`` as a finite, non-negative float64 array of one of ``shapes``, or InvalidSlotError."""
+def _as_2d(
+    name: str, values: np.ndarray | Sequence, shapes: tuple[tuple[int, ...], ...], *, checked: bool = False
+) -> np.ndarray:
+    """``values`` as a finite, non-negative float64 array of one of ``shapes``, or InvalidSlotError.
+    ``checked``: a float64 array of one of ``shapes`` whose values were checked is taken as it is."""
+    if checked and isinstance(values, np.ndarray) and values.dtype == np.float64 and values.shape in shapes:
+        return values
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -205,6 +217,7 @@ def make_slot(
     cell_id: str = "cell-0",
     slot: int = 0,
     tti_s: float = DEFAULT_TTI_S,
+    checked: bool = False,
 ) -> SlotState:
     """Validate a slot's fields and compute its utility matrix.
 
@@ -227,11 +240,18 @@ def make_slot(
 
     Raises ``InvalidSlotError`` naming the field for empty, duplicate, non-finite, negative or
     wrongly shaped input, and naming ``rate_bps,utility`` when both matrices are given.
+
+    ``checked``: every value given was already checked against the request contract's ranges
+    (``service.api.contract.RULES``, as both transports do before calling this) and the typed
+    arrays are the caller's to give: they are used without a copy and without checking their
+    values' finiteness and sign again (the contract's ranges are within ``make_slot``'s, and keep
+    the TBS and the bits per slot finite). Lengths, shapes, unique ids, the HARQ fields and the
+    Shannon rates are checked either way.
     """
     if preset not in PRESETS:
         raise InvalidSlotError("preset", f"unknown preset {preset!r}; expected one of {list(PRESETS)}")
-    uids = _as_1d("users.id", user_ids, np.int64)
-    rids = _as_1d("resources.id", resource_ids, np.int64)
+    uids = _as_1d("users.id", user_ids, np.int64, checked=checked)
+    rids = _as_1d("resources.id", resource_ids, np.int64, checked=checked)
     _check_unique("users", uids)
     _check_unique("resources", rids)
     n, r = uids.shape[0], rids.shape[0]
@@ -239,19 +259,25 @@ def make_slot(
     if bandwidth_hz is None:
         bw = np.full(r, 1.0e6 if preset == "spectrum" else 30e3 * 12 * rb_per_rbg)
     else:
-        bw = _as_1d("resources.bandwidth_hz", bandwidth_hz, float, r)
-        if (bw <= 0).any():
+        bw = _as_1d("resources.bandwidth_hz", bandwidth_hz, float, r, checked=checked)
+        if not checked and (bw <= 0).any():
             i = int(np.flatnonzero(bw <= 0)[0])
             raise InvalidSlotError(f"resources[{i}].bandwidth_hz", f"must be > 0, got {bw[i]}")
     avail = (
-        np.ones(r, bool) if resource_available is None else _as_1d("resources.available", resource_available, bool, r)
+        np.ones(r, bool)
+        if resource_available is None
+        else _as_1d("resources.available", resource_available, bool, r, checked=checked)
     )
-    elig = np.ones(n, bool) if user_eligible is None else _as_1d("users.eligible", user_eligible, bool, n).copy()
+    elig = (
+        np.ones(n, bool)
+        if user_eligible is None
+        else _as_1d("users.eligible", user_eligible, bool, n, checked=checked).copy()
+    )
 
     buf = None
     if buffer_bits is not None:
-        buf = _as_1d("users.buffer_bits", buffer_bits, float, n)
-        if (buf < 0).any():
+        buf = _as_1d("users.buffer_bits", buffer_bits, float, n, checked=checked)
+        if not checked and (buf < 0).any():
             i = int(np.flatnonzero(buf < 0)[0])
             raise InvalidSlotError(f"users[{i}].buffer_bits", f"must be >= 0, got {buf[i]}")
     retx_b, retx_r = _retx(preset, retx_bits, retx_rbgs, n, r)
@@ -271,10 +297,10 @@ def make_slot(
     if not np.isfinite(noise_density_dbm_hz):
         raise InvalidSlotError("noise_density_dbm_hz", f"must be finite, got {noise_density_dbm_hz}")
 
-    p_rx = None if rx_power_dbm is None else _as_1d("users.rx_power_dbm", rx_power_dbm, float, n)
+    p_rx = None if rx_power_dbm is None else _as_1d("users.rx_power_dbm", rx_power_dbm, float, n, checked=checked)
     se = None
     if spectral_efficiency is not None:
-        se = _as_2d("users.spectral_efficiency", spectral_efficiency, ((n,), (n, r)))
+        se = _as_2d("users.spectral_efficiency", spectral_efficiency, ((n,), (n, r)), checked=checked)
 
     if tti_s <= 0 or not np.isfinite(tti_s):
         raise InvalidSlotError("tti_s", f"must be > 0, got {tti_s}")
@@ -284,10 +310,12 @@ def make_slot(
             "give either rate_bps (achievable rates, bit/s) or utility (unitless weights used as given), not both",
         )
     if utility is not None:
-        util = _as_2d("utility", utility, ((n, r),))
+        util = _as_2d("utility", utility, ((n, r),), checked=checked)
     elif rate_bps is not None:
-        util = _as_2d("rate_bps", rate_bps, ((n, r),))
-        if preset == "mac":
+        util = _as_2d("rate_bps", rate_bps, ((n, r),), checked=checked)
+        if preset == "mac" and checked:
+            util = util * float(tti_s)  # bit/s -> bits per RBG per slot (<= 1e18 bit/s, tti_s <= 1 s)
+        elif preset == "mac":
             with np.errstate(over="ignore"):
                 util = util * float(tti_s)  # bit/s -> bits per RBG per slot
             if not np.isfinite(util).all():
@@ -310,14 +338,17 @@ def make_slot(
             raise InvalidSlotError(
                 "users.spectral_efficiency", "required for the mac preset when rate_bps and utility are absent"
             )
-        with np.errstate(over="ignore"):
+        if checked:  # SE <= 64 bit/s/Hz and rb_per_rbg <= 275: a TBS far below the float range
             tbs = phy.tbs_bits(se, rb_per_rbg)
+        else:
+            with np.errstate(over="ignore"):
+                tbs = phy.tbs_bits(se, rb_per_rbg)
         if tbs.ndim == 1:  # per user: the same on every RBG
             util = np.empty((n, r))
             util[:] = tbs[:, None]
         else:
             util = tbs  # [N, R], a new array
-        if not np.isfinite(util).all():
+        if not checked and not np.isfinite(util).all():
             raise InvalidSlotError("users.spectral_efficiency", "the TBS computed from these values is not finite")
 
     return SlotState(

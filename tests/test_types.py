@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -200,6 +201,86 @@ def test_typed_arrays_give_the_slot_lists_give_and_are_copied():
         assert np.array_equal(getattr(typed, name), getattr(listed, name)), name
     assert not np.shares_memory(typed.buffer_bits, buf) and not np.shares_memory(typed.bandwidth_hz, bw)
     assert typed.utility.shape == (2, 3) and np.array_equal(typed.utility[:, 0], typed.utility[:, 2])
+
+
+def _slot_fields(state) -> dict:
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    source=st.sampled_from(["se_user", "se_rbg", "rate", "utility", "shannon"]),
+    n=st.integers(1, 12),
+    r=st.integers(1, 9),
+)
+def test_checked_slot_equals_the_unchecked_slot(seed, source, n, r):
+    """``checked=True`` (what both transports pass, after the contract's checks) skips only the
+    value checks: on values within the contract it builds the very slot the full checks build."""
+    rng = np.random.default_rng(seed)
+    preset = "spectrum" if source == "shannon" or (source == "rate" and seed % 2) else "mac"
+    kw = {
+        "bandwidth_hz": rng.uniform(1e5, 2e6, r),
+        "resource_available": rng.random(r) < 0.8,
+        "user_eligible": rng.random(n) < 0.9,
+        "buffer_bits": np.where(rng.random(n) < 0.2, 0.0, rng.uniform(0, 1e5, n)),
+        "rb_per_rbg": int(rng.integers(1, 17)),
+        "tti_s": float(rng.choice([1e-3, 5e-4, 1.25e-4])),
+        "max_resources_per_user": int(rng.integers(1, r + 1)),
+    }
+    if source == "se_user":
+        kw["spectral_efficiency"] = rng.uniform(0, 7.4, n)
+    elif source == "se_rbg":
+        kw["spectral_efficiency"] = rng.uniform(0, 7.4, (n, r))
+    elif source == "rate":
+        kw["rate_bps"] = rng.uniform(0, 1e8, (n, r))
+    elif source == "utility":
+        kw["utility"] = rng.uniform(0, 1e4, (n, r))
+    else:
+        kw["rx_power_dbm"] = rng.uniform(-120, -60, n)
+        kw["fading_gain"] = rng.exponential(1.0, (n, r))
+    uids = rng.choice(10**6, n, replace=False).astype(np.int64)
+    rids = np.arange(r, dtype=np.int64) * 3
+    full = make_slot(preset, uids, rids, cell_id="c", slot=7, **kw)
+    checked = make_slot(preset, uids.copy(), rids.copy(), cell_id="c", slot=7, checked=True,
+                        **{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kw.items()})  # fmt: skip
+    fields = _slot_fields(full)
+    assert len(fields) >= 16
+    for name, value in fields.items():
+        other = getattr(checked, name)
+        if isinstance(value, np.ndarray):
+            assert other is not None and value.dtype == other.dtype and np.array_equal(value, other), name
+        else:
+            assert value == other, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"buffer_bits": np.ones(3)}, "users.buffer_bits"),
+        ({"bandwidth_hz": np.ones(2) * 1e6}, "resources.bandwidth_hz"),
+        ({"user_eligible": np.ones(1, bool)}, "users.eligible"),
+        ({"user_ids": np.array([4, 4], np.int64)}, "users[1].id"),
+        ({"spectral_efficiency": np.ones((2, 2))}, "users.spectral_efficiency"),
+        ({"retx_bits": np.array([8.0, 0.0]), "retx_rbgs": np.array([0, 0])}, "users[0].retx_rbgs"),
+        ({"retx_bits": np.array([8.0, 0.0]), "retx_rbgs": np.array([4, 0])}, "users[0].retx_rbgs"),
+    ],
+)
+def test_checked_slot_still_checks_the_slot_s_structure(kwargs, field):
+    """What the contract's per-field ranges cannot know (lengths, shapes, unique ids, the HARQ
+    pairs and ``retx_rbgs`` <= R) is refused with ``checked=True`` as without it."""
+    args = {"user_ids": np.array([4, 5], np.int64), "spectral_efficiency": np.array([0.6, 1.2]), **kwargs}
+    for checked in (False, True):
+        with pytest.raises(InvalidSlotError) as info:
+            make_slot("mac", resource_ids=np.arange(3, dtype=np.int64), checked=checked, **args)
+        assert info.value.field == field
+
+
+def test_checked_slot_takes_the_caller_s_typed_arrays_without_a_copy():
+    """The transports' freshly decoded arrays are not copied again (the point of ``checked``)."""
+    buf, se = np.array([100.0, 8.0]), np.array([0.6, 1.2])
+    state = make_slot("mac", np.array([1, 2]), np.array([0, 1]), spectral_efficiency=se, buffer_bits=buf, checked=True)
+    assert state.buffer_bits is buf and state.spectral_efficiency is se
 
 
 def test_admissible_is_eligibility_times_availability():

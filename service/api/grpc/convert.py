@@ -218,6 +218,7 @@ def _decode(
         cell_id=req.cell_id,
         slot=req.slot,
         tti_s=tti_s,
+        checked=True,  # every value is within the contract's rules (checked above)
     )
     check_utility_finite(state, rate=rate is not None, utility=weights is not None, names={})
     return ScheduleArgs(state, policy, deadline_ms, _feedback(req, max_users), epoch)

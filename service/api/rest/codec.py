@@ -391,6 +391,7 @@ def decode_schedule(doc: Any, limits: Limits = DEFAULT_LIMITS, policies: Collect
         cell_id=cell_id,
         slot=slot,
         tti_s=tti_s,
+        checked=True,  # every value is within the contract's rules (checked above)
     )
     check_utility_finite(
         state,
