@@ -41,7 +41,9 @@ their clock between blocks; the others are one compiled call over every row.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
@@ -61,9 +63,11 @@ MIN_MARKET_CHANNELS = 64  # market_prices: the fewest channels its sub-market pr
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernels of ``sampled_bids``, ``segment_lists``,
     ``dense_lists``, ``top_lists``, ``auction_prices``, ``candidate_pairs``, ``matching_prices``
-    and ``dual_check`` on tiny matrices, so that no decision pays for them (nor learns them as a
-    stage's cost): ``ServiceCore.preload`` and the ``auction`` policy call it; once per process."""
+    and ``dual_check`` on tiny matrices, and run ``market_prices`` once (its first least-squares
+    fit costs milliseconds), so that no decision pays for them (nor learns them as a stage's
+    cost): ``ServiceCore.preload`` and the ``auction`` policy call it; once per process."""
     segment_lists(np.ones((2, 2)), np.arange(2), np.zeros(2), 1)
+    market_prices(np.eye(8) + 1.0, np.arange(8), np.arange(8), np.ones(8), np.random.default_rng(0), fraction=2)
     sampled_bids(np.array([[0, 1], [1, 0]]), np.ones((2, 2)), 2)
     for rows, cols in ((None, None), (np.arange(2), None), (None, np.arange(2)), (np.arange(2), np.arange(2))):
         dense_lists(np.ones((2, 2)), rows, cols, 1)
@@ -73,6 +77,81 @@ def warm_up() -> None:
     rows, cols = np.divmod(np.arange(9), 3)  # the complete graph: every price constraint is an edge
     prices = matching_prices(value, rows, cols, np.arange(3), tol=1e-9, max_iter=6)
     dual_check(value, np.zeros(3) if prices is None else prices, np.arange(3), 1e-9)
+
+
+# ------------------------------------------------------------------------------- row blocks
+
+_pool: ThreadPoolExecutor | None = None
+_pool_threads = 0
+_pool_lock = threading.Lock()
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """The shared pool of helper threads of the row-block passes, with at least ``n`` threads."""
+    global _pool, _pool_threads
+    with _pool_lock:
+        if _pool is None or _pool_threads < n:
+            old, _pool, _pool_threads = _pool, ThreadPoolExecutor(n, thread_name_prefix="gnbsched-lists"), n
+            if old is not None:
+                old.shutdown(wait=False)  # its threads end once their work is done
+        return _pool
+
+
+def row_blocks(
+    n_rows: int,
+    step: int,
+    run: Callable[[int, int], None],
+    *,
+    stop: Callable[[float], bool] | None = None,
+    threads: int = 1,
+) -> bool:
+    """``run(s, e)`` on every row block ``[s, e)`` of ``[0, n_rows)`` (``step`` rows each), taken in
+    order by up to ``threads`` threads: the caller's and ``threads − 1`` helpers. ``run`` writes the
+    block's rows only (the compiled passes release the GIL), so the result does not depend on which
+    thread ran a block. Before each block the caller takes, ``stop(share of the rows taken)`` may
+    end the work: no block starts after it (blocks running finish). Returns False when stopped."""
+    n_blocks = -(-n_rows // step) if n_rows > 0 else 0
+    helpers = min(threads, n_blocks) - 1
+    if helpers <= 0:
+        for b in range(n_blocks):
+            if stop is not None and stop(b * step / n_rows):
+                return False
+            run(b * step, min(n_rows, (b + 1) * step))
+        return True
+    lock = threading.Lock()
+    taken = [0]
+    halt = threading.Event()
+
+    def take() -> int:
+        with lock:
+            b = taken[0]
+            taken[0] = b + 1
+        return b
+
+    def helper() -> None:
+        while not halt.is_set():
+            b = take()
+            if b >= n_blocks:
+                return
+            run(b * step, min(n_rows, (b + 1) * step))
+
+    pool = _helpers(helpers)
+    running: list[Future[None]] = [pool.submit(helper) for _ in range(helpers)]
+    stopped = False
+    try:
+        while True:
+            if stop is not None and stop(min(taken[0] * step, n_rows) / n_rows):
+                stopped = True
+                break
+            b = take()
+            if b >= n_blocks:
+                break
+            run(b * step, min(n_rows, (b + 1) * step))
+    finally:
+        halt.set()  # helpers take no block after this one (all are taken, or the work stops)
+        for f in running:
+            f.result()  # a helper's exception is the caller's
+    return not stopped
 
 
 # ------------------------------------------------------------------------------- stage 0
@@ -242,6 +321,7 @@ def segment_lists(
     k: int,
     *,
     stop: Callable[[float], bool] | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Each row's best channel by reduced value ``source − prices`` in each of ``k`` contiguous
     column segments, in one pass over the rows without copying the dense matrix: the coarse
@@ -252,7 +332,8 @@ def segment_lists(
     wide, the last ``R mod k`` columns one more. With prices near the auction's
     (``market_prices``), the lists hold channels the users can win, not only the channels
     everyone wants. Row blocks of a cache-sized share of the matrix, each one compiled pass
-    (``_segment_best``); before each, ``stop(share of the rows done)`` may end the work. Returns
+    (``_segment_best``) on one of ``threads`` threads (``row_blocks``); before each,
+    ``stop(share of the rows done)`` may end the work. Returns
     (channels int64 [U, S] column indices of ``source``, values float64 [U, S], ``-inf`` where a
     segment has no channel that may be listed), S = k (+1 with a remainder), or None when
     ``stop`` returned True.
@@ -271,11 +352,12 @@ def segment_lists(
     price = np.asarray(prices, np.float64)
     if np.isnan(price).any():  # an unknown price: the channel may not be listed
         price = np.where(np.isnan(price), np.inf, price)
-    for s in range(0, u_n, step):
-        if stop is not None and stop(s / u_n):
-            return None
-        b = min(step, u_n - s)  # the compiled pass over the block's rows, in place (no dense copy)
-        _segment_best(source, rows[s : s + b], price, seg, n_lists, lists[s : s + b], reduced[s : s + b])
+
+    def block(s: int, e: int) -> None:  # the compiled pass over the block's rows, in place (no dense copy)
+        _segment_best(source, rows[s:e], price, seg, n_lists, lists[s:e], reduced[s:e])
+
+    if not row_blocks(u_n, step, block, stop=stop, threads=threads):
+        return None
     values = np.where(np.isfinite(reduced), source[rows[:, None], lists], -np.inf)  # the values themselves
     return lists, values
 
@@ -318,6 +400,7 @@ def dense_lists(
     k: int,
     *,
     stop: Callable[[float], bool] | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
     """The dense value matrix ``source[rows][:, cols]`` and its top-``k`` lists, in one pass.
 
@@ -328,8 +411,8 @@ def dense_lists(
     values and bound; their order within a row, and which of tied channels, may differ), or None
     when ``stop(share of the rows done)``, asked before each row block, returned True.
 
-    Each row block is one compiled pass (``_top_rows``): a row is copied (when a copy is made) and
-    searched while in cache.
+    Each row block is one compiled pass (``_top_rows``) on one of ``threads`` threads
+    (``row_blocks``): a row is copied (when a copy is made) and searched while in cache.
     """
     source = np.ascontiguousarray(source, np.float64)  # the kernel's layout (a copy only if not C-ordered)
     n_src, r_src = source.shape
@@ -347,11 +430,12 @@ def dense_lists(
     lists = np.empty((u_n, k), np.int64)
     vals = np.empty((u_n, k))
     step = max(1, _CHUNK_ELEMS // max(r_src, 1))
-    for s in range(0, u_n, step):
-        if stop is not None and stop(s / u_n):
-            return None
-        e = min(u_n, s + step)
+
+    def block(s: int, e: int) -> None:
         _top_rows(source, row_idx[s:e], col_idx, cols is not None, copy, value[s:e], lists[s:e], vals[s:e])
+
+    if not row_blocks(u_n, step, block, stop=stop, threads=threads):
+        return None
     return value, (lists, vals, vals.min(axis=1, initial=np.inf))
 
 
@@ -968,8 +1052,11 @@ def matching_prices(
     return p[:f_n]
 
 
-def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float) -> tuple[np.ndarray, float]:
-    """Check prices [F] against every pair of value [U, F] (one compiled dense pass).
+def dual_check(
+    value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: float, *, threads: int = 1
+) -> tuple[np.ndarray, float]:
+    """Check prices [F] against every pair of value [U, F] (one compiled dense pass, in row blocks
+    on ``threads`` threads: ``row_blocks``).
 
     A user violates complementary slackness when some channel's reduced value exceeds its
     surplus ``value[u, m(u)] − p[m(u)]`` (0 without a channel) by more than ``tol``. Returns
@@ -981,17 +1068,23 @@ def dual_check(value: np.ndarray, prices: np.ndarray, match: np.ndarray, tol: fl
     surplus = np.zeros(u_n)
     idx = np.flatnonzero(has)
     surplus[idx] = value[idx, match[idx]] - prices[match[idx]]
-    best = _best_reduced(np.ascontiguousarray(value, np.float64), np.asarray(prices, np.float64))
+    dense = np.ascontiguousarray(value, np.float64)
+    price = np.asarray(prices, np.float64)
+    best = np.empty(u_n)
+
+    def block(s: int, e: int) -> None:
+        _best_reduced(dense[s:e], price, best[s:e])
+
+    row_blocks(u_n, max(1, _CHUNK_ELEMS // max(f_n, 1)), block, threads=threads)
     viol = np.flatnonzero(best > surplus + tol)
     per_user = best if u_n <= f_n else np.maximum(best, 0.0)
     return viol, float(prices.sum() + per_user.sum())
 
 
 @kernel
-def _best_reduced(value: np.ndarray, prices: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    """Each row's largest reduced value ``max_c(value[u, c] − prices[c])``, float64 [U] (-inf
-    without columns)."""
-    best = np.full(value.shape[0], -np.inf)
+def _best_reduced(value: np.ndarray, prices: np.ndarray, best: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Each row's largest reduced value ``max_c(value[u, c] − prices[c])`` into ``best`` float64
+    [U] (-inf without columns)."""
     for u in range(value.shape[0]):
         row = value[u]
         b = -np.inf
@@ -1000,7 +1093,6 @@ def _best_reduced(value: np.ndarray, prices: np.ndarray) -> np.ndarray:  # pragm
             if x > b:
                 b = x
         best[u] = b
-    return best
 
 
 # ------------------------------------------------------------------------------- value and bounds

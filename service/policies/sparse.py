@@ -71,6 +71,7 @@ from service.auction import (
     sparse_max_matching,
     top_lists,
 )
+from service.cores import cores_given
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import register
 from service.types import SlotState
@@ -144,6 +145,11 @@ DEFAULT_STAGE_COST_S = {
 }
 
 
+#: the most threads the dense passes (lists, certificate) of one decision use by default: their
+#: row blocks scale with the cores up to the memory bandwidth
+MAX_LIST_THREADS = 4
+
+
 @register("auction")
 class Auction(Policy):
     """Anytime large-scale assignment: lists → coarse auction → auction prices → exact sparse
@@ -161,7 +167,10 @@ class Auction(Policy):
     (seeded) for the stage-0 bids; ``coarse_eps_rel``, ``coarse_rounds`` and ``coarse_list_size``
     the coarse stage's increment (relative to the largest value), its most rounds and the number
     of column segments of its cheap lists; ``market_fraction``: the sub-market that estimates the
-    prices for those lists holds 1 in ``market_fraction`` of the users and of the channels.
+    prices for those lists holds 1 in ``market_fraction`` of the users and of the channels;
+    ``threads``: the threads of the dense passes over the matrix (the lists, the coarse lists,
+    the certificate's dual check), which give the same result on any number (default: the cores
+    the process is given, ``service.cores.cores_given``, at most ``MAX_LIST_THREADS``).
     """
 
     name = "auction"
@@ -182,6 +191,7 @@ class Auction(Policy):
         coarse_rounds: int = 30,
         coarse_list_size: int = 16,
         market_fraction: int = 16,
+        threads: int | None = None,
     ) -> None:
         if not eps_rel > 0 or list_size < 2 or not 0 <= stop_fraction < 1 or candidate_slack < 1:
             raise ValueError("need eps_rel > 0, list_size >= 2, 0 <= stop_fraction < 1, candidate_slack >= 1")
@@ -192,6 +202,9 @@ class Auction(Policy):
         self.reserve_s, self.samples = reserve_s, samples
         self.coarse_eps_rel, self.coarse_rounds, self.coarse_list_size = coarse_eps_rel, coarse_rounds, coarse_list_size
         self.market_fraction = market_fraction
+        self.threads = min(cores_given(), MAX_LIST_THREADS) if threads is None else threads
+        if self.threads < 1:
+            raise ValueError("need threads >= 1")
         self._cost = {**DEFAULT_STAGE_COST_S, **(stage_cost_s or {})}
         auction_kernels.warm_up()  # the compiled kernels: never timed as a stage's cost
 
@@ -254,6 +267,7 @@ class Auction(Policy):
                 None if res.size == state.num_res else res,
                 self.list_size,
                 stop=clock,
+                threads=self.threads,
             )
             if built is not None:
                 info.setdefault("stage_ms", {})["lists"] = (time.perf_counter() - t0) * 1e3
@@ -324,7 +338,7 @@ class Auction(Policy):
         prices = np.full(state.num_res, np.inf)
         prices[res] = est
         clock = _ListsClock(ctx.deadline - self.reserve_s - room, _TAIL["segments"], self._cost["segments"] * pairs)
-        got = segment_lists(state.utility, users, prices, self.coarse_list_size, stop=clock)
+        got = segment_lists(state.utility, users, prices, self.coarse_list_size, stop=clock, threads=self.threads)
         if got is None:  # learn what they would have cost, then the sampled bids
             if clock.projected > 0:
                 self._observe("segments", clock.projected, pairs)
@@ -465,7 +479,7 @@ class Auction(Policy):
             if left() < self._predict("lists", pairs):
                 return cut("the auction", match)
             t0 = time.perf_counter()
-            built = dense_lists(value, None, None, self.list_size)
+            built = dense_lists(value, None, None, self.list_size, threads=self.threads)
             assert built is not None  # no stop: always built
             lists = built[1]
             stages["lists"] = (time.perf_counter() - t0) * 1e3
@@ -521,7 +535,7 @@ class Auction(Policy):
             prices = matching_prices(value, rows, cols, match, tol=tol, max_iter=min(u_n + f_n, 500), start=prices)
             if prices is None:
                 break
-            viol, ub_p = dual_check(value, prices, match, tol)
+            viol, ub_p = dual_check(value, prices, match, tol, threads=self.threads)
             t4 = time.perf_counter()
             stages["certificate"] = stages.get("certificate", 0.0) + (t4 - t3) * 1e3
             self._observe("check", t4 - t3, pairs)

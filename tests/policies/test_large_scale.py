@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -31,6 +32,7 @@ from service.auction import (
     dual_check,
     market_prices,
     matching_prices,
+    row_blocks,
     sampled_bids,
     segment_lists,
     sorted_fill,
@@ -580,13 +582,15 @@ for src in (np.round(rng.exponential(size=(90, 2000)), 1), rng.integers(0, 3, (9
     for k in (1, 7, 32):
         A.dense_lists(src, np.arange(0, src.shape[0], 2), None, min(k, src.shape[1]))
         A.top_lists(src, rng.random(src.shape[1]), None, min(k, src.shape[1]))
-    A.segment_lists(src, np.arange(src.shape[0]), rng.random(src.shape[1]), 16)
+        A.dense_lists(src, None, np.arange(0, src.shape[1], 3), min(k, src.shape[1]), threads=3)
+    A.segment_lists(src, np.arange(src.shape[0]), rng.random(src.shape[1]), 16, threads=3)
+    A.dual_check(src, rng.random(src.shape[1]), np.full(src.shape[0], -1), 1e-9, threads=3)
     state = make_slot("spectrum", np.arange(src.shape[0]), np.arange(src.shape[1]), rate_bps=src)
     for deadline in (None, 60.0):
         import time
         ctx = PolicyContext(CellHistory.empty().view(state), np.random.default_rng(0),
                             None if deadline is None else time.perf_counter() + deadline)
-        Auction(dense_below=0)(state, ctx)
+        Auction(dense_below=0, threads=2)(state, ctx)
 print("clean")
 """
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
@@ -710,3 +714,75 @@ def test_best_free_fill_gives_leftover_users_their_best_free_channels():
     assert out.tolist() == [0, 1, 2]  # user 1 bids 8 on channel 1 (beats user 2's 6); user 2 then takes channel 2
     full = np.array([0, 1, 2])
     assert best_free_fill(full, value[:0]).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+@pytest.mark.parametrize("n_rows", [0, 1, 9, 10, 11, 64])
+def test_row_blocks_run_every_block_once_on_any_number_of_threads(threads, n_rows):
+    runs: list[tuple[int, int]] = []
+    names: set[str] = set()
+    lock = threading.Lock()
+
+    def run(s: int, e: int) -> None:
+        time.sleep(0.0005)  # long enough for the helpers to take blocks too
+        with lock:
+            runs.append((s, e))
+            names.add(threading.current_thread().name)
+
+    assert row_blocks(n_rows, 10, run, threads=threads)
+    assert sorted(runs) == [(s, min(n_rows, s + 10)) for s in range(0, n_rows, 10)]
+    if threads > 1 and n_rows > 40:
+        assert len(names) > 1  # the helpers ran blocks too
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_row_blocks_stop_when_asked_and_pass_on_a_helper_s_error(threads):
+    runs: list[int] = []
+    asked: list[float] = []
+
+    def stop(done: float) -> bool:
+        asked.append(done)
+        return done >= 0.5
+
+    assert not row_blocks(100, 5, lambda s, e: runs.append(s), stop=stop, threads=threads)
+    assert asked[0] == 0.0 and asked[-1] >= 0.5 and all(0.0 <= a <= 1.0 for a in asked)
+    assert 0 < len(runs) < 20 and len(set(runs)) == len(runs)  # some blocks, none twice, not all
+
+    def fail(s: int, e: int) -> None:
+        if s == 50:
+            raise RuntimeError("block 50")
+        time.sleep(0.0002)
+
+    with pytest.raises(RuntimeError, match="block 50"):
+        row_blocks(100, 5, fail, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_the_dense_passes_on_threads_give_the_single_thread_results(threads):
+    """The lists, the coarse lists and the dual check split their rows over threads: the same
+    arrays, bit for bit, as on one thread (several row blocks each, ties included)."""
+    rng = np.random.default_rng(61)
+    for src in (rng.exponential(size=(3000, 100)), rng.integers(0, 3, (2500, 120)).astype(float)):
+        n, r = src.shape
+        rows, cols = np.arange(0, n, 2), np.arange(0, r, 3)
+        prices = rng.random(r)
+        for args in ((rows, cols), (None, None)):
+            one, many = dense_lists(src, *args, 8), dense_lists(src, *args, 8, threads=threads)
+            assert one is not None and many is not None and np.array_equal(one[0], many[0])
+            assert all(np.array_equal(a, b) for a, b in zip(one[1], many[1], strict=True))
+        seg_one, seg_many = segment_lists(src, rows, prices, 6), segment_lists(src, rows, prices, 6, threads=threads)
+        assert seg_one is not None and seg_many is not None
+        assert all(np.array_equal(a, b) for a, b in zip(seg_one, seg_many, strict=True))
+        match = np.where(rng.random(n) < 0.05, rng.integers(0, r, n), -1)
+        viol_one, ub_one = dual_check(src, prices, match, 1e-9)
+        viol_many, ub_many = dual_check(src, prices, match, 1e-9, threads=threads)
+        assert np.array_equal(viol_one, viol_many) and ub_one == ub_many
+
+
+def test_the_policy_decides_the_same_on_any_number_of_threads():
+    for name, state in CASES[4:8]:
+        one = Auction(dense_below=0, threads=1)(state, _ctx(state))
+        many = Auction(dense_below=0, threads=3)(state, _ctx(state))
+        assert np.array_equal(one, many), name
+    with pytest.raises(ValueError, match="threads"):
+        Auction(threads=0)
