@@ -58,7 +58,7 @@ from service.history import CellHistory, apply_feedback, record_decision
 from service.pipeline import decide, decide_many
 from service.policies.registry import PolicySet, names
 from service.state import StateStore, open_store
-from service.state.record import CellRecord, Verdict, decision_from_dict, request_digest
+from service.state.record import CellRecord, Verdict, decision_from_dict, legacy_request_digest, request_digest
 from service.trace import Recorder
 from service.types import Decision, SlotState
 
@@ -540,7 +540,8 @@ class ServiceCore:
         """The cell's record and the slot rule: the stored decision of a replay, a
         ``SlotConflictError``, or the slot admitted with its history (feedback applied)."""
         record = self._load(state.cell_id)
-        verdict, stored = record.admit(state.slot, epoch, digest)
+        legacy = partial(legacy_request_digest, state, name, feedback)  # a slot an older version applied
+        verdict, stored = record.admit(state.slot, epoch, digest, legacy)
         if verdict is Verdict.REPLAY:
             assert stored is not None
             self.observer.state_event("replayed")

@@ -7,7 +7,7 @@ import pytest
 
 from service.config import Settings
 from service.core import ServiceCore
-from service.errors import InvalidSlotError, StateStoreError, StateStoreUnavailableError
+from service.errors import InvalidSlotError, SlotConflictError, StateStoreError, StateStoreUnavailableError
 from service.history import CellHistory
 from service.pag import is_valid
 from service.state import MemoryStore
@@ -230,6 +230,39 @@ def test_a_retried_slot_is_answered_from_its_stored_decision_without_touching_st
     ref = ServiceCore(_settings(), store=MemoryStore())
     want = [ref.schedule(_mac(slot)) for slot in range(4)]
     assert np.array_equal(nxt.owner, want[3].owner) and core.history("c1") == ref.history("c1")
+
+
+def test_a_retry_of_a_slot_an_older_version_wrote_is_a_replay():
+    """A shared store may hold records an older version wrote, with SHA-256 request digests: the
+    core recognises the retry of such a slot (with its feedback and policy) by that digest."""
+    from dataclasses import replace
+
+    from service.state.record import legacy_request_digest
+
+    store = MemoryStore()
+    core = ServiceCore(_settings(), store=store)
+    core.schedule(_mac(1))
+    feedback = {1: 1500.0, 2: 800.0}
+    first = core.schedule(_mac(2), policy="greedy", feedback=feedback)
+    record = store.load("c1")
+    old = replace(
+        record,
+        recent=tuple(
+            replace(
+                d,
+                digest=legacy_request_digest(
+                    _mac(d.slot), "greedy" if d.slot == 2 else "pf", feedback if d.slot == 2 else None
+                ),
+            )
+            for d in record.recent
+        ),
+    )
+    assert store.compare_and_set("c1", record.version, old)
+    again = core.schedule(_mac(2), policy="greedy", feedback=feedback)
+    assert again.replayed and np.array_equal(again.owner, first.owner) and store.load("c1") == old
+    assert core.schedule(_mac(1)).replayed
+    with pytest.raises(SlotConflictError):  # another request for slot 2 is still refused
+        core.schedule(_mac(2), policy="greedy", feedback={1: 1.0})
 
 
 def test_older_slots_reused_slots_and_older_epochs_are_refused():

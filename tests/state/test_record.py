@@ -8,14 +8,16 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import xxhash
 
-from service.history import record_decision, to_bytes
+from service.history import CellHistory, record_decision, to_bytes
 from service.state.record import (
     RECENT_DECISIONS,
     CellRecord,
     Verdict,
     decision_from_dict,
     decision_to_dict,
+    legacy_request_digest,
     request_digest,
 )
 from service.types import Decision, Violation, make_slot
@@ -104,11 +106,11 @@ def test_malformed_records_raise_value_error(blob: bytes) -> None:
         CellRecord.from_bytes(blob)
 
 
-def _digest_by_its_definition(state, policy, feedback) -> str:
+def _digest_by_its_definition(state, policy, feedback, h) -> str:
     """The digest as its format is defined (records in a shared store keep it across versions):
-    SHA-256 of the header, each array's C-order bytes and ``str(shape)``, ``-`` for an absent
-    one, the HARQ columns when given, the sorted feedback as JSON; 32 hex digits."""
-    h = hashlib.sha256()
+    XXH3-128 (SHA-256 before: ``legacy_request_digest``) of the header, each array's C-order
+    bytes and ``str(shape)``, ``-`` for an absent one, the HARQ columns when given, the sorted
+    feedback as JSON; 32 hex digits."""
     h.update(
         f"{state.preset}|{state.cell_id}|{state.slot}|{state.max_resources_per_user}|{state.tti_s!r}|{policy or ''}|".encode()
     )
@@ -131,7 +133,43 @@ def test_the_digest_keeps_its_format(layout: str) -> None:
     spectrum = make_slot("spectrum", [4, 9], [0, 1], rate_bps=[[1e6, 2e6], [3e6, 0.0]], cell_id="s", slot=7)
     for state in (st, harq, spectrum):
         for policy, feedback in ((None, None), ("pf", {2: 511.0, 1: 1999.5})):
-            assert request_digest(state, policy, feedback) == _digest_by_its_definition(state, policy, feedback)
+            assert request_digest(state, policy, feedback) == _digest_by_its_definition(
+                state, policy, feedback, xxhash.xxh3_128()
+            )
+            assert legacy_request_digest(state, policy, feedback) == _digest_by_its_definition(
+                state, policy, feedback, hashlib.sha256()
+            )
+
+
+def test_a_retry_of_a_slot_an_older_version_applied_is_a_replay() -> None:
+    """Records written before the digest was XXH3 hold SHA-256 digests: the retry of such a slot
+    is recognised by its legacy digest (asked only when the new one does not match), and
+    another request for the slot is still refused."""
+    st = _state(12)
+    rec = CellRecord.empty().advance(
+        record_decision(CellHistory.empty(), st, np.array([1, 2, 0])),
+        epoch=0,
+        slot=12,
+        digest=legacy_request_digest(st, "pf", None),
+        decision=_decision(12),
+    )
+    asked: list[str] = []
+
+    def legacy_of(state, policy, feedback):
+        def legacy() -> str:
+            asked.append(policy)
+            return legacy_request_digest(state, policy, feedback)
+
+        return legacy
+
+    assert rec.admit(12, None, request_digest(st, "pf", None))[0] is Verdict.SLOT_REUSED  # without the legacy digest
+    assert rec.admit(12, None, request_digest(st, "pf", None), legacy_of(st, "pf", None))[0] is Verdict.REPLAY
+    other = _state(12, (1.0, 1.0))
+    verdict, _ = rec.admit(12, None, request_digest(other, "pf", None), legacy_of(other, "pf", None))
+    assert verdict is Verdict.SLOT_REUSED and asked == ["pf", "pf"]
+    new = _applied(range(12, 13))  # written with the new digest: the legacy one is never asked
+    assert new.admit(12, None, request_digest(st, "pf", None), legacy_of(st, "km", None))[0] is Verdict.REPLAY
+    assert asked == ["pf", "pf"]
 
 
 def test_the_digest_sees_what_decides_the_slot() -> None:
