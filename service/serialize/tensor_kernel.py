@@ -247,7 +247,8 @@ def extremes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per slot, the min and max of every feature, concatenated [B, G + Fu + Fr + Fp] each: users
     over the slot's eligible ones, resources and pairs over all of the slot's own (never its
-    padding); +inf / -inf for a block with no rows."""
+    padding); +inf / -inf for a block with no rows; a NaN value is skipped; a zero extreme may be
+    +0.0 or -0.0 (they compare equal)."""
     size, num_g, num_u, num_r, num_p = g.shape[0], g.shape[1], uf.shape[2], rf.shape[2], pc.shape[1]
     width = num_g + num_u + num_r + num_p
     low = np.full((size, width), np.inf, np.float32)
@@ -267,12 +268,21 @@ def extremes(
                 low[b, base + k] = min(low[b, base + k], rf[b, i, k])
                 high[b, base + k] = max(high[b, base + k], rf[b, i, k])
         base += num_r
+        body = n - n % 4
         for k in range(num_p):
-            lo, hi = low[b, base + k], high[b, base + k]
+            # four independent running extremes (no chain of dependent min / max through every
+            # element), then merged: min and max do not depend on the order they see the values in
+            lo0 = lo1 = lo2 = lo3 = low[b, base + k]
+            hi0 = hi1 = hi2 = hi3 = high[b, base + k]
             for i in range(r):
-                for j in range(n):
-                    v = pc[b, k, i, j]
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-            low[b, base + k], high[b, base + k] = lo, hi
+                row = pc[b, k, i]
+                for j in range(0, body, 4):
+                    lo0, hi0 = min(lo0, row[j]), max(hi0, row[j])
+                    lo1, hi1 = min(lo1, row[j + 1]), max(hi1, row[j + 1])
+                    lo2, hi2 = min(lo2, row[j + 2]), max(hi2, row[j + 2])
+                    lo3, hi3 = min(lo3, row[j + 3]), max(hi3, row[j + 3])
+                for j in range(body, n):
+                    lo0, hi0 = min(lo0, row[j]), max(hi0, row[j])
+            low[b, base + k] = min(min(lo0, lo1), min(lo2, lo3))
+            high[b, base + k] = max(max(hi0, hi1), max(hi2, hi3))
     return low, high

@@ -223,3 +223,39 @@ def test_the_features_are_those_of_their_definitions() -> None:
     np.testing.assert_allclose(u["buffer_log"][elig], np.log1p(need[elig]), rtol=1e-5)
     np.testing.assert_array_equal(x.res_mask, avail)
     np.testing.assert_array_equal(x.pair_feats[4], avail[:, None] & elig[None, :])
+
+
+def test_feature_extremes_are_the_min_and_max_over_each_slot_s_own_rows():
+    """``tensor_kernel.extremes`` (the run-time range check's pass) against numpy on padded
+    batches: eligible users only, every resource and pair of the slot, never its padding; a NaN
+    feature is skipped, a block with no rows gives +inf / -inf; any N (its pair pass runs four
+    users at a time)."""
+    from service.serialize import tensor_kernel
+
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        size, n_pad, r_pad = int(rng.integers(1, 4)), int(rng.integers(1, 23)), int(rng.integers(1, 9))
+        g = rng.standard_normal((size, 3)).astype(np.float32)
+        uf = rng.standard_normal((size, n_pad, 4)).astype(np.float32)
+        rf = rng.standard_normal((size, r_pad, 2)).astype(np.float32)
+        pc = rng.standard_normal((size, 5, r_pad, n_pad)).astype(np.float32)
+        if trial % 3 == 0:  # zeros of both signs, infinities and NaN
+            pc[rng.random(pc.shape) < 0.2] = 0.0
+            pc[rng.random(pc.shape) < 0.2] = -0.0
+            pc[rng.random(pc.shape) < 0.05] = np.inf
+            pc[rng.random(pc.shape) < 0.1] = np.nan
+        mask = (rng.random((size, n_pad)) < 0.7).astype(np.float32)
+        num_ue, num_res = rng.integers(0, n_pad + 1, size), rng.integers(0, r_pad + 1, size)
+        low, high = tensor_kernel.extremes(g, uf, rf, pc, mask, num_ue, num_res)
+        for b in range(size):
+            n, r = num_ue[b], num_res[b]
+            users = uf[b, :n][mask[b, :n] > 0]
+            blocks = [g[b][None, :], users, rf[b, :r], pc[b, :, :r, :n].reshape(5, -1).T]
+            want_lo, want_hi = [], []
+            for block in blocks:
+                for k in range(block.shape[1]):
+                    col = block[:, k][~np.isnan(block[:, k])]
+                    want_lo.append(col.min() if col.size else np.inf)
+                    want_hi.append(col.max() if col.size else -np.inf)
+            assert np.array_equal(low[b], np.array(want_lo, np.float32)), trial
+            assert np.array_equal(high[b], np.array(want_hi, np.float32)), trial
