@@ -150,7 +150,10 @@ def row_blocks(
     finally:
         halt.set()  # helpers take no block after this one (all are taken, or the work stops)
         for f in running:
-            f.result()  # a helper's exception is the caller's
+            # a helper still queued (the pool busy with another decision's blocks) never starts:
+            # the caller does not wait for it; one that ran passes its exception on
+            if not f.cancel():
+                f.result()
     return not stopped
 
 

@@ -757,6 +757,40 @@ def test_row_blocks_stop_when_asked_and_pass_on_a_helper_s_error(threads):
         row_blocks(100, 5, fail, threads=threads)
 
 
+def test_row_blocks_do_not_wait_for_a_pool_busy_with_other_work():
+    """Decisions in several threads share the helper pool: a helper that has not started when the
+    caller has taken every block is dropped, so one decision never waits on another's blocks."""
+    import service.auction as kernels
+
+    release = threading.Event()
+    pool = kernels._helpers(1)
+    busy = [pool.submit(release.wait, 30) for _ in range(kernels._pool_threads)]  # every helper held elsewhere
+    try:
+        done: list[tuple[int, int]] = []
+        t0 = time.perf_counter()
+        assert row_blocks(40, 10, lambda s, e: done.append((s, e)), threads=2)
+        assert sorted(done) == [(0, 10), (10, 20), (20, 30), (30, 40)]
+        assert time.perf_counter() - t0 < 5.0  # not the 30 s the busy helper holds the pool
+    finally:
+        release.set()
+        for f in busy:
+            f.result()
+
+    results: dict[int, bool] = {}
+
+    def one(k: int) -> None:  # two callers at once, each with its own blocks
+        seen: list[int] = []
+        ok = row_blocks(64, 4, lambda s, e: (seen.append(s), time.sleep(0.0002)), threads=2)
+        results[k] = ok and sorted(seen) == list(range(0, 64, 4))
+
+    callers = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(30)
+    assert results == {0: True, 1: True, 2: True}
+
+
 @pytest.mark.parametrize("threads", [2, 3, 5])
 def test_the_dense_passes_on_threads_give_the_single_thread_results(threads):
     """The lists, the coarse lists and the dual check split their rows over threads: the same
