@@ -212,6 +212,28 @@ def test_decisions_are_reproducible_across_cores():
     assert a.history("c1") == b.history("c1")
 
 
+def test_frozen_startup_objects_leave_later_garbage_to_the_collector():
+    import gc
+    import weakref
+
+    from service.core import freeze_startup_objects
+
+    class Node:
+        pass
+
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen > 1000 and gc.get_freeze_count() == frozen
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]
+        ref = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert ref() is None  # garbage made after the freeze is still collected
+    finally:
+        gc.unfreeze()
+
+
 # ----------------------------------------------------------------------------- exactly once
 
 

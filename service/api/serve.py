@@ -47,7 +47,7 @@ from pydantic.fields import FieldInfo
 
 from service.api.rest.app import create_app
 from service.config import Settings
-from service.core import ServiceCore
+from service.core import ServiceCore, freeze_startup_objects
 
 log = logging.getLogger("gnbsched.serve")
 
@@ -228,7 +228,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from service.api.rest import protocol
 
     core = build_core(settings)
-    app = create_app(core, beside=[grpc_beside] if core.settings.grpc_port != 0 else [])
+    app = create_app(core, beside=[grpc_beside] if core.settings.grpc_port != 0 else [], freeze_gc=True)
     protocol.install(core.settings, app.state.metrics)
     return app
 
@@ -251,6 +251,7 @@ async def _serve_grpc_only(settings: Settings) -> int:
             if address is None:
                 print("gnbsched serve: the gRPC transport is not installed; set --rest-port", file=sys.stderr)
                 return 2
+            log.info("gc: %d startup objects frozen", freeze_startup_objects())
             await stop.wait()
     finally:
         core.close()

@@ -569,6 +569,23 @@ def test_oversized_chunked_body_is_refused_without_a_length(client) -> None:
 # ----------------------------------------------------------------------------- metrics, readiness, policies
 
 
+def test_the_served_app_freezes_its_startup_objects_and_serves_on(uvicorn_server) -> None:
+    """``gnbsched serve`` builds its app with ``freeze_gc``: once started, the startup objects are
+    out of the collector's scans, and the app serves as before; without it nothing is frozen."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        srv = uvicorn_server(create_app(_core()))
+        assert gc.get_freeze_count() == 0
+        srv = uvicorn_server(create_app(_core(), freeze_gc=True))
+        assert gc.get_freeze_count() > 1000
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            assert post(c, spectrum_doc("frozen", 0, policy="km")).status_code == 200
+    finally:
+        gc.unfreeze()
+
+
 def test_metrics_count_outcomes_stages_repairs_and_fallbacks(uvicorn_server, promtool_check) -> None:
     srv = uvicorn_server(create_app(_core()))
     with httpx.Client(base_url=srv.url, timeout=10) as c:

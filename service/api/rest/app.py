@@ -51,7 +51,7 @@ from service.api.rest.openapi import (
     ScheduleRequest,
     ScheduleResponse,
 )
-from service.core import ServiceCore
+from service.core import ServiceCore, freeze_startup_objects
 from service.errors import (
     HTTP_STATUS,
     RETRYABLE,
@@ -222,12 +222,16 @@ _STATUS_TEXT = {
 }
 
 
-def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Sequence[Beside] = ()) -> FastAPI:
+def create_app(
+    core: ServiceCore, *, metrics: Metrics | None = None, beside: Sequence[Beside] = (), freeze_gc: bool = False
+) -> FastAPI:
     """The REST application over ``core``.
 
     metrics: the ``Metrics`` to record into; by default the core's observer when it is one,
     else a new one that becomes the core's observer. beside: services run in the lifespan
-    (``service.api.serve`` runs gRPC so).
+    (``service.api.serve`` runs gRPC so). freeze_gc: once the core is preloaded and the services
+    beside it run, the objects made so far leave the garbage collector's scans
+    (``service.core.freeze_startup_objects``; ``gnbsched serve`` sets it).
     """
     if metrics is None:
         metrics = core.observer if isinstance(core.observer, Metrics) else Metrics()
@@ -255,6 +259,8 @@ def create_app(core: ServiceCore, *, metrics: Metrics | None = None, beside: Seq
                 for service_beside in beside:
                     name, address = await stack.enter_async_context(service_beside(core))
                     status[name] = address
+                if freeze_gc:
+                    log.info("gc: %d startup objects frozen", freeze_startup_objects())
                 status["started"] = True
                 try:
                     yield
