@@ -91,6 +91,8 @@ class Observer(Protocol):
 
     def observe_request(self, transport: str, seconds: float) -> None: ...
 
+    def observe_stage(self, transport: str, preset: str, stage: str, seconds: float) -> None: ...
+
     def state_event(self, event: str) -> None: ...
 
 
@@ -108,6 +110,9 @@ class _NullObserver:
         pass
 
     def observe_request(self, transport: str, seconds: float) -> None:
+        pass
+
+    def observe_stage(self, transport: str, preset: str, stage: str, seconds: float) -> None:
         pass
 
     def state_event(self, event: str) -> None:
@@ -148,6 +153,7 @@ class _Admitted:
     digest: str
     epoch: int | None
     feedback: Mapping[int, float] | None
+    state_s: float = 0.0  # seconds of the state stage so far (``_schedule_round``)
 
 
 def _known_feedback(history: CellHistory, feedback: Mapping[int, float]) -> Mapping[int, float]:
@@ -452,9 +458,11 @@ class ServiceCore:
         """Distinct cells ``idx`` of ``cells``: admitted, decided together per (policy, deadline),
         written; answers filled in place, failures counted as ``decide`` counts them."""
         groups: dict[tuple[str, float | None], list[tuple[int, _Admitted]]] = {}
+        clock = time.perf_counter
         for i in idx:
             a = cells[i]
             name = a.policy or self.settings.default_policy(a.state.preset)
+            t0 = clock()
             try:
                 admitted = self._admit(a.state, name, request_digest(a.state, name, a.feedback), a.feedback, a.epoch)
             except Exception as exc:
@@ -462,12 +470,15 @@ class ServiceCore:
                 continue
             if isinstance(admitted, Decision):
                 answers[i] = admitted
+                self.observer.observe_stage(transport, a.state.preset, "state", clock() - t0)
             else:
+                admitted.state_s = clock() - t0
                 groups.setdefault((name, a.deadline_ms), []).append((i, admitted))
         for (name, deadline_ms), members in groups.items():
             decided = self._run([m for _, m in members], name, deadline_ms)
             for (i, admitted), decision in zip(members, decided, strict=True):
                 a = cells[i]
+                t0 = clock()
                 try:
                     if isinstance(decision, Exception):
                         raise decision
@@ -487,6 +498,7 @@ class ServiceCore:
                     continue
                 self._observe(admitted, decision, name, deadline_ms, transport)
                 answers[i] = decision
+                self.observer.observe_stage(transport, a.state.preset, "state", admitted.state_s + clock() - t0)
 
     def _failed(self, exc: Exception, transport: str, preset: str, name: str) -> Exception:
         """Count a cell's failure as ``decide`` counts it (rejection or error); returns it."""
@@ -520,13 +532,18 @@ class ServiceCore:
         answers the very same bytes.
         """
         s = self.settings
+        t_start = time.perf_counter()
+        decide_s = 0.0  # the pipeline's share of this call; the rest is the state stage
         name = policy or s.default_policy(state.preset)
         digest = request_digest(state, name, feedback)
         for _ in range(s.state_write_attempts):
             admitted = self._admit(state, name, digest, feedback, epoch)
             if isinstance(admitted, Decision):
+                self.observer.observe_stage(transport, state.preset, "state", time.perf_counter() - t_start)
                 return admitted
+            t_run = time.perf_counter()
             decision = self._run([admitted], name, deadline_ms)[0]
+            decide_s += time.perf_counter() - t_run
             if isinstance(decision, Exception):
                 raise decision
             if timings_us:
@@ -539,6 +556,7 @@ class ServiceCore:
                 f"cell {state.cell_id!r}: {s.state_write_attempts} concurrent writes won over this slot; retry it"
             )
         self._observe(admitted, decision, name, deadline_ms, transport)
+        self.observer.observe_stage(transport, state.preset, "state", time.perf_counter() - t_start - decide_s)
         return decision
 
     # -- the stages of a slot, shared by ``schedule`` and ``schedule_cells`` ------------------

@@ -67,6 +67,10 @@ disable_created_metrics()
 #: sub-millisecond latency buckets, seconds
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0)
 STAGES = ("serialize", "policy", "check", "repair", "total")
+#: the server's own stages of a cell around the pipeline, in ``gnbsched_stage_seconds`` beside
+#: the pipeline's: ``decode`` (the request checked and turned into a slot), ``state`` (the cell's
+#: record loaded, the slot rule, the record written, the decision counted), ``encode`` (the answer)
+SERVER_STAGES = ("decode", "state", "encode")
 OUTCOMES = ("ok", "fallback", "rejected", "error")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -115,7 +119,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "gnbsched_stage_seconds",
-            "Time per decision stage, seconds.",
+            "Time per stage of a cell's decision, seconds: the pipeline's (serialize, policy, check, "
+            "repair, total) and the server's around it (decode, state, encode).",
             ("transport", "preset", "stage"),
             buckets=LATENCY_BUCKETS,
             registry=reg,
@@ -230,6 +235,7 @@ class Metrics:
         self._stage_children: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
         self._request_children: dict[str, Histogram] = {}
+        self._server_stage_children: dict[tuple[str, str, str], Histogram] = {}
         self._seen_policies: set[tuple[str, str]] = set()
 
     # -- cached children ---------------------------------------------------------------
@@ -317,6 +323,15 @@ class Metrics:
     def error(self, transport: str, preset: str, policy: str) -> None:
         """A request that failed inside the server after it was accepted."""
         self._req(transport, preset, policy, "error").inc()
+
+    def observe_stage(self, transport: str, preset: str, stage: str, seconds: float) -> None:
+        """One cell's time in one of the server's own stages (``SERVER_STAGES``)."""
+        key = (transport, preset, stage)
+        child = self._server_stage_children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._server_stage_children[key] = self.stage_seconds.labels(*key)
+        child.observe(seconds)
 
     def observe_request(self, transport: str, seconds: float) -> None:
         """End-to-end time inside the server (decode → encode) of one request."""

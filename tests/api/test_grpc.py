@@ -731,6 +731,11 @@ def test_grpc_requests_are_counted_in_the_metrics() -> None:
         bad.cell_id = ""
         with pytest.raises(grpc.RpcError):
             client.schedule_request(bad)
+        from service.api.grpc.convert import slot_to_request
+
+        cells = [slot_to_request(_mac_slot(rng, f"metrics-c{k}", 0)) for k in range(3)]
+        answer = client.schedule_cells(pb.CellsRequest(cells=[cells[0], bad, cells[1], cells[2]]))
+        assert [d.HasField("error") for d in answer.decisions] == [False, True, False, False]
     body, _ = metrics.exposition()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -746,7 +751,18 @@ def test_grpc_requests_are_counted_in_the_metrics() -> None:
         )
 
     default_mac = Settings(**LIMITS).default_policy("mac")  # the request names no policy
-    assert requests(transport="grpc", preset="mac", policy=default_mac, outcome="ok") == 1
+    assert requests(transport="grpc", preset="mac", policy=default_mac, outcome="ok") == 4  # 1 + 3 in the batch
     assert requests(transport="grpc", preset="spectrum", policy="broken", outcome="fallback") == 1
-    assert requests(transport="grpc", preset="mac", outcome="rejected") == 1
-    assert samples[("gnbsched_request_seconds_count", (("transport", "grpc"),))] == 2
+    assert requests(transport="grpc", preset="mac", outcome="rejected") == 2  # alone, and in the batch
+    assert samples[("gnbsched_request_seconds_count", (("transport", "grpc"),))] == 3
+
+    def stage(name: str, stage: str) -> float:
+        return sum(
+            v
+            for (n, lab), v in samples.items()
+            if n == name and dict(lab).get("stage") == stage and dict(lab).get("transport") == "grpc"
+        )
+
+    for name in ("decode", "state", "encode"):  # the server's own stages: the five decided slots
+        assert stage("gnbsched_stage_seconds_count", name) == 5, name
+        assert stage("gnbsched_stage_seconds_sum", name) > 0, name

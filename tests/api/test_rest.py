@@ -617,6 +617,9 @@ def test_metrics_count_outcomes_stages_repairs_and_fallbacks(uvicorn_server, pro
     assert m("gnbsched_fallbacks_total", requested="broken", served="greedy", reason="error") == 1
     for stage in STAGES:
         assert m("gnbsched_stage_seconds_count", transport="rest", stage=stage) == 6
+    for stage in ("decode", "state", "encode"):  # the server's own stages: the 6 decided requests
+        assert m("gnbsched_stage_seconds_count", transport="rest", stage=stage) == 6, stage
+        assert m("gnbsched_stage_seconds_sum", transport="rest", stage=stage) > 0, stage
     assert m("gnbsched_request_seconds_count", transport="rest") == 6
     assert m("gnbsched_request_seconds_bucket", transport="rest", le="5.0") == 6
     assert m("gnbsched_state_store_up") == 1

@@ -161,6 +161,9 @@ def test_quick_run_measures_batched_ttis_against_the_echo_floor(quick_run):
         assert row["p50_ms"] <= row["p99_ms"]
         assert 0 < row["pipeline_p50_ms"] < row["p50_ms"], key  # the server's own time is inside the client's
         assert row["stages_p50_us"]["policy"] > 0 and row["request_bytes"] > 0 and row["answer_bytes"] > 0
+        # the server's own stages, measured cell by cell in the server (its gnbsched_stage_seconds)
+        assert set(row["server_stages_us"]) == {"decode", "state", "encode"}, key
+        assert all(0 < v < 1e3 * row["p50_ms"] for v in row["server_stages_us"].values()), key
         assert 0 < row["floor_p50_ms"] <= row["floor_p99_ms"], key  # the echo floor of the same bytes
         assert row["p50_to_floor"] == pytest.approx(row["p50_ms"] / row["floor_p50_ms"])
         assert row["p99_to_floor"] == pytest.approx(row["p99_ms"] / row["floor_p99_ms"])
@@ -177,6 +180,7 @@ def test_quick_run_measures_batched_ttis_against_the_echo_floor(quick_run):
         assert "the same single cell with 4 concurrent client streams (one cell each), student: p99" in targets
     assert "REST single cell, N = 100, R = 69, pf: p50" in targets and "(target ≤ 0.5 ms)" in targets
     assert "Where the time goes" in report and "[perf] echo server up" in stderr
+    assert "is measured in the server cell by cell (decode " in report
     assert "tti 8×32×68" in stdout
 
 

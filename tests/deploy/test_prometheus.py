@@ -132,7 +132,7 @@ def test_live_service_exports_the_whole_contract(live_service):
         assert name in live_service.samples, f"{name}: no sample after the fixture's requests"
         assert {k for lbl in live_service.samples[name] for k in lbl} == labels, name
     stages = {lbl["stage"] for lbl in live_service.samples["gnbsched_stage_seconds_bucket"]}
-    assert stages == {"serialize", "policy", "check", "repair", "total"}
+    assert stages == {"serialize", "policy", "check", "repair", "total", "decode", "state", "encode"}
     transports = {lbl["transport"] for lbl in live_service.samples["gnbsched_request_seconds_bucket"]}
     assert transports == {"rest", "grpc"}
     outcomes = {lbl["outcome"] for lbl in live_service.samples["gnbsched_requests_total"]}

@@ -156,6 +156,8 @@ class SchedulerService:
             raise _SlotFailure(None, grpc.StatusCode.INVALID_ARGUMENT, "request",
                                f"not a valid gnbsched.v1.SlotRequest: {exc}") from None  # fmt: skip
         dec = self._decode(req)
+        observer = self.core.observer
+        observer.observe_stage(TRANSPORT, dec.state.preset, "decode", time.perf_counter() - t0)
         try:
             decision = await self.core.decide(
                 dec.state,
@@ -167,8 +169,11 @@ class SchedulerService:
             )
         except Exception as exc:
             raise self._failure(req, dec.state, exc) from exc
+        t1 = time.perf_counter()
         msg = decision_to_pb(dec.state, decision)
-        self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        observer.observe_stage(TRANSPORT, dec.state.preset, "encode", t2 - t1)
+        observer.observe_request(TRANSPORT, t2 - t0)
         return msg
 
     async def decide_cells(self, raw: bytes) -> pb.CellsDecision:
@@ -185,12 +190,17 @@ class SchedulerService:
             self.core.observer.rejected(TRANSPORT, None)
             raise _SlotFailure(None, grpc.StatusCode.INVALID_ARGUMENT, "cells",
                                f"{len(batch.cells)} cells exceed the configured limit of {self.max_cells}")  # fmt: skip
+        observer = self.core.observer
+        clock = time.perf_counter
         items: list[ScheduleArgs | BaseException] = []
         for req in batch.cells:
+            t1 = clock()
             try:
                 items.append(self._decode(req))
             except _SlotFailure as bad:
                 items.append(bad)
+                continue
+            observer.observe_stage(TRANSPORT, req.preset, "decode", clock() - t1)
         results = await self.core.decide_cells(items, transport=TRANSPORT)
         out = pb.CellsDecision()
         for req, item, result in zip(batch.cells, items, results, strict=True):
@@ -201,8 +211,10 @@ class SchedulerService:
                 out.decisions.append(_error_answer(failure))
             else:
                 assert isinstance(item, ScheduleArgs)
+                t1 = clock()
                 out.decisions.append(decision_to_pb(item.state, result))
-        self.core.observer.observe_request(TRANSPORT, time.perf_counter() - t0)
+                observer.observe_stage(TRANSPORT, item.state.preset, "encode", clock() - t1)
+        observer.observe_request(TRANSPORT, clock() - t0)
         return out
 
     def client_gone(self, rpc: str) -> None:

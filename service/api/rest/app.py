@@ -132,6 +132,7 @@ class _Scheduler:
             return json_response(HTTP_STATUS[exc.kind], invalid_body(exc))
         t1 = time.perf_counter()
         state = args.state
+        self.metrics.observe_stage(TRANSPORT, state.preset, "decode", t1 - t0)
         try:
             decision = await self.core.decide(
                 state,
@@ -148,8 +149,11 @@ class _Scheduler:
             if kind in RETRYABLE:
                 resp.headers["Retry-After"] = "1"
             return resp
+        t2 = time.perf_counter()
         body = orjson.dumps(encode_decision(state, decision), option=ORJSON_OPTS, default=str)
-        self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
+        t3 = time.perf_counter()
+        self.metrics.observe_stage(TRANSPORT, state.preset, "encode", t3 - t2)
+        self.metrics.observe_request(TRANSPORT, t3 - t0)
         return Response(body, media_type="application/json")
 
     async def batch(self, request: Request) -> Response:
@@ -173,13 +177,19 @@ class _Scheduler:
             return self.reject(
                 ErrorKind.LIMIT_EXCEEDED, "cells", f"{len(cells)} cells exceed the configured limit of {limit}"
             )
+        clock = time.perf_counter
         items: list[ScheduleArgs | BaseException] = []
         for cell in cells:
+            t1 = clock()
             try:
-                items.append(self._decode(cell))
+                args = self._decode(cell)
             except InvalidSlotError as exc:
                 items.append(exc)
+                continue
+            items.append(args)
+            self.metrics.observe_stage(TRANSPORT, args.state.preset, "decode", clock() - t1)
         results = await self.core.decide_cells(items, transport=TRANSPORT)
+        t2 = clock()
         answers: list[dict[str, Any]] = []
         for item, result in zip(items, results, strict=True):
             if isinstance(result, BaseException):
@@ -194,7 +204,12 @@ class _Scheduler:
                 assert isinstance(item, ScheduleArgs)
                 answers.append(encode_decision(item.state, result))
         body = orjson.dumps({"decisions": answers}, option=ORJSON_OPTS, default=str)
-        self.metrics.observe_request(TRANSPORT, time.perf_counter() - t0)
+        t3 = clock()
+        decided = [item.state.preset for item, r in zip(items, results, strict=True) if isinstance(item, ScheduleArgs)
+                   and not isinstance(r, BaseException)]  # fmt: skip
+        for preset in decided:  # the answer's encoding, an equal share per decided cell
+            self.metrics.observe_stage(TRANSPORT, preset, "encode", (t3 - t2) / len(decided))
+        self.metrics.observe_request(TRANSPORT, t3 - t0)
         return Response(body, media_type="application/json")
 
 

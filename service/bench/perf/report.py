@@ -224,6 +224,17 @@ def _transport(row: TtiRow) -> str:
     return row.transport if row.calls_per_tti == 1 else f"{row.transport} ({row.calls_per_tti} calls)"
 
 
+def _server_ms(row: TtiRow) -> float | None:
+    """The server's own stages (decode, state, encode) per TTI, ms: their mean per cell × cells."""
+    if not row.server_stages_us:
+        return None
+    return sum(row.server_stages_us.values()) * row.cells / 1e3
+
+
+def _server_parts(row: TtiRow) -> str:
+    return ", ".join(f"{k} {v * row.cells / 1e3:.2f}" for k, v in row.server_stages_us.items())
+
+
 def _stages(row: TtiRow) -> str:
     return ", ".join(f"{k} {v / 1e3:.2f}" for k, v in row.stages_p50_us.items() if v >= 5.0)
 
@@ -261,6 +272,7 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
     where = []
     for r in batched:
         svc = r.service_outside_p50_ms
+        own = _server_ms(r)
         where.append(
             [
                 r.shape,
@@ -271,6 +283,8 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
                 _stages(r),
                 _pct_of(r.floor_p50_ms, r.p50_ms),
                 _pct_of(svc, r.p50_ms),
+                "" if own is None else f"{own:.3f} ({_server_parts(r)})",
+                "" if own is None or svc is None else f"{svc - own:.3f}",
                 f"{r.server_cpu_ms_per_tti:.2f}",
                 f"{r.request_bytes:,} / {r.answer_bytes:,}",
             ]
@@ -281,6 +295,15 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
         if head is None or head.floor_p50_ms is None or head.service_outside_p50_ms is None:
             continue
         svc = head.service_outside_p50_ms
+        own = _server_ms(head)
+        measured = (
+            ""
+            if own is None
+            else f" Of it, {own:.3f} ms is measured in the server cell by cell ({_server_parts(head)} ms: "
+            "the request decoded and checked, the cell's record loaded, ruled on and written, the answer "
+            f"built), and {svc - own:.3f} ms is the rest: the call's (de)serialization, the event loop and "
+            "the transport's dispatch beyond the echo server's."
+        )
         story += [
             "",
             f"Where the time goes, {head.shape} {head.policy} over `{head.transport}` (p50 {head.p50_ms:.3f} ms per "
@@ -291,7 +314,8 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             f"{head.floor_p50_ms:.3f} ms ({head.floor_p50_ms / head.p50_ms:.0%}) is the transport floor (the echo "
             f"server, same bytes); {svc:.3f} ms ({svc / head.p50_ms:.0%}, {svc / head.cells:.3f} ms per cell) is the "
             "service's own work around the pipelines (request decode and validation, per-cell state load / save "
-            "and history, answer encode, event loop). Batching saves the per-call transport and dispatch (see "
+            f"and history, answer encode, event loop).{measured} Batching saves the per-call transport and "
+            "dispatch (see "
             "*batched / single*) and, for the student, the per-cell serialization, range check and inference "
             "calls (one compiled pass and one onnxruntime call per TTI); decode, check, repair, the guard's "
             "reference and the state work are still done cell by cell.",
@@ -332,7 +356,12 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
                 "Where the time goes, p50 per TTI: *Σ pipeline* = the decisions' own `timings_us.total` summed over "
                 "the TTI's cells (the stages summed likewise: policy, the student's feature `serialize`, its `guard`, "
                 "the PAG `check`, `repair`); *transport floor* = the echo floor's p50; *service outside the "
-                "pipeline* = latency − Σ pipeline − floor (decode, validation, per-cell state, encode, event loop). "
+                "pipeline* = latency − Σ pipeline − floor (decode, validation, per-cell state, encode, event loop); "
+                "*decode + state + encode* = the server's own stages measured cell by cell "
+                '(`gnbsched_stage_seconds{stage="decode"|"state"|"encode"}`: the request decoded and '
+                "checked; the cell's record loaded, ruled on, written and the decision counted; the answer "
+                "built), mean per cell × C; *the rest* = service outside the pipeline − those (the call's "
+                "(de)serialization, the event loop, the transport's dispatch beyond the echo server's). "
                 "*server CPU* = CPU time of the server process per TTI.",
                 "",
                 md_table(
@@ -345,6 +374,8 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
                         "Σ stages (ms)",
                         "transport floor (ms, share)",
                         "service outside the pipeline (ms, share)",
+                        "decode + state + encode (ms)",
+                        "the rest (ms)",
                         "server CPU per TTI (ms)",
                         "bytes per TTI in / out",
                     ],

@@ -37,6 +37,7 @@ import orjson
 from service.bench.perf.e2e import grpc_request, rest_body
 from service.bench.perf.plan import NUM_RBG, TTI_POLICIES, Plan, log, mac_states, pct
 from service.bench.server import ServeProcess
+from service.metrics import SERVER_STAGES
 from service.types import SlotState
 
 #: transports of the rows: batched (one call per TTI) and single-cell
@@ -92,6 +93,9 @@ class TtiRow:
     p99_to_floor: float | None = None
     p50_to_single: float | None = None  # batched rows: this p50 / the C single-cell calls' p50
     p99_to_single: float | None = None
+    #: the server's own stages around the pipeline (``service.metrics.SERVER_STAGES``: decode, state,
+    #: encode), mean µs per cell over the row's calls, from the server's ``gnbsched_stage_seconds``
+    server_stages_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def shape(self) -> str:
@@ -293,14 +297,47 @@ def _request_bytes(transport: str, tti: Any) -> int:
     return int(sum(m.ByteSize() for m in msgs))
 
 
+def _server_stage_totals(rest_port: int, transport: str) -> dict[str, tuple[float, float]]:
+    """{stage: (seconds, cells)} of the server's own stages so far, for one transport label
+    (``grpc`` / ``rest``), from its ``/metrics`` (``gnbsched_stage_seconds`` sums and counts)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    totals = {stage: [0.0, 0.0] for stage in SERVER_STAGES}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "gnbsched_stage_seconds":
+            continue
+        for s in fam.samples:
+            stage = s.labels.get("stage", "")
+            if stage in totals and s.labels.get("transport") == transport:
+                if s.name.endswith("_sum"):
+                    totals[stage][0] += s.value
+                elif s.name.endswith("_count"):
+                    totals[stage][1] += s.value
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
 def _measure(probe: _Probe, server: ServeProcess, policy: str, shape: tuple[int, int, int], calls: int) -> TtiRow:
     """Send the probe to the service; the row (and the probe's echo payload)."""
     cells, n, r = shape
     ttis = probe.build()
     request_bytes = _request_bytes(probe.transport, ttis[-1]) // probe.clients
+    label = "rest" if probe.transport in (REST_BATCH, REST_SINGLE) else "grpc"
+    before = _server_stage_totals(server.rest_port, label)
     cpu0 = server.cpu_s()
     lat, answers = _send(probe, ttis, f"127.0.0.1:{server.grpc_port}", server.rest_port, echo=False)
     cpu = server.cpu_s() - cpu0
+    after = _server_stage_totals(server.rest_port, label)
+    server_stages_us = {
+        k: (after[k][0] - before[k][0]) / (after[k][1] - before[k][1]) * 1e6
+        for k in SERVER_STAGES
+        if after[k][1] > before[k][1]
+    }
     del ttis
     w = probe.warmup_entries
     timed, timed_answers = lat[w:], answers[w:]
@@ -346,6 +383,7 @@ def _measure(probe: _Probe, server: ServeProcess, policy: str, shape: tuple[int,
         request_bytes=request_bytes,
         answer_bytes=len(probe.payload) * (calls if probe.transport == STREAM_SLOTS else 1),
         fallbacks=int(fallbacks),
+        server_stages_us={k: round(v, 1) for k, v in server_stages_us.items()},
     )
 
 
