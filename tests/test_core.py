@@ -80,12 +80,16 @@ class Recorder:
     def __init__(self) -> None:
         self.decisions: list[tuple[str, str, str]] = []
         self.store_errors: list[str] = []
+        self.stages: list[tuple[str, str, str, float]] = []
 
     def decision(self, transport, state, requested, decision):
         self.decisions.append((transport, requested, decision.policy))
 
     def store_error(self, op):
         self.store_errors.append(op)
+
+    def observe_stage(self, transport, preset, stage, seconds):
+        self.stages.append((transport, preset, stage, seconds))
 
 
 def test_schedule_advances_the_cell_history_in_the_store():
@@ -101,6 +105,9 @@ def test_schedule_advances_the_cell_history_in_the_store():
     assert core.history("c1") == h
     assert store.load("other").history == CellHistory.empty()  # cells are separate
     assert obs.decisions == [("rest", "pf", "pf")] * 5
+    # the state stage of each decided slot: the core's time around the pipeline, never negative
+    assert [(t, p, st) for t, p, st, _ in obs.stages] == [("rest", "mac", "state")] * 5
+    assert all(0.0 <= sec < 1.0 for *_, sec in obs.stages)
     assert not core.degraded and core.store_errors == 0 and obs.store_errors == []
 
 
