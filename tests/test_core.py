@@ -230,7 +230,7 @@ def test_frozen_startup_objects_leave_later_garbage_to_the_collector():
 
     try:
         frozen = freeze_startup_objects()
-        assert frozen > 1000 and gc.get_freeze_count() == frozen
+        assert frozen > 1000 and gc.get_freeze_count() > 1000  # (a frozen object freed since leaves the count)
         cycle = Node()
         cycle.self = cycle  # type: ignore[attr-defined]
         ref = weakref.ref(cycle)
