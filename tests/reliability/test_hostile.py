@@ -158,8 +158,11 @@ ATTACK_PLAN: dict[str, float] = {
     "disconnect_mid_body": 2,
 }
 #: (solo, attacked) measurement pairs tried before the latency comparison fails: a loaded CI
-#: machine may slow one window for reasons of its own; a server that stalls fails every pair
-ATTEMPTS = 3
+#: machine may slow one window for reasons of its own; a server that stalls fails every pair.
+#: On 2 cores shared by the server, the healthy client and ~300 hostile connections, the p99
+#: ratio of one pair (the 4th slowest of 400 requests) was 1.4–2.9 over 11 pairs (the old code
+#: alike): about one pair in two passes, so six pairs make a false failure rare (~3 %)
+ATTEMPTS = 6
 
 
 def _assert_attack_refused(results: dict[str, list[dict[str, Any]]]) -> None:
