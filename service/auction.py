@@ -111,12 +111,7 @@ def row_blocks(
     thread ran a block. Before each block the caller takes, ``stop(share of the rows taken)`` may
     end the work: no block starts after it (blocks running finish). Returns False when stopped."""
     n_blocks = -(-n_rows // step) if n_rows > 0 else 0
-    helpers = min(threads, n_blocks) - 1
-    if helpers <= 0:
-        for b in range(n_blocks):
-            if stop is not None and stop(b * step / n_rows):
-                return False
-            run(b * step, min(n_rows, (b + 1) * step))
+    if n_blocks == 0:
         return True
     lock = threading.Lock()
     taken = [0]
@@ -135,12 +130,12 @@ def row_blocks(
                 return
             run(b * step, min(n_rows, (b + 1) * step))
 
-    pool = _helpers(helpers)
-    running: list[Future[None]] = [pool.submit(helper) for _ in range(helpers)]
+    helpers = max(0, min(threads, n_blocks) - 1)
+    running: list[Future[None]] = [_helpers(helpers).submit(helper) for _ in range(helpers)] if helpers else []
     stopped = False
     try:
-        while True:
-            if stop is not None and stop(min(taken[0] * step, n_rows) / n_rows):
+        while taken[0] < n_blocks:  # (the stop is never asked once every block is taken)
+            if stop is not None and stop(taken[0] * step / n_rows):
                 stopped = True
                 break
             b = take()

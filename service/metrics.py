@@ -230,22 +230,23 @@ class Metrics:
             registry=reg,
         )
         self._lock = threading.Lock()
-        self._guard_children: dict[tuple[str, str], Counter] = {}
-        self._req_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._children: dict[tuple[object, ...], Any] = {}  # (metric, *labels) -> its labelled child
         self._stage_children: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._per_policy: dict[str, tuple[Counter, Counter, Counter]] = {}
-        self._request_children: dict[str, Histogram] = {}
-        self._server_stage_children: dict[tuple[str, str, str], Histogram] = {}
         self._seen_policies: set[tuple[str, str]] = set()
 
     # -- cached children ---------------------------------------------------------------
-    def _req(self, transport: str, preset: str, policy: str, outcome: str) -> Counter:
-        key = (transport, preset, policy, outcome)
-        child = self._req_children.get(key)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, made once and kept (the hot path looks it up in a dict)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
         if child is None:
             with self._lock:
-                child = self._req_children[key] = self.requests.labels(*key)
+                child = self._children[key] = metric.labels(*labels)
         return child
+
+    def _req(self, transport: str, preset: str, policy: str, outcome: str) -> Counter:
+        return self._child(self.requests, transport, preset, policy, outcome)
 
     def _stages(self, transport: str, preset: str) -> tuple[Histogram, ...]:
         key = (transport, preset)
@@ -302,11 +303,7 @@ class Metrics:
 
     def _guard_slot(self, state: SlotState, guard: dict) -> None:
         """A slot the run-time guard judged: the (cell, preset) child exists from the first one."""
-        key = (state.cell_id, state.preset)
-        child = self._guard_children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._guard_children[key] = self.guard_engaged.labels(*key)
+        child = self._child(self.guard_engaged, state.cell_id, state.preset)
         if guard.get("engaged"):
             child.inc()
 
@@ -326,20 +323,11 @@ class Metrics:
 
     def observe_stage(self, transport: str, preset: str, stage: str, seconds: float) -> None:
         """One cell's time in one of the server's own stages (``SERVER_STAGES``)."""
-        key = (transport, preset, stage)
-        child = self._server_stage_children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._server_stage_children[key] = self.stage_seconds.labels(*key)
-        child.observe(seconds)
+        self._child(self.stage_seconds, transport, preset, stage).observe(seconds)
 
     def observe_request(self, transport: str, seconds: float) -> None:
         """End-to-end time inside the server (decode → encode) of one request."""
-        child = self._request_children.get(transport)
-        if child is None:
-            with self._lock:
-                child = self._request_children[transport] = self.request_seconds.labels(transport)
-        child.observe(seconds)
+        self._child(self.request_seconds, transport).observe(seconds)
 
     def client_disconnect(self, transport: str) -> None:
         """A client went away mid-request (a DEBUG line in the log, never an error)."""

@@ -747,6 +747,10 @@ def test_row_blocks_stop_when_asked_and_pass_on_a_helper_s_error(threads):
     assert not row_blocks(100, 5, lambda s, e: runs.append(s), stop=stop, threads=threads)
     assert asked[0] == 0.0 and asked[-1] >= 0.5 and all(0.0 <= a <= 1.0 for a in asked)
     assert 0 < len(runs) < 20 and len(set(runs)) == len(runs)  # some blocks, none twice, not all
+    asked.clear()
+    assert row_blocks(100, 5, lambda s, e: time.sleep(0.0002), stop=lambda done: asked.append(done) or False,
+                      threads=threads)  # fmt: skip
+    assert asked and max(asked) < 1.0  # never asked once every block is taken: it could only waste them
 
     def fail(s: int, e: int) -> None:
         if s == 50:
