@@ -182,8 +182,11 @@ class Settings(BaseSettings):
         description="open REST connections per process (each worker of --workers N); a connection "
         "beyond it is answered 503 at once and closed",
     )
-    preload_policies: list[str] = Field(
-        default_factory=list, description="policies instantiated at start (readiness waits for them)"
+    preload_policies: list[str] | None = Field(
+        None,
+        description="policies instantiated at start (readiness waits for them); unset: the presets' "
+        "default policies (default_policy_mac, default_policy_spectrum), so that the first slot is "
+        "not the one that loads them; empty: none",
     )
     record_dir: str | None = Field(
         None,
@@ -312,6 +315,13 @@ class Settings(BaseSettings):
         from service.cores import cores_given
 
         return cores_given()
+
+    def preloaded_policies(self) -> list[str]:
+        """The policies ``ServiceCore.preload`` instantiates: ``preload_policies``, or when unset
+        the presets' default policies (each once)."""
+        if self.preload_policies is not None:
+            return list(self.preload_policies)
+        return list(dict.fromkeys((self.default_policy_mac, self.default_policy_spectrum)))
 
     def default_policy(self, preset: str) -> str:
         return self.default_policy_spectrum if preset == "spectrum" else self.default_policy_mac

@@ -648,7 +648,7 @@ class ServiceCore:
         except StateStoreError:
             store_ok = False
         loaded = sorted(self.policies.loaded())
-        missing = [p for p in self.settings.preload_policies if p not in loaded]
+        missing = [p for p in self.settings.preloaded_policies() if p not in loaded]
         ok = store_ok and not missing
         return ok, {
             "store": self.store.kind,
@@ -661,11 +661,21 @@ class ServiceCore:
     def preload(self) -> None:
         """Instantiate the configured policies (load models, open sessions; a student model load
         compiles the feature kernels) and compile the greedy fill's and the auction's kernels,
-        before serving."""
+        before serving. Logs a line before (the first start after an install compiles the
+        kernels: tens of seconds in which the service is not ready yet) and one with the time it
+        took."""
+        t0 = time.perf_counter()
+        wanted = self.settings.preloaded_policies()
+        log.info(
+            "preparing: compiling the kernels%s (the first start after an install compiles them, "
+            "up to a minute; later starts read them from numba's cache in seconds)",
+            f" and loading {', '.join(wanted)}" if wanted else "",
+        )
         assign.warm_up()
         auction.warm_up()
-        for name in self.settings.preload_policies:
+        for name in wanted:
             self.policies.get(name)
+        log.info("prepared in %.1f s", time.perf_counter() - t0)
 
     # -- models ---------------------------------------------------------------------------
     def refresh_models(self) -> dict[str, dict[str, str]]:

@@ -59,14 +59,13 @@ from prometheus_client import (
     values,
 )
 
-from service.types import Decision, SlotState
+from service.types import STAGES, Decision, SlotState
 
 # no *_created series: they double the exposition and the dashboards do not use them
 disable_created_metrics()
 
 #: sub-millisecond latency buckets, seconds
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0)
-STAGES = ("serialize", "policy", "check", "repair", "total")
 #: the server's own stages of a cell around the pipeline, in ``gnbsched_stage_seconds`` beside
 #: the pipeline's: ``decode`` (the request checked and turned into a slot), ``state`` (the cell's
 #: record loaded, the slot rule, the record written, the decision counted), ``encode`` (the answer)

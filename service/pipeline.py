@@ -22,9 +22,9 @@ from service.pag.repair import repair
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet
 from service.rng import slot_rng
-from service.types import Decision, SlotState, served_bits
+from service.types import STAGES, Decision, SlotState, served_bits
 
-STAGES = ("serialize", "policy", "check", "repair", "total")
+__all__ = ["STAGES", "Prepared", "decide", "decide_many"]
 
 
 @dataclass(slots=True)

@@ -487,6 +487,11 @@ class Violation:
         return {"kind": self.kind, "message": self.message}
 
 
+#: the pipeline's stages, the keys of ``Decision.timings_us`` (µs) and of the ``stage`` label of
+#: ``gnbsched_stage_seconds`` (``service.pipeline``, ``service.metrics``)
+STAGES = ("serialize", "policy", "check", "repair", "total")
+
+
 @dataclass(slots=True)
 class Decision:
     """The slot's decision as the pipeline returns it.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import pytest
 
@@ -201,13 +204,18 @@ def test_store_errors_are_state_store_errors_only():
     assert issubclass(StateStoreUnavailableError, StateStoreError)
 
 
-def test_preload_and_ready():
+def test_preload_and_ready(caplog):
     core = ServiceCore(_settings(preload_policies=["km", "pf"]), store=MemoryStore())
     ready, info = core.ready()
     assert not ready and info["policies_missing"] == ["km", "pf"]
-    core.preload()
+    with caplog.at_level(logging.INFO, logger="gnbsched.core"):
+        core.preload()
     ready, info = core.ready()
     assert ready and info["policies_loaded"] == ["km", "pf"] and info["store"] == "memory"
+    # the operator is told what the (possibly long, first) start is doing, and how long it took
+    said = [r.getMessage() for r in caplog.records if r.name == "gnbsched.core"]
+    assert any(m.startswith("preparing: compiling the kernels and loading km, pf") for m in said), said
+    assert any(re.fullmatch(r"prepared in \d+\.\d s", m) for m in said), said
     core.close()
 
 

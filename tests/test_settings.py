@@ -102,3 +102,16 @@ def test_exported_settings_rebuild_the_same_tree(monkeypatch: pytest.MonkeyPatch
 def test_policy_sets_both_presets() -> None:
     s = settings_from_args(_parser().parse_args(["--policy", "km"]))
     assert s.default_policy_spectrum == "km" and s.default_policy_mac == "km"
+
+
+def test_preload_defaults_to_the_presets_default_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset: the policies a request without ``policy`` gets are loaded before readiness (the
+    first slot does not pay for a model load); a list replaces them; an empty one loads none."""
+    monkeypatch.delenv("GNBSCHED_PRELOAD_POLICIES", raising=False)
+    assert Settings().preloaded_policies() == ["student", "auction"]
+    assert settings_from_args(_parser().parse_args(["--policy", "km"])).preloaded_policies() == ["km"]
+    s = settings_from_args(_parser().parse_args(["--policy-mac", "pf", "--preload", "greedy,km"]))
+    assert s.preloaded_policies() == ["greedy", "km"]
+    assert settings_from_args(_parser().parse_args(["--preload", ""])).preloaded_policies() == []
+    monkeypatch.setenv("GNBSCHED_PRELOAD_POLICIES", "[]")
+    assert Settings().preloaded_policies() == []

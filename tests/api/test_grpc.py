@@ -543,7 +543,9 @@ class _FlakyStore(MemoryStore):
 def test_health_follows_readiness_and_graceful_stop(monkeypatch) -> None:
     monkeypatch.setattr(grpc_server, "HEALTH_POLL_S", 0.05)
     store = _FlakyStore()
-    srv = GrpcServerThread(ServiceCore(Settings(), store=store))
+    core = ServiceCore(Settings(), store=store)
+    core.preload()  # as ``gnbsched serve`` does: the store is then all readiness waits for
+    srv = GrpcServerThread(core)
     channel = grpc.insecure_channel(srv.target)
     health = health_pb2_grpc.HealthStub(channel)
 

@@ -205,7 +205,7 @@ def test_settings_configmap_parses_as_settings(overlay, monkeypatch):
     assert s.fallbacks, "a fallback chain keeps slots served when the requested policy fails"
     from service.policies.registry import names
 
-    for p in [s.default_policy_spectrum, s.default_policy_mac, *s.fallbacks, *s.preload_policies]:
+    for p in [s.default_policy_spectrum, s.default_policy_mac, *s.fallbacks, *s.preloaded_policies()]:
         assert p in names(), f"{p} is not a registered policy"
 
 
