@@ -57,8 +57,8 @@ RUN groupadd --system --gid 10001 gnbsched \
 # The root filesystem may be read-only: the only writable path needed is /tmp (an emptyDir in
 # Kubernetes, a tmpfs in compose), where `gnbsched serve` with more than one worker process
 # (GNBSCHED_WORKERS; by default one per CPU given when the state is in Redis) creates the
-# prometheus_client multiprocess directory, and numba's cache of the compiled feature kernels
-# (NUMBA_CACHE_DIR; each process compiles them once, on loading a student model, when absent).
+# prometheus_client multiprocess directory, and numba's cache of the compiled kernels
+# (NUMBA_CACHE_DIR; a process that finds it empty compiles them at start, before it turns ready).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
