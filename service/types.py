@@ -9,6 +9,7 @@ User and resource *ids* only appear at the edges; the per-user view is always de
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -194,6 +195,14 @@ def _check_unique(name: str, ids: np.ndarray) -> None:
         raise InvalidSlotError(f"{name}[{i}].id", f"duplicate id {int(ids[i])}")
 
 
+def _overflow_quiet(checked: bool) -> AbstractContextManager[object]:
+    """Around the bits-per-slot products of ``make_slot``: numpy's overflow warning off when the
+    values are unchecked (an overflow is refused right after as a non-finite utility); nothing
+    for checked ones, whose contract ranges keep the products finite (rates <= 1e18 bit/s with
+    ``tti_s`` <= 1 s, SE <= 64 bit/s/Hz with ``rb_per_rbg`` <= 275)."""
+    return nullcontext() if checked else np.errstate(over="ignore")
+
+
 def make_slot(
     preset: str,
     user_ids: Sequence[int] | np.ndarray,
@@ -313,12 +322,10 @@ def make_slot(
         util = _as_2d("utility", utility, ((n, r),), checked=checked)
     elif rate_bps is not None:
         util = _as_2d("rate_bps", rate_bps, ((n, r),), checked=checked)
-        if preset == "mac" and checked:
-            util = util * float(tti_s)  # bit/s -> bits per RBG per slot (<= 1e18 bit/s, tti_s <= 1 s)
-        elif preset == "mac":
-            with np.errstate(over="ignore"):
+        if preset == "mac":
+            with _overflow_quiet(checked):
                 util = util * float(tti_s)  # bit/s -> bits per RBG per slot
-            if not np.isfinite(util).all():
+            if not checked and not np.isfinite(util).all():
                 raise InvalidSlotError("rate_bps", "the bits per slot computed from these values are not finite")
     elif preset == "spectrum":
         if p_rx is None:
@@ -338,11 +345,8 @@ def make_slot(
             raise InvalidSlotError(
                 "users.spectral_efficiency", "required for the mac preset when rate_bps and utility are absent"
             )
-        if checked:  # SE <= 64 bit/s/Hz and rb_per_rbg <= 275: a TBS far below the float range
+        with _overflow_quiet(checked):
             tbs = phy.tbs_bits(se, rb_per_rbg)
-        else:
-            with np.errstate(over="ignore"):
-                tbs = phy.tbs_bits(se, rb_per_rbg)
         if tbs.ndim == 1:  # per user: the same on every RBG
             util = np.empty((n, r))
             util[:] = tbs[:, None]

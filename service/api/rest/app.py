@@ -191,6 +191,7 @@ class _Scheduler:
         results = await self.core.decide_cells(items, transport=TRANSPORT)
         t2 = clock()
         answers: list[dict[str, Any]] = []
+        decided: list[str] = []  # the presets of the decided cells, for the encode stage
         for item, result in zip(items, results, strict=True):
             if isinstance(result, BaseException):
                 state = item.state if isinstance(item, ScheduleArgs) else None
@@ -203,10 +204,9 @@ class _Scheduler:
             else:
                 assert isinstance(item, ScheduleArgs)
                 answers.append(encode_decision(item.state, result))
+                decided.append(item.state.preset)
         body = orjson.dumps({"decisions": answers}, option=ORJSON_OPTS, default=str)
         t3 = clock()
-        decided = [item.state.preset for item, r in zip(items, results, strict=True) if isinstance(item, ScheduleArgs)
-                   and not isinstance(r, BaseException)]  # fmt: skip
         for preset in decided:  # the answer's encoding, an equal share per decided cell
             self.metrics.observe_stage(TRANSPORT, preset, "encode", (t3 - t2) / len(decided))
         self.metrics.observe_request(TRANSPORT, t3 - t0)
