@@ -4,7 +4,7 @@
 the default policy of the preset, probes whether the decision may block on I/O (a policy or a
 state store with ``blocking_io = True``: the LLM teacher, Redis) and then runs ``schedule`` in a
 worker thread, else inline on the event loop (a baseline decides in well under a millisecond, a
-thread hop would cost more than it saves), one slot per cell at a time (striped per-cell locks),
+thread hop would cost more than it saves), one slot per cell at a time (a lock per cell, so that a slow slot of one cell never holds another),
 and reports failures to the observer (``service.metrics``).
 
 ``await ServiceCore.decide_cells(...)`` (the batched calls: ``ScheduleCells``, ``StreamTtis``,
@@ -119,8 +119,6 @@ class _NullObserver:
         pass
 
 
-#: per-cell lock stripes of the async entry (per event loop: REST and gRPC may run on two)
-CELL_LOCK_STRIPES = 64
 #: failures that are the request's fault: counted as rejections, not as service errors
 REQUEST_KINDS = frozenset(
     {ErrorKind.INVALID_REQUEST, ErrorKind.LIMIT_EXCEEDED, ErrorKind.UNKNOWN_POLICY, ErrorKind.SLOT_CONFLICT}
@@ -208,9 +206,11 @@ class ServiceCore:
         self.recorder: Recorder | None = Recorder.from_settings(self.settings) if self.settings.record_dir else None
         self._store_blocking = bool(getattr(self.store, "blocking_io", False))
         self._blocking: dict[str, tuple[object, bool]] = {}
-        self._cell_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Lock]] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: per event loop (REST and gRPC may run on two), each cell's lock while a slot of the cell
+        #: holds or waits for it (weak values: a cell nobody decides has none)
+        self._cell_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, weakref.WeakValueDictionary[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
         self._known: frozenset[str] = frozenset()
         self.refresh_known()
 
@@ -299,20 +299,17 @@ class ServiceCore:
         """Does deciding with ``name`` (or a fallback) block on I/O (LLM teacher, Redis store)?"""
         return self._store_blocking or self._policy_blocks_any(name)
 
-    def _stripes(self) -> list[asyncio.Lock]:
-        """This event loop's per-cell lock stripes."""
+    def _cell_lock(self, cell_id: str) -> asyncio.Lock:
+        """This event loop's lock of ``cell_id`` (made on first use, gone once nobody holds or
+        waits for it)."""
         loop = asyncio.get_running_loop()
         locks = self._cell_locks.get(loop)
         if locks is None:
-            locks = self._cell_locks[loop] = [asyncio.Lock() for _ in range(CELL_LOCK_STRIPES)]
-        return locks
-
-    @staticmethod
-    def _stripe(cell_id: str) -> int:
-        return hash(cell_id) % CELL_LOCK_STRIPES
-
-    def _cell_lock(self, cell_id: str) -> asyncio.Lock:
-        return self._stripes()[self._stripe(cell_id)]
+            locks = self._cell_locks[loop] = weakref.WeakValueDictionary()
+        lock = locks.get(cell_id)
+        if lock is None:
+            lock = locks[cell_id] = asyncio.Lock()
+        return lock
 
     async def decide(
         self,
@@ -399,13 +396,12 @@ class ServiceCore:
 
         async def together() -> None:
             args = [c for c in (cells[i] for i in batch) if isinstance(c, ScheduleArgs)]
-            stripes = sorted({self._stripe(a.state.cell_id) for a in args})
-            locks = self._stripes()
+            locks = [self._cell_lock(c) for c in sorted({a.state.cell_id for a in args})]
             held: list[asyncio.Lock] = []
             try:
-                for k in stripes:  # in stripe order: no two batches wait on each other
-                    await locks[k].acquire()
-                    held.append(locks[k])
+                for lock in locks:  # in cell id order: no two batches wait on each other
+                    await lock.acquire()
+                    held.append(lock)
                 if self._store_blocking:
                     results = await asyncio.to_thread(self.schedule_cells, args, transport=transport)
                 else:

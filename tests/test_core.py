@@ -452,3 +452,61 @@ def test_a_kernel_numba_cannot_cache_is_compiled_per_process(caplog: pytest.LogC
         compiled = kernel(namespace["add_one"])
     assert compiled(41) == 42
     assert "NUMBA_CACHE_DIR" in caplog.text
+
+
+class _HeldPolicy:
+    """A policy that blocks on I/O (like the LLM teacher) and holds its slot until released."""
+
+    name = "held"
+    presets = ("spectrum", "mac")
+    blocking_io = True
+    batches = False
+    version = "test"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def serialize(self, state, ctx):
+        return None
+
+    def act(self, state, ctx, obs):
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the held slot"
+        return np.zeros(state.num_res, np.int64)
+
+
+def test_a_held_slot_of_one_cell_never_holds_another_cell() -> None:
+    """One slot per cell at a time, and only per cell: while a slow slot (a teacher-like policy
+    blocked in its I/O) holds one cell, slots of 300 other cells are decided, single and batched,
+    and a second slot of the held cell waits for it. Distinct cells never share a lock."""
+    import asyncio
+
+    from service.api.contract import ScheduleArgs
+    from service.policies.registry import PolicySet
+
+    held = _HeldPolicy()
+    core = ServiceCore(_settings(), store=MemoryStore(), policies=PolicySet(factories={"held": lambda: held}))
+
+    async def run() -> None:
+        slow = asyncio.create_task(core.decide(_mac(0, "slow"), policy="held"))
+        assert await asyncio.to_thread(held.entered.wait, 10)
+        again = asyncio.create_task(core.decide(_mac(1, "slow"), policy="pf"))
+        others = [core.decide(_mac(0, f"other-{k}"), policy="pf") for k in range(200)]
+        batch = core.decide_cells([ScheduleArgs(_mac(0, f"batched-{k}"), "pf", None, None) for k in range(100)])
+        decided = await asyncio.wait_for(asyncio.gather(*others, batch), timeout=20)
+        assert all(is_valid(_mac(0), d.owner) for d in decided[:-1])
+        assert all(not isinstance(d, BaseException) for d in decided[-1])
+        assert not again.done()  # the held cell's next slot waits for the held one
+        locks = [core._cell_lock(f"cell-{k}") for k in range(1000)]
+        assert len({id(lock) for lock in locks}) == 1000
+        held.release.set()
+        assert (await slow).policy == "held" and (await again).policy == "pf"
+
+    try:
+        asyncio.run(run())
+    finally:
+        held.release.set()
+        core.close()

@@ -19,7 +19,7 @@ Errors (mapped here only, from ``service.errors``):
 
 Slots whose decision may block on I/O — the requested policy or one of its fallbacks has the
 class attribute ``blocking_io = True`` (the LLM teacher), or the state store has it (Redis) —
-run in a worker thread (``asyncio.to_thread``), one slot per cell at a time (striped locks);
+run in a worker thread (``asyncio.to_thread``), one slot per cell at a time (a lock per cell);
 the others run inline on the event loop (a baseline decides in well under a millisecond, a
 thread hop would cost more than it saves). This is the REST transport's rule too.
 
