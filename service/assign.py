@@ -32,10 +32,12 @@ _NONE = np.zeros(0)
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the greedy fill's kernel on a 2 × 2 slot, so that no
-    served decision pays for it; ``ServiceCore.preload`` calls it before the service is ready."""
+    """Compile (or load from numba's cache) the kernels of the greedy fill and of the idle spread
+    on a 2 × 2 slot, so that no served decision pays for it; ``ServiceCore.preload`` calls it
+    before the service is ready."""
     state = make_slot("mac", [0, 1], [0, 1], utility=np.ones((2, 2)), buffer_bits=[1.0, 1.0])
     greedy_fill(state, state.utility)
+    spread_idle(state, np.array([1, 0]), np.array([0.0, 1.0]))
 
 
 def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:
@@ -253,6 +255,64 @@ def share_tilted_fill(
         return ref
     plain = greedy_fill(state, score, owner, users)
     return plain if slot_utility(state, plain) >= floor else ref
+
+
+def resource_share(view: HistoryView, state: SlotState) -> np.ndarray:
+    """float64 [N]: the resources per slot each of the slot's users has held in the cell,
+    ``cum_resources / present_slots`` (the ``x`` of the JFI term of SPEC §3 eq. 5, per slot
+    present; ``cum_resources`` alone when the view has no presence)."""
+    present = view.present_slots(state.slot)
+    return view.cum_resources if present is None else view.cum_resources / present
+
+
+def spread_idle(state: SlotState, owner: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Serve users below the mean resource share on more, weaker RBGs of a slot that leaves RBGs idle.
+
+    ``owner`` [R] is a work-conserving mac decision (pf's, the student's); where it leaves an
+    available RBG idle, every user with data is covered (or can use no idle RBG). Each eligible
+    user whose ``share`` [N] (``resource_share``) is below the eligible users' mean, whose
+    buffer the decision covers and who has no HARQ retransmission pending is visited, lowest
+    share first (ties: lower user id); its RBGs and the idle ones it can use (utility above 0)
+    form a pool, and it is given instead the largest set S of the pool (at most the PAG cap)
+    that still covers its buffer and of which every RBG is needed to cover it (the set's sum
+    less its smallest RBG does not): the weakest RBGs of the pool, the last one the smallest
+    that completes the cover (ties: lower resource id). It keeps its RBGs when S is not larger;
+    RBGs it gives up become idle for the next user. Stops when no RBG is idle.
+
+    Every user is served the bits it was (``served_bits``, to within ``NEED_TOLERANCE`` of its
+    best TBS: buffers stay covered, the others' RBGs are untouched), so throughput, packet
+    latency and the PF averages are those of ``owner``; what changes is the RBG count of the
+    users below the mean share, which raises the JFI term of SPEC §3 eq. 5 with RBGs that would
+    carry nothing. "Covered" and "needed" use the tolerance of ``greedy_fill``
+    (``NEED_TOLERANCE`` of the user's best TBS), so the rule is the same at every scale of the
+    bit quantities. Unchanged outside mac or without buffers. share: float64 [N]. Returns the
+    DCM int64 [R] (a new array).
+    """
+    owner = np.array(owner, np.int64)
+    if state.preset != "mac" or state.buffer_bits is None:
+        return owner
+    elig = state.user_eligible
+    if not elig.any() or not (state.resource_available & (owner == 0)).any():
+        return owner
+    share = np.asarray(share, np.float64)
+    candidate = elig & (share < share[elig].mean())
+    need = state.retx_need()
+    if need is not None:
+        candidate &= need == 0
+    if not candidate.any():
+        return owner
+    user_order = np.lexsort((state.user_ids, share)).astype(np.int64)
+    _spread_kernel(
+        np.ascontiguousarray(state.utility, np.float64),
+        np.ascontiguousarray(state.buffer_bits, np.float64),
+        owner,
+        np.ascontiguousarray(state.resource_available, np.bool_),
+        user_order[candidate[user_order]],
+        np.argsort(state.resource_ids, kind="stable").astype(np.int64),
+        int(state.max_resources_per_user),
+        NEED_TOLERANCE,
+    )
+    return owner
 
 
 def greedy_fill(
@@ -480,3 +540,75 @@ def _next_pair(
         if key > after and (best[2] < 0 or key < best):
             best = key
     return best
+
+
+@kernel
+def _spread_kernel(
+    utility: np.ndarray,
+    buffer: np.ndarray,
+    owner: np.ndarray,
+    available: np.ndarray,
+    users: np.ndarray,
+    res_order: np.ndarray,
+    cap: int,
+    tolerance: float,
+) -> None:
+    """``spread_idle``'s work, in place on ``owner`` [R]: utility float64 [N, R], buffer float64 [N],
+    available bool [R], ``users`` int64 (the candidates, in visiting order), ``res_order`` int64
+    [R] (resource indices by resource id: the order of ties)."""
+    n, r = utility.shape
+    held = np.zeros(n, np.int64)
+    idle = 0
+    for k in range(r):
+        if owner[k] > 0:
+            held[owner[k] - 1] += 1
+        elif available[k]:
+            idle += 1
+    pool = np.empty(r, np.int64)
+    caps = np.empty(r)
+    for u in users:
+        if idle == 0:
+            return
+        if held[u] == 0:
+            continue
+        top = 0.0
+        for k in range(r):
+            top = max(top, utility[u, k])
+        want = buffer[u] - tolerance * top  # bits the set must carry, as greedy_fill counts them
+        if not want > 0.0:
+            continue
+        m = 0
+        tbs = 0.0
+        for k in res_order:
+            mine = owner[k] == u + 1
+            if mine:
+                tbs += utility[u, k]
+            if (mine or (owner[k] == 0 and available[k])) and utility[u, k] > 0.0:
+                pool[m] = k
+                caps[m] = utility[u, k]
+                m += 1
+        if tbs < want:
+            continue  # not covered: its RBGs carry all they can
+        order = np.argsort(caps[:m], kind="mergesort")  # weakest first, ties in resource id order
+        c = caps[:m][order]
+        best_s, best_j = 0, -1
+        below = 0.0  # the sum of the s - 1 weakest RBGs
+        for s in range(1, min(m, cap) + 1):
+            if below >= want:
+                break  # the s - 1 weakest already cover the buffer: no larger set needs all its RBGs
+            j = s - 1 + np.searchsorted(c[s - 1 : m], want - below)  # the smallest that completes it
+            if j < m:
+                smallest = c[0] if s > 1 else c[j]
+                if below + c[j] - smallest < want:
+                    best_s, best_j = s, j
+            below += c[s - 1]
+        if best_s <= held[u]:
+            continue
+        for k in range(r):
+            if owner[k] == u + 1:
+                owner[k] = 0
+        for t in range(best_s - 1):
+            owner[pool[order[t]]] = u + 1
+        owner[pool[order[best_j]]] = u + 1
+        idle -= best_s - held[u]
+        held[u] = best_s

@@ -36,7 +36,7 @@ import numpy as np
 
 from service.history import HistoryView
 from service.policies.base import Policy, PolicyContext
-from service.types import SlotState
+from service.types import SlotState, make_slot
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -63,6 +63,24 @@ def held_history(avg_served: Any, cum_resources: Any, first_seen_slot: Any = 0) 
     n = avg.size
     first = None if first_seen_slot is None else np.broadcast_to(np.asarray(first_seen_slot, np.int64), (n,)).copy()
     return HistoryView(avg, np.asarray(cum_resources, np.float64), np.full(n, -1, np.int64), np.ones(n, bool), first)
+
+
+def light_mac_slot(rng: np.random.Generator, slot: int = 20) -> SlotState:
+    """A random mac slot of 2-11 users on 2-15 RBGs, mostly light buffers (RBGs often left idle):
+    log-normal rates with 10 % zero-rate pairs, random ids, busy RBGs, ineligible users and caps."""
+    n, r = int(rng.integers(2, 12)), int(rng.integers(2, 16))
+    return make_slot(
+        "mac",
+        rng.choice(1000, n, replace=False),
+        rng.choice(1000, r, replace=False),
+        rate_bps=np.exp(rng.normal(np.log(1e6), 1.0, (n, r))) * (rng.random((n, r)) > 0.1),
+        buffer_bits=rng.choice([0.0, 200.0, 800.0, 3_000.0, 1e5], n),
+        resource_available=rng.random(r) > 0.2,
+        user_eligible=rng.random(n) > 0.1,
+        max_resources_per_user=int(rng.choice([1, 2, 4, 100])),
+        tti_s=1e-3,
+        slot=slot,
+    )
 
 
 def free_port() -> int:

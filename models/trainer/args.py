@@ -46,6 +46,8 @@ class DistillArgs:
     """served decode of a fresh network: capped | assignment | anchored | pf_anchored (empty = assignment for spectrum, capped for mac)"""
     share_tilt: bool = False
     """pf_anchored: the decode also carries pf_fair's resource-share tilt (service.assign.ShareTilt defaults)"""
+    spread_idle: bool = False
+    """pf_anchored: the decode spreads the RBGs a slot leaves idle over the users below the mean resource share (service.assign.spread_idle; flat margins give pf_spread)"""
     hinge_coef: float = 1.0
     """weight of the structured hinge loss of the exact-assignment decode (spectrum; 0 = likelihood only)"""
     nll_coef: float = 1.0

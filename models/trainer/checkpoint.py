@@ -42,9 +42,11 @@ class Checkpoint:
         surplus_margin: float = DEFAULT_SURPLUS_MARGIN,
         kind: str = "",
         share_tilt: bool = False,
+        spread_idle: bool = False,
     ) -> Checkpoint:
         """A fresh network; ``kind`` is the served decode (default: assignment for spectrum,
-        capped for mac); ``share_tilt`` adds pf_fair's resource-share tilt to ``pf_anchored``."""
+        capped for mac); ``share_tilt`` adds pf_fair's resource-share tilt to ``pf_anchored``,
+        ``spread_idle`` the spread of the idle RBGs (``service.assign.spread_idle``)."""
         kind = kind or ("assignment" if preset == "spectrum" else "capped")
         spec: dict[str, Any] = {"kind": kind, "surplus_margin": surplus_margin}
         if kind == "anchored":
@@ -53,8 +55,10 @@ class Checkpoint:
             spec["bound"] = DEFAULT_PF_ANCHOR_BOUND
             if share_tilt:
                 spec["share_tilt"] = ShareTilt().as_dict()
-        elif share_tilt:
-            raise ValueError(f"share_tilt applies to the pf_anchored decode, not {kind!r}")
+            if spread_idle:
+                spec["spread_idle"] = True
+        elif share_tilt or spread_idle:
+            raise ValueError(f"share_tilt and spread_idle apply to the pf_anchored decode, not {kind!r}")
         return Checkpoint(StudentNet(config), preset, spec)
 
     def save(self, directory: str | Path) -> Path:

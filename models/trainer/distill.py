@@ -157,6 +157,7 @@ def main(args: Args, logger: Logger | None = None) -> Checkpoint:
             args.surplus_margin,
             args.decode,
             args.share_tilt,
+            args.spread_idle,
         )
     )
     student = TorchStudent(ckpt)

@@ -27,6 +27,7 @@ BUILTINS: dict[str, str] = {
     "rr": "service.policies.schedulers",
     "pf": "service.policies.schedulers",
     "pf_fair": "service.policies.schedulers",
+    "pf_spread": "service.policies.schedulers",
     "max_weight": "service.policies.schedulers",
     "auction": "service.policies.sparse",
     "student": "service.policies.student",

@@ -1,5 +1,7 @@
-"""Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight, and
-proportional fair with a resource-share tilt (``pf_fair``, the anchor of the mac student's decode).
+"""Classical MAC schedulers (SPEC §3 baselines): round robin, proportional fair, max-weight, and two
+variants of proportional fair: with a resource-share tilt (``pf_fair``) and with the idle RBGs of
+a slot spread over the users below the mean resource share (``pf_spread``, the anchor of the
+shipped mac student's decode).
 
 They read the cell's history (``ctx.history``) — PF needs the users' average served rate, RR
 when each user was last served — and return a DCM under caps and buffers. In a mac slot with
@@ -14,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from service.assign import ShareTilt, greedy_fill, pf_priority, retx_first, share_tilted_fill
+from service.assign import (
+    ShareTilt,
+    greedy_fill,
+    pf_priority,
+    resource_share,
+    retx_first,
+    share_tilted_fill,
+    spread_idle,
+)
 from service.policies.base import Policy, PolicyContext
 from service.policies.registry import register
 from service.types import SlotState
@@ -76,6 +86,26 @@ class ProportionalFair(Policy):
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         return greedy_fill(state, pf_priority(state, ctx.history.avg_served), *retx_first(state))
+
+
+@register("pf_spread")
+class ProportionalFairSpread(Policy):
+    """Proportional fair, then the RBGs its decision leaves idle spread over the users below the
+    mean resource share (``assign.spread_idle``): such a user is served its covered buffer on
+    more, weaker RBGs, every one of them needed to carry it.
+
+    Every user gets exactly pf's bits in every slot (throughput, packet latency, PF averages and
+    the Jain index of throughput are pf's); only slots that leave RBGs idle change, and there the
+    RBG counts of the users below the mean share rise: the JFI term of SPEC §3 eq. 5. Where the
+    cell is loaded (no RBG idle) it is pf.
+    """
+
+    name = "pf_spread"
+
+    def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
+        h = ctx.history
+        owner = greedy_fill(state, pf_priority(state, h.avg_served), *retx_first(state))
+        return spread_idle(state, owner, resource_share(h, state))
 
 
 @register("pf_fair")

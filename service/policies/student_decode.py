@@ -32,7 +32,10 @@ knows; the other kinds leave it to repair. The model card's ``decode`` block pic
   whole table can act. With a ``share_tilt`` block (``assign.ShareTilt``: exponent, rich_ratio,
   bounds, min_bits_ratio) the ranked scores also carry the resource-share weight of ``pf_fair``
   (``assign.share_tilted_fill``), and every slot keeps at least ``min_bits_ratio`` of the bits
-  pf's own decision schedules, whatever the network outputs.
+  pf's own decision schedules, whatever the network outputs. With ``spread_idle: true`` (the
+  shipped mac model) the RBGs the decision leaves idle are then spread over the users below the
+  mean resource share (``assign.spread_idle``): each user keeps its bits, users below the mean
+  share get more, weaker RBGs; with flat margins the decode is ``pf_spread`` exactly.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ from service.assign import (
     ShareTilt,
     greedy_fill,
     pf_priority,
+    resource_share,
     retx_first,
     share_tilted_fill,
+    spread_idle,
 )
 from service.history import CellHistory, HistoryView
 from service.types import SlotState
@@ -253,6 +258,7 @@ def decode_pf_anchored(
     view: HistoryView,
     bound: float = DEFAULT_PF_ANCHOR_BOUND,
     tilt: ShareTilt | None = None,
+    spread: bool = False,
 ) -> np.ndarray:
     """Greedy (``assign.greedy_fill``) on ``pf_priority · (1 + bound · tanh(m))`` with the pair
     margins ``m = logit[r, 1+u] − logit[r, 0]``; the DCM int64 [R]. view: the cell history of the
@@ -261,8 +267,10 @@ def decode_pf_anchored(
     ``tilt.min_bits_ratio`` of the bits of pf's own decision (flat margins, no tilt), whatever the
     network outputs: the strongest share tilt that does, else the network's tilt alone if it
     does, else pf's decision. Pending HARQ retransmissions are served first
-    (``assign.retx_first``, as the baselines do), the other users share the RBGs left. Valid by
-    construction, the PAG rule ``retx_not_first`` included."""
+    (``assign.retx_first``, as the baselines do), the other users share the RBGs left. With
+    ``spread``, the RBGs the decision leaves idle then go to the users below the mean resource
+    share (``assign.spread_idle``; every user keeps its bits). Valid by construction, the PAG
+    rule ``retx_not_first`` included."""
     r, n1 = state.num_res, state.num_ue + 1
     if logits.shape != (r, n1):
         raise ValueError(f"logits: expected shape ({r}, {n1}), got {logits.shape}")
@@ -272,22 +280,32 @@ def decode_pf_anchored(
     pf = pf_priority(state, view.avg_served)
     score = pf * (1.0 + bound * np.tanh(margin))
     if tilt is None:
-        return greedy_fill(state, score, *retx_first(state))
-    # the network's tilt and the share tilt both answer to pf's own decision: a slot keeps at
-    # least tilt.min_bits_ratio of the bits pf schedules
-    return share_tilted_fill(state, score, tilt.weight(view, state), tilt, *retx_first(state), reference_score=pf)
+        owner = greedy_fill(state, score, *retx_first(state))
+    else:
+        # the network's tilt and the share tilt both answer to pf's own decision: a slot keeps at
+        # least tilt.min_bits_ratio of the bits pf schedules
+        owner = share_tilted_fill(state, score, tilt.weight(view, state), tilt, *retx_first(state), reference_score=pf)
+    return spread_idle(state, owner, resource_share(view, state)) if spread else owner
 
 
 def decode(
     state: SlotState, logits: np.ndarray, spec: dict[str, Any], history: HistoryView | None = None
 ) -> np.ndarray:
     """Decode logits [R, N+1] with the model card's ``decode`` block (``kind``, ``surplus_margin``,
-    ``bound``, ``share_tilt``); ``pf_anchored`` reads ``history`` (a new cell's when None)."""
+    ``bound``, ``share_tilt``, ``spread_idle``); ``pf_anchored`` reads ``history`` (a new cell's
+    when None)."""
     kind = spec.get("kind", "capped")
     if kind == "pf_anchored":
         view = history if history is not None else CellHistory.empty().view(state)
         tilt = ShareTilt.from_dict(spec["share_tilt"]) if spec.get("share_tilt") else None
-        return decode_pf_anchored(state, logits, view, float(spec.get("bound", DEFAULT_PF_ANCHOR_BOUND)), tilt)
+        return decode_pf_anchored(
+            state,
+            logits,
+            view,
+            float(spec.get("bound", DEFAULT_PF_ANCHOR_BOUND)),
+            tilt,
+            spread=bool(spec.get("spread_idle", False)),
+        )
     if kind == "assignment" and state.max_resources_per_user == 1:
         return decode_assignment(state, logits)
     if kind == "anchored" and state.max_resources_per_user == 1:

@@ -303,6 +303,12 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
             ShareTilt.from_dict(tilt)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ModelInvalidError(f"{card_path}: decode.share_tilt: {exc}") from None
+    spread = card["decode"].get("spread_idle", False) if "decode" in card else False
+    if not isinstance(spread, bool) or (spread and kind != "pf_anchored"):
+        raise ModelInvalidError(
+            f"{card_path}: decode.spread_idle must be true or false, and true only with the pf_anchored decode "
+            f"(got {spread!r} with {kind!r})"
+        )
     digest = sha256_file(onnx_path)
     if card.get("sha256") != digest:
         raise ModelInvalidError(

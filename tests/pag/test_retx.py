@@ -9,6 +9,7 @@ retransmission (new data of a user outside P, RBGs of a user of P beyond its nee
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -419,6 +420,28 @@ def test_pf_fair_serves_retransmissions_first_whatever_its_share_tilt():
     assert tilted > 0  # the tilt acted on some slots
 
 
+def test_pf_spread_leaves_the_retransmissions_where_serve_retx_put_them():
+    """The idle spread moves only users without a retransmission: with a history that makes it
+    act, pf_spread's decision keeps P's RBGs as ``serve_retx`` placed them and stays valid."""
+    rng = np.random.default_rng(22)
+    spread = 0
+    for i in range(80):
+        state = _random_slot(rng, int(rng.integers(2, 12)), int(rng.integers(2, 14)), slot=50 + i)
+        assert state.buffer_bits is not None
+        state = replace(state, buffer_bits=state.buffer_bits / 20.0)  # light: RBGs left idle
+        n = state.num_ue
+        view = held_history(rng.exponential(300.0, n), rng.integers(0, 80, n))
+        ctx = PolicyContext(view, slot_rng(7, state.cell_id, state.slot))
+        owner, pf = np.asarray(make("pf_spread")(state, ctx)), np.asarray(make("pf")(state, ctx))
+        assert check(state, owner).valid, i
+        need = state.retx_need()
+        if need is not None:
+            for u in np.flatnonzero(need > 0).tolist():
+                assert np.array_equal(owner == u + 1, pf == u + 1), i
+        spread += not np.array_equal(owner, pf)
+    assert spread > 0  # the spread acted on some slots
+
+
 def test_baselines_and_the_shipped_student_through_the_pipeline_are_valid_before_repair():
     """The baselines and the shipped mac student (``pf_anchored`` decode) serve retransmissions
     first by construction; a student decode that does not know the rule (``capped``) is repaired."""
@@ -428,7 +451,7 @@ def test_baselines_and_the_shipped_student_through_the_pipeline_are_valid_before
     repaired = 0
     for i in range(10):
         state = _random_slot(rng, 8, 10, slot=i)
-        for name in ["pf", "pf_fair", "rr", "max_weight", "greedy", "km", "student"]:
+        for name in ["pf", "pf_fair", "pf_spread", "rr", "max_weight", "greedy", "km", "student"]:
             d = decide(state, CellHistory.empty(), name, policies=policies)
             assert d.policy == name and d.valid_before_repair and not d.violations, (name, d.violations)
             assert _serves_retx_first(state, d.owner)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from testkit import held_history
+from testkit import held_history, light_mac_slot
 from trainer.export import export_initialised
 
 from service.assign import ShareTilt
@@ -36,7 +36,7 @@ from service.policies.student_model import CARD_FILE, MODEL_FILE, locate_model, 
 from service.serialize.tensors import INPUT_NAMES, NUM_GLOBAL, NUM_PAIR, NUM_RES, NUM_USER
 from service.sim.mac import make_mac_env
 from service.sim.spectrum import SpectrumConfig, SpectrumEnv
-from service.types import make_slot, slot_utility
+from service.types import make_slot, served_bits, slot_utility
 
 # ----------------------------------------------------------------------------- decode (pure)
 
@@ -190,6 +190,32 @@ def test_pf_anchored_decode_with_the_share_tilt_is_pf_fair_with_flat_margins():
             state, pf
         )
     assert below > 0  # the network's tilt alone would have scheduled below the floor on some slots
+
+
+def test_pf_anchored_decode_with_the_idle_spread_is_pf_spread_with_flat_margins():
+    """The card's ``spread_idle: true`` makes the anchor pf_spread's rule: flat margins give
+    pf_spread's decision on any history; any logits keep the decision valid, every user served
+    the bits of the decode without the spread, and change only slots that leave an RBG idle."""
+    rng = np.random.default_rng(13)
+    pf_spread = make("pf_spread")
+    spec = {"kind": "pf_anchored", "bound": 0.05, "spread_idle": True}
+    changed = 0
+    for _ in range(300):
+        state = light_mac_slot(rng)
+        n = state.num_ue
+        view = held_history(rng.exponential(300.0, n), rng.integers(0, 50, n), rng.integers(0, 10, n))
+        flat = np.zeros((state.num_res, n + 1))
+        want = np.asarray(pf_spread(state, PolicyContext(view, np.random.default_rng(0))), np.int64)
+        assert np.array_equal(decode(state, flat, spec, view), want)
+        wild = rng.normal(0, 30, (state.num_res, n + 1))
+        got, plain = decode(state, wild, spec, view), decode_pf_anchored(state, wild, view, 0.05)
+        assert is_valid(state, got)
+        tol = 1e-9 * state.utility.max(axis=1)
+        assert np.all(np.abs(served_bits(state, got) - served_bits(state, plain)) <= tol)
+        if not np.array_equal(got, plain):
+            changed += 1
+            assert (state.resource_available & (plain == 0)).any()  # only a slot with an idle RBG
+    assert changed > 5
 
 
 def test_assignment_decode_maximises_the_margins():
@@ -419,21 +445,38 @@ def test_mismatched_inputs_and_feature_version_are_refused(models: Path, tmp_pat
     assert student.model("spectrum").version == "v1" and student.model("mac").version == "v1"
 
 
-def test_a_malformed_share_tilt_block_is_refused_at_load(models: Path, tmp_path: Path):
-    """The card's ``decode.share_tilt`` is checked when the model loads (not at every slot), and
-    a well-formed one loads."""
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [
+        (
+            "share_tilt",
+            [{"kind": "pf_anchored", "bound": 0.05, "share_tilt": {"bounds": [-1.0]}}],
+            {"kind": "pf_anchored", "bound": 0.05, "share_tilt": ShareTilt().as_dict()},
+        ),
+        (
+            "spread_idle",  # a boolean, and true only with the pf_anchored decode
+            [{"kind": "pf_anchored", "spread_idle": "yes"}, {"kind": "capped", "spread_idle": True}],
+            {"kind": "pf_anchored", "bound": 0.05, "spread_idle": True},
+        ),
+    ],
+)
+def test_a_malformed_decode_block_is_refused_at_load(models: Path, tmp_path: Path, field: str, bad, good):
+    """The card's ``decode.share_tilt`` and ``decode.spread_idle`` are checked when the model
+    loads (not at every slot): a malformed one is refused and the served version stays; a
+    well-formed one loads and serves."""
     root = _copy_models(models, tmp_path / "m")
     student = StudentPolicy(root)
     v2 = root / "student-mac" / "v2"
     shutil.copytree(root / "student-mac" / "v1", v2)
     card = json.loads((v2 / CARD_FILE).read_text())
     card["version"] = "v2"
-    card["decode"] = {"kind": "pf_anchored", "bound": 0.05, "share_tilt": {"bounds": [-1.0]}}
-    (v2 / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(ModelInvalidError, match="share_tilt"):
-        student.reload("mac", v2)
-    assert student.model("mac").version == "v1"
-    card["decode"]["share_tilt"] = ShareTilt().as_dict()
+    for block in bad:
+        card["decode"] = block
+        (v2 / CARD_FILE).write_text(json.dumps(card))
+        with pytest.raises(ModelInvalidError, match=field):
+            student.reload("mac", v2)
+        assert student.model("mac").version == "v1"
+    card["decode"] = good
     (v2 / CARD_FILE).write_text(json.dumps(card))
     student.reload("mac", v2)
     state = make_mac_env("fixed-5", seed=3).reset()

@@ -215,3 +215,27 @@ def test_a_fresh_pf_anchored_checkpoint_carries_the_share_tilt_only_when_asked()
     want = make("pf_fair")(state, PolicyContext(view, np.random.default_rng(0)))
     assert decode(state, flat, tilted.decode, view).tolist() == list(want) == [2]
     assert decode(state, flat, plain.decode, view).tolist() == [1]  # pf: ties to the lower index
+
+
+def test_a_fresh_pf_anchored_checkpoint_carries_the_idle_spread_only_when_asked():
+    plain = Checkpoint.new("mac", NetConfig(hidden=8), kind="pf_anchored")
+    spread = Checkpoint.new("mac", NetConfig(hidden=8), kind="pf_anchored", spread_idle=True)
+    assert "spread_idle" not in plain.decode and spread.decode["spread_idle"] is True
+    with pytest.raises(ValueError, match="pf_anchored"):
+        Checkpoint.new("mac", NetConfig(hidden=8), kind="capped", spread_idle=True)
+    # the card's flag is what the service decodes with: flat logits give pf_spread's decision.
+    # User 2 holds fewer RBGs (share 2 against 10); pf serves its 300 bits on its best RBG (900
+    # bits) and leaves two idle, pf_spread on those two (200 + 100 bits, both needed)
+    state = make_slot(
+        "mac",
+        [1, 2],
+        [0, 1, 2, 3],
+        utility=[[100.0, 100.0, 900.0, 900.0], [900.0, 200.0, 200.0, 100.0]],
+        buffer_bits=[500.0, 300.0],
+        max_resources_per_user=3,
+    )
+    view = held_history(np.full(2, 100.0), np.array([10.0, 2.0]))
+    flat = np.zeros((4, 3))
+    want = make("pf_spread")(state, PolicyContext(view, np.random.default_rng(0)))
+    assert decode(state, flat, spread.decode, view).tolist() == list(want) == [0, 2, 1, 2]
+    assert decode(state, flat, plain.decode, view).tolist() == [2, 0, 1, 0]  # pf
