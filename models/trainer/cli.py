@@ -55,8 +55,9 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # service (throughput, latency, fairness) on any input; the network is distilled from pf on the
     # project's simulator, every training world family and 1000 slots per round of random Sionna
     # SYS worlds (the 3GPP link layer: BLER, OLLA, HARQ). eq. 5 alone is not its objective (a
-    # fine-tuning stage on eq. 5 buys it with latency). Seed 2: seeds 1-3 meet every target; seed 1
-    # sits 0.0002 above the guard's window ratio on one training family, within rounding distance.
+    # fine-tuning stage on eq. 5 buys it with latency). The decode spreads the RBGs a slot leaves
+    # idle over the users below the mean resource share (--spread-idle: every user keeps pf's bits,
+    # eq. 5's JFI term rises; a loaded slot, e.g. full buffers, is unchanged).
     # pf_fair's share tilt in the decode (--share-tilt) is not in the recipe: it raises eq. 5 on the
     # world families but costs cell throughput in the Sionna world (models/README.md)
     "mac": [
@@ -67,6 +68,7 @@ RECIPES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                 "teacher": "pf",
                 "worlds": "both",
                 "decode": "pf_anchored",
+                "spread_idle": True,
                 "samples": 12000,
                 "dagger_rounds": 2,
                 "steps": 2500,
