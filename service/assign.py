@@ -37,7 +37,8 @@ def warm_up() -> None:
     before the service is ready."""
     state = make_slot("mac", [0, 1], [0, 1], utility=np.ones((2, 2)), buffer_bits=[1.0, 1.0])
     greedy_fill(state, state.utility)
-    spread_idle(state, np.array([1, 0]), np.array([0.0, 1.0]))
+    behind = HistoryView(np.ones(2), np.array([0.0, 1.0]), np.full(2, -1), np.ones(2, bool), np.zeros(2, np.int64))
+    spread_idle(state, np.array([1, 0]), behind)
 
 
 def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:
@@ -265,12 +266,13 @@ def resource_share(view: HistoryView, state: SlotState) -> np.ndarray:
     return view.cum_resources if present is None else view.cum_resources / present
 
 
-def spread_idle(state: SlotState, owner: np.ndarray, share: np.ndarray) -> np.ndarray:
+def spread_idle(state: SlotState, owner: np.ndarray, view: HistoryView) -> np.ndarray:
     """Serve users below the mean resource share on more, weaker RBGs of a slot that leaves RBGs idle.
 
     ``owner`` [R] is a work-conserving mac decision (pf's, the student's); where it leaves an
     available RBG idle, every user with data is covered (or can use no idle RBG). Each eligible
-    user whose ``share`` [N] (``resource_share``) is below the eligible users' mean, whose
+    user whose share (``resource_share`` of the cell history ``view``) is below the eligible
+    users' mean, whose
     buffer the decision covers and who has no HARQ retransmission pending is visited, lowest
     share first (ties: lower user id); its RBGs and the idle ones it can use (utility above 0)
     form a pool, and it is given instead the largest set S of the pool (at most the PAG cap)
@@ -285,8 +287,8 @@ def spread_idle(state: SlotState, owner: np.ndarray, share: np.ndarray) -> np.nd
     users below the mean share, which raises the JFI term of SPEC §3 eq. 5 with RBGs that would
     carry nothing. "Covered" and "needed" use the tolerance of ``greedy_fill``
     (``NEED_TOLERANCE`` of the user's best TBS), so the rule is the same at every scale of the
-    bit quantities. Unchanged outside mac or without buffers. share: float64 [N]. Returns the
-    DCM int64 [R] (a new array).
+    bit quantities. Unchanged outside mac or without buffers; the shares are computed only for
+    a slot with an idle RBG. Returns the DCM int64 [R] (a new array).
     """
     owner = np.array(owner, np.int64)
     if state.preset != "mac" or state.buffer_bits is None:
@@ -294,7 +296,7 @@ def spread_idle(state: SlotState, owner: np.ndarray, share: np.ndarray) -> np.nd
     elig = state.user_eligible
     if not elig.any() or not (state.resource_available & (owner == 0)).any():
         return owner
-    share = np.asarray(share, np.float64)
+    share = resource_share(view, state)
     candidate = elig & (share < share[elig].mean())
     need = state.retx_need()
     if need is not None:

@@ -4,8 +4,8 @@
 the default policy of the preset, probes whether the decision may block on I/O (a policy or a
 state store with ``blocking_io = True``: the LLM teacher, Redis) and then runs ``schedule`` in a
 worker thread, else inline on the event loop (a baseline decides in well under a millisecond, a
-thread hop would cost more than it saves), one slot per cell at a time (a lock per cell, so that a slow slot of one cell never holds another),
-and reports failures to the observer (``service.metrics``).
+thread hop would cost more than it saves), one slot per cell at a time (a lock per cell, so that
+a slow slot of one cell never holds another), and reports failures to the observer (``service.metrics``).
 
 ``await ServiceCore.decide_cells(...)`` (the batched calls: ``ScheduleCells``, ``StreamTtis``,
 ``POST /schedule/batch``) hands the cells of one TTI to ``ServiceCore.schedule_cells`` in one

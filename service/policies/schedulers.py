@@ -20,7 +20,6 @@ from service.assign import (
     ShareTilt,
     greedy_fill,
     pf_priority,
-    resource_share,
     retx_first,
     share_tilted_fill,
     spread_idle,
@@ -94,7 +93,8 @@ class ProportionalFairSpread(Policy):
     mean resource share (``assign.spread_idle``): such a user is served its covered buffer on
     more, weaker RBGs, every one of them needed to carry it.
 
-    Every user gets exactly pf's bits in every slot (throughput, packet latency, PF averages and
+    Every user gets pf's bits in every slot (to within the greedy fill's tolerance: throughput,
+    packet latency, PF averages and
     the Jain index of throughput are pf's); only slots that leave RBGs idle change, and there the
     RBG counts of the users below the mean share rise: the JFI term of SPEC §3 eq. 5. Where the
     cell is loaded (no RBG idle) it is pf.
@@ -105,7 +105,7 @@ class ProportionalFairSpread(Policy):
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         h = ctx.history
         owner = greedy_fill(state, pf_priority(state, h.avg_served), *retx_first(state))
-        return spread_idle(state, owner, resource_share(h, state))
+        return spread_idle(state, owner, h)
 
 
 @register("pf_fair")

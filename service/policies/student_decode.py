@@ -50,7 +50,6 @@ from service.assign import (
     ShareTilt,
     greedy_fill,
     pf_priority,
-    resource_share,
     retx_first,
     share_tilted_fill,
     spread_idle,
@@ -285,7 +284,7 @@ def decode_pf_anchored(
         # the network's tilt and the share tilt both answer to pf's own decision: a slot keeps at
         # least tilt.min_bits_ratio of the bits pf schedules
         owner = share_tilted_fill(state, score, tilt.weight(view, state), tilt, *retx_first(state), reference_score=pf)
-    return spread_idle(state, owner, resource_share(view, state)) if spread else owner
+    return spread_idle(state, owner, view) if spread else owner
 
 
 def decode(

@@ -294,16 +294,17 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
             f"{card_path}: feature version {card.get('feature_version')!r} does not match "
             f"the serializer's {FEATURE_VERSION!r}"
         )
-    kind = card.get("decode", {}).get("kind", "capped")
+    spec = card.get("decode", {})
+    kind = spec.get("kind", "capped")
     if kind not in DECODE_KINDS:
         raise ModelInvalidError(f"{card_path}: unknown decode kind {kind!r}")
-    tilt = card["decode"].get("share_tilt") if kind == "pf_anchored" else None
+    tilt = spec.get("share_tilt") if kind == "pf_anchored" else None
     if tilt:  # refused here, not at every slot the decode would read it
         try:
             ShareTilt.from_dict(tilt)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ModelInvalidError(f"{card_path}: decode.share_tilt: {exc}") from None
-    spread = card["decode"].get("spread_idle", False) if "decode" in card else False
+    spread = spec.get("spread_idle", False)
     if not isinstance(spread, bool) or (spread and kind != "pf_anchored"):
         raise ModelInvalidError(
             f"{card_path}: decode.spread_idle must be true or false, and true only with the pf_anchored decode "
@@ -330,7 +331,6 @@ def load_model(path: Path | str, preset: str, providers: list[str] | None = None
         raise ModelInvalidError(f"{onnx_path}: onnxruntime cannot load it: {exc}") from None
     log.info("student %s %s: onnxruntime on %s", preset, path.name, ", ".join(sess.get_providers()))
     batched = _check_signature(sess, onnx_path)
-    spec = card.get("decode", {})
     ranges = FeatureRanges.from_card(card["feature_ranges"], str(card_path)) if "feature_ranges" in card else None
     model = LoadedModel(
         preset=preset,

@@ -415,11 +415,10 @@ def test_spread_idle_is_the_same_at_every_bit_scale_and_follows_users_and_rbgs_b
         view = held_history(rng.exponential(300.0, n), rng.integers(0, 60, n).astype(float), rng.integers(0, 20, n))
         ctx = PolicyContext(view, np.random.default_rng(0))
         owner = PF(state, ctx)
-        share = resource_share(view, state)
-        base = spread_idle(state, owner, share)
+        base = spread_idle(state, owner, view)
         for c in (1e-6, 1e6):
             scaled = replace(state, utility=state.utility * c, buffer_bits=state.buffer_bits * c)
-            assert np.array_equal(spread_idle(scaled, owner, share), base)
+            assert np.array_equal(spread_idle(scaled, owner, view), base)
         pu, pr = rng.permutation(n), rng.permutation(r)
         perm = replace(
             state,
@@ -432,7 +431,9 @@ def test_spread_idle_is_the_same_at_every_bit_scale_and_follows_users_and_rbgs_b
         )
         inv_u = np.argsort(pu)  # old user index -> new
         moved = np.where(owner[pr] > 0, inv_u[np.maximum(owner[pr] - 1, 0)] + 1, 0)
-        got = spread_idle(perm, moved, share[pu])
+        assert view.first_seen_slot is not None
+        perm_view = held_history(view.avg_served[pu], view.cum_resources[pu], view.first_seen_slot[pu])
+        got = spread_idle(perm, moved, perm_view)
         back = np.where(got > 0, pu[np.maximum(got - 1, 0)] + 1, 0)
         assert np.array_equal(back[np.argsort(pr)], base)
 
