@@ -32,13 +32,14 @@ _NONE = np.zeros(0)
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels of the greedy fill and of the idle spread
-    on a 2 × 2 slot, so that no served decision pays for it; ``ServiceCore.preload`` calls it
+    """Compile (or load from numba's cache) the kernels of the greedy fill, the idle spread and
+    round robin on a 2 × 2 slot, so that no served decision pays for it; ``ServiceCore.preload`` calls it
     before the service is ready."""
     state = make_slot("mac", [0, 1], [0, 1], utility=np.ones((2, 2)), buffer_bits=[1.0, 1.0])
     greedy_fill(state, state.utility)
     behind = HistoryView(np.ones(2), np.array([0.0, 1.0]), np.full(2, -1), np.ones(2, bool), np.zeros(2, np.int64))
     spread_idle(state, np.array([1, 0]), behind)
+    round_robin(state, behind)
 
 
 def serve_retx(state: SlotState, owner: np.ndarray | None = None) -> np.ndarray:
@@ -353,6 +354,33 @@ def greedy_fill(
     return owner
 
 
+def round_robin(state: SlotState, view: HistoryView) -> np.ndarray:
+    """Round robin's DCM int64 [R] (the ``rr`` policy): eligible users in order of last service
+    (never served first, then oldest; ties by fewest resources received so far, then slot order),
+    after the pending HARQ retransmissions (``retx_first``), take the available resources in
+    turn (``rr_kernel``)."""
+    order = np.lexsort((np.arange(state.num_ue), view.cum_resources, view.last_served_slot)).astype(np.int64)
+    start, users = retx_first(state)
+    owner = np.zeros(state.num_res, np.int64) if start is None else start
+    selected = np.ones(state.num_ue, np.bool_)
+    if users is not None:
+        selected[:] = False
+        selected[users] = True
+    with_buffer = state.preset == "mac" and state.buffer_bits is not None
+    rr_kernel(
+        order,
+        np.ascontiguousarray(state.utility, np.float64),
+        owner,
+        np.ascontiguousarray(state.resource_available, np.bool_),
+        np.ascontiguousarray(state.user_eligible, np.bool_),
+        selected,
+        int(state.max_resources_per_user),
+        np.ascontiguousarray(state.buffer_bits, np.float64) if with_buffer else np.zeros(state.num_ue),
+        with_buffer,
+    )
+    return owner
+
+
 def copies_per_user(state: SlotState) -> np.ndarray:
     """int64 [N]: how many resources each eligible user can usefully hold.
 
@@ -525,6 +553,58 @@ def _greedy_kernel(
             key = _next_pair(score, u, free, taken, (nan, neg, f))
         if key[2] >= 0:
             heapq.heappush(heap, (key[0], key[1], a, key[2]))
+
+
+@kernel
+def rr_kernel(
+    order: np.ndarray,
+    utility: np.ndarray,
+    owner: np.ndarray,
+    available: np.ndarray,
+    eligible: np.ndarray,
+    selected: np.ndarray,
+    cap: int,
+    buffer: np.ndarray,
+    with_buffer: bool,
+) -> None:
+    """Round robin's turns, in place on ``owner`` [R]: order int64 [N] (the users in turn order),
+    utility float64 [N, R], available bool [R], eligible, selected bool [N], buffer float64 [N]
+    (read when ``with_buffer``).
+
+    Rounds over the eligible, selected users in ``order``: a user below ``cap`` with data left
+    (mac with buffers: its buffer less the utility of the resources it got this slot, above 0)
+    takes the lowest free available resource whose utility for it is above 0 (a resource out of
+    its range, CQI 0, carries nothing and is left to the next user); the rounds end when no
+    resource is free or a round gives none.
+    """
+    n, r = utility.shape
+    free = np.zeros(r, np.bool_)
+    num_free = 0
+    for k in range(r):
+        if available[k] and owner[k] == 0:
+            free[k] = True
+            num_free += 1
+    counts = np.zeros(n, np.int64)
+    left = buffer.copy() if with_buffer else np.zeros(0)
+    while num_free > 0:
+        progressed = False
+        for u in order:
+            if num_free == 0:
+                break
+            if not (eligible[u] and selected[u]) or counts[u] >= cap or (with_buffer and left[u] <= 0):
+                continue
+            for k in range(r):
+                if free[k] and utility[u, k] > 0:
+                    free[k] = False
+                    num_free -= 1
+                    owner[k] = u + 1
+                    counts[u] += 1
+                    if with_buffer:
+                        left[u] -= utility[u, k]
+                    progressed = True
+                    break
+        if not progressed:
+            break
 
 
 @kernel

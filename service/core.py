@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 from cachetools import TTLCache
 
-from service import assign, auction
+from service import assign, auction, batched
 from service.api.contract import ScheduleArgs
 from service.config import Settings
 from service.errors import (
@@ -656,7 +656,8 @@ class ServiceCore:
 
     def preload(self) -> None:
         """Instantiate the configured policies (load models, open sessions; a student model load
-        compiles the feature kernels) and compile the greedy fill's and the auction's kernels,
+        compiles the feature kernels) and compile the greedy fill's, round robin's, the batched
+        baselines' and check's and the auction's kernels,
         before serving. Logs a line before (the first start after an install compiles the
         kernels: tens of seconds in which the service is not ready yet) and one with the time it
         took."""
@@ -668,6 +669,7 @@ class ServiceCore:
             f" and loading {', '.join(wanted)}" if wanted else "",
         )
         assign.warm_up()
+        batched.warm_up()
         auction.warm_up()
         for name in wanted:
             self.policies.get(name)

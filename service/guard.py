@@ -189,13 +189,31 @@ class Guard:
         seed: int = 0,
     ) -> list[Decision | Exception]:
         """``pipeline.decide_many`` of ``policy`` over distinct cells, each slot then guarded as
-        ``decide`` guards it alone."""
+        ``decide`` guards it alone; the references of the guarded slots are decided together too
+        (``pipeline.decide_many`` of each reference policy: one compiled call for pf or greedy),
+        each slot's ``guard`` time holding an equal share of its reference's batch."""
         served = decide_many(
             states, histories, policy, policies=policies, fallbacks=fallbacks, deadline_s=deadline_s, seed=seed
         )
+        by_reference: dict[str, list[int]] = {}
+        for i, (state, d) in enumerate(zip(states, served, strict=True)):
+            ref_name = self.reference_for(policy, state.preset)
+            if ref_name is not None and not isinstance(d, Exception) and d.policy == policy:
+                by_reference.setdefault(ref_name, []).append(i)
+        references: dict[int, tuple[Decision | Exception, float]] = {}
+        for ref_name, idx in by_reference.items():
+            t0 = time.perf_counter_ns()
+            refs = decide_many(
+                [states[i] for i in idx], [histories[i] for i in idx], ref_name, policies=policies, seed=seed
+            )
+            share_us = (time.perf_counter_ns() - t0) / 1e3 / len(idx)
+            for i, ref in zip(idx, refs, strict=True):
+                references[i] = (ref, share_us)
         return [
-            d if isinstance(d, Exception) else self.judge(s, h, policy, d, policies=policies, seed=seed)
-            for s, h, d in zip(states, histories, served, strict=True)
+            d
+            if isinstance(d, Exception)
+            else self.judge(s, h, policy, d, policies=policies, seed=seed, reference=references.get(i))
+            for i, (s, h, d) in enumerate(zip(states, histories, served, strict=True))
         ]
 
     def judge(
@@ -207,16 +225,26 @@ class Guard:
         *,
         policies: PolicySet,
         seed: int = 0,
+        reference: tuple[Decision | Exception, float] | None = None,
     ) -> Decision:
-        """The guard's answer for a slot ``policy`` was asked to decide and ``served`` decided."""
+        """The guard's answer for a slot ``policy`` was asked to decide and ``served`` decided.
+        ``reference``: the reference's decision of the slot (or its failure) already made in a
+        batch, with the µs of its share of that batch."""
         ref_name = self.reference_for(policy, state.preset)
         if ref_name is None or served.policy != policy:
             return served
         t0 = time.perf_counter_ns()
-        try:
-            ref = decide(state, history, ref_name, policies=policies, seed=seed)
-        except Exception:  # the reference is a safety net, never a reason to fail the slot
-            return served
+        if reference is None:
+            try:
+                ref = decide(state, history, ref_name, policies=policies, seed=seed)
+            except Exception:  # the reference is a safety net, never a reason to fail the slot
+                return served
+        else:
+            made, made_us = reference
+            if isinstance(made, Exception):
+                return served
+            ref = made
+            t0 -= round(made_us * 1e3)
         sums = self.window(state.cell_id, state.preset, policy).push(served.utility, ref.utility)
         v = guard_verdict(
             sums[0],

@@ -330,3 +330,35 @@ def test_bench_perf_measures_the_guard_cost_and_prints_both_numbers() -> None:
     line = next(x for x in perf.summary(res).splitlines() if "guard mac/student" in x)
     assert f"off {row.off_p50_us:.0f} µs" in line and f"on {row.on_p50_us:.0f} µs" in line and "×" in line
     assert res.as_dict()["guard"][0]["ratio"] == row.ratio
+
+
+def test_a_batch_of_cells_is_guarded_as_each_cell_alone(adversary_bad) -> None:
+    """``Guard.decide_many`` (the references decided together) gives every slot the answer, the
+    verdict and the window ``Guard.decide`` gives it alone, through engagements and releases."""
+    from service.history import record_decision
+
+    settings = Settings(guard_policies=["adversary", "student"])
+    pset = PolicySet(factories={"adversary": Adversary})
+    together, alone = Guard(settings), Guard(settings)
+    envs = [MacEnv(N10_M4, seed=1), SpectrumEnv(SPECTRUM_SCENARIOS["u15-c20-b8"], seed=2), MacEnv(N10_M4, seed=3)]
+    states = [replace(env.reset(), cell_id=f"g{k}") for k, env in enumerate(envs)]
+    histories = [CellHistory.empty() for _ in envs]
+    engaged = 0
+    for t in range(60):
+        Adversary.bad = t < 30  # bad, then good: the guard engages, then lets go
+        for policy in ("adversary", "student"):
+            batch = together.decide_many(states, histories, policy, policies=pset)
+            for k, d in enumerate(batch):
+                assert not isinstance(d, Exception)
+                one = alone.decide(states[k], histories[k], policy, policies=pset)
+                assert np.array_equal(d.owner, one.owner)
+                assert (d.policy, d.fallback_reason, d.utility) == (one.policy, one.fallback_reason, one.utility)
+                verdict = {k2: v for k2, v in d.notes["guard"].items() if k2 != "policy_notes"}
+                assert verdict == {k2: v for k2, v in one.notes["guard"].items() if k2 != "policy_notes"}
+                assert d.timings_us["guard"] > 0
+                engaged += d.fallback_reason == "guard"
+        for k, env in enumerate(envs):
+            d = batch[k]
+            histories[k] = record_decision(histories[k], states[k], d.owner)  # type: ignore[union-attr]
+            states[k] = replace(env.step(d.owner).state, cell_id=f"g{k}")  # type: ignore[union-attr]
+    assert engaged > 0

@@ -9,16 +9,18 @@ and optimises over the other users and the RBGs left, so its decision satisfies 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import differential_evolution
 
 from service.assign import copies_per_user, greedy_fill, linear_assignment, retx_first
+from service.batched import UTILITY, CellBatch, greedy_fill_many
 from service.errors import ProblemTooLargeError
 from service.pag.checks import check_dcm
 from service.pag.repair import repair
-from service.policies.base import Policy, PolicyContext
+from service.policies.base import Batched, Policy, PolicyContext, act_in_batch
 from service.policies.registry import register
 from service.types import SlotState, slot_utility
 
@@ -115,9 +117,19 @@ class Greedy(Policy):
     """Global greedy: pairs by utility, highest first, under availability, caps and buffers."""
 
     name = "greedy"
+    batches = True
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         return greedy_fill(state, state.utility, *retx_first(state))
+
+    def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
+        """The cells of a TTI: one compiled greedy fill (``service.batched``)."""
+
+        def decide_all() -> list[np.ndarray]:
+            batch = CellBatch.of(states)
+            return greedy_fill_many(batch, UTILITY)
+
+        return act_in_batch(states, decide_all)
 
 
 def random_valid(state: SlotState, rng: np.random.Generator) -> np.ndarray:

@@ -12,6 +12,7 @@ its decision satisfies the PAG rule ``retx_not_first`` by construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,12 @@ from service.assign import (
     greedy_fill,
     pf_priority,
     retx_first,
+    round_robin,
     share_tilted_fill,
     spread_idle,
 )
-from service.policies.base import Policy, PolicyContext
+from service.batched import MAX_WEIGHT, PF, CellBatch, greedy_fill_many, round_robin_many
+from service.policies.base import Batched, Policy, PolicyContext, act_in_batch
 from service.policies.registry import register
 from service.types import SlotState
 
@@ -36,44 +39,17 @@ class RoundRobin(Policy):
     order, which keeps the cyclic order) take the available resources in turn, one per user per
     round (the lowest free resource on which the user's rate is above 0: a resource out of the
     user's range, CQI 0, carries nothing and goes to the next user), until the resources run out
-    or no user can take more (cap, no usable resource, or no data left in mac)."""
+    or no user can take more (cap, no usable resource, or no data left in mac)
+    (``assign.round_robin``). The cells of a TTI: one compiled call (``batched.round_robin_many``)."""
 
     name = "rr"
+    batches = True
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        hist = ctx.history
-        order = np.lexsort((np.arange(state.num_ue), hist.cum_resources, hist.last_served_slot))
-        order = order[state.user_eligible[order]]
-        start, users = retx_first(state)
-        owner = np.zeros(state.num_res, np.int64) if start is None else start
-        if users is not None:  # the retransmissions are served: the others take turns on the rest
-            order = order[np.isin(order, users)]
-        free = np.flatnonzero(state.resource_available & (owner == 0)).tolist()
-        if order.size == 0 or not free:
-            return owner
-        cap = state.max_resources_per_user
-        left = None if state.preset != "mac" or state.buffer_bits is None else state.buffer_bits.copy()
-        counts = np.zeros(state.num_ue, np.int64)
-        util = state.utility
-        while free:
-            progressed = False
-            for u in order.tolist():
-                if not free:
-                    break
-                if counts[u] >= cap or (left is not None and left[u] <= 0):
-                    continue
-                i = next((i for i, r in enumerate(free) if util[u, r] > 0), None)
-                if i is None:
-                    continue  # no free resource carries anything for u (rate 0: out of range)
-                r = free.pop(i)
-                owner[r] = u + 1
-                counts[u] += 1
-                if left is not None:
-                    left[u] -= state.utility[u, r]
-                progressed = True
-            if not progressed:
-                break
-        return owner
+        return round_robin(state, ctx.history)
+
+    def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
+        return act_in_batch(states, lambda: round_robin_many(CellBatch.of(states), [c.history for c in ctxs]))
 
 
 @register("pf")
@@ -82,9 +58,19 @@ class ProportionalFair(Policy):
     average rate, EWMA over slots), assigned greedily under caps and buffers."""
 
     name = "pf"
+    batches = True
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         return greedy_fill(state, pf_priority(state, ctx.history.avg_served), *retx_first(state))
+
+    def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
+        """The cells of a TTI: the priorities flat, one compiled greedy fill (``service.batched``)."""
+
+        def decide_all() -> list[np.ndarray]:
+            batch = CellBatch.of(states)
+            return greedy_fill_many(batch, PF, batch.per_user([c.history.avg_served for c in ctxs]))
+
+        return act_in_batch(states, decide_all)
 
 
 @register("pf_spread")
@@ -101,11 +87,23 @@ class ProportionalFairSpread(Policy):
     """
 
     name = "pf_spread"
+    batches = True
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         h = ctx.history
         owner = greedy_fill(state, pf_priority(state, h.avg_served), *retx_first(state))
         return spread_idle(state, owner, h)
+
+    def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
+        """pf's batch (one compiled greedy fill), then each cell's spread."""
+
+        def decide_all() -> list[np.ndarray]:
+            batch = CellBatch.of(states)
+            views = [c.history for c in ctxs]
+            owners = greedy_fill_many(batch, PF, batch.per_user([v.avg_served for v in views]))
+            return [spread_idle(s, o, v) for s, o, v in zip(states, owners, views, strict=True)]
+
+        return act_in_batch(states, decide_all)
 
 
 @register("pf_fair")
@@ -139,7 +137,18 @@ class MaxWeight(Policy):
     efficiency); with full buffers it reduces to max-rate."""
 
     name = "max_weight"
+    batches = True
 
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
         q = np.ones(state.num_ue) if state.buffer_bits is None else state.buffer_bits
         return greedy_fill(state, state.utility * q[:, None], *retx_first(state))
+
+    def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
+        """The cells of a TTI: the weights flat, one compiled greedy fill (``service.batched``)."""
+
+        def decide_all() -> list[np.ndarray]:
+            batch = CellBatch.of(states)
+            q = batch.per_user([np.ones(s.num_ue) if s.buffer_bits is None else s.buffer_bits for s in states])
+            return greedy_fill_many(batch, MAX_WEIGHT, q)
+
+        return act_in_batch(states, decide_all)
