@@ -309,16 +309,19 @@ def tti_sections(res: Results, by: Producer) -> list[str]:
             f"Where the time goes, {head.shape} {head.policy} over `{head.transport}` (p50 {head.p50_ms:.3f} ms per "
             f"TTI): {head.pipeline_p50_ms:.3f} ms ({head.pipeline_p50_ms / head.p50_ms:.0%}) is the {head.cells} "
             f"cells' decision pipelines ({head.pipeline_p50_ms / head.cells:.3f} ms per cell; summed over the "
-            f"cells: {_stages(head)} ms; a policy that batches, the student, runs one onnxruntime call for the "
-            "TTI and each cell's policy time holds an equal share of it); "
+            f"cells: {_stages(head)} ms; a policy that batches — the student (one onnxruntime call), the "
+            "baselines (one compiled call) — acts once for the TTI, the PAG check of the TTI's DCMs is one "
+            "compiled call, and each cell's time holds an equal share of them); "
             f"{head.floor_p50_ms:.3f} ms ({head.floor_p50_ms / head.p50_ms:.0%}) is the transport floor (the echo "
             f"server, same bytes); {svc:.3f} ms ({svc / head.p50_ms:.0%}, {svc / head.cells:.3f} ms per cell) is the "
             "service's own work around the pipelines (request decode and validation, per-cell state load / save "
             f"and history, answer encode, event loop).{measured} Batching saves the per-call transport and "
             "dispatch (see "
-            "*batched / single*) and, for the student, the per-cell serialization, range check and inference "
-            "calls (one compiled pass and one onnxruntime call per TTI); decode, check, repair, the guard's "
-            "reference and the state work are still done cell by cell.",
+            "*batched / single*), the per-cell calls of the policy and of the PAG check (one compiled call each "
+            "per TTI; the guard's references likewise) and, for the student, the per-cell serialization, range "
+            "check and inference calls (one compiled pass and one onnxruntime call per TTI); the request decode, "
+            "the student's decode of its logits, repair of an invalid output and the state work are done cell "
+            "by cell.",
         ]
     out.append(
         by.section(
