@@ -115,12 +115,12 @@ def decide(
             reasons.append(f"{name}: error: {type(exc).__name__}: {exc}")
             continue
         t4 = time.perf_counter_ns()
-        batch_checked = prepared.checked if i == 0 and prepared is not None else None
-        result = check(state, raw) if batch_checked is None else batch_checked
+        checked, check_us = (prepared.checked, prepared.check_us) if i == 0 and prepared is not None else (None, 0.0)
+        result = check(state, raw) if checked is None else checked
         t5 = time.perf_counter_ns()
         owner = repair(state, result)
         t6 = time.perf_counter_ns()
-        timings["check"] = (t5 - t4) / 1e3 + (prepared.check_us if batch_checked is not None else 0.0)  # type: ignore[union-attr]
+        timings["check"] = (t5 - t4) / 1e3 + check_us  # the batch's check counts, valid or not
         timings["repair"] = (t6 - t5) / 1e3
         timings["total"] = (t6 - t0) / 1e3
         served = served_bits(state, owner)
