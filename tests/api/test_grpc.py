@@ -74,8 +74,12 @@ def _core() -> ServiceCore:
 
 @pytest.fixture(scope="module")
 def served():
-    """(server thread, client) shared by the module; cells keep tests independent."""
-    srv = GrpcServerThread(_core())
+    """(server thread, client) shared by the module; cells keep tests independent. The core is
+    preloaded as ``gnbsched serve`` preloads it, so that it is ready (health SERVING) from the
+    start rather than once a test happened to load the default policies."""
+    core = _core()
+    core.preload()
+    srv = GrpcServerThread(core)
     client = SchedulerClient(srv.target)
     client.wait_ready()
     yield srv, client
