@@ -235,7 +235,7 @@ def _greedy_many_kernel(
 ) -> None:
     """Per cell, the score of ``rule`` (in a scratch matrix) and ``_greedy_kernel`` on the cell's
     views, in place on ``owner`` [Σ R]."""
-    scratch = np.empty(np.max(num_ue * num_res) if num_ue.shape[0] else 0)
+    scratch = np.empty(np.max(num_ue * num_res) if num_ue.shape[0] and rule != UTILITY else 0)
     for c in range(num_ue.shape[0]):
         n, r = num_ue[c], num_res[c]
         u0, u1, r0, r1, m0, m1 = ue_off[c], ue_off[c + 1], res_off[c], res_off[c + 1], mat_off[c], mat_off[c + 1]
