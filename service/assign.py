@@ -354,12 +354,17 @@ def greedy_fill(
     return owner
 
 
+def rr_order(state: SlotState, view: HistoryView) -> np.ndarray:
+    """int64 [N]: round robin's turn order, by last service (never served first, then oldest;
+    ties by fewest resources received so far, then slot order)."""
+    return np.lexsort((np.arange(state.num_ue), view.cum_resources, view.last_served_slot)).astype(np.int64)
+
+
 def round_robin(state: SlotState, view: HistoryView) -> np.ndarray:
-    """Round robin's DCM int64 [R] (the ``rr`` policy): eligible users in order of last service
-    (never served first, then oldest; ties by fewest resources received so far, then slot order),
-    after the pending HARQ retransmissions (``retx_first``), take the available resources in
-    turn (``rr_kernel``)."""
-    order = np.lexsort((np.arange(state.num_ue), view.cum_resources, view.last_served_slot)).astype(np.int64)
+    """Round robin's DCM int64 [R] (the ``rr`` policy): eligible users in ``rr_order``, after the
+    pending HARQ retransmissions (``retx_first``), take the available resources in turn
+    (``rr_kernel``)."""
+    order = rr_order(state, view)
     start, users = retx_first(state)
     owner = np.zeros(state.num_res, np.int64) if start is None else start
     selected = np.ones(state.num_ue, np.bool_)

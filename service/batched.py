@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.assign import NEED_TOLERANCE, _greedy_kernel, retx_first, rr_kernel
+from service.assign import NEED_TOLERANCE, _greedy_kernel, retx_first, rr_kernel, rr_order
 from service.history import HistoryView
 from service.jit import kernel
 from service.types import SlotState, make_slot
@@ -96,9 +96,6 @@ class CellBatch:
             with_buffer=with_buffer,
         )
 
-    def __len__(self) -> int:
-        return len(self.states)
-
     def per_user(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """float64 [Σ N] of one [N_c] array per cell."""
         return np.concatenate(arrays).astype(np.float64, copy=False)
@@ -161,15 +158,10 @@ def greedy_fill_many(batch: CellBatch, rule: int, weight: np.ndarray | None = No
 
 
 def round_robin_many(batch: CellBatch, views: Sequence[HistoryView]) -> list[np.ndarray]:
-    """``rr``'s decision of every cell in one compiled call (``assign.round_robin``'s order and
-    ``assign.rr_kernel``'s turns). Returns one DCM int64 [R_c] per cell."""
+    """``rr``'s decision of every cell in one compiled call (``assign.rr_order`` and
+    ``assign.rr_kernel``'s turns, as ``assign.round_robin``). Returns one DCM int64 [R_c] per cell."""
     owner, selected = _starts(batch)
-    order = np.concatenate(
-        [
-            np.lexsort((np.arange(s.num_ue), v.cum_resources, v.last_served_slot))
-            for s, v in zip(batch.states, views, strict=True)
-        ]
-    ).astype(np.int64, copy=False)
+    order = np.concatenate([rr_order(s, v) for s, v in zip(batch.states, views, strict=True)])
     _rr_many_kernel(
         order,
         batch.utility,

@@ -22,7 +22,7 @@ import numpy as np
 from service.batched import valid_many
 from service.errors import DeadlineExceededError, GnbSchedError, PolicyError
 from service.history import CellHistory, HistoryView
-from service.pag.checks import CheckResult, RawAction, check
+from service.pag.checks import CheckResult, RawAction, check, valid_result
 from service.pag.repair import repair
 from service.policies.base import PolicyContext
 from service.policies.registry import PolicySet
@@ -218,9 +218,7 @@ def _check_batch(states: Sequence[SlotState], prepared: dict[int, Prepared]) -> 
         return
     for i, ok in zip(dcms, valid.tolist(), strict=True):
         if ok:
-            dcm: np.ndarray = prepared[i].raw  # type: ignore[assignment]
-            pr = np.flatnonzero(dcm)
-            prepared[i].checked = CheckResult(dcm[pr] - 1, pr, np.ones(pr.size, bool), [], dcm)
+            prepared[i].checked = valid_result(prepared[i].raw)  # type: ignore[arg-type]
     share_us = (time.perf_counter_ns() - t0) / 1e3 / len(dcms)
     for i in dcms:
         prepared[i].check_us = share_us

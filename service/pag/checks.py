@@ -367,6 +367,13 @@ def check_dcm(state: SlotState, tokens: np.ndarray) -> CheckResult:
     return _check_pairs(state, pu, pr, violations, dcm=flat if flat.size == state.num_res else None)
 
 
+def valid_result(dcm: np.ndarray) -> CheckResult:
+    """``check_dcm``'s answer for a DCM int64 [R] known to pass every rule (``pipeline.decide_many``
+    builds it for the DCMs a batch's compiled check passed)."""
+    pr = np.flatnonzero(dcm)
+    return CheckResult(dcm[pr] - 1, pr, np.ones(pr.size, bool), [], dcm)
+
+
 def _valid_dcm_pairs(state: SlotState, flat: np.ndarray) -> CheckResult | None:
     """The result of ``check_dcm`` for an int64 [R] DCM that passes every rule, else None."""
     if flat.min() < 0 or flat.max() > state.num_ue:

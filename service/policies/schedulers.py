@@ -139,16 +139,19 @@ class MaxWeight(Policy):
     name = "max_weight"
     batches = True
 
+    @staticmethod
+    def queues(state: SlotState) -> np.ndarray:
+        """float64 [N]: the users' queues (``buffer_bits``; 1 each without buffers: max-rate)."""
+        return np.ones(state.num_ue) if state.buffer_bits is None else state.buffer_bits
+
     def act(self, state: SlotState, ctx: PolicyContext, obs: Any) -> np.ndarray:
-        q = np.ones(state.num_ue) if state.buffer_bits is None else state.buffer_bits
-        return greedy_fill(state, state.utility * q[:, None], *retx_first(state))
+        return greedy_fill(state, state.utility * self.queues(state)[:, None], *retx_first(state))
 
     def act_many(self, states: Sequence[SlotState], ctxs: Sequence[PolicyContext]) -> list[Batched]:
         """The cells of a TTI: the weights flat, one compiled greedy fill (``service.batched``)."""
 
         def decide_all() -> list[np.ndarray]:
             batch = CellBatch.of(states)
-            q = batch.per_user([np.ones(s.num_ue) if s.buffer_bits is None else s.buffer_bits for s in states])
-            return greedy_fill_many(batch, MAX_WEIGHT, q)
+            return greedy_fill_many(batch, MAX_WEIGHT, batch.per_user([self.queues(s) for s in states]))
 
         return act_in_batch(states, decide_all)
